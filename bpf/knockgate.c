@@ -1,0 +1,290 @@
+//go:build ignore
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * knockgate: a port-knocking gate in XDP.
+ *
+ * parse -> knock state machine -> verdict. Per packet: one parse, a handful
+ * of O(1) map lookups, and the clock is read only when a decision needs it
+ * (a map hit or a knock), never on the plain pass or unauthorised-drop path.
+ */
+#include "parsing.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/*
+ * Two configuration slots and the index of the live one. The loader writes
+ * the idle slot, then flips config_slot (a single aligned 32-bit store), then
+ * waits for an RCU grace period before it may write again; so a packet reads
+ * one complete configuration, old or new. Arrays, not a hash: the JIT inlines
+ * array lookups, which keeps the per-packet cost near zero.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct config);
+} configs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} config_slot SEC(".maps");
+
+/* Knock progress: LRU, so a spoofed flood only recycles other progress.
+ * max_entries is set by the loader (--max-sources). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct source);
+	__type(value, struct progress);
+} knocks SEC(".maps");
+
+/* Grants live apart from progress: entries are only made by a completed
+ * sequence (or the operator), so knock floods never evict them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct source);
+	__type(value, struct grant);
+} grants SEC(".maps");
+
+/* Operator CIDRs that always pass protected ports. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct allow_key);
+	__type(value, __u8);
+} allow SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, COUNTER_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+
+/* Force the types no map names into BTF so bpf2go generates them. */
+const struct event *unused_event __attribute__((unused));
+const enum counter *unused_counter __attribute__((unused));
+const enum event_type *unused_event_type __attribute__((unused));
+const enum attach_mode *unused_attach_mode __attribute__((unused));
+
+static __always_inline void count(__u32 reason)
+{
+	__u64 *n = bpf_map_lookup_elem(&counters, &reason);
+	/* Per-CPU slot, and XDP runs with preemption off: no other writer can
+	 * interleave, so a plain increment is exact without atomics. */
+	if (n)
+		*n += 1;
+}
+
+/* The clock is read at most once per packet, and only when needed. */
+static __always_inline __u64 now_ns(__u64 *now)
+{
+	if (!*now)
+		*now = bpf_ktime_get_boot_ns();
+	return *now;
+}
+
+static __always_inline void emit(__u8 type, const struct packet *pkt, __u8 stage,
+				 __u64 now, __u64 expires)
+{
+	struct event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		/* Observability must never change a verdict. */
+		count(COUNTER_EVENTS_LOST);
+		return;
+	}
+	ev->time_ns = now;
+	ev->expires_ns = expires;
+	__builtin_memcpy(ev->addr, pkt->src.addr, 16);
+	ev->port = pkt->dport;
+	ev->proto = pkt->proto;
+	ev->type = type;
+	ev->stage = stage;
+	__builtin_memset(ev->pad, 0, sizeof(ev->pad));
+	bpf_ringbuf_submit(ev, 0);
+}
+
+static __always_inline int port_protected(const struct config *cfg, __u8 proto, __u16 port)
+{
+	const __u64 *bits = proto == IPPROTO_TCP ? cfg->protected_tcp : cfg->protected_udp;
+	return (bits[port >> 6] >> (port & 63)) & 1;
+}
+
+/* Live grant? An expired one is removed on sight. */
+static __always_inline int granted(const struct packet *pkt, __u64 *now)
+{
+	struct grant *g = bpf_map_lookup_elem(&grants, &pkt->src);
+	if (!g)
+		return 0;
+	__u64 expires = g->expires_ns;
+	if (now_ns(now) < expires)
+		return 1;
+	bpf_map_delete_elem(&grants, &pkt->src);
+	count(COUNTER_GRANT_EXPIRED);
+	emit(EVENT_EXPIRE, pkt, 0, *now, expires);
+	return 0;
+}
+
+static __always_inline void grant(const struct config *cfg, const struct packet *pkt, __u64 now)
+{
+	struct grant g = { .expires_ns = now + cfg->open_ns };
+	struct grant *old = bpf_map_lookup_elem(&grants, &pkt->src);
+	/* Completing the sequence never shortens a grant already held. */
+	if (old && old->expires_ns > g.expires_ns)
+		g.expires_ns = old->expires_ns;
+	if (bpf_map_update_elem(&grants, &pkt->src, &g, BPF_ANY)) {
+		count(COUNTER_GRANT_FAILED);
+		return;
+	}
+	count(COUNTER_GRANTED);
+	emit(EVENT_OPEN, pkt, cfg->nsteps, now, g.expires_ns);
+}
+
+/*
+ * The knock state machine, for a TCP SYN (without ACK, RST, FIN) or a UDP
+ * datagram. Returns XDP_DROP when the packet was a knock, -1 when the packet
+ * is not a knock and must be judged by the protected-port rules.
+ */
+static __always_inline int knock(const struct config *cfg, const struct packet *pkt, __u64 *now)
+{
+	/* Bit i set: this packet is step i of the sequence. */
+	__u32 match = 0;
+#pragma unroll
+	for (int i = 0; i < KG_MAX_STEPS; i++) {
+		if (i < cfg->nsteps && cfg->steps[i].port == pkt->dport &&
+		    cfg->steps[i].proto == pkt->proto)
+			match |= 1u << i;
+	}
+
+	struct progress *p = bpf_map_lookup_elem(&knocks, &pkt->src);
+	if (p) {
+		__u32 stage = p->stage;
+		if (p->generation == cfg->generation && now_ns(now) < p->deadline_ns &&
+		    stage > 0 && stage < cfg->nsteps && stage < KG_MAX_STEPS) {
+			if (match & (1u << stage)) {
+				stage++;
+				count(COUNTER_KNOCK_ADVANCED);
+				if (stage == cfg->nsteps) {
+					bpf_map_delete_elem(&knocks, &pkt->src);
+					grant(cfg, pkt, *now);
+					return XDP_DROP;
+				}
+				p->stage = stage;
+				p->deadline_ns = *now + cfg->step_timeout_ns;
+				emit(EVENT_KNOCK, pkt, stage, *now, *now + cfg->step_timeout_ns);
+				return XDP_DROP;
+			}
+			if (match & ((1u << stage) - 1)) {
+				/* A retransmitted SYN of a step already taken
+				 * (browsers resend at 1 s and 3 s). */
+				count(COUNTER_KNOCK_REPEATED);
+				return XDP_DROP;
+			}
+			/* Any other SYN or datagram: start over, so that an
+			 * ordered port sweep can never walk the sequence. */
+			bpf_map_delete_elem(&knocks, &pkt->src);
+			count(COUNTER_KNOCK_RESET);
+			emit(EVENT_RESET, pkt, stage, *now, 0);
+			return match ? XDP_DROP : -1;
+		}
+		/* Expired or made under an older configuration: no progress. */
+	}
+
+	if (!match)
+		return -1;
+	if (!(match & 1))
+		return XDP_DROP; /* a later step out of order: still a knock port */
+
+	if (granted(pkt, now)) {
+		count(COUNTER_KNOCK_WHILE_GRANTED);
+		return XDP_DROP;
+	}
+	count(COUNTER_KNOCK_ADVANCED);
+	if (cfg->nsteps == 1) {
+		grant(cfg, pkt, now_ns(now));
+		return XDP_DROP;
+	}
+	struct progress fresh = {
+		.deadline_ns = now_ns(now) + cfg->step_timeout_ns,
+		.generation = cfg->generation,
+		.stage = 1,
+	};
+	bpf_map_update_elem(&knocks, &pkt->src, &fresh, BPF_ANY);
+	emit(EVENT_KNOCK, pkt, 1, *now, fresh.deadline_ns);
+	return XDP_DROP;
+}
+
+static __always_inline int allowed(const struct packet *pkt)
+{
+	struct allow_key key = { .prefixlen = 128 };
+	__builtin_memcpy(key.addr, pkt->src.addr, 16);
+	return bpf_map_lookup_elem(&allow, &key) != NULL;
+}
+
+static __always_inline const struct config *active_config(void)
+{
+	__u32 zero = 0;
+	__u32 *slot = bpf_map_lookup_elem(&config_slot, &zero);
+	if (!slot)
+		return NULL;
+	__u32 idx = *slot & 1;
+	return bpf_map_lookup_elem(&configs, &idx);
+}
+
+SEC("xdp")
+int knockgate(struct xdp_md *ctx)
+{
+	struct packet pkt;
+	__u64 now = 0;
+
+	switch (parse_packet(ctx, &pkt)) {
+	case PARSE_PASS:
+		count(COUNTER_PASSED);
+		return XDP_PASS;
+	case PARSE_MALFORMED:
+		count(COUNTER_DROPPED_MALFORMED);
+		return XDP_DROP;
+	}
+
+	const struct config *cfg = active_config();
+	if (!cfg) {
+		count(COUNTER_PASSED);
+		return XDP_PASS;
+	}
+
+	int is_knock = pkt.proto == IPPROTO_UDP ||
+		       (pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST | TCP_FLAG_FIN)) ==
+			       TCP_FLAG_SYN;
+	if (is_knock && cfg->nsteps) {
+		int verdict = knock(cfg, &pkt, &now);
+		if (verdict >= 0) {
+			count(COUNTER_DROPPED_KNOCK);
+			return verdict;
+		}
+	}
+
+	if (!port_protected(cfg, pkt.proto, pkt.dport)) {
+		count(COUNTER_PASSED);
+		return XDP_PASS;
+	}
+	if (granted(&pkt, &now)) {
+		count(COUNTER_PASSED_GRANTED);
+		return XDP_PASS;
+	}
+	if (cfg->allow_count && allowed(&pkt)) {
+		count(COUNTER_PASSED_ALLOWED);
+		return XDP_PASS;
+	}
+	count(COUNTER_DROPPED_PROTECTED);
+	return XDP_DROP;
+}

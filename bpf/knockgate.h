@@ -1,0 +1,109 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The ABI shared by the XDP program and the Go side (maps/). bpf2go generates
+ * the Go types from these definitions, so nothing here is mirrored by hand.
+ * Fixed-width types only; largest fields first; padding is explicit.
+ * Ports are in host byte order. Addresses are 16 bytes, network byte order,
+ * IPv4 as v4-mapped IPv6 (::ffff:a.b.c.d). Times are CLOCK_BOOTTIME
+ * nanoseconds, so a window keeps running while the machine is suspended.
+ */
+#pragma once
+
+#include <linux/types.h>
+
+#define KG_MAX_STEPS 8
+/* One bit per port: 65536 / 64 words. */
+#define KG_PORT_WORDS 1024
+
+/* A source address: the key of the knocks and grants maps. */
+struct source {
+	__u8 addr[16];
+};
+
+/* One step of the knock sequence. */
+struct step {
+	__u16 port;
+	__u8 proto; /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 pad;
+};
+
+/*
+ * The whole runtime configuration, one value so that a change is a single
+ * slot flip (see the configs and config_slot maps): a packet sees either the
+ * old or the new configuration, never a mix.
+ */
+struct config {
+	__u64 step_timeout_ns;
+	__u64 open_ns;
+	__u64 protected_tcp[KG_PORT_WORDS];
+	__u64 protected_udp[KG_PORT_WORDS];
+	__u32 generation; /* bumped on every change; older progress is void */
+	__u32 allow_count; /* entries in the allow trie; 0 skips the lookup */
+	struct step steps[KG_MAX_STEPS];
+	__u8 nsteps;
+	__u8 mode; /* enum attach_mode, recorded for status; unused by the program */
+	__u8 pad[6];
+};
+
+/* Knock progress of one source. Evictable: losing it only costs a re-knock. */
+struct progress {
+	__u64 deadline_ns; /* the next step must arrive before this */
+	__u32 generation; /* config generation this progress was made under */
+	__u8 stage; /* steps completed so far, 1..nsteps-1 */
+	__u8 pad[3];
+};
+
+/* A granted source, in a map of its own so knock floods cannot evict it. */
+struct grant {
+	__u64 expires_ns;
+};
+
+/* Key of the allow LPM trie: prefixlen counts bits of addr (v4 is +96). */
+struct allow_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+enum attach_mode {
+	MODE_UNKNOWN = 0,
+	MODE_NATIVE = 1,
+	MODE_GENERIC = 2,
+};
+
+/* Per-CPU counters, by reason. Each packet bumps exactly one verdict counter
+ * (PASSED*, DROPPED*); the knock counters record state changes. */
+enum counter {
+	COUNTER_PASSED = 0, /* not a protected port, not a knock */
+	COUNTER_PASSED_GRANTED, /* protected port, live grant */
+	COUNTER_PASSED_ALLOWED, /* protected port, source in the allow list */
+	COUNTER_DROPPED_PROTECTED, /* protected port, no grant */
+	COUNTER_DROPPED_KNOCK, /* a knock: always dropped, so knock ports look filtered */
+	COUNTER_DROPPED_MALFORMED, /* IP packet we cannot parse safely */
+	COUNTER_KNOCK_ADVANCED, /* a step accepted (the first one included) */
+	COUNTER_KNOCK_REPEATED, /* a completed step seen again: ignored */
+	COUNTER_KNOCK_RESET, /* a wrong SYN/datagram mid-sequence */
+	COUNTER_KNOCK_WHILE_GRANTED, /* first step from a granted source: ignored */
+	COUNTER_GRANTED, /* sequence completed */
+	COUNTER_GRANT_EXPIRED, /* an expired grant found and removed */
+	COUNTER_GRANT_FAILED, /* the grants map refused an entry */
+	COUNTER_EVENTS_LOST, /* ring buffer full: event dropped, verdict unchanged */
+	COUNTER_MAX,
+};
+
+enum event_type {
+	EVENT_KNOCK = 1, /* a step accepted; stage = steps completed */
+	EVENT_RESET = 2, /* progress voided by a wrong knock; stage = stage it had */
+	EVENT_OPEN = 3, /* sequence completed: source granted until expires_ns */
+	EVENT_EXPIRE = 4, /* a grant found expired and removed */
+};
+
+struct event {
+	__u64 time_ns;
+	__u64 expires_ns; /* deadline of the next step, or the grant's expiry */
+	__u8 addr[16];
+	__u16 port;
+	__u8 proto;
+	__u8 type; /* enum event_type */
+	__u8 stage;
+	__u8 pad[3];
+};

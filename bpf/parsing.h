@@ -1,0 +1,188 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Header-cursor parsing: every read is preceded by a bounds check against
+ * data_end, so the verifier accepts it and a short frame can never be
+ * read past its end.
+ */
+#pragma once
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "knockgate.h"
+
+#define MAX_VLAN_TAGS 2
+/* Extension headers walked before giving up (and dropping): a longer chain
+ * could otherwise hide the ports of a protected service. */
+#define MAX_IPV6_EXT 6
+
+#define IPV4_FRAG_OFFSET 0x1fff
+#define IPV6_FRAG_OFFSET 0xfff8
+
+enum parse_result {
+	PARSE_L4, /* TCP or UDP with ports: judge it */
+	PARSE_PASS, /* not ours to judge: non-IP, other L4, non-first fragment */
+	PARSE_MALFORMED, /* claims to be IP but cannot be parsed safely */
+};
+
+struct packet {
+	struct source src;
+	__u16 dport; /* host byte order */
+	__u8 proto;
+	__u8 tcp_flags; /* byte 13 of the TCP header */
+};
+
+struct cursor {
+	void *pos;
+	void *end;
+};
+
+struct vlan_hdr {
+	__be16 tci;
+	__be16 proto;
+};
+
+struct ipv6_opt_hdr_min {
+	__u8 nexthdr;
+	__u8 hdrlen;
+};
+
+struct ipv6_frag_hdr_min {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off;
+	__be32 id;
+};
+
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
+
+static __always_inline int parse_l4(struct cursor *c, __u8 proto, struct packet *pkt)
+{
+	if (proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = c->pos;
+		/* The whole fixed header: a first fragment too short to hold the
+		 * flags cannot be judged (the tiny-fragment trick). */
+		if ((void *)(tcp + 1) > c->end)
+			return PARSE_MALFORMED;
+		pkt->proto = IPPROTO_TCP;
+		pkt->dport = bpf_ntohs(tcp->dest);
+		pkt->tcp_flags = ((__u8 *)tcp)[13];
+		return PARSE_L4;
+	}
+	if (proto == IPPROTO_UDP) {
+		struct udphdr *udp = c->pos;
+		if ((void *)(udp + 1) > c->end)
+			return PARSE_MALFORMED;
+		pkt->proto = IPPROTO_UDP;
+		pkt->dport = bpf_ntohs(udp->dest);
+		pkt->tcp_flags = 0;
+		return PARSE_L4;
+	}
+	return PARSE_PASS;
+}
+
+static __always_inline int parse_ipv4(struct cursor *c, struct packet *pkt)
+{
+	struct iphdr *ip = c->pos;
+	if ((void *)(ip + 1) > c->end)
+		return PARSE_MALFORMED;
+	__u32 hdr_len = ip->ihl * 4;
+	if (hdr_len < sizeof(*ip))
+		return PARSE_MALFORMED;
+	if (c->pos + hdr_len > c->end)
+		return PARSE_MALFORMED;
+
+	/* v4-mapped: ::ffff:a.b.c.d */
+	__builtin_memset(pkt->src.addr, 0, 10);
+	pkt->src.addr[10] = 0xff;
+	pkt->src.addr[11] = 0xff;
+	__builtin_memcpy(&pkt->src.addr[12], &ip->saddr, 4);
+
+	/* A non-first fragment carries no ports; without its first fragment
+	 * (which we judge) it cannot be reassembled, so let it pass. */
+	if (ip->frag_off & bpf_htons(IPV4_FRAG_OFFSET))
+		return PARSE_PASS;
+
+	c->pos += hdr_len;
+	return parse_l4(c, ip->protocol, pkt);
+}
+
+static __always_inline int parse_ipv6(struct cursor *c, struct packet *pkt)
+{
+	struct ipv6hdr *ip6 = c->pos;
+	if ((void *)(ip6 + 1) > c->end)
+		return PARSE_MALFORMED;
+	__builtin_memcpy(pkt->src.addr, &ip6->saddr, 16);
+	__u8 nexthdr = ip6->nexthdr;
+	c->pos = ip6 + 1;
+
+#pragma unroll
+	for (int i = 0; i < MAX_IPV6_EXT; i++) {
+		switch (nexthdr) {
+		case IPPROTO_HOPOPTS:
+		case IPPROTO_ROUTING:
+		case IPPROTO_DSTOPTS: {
+			struct ipv6_opt_hdr_min *opt = c->pos;
+			if ((void *)(opt + 1) > c->end)
+				return PARSE_MALFORMED;
+			nexthdr = opt->nexthdr;
+			c->pos += (opt->hdrlen + 1) * 8;
+			break;
+		}
+		case IPPROTO_FRAGMENT: {
+			struct ipv6_frag_hdr_min *frag = c->pos;
+			if ((void *)(frag + 1) > c->end)
+				return PARSE_MALFORMED;
+			if (frag->frag_off & bpf_htons(IPV6_FRAG_OFFSET))
+				return PARSE_PASS;
+			nexthdr = frag->nexthdr;
+			c->pos = frag + 1;
+			break;
+		}
+		default:
+			return parse_l4(c, nexthdr, pkt);
+		}
+	}
+	/* Still inside the extension chain: we cannot see the ports. */
+	return PARSE_MALFORMED;
+}
+
+static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
+{
+	struct cursor c = {
+		.pos = (void *)(long)ctx->data,
+		.end = (void *)(long)ctx->data_end,
+	};
+	struct ethhdr *eth = c.pos;
+	if ((void *)(eth + 1) > c.end)
+		return PARSE_PASS; /* not even Ethernet: not IP, not ours */
+	__be16 proto = eth->h_proto;
+	c.pos = eth + 1;
+
+#pragma unroll
+	for (int i = 0; i < MAX_VLAN_TAGS; i++) {
+		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
+			break;
+		struct vlan_hdr *vlan = c.pos;
+		if ((void *)(vlan + 1) > c.end)
+			return PARSE_MALFORMED;
+		proto = vlan->proto;
+		c.pos = vlan + 1;
+	}
+
+	if (proto == bpf_htons(ETH_P_IP))
+		return parse_ipv4(&c, pkt);
+	if (proto == bpf_htons(ETH_P_IPV6))
+		return parse_ipv6(&c, pkt);
+	return PARSE_PASS;
+}
