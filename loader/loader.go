@@ -41,8 +41,8 @@ const (
 // DefaultMaxSources sizes the knock-progress and grant maps.
 const DefaultMaxSources = 65536
 
-// maxSourcesLimit keeps a typo from asking the kernel for gigabytes.
-const maxSourcesLimit = 1 << 24
+// MaxSourcesLimit keeps a typo from asking the kernel for gigabytes.
+const MaxSourcesLimit = 1 << 24
 
 // Mode is how to attach: native (driver) XDP, generic (SKB) XDP, or auto,
 // which tries native and falls back to generic.
@@ -63,14 +63,18 @@ func ParseMode(s string) (Mode, error) {
 	return "", fmt.Errorf("unknown mode %q (want auto, native or generic)", s)
 }
 
-// PinDir is where the gate on iface is pinned.
-func PinDir(iface string) string { return filepath.Join(PinRoot, iface) }
+// PinDir is where the gate on iface is pinned. bpffs refuses names with a
+// '.', which VLAN interfaces (eth0.100) have; interface names never contain
+// ':', so mapping one to the other is unambiguous.
+func PinDir(iface string) string {
+	return filepath.Join(PinRoot, strings.ReplaceAll(iface, ".", ":"))
+}
 
 // Load loads the program and its maps, sized for maxSources, without
 // attaching anything. The configuration is empty: every packet passes.
 func Load(maxSources uint32) (*bpf.KnockgateObjects, error) {
-	if maxSources < 1 || maxSources > maxSourcesLimit {
-		return nil, fmt.Errorf("max sources %d out of range (1-%d)", maxSources, maxSourcesLimit)
+	if maxSources < 1 || maxSources > MaxSourcesLimit {
+		return nil, fmt.Errorf("max sources %d out of range (1-%d)", maxSources, MaxSourcesLimit)
 	}
 	spec, err := bpf.LoadKnockgate()
 	if err != nil {
@@ -96,6 +100,9 @@ type Options struct {
 	MaxSources uint32
 	Config     maps.Config
 	Allow      []netip.Prefix
+	// Grants are granted for the open window before the program attaches,
+	// so the operator's own session never sees a dropped packet.
+	Grants []netip.Addr
 }
 
 // Gate is an attached gate: its maps and, when available, its link.
@@ -170,6 +177,11 @@ func Attach(opts Options) (_ *Gate, err error) {
 	}
 	cfg := opts.Config
 	cfg.AllowCount = uint32(len(opts.Allow))
+	for _, addr := range opts.Grants {
+		if err := g.Maps.Grant(addr, maps.BootAfter(cfg.Open)); err != nil {
+			return nil, err
+		}
+	}
 
 	// The configuration goes in before the program sees its first packet.
 	try := []maps.Mode{maps.ModeNative, maps.ModeGeneric}
@@ -219,13 +231,16 @@ func (g *Gate) pin() (err error) {
 	if err := os.MkdirAll(PinRoot, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", PinRoot, err)
 	}
-	tmp, err := os.MkdirTemp(PinRoot, "."+g.Iface+".")
+	// A space can never be part of an interface name, so List skips it.
+	tmp, err := os.MkdirTemp(PinRoot, "pinning "+filepath.Base(g.Dir)+" ")
 	if err != nil {
+		os.Remove(PinRoot)
 		return fmt.Errorf("create pin directory: %w", err)
 	}
 	defer func() {
 		if err != nil {
 			os.RemoveAll(tmp)
+			os.Remove(PinRoot) // only if no other gate is pinned
 		}
 	}()
 	if err := g.Link.Pin(filepath.Join(tmp, linkPin)); err != nil {
@@ -298,8 +313,8 @@ func List() ([]string, error) {
 	}
 	var names []string
 	for _, e := range entries {
-		if e.IsDir() && !strings.HasPrefix(e.Name(), ".") {
-			names = append(names, e.Name())
+		if e.IsDir() && !strings.ContainsRune(e.Name(), ' ') {
+			names = append(names, strings.ReplaceAll(e.Name(), ":", "."))
 		}
 	}
 	return names, nil

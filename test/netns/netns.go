@@ -129,4 +129,3 @@ func Require(t testing.TB, tools ...string) {
 	}
 	t.Skip(msg)
 }
-

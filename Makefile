@@ -1,0 +1,45 @@
+# knockgate. The generated bpf2go files are committed, so `make build` needs
+# only Go; `make generate` (clang, llvm, libbpf-dev) rebuilds them.
+GO ?= go
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+BPF2GO_CC ?= clang
+BPF2GO_STRIP ?= llvm-strip
+BPF2GO_CFLAGS ?= -O2 -g -Wall -Werror
+export BPF2GO_CC BPF2GO_STRIP BPF2GO_CFLAGS
+
+GENERATED := bpf test/bench
+
+.PHONY: all build generate check-generated deps test bench bench-peers bench-smoke clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o knockgate ./cmd/knockgate
+
+generate:
+	$(GO) generate ./bpf/ ./test/bench/...
+
+# The generated objects must be what the sources compile to: regenerate and
+# compare with what was there (committed or not).
+check-generated:
+	@sum=$$(cat $$(find $(GENERATED) -name '*_bpfe[lb].*' | sort) | sha256sum); \
+	$(MAKE) --no-print-directory generate >/dev/null || exit 1; \
+	[ "$$sum" = "$$(cat $$(find $(GENERATED) -name '*_bpfe[lb].*' | sort) | sha256sum)" ] || \
+		{ echo "generated bpf2go files were stale: make generate rebuilt them; commit the result" >&2; exit 1; }
+
+deps:
+	@./.ci/deps
+
+# Everything, as root: unit tests, BPF_PROG_TEST_RUN tests and the
+# veth/namespace end-to-end tests (which build and run the real binary).
+test: deps check-generated
+	$(GO) vet ./...
+	$(GO) test -count=1 ./...
+
+# Per-packet cost of each path of the XDP program beside a bare XDP_DROP
+# program, through BPF_PROG_TEST_RUN.
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 5x -count 3 ./bpf/
+
+clean:
+	rm -f knockgate

@@ -1,0 +1,116 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/knockgate/knockgate/loader"
+	"github.com/knockgate/knockgate/maps"
+)
+
+// messageError shows its own message but still matches its cause with
+// errors.Is (loader.ErrNotAttached, loader.ErrAttached).
+type messageError struct {
+	msg string
+	err error
+}
+
+func (m *messageError) Error() string { return m.msg }
+func (m *messageError) Unwrap() error { return m.err }
+
+// openGate reopens the gate pinned for iface. When there is none, it says
+// whether the interface exists at all. Pins are looked at before the
+// interface, so a gate whose interface has vanished can still be inspected
+// and detached.
+func openGate(iface string) (*loader.Gate, error) {
+	if err := checkPinAccess(); err != nil {
+		return nil, err
+	}
+	g, err := loader.Open(iface)
+	if errors.Is(err, loader.ErrNotAttached) {
+		return nil, notAttached(iface, err)
+	}
+	return g, err
+}
+
+func notAttached(iface string, cause error) error {
+	if _, ierr := loader.Interface(iface); ierr != nil {
+		return &messageError{ierr.Error(), cause}
+	}
+	return &messageError{fmt.Sprintf("knockgate is not attached to %s", iface), cause}
+}
+
+// checkPinAccess turns "cannot read the pin directory" into a clear message:
+// the loader would report it as "not attached", which misleads a non-root
+// user.
+func checkPinAccess() error {
+	_, err := os.Stat(loader.PinRoot)
+	if errors.Is(err, fs.ErrPermission) {
+		return fmt.Errorf("%w (knockgate needs root)", err)
+	}
+	return nil
+}
+
+// pickGates resolves the optional IFACE argument of status and events: the
+// named interface, or else every attached gate. With no name, none attached
+// is an error, and so are several unless many is true.
+func pickGates(args []string, list func() ([]string, error), many bool) ([]string, error) {
+	if len(args) == 1 {
+		return args, nil
+	}
+	names, err := list()
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case len(names) == 0:
+		return nil, errors.New("no gate attached")
+	case len(names) > 1 && !many:
+		return nil, fmt.Errorf("several gates attached (%s): name one", strings.Join(names, ", "))
+	}
+	return names, nil
+}
+
+// listGates is loader.List with a clear error for a non-root user.
+func listGates() ([]string, error) {
+	if err := checkPinAccess(); err != nil {
+		return nil, err
+	}
+	return loader.List()
+}
+
+// stamp formats a wall-clock time the same way everywhere: RFC 3339, UTC.
+func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+
+// portsList is ports with the protocol always spelled out, for JSON.
+func portsList(ports []maps.Port) []string {
+	out := make([]string, len(ports))
+	for i, p := range ports {
+		out[i] = fmt.Sprintf("%d/%s", p.Num, p.Proto)
+	}
+	return out
+}
+
+func prefixList(prefixes []netip.Prefix) []string {
+	out := make([]string, len(prefixes))
+	for i, p := range prefixes {
+		out[i] = p.String()
+	}
+	return out
+}
+
+// describe is the one-line form of a configuration that attach and set
+// print: "sequence 9000,8000, step timeout 1m0s, open 30m0s, protecting 22".
+func describe(cfg maps.Config, allow []netip.Prefix) string {
+	s := fmt.Sprintf("sequence %s, step timeout %s, open %s, protecting %s",
+		maps.FormatPorts(cfg.Sequence), cfg.StepTimeout, cfg.Open, maps.FormatPorts(cfg.Protected))
+	if len(allow) > 0 {
+		s += ", allowing " + strings.Join(prefixList(allow), ",")
+	}
+	return s
+}

@@ -1,0 +1,222 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"net/netip"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/knockgate/knockgate/maps"
+)
+
+// The config as attach parses it survives the C layout and the JSON of
+// status: what status prints parses back to what was asked for.
+func TestConfigRoundTrip(t *testing.T) {
+	var (
+		cfg maps.Config
+		err error
+	)
+	if cfg.Sequence, err = parsePortsFlag("sequence", "7000/udp,7001,7002:udp,7003"); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.StepTimeout, err = parseDuration("step-timeout", "45s"); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Open, err = parseDuration("open", "1h30m"); err != nil {
+		t.Fatal(err)
+	}
+	// In the order the bitmaps decode: TCP ascending, then UDP ascending.
+	if cfg.Protected, err = parsePortsFlag("protect", "22,443,53/udp"); err != nil {
+		t.Fatal(err)
+	}
+	allow, err := parseCIDRs([]string{"10.0.0.0/8,2001:db8::1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Mode = maps.ModeGeneric
+	cfg.Generation = 7
+	cfg.AllowCount = uint32(len(allow))
+
+	raw, err := cfg.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	decoded := maps.DecodeConfig(raw)
+	if !reflect.DeepEqual(decoded, cfg) {
+		t.Fatalf("through the C layout:\n got %+v\nwant %+v", decoded, cfg)
+	}
+
+	text, err := json.Marshal(encodeConfig(decoded, prefixList(allow)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back configJSON
+	if err := json.Unmarshal(text, &back); err != nil {
+		t.Fatal(err)
+	}
+	parsePorts := func(list []string) []maps.Port {
+		t.Helper()
+		var out []maps.Port
+		for _, s := range list {
+			p, err := maps.ParsePort(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, p)
+		}
+		return out
+	}
+	if got := parsePorts(back.Sequence); !reflect.DeepEqual(got, cfg.Sequence) {
+		t.Errorf("sequence %v (from %s), want %v", got, text, cfg.Sequence)
+	}
+	if got := parsePorts(back.Protect); !reflect.DeepEqual(got, cfg.Protected) {
+		t.Errorf("protect %v (from %s), want %v", got, text, cfg.Protected)
+	}
+	if d, err := time.ParseDuration(back.StepTimeout); err != nil || d != cfg.StepTimeout {
+		t.Errorf("step_timeout %q, want %s", back.StepTimeout, cfg.StepTimeout)
+	}
+	if d, err := time.ParseDuration(back.Open); err != nil || d != cfg.Open {
+		t.Errorf("open %q, want %s", back.Open, cfg.Open)
+	}
+	if got, err := parseCIDRs(back.Allow); err != nil || !reflect.DeepEqual(got, allow) {
+		t.Errorf("allow %v, %v; want %v", got, err, allow)
+	}
+	if back.Generation != cfg.Generation {
+		t.Errorf("generation %d, want %d", back.Generation, cfg.Generation)
+	}
+	// Every port carries its protocol, so a reader need not know the default.
+	for _, p := range append(back.Sequence, back.Protect...) {
+		if !strings.HasSuffix(p, "/tcp") && !strings.HasSuffix(p, "/udp") {
+			t.Errorf("port %q has no protocol", p)
+		}
+	}
+}
+
+func TestStatusJSONShape(t *testing.T) {
+	st := &gateStatus{
+		iface: "kgc0",
+		cfg: maps.Config{
+			Sequence:    []maps.Port{{Num: 9000, Proto: maps.TCP}, {Num: 8000, Proto: maps.TCP}},
+			StepTimeout: time.Minute, Open: 30 * time.Minute,
+			Protected: []maps.Port{{Num: 22, Proto: maps.TCP}},
+			Mode:      maps.ModeNative, Generation: 1,
+		},
+	}
+	st.counters[0] = 5
+	var empty map[string]any
+	text, err := json.Marshal(st.json())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(text, &empty); err != nil {
+		t.Fatal(err)
+	}
+	if src, ok := empty["sources"].([]any); !ok || len(src) != 0 {
+		t.Errorf("sources = %#v, want [] (in %s)", empty["sources"], text)
+	}
+	cfg := empty["config"].(map[string]any)
+	if a, ok := cfg["allow"].([]any); !ok || len(a) != 0 {
+		t.Errorf("config.allow = %#v, want [] (in %s)", cfg["allow"], text)
+	}
+	counters := empty["counters"].(map[string]any)
+	if len(counters) != len(maps.CounterNames) {
+		t.Errorf("%d counters, want %d", len(counters), len(maps.CounterNames))
+	}
+	if counters[maps.CounterNames[0]] != float64(5) {
+		t.Errorf("counter %s = %v, want 5", maps.CounterNames[0], counters[maps.CounterNames[0]])
+	}
+	for _, k := range []string{"interface", "mode", "config", "counters", "sources"} {
+		if _, ok := empty[k]; !ok {
+			t.Errorf("no %q in %s", k, text)
+		}
+	}
+
+	expires := time.Date(2026, 11, 26, 14, 10, 0, 0, time.UTC)
+	st.sources = []maps.SourceState{{Addr: netip.MustParseAddr("10.0.0.2"), State: "open", Stage: 2, Expires: expires}}
+	got := st.json().Sources
+	want := []sourceJSON{{Addr: "10.0.0.2", State: "open", Stage: 2, Expires: "2026-11-26T14:10:00Z"}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("sources %+v, want %+v", got, want)
+	}
+
+	// The plain form shows the same facts.
+	var b bytes.Buffer
+	st.print(&b, expires.Add(-time.Minute))
+	for _, s := range []string{"knockgate on kgc0 (native)", "9000,8000", "1m0s", "30m0s",
+		"10.0.0.2", "2/2", "2026-11-26T14:10:00Z (in 1m0s)", "allowing:      none"} {
+		if !strings.Contains(b.String(), s) {
+			t.Errorf("plain status lacks %q:\n%s", s, b.String())
+		}
+	}
+}
+
+func TestEventFormats(t *testing.T) {
+	at := time.Date(2026, 11, 26, 13, 40, 1, 123456789, time.UTC)
+	src := netip.MustParseAddr("10.0.0.2")
+	for _, tc := range []struct {
+		ev    maps.Event
+		plain string
+		json  string
+	}{
+		{
+			maps.Event{Time: at, Type: "knock", Src: src, Port: maps.Port{Num: 9000, Proto: maps.TCP}, Stage: 1, Expires: at.Add(time.Minute)},
+			"2026-11-26T13:40:01Z knock  10.0.0.2 -> 9000/tcp stage 1/2 (next step before 13:41:01)",
+			`{"time":"2026-11-26T13:40:01.123456789Z","type":"knock","src":"10.0.0.2","port":9000,"proto":"tcp","stage":1,"expires":"2026-11-26T13:41:01Z"}`,
+		},
+		{
+			maps.Event{Time: at, Type: "reset", Src: src, Port: maps.Port{Num: 1234, Proto: maps.UDP}, Stage: 1},
+			"2026-11-26T13:40:01Z reset  10.0.0.2 -> 1234/udp (was at stage 1/2)",
+			`{"time":"2026-11-26T13:40:01.123456789Z","type":"reset","src":"10.0.0.2","port":1234,"proto":"udp","stage":1}`,
+		},
+		{
+			maps.Event{Time: at, Type: "open", Src: netip.MustParseAddr("2001:db8::2"), Port: maps.Port{Num: 8000, Proto: maps.TCP}, Stage: 2, Expires: at.Add(30 * time.Minute)},
+			"2026-11-26T13:40:01Z open   2001:db8::2 -> 8000/tcp granted until 2026-11-26T14:10:01Z",
+			`{"time":"2026-11-26T13:40:01.123456789Z","type":"open","src":"2001:db8::2","port":8000,"proto":"tcp","stage":2,"expires":"2026-11-26T14:10:01Z"}`,
+		},
+		{
+			maps.Event{Time: at, Type: "expire", Src: src, Port: maps.Port{Num: 22, Proto: maps.TCP}, Expires: at.Add(-time.Second)},
+			"2026-11-26T13:40:01Z expire 10.0.0.2 -> 22/tcp grant expired at 2026-11-26T13:40:00Z",
+			`{"time":"2026-11-26T13:40:01.123456789Z","type":"expire","src":"10.0.0.2","port":22,"proto":"tcp","stage":0,"expires":"2026-11-26T13:40:00Z"}`,
+		},
+	} {
+		if got := formatEvent(tc.ev, 2); got != tc.plain {
+			t.Errorf("plain:\n got %s\nwant %s", got, tc.plain)
+		}
+		text, err := json.Marshal(encodeEvent(tc.ev))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(text) != tc.json {
+			t.Errorf("json:\n got %s\nwant %s", text, tc.json)
+		}
+	}
+}
+
+func TestPickGates(t *testing.T) {
+	list := func(names ...string) func() ([]string, error) {
+		return func() ([]string, error) { return names, nil }
+	}
+	if got, err := pickGates([]string{"eth1"}, list("eth0"), false); err != nil || !reflect.DeepEqual(got, []string{"eth1"}) {
+		t.Errorf("named: %v, %v", got, err)
+	}
+	if got, err := pickGates(nil, list("eth0"), false); err != nil || !reflect.DeepEqual(got, []string{"eth0"}) {
+		t.Errorf("the only one: %v, %v", got, err)
+	}
+	if _, err := pickGates(nil, list(), true); err == nil || err.Error() != "no gate attached" {
+		t.Errorf("none: %v", err)
+	}
+	if got, err := pickGates(nil, list("eth0", "eth1"), true); err != nil || len(got) != 2 {
+		t.Errorf("several, many allowed: %v, %v", got, err)
+	}
+	if _, err := pickGates(nil, list("eth0", "eth1"), false); err == nil || !strings.Contains(err.Error(), "eth0, eth1") {
+		t.Errorf("several, one wanted: %v", err)
+	}
+	broken := errors.New("readdir failed")
+	if _, err := pickGates(nil, func() ([]string, error) { return nil, broken }, true); !errors.Is(err, broken) {
+		t.Errorf("list error: %v", err)
+	}
+}
