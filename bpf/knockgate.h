@@ -15,6 +15,9 @@
 /* One bit per port: 65536 / 64 words. */
 #define KG_PORT_WORDS 1024
 
+/* Slots of the hints map (a power of two): see hints in knockgate.c. */
+#define KG_HINT_SLOTS 65536
+
 /* A source address: the key of the knocks and grants maps. */
 struct source {
 	__u8 addr[16];

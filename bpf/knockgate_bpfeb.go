@@ -117,6 +117,7 @@ const (
 	KnockgateMapCounters         = "counters"
 	KnockgateMapEvents           = "events"
 	KnockgateMapGrants           = "grants"
+	KnockgateMapHints            = "hints"
 	KnockgateMapKnocks           = "knocks"
 	KnockgateProgKnockgate       = "knockgate"
 	KnockgateVarUnusedAttachMode = "unused_attach_mode"
@@ -180,6 +181,7 @@ type KnockgateMapSpecs struct {
 	Counters   *ebpf.MapSpec `ebpf:"counters"`
 	Events     *ebpf.MapSpec `ebpf:"events"`
 	Grants     *ebpf.MapSpec `ebpf:"grants"`
+	Hints      *ebpf.MapSpec `ebpf:"hints"`
 	Knocks     *ebpf.MapSpec `ebpf:"knocks"`
 }
 
@@ -219,6 +221,7 @@ type KnockgateMaps struct {
 	Counters   *ebpf.Map `ebpf:"counters"`
 	Events     *ebpf.Map `ebpf:"events"`
 	Grants     *ebpf.Map `ebpf:"grants"`
+	Hints      *ebpf.Map `ebpf:"hints"`
 	Knocks     *ebpf.Map `ebpf:"knocks"`
 }
 
@@ -230,6 +233,7 @@ func (m *KnockgateMaps) Close() error {
 		m.Counters,
 		m.Events,
 		m.Grants,
+		m.Hints,
 		m.Knocks,
 	)
 }

@@ -127,7 +127,7 @@ static __always_inline int parse_ipv6(struct cursor *c, struct packet *pkt)
 	c->pos = ip6 + 1;
 
 #pragma unroll
-	for (int i = 0; i < MAX_IPV6_EXT; i++) {
+	for (int i = 0; i <= MAX_IPV6_EXT; i++) {
 		switch (nexthdr) {
 		case IPPROTO_HOPOPTS:
 		case IPPROTO_ROUTING:
@@ -180,6 +180,10 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
 		c.pos = vlan + 1;
 	}
 
+	/* A third tag: the kernel could still deliver it through nested VLAN
+	 * devices, and we cannot see its ports, so fail closed. */
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD))
+		return PARSE_MALFORMED;
 	if (proto == bpf_htons(ETH_P_IP))
 		return parse_ipv4(&c, pkt);
 	if (proto == bpf_htons(ETH_P_IPV6))

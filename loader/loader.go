@@ -262,6 +262,10 @@ func Open(iface string) (_ *Gate, err error) {
 		return nil, fmt.Errorf("knockgate on %s: %w", iface, ErrNotAttached)
 	}
 	set, err := maps.OpenPinned(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		// A map this build expects was never pinned: an older layout.
+		return nil, fmt.Errorf("knockgate on %s: %w: %w (detach and attach again)", iface, ErrIncompatible, err)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -291,7 +295,7 @@ func checkCompatible(set *maps.Set) error {
 		bpf.KnockgateMapConfigs: set.Configs, bpf.KnockgateMapConfigSlot: set.ConfigSlot,
 		bpf.KnockgateMapKnocks: set.Knocks, bpf.KnockgateMapGrants: set.Grants,
 		bpf.KnockgateMapAllow: set.Allow, bpf.KnockgateMapCounters: set.Counters,
-		bpf.KnockgateMapEvents: set.Events,
+		bpf.KnockgateMapEvents: set.Events, bpf.KnockgateMapHints: set.Hints,
 	}
 	for name, m := range pinned {
 		want := spec.Maps[name]

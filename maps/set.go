@@ -22,6 +22,7 @@ type Set struct {
 	Allow      *ebpf.Map
 	Counters   *ebpf.Map
 	Events     *ebpf.Map
+	Hints      *ebpf.Map
 }
 
 // FromObjects wraps the maps of a loaded collection. The Set does not take
@@ -35,6 +36,7 @@ func FromObjects(m *bpf.KnockgateMaps) *Set {
 		Allow:      m.Allow,
 		Counters:   m.Counters,
 		Events:     m.Events,
+		Hints:      m.Hints,
 	}
 }
 
@@ -54,6 +56,7 @@ func (s *Set) named() []struct {
 		{bpf.KnockgateMapAllow, &s.Allow},
 		{bpf.KnockgateMapCounters, &s.Counters},
 		{bpf.KnockgateMapEvents, &s.Events},
+		{bpf.KnockgateMapHints, &s.Hints},
 	}
 }
 

@@ -1,6 +1,7 @@
 package maps
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -71,9 +72,29 @@ func (s *Set) Sources() ([]SourceState, error) {
 	return out, nil
 }
 
+// HintSlot is the program's hint_slot (bpf/knockgate.c): the slot of the
+// hints map that must be set before addr gets a grant or knock progress, or
+// the program will not look for them.
+func HintSlot(addr netip.Addr) uint32 {
+	k := Key(addr).Addr
+	a := binary.NativeEndian.Uint64(k[:8])
+	b := binary.NativeEndian.Uint64(k[8:])
+	return uint32(((a ^ b) * 0x9e3779b97f4a7c15) >> (64 - 16))
+}
+
+func (s *Set) hint(addr netip.Addr) error {
+	if err := s.Hints.Update(HintSlot(addr), uint8(1), ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("hint %s: %w", addr, err)
+	}
+	return nil
+}
+
 // Grant opens the gate for addr until expires (a CLOCK_BOOTTIME stamp, see
 // BootAfter), replacing any grant it had.
 func (s *Set) Grant(addr netip.Addr, expires uint64) error {
+	if err := s.hint(addr); err != nil {
+		return err
+	}
 	if err := s.Grants.Update(Key(addr), bpf.KnockgateGrant{ExpiresNs: expires}, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("grant %s: %w", addr, err)
 	}
@@ -92,6 +113,9 @@ func (s *Set) LookupKnock(addr netip.Addr) (p bpf.KnockgateProgress, ok bool, er
 
 // PutKnock writes addr's knock progress as given (tests use it to back-date).
 func (s *Set) PutKnock(addr netip.Addr, p bpf.KnockgateProgress) error {
+	if err := s.hint(addr); err != nil {
+		return err
+	}
 	if err := s.Knocks.Update(Key(addr), p, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write knock progress of %s: %w", addr, err)
 	}

@@ -1,0 +1,937 @@
+package bpf_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/ringbuf"
+
+	"github.com/knockgate/knockgate/bpf"
+	"github.com/knockgate/knockgate/loader"
+	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/test/netns"
+	"github.com/knockgate/knockgate/test/packet"
+)
+
+// XDP verdicts (enum xdp_action).
+const (
+	xdpDrop = 1
+	xdpPass = 2
+)
+
+// testSources sizes the knock and grant maps: the tests track a handful of
+// sources, and a small map keeps each load cheap.
+const testSources = 1024
+
+func tcp(n uint16) maps.Port { return maps.Port{Num: n, Proto: maps.TCP} }
+func udp(n uint16) maps.Port { return maps.Port{Num: n, Proto: maps.UDP} }
+
+// The default gate: a three-step TCP sequence guarding ssh and mDNS.
+var (
+	seq       = []maps.Port{tcp(7000), tcp(8000), tcp(9000)}
+	ssh       = tcp(22)
+	mdns      = udp(5353)
+	unrelated = tcp(443)
+)
+
+func defaultConfig() maps.Config {
+	return maps.Config{
+		Sequence:    seq,
+		StepTimeout: 10 * time.Second,
+		Open:        30 * time.Second,
+		Protected:   []maps.Port{ssh, mdns},
+	}
+}
+
+// family is one address family's cast: two sources, the gate's address, and
+// an allow-listed prefix with an address inside it.
+type family struct {
+	name       string
+	src, other netip.Addr
+	dst        netip.Addr
+	allow      netip.Prefix
+	allowed    netip.Addr
+}
+
+var families = []family{
+	{
+		name:  "ipv4",
+		src:   netip.MustParseAddr("192.0.2.10"),
+		other: netip.MustParseAddr("192.0.2.11"),
+		dst:   netip.MustParseAddr("198.51.100.1"),
+		allow: netip.MustParsePrefix("203.0.113.0/24"), allowed: netip.MustParseAddr("203.0.113.7"),
+	},
+	{
+		name:  "ipv6",
+		src:   netip.MustParseAddr("2001:db8:1::10"),
+		other: netip.MustParseAddr("2001:db8:1::11"),
+		dst:   netip.MustParseAddr("2001:db8:2::1"),
+		allow: netip.MustParsePrefix("2001:db8:a11::/48"), allowed: netip.MustParseAddr("2001:db8:a11::7"),
+	},
+}
+
+// forFamilies runs fn once per address family.
+func forFamilies(t *testing.T, fn func(t *testing.T, f family)) {
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) { fn(t, f) })
+	}
+}
+
+// frame describes a packet from src to port p of the gate: a bare SYN for
+// TCP (a knock, when p is a step), a datagram for UDP.
+func (f family) frame(src netip.Addr, p maps.Port) packet.Frame {
+	if p.Proto == maps.UDP {
+		return packet.UDP(src, f.dst, 40000, p.Num)
+	}
+	return packet.TCP(src, f.dst, 40000, p.Num, packet.SYN)
+}
+
+// knock is the frame for p from src.
+func (f family) knock(src netip.Addr, p maps.Port) []byte { return f.frame(src, p).Bytes() }
+
+// tcp is a TCP segment from src to port with flags.
+func (f family) tcp(src netip.Addr, port uint16, flags uint8) []byte {
+	return packet.TCP(src, f.dst, 40000, port, flags).Bytes()
+}
+
+// gate is one loaded, unattached program with its maps and an events reader.
+type gate struct {
+	t    *testing.T
+	objs *bpf.KnockgateObjects
+	maps *maps.Set
+	cfg  maps.Config // as installed, with its generation
+	rd   *ringbuf.Reader
+}
+
+// newGate loads the program and installs cfg (unless it has no sequence:
+// then the program runs with the empty configuration it loads with).
+func newGate(t *testing.T, cfg maps.Config, allow ...netip.Prefix) *gate {
+	t.Helper()
+	objs, err := loader.Load(testSources)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { objs.Close() })
+	g := &gate{t: t, objs: objs, maps: maps.FromObjects(&objs.KnockgateMaps)}
+	if len(allow) > 0 {
+		if err := g.maps.SetAllow(allow); err != nil {
+			t.Fatal(err)
+		}
+		cfg.AllowCount = uint32(len(allow))
+	}
+	if len(cfg.Sequence) > 0 {
+		g.configure(cfg)
+	}
+	if g.rd, err = ringbuf.NewReader(objs.Events); err != nil {
+		t.Fatalf("open event ring buffer: %v", err)
+	}
+	t.Cleanup(func() { g.rd.Close() })
+	return g
+}
+
+// configure writes cfg (keeping the allow count) and records what was
+// installed.
+func (g *gate) configure(cfg maps.Config) {
+	g.t.Helper()
+	installed, err := g.maps.WriteConfig(cfg)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	g.cfg = installed
+}
+
+func (g *gate) counters() maps.Counters {
+	g.t.Helper()
+	c, err := g.maps.ReadCounters()
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	return c
+}
+
+// run runs frame through the program once.
+func (g *gate) run(frame []byte) uint32 {
+	g.t.Helper()
+	v, err := g.objs.Knockgate.Run(&ebpf.RunOptions{Data: frame})
+	if err != nil {
+		g.t.Fatalf("run program: %v", err)
+	}
+	return v
+}
+
+func verdictName(v uint32) string {
+	switch v {
+	case xdpDrop:
+		return "XDP_DROP"
+	case xdpPass:
+		return "XDP_PASS"
+	}
+	return fmt.Sprintf("verdict(%d)", v)
+}
+
+// expect runs frame and checks its verdict and that it bumped exactly the
+// named counters (a name given twice: by two), nothing else.
+func (g *gate) expect(what string, frame []byte, verdict uint32, counters ...string) {
+	g.t.Helper()
+	before := g.counters()
+	got := g.run(frame)
+	after := g.counters()
+	if got != verdict {
+		g.t.Errorf("%s: %s, want %s", what, verdictName(got), verdictName(verdict))
+	}
+	want := map[string]uint64{}
+	for _, c := range counters {
+		want[c]++
+	}
+	var diffs []string
+	for i, name := range maps.CounterNames {
+		if d := after[i] - before[i]; d != want[name] {
+			diffs = append(diffs, fmt.Sprintf("%s +%d (want +%d)", name, d, want[name]))
+		}
+	}
+	if len(diffs) > 0 {
+		g.t.Errorf("%s: counters: %s", what, strings.Join(diffs, ", "))
+	}
+}
+
+func (g *gate) progress(addr netip.Addr) (bpf.KnockgateProgress, bool) {
+	g.t.Helper()
+	p, ok, err := g.maps.LookupKnock(addr)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	return p, ok
+}
+
+func (g *gate) grant(addr netip.Addr) (bpf.KnockgateGrant, bool) {
+	g.t.Helper()
+	gr, ok, err := g.maps.LookupGrant(addr)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	return gr, ok
+}
+
+// noProgress checks addr has no knock progress entry at all.
+func (g *gate) noProgress(what string, addr netip.Addr) {
+	g.t.Helper()
+	if p, ok := g.progress(addr); ok {
+		g.t.Errorf("%s: %s has progress %+v, want none", what, addr, p)
+	}
+}
+
+// noGrant checks addr has no grant entry at all.
+func (g *gate) noGrant(what string, addr netip.Addr) {
+	g.t.Helper()
+	if gr, ok := g.grant(addr); ok {
+		g.t.Errorf("%s: %s has a grant until %d, want none", what, addr, gr.ExpiresNs)
+	}
+}
+
+// event is a ring-buffer event, decoded and raw (for exact timestamps).
+type event struct {
+	maps.Event
+	raw bpf.KnockgateEvent
+}
+
+// events drains the ring buffer without blocking.
+func (g *gate) events() []event {
+	g.t.Helper()
+	// A deadline in the past makes Read return what is there, then
+	// os.ErrDeadlineExceeded instead of waiting.
+	g.rd.SetDeadline(time.Now())
+	var out []event
+	for {
+		rec, err := g.rd.Read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return out
+		}
+		if err != nil {
+			g.t.Fatalf("read event: %v", err)
+		}
+		var ev event
+		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &ev.raw); err != nil {
+			g.t.Fatalf("decode event: %v", err)
+		}
+		ev.Event = maps.DecodeEvent(&ev.raw)
+		out = append(out, ev)
+	}
+}
+
+// expectEvents drains the ring buffer and checks the events' types, in order.
+func (g *gate) expectEvents(what string, types ...string) []event {
+	g.t.Helper()
+	evs := g.events()
+	var got []string
+	for _, ev := range evs {
+		got = append(got, ev.Type)
+	}
+	if strings.Join(got, ",") != strings.Join(types, ",") {
+		g.t.Errorf("%s: events %v, want %v", what, got, types)
+		return nil
+	}
+	return evs
+}
+
+// clockSlack absorbs the difference between the program's
+// bpf_ktime_get_boot_ns and our clock_gettime(CLOCK_BOOTTIME): the same
+// clock read through different accessors. It is a tolerance on a bracket,
+// not a timing assumption: nothing here depends on how long a run takes.
+const clockSlack = uint64(time.Millisecond)
+
+// within checks lo <= got <= hi, give or take clockSlack.
+func within(t *testing.T, what string, got, lo, hi uint64) {
+	t.Helper()
+	if got+clockSlack < lo || got > hi+clockSlack {
+		t.Errorf("%s = %d, want within [%d, %d]", what, got, lo, hi)
+	}
+}
+
+// knockSteps sends steps[:n] of the sequence from src, each expected to be
+// accepted, and drains the events they made.
+func (g *gate) knockSteps(f family, src netip.Addr, n int) {
+	g.t.Helper()
+	for i := range n {
+		want := []string{"dropped_knock", "knock_advanced"}
+		if i == len(g.cfg.Sequence)-1 {
+			want = append(want, "granted")
+		}
+		g.expect(fmt.Sprintf("step %d (%s)", i+1, g.cfg.Sequence[i]), f.knock(src, g.cfg.Sequence[i]), xdpDrop, want...)
+	}
+	g.events()
+}
+
+func TestUnconfiguredPassesEverything(t *testing.T) {
+	netns.Require(t)
+	forFamilies(t, func(t *testing.T, f family) {
+		g := newGate(t, maps.Config{})
+		g.expect("SYN to 22", f.knock(f.src, ssh), xdpPass, "passed")
+		g.expect("SYN to 7000", f.knock(f.src, tcp(7000)), xdpPass, "passed")
+		g.noProgress("after SYN to 7000", f.src)
+		g.expectEvents("unconfigured")
+	})
+}
+
+func TestProtectedPort(t *testing.T) {
+	netns.Require(t)
+	forFamilies(t, func(t *testing.T, f family) {
+		g := newGate(t, defaultConfig(), f.allow)
+
+		g.expect("SYN to 22 without grant", f.knock(f.src, ssh), xdpDrop, "dropped_protected")
+		g.expect("ACK to 22 without grant", f.tcp(f.src, 22, packet.ACK), xdpDrop, "dropped_protected")
+		g.expect("UDP to 5353 without grant", f.knock(f.src, mdns), xdpDrop, "dropped_protected")
+		// Protection is per protocol: 22/udp and 5353/tcp are not protected.
+		g.expect("UDP to 22", f.knock(f.src, udp(22)), xdpPass, "passed")
+		g.expect("ACK to 5353/tcp", f.tcp(f.src, 5353, packet.ACK), xdpPass, "passed")
+		g.noProgress("after unauthorised traffic", f.src)
+		g.noGrant("after unauthorised traffic", f.src)
+
+		expires := maps.BootAfter(time.Minute)
+		if err := g.maps.Grant(f.src, expires); err != nil {
+			t.Fatal(err)
+		}
+		g.expect("SYN to 22 with grant", f.knock(f.src, ssh), xdpPass, "passed_granted")
+		g.expect("ACK to 22 with grant", f.tcp(f.src, 22, packet.ACK), xdpPass, "passed_granted")
+		g.expect("UDP to 5353 with grant", f.knock(f.src, mdns), xdpPass, "passed_granted")
+		if gr, ok := g.grant(f.src); !ok || gr.ExpiresNs != expires {
+			t.Errorf("grant after use: %+v %v, want until %d", gr, ok, expires)
+		}
+		g.expect("SYN to 22 from another source", f.knock(f.other, ssh), xdpDrop, "dropped_protected")
+
+		g.expect("SYN to 22 from allow-listed source", f.knock(f.allowed, ssh), xdpPass, "passed_allowed")
+		g.expect("UDP to 5353 from allow-listed source", f.knock(f.allowed, mdns), xdpPass, "passed_allowed")
+		g.noGrant("allow-listed source", f.allowed)
+		g.expectEvents("protected port")
+	})
+}
+
+func TestUnrelatedTrafficPasses(t *testing.T) {
+	netns.Require(t)
+	forFamilies(t, func(t *testing.T, f family) {
+		g := newGate(t, defaultConfig())
+		g.expect("SYN to 443", f.knock(f.src, unrelated), xdpPass, "passed")
+		g.expect("ACK to 443", f.tcp(f.src, 443, packet.ACK), xdpPass, "passed")
+		g.expect("UDP to 5000", f.knock(f.src, udp(5000)), xdpPass, "passed")
+		g.expect("ICMP echo", packet.ICMP(f.src, f.dst).Bytes(), xdpPass, "passed")
+		g.expect("ARP request", packet.ARP(netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("192.0.2.1")), xdpPass, "passed")
+		// Other transports are not judged, even "to" a protected port number.
+		other := packet.Frame{Src: f.src, Dst: f.dst, Proto: 132, Payload: []byte{0, 22, 0, 22}} // SCTP
+		g.expect("SCTP", other.Bytes(), xdpPass, "passed")
+		g.noProgress("unrelated traffic", f.src)
+		g.noGrant("unrelated traffic", f.src)
+		g.expectEvents("unrelated traffic")
+	})
+}
+
+func TestKnockSequenceGrants(t *testing.T) {
+	netns.Require(t)
+	forFamilies(t, func(t *testing.T, f family) {
+		cfg := defaultConfig()
+		g := newGate(t, cfg)
+
+		for i, step := range seq[:len(seq)-1] {
+			what := fmt.Sprintf("step %d (%s)", i+1, step)
+			before := maps.BootNow()
+			g.expect(what, f.knock(f.src, step), xdpDrop, "dropped_knock", "knock_advanced")
+			after := maps.BootNow()
+			p, ok := g.progress(f.src)
+			if !ok || int(p.Stage) != i+1 || p.Generation != g.cfg.Generation {
+				t.Fatalf("%s: progress %+v %v, want stage %d generation %d", what, p, ok, i+1, g.cfg.Generation)
+			}
+			within(t, what+": deadline", p.DeadlineNs, before+uint64(cfg.StepTimeout), after+uint64(cfg.StepTimeout))
+			evs := g.expectEvents(what, "knock")
+			if len(evs) == 1 {
+				ev := evs[0]
+				if ev.Src != f.src || ev.Port != step || ev.Stage != i+1 || ev.raw.ExpiresNs != p.DeadlineNs {
+					t.Errorf("%s: event %+v, want %s %s stage %d until %d", what, ev.Event, f.src, step, i+1, p.DeadlineNs)
+				}
+			}
+			g.noGrant(what, f.src)
+			// An ACK: a SYN would be a wrong knock and reset the progress.
+			g.expect(what+": 22 still closed", f.tcp(f.src, ssh.Num, packet.ACK), xdpDrop, "dropped_protected")
+		}
+
+		last := seq[len(seq)-1]
+		before := maps.BootNow()
+		g.expect("last step", f.knock(f.src, last), xdpDrop, "dropped_knock", "knock_advanced", "granted")
+		after := maps.BootNow()
+		g.noProgress("after the last step", f.src)
+		gr, ok := g.grant(f.src)
+		if !ok {
+			t.Fatal("last step: no grant")
+		}
+		within(t, "grant expiry", gr.ExpiresNs, before+uint64(cfg.Open), after+uint64(cfg.Open))
+		if evs := g.expectEvents("last step", "open"); len(evs) == 1 {
+			ev := evs[0]
+			if ev.Src != f.src || ev.Port != last || ev.Stage != len(seq) || ev.raw.ExpiresNs != gr.ExpiresNs {
+				t.Errorf("open event %+v, want %s %s stage %d until %d", ev.Event, f.src, last, len(seq), gr.ExpiresNs)
+			}
+		}
+
+		g.expect("SYN to 22 after the sequence", f.knock(f.src, ssh), xdpPass, "passed_granted")
+		g.expect("SYN to 22 from another source", f.knock(f.other, ssh), xdpDrop, "dropped_protected")
+	})
+}
+
+func TestSingleStepSequence(t *testing.T) {
+	netns.Require(t)
+	forFamilies(t, func(t *testing.T, f family) {
+		cfg := defaultConfig()
+		cfg.Sequence = []maps.Port{udp(7000)}
+		g := newGate(t, cfg)
+		g.expect("the only step", f.knock(f.src, udp(7000)), xdpDrop, "dropped_knock", "knock_advanced", "granted")
+		g.noProgress("single step", f.src)
+		if _, ok := g.grant(f.src); !ok {
+			t.Error("single step: no grant")
+		}
+		g.expectEvents("single step", "open")
+		g.expect("SYN to 22", f.knock(f.src, ssh), xdpPass, "passed_granted")
+	})
+}
+
+func TestRetransmittedStepIgnored(t *testing.T) {
+	netns.Require(t)
+	forFamilies(t, func(t *testing.T, f family) {
+		g := newGate(t, defaultConfig())
+		g.knockSteps(f, f.src, 2)
+		want, ok := g.progress(f.src)
+		if !ok || want.Stage != 2 {
+			t.Fatalf("after two steps: progress %+v %v", want, ok)
+		}
+		for i, step := range seq[:2] {
+			what := fmt.Sprintf("retransmitted step %d", i+1)
+			g.expect(what, f.knock(f.src, step), xdpDrop, "dropped_knock", "knock_repeated")
+			if p, ok := g.progress(f.src); !ok || p != want {
+				t.Errorf("%s: progress %+v %v, want unchanged %+v", what, p, ok, want)
+			}
+		}
+		g.expectEvents("retransmissions")
+		g.expect("last step after retransmissions", f.knock(f.src, seq[2]), xdpDrop, "dropped_knock", "knock_advanced", "granted")
+	})
+}
+
+func TestWrongKnockResets(t *testing.T) {
+	netns.Require(t)
+	forFamilies(t, func(t *testing.T, f family) {
+		g := newGate(t, defaultConfig())
+		cases := []struct {
+			what    string
+			frame   []byte
+			verdict uint32
+			counter string // the verdict counter after the reset
+		}{
+			{"SYN to an unrelated port", f.knock(f.src, unrelated), xdpPass, "passed"},
+			{"UDP to an unrelated port", f.knock(f.src, udp(5000)), xdpPass, "passed"},
+			{"SYN to a protected port", f.knock(f.src, ssh), xdpDrop, "dropped_protected"},
+			{"a later step out of order", f.knock(f.src, seq[2]), xdpDrop, "dropped_knock"},
+			{"the right port with the wrong protocol", f.knock(f.src, udp(seq[1].Num)), xdpPass, "passed"},
+		}
+		for _, c := range cases {
+			g.knockSteps(f, f.src, 1)
+			g.expect(c.what, c.frame, c.verdict, c.counter, "knock_reset")
+			g.noProgress(c.what, f.src)
+			if evs := g.expectEvents(c.what, "reset"); len(evs) == 1 && evs[0].Stage != 1 {
+				t.Errorf("%s: reset event stage %d, want 1", c.what, evs[0].Stage)
+			}
+			// The sequence has to start over: step 2 is now out of order.
+			g.expect(c.what+": step 2 after the reset", f.knock(f.src, seq[1]), xdpDrop, "dropped_knock")
+			g.noProgress(c.what+": step 2 after the reset", f.src)
+		}
+		g.noGrant("resets", f.src)
+	})
+}
+
+func TestPortSweepCannotComplete(t *testing.T) {
+	netns.Require(t)
+	forFamilies(t, func(t *testing.T, f family) {
+		g := newGate(t, defaultConfig())
+		// An ordered sweep passes every step in order, but also every port
+		// between them, each of which resets the progress.
+		for port := uint16(1); port <= 10000; port++ {
+			g.run(f.tcp(f.src, port, packet.SYN))
+		}
+		g.noGrant("after the sweep", f.src)
+		g.noProgress("after the sweep", f.src)
+		c := g.counters()
+		if n := c.Get("granted"); n != 0 {
+			t.Errorf("sweep: granted %d times", n)
+		}
+		if n := c.Get("knock_reset"); n != 1 {
+			t.Errorf("sweep: %d resets, want 1 (7001 resets the start at 7000; 8000 and 9000 are out of order)", n)
+		}
+		g.expect("SYN to 22 after the sweep", f.knock(f.src, ssh), xdpDrop, "dropped_protected")
+	})
+}
+
+func TestSynWithOtherFlagsIsNotAKnock(t *testing.T) {
+	netns.Require(t)
+	forFamilies(t, func(t *testing.T, f family) {
+		g := newGate(t, defaultConfig())
+		flags := []struct {
+			name  string
+			flags uint8
+		}{
+			{"SYN+ACK", packet.SYN | packet.ACK},
+			{"SYN+RST", packet.SYN | packet.RST},
+			{"SYN+FIN", packet.SYN | packet.FIN},
+			{"ACK", packet.ACK},
+			{"no flags", 0},
+		}
+		for _, fl := range flags {
+			g.expect(fl.name+" to step 1", f.tcp(f.src, seq[0].Num, fl.flags), xdpPass, "passed")
+			g.noProgress(fl.name+" to step 1", f.src)
+		}
+		// Mid-sequence they neither advance nor reset.
+		g.knockSteps(f, f.src, 1)
+		want, _ := g.progress(f.src)
+		for _, fl := range flags {
+			g.expect(fl.name+" to step 2", f.tcp(f.src, seq[1].Num, fl.flags), xdpPass, "passed")
+			g.expect(fl.name+" to 443", f.tcp(f.src, 443, fl.flags), xdpPass, "passed")
+			if p, ok := g.progress(f.src); !ok || p != want {
+				t.Errorf("%s mid-sequence: progress %+v %v, want unchanged %+v", fl.name, p, ok, want)
+			}
+		}
+		g.expectEvents("non-knocks")
+		// A PSH on a SYN does not disqualify it.
+		g.expect("SYN+PSH to step 2", f.tcp(f.src, seq[1].Num, packet.SYN|packet.PSH), xdpDrop, "dropped_knock", "knock_advanced")
+	})
+}
+
+func TestUDPSteps(t *testing.T) {
+	netns.Require(t)
+	forFamilies(t, func(t *testing.T, f family) {
+		cfg := defaultConfig()
+		cfg.Sequence = []maps.Port{udp(7000), tcp(8000)}
+		g := newGate(t, cfg)
+
+		g.expect("SYN to 7000/tcp", f.knock(f.src, tcp(7000)), xdpPass, "passed")
+		g.noProgress("SYN to 7000/tcp", f.src)
+
+		g.expect("UDP to 7000", f.knock(f.src, udp(7000)), xdpDrop, "dropped_knock", "knock_advanced")
+		if p, ok := g.progress(f.src); !ok || p.Stage != 1 {
+			t.Fatalf("after UDP to 7000: progress %+v %v", p, ok)
+		}
+		g.expect("UDP to 7000 again", f.knock(f.src, udp(7000)), xdpDrop, "dropped_knock", "knock_repeated")
+		g.expect("SYN to 8000", f.knock(f.src, tcp(8000)), xdpDrop, "dropped_knock", "knock_advanced", "granted")
+		if _, ok := g.grant(f.src); !ok {
+			t.Error("UDP then TCP: no grant")
+		}
+		g.expectEvents("UDP sequence", "knock", "open")
+
+		// UDP to the TCP step's port is a wrong knock.
+		g.expect("other: UDP to 7000", f.knock(f.other, udp(7000)), xdpDrop, "dropped_knock", "knock_advanced")
+		g.expect("other: UDP to 8000", f.knock(f.other, udp(8000)), xdpPass, "passed", "knock_reset")
+		g.noProgress("other: UDP to 8000", f.other)
+		g.noGrant("other: UDP to 8000", f.other)
+	})
+}
+
+func TestExpiredProgressCountsAsNone(t *testing.T) {
+	netns.Require(t)
+	forFamilies(t, func(t *testing.T, f family) {
+		cfg := defaultConfig()
+		g := newGate(t, cfg)
+		stale := bpf.KnockgateProgress{DeadlineNs: maps.BootNow() - 1, Generation: g.cfg.Generation, Stage: 2}
+		if err := g.maps.PutKnock(f.src, stale); err != nil {
+			t.Fatal(err)
+		}
+		g.expect("last step after the deadline", f.knock(f.src, seq[2]), xdpDrop, "dropped_knock")
+		g.noGrant("last step after the deadline", f.src)
+		if p, _ := g.progress(f.src); p != stale {
+			t.Errorf("stale progress changed to %+v", p)
+		}
+		// Nor does it make a reset: there is nothing to reset.
+		g.expect("SYN to 443 after the deadline", f.knock(f.src, unrelated), xdpPass, "passed")
+		g.expectEvents("expired progress")
+
+		before := maps.BootNow()
+		g.expect("step 1 after the deadline", f.knock(f.src, seq[0]), xdpDrop, "dropped_knock", "knock_advanced")
+		after := maps.BootNow()
+		p, ok := g.progress(f.src)
+		if !ok || p.Stage != 1 {
+			t.Fatalf("step 1 after the deadline: progress %+v %v, want a fresh start", p, ok)
+		}
+		within(t, "fresh deadline", p.DeadlineNs, before+uint64(cfg.StepTimeout), after+uint64(cfg.StepTimeout))
+	})
+}
+
+func TestExpiredGrantRemoved(t *testing.T) {
+	netns.Require(t)
+	forFamilies(t, func(t *testing.T, f family) {
+		g := newGate(t, defaultConfig())
+		past := maps.BootNow() - uint64(time.Second)
+		if err := g.maps.Grant(f.src, past); err != nil {
+			t.Fatal(err)
+		}
+		g.expect("SYN to 22 with an expired grant", f.knock(f.src, ssh), xdpDrop, "dropped_protected", "grant_expired")
+		g.noGrant("expired grant", f.src)
+		if evs := g.expectEvents("expired grant", "expire"); len(evs) == 1 {
+			if ev := evs[0]; ev.Src != f.src || ev.raw.ExpiresNs != past || ev.Port != ssh {
+				t.Errorf("expire event %+v (expires %d), want %s %s expires %d", ev.Event, ev.raw.ExpiresNs, f.src, ssh, past)
+			}
+		}
+		g.expect("SYN to 22 again", f.knock(f.src, ssh), xdpDrop, "dropped_protected")
+		g.expectEvents("after removal")
+
+		// An expired grant does not block a new sequence either.
+		if err := g.maps.Grant(f.src, past); err != nil {
+			t.Fatal(err)
+		}
+		g.expect("step 1 with an expired grant", f.knock(f.src, seq[0]), xdpDrop, "dropped_knock", "knock_advanced", "grant_expired")
+		g.noGrant("step 1 with an expired grant", f.src)
+		g.expectEvents("step 1 with an expired grant", "expire", "knock")
+	})
+}
+
+func TestNewGenerationVoidsProgressKeepsGrants(t *testing.T) {
+	netns.Require(t)
+	forFamilies(t, func(t *testing.T, f family) {
+		cfg := defaultConfig()
+		g := newGate(t, cfg)
+		g.knockSteps(f, f.src, 2)
+		expires := maps.BootAfter(time.Hour)
+		if err := g.maps.Grant(f.other, expires); err != nil {
+			t.Fatal(err)
+		}
+		old := g.cfg.Generation
+		g.configure(cfg)
+		if g.cfg.Generation == old {
+			t.Fatalf("generation still %d after WriteConfig", old)
+		}
+
+		g.expect("last step under a new generation", f.knock(f.src, seq[2]), xdpDrop, "dropped_knock")
+		g.noGrant("last step under a new generation", f.src)
+		g.expect("granted source under a new generation", f.knock(f.other, ssh), xdpPass, "passed_granted")
+		if gr, ok := g.grant(f.other); !ok || gr.ExpiresNs != expires {
+			t.Errorf("grant after WriteConfig: %+v %v, want until %d", gr, ok, expires)
+		}
+
+		// The void progress is simply replaced by a new start.
+		g.expect("step 1 under a new generation", f.knock(f.src, seq[0]), xdpDrop, "dropped_knock", "knock_advanced")
+		if p, ok := g.progress(f.src); !ok || p.Stage != 1 || p.Generation != g.cfg.Generation {
+			t.Errorf("progress %+v %v, want stage 1 of generation %d", p, ok, g.cfg.Generation)
+		}
+	})
+}
+
+func TestKnocksFromGrantedSource(t *testing.T) {
+	netns.Require(t)
+	forFamilies(t, func(t *testing.T, f family) {
+		g := newGate(t, defaultConfig())
+		g.knockSteps(f, f.src, len(seq))
+		want, ok := g.grant(f.src)
+		if !ok {
+			t.Fatal("sequence did not grant")
+		}
+		for _, step := range seq {
+			counters := []string{"dropped_knock"}
+			if step == seq[0] {
+				counters = append(counters, "knock_while_granted")
+			}
+			g.expect("granted source knocks "+step.String(), f.knock(f.src, step), xdpDrop, counters...)
+		}
+		g.expect("granted source SYN to 443", f.knock(f.src, unrelated), xdpPass, "passed")
+		g.noProgress("granted source knocking", f.src)
+		if gr, ok := g.grant(f.src); !ok || gr != want {
+			t.Errorf("grant after knocks: %+v %v, want unchanged %+v", gr, ok, want)
+		}
+		g.expectEvents("knocks while granted")
+		g.expect("SYN to 22", f.knock(f.src, ssh), xdpPass, "passed_granted")
+
+		// A sequence completed while a longer grant is held does not
+		// shorten it.
+		long := maps.BootAfter(time.Hour)
+		g.knockSteps(f, f.other, 2)
+		if err := g.maps.Grant(f.other, long); err != nil {
+			t.Fatal(err)
+		}
+		g.expect("last step while holding a longer grant", f.knock(f.other, seq[2]), xdpDrop, "dropped_knock", "knock_advanced", "granted")
+		if gr, ok := g.grant(f.other); !ok || gr.ExpiresNs != long {
+			t.Errorf("grant after completing: %+v %v, want the longer %d", gr, ok, long)
+		}
+	})
+}
+
+func TestVLAN(t *testing.T) {
+	netns.Require(t)
+	tags := []struct {
+		name  string
+		vlans []packet.VLAN
+	}{
+		{"single", []packet.VLAN{{TPID: packet.EtherTypeVLAN, ID: 100}}},
+		{"double", []packet.VLAN{{TPID: packet.EtherTypeQinQ, ID: 100}, {TPID: packet.EtherTypeVLAN, ID: 200}}},
+	}
+	forFamilies(t, func(t *testing.T, f family) {
+		for _, tag := range tags {
+			t.Run(tag.name, func(t *testing.T) {
+				g := newGate(t, defaultConfig())
+				tagged := func(fr packet.Frame) []byte {
+					fr.VLANs = tag.vlans
+					return fr.Bytes()
+				}
+				g.expect("tagged SYN to 22", tagged(f.frame(f.src, ssh)), xdpDrop, "dropped_protected")
+				for i, step := range seq {
+					counters := []string{"dropped_knock", "knock_advanced"}
+					if i == len(seq)-1 {
+						counters = append(counters, "granted")
+					}
+					g.expect("tagged step "+step.String(), tagged(f.frame(f.src, step)), xdpDrop, counters...)
+				}
+				if _, ok := g.grant(f.src); !ok {
+					t.Error("tagged sequence did not grant")
+				}
+				g.expect("tagged SYN to 22 after the sequence", tagged(f.frame(f.src, ssh)), xdpPass, "passed_granted")
+				g.expect("tagged SYN to 22 from another source", tagged(f.frame(f.other, ssh)), xdpDrop, "dropped_protected")
+				// A frame cut inside its tags cannot be judged.
+				cut := packet.Truncate(tagged(f.frame(f.src, ssh)), 14+4*len(tag.vlans)-2)
+				g.expect("frame cut inside its tags", cut, xdpDrop, "dropped_malformed")
+			})
+		}
+	})
+}
+
+func TestIPv4Header(t *testing.T) {
+	netns.Require(t)
+	f := families[0]
+	g := newGate(t, defaultConfig())
+	withOptions := func(p maps.Port) []byte {
+		fr := f.frame(f.src, p)
+		fr.Options = []byte{1, 1, 0x94, 0x04, 0, 0} // NOP, NOP, Router Alert: IHL 7
+		return fr.Bytes()
+	}
+	g.expect("SYN to 22 with IP options", withOptions(ssh), xdpDrop, "dropped_protected")
+	// Ports read at the IHL offset: a knock through options is recognised.
+	g.expect("step 1 with IP options", withOptions(seq[0]), xdpDrop, "dropped_knock", "knock_advanced")
+	if p, ok := g.progress(f.src); !ok || p.Stage != 1 {
+		t.Errorf("step 1 with IP options: progress %+v %v", p, ok)
+	}
+
+	for _, ihl := range []int{0x1, 0x4} {
+		fr := f.frame(f.other, seq[0])
+		fr.IHL = ihl
+		g.expect(fmt.Sprintf("IHL %d", ihl), fr.Bytes(), xdpDrop, "dropped_malformed")
+	}
+	long := f.frame(f.other, seq[0])
+	long.IHL = 15 // 60 bytes of header: more than the 40 the frame has after Ethernet
+	g.expect("IHL beyond the frame", long.Bytes(), xdpDrop, "dropped_malformed")
+	g.noProgress("malformed IPv4", f.other)
+}
+
+func TestTruncated(t *testing.T) {
+	netns.Require(t)
+	forFamilies(t, func(t *testing.T, f family) {
+		g := newGate(t, defaultConfig())
+		syn := f.frame(f.src, seq[0])
+		g.expect("TCP header cut before the flags", syn.TruncatedL4(13), xdpDrop, "dropped_malformed")
+		g.expect("TCP header cut after the flags", syn.TruncatedL4(19), xdpDrop, "dropped_malformed")
+		g.expect("UDP header cut", f.frame(f.src, udp(7000)).TruncatedL4(7), xdpDrop, "dropped_malformed")
+		g.expect("IP header cut", packet.Truncate(syn.Bytes(), 14+8), xdpDrop, "dropped_malformed")
+		g.expect("Ethernet header only", packet.Truncate(syn.Bytes(), 14), xdpDrop, "dropped_malformed")
+		g.noProgress("truncated", f.src)
+		// Complete headers with no payload are fine.
+		g.expect("bare TCP header", syn.TruncatedL4(20), xdpDrop, "dropped_knock", "knock_advanced")
+	})
+}
+
+// extChain is a SYN (or datagram) from the IPv6 source to p behind the
+// extension headers ext, of varied lengths so that the walk must use each
+// header's own length field.
+func extChain(p maps.Port, ext ...uint8) packet.Frame {
+	f := families[1]
+	fr := f.frame(f.src, p)
+	for i, e := range ext {
+		fr.Ext = append(fr.Ext, packet.Ext{Type: e, Len: 8 * (1 + i%3)})
+	}
+	return fr
+}
+
+const (
+	hop  = packet.ProtoHopOpts
+	dopt = packet.ProtoDstOpts
+	rt   = packet.ProtoRouting
+	frag = packet.ProtoFragment
+)
+
+func TestIPv6ExtensionHeaders(t *testing.T) {
+	netns.Require(t)
+	f := families[1]
+	g := newGate(t, defaultConfig())
+	g.expect("SYN to 22 behind hop+dst+routing", extChain(ssh, hop, dopt, rt).Bytes(), xdpDrop, "dropped_protected")
+	g.expect("step 1 behind hop+dst+routing", extChain(seq[0], hop, dopt, rt).Bytes(), xdpDrop, "dropped_knock", "knock_advanced")
+	g.expect("step 2 behind dst+frag(0)+dst", extChain(seq[1], dopt, frag, dopt).Bytes(), xdpDrop, "dropped_knock", "knock_advanced")
+	if p, ok := g.progress(f.src); !ok || p.Stage != 2 {
+		t.Errorf("knocks behind extension headers: progress %+v %v, want stage 2", p, ok)
+	}
+	g.expect("SYN to 443 behind hop", extChain(unrelated, hop).Bytes(), xdpPass, "passed", "knock_reset")
+
+	cut := extChain(ssh, hop, dopt)
+	g.expect("extension header cut", packet.Truncate(cut.Bytes(), 14+40+8+1), xdpDrop, "dropped_malformed")
+	g.expect("frame ends after the IPv6 header", packet.Truncate(cut.Bytes(), 14+40), xdpDrop, "dropped_malformed")
+	none := packet.Frame{Src: f.src, Dst: f.dst, Proto: packet.ProtoNone}
+	g.expect("no next header", none.Bytes(), xdpPass, "passed")
+}
+
+// TestIPv6ExtensionChainBound: MAX_IPV6_EXT (6) extension headers are
+// walked to the transport header; a seventh is one too many, and since the
+// ports behind it cannot be seen, the packet is dropped.
+func TestIPv6ExtensionChainBound(t *testing.T) {
+	netns.Require(t)
+	g := newGate(t, defaultConfig())
+	six := []uint8{hop, dopt, rt, dopt, rt, dopt}
+	g.expect("SYN to 22 behind 6 headers", extChain(ssh, six...).Bytes(), xdpDrop, "dropped_protected")
+	g.expect("SYN to 443 behind 6 headers", extChain(unrelated, six...).Bytes(), xdpPass, "passed")
+	g.expect("SYN to 443 behind 7 headers", extChain(unrelated, append(six, dopt)...).Bytes(), xdpDrop, "dropped_malformed")
+	g.expect("SYN to 443 behind 5 headers", extChain(unrelated, six[:5]...).Bytes(), xdpPass, "passed")
+}
+
+func TestFragments(t *testing.T) {
+	netns.Require(t)
+	forFamilies(t, func(t *testing.T, f family) {
+		g := newGate(t, defaultConfig())
+		fragment := func(p maps.Port, offset uint16) []byte {
+			fr := f.frame(f.src, p)
+			if f.src.Is4() {
+				fr.FragOffset, fr.MoreFragments = offset, true
+			} else {
+				fr.Ext = []packet.Ext{{Type: packet.ProtoFragment, FragOffset: offset, MoreFragments: true}}
+			}
+			return fr.Bytes()
+		}
+		g.expect("first fragment to 22", fragment(ssh, 0), xdpDrop, "dropped_protected")
+		g.expect("first fragment to 443", fragment(unrelated, 0), xdpPass, "passed")
+		// A non-first fragment has no ports: what looks like a header is
+		// payload, so it neither knocks nor is judged.
+		g.expect("non-first fragment", fragment(ssh, 185), xdpPass, "passed")
+		g.expect("non-first fragment shaped like step 1", fragment(seq[0], 185), xdpPass, "passed")
+		g.noProgress("fragments", f.src)
+		g.expect("first fragment of step 1", fragment(seq[0], 0), xdpDrop, "dropped_knock", "knock_advanced")
+	})
+}
+
+func TestFullRingBufferKeepsVerdicts(t *testing.T) {
+	netns.Require(t)
+	forFamilies(t, func(t *testing.T, f family) {
+		g := newGate(t, defaultConfig())
+		// Each pair makes two events (knock, reset) and leaves no state, so
+		// nothing but the unread ring buffer grows. Stop at the first loss.
+		start, reset := f.knock(f.src, seq[0]), f.knock(f.src, unrelated)
+		limit := g.objs.Events.MaxEntries() / 48 // more pairs than the ring can hold events
+		lost := false
+		for i := uint32(0); i < limit && !lost; i++ {
+			if v := g.run(start); v != xdpDrop {
+				t.Fatalf("pair %d: step 1 %s", i, verdictName(v))
+			}
+			if v := g.run(reset); v != xdpPass {
+				t.Fatalf("pair %d: SYN to 443 %s", i, verdictName(v))
+			}
+			if i%64 == 63 {
+				c := g.counters()
+				lost = c.Get("events_lost") > 0
+			}
+		}
+		if !lost {
+			t.Fatalf("ring buffer of %d bytes never filled", g.objs.Events.MaxEntries())
+		}
+
+		// With the ring full, the state machine runs exactly as before.
+		g.expect("step 1, ring full", start, xdpDrop, "dropped_knock", "knock_advanced", "events_lost")
+		g.expect("step 2, ring full", f.knock(f.src, seq[1]), xdpDrop, "dropped_knock", "knock_advanced", "events_lost")
+		g.expect("step 3, ring full", f.knock(f.src, seq[2]), xdpDrop, "dropped_knock", "knock_advanced", "granted", "events_lost")
+		if _, ok := g.grant(f.src); !ok {
+			t.Error("ring full: sequence did not grant")
+		}
+		g.expect("SYN to 22, ring full", f.knock(f.src, ssh), xdpPass, "passed_granted")
+
+		// Every event was either delivered or counted as lost.
+		c := g.counters()
+		// Each advance emits one event (knock, or open for the last step).
+		made := c.Get("knock_advanced") + c.Get("knock_reset") + c.Get("grant_expired")
+		read := uint64(len(g.events()))
+		if read+c.Get("events_lost") != made {
+			t.Errorf("%d events made, %d read + %d lost", made, read, c.Get("events_lost"))
+		}
+		// Once drained, events flow again.
+		g.expect("SYN to 443 after draining", reset, xdpPass, "passed")
+		g.expect("step 1 after draining", f.knock(f.other, seq[0]), xdpDrop, "dropped_knock", "knock_advanced")
+		g.expectEvents("after draining", "knock")
+	})
+}
+
+// TestVerdictCounters checks that each verdict counter counts its own path,
+// once per packet, in one table.
+func TestVerdictCounters(t *testing.T) {
+	netns.Require(t)
+	forFamilies(t, func(t *testing.T, f family) {
+		g := newGate(t, defaultConfig(), f.allow)
+		if err := g.maps.Grant(f.other, maps.BootAfter(time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		ipHdr := 14 + 20
+		if f.src.Is6() {
+			ipHdr = 14 + 40
+		}
+		cases := []struct {
+			counter string
+			frame   []byte
+			verdict uint32
+		}{
+			{"passed", f.knock(f.src, unrelated), xdpPass},
+			{"passed_granted", f.knock(f.other, ssh), xdpPass},
+			{"passed_allowed", f.knock(f.allowed, ssh), xdpPass},
+			{"dropped_protected", f.knock(f.src, ssh), xdpDrop},
+			{"dropped_knock", f.knock(f.src, seq[1]), xdpDrop}, // out of order: no state change
+			{"dropped_malformed", packet.Truncate(f.knock(f.src, ssh), ipHdr+4), xdpDrop},
+		}
+		for _, c := range cases {
+			g.expect(c.counter, c.frame, c.verdict, c.counter)
+		}
+	})
+}
