@@ -735,6 +735,14 @@ func TestVLAN(t *testing.T) {
 				g.expect("frame cut inside its tags", cut, xdpDrop, "dropped_malformed")
 			})
 		}
+		// Beyond two tags the ports are out of sight: nested VLAN devices
+		// could still deliver the frame, so it must not pass unjudged.
+		t.Run("triple", func(t *testing.T) {
+			g := newGate(t, defaultConfig())
+			fr := f.frame(f.src, ssh)
+			fr.VLANs = []packet.VLAN{{TPID: packet.EtherTypeQinQ, ID: 1}, {TPID: packet.EtherTypeVLAN, ID: 2}, {TPID: packet.EtherTypeVLAN, ID: 3}}
+			g.expect("triple-tagged SYN to 22", fr.Bytes(), xdpDrop, "dropped_malformed")
+		})
 	})
 }
 

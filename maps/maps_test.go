@@ -1,0 +1,128 @@
+package maps
+
+import (
+	"net/netip"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParsePorts(t *testing.T) {
+	good := map[string][]Port{
+		"9000,8000":          {{9000, TCP}, {8000, TCP}},
+		"7000/udp, 8000/TCP": {{7000, UDP}, {8000, TCP}},
+		"9000:udp":           {{9000, UDP}},
+		"1,65535":            {{1, TCP}, {65535, TCP}},
+	}
+	for in, want := range good {
+		got, err := ParsePorts(in)
+		if err != nil || !reflect.DeepEqual(got, want) {
+			t.Errorf("ParsePorts(%q) = %v, %v; want %v", in, got, err, want)
+		}
+		if back, _ := ParsePorts(FormatPorts(got)); !reflect.DeepEqual(back, want) {
+			t.Errorf("FormatPorts(%v) = %q does not parse back", got, FormatPorts(got))
+		}
+	}
+	bad := map[string]string{
+		"":         "empty port list",
+		"70000":    "port 70000 out of range",
+		"0":        "port 0 out of range",
+		"22/sctp":  `unknown protocol "sctp"`,
+		"ssh":      `port "ssh" is not a number`,
+		"9000,,80": `port "" is not a number`,
+		"-1":       `port "-1" is not a number`,
+	}
+	for in, want := range bad {
+		_, err := ParsePorts(in)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ParsePorts(%q) error = %v, want one containing %q", in, err, want)
+		}
+	}
+}
+
+func TestConfigRoundTrip(t *testing.T) {
+	c := Config{
+		Sequence:    []Port{{7000, UDP}, {8000, TCP}, {9000, TCP}},
+		StepTimeout: 45 * time.Second,
+		Open:        2 * time.Hour,
+		Protected:   []Port{{22, TCP}, {63, TCP}, {64, TCP}, {65535, TCP}, {53, UDP}},
+		AllowCount:  3,
+		Mode:        ModeGeneric,
+		Generation:  7,
+	}
+	raw, err := c.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Bit layout the program reads: word port>>6, bit port&63.
+	if raw.ProtectedTcp[0]&(1<<22) == 0 || raw.ProtectedTcp[1]&1 == 0 || raw.ProtectedTcp[1023]&(1<<63) == 0 ||
+		raw.ProtectedUdp[0]&(1<<53) == 0 || raw.ProtectedUdp[0]&(1<<22) != 0 {
+		t.Fatalf("protected bitmaps wrong: tcp[0]=%#x tcp[1]=%#x udp[0]=%#x", raw.ProtectedTcp[0], raw.ProtectedTcp[1], raw.ProtectedUdp[0])
+	}
+	if raw.Nsteps != 3 || raw.Steps[0].Port != 7000 || raw.Steps[0].Proto != uint8(UDP) {
+		t.Fatalf("steps wrong: %+v", raw.Steps[:raw.Nsteps])
+	}
+	got := DecodeConfig(raw)
+	// Decoding lists protected ports TCP first, each ascending.
+	want := c
+	want.Protected = []Port{{22, TCP}, {63, TCP}, {64, TCP}, {65535, TCP}, {53, UDP}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("round trip:\n got %+v\nwant %+v", got, want)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	base := func() Config {
+		return Config{Sequence: []Port{{9000, TCP}, {8000, TCP}}, StepTimeout: time.Minute, Open: time.Minute, Protected: []Port{{22, TCP}}}
+	}
+	cases := map[string]func(*Config){
+		"sequence is empty":                func(c *Config) { c.Sequence = nil },
+		"at most 8 allowed":                func(c *Config) { c.Sequence = make([]Port, 9) },
+		"repeats the step before it":       func(c *Config) { c.Sequence = []Port{{9000, TCP}, {9000, TCP}} },
+		"both a knock step and protected":  func(c *Config) { c.Protected = []Port{{8000, TCP}} },
+		"step timeout 0s must be positive": func(c *Config) { c.StepTimeout = 0 },
+		"open window -1s must be positive": func(c *Config) { c.Open = -time.Second },
+	}
+	for want, mutate := range cases {
+		c := base()
+		mutate(&c)
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate() = %v, want an error containing %q", err, want)
+		}
+	}
+	c := base()
+	c.Sequence = []Port{{9000, TCP}, {9000, UDP}, {9000, TCP}} // same number, other protocol: fine
+	if err := c.Validate(); err != nil {
+		t.Errorf("Validate(%v) = %v", c.Sequence, err)
+	}
+}
+
+func TestKeys(t *testing.T) {
+	v4 := netip.MustParseAddr("192.0.2.7")
+	k := Key(v4)
+	if want := netip.MustParseAddr("::ffff:192.0.2.7").As16(); k.Addr != want {
+		t.Errorf("Key(%s) = %x, want v4-mapped %x", v4, k.Addr, want)
+	}
+	if got := AddrOf(k.Addr); got != v4 {
+		t.Errorf("AddrOf(Key(%s)) = %s", v4, got)
+	}
+	if Key(netip.MustParseAddr("::ffff:192.0.2.7")) != k {
+		t.Error("a v4-mapped address must key like its IPv4 form")
+	}
+	v6 := netip.MustParseAddr("2001:db8::1")
+	if got := AddrOf(Key(v6).Addr); got != v6 {
+		t.Errorf("AddrOf(Key(%s)) = %s", v6, got)
+	}
+	if HintSlot(v4) >= 1<<16 || HintSlot(v6) >= 1<<16 {
+		t.Error("hint slot out of range")
+	}
+}
+
+func TestBootClock(t *testing.T) {
+	// A stamp one hour ahead converts to about one hour from now.
+	got := time.Until(BootToTime(BootAfter(time.Hour)))
+	if got < 59*time.Minute || got > 61*time.Minute {
+		t.Errorf("BootToTime(BootAfter(1h)) is %s from now", got)
+	}
+}
