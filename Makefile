@@ -41,5 +41,15 @@ test: deps check-generated
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 5x -count 3 ./bpf/
 
+# Issue 3: knockgate against an nftables knock gate, an iptables `recent` gate
+# and two floors, under floods over veth; prints a table and writes
+# bench-peers.png. About 4 minutes. Root.
+bench-peers: deps
+	$(GO) run ./test/bench/cmd/bench-peers $(BENCH_PEERS_FLAGS)
+
+# A seconds-long run of the same, for CI: it must keep building and working.
+bench-smoke: deps
+	$(GO) run ./test/bench/cmd/bench-peers --smoke --out $${TMPDIR:-/tmp}/bench-smoke.png
+
 clean:
 	rm -f knockgate

@@ -1,0 +1,161 @@
+// Command bench-peers floods knockgate and the knock gates users would pick
+// instead (nftables timeout sets, iptables' recent match), beside two floors
+// (no filter; parse-and-XDP_DROP), and prints a table and draws a chart:
+// packets handled per second and receiver CPU per packet under single-source
+// and spoofed SYN floods, knock-to-open latency, map memory per source, and
+// whether every gate let exactly the knocked clients in. Run it as root:
+//
+//	go run ./test/bench/cmd/bench-peers [--smoke] [--out bench-peers.png]
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/knockgate/knockgate/test/bench"
+)
+
+const inProcess = "in-process"
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-peers:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string, stdout, stderr io.Writer) error {
+	o := bench.Options{Log: stderr}
+	var (
+		smoke    bool
+		out      string
+		peerNAPI string
+		gates    []string
+	)
+	fs := pflag.NewFlagSet("bench-peers", pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.IntVar(&o.Rounds, "rounds", 5, "rounds; each runs every gate under every flood once, in shuffled order")
+	fs.DurationVar(&o.Duration, "duration", 2*time.Second, "measured flood time per configuration")
+	fs.DurationVar(&o.Warmup, "warmup", 500*time.Millisecond, "flood time before the measured window")
+	fs.DurationVar(&o.Prime, "prime", 300*time.Millisecond, "knock flood before the primed flood")
+	fs.IntVar(&o.CPU, "cpu", runtime.NumCPU()-1, "the core the sender and the receiver's NAPI thread share")
+	fs.Uint32Var(&o.Batch, "batch", bench.MaxBatch, "frames the generator flushes to the veth at once (1-256)")
+	fs.Uint32Var(&o.Spoofed, "spoofed", 50000, "sources of the spoofed flood")
+	fs.IntVar(&o.Latency, "latency", 100, "fresh sources per knock-to-open measurement (one per gate and round)")
+	fs.IntVar(&o.Knocked, "knocked", 3, "knocked clients per correctness check (plus three that must stay out)")
+	fs.IntVar(&o.MemFill, "mem-fill", 10000, "entries added to each knockgate map for the memory reading")
+	fs.StringVar(&peerNAPI, "peer-napi", string(bench.NAPIXDPPass),
+		"how gates without XDP get NAPI on the receiving veth: xdp-pass or gro")
+	fs.StringVar(&o.Knockgate, "knockgate", "",
+		"knockgate binary to attach with (default: go build ./cmd/knockgate); \""+inProcess+"\": loader.Attach in this process")
+	fs.StringSliceVar(&gates, "gates", nil, "gates to run (default all): "+strings.Join(bench.GateNames(), ", "))
+	fs.StringVar(&out, "out", "bench-peers.png", "chart to write (PNG); empty: none")
+	fs.BoolVar(&smoke, "smoke", false, "a seconds-long run that checks everything works: 1 round, short floods")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "Usage: bench-peers [FLAGS]   (as root)")
+		fmt.Fprintln(stderr, "\nFloods knockgate, nftables and iptables-recent knock gates and two floors with SYNs;")
+		fmt.Fprintln(stderr, "prints a table to stdout, progress to stderr, and draws a chart.\n\nFlags:")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	if smoke {
+		o.Rounds, o.Duration, o.Warmup, o.Prime, o.MemFill = 1, 300*time.Millisecond, 100*time.Millisecond, 100*time.Millisecond, 1000
+	}
+	var err error
+	if o.PeerNAPI, err = bench.ParsePeerNAPI(peerNAPI); err != nil {
+		return err
+	}
+	if o.Rounds < 1 || o.Duration <= 0 || o.Warmup < 0 || o.CPU < 0 || o.CPU >= runtime.NumCPU() || o.Spoofed < 2 ||
+		o.Batch < 1 || o.Batch > bench.MaxBatch {
+		return errors.New("need --rounds ≥ 1, --duration > 0, --warmup ≥ 0, --spoofed ≥ 2, --batch 1-256 and an online --cpu")
+	}
+	for _, g := range gates {
+		if !contains(bench.GateNames(), g) {
+			return fmt.Errorf("unknown gate %q (want %s)", g, strings.Join(bench.GateNames(), ", "))
+		}
+	}
+	o.Only = gates
+	if os.Geteuid() != 0 {
+		return errors.New("needs root: it creates network namespaces and loads XDP programs")
+	}
+	tools := []string{"ip", "nsenter", "nft", "iptables", "sysctl"}
+	if o.PeerNAPI == bench.NAPIGRO {
+		tools = append(tools, "ethtool")
+	}
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("needs %s: %w", tool, err)
+		}
+	}
+	if out != "" {
+		if _, err := exec.LookPath("gnuplot"); err != nil {
+			return fmt.Errorf("needs gnuplot for the chart (apt-get install gnuplot-nox, or --out ''): %w", err)
+		}
+	}
+
+	switch o.Knockgate {
+	case inProcess:
+		o.Knockgate = ""
+	case "":
+		dir, err := os.MkdirTemp("", "kgb-bin")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		o.Knockgate = filepath.Join(dir, "knockgate")
+		build := exec.Command("go", "build", "-o", o.Knockgate, "github.com/knockgate/knockgate/cmd/knockgate")
+		if b, err := build.CombinedOutput(); err != nil {
+			return fmt.Errorf("build knockgate: %w: %s", err, b)
+		}
+	}
+
+	res, err := bench.Run(o)
+	if err != nil {
+		return err
+	}
+	res.WriteTable(stdout)
+	if out != "" {
+		if err := res.WriteChart(out); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "\nchart: %s\n", out)
+	}
+	// Performance targets are reported, not enforced (a shared machine's
+	// noise is not a failure); a broken run or a misbehaving gate is.
+	var bad []string
+	for _, r := range res.Rows() {
+		if len(r.Errors) > 0 || (!r.Floor && r.Passed != r.Rounds) {
+			bad = append(bad, r.Gate+"/"+r.Flood)
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("errors or failed correctness checks: %s", strings.Join(bad, ", "))
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}

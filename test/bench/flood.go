@@ -1,0 +1,240 @@
+package bench
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// Generator floods the receiver with TCP SYNs to the protected port from the
+// kernel: BPF_PROG_RUN in live-frame mode runs the flood program on a context
+// naming the sending veth, and each XDP_TX it returns is transmitted there.
+// hping3 and AF_PACKET senders stay well under 1 Mpps on a small VM; this
+// reaches several times the rate any gate here can absorb on one core.
+type Generator struct {
+	objs floodObjects
+	idle link.Link
+}
+
+// xdpMD is struct xdp_md, the context BPF_PROG_RUN hands the program.
+type xdpMD struct {
+	Data, DataEnd, DataMeta, IngressIfindex, RxQueueIndex, EgressIfindex uint32
+}
+
+// NewGenerator loads the flood program.
+func NewGenerator() (*Generator, error) {
+	g := &Generator{}
+	if err := loadFloodObjects(&g.objs, nil); err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			return nil, fmt.Errorf("load flood program: %+v", verr)
+		}
+		return nil, fmt.Errorf("load flood program: %w", err)
+	}
+	return g, nil
+}
+
+// Close unloads the program.
+func (g *Generator) Close() error {
+	errs := []error{g.Detach()}
+	errs = append(errs, g.objs.Close())
+	return errors.Join(errs...)
+}
+
+// Attach keeps the program attached (natively) to the idle veth of topo for
+// as long as the topology lives. Each BPF_PROG_RUN of an XDP program adds it
+// to the kernel's XDP dispatcher and removes it afterwards, and a dispatcher
+// update waits for an RCU grace period: tens of milliseconds during which
+// nothing is sent. A program already attached somewhere stays in the
+// dispatcher, so the runs only take and drop a reference.
+func (g *Generator) Attach(topo *Topology) error {
+	if err := g.Detach(); err != nil {
+		return err
+	}
+	return topo.TX.Do(func() error {
+		l, err := link.AttachXDP(link.XDPOptions{
+			Program:   g.objs.Flood,
+			Interface: topo.IdleIndex,
+			Flags:     link.XDPDriverMode,
+		})
+		if err != nil {
+			return fmt.Errorf("attach flood program to %s: %w", idleA, err)
+		}
+		g.idle = l
+		return nil
+	})
+}
+
+// Detach undoes Attach.
+func (g *Generator) Detach() error {
+	if g.idle == nil {
+		return nil
+	}
+	err := g.idle.Close()
+	g.idle = nil
+	if err != nil {
+		return fmt.Errorf("detach flood program: %w", err)
+	}
+	return nil
+}
+
+// SynFrame is the flood's template: an Ethernet frame carrying a bare TCP SYN
+// (no options, like hping3's) from src to dst:dport, checksums filled in.
+func SynFrame(srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr, sport, dport uint16) []byte {
+	b := make([]byte, 14+20+20)
+	copy(b[0:6], dstMAC)
+	copy(b[6:12], srcMAC)
+	binary.BigEndian.PutUint16(b[12:], unix.ETH_P_IP)
+	ip := b[14:34]
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:], 40)
+	binary.BigEndian.PutUint16(ip[4:], 1)      // id
+	binary.BigEndian.PutUint16(ip[6:], 0x4000) // DF
+	ip[8] = 64
+	ip[9] = unix.IPPROTO_TCP
+	s4, d4 := src.As4(), dst.As4()
+	copy(ip[12:16], s4[:])
+	copy(ip[16:20], d4[:])
+	binary.BigEndian.PutUint16(ip[10:], ^fold(sum(ip, 0)))
+	tcp := b[34:54]
+	binary.BigEndian.PutUint16(tcp[0:], sport)
+	binary.BigEndian.PutUint16(tcp[2:], dport)
+	binary.BigEndian.PutUint32(tcp[4:], 0x1000)
+	tcp[12] = 5 << 4
+	tcp[13] = 0x02 // SYN
+	binary.BigEndian.PutUint16(tcp[14:], 64240)
+	binary.BigEndian.PutUint16(tcp[16:], ^fold(sum(tcp, pseudoSum(ip, len(tcp)))))
+	return b
+}
+
+// pseudoSum is the one's-complement sum of the IPv4 pseudo-header.
+func pseudoSum(ip []byte, l4Len int) uint32 {
+	s := sum(ip[12:20], 0)
+	s += uint32(ip[9])
+	s += uint32(l4Len)
+	return s
+}
+
+func sum(b []byte, s uint32) uint32 {
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		s += uint32(b[len(b)-1]) << 8
+	}
+	return s
+}
+
+func fold(s uint32) uint16 {
+	for s > 0xffff {
+		s = s&0xffff + s>>16
+	}
+	return uint16(s)
+}
+
+// Flood describes one flood of SYNs to the protected port: Sources spoofed
+// sources counting up from floodBase (1 for the single-source flood).
+type Flood struct {
+	Name     string
+	Describe string
+	Sources  uint32
+	// Primed floods start only after the same sources have each knocked
+	// the first step: they are then known to the gates (knock progress,
+	// and knockgate's hint slots set), the expensive case for a gate that
+	// keeps per-source state.
+	Primed bool
+}
+
+// FloodResult is what the sender did.
+type FloodResult struct {
+	Sent     uint64        // frames the program built (XDP_TX)
+	Elapsed  time.Duration // from the first run to the end of the last
+	SenderNS uint64        // CPU time of the sending thread
+	Calls    int           // BPF_PROG_RUN calls
+}
+
+// MaxBatch is the most frames BPF_PROG_RUN builds before it flushes them to
+// the device (the kernel's limit), and the size of a veth's receive ring.
+const MaxBatch = 256
+
+// Run floods port from topo's sending namespace with f's sources until stop
+// is closed, on a thread pinned to cpu, flushing every batch frames. Each flush wakes the
+// receiver's NAPI thread: the fewer frames it finds per wake-up, the more of
+// its time goes to being switched in and out rather than to packets.
+func (g *Generator) Run(topo *Topology, f Flood, port uint16, cpu int, batch uint32, stop <-chan struct{}) (FloodResult, error) {
+	var res FloodResult
+	if err := g.objs.FirstSaddr.Set(binary.BigEndian.Uint32(floodBase.AsSlice())); err != nil {
+		return res, fmt.Errorf("set flood source: %w", err)
+	}
+	if err := g.objs.Nsources.Set(f.Sources); err != nil {
+		return res, fmt.Errorf("set flood sources: %w", err)
+	}
+	var sent0 uint64
+	if err := g.objs.Sent.Get(&sent0); err != nil {
+		return res, fmt.Errorf("read frames sent: %w", err)
+	}
+	frame := SynFrame(topo.TxMAC, topo.RxMAC, floodBase, rxAddr, 40000, port)
+	opts := &ebpf.RunOptions{
+		Data: frame,
+		Context: xdpMD{
+			DataEnd:        uint32(len(frame)),
+			IngressIfindex: uint32(topo.TxIndex),
+		},
+		Flags:     unix.BPF_F_TEST_XDP_LIVE_FRAMES,
+		BatchSize: batch,
+	}
+	err := topo.TX.Do(func() error {
+		// Do's thread is never reused, so the pinning ends with it.
+		var set unix.CPUSet
+		set.Set(cpu)
+		if err := unix.SchedSetaffinity(0, &set); err != nil {
+			return fmt.Errorf("pin sender to cpu %d: %w", cpu, err)
+		}
+		sched0, err := schedstat("/proc/thread-self/schedstat")
+		if err != nil {
+			return err
+		}
+		// Each call should last about a slice: short enough to stop on
+		// time, long enough that the per-call setup (page pool, context
+		// copy) is noise. The first call sizes the rest.
+		const slice = 20 * time.Millisecond
+		repeat := uint32(1 << 14)
+		start := time.Now()
+		for {
+			select {
+			case <-stop:
+				res.Elapsed = time.Since(start)
+				sched1, err := schedstat("/proc/thread-self/schedstat")
+				res.SenderNS = sched1.CPU - sched0.CPU
+				return err
+			default:
+			}
+			opts.Repeat = repeat
+			t0 := time.Now()
+			if _, err := g.objs.Flood.Run(opts); err != nil {
+				return fmt.Errorf("run flood program: %w", err)
+			}
+			res.Calls++
+			if took := time.Since(t0); took > 0 {
+				next := float64(repeat) * float64(slice) / float64(took)
+				repeat = uint32(min(max(next, 1<<10), 1<<24))
+			}
+		}
+	})
+	if err != nil {
+		return res, err
+	}
+	var sent1 uint64
+	if err := g.objs.Sent.Get(&sent1); err != nil {
+		return res, fmt.Errorf("read frames sent: %w", err)
+	}
+	res.Sent = sent1 - sent0
+	return res, nil
+}

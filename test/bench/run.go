@@ -1,0 +1,321 @@
+package bench
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"math/rand"
+	"slices"
+	"time"
+)
+
+// Options of a benchmark run.
+type Options struct {
+	Rounds   int           // every configuration once per round, order shuffled per round
+	Warmup   time.Duration // flood time before the measured window
+	Prime    time.Duration // knock flood before a primed flood
+	Duration time.Duration // measured window
+	CPU      int           // the one core sender and receiver share
+	Batch    uint32        // frames the generator flushes at once (1-MaxBatch)
+	Spoofed  uint32        // sources of the spoofed flood
+	Latency  int           // fresh sources per knock-to-open measurement
+	Knocked  int           // knocked clients per correctness check
+	MemFill  int           // entries per map for the memory reading
+	PeerNAPI PeerNAPI      // how gates without XDP get NAPI
+	// Knockgate is the knockgate binary to attach with; "" attaches
+	// in-process through loader.Attach.
+	Knockgate string
+	Log       io.Writer // progress, one line per configuration
+	Only      []string  // gate names to run; all when empty
+}
+
+// Floods of every round.
+func (o Options) Floods() []Flood {
+	return []Flood{
+		{Name: "single", Sources: 1, Describe: "from one source"},
+		{Name: "spoofed", Sources: o.Spoofed, Describe: fmt.Sprintf("from %d spoofed sources", o.Spoofed)},
+		{Name: "primed", Sources: o.Spoofed, Primed: true,
+			Describe: fmt.Sprintf("from %d spoofed sources that knocked first", o.Spoofed)},
+	}
+}
+
+// Gates returns fresh instances of the gates to run, in table order.
+func (o Options) Gates() []Gate {
+	all := []Gate{
+		NewNoFilter(o.PeerNAPI),
+		NewXDPDrop(),
+		NewKnockgate(o.Knockgate),
+		NewNftables(o.PeerNAPI),
+		NewIptables(o.PeerNAPI),
+	}
+	if len(o.Only) == 0 {
+		return all
+	}
+	var out []Gate
+	for _, g := range all {
+		if slices.Contains(o.Only, g.Name()) {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
+// GateNames names every gate, in table order.
+func GateNames() []string {
+	var names []string
+	for _, g := range (Options{}).Gates() {
+		names = append(names, g.Name())
+	}
+	return names
+}
+
+// Sample is one measured flood of one gate.
+type Sample struct {
+	Gate, Flood  string
+	Floor        bool
+	Round        int
+	Window       time.Duration
+	Handled      uint64  // frames the receiver took in the window
+	HandledPPS   float64 // Handled per second
+	NsPerPacket  float64 // receiver CPU per handled frame
+	SentPPS      float64 // frames the generator built per second
+	FramesPerRun float64 // frames handled per switch-in of the NAPI thread
+	SenderShare  float64 // CPU share of the sending thread
+	RingDropped  uint64  // frames refused by the full veth ring (whole flood)
+	Seen         uint64  // the gate's own count over the whole flood
+	Total        uint64  // frames the receiver took over the whole flood
+	Tracked      int     // sources with knock progress after priming (knockgate); -1: not read
+	Check        *Check  // nil for floors
+	Latency      []time.Duration
+	Err          error
+}
+
+// Valid: measured, and (for a knock gate) behaved.
+func (s Sample) Valid() bool { return s.Err == nil && (s.Check == nil || s.Check.OK()) }
+
+// Result is a whole run.
+type Result struct {
+	Opts    Options
+	Samples []Sample
+	Memory  *Memory
+	Started time.Time
+	Took    time.Duration
+}
+
+type config struct {
+	gate  int
+	flood int
+}
+
+// Run runs the benchmark. Configurations run in a fresh topology each, in
+// a new random order every round, so a drift of the machine's load spreads
+// over all of them instead of biasing one.
+func Run(o Options) (*Result, error) {
+	if err := Sweep(); err != nil {
+		return nil, err
+	}
+	gen, err := NewGenerator()
+	if err != nil {
+		return nil, err
+	}
+	defer gen.Close()
+
+	res := &Result{Opts: o, Started: time.Now()}
+	floods := o.Floods()
+	var configs []config
+	for g := range o.Gates() {
+		for f := range floods {
+			configs = append(configs, config{g, f})
+		}
+	}
+	total := o.Rounds * len(configs)
+	done := 0
+	for round := 1; round <= o.Rounds; round++ {
+		rng := rand.New(rand.NewSource(int64(round)))
+		for _, i := range rng.Perm(len(configs)) {
+			c := configs[i]
+			gate := o.Gates()[c.gate]
+			s := runOne(o, gen, gate, floods[c.flood], round, res)
+			done++
+			logSample(o.Log, done, total, s)
+			res.Samples = append(res.Samples, s)
+		}
+	}
+	res.Took = time.Since(res.Started)
+	return res, nil
+}
+
+func logSample(w io.Writer, done, total int, s Sample) {
+	if w == nil {
+		return
+	}
+	status := "ok"
+	switch {
+	case s.Err != nil:
+		status = "error: " + s.Err.Error()
+	case s.Check != nil && !s.Check.OK():
+		status = fmt.Sprintf("FAILED correctness: %v", s.Check.Failures)
+	case s.Check == nil:
+		status = "floor"
+	}
+	fmt.Fprintf(w, "[%2d/%d] round %d %-16s %-8s %7.3f Mpps handled %7.1f ns/pkt  sent %6.3f Mpps  %5.0f frames/run  sender %3.0f%%  %s\n",
+		done, total, s.Round, s.Gate, s.Flood, s.HandledPPS/1e6, s.NsPerPacket, s.SentPPS/1e6, s.FramesPerRun, 100*s.SenderShare, status)
+}
+
+// runOne builds a topology, installs gate, floods it, checks it, and tears
+// everything down again.
+func runOne(o Options, gen *Generator, gate Gate, f Flood, round int, res *Result) (s Sample) {
+	s = Sample{Gate: gate.Name(), Flood: f.Name, Floor: gate.Floor(), Round: round, Tracked: -1}
+	topo, err := NewTopology()
+	if err != nil {
+		s.Err = err
+		return s
+	}
+	defer func() {
+		if err := errors.Join(gate.Close(), gen.Detach(), topo.Close()); err != nil && s.Err == nil {
+			s.Err = fmt.Errorf("teardown: %w", err)
+		}
+	}()
+	if err := gen.Attach(topo); err != nil {
+		s.Err = err
+		return s
+	}
+	if err := gate.Setup(topo); err != nil {
+		s.Err = fmt.Errorf("set up %s: %w", gate.Name(), err)
+		return s
+	}
+	napi, err := ThreadedNAPI(topo.RX, o.CPU)
+	if err != nil {
+		s.Err = err
+		return s
+	}
+	ln, err := Listen(topo.RX)
+	if err != nil {
+		s.Err = err
+		return s
+	}
+	defer ln.Close()
+
+	if err := measureFlood(o, gen, topo, gate, napi, f, &s); err != nil {
+		s.Err = err
+		return s
+	}
+	if gate.Floor() {
+		return s
+	}
+
+	srcs := NewSources()
+	chk, authorised := Correctness(topo, srcs, o.Knocked)
+	s.Check = &chk
+	if f.Sources == 1 && o.Latency > 0 {
+		lat, err := Latency(topo, srcs, o.Latency, authorised)
+		if err != nil {
+			chk.Failures = append(chk.Failures, err.Error())
+		}
+		s.Latency = lat
+	}
+	if _, ok := gate.(*Knockgate); ok && res.Memory == nil && o.MemFill > 0 {
+		mem, err := KnockgateMemory(o.MemFill)
+		if err != nil {
+			s.Err = fmt.Errorf("knockgate map memory: %w", err)
+			return s
+		}
+		res.Memory = &mem
+	}
+	// Everyone the listener let in must have knocked.
+	for addr, n := range ln.Accepted() {
+		if !authorised[addr] {
+			chk.Accepted += n
+			chk.Failures = append(chk.Failures, fmt.Sprintf("%s got %d connections through without knocking", addr, n))
+		}
+	}
+	s.Check = &chk
+	return s
+}
+
+// measureFlood floods the gate and reads the receiver's counters around a
+// window after the warm-up.
+func measureFlood(o Options, gen *Generator, topo *Topology, gate Gate, napi NAPI, f Flood, s *Sample) error {
+	if f.Primed {
+		// Every source knocks the first step, many times over (the veth
+		// ring loses some): a SYN to the first knock port.
+		stop := make(chan struct{})
+		time.AfterFunc(o.Prime, func() { close(stop) })
+		if _, err := gen.Run(topo, f, KnockPort1, o.CPU, o.Batch, stop); err != nil {
+			return fmt.Errorf("prime: %w", err)
+		}
+		time.Sleep(50 * time.Millisecond) // the ring drains
+
+		if t, ok := gate.(interface{ Tracked() (int, error) }); ok {
+			n, err := t.Tracked()
+			if err != nil {
+				return err
+			}
+			s.Tracked = n
+		}
+	}
+	ls0, err := linkStats(topo.RX, RxIface)
+	if err != nil {
+		return err
+	}
+	seen0, err := gate.Seen()
+	if err != nil {
+		return err
+	}
+
+	stop := make(chan struct{})
+	type result struct {
+		r   FloodResult
+		err error
+	}
+	resc := make(chan result, 1)
+	go func() {
+		r, err := gen.Run(topo, f, ProtectedPort, o.CPU, o.Batch, stop)
+		resc <- result{r, err}
+	}()
+	stopFlood := func() (FloodResult, error) {
+		close(stop)
+		r := <-resc
+		return r.r, r.err
+	}
+
+	time.Sleep(o.Warmup)
+	schedA, errA := napi.Sched()
+	lsA, errB := linkStats(topo.RX, RxIface)
+	tA := time.Now()
+	time.Sleep(o.Duration)
+	schedB, errC := napi.Sched()
+	lsB, errD := linkStats(topo.RX, RxIface)
+	tB := time.Now()
+	fr, errE := stopFlood()
+	if err := errors.Join(errA, errB, errC, errD, errE); err != nil {
+		return err
+	}
+	// Let the receiver drain its ring (256 frames) before the totals.
+	time.Sleep(50 * time.Millisecond)
+	ls1, err := linkStats(topo.RX, RxIface)
+	if err != nil {
+		return err
+	}
+	seen1, err := gate.Seen()
+	if err != nil {
+		return err
+	}
+
+	s.Window = tB.Sub(tA)
+	s.Handled = lsB.RxPackets - lsA.RxPackets
+	if s.Handled == 0 {
+		return fmt.Errorf("the receiver handled no frames (sent %d)", fr.Sent)
+	}
+	s.HandledPPS = float64(s.Handled) / s.Window.Seconds()
+	s.NsPerPacket = float64(schedB.CPU-schedA.CPU) / float64(s.Handled)
+	if runs := schedB.Runs - schedA.Runs; runs > 0 {
+		s.FramesPerRun = float64(s.Handled) / float64(runs)
+	}
+	s.SenderShare = float64(fr.SenderNS) / float64(fr.Elapsed)
+	s.SentPPS = float64(fr.Sent) / fr.Elapsed.Seconds()
+	s.RingDropped = ls1.RxDropped - ls0.RxDropped
+	s.Total = ls1.RxPackets - ls0.RxPackets
+	s.Seen = seen1 - seen0
+	return nil
+}
