@@ -10,6 +10,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/ringbuf"
 
+	"github.com/knockgate/knockgate/bpf"
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
 	"github.com/knockgate/knockgate/test/netns"
@@ -166,20 +167,26 @@ func BenchmarkKnockgate(b *testing.B) {
 		verdict uint32
 		// knock: every run must make a real state change (and an event).
 		knock bool
+		// stale: f.src starts with an expired progress entry.
+		stale bool
 	}{
-		// A SYN from a stranger: looked up as a possible knock (progress
-		// miss), then as a grant (miss), then dropped.
-		{"unauthorised_drop", false, func(f family) []byte { return f.tcp(f.src, 22, packet.SYN) }, xdpDrop, false},
-		{"unauthorised_drop_v6", true, func(f family) []byte { return f.tcp(f.src, 22, packet.SYN) }, xdpDrop, false},
-		// A stranger's non-SYN to a protected port: not a possible knock,
-		// so only the grant lookup (a miss). Beside unauthorised_drop it
-		// shows what the progress lookup adds.
-		{"unauthorised_ack_drop", false, func(f family) []byte { return f.tcp(f.src, 22, packet.ACK) }, xdpDrop, false},
+		// A SYN from a stranger: its hint slot counts zero, so neither the
+		// progress nor the grant map is looked up; dropped.
+		{"unauthorised_drop", false, func(f family) []byte { return f.tcp(f.src, 22, packet.SYN) }, xdpDrop, false, false},
+		{"unauthorised_drop_v6", true, func(f family) []byte { return f.tcp(f.src, 22, packet.SYN) }, xdpDrop, false, false},
+		// A stranger's non-SYN to a protected port: not a possible knock.
+		{"unauthorised_ack_drop", false, func(f family) []byte { return f.tcp(f.src, 22, packet.ACK) }, xdpDrop, false, false},
+		// A source that knocked once and let its progress expire (a primed
+		// flood). Its first packet finds the stale entry (both lookups and
+		// the clock) and deletes it, which uncounts its hint slot; every
+		// packet after that takes the stranger's path. This measures that
+		// steady state.
+		{"stale_source_drop", false, func(f family) []byte { return f.tcp(f.src, 22, packet.SYN) }, xdpDrop, false, true},
 		// Established traffic to an unprotected service: parse and pass.
-		{"unrelated_pass", false, func(f family) []byte { return f.tcp(f.src, 443, packet.ACK) }, xdpPass, false},
+		{"unrelated_pass", false, func(f family) []byte { return f.tcp(f.src, 443, packet.ACK) }, xdpPass, false, false},
 		// Established traffic of a granted source: one grant lookup and
 		// the clock.
-		{"granted_pass", false, func(f family) []byte { return f.tcp(f.other, 22, packet.ACK) }, xdpPass, false},
+		{"granted_pass", false, func(f family) []byte { return f.tcp(f.other, 22, packet.ACK) }, xdpPass, false, false},
 		// A knock that changes state every run. A repeated frame cannot
 		// advance a sequence (the second run would be a retransmission,
 		// which is ignored), so the step timeout is 1 ns: by the next run
@@ -189,7 +196,7 @@ func BenchmarkKnockgate(b *testing.B) {
 		// progress update, event. That is a superset of an advance (lookup
 		// hit, clock, in-place store, event), so it bounds the knock path
 		// from above.
-		{"knock_start", false, func(f family) []byte { return f.tcp(f.src, 7000, packet.SYN) }, xdpDrop, true},
+		{"knock_start", false, func(f family) []byte { return f.tcp(f.src, 7000, packet.SYN) }, xdpDrop, true, false},
 	}
 	for _, path := range paths {
 		b.Run(path.name, func(b *testing.B) {
@@ -218,6 +225,12 @@ func BenchmarkKnockgate(b *testing.B) {
 			// f.other is the granted source; f.src the stranger.
 			if err := set.Grant(f.other, maps.BootAfter(time.Hour)); err != nil {
 				b.Fatal(err)
+			}
+			if path.stale {
+				expired := bpf.KnockgateProgress{DeadlineNs: maps.BootNow() - 1, Generation: 1, Stage: 1}
+				if err := set.PutKnock(f.src, expired); err != nil {
+					b.Fatal(err)
+				}
 			}
 			frame, bare := path.frame(f), bareDrop(b)
 

@@ -51,19 +51,22 @@ struct {
 } grants SEC(".maps");
 
 /*
- * A one-sided filter in front of knocks and grants: a source whose hint slot
- * is zero has an entry in neither, so a stranger's packet costs one inlined
- * array load instead of two hash lookups (about 45 ns). A slot is set before
- * an entry is made, by the program and by the Go side (maps.HintSlot computes
- * the same slot), and never cleared: a stale or shared slot only costs the
- * lookups. An array of one byte per slot, not a bitmap, so setting a slot is
- * a plain store with nothing to lose to a concurrent writer.
+ * A one-sided filter in front of knocks and grants: a source whose slot
+ * (hint_slot, a hash of its address) counts zero has an entry in neither, so
+ * a stranger's packet costs one inlined array load instead of two hash
+ * lookups (about 45 ns here). The count goes up before an entry is made and
+ * down after one is deleted, by the program and by the Go side alike
+ * (maps.HintSlot hashes the same way), so it never reads zero while an entry
+ * exists; it may read high (an entry the LRU evicted, a slot two sources
+ * share), which only costs the lookups. Mmapable, so Go can add to a count
+ * atomically instead of rewriting the whole value.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, KG_HINT_SLOTS);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
-	__type(value, __u8);
+	__type(value, struct hint_counts);
 } hints SEC(".maps");
 
 /* Operator CIDRs that always pass protected ports. */
@@ -140,21 +143,56 @@ static __always_inline __u32 hint_slot(const struct source *src)
 	return ((a ^ b) * 0x9e3779b97f4a7c15ULL) >> (64 - 16);
 }
 
+static __always_inline __u32 *hint_count(const struct source *src)
+{
+	__u32 zero = 0;
+	struct hint_counts *h = bpf_map_lookup_elem(&hints, &zero);
+	if (!h)
+		return NULL;
+	return &h->slot[hint_slot(src) & (KG_HINT_SLOTS - 1)];
+}
+
 /* May src have an entry in knocks or grants? */
 static __always_inline int hinted(const struct source *src)
 {
-	__u32 slot = hint_slot(src);
-	__u8 *h = bpf_map_lookup_elem(&hints, &slot);
-	return !h || *h;
+	__u32 *n = hint_count(src);
+	return !n || *(volatile __u32 *)n;
 }
 
-/* Called before an entry for src is made. */
-static __always_inline void hint(const struct source *src)
+/*
+ * Insert or replace src's entry in knocks or grants, keeping its hint count
+ * exact: counted before a new entry exists; a replaced entry is not counted
+ * again. Returns 0 or the map's error.
+ */
+static __always_inline long put_entry(void *map, const struct source *src, const void *value)
 {
-	__u32 slot = hint_slot(src);
-	__u8 *h = bpf_map_lookup_elem(&hints, &slot);
-	if (h && !*h)
-		*h = 1;
+	__u32 *n = hint_count(src);
+	if (!n)
+		return -1;
+	/* Two tries: an entry deleted between the two updates is made anew. */
+	for (int i = 0; i < 2; i++) {
+		__sync_fetch_and_add(n, 1);
+		long err = bpf_map_update_elem(map, src, value, BPF_NOEXIST);
+		if (!err)
+			return 0;
+		__sync_fetch_and_add(n, -1);
+		if (err != -17 /* EEXIST */)
+			return err;
+		err = bpf_map_update_elem(map, src, value, BPF_EXIST);
+		if (err != -2 /* ENOENT */)
+			return err;
+	}
+	return -2;
+}
+
+/* Delete src's entry from knocks or grants; uncount it if it was there. */
+static __always_inline void delete_entry(void *map, const struct source *src)
+{
+	if (bpf_map_delete_elem(map, src))
+		return;
+	__u32 *n = hint_count(src);
+	if (n)
+		__sync_fetch_and_add(n, -1);
 }
 
 static __always_inline int port_protected(const struct config *cfg, __u8 proto, __u16 port)
@@ -174,7 +212,7 @@ static __always_inline int granted(const struct packet *pkt, __u64 *now)
 	__u64 expires = g->expires_ns;
 	if (now_ns(now) < expires)
 		return 1;
-	bpf_map_delete_elem(&grants, &pkt->src);
+	delete_entry(&grants, &pkt->src);
 	count(COUNTER_GRANT_EXPIRED);
 	emit(EVENT_EXPIRE, pkt, 0, *now, expires);
 	return 0;
@@ -187,8 +225,7 @@ static __always_inline void grant(const struct config *cfg, const struct packet 
 	/* Completing the sequence never shortens a grant already held. */
 	if (old && old->expires_ns > g.expires_ns)
 		g.expires_ns = old->expires_ns;
-	hint(&pkt->src);
-	if (bpf_map_update_elem(&grants, &pkt->src, &g, BPF_ANY)) {
+	if (put_entry(&grants, &pkt->src, &g)) {
 		count(COUNTER_GRANT_FAILED);
 		return;
 	}
@@ -223,7 +260,7 @@ static __always_inline int knock(const struct config *cfg, const struct packet *
 				stage++;
 				count(COUNTER_KNOCK_ADVANCED);
 				if (stage == cfg->nsteps) {
-					bpf_map_delete_elem(&knocks, &pkt->src);
+					delete_entry(&knocks, &pkt->src);
 					grant(cfg, pkt, *now);
 					return XDP_DROP;
 				}
@@ -240,12 +277,19 @@ static __always_inline int knock(const struct config *cfg, const struct packet *
 			}
 			/* Any other SYN or datagram: start over, so that an
 			 * ordered port sweep can never walk the sequence. */
-			bpf_map_delete_elem(&knocks, &pkt->src);
+			delete_entry(&knocks, &pkt->src);
 			count(COUNTER_KNOCK_RESET);
 			emit(EVENT_RESET, pkt, stage, *now, 0);
 			return match ? XDP_DROP : -1;
 		}
-		/* Expired or made under an older configuration: no progress. */
+		/* Expired or made under an older configuration: no progress.
+		 * A first step reuses the entry below; otherwise it goes now, so
+		 * the source's hint count falls back to zero and its next
+		 * packets skip both lookups again. */
+		if (!(match & 1)) {
+			delete_entry(&knocks, &pkt->src);
+			p = NULL;
+		}
 	}
 
 	if (!match)
@@ -267,8 +311,10 @@ static __always_inline int knock(const struct config *cfg, const struct packet *
 		.generation = cfg->generation,
 		.stage = 1,
 	};
-	hint(&pkt->src);
-	bpf_map_update_elem(&knocks, &pkt->src, &fresh, BPF_ANY);
+	if (p)
+		*p = fresh; /* the stale entry, rewritten in place: no map update */
+	else
+		put_entry(&knocks, &pkt->src, &fresh);
 	emit(EVENT_KNOCK, pkt, 1, *now, fresh.deadline_ns);
 	return XDP_DROP;
 }

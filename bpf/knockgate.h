@@ -18,6 +18,12 @@
 /* Slots of the hints map (a power of two): see hints in knockgate.c. */
 #define KG_HINT_SLOTS 65536
 
+/* The hints map's one value: per slot, how many entries of knocks and
+ * grants may hash there. u32 for the atomic add BPF and Go both use. */
+struct hint_counts {
+	__u32 slot[KG_HINT_SLOTS];
+};
+
 /* A source address: the key of the knocks and grants maps. */
 struct source {
 	__u8 addr[16];

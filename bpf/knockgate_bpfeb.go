@@ -87,6 +87,11 @@ type KnockgateGrant struct {
 	ExpiresNs uint64
 }
 
+type KnockgateHintCounts struct {
+	_    structs.HostLayout
+	Slot [65536]uint32
+}
+
 type KnockgateProgress struct {
 	_          structs.HostLayout
 	DeadlineNs uint64

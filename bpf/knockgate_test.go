@@ -585,13 +585,24 @@ func TestExpiredProgressCountsAsNone(t *testing.T) {
 		}
 		g.expect("last step after the deadline", f.knock(f.src, seq[2]), xdpDrop, "dropped_knock")
 		g.noGrant("last step after the deadline", f.src)
-		if p, _ := g.progress(f.src); p != stale {
-			t.Errorf("stale progress changed to %+v", p)
+		// The stale entry is removed on sight, so the source's hint count
+		// falls back to zero and its next packets skip the lookups.
+		g.noProgress("last step after the deadline", f.src)
+		if n, err := g.maps.HintCount(f.src); err != nil || n != 0 {
+			t.Errorf("hint count after removing stale progress: %d %v, want 0", n, err)
 		}
 		// Nor does it make a reset: there is nothing to reset.
+		if err := g.maps.PutKnock(f.src, stale); err != nil {
+			t.Fatal(err)
+		}
 		g.expect("SYN to 443 after the deadline", f.knock(f.src, unrelated), xdpPass, "passed")
+		g.noProgress("SYN to 443 after the deadline", f.src)
 		g.expectEvents("expired progress")
 
+		// A first step reuses a stale entry.
+		if err := g.maps.PutKnock(f.src, stale); err != nil {
+			t.Fatal(err)
+		}
 		before := maps.BootNow()
 		g.expect("step 1 after the deadline", f.knock(f.src, seq[0]), xdpDrop, "dropped_knock", "knock_advanced")
 		after := maps.BootNow()
@@ -600,6 +611,9 @@ func TestExpiredProgressCountsAsNone(t *testing.T) {
 			t.Fatalf("step 1 after the deadline: progress %+v %v, want a fresh start", p, ok)
 		}
 		within(t, "fresh deadline", p.DeadlineNs, before+uint64(cfg.StepTimeout), after+uint64(cfg.StepTimeout))
+		if n, err := g.maps.HintCount(f.src); err != nil || n != 1 {
+			t.Errorf("hint count after reusing stale progress: %d %v, want 1", n, err)
+		}
 	})
 }
 
@@ -941,5 +955,60 @@ func TestVerdictCounters(t *testing.T) {
 		for _, c := range cases {
 			g.expect(c.counter, c.frame, c.verdict, c.counter)
 		}
+	})
+}
+
+// The hint count of a source's slot must follow its entries exactly: never
+// zero while one exists (its packets would skip the lookups that find it),
+// and back to zero once none does (or strangers that once knocked would stay
+// on the slow path).
+func TestHintCountsFollowEntries(t *testing.T) {
+	netns.Require(t)
+	forFamilies(t, func(t *testing.T, f family) {
+		g := newGate(t, defaultConfig())
+		count := func(what string, want uint32) {
+			t.Helper()
+			n, err := g.maps.HintCount(f.src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n != want {
+				t.Errorf("%s: hint count %d, want %d", what, n, want)
+			}
+		}
+		count("stranger", 0)
+		g.knockSteps(f, f.src, 1)
+		count("knocking", 1)
+		// Expired progress is replaced by a fresh first step, not added to.
+		p, _ := g.progress(f.src)
+		p.DeadlineNs = maps.BootNow() - 1
+		if err := g.maps.PutKnock(f.src, p); err != nil {
+			t.Fatal(err)
+		}
+		count("progress rewritten from Go", 1)
+		g.knockSteps(f, f.src, 1)
+		count("knocking afresh", 1)
+		g.expect("a wrong knock", f.knock(f.src, ssh), xdpDrop, "dropped_protected", "knock_reset")
+		g.noProgress("after reset", f.src)
+		count("after reset", 0)
+		g.events()
+
+		g.knockSteps(f, f.src, len(seq)) // progress deleted, grant made
+		count("granted", 1)
+		if _, err := g.maps.Revoke(f.src); err != nil {
+			t.Fatal(err)
+		}
+		count("revoked", 0)
+
+		if err := g.maps.Grant(f.src, maps.BootNow()-1); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.maps.Grant(f.src, maps.BootNow()-1); err != nil { // replaced, not added
+			t.Fatal(err)
+		}
+		count("granted from Go", 1)
+		g.expect("SYN to 22, grant expired", f.knock(f.src, ssh), xdpDrop, "dropped_protected", "grant_expired")
+		count("expired grant removed", 0)
+		g.expectEvents("expired grant", "expire")
 	})
 }

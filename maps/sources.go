@@ -1,7 +1,6 @@
 package maps
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -72,30 +71,10 @@ func (s *Set) Sources() ([]SourceState, error) {
 	return out, nil
 }
 
-// HintSlot is the program's hint_slot (bpf/knockgate.c): the slot of the
-// hints map that must be set before addr gets a grant or knock progress, or
-// the program will not look for them.
-func HintSlot(addr netip.Addr) uint32 {
-	k := Key(addr).Addr
-	a := binary.NativeEndian.Uint64(k[:8])
-	b := binary.NativeEndian.Uint64(k[8:])
-	return uint32(((a ^ b) * 0x9e3779b97f4a7c15) >> (64 - 16))
-}
-
-func (s *Set) hint(addr netip.Addr) error {
-	if err := s.Hints.Update(HintSlot(addr), uint8(1), ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("hint %s: %w", addr, err)
-	}
-	return nil
-}
-
 // Grant opens the gate for addr until expires (a CLOCK_BOOTTIME stamp, see
 // BootAfter), replacing any grant it had.
 func (s *Set) Grant(addr netip.Addr, expires uint64) error {
-	if err := s.hint(addr); err != nil {
-		return err
-	}
-	if err := s.Grants.Update(Key(addr), bpf.KnockgateGrant{ExpiresNs: expires}, ebpf.UpdateAny); err != nil {
+	if err := s.putEntry(s.Grants, addr, bpf.KnockgateGrant{ExpiresNs: expires}); err != nil {
 		return fmt.Errorf("grant %s: %w", addr, err)
 	}
 	return nil
@@ -113,10 +92,7 @@ func (s *Set) LookupKnock(addr netip.Addr) (p bpf.KnockgateProgress, ok bool, er
 
 // PutKnock writes addr's knock progress as given (tests use it to back-date).
 func (s *Set) PutKnock(addr netip.Addr, p bpf.KnockgateProgress) error {
-	if err := s.hint(addr); err != nil {
-		return err
-	}
-	if err := s.Knocks.Update(Key(addr), p, ebpf.UpdateAny); err != nil {
+	if err := s.putEntry(s.Knocks, addr, p); err != nil {
 		return fmt.Errorf("write knock progress of %s: %w", addr, err)
 	}
 	return nil
@@ -138,13 +114,11 @@ func lookup[V any](m *ebpf.Map, addr netip.Addr) (v V, ok bool, err error) {
 func (s *Set) Revoke(addr netip.Addr) (bool, error) {
 	found := false
 	for _, m := range []*ebpf.Map{s.Grants, s.Knocks} {
-		err := m.Delete(Key(addr))
-		switch {
-		case err == nil:
-			found = true
-		case !errors.Is(err, ebpf.ErrKeyNotExist):
+		deleted, err := s.deleteEntry(m, addr)
+		if err != nil {
 			return found, fmt.Errorf("revoke %s: %w", addr, err)
 		}
+		found = found || deleted
 	}
 	return found, nil
 }

@@ -1,0 +1,89 @@
+package maps
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// The hints map counts, per slot, the knocks and grants entries whose source
+// hashes there; the program skips both hash lookups for a source whose count
+// is zero (see hints in bpf/knockgate.c). Every entry this package makes or
+// deletes keeps that count exact, in the same order the program does: up
+// before an entry exists, down after it is gone.
+
+// HintSlot is the program's hint_slot: the slot of the hints map that counts
+// addr's entries.
+func HintSlot(addr netip.Addr) uint32 {
+	k := Key(addr).Addr
+	a := binary.NativeEndian.Uint64(k[:8])
+	b := binary.NativeEndian.Uint64(k[8:])
+	return uint32(((a ^ b) * 0x9e3779b97f4a7c15) >> (64 - 16))
+}
+
+// withHintCount runs fn on addr's count, mapped shared from the map (it is
+// mmapable) so that adding to it is one atomic instruction, as in the
+// program, not a read-modify-write of the whole value racing with it.
+func (s *Set) withHintCount(addr netip.Addr, fn func(n *uint32) error) error {
+	mem, err := unix.Mmap(s.Hints.FD(), 0, int(s.Hints.ValueSize()), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return fmt.Errorf("map hint counts: %w", err)
+	}
+	defer unix.Munmap(mem)
+	return fn((*uint32)(unsafe.Pointer(&mem[4*HintSlot(addr)])))
+}
+
+// HintCount returns the count of addr's hint slot.
+func (s *Set) HintCount(addr netip.Addr) (n uint32, err error) {
+	err = s.withHintCount(addr, func(p *uint32) error {
+		n = atomic.LoadUint32(p)
+		return nil
+	})
+	return n, err
+}
+
+// putEntry inserts or replaces addr's entry in m (knocks or grants), the
+// way the program's put_entry does.
+func (s *Set) putEntry(m *ebpf.Map, addr netip.Addr, value any) error {
+	return s.withHintCount(addr, func(n *uint32) error {
+		// Two tries: an entry deleted between the two updates is made anew.
+		for range 2 {
+			atomic.AddUint32(n, 1)
+			err := m.Update(Key(addr), value, ebpf.UpdateNoExist)
+			if err == nil {
+				return nil
+			}
+			atomic.AddUint32(n, ^uint32(0))
+			if !errors.Is(err, ebpf.ErrKeyExist) {
+				return err
+			}
+			err = m.Update(Key(addr), value, ebpf.UpdateExist)
+			if !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return err
+			}
+		}
+		return fmt.Errorf("entry of %s kept changing", addr)
+	})
+}
+
+// deleteEntry deletes addr's entry from m and uncounts it; it reports
+// whether there was one.
+func (s *Set) deleteEntry(m *ebpf.Map, addr netip.Addr) (bool, error) {
+	err := m.Delete(Key(addr))
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return true, s.withHintCount(addr, func(n *uint32) error {
+		atomic.AddUint32(n, ^uint32(0))
+		return nil
+	})
+}
