@@ -10,6 +10,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/knockgate/knockgate/test/netns"
+	"github.com/knockgate/knockgate/test/packet"
 )
 
 var (
@@ -29,11 +30,11 @@ const (
 func checksumsOK(t *testing.T, frame []byte) {
 	t.Helper()
 	ip, tcp := frame[14:34], frame[34:54]
-	if got := fold(sum(ip, 0)); got != 0xffff {
-		t.Errorf("IPv4 header checksum wrong: sum %#04x", got)
+	if !packet.Verifies(ip, 0) {
+		t.Error("IPv4 header checksum wrong")
 	}
-	if got := fold(sum(tcp, pseudoSum(ip, len(tcp)))); got != 0xffff {
-		t.Errorf("TCP checksum wrong: sum %#04x", got)
+	if !packet.Verifies(tcp, packet.PseudoSum4(ip, packet.ProtoTCP, len(tcp))) {
+		t.Error("TCP checksum wrong")
 	}
 }
 

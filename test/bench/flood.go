@@ -11,6 +11,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/knockgate/knockgate/test/packet"
 )
 
 // Generator floods the receiver with TCP SYNs to the protected port from the
@@ -88,55 +90,10 @@ func (g *Generator) Detach() error {
 // SynFrame is the flood's template: an Ethernet frame carrying a bare TCP SYN
 // (no options, like hping3's) from src to dst:dport, checksums filled in.
 func SynFrame(srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr, sport, dport uint16) []byte {
-	b := make([]byte, 14+20+20)
+	b := packet.TCP(src, dst, sport, dport, packet.SYN).Bytes()
 	copy(b[0:6], dstMAC)
 	copy(b[6:12], srcMAC)
-	binary.BigEndian.PutUint16(b[12:], unix.ETH_P_IP)
-	ip := b[14:34]
-	ip[0] = 0x45
-	binary.BigEndian.PutUint16(ip[2:], 40)
-	binary.BigEndian.PutUint16(ip[4:], 1)      // id
-	binary.BigEndian.PutUint16(ip[6:], 0x4000) // DF
-	ip[8] = 64
-	ip[9] = unix.IPPROTO_TCP
-	s4, d4 := src.As4(), dst.As4()
-	copy(ip[12:16], s4[:])
-	copy(ip[16:20], d4[:])
-	binary.BigEndian.PutUint16(ip[10:], ^fold(sum(ip, 0)))
-	tcp := b[34:54]
-	binary.BigEndian.PutUint16(tcp[0:], sport)
-	binary.BigEndian.PutUint16(tcp[2:], dport)
-	binary.BigEndian.PutUint32(tcp[4:], 0x1000)
-	tcp[12] = 5 << 4
-	tcp[13] = 0x02 // SYN
-	binary.BigEndian.PutUint16(tcp[14:], 64240)
-	binary.BigEndian.PutUint16(tcp[16:], ^fold(sum(tcp, pseudoSum(ip, len(tcp)))))
 	return b
-}
-
-// pseudoSum is the one's-complement sum of the IPv4 pseudo-header.
-func pseudoSum(ip []byte, l4Len int) uint32 {
-	s := sum(ip[12:20], 0)
-	s += uint32(ip[9])
-	s += uint32(l4Len)
-	return s
-}
-
-func sum(b []byte, s uint32) uint32 {
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
-	}
-	return s
-}
-
-func fold(s uint32) uint16 {
-	for s > 0xffff {
-		s = s&0xffff + s>>16
-	}
-	return uint16(s)
 }
 
 // Flood describes one flood of SYNs to the protected port: Sources spoofed

@@ -311,6 +311,17 @@ func (f *Frame) checksumL4(ip, l4 []byte) {
 	binary.BigEndian.PutUint16(l4[at:], c)
 }
 
+// Verifies reports whether the one's-complement sum over b, started at s, is
+// all ones: what a receiver checks of a header with its checksum in place.
+func Verifies(b []byte, s uint32) bool { return fold(sum(b, s)) == 0xffff }
+
+// PseudoSum4 is the one's-complement sum of the IPv4 pseudo-header of the
+// header ip for a transport header of proto and length l4Len: the s to give
+// Verifies for a TCP or UDP checksum.
+func PseudoSum4(ip []byte, proto uint8, l4Len int) uint32 {
+	return sum(ip[12:20], 0) + uint32(proto) + uint32(l4Len)
+}
+
 func sum(b []byte, s uint32) uint32 {
 	for i := 0; i+1 < len(b); i += 2 {
 		s += uint32(binary.BigEndian.Uint16(b[i:]))

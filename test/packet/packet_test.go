@@ -13,10 +13,6 @@ var (
 	v6b = netip.MustParseAddr("2001:db8::2")
 )
 
-// verifies reports whether the one's-complement sum over b (plus s) is all
-// ones, which is what a receiver checks.
-func verifies(b []byte, s uint32) bool { return fold(sum(b, s)) == 0xffff }
-
 func TestIPv4TCP(t *testing.T) {
 	f := TCP(v4a, v4b, 40000, 22, SYN)
 	f.Options = []byte{1, 1, 1} // three NOPs, padded to 4
@@ -33,7 +29,7 @@ func TestIPv4TCP(t *testing.T) {
 	if total := int(binary.BigEndian.Uint16(ip[2:])); total != len(ip) {
 		t.Fatalf("total length %d, frame carries %d", total, len(ip))
 	}
-	if !verifies(ip[:24], 0) {
+	if !Verifies(ip[:24], 0) {
 		t.Fatal("IPv4 header checksum does not verify")
 	}
 	tcp := b[f.L4Offset():]
@@ -44,7 +40,7 @@ func TestIPv4TCP(t *testing.T) {
 		t.Fatalf("flags %#x data offset %d", tcp[13], tcp[12]>>4)
 	}
 	pseudo := sum(ip[12:20], 0) + ProtoTCP + uint32(len(tcp))
-	if !verifies(tcp, pseudo) {
+	if !Verifies(tcp, pseudo) {
 		t.Fatal("TCP checksum does not verify")
 	}
 }
@@ -77,7 +73,7 @@ func TestVLAN(t *testing.T) {
 	}
 	udp := b[f.L4Offset():]
 	pseudo := sum(b[22+12:22+20], 0) + ProtoUDP + uint32(len(udp))
-	if !verifies(udp, pseudo) {
+	if !Verifies(udp, pseudo) {
 		t.Fatal("UDP checksum does not verify")
 	}
 }
@@ -118,7 +114,7 @@ func TestIPv6ExtensionChain(t *testing.T) {
 	}
 	tcp := ip[off:]
 	pseudo := sum(ip[8:40], 0) + ProtoTCP + uint32(len(tcp))
-	if !verifies(tcp, pseudo) {
+	if !Verifies(tcp, pseudo) {
 		t.Fatal("TCP checksum does not verify")
 	}
 }
@@ -127,7 +123,7 @@ func TestICMPAndARP(t *testing.T) {
 	if b := ICMP(v6a, v6b).Bytes(); b[14+6] != ProtoICMPv6 || b[14+40] != 128 {
 		t.Fatalf("ICMPv6 echo: next header %d type %d", b[14+6], b[14+40])
 	}
-	if b := ICMP(v4a, v4b).Bytes(); b[14+9] != ProtoICMP || b[14+20] != 8 || !verifies(b[34:], 0) {
+	if b := ICMP(v4a, v4b).Bytes(); b[14+9] != ProtoICMP || b[14+20] != 8 || !Verifies(b[34:], 0) {
 		t.Fatal("ICMP echo malformed")
 	}
 	if b := ARP(v4a, v4b); len(b) != 42 || binary.BigEndian.Uint16(b[12:]) != EtherTypeARP {
