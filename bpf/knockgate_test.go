@@ -1012,3 +1012,54 @@ func TestHintCountsFollowEntries(t *testing.T) {
 		g.expectEvents("expired grant", "expire")
 	})
 }
+
+// Bytes after the IP packet (Ethernet padding, or bytes an attacker on the
+// link appends) are not part of it: ports or flags read from them would
+// judge a packet the kernel never sees. Padding alone changes nothing.
+func TestBytesAfterThePacket(t *testing.T) {
+	netns.Require(t)
+	forFamilies(t, func(t *testing.T, f family) {
+		g := newGate(t, defaultConfig())
+		padded := func(b []byte) []byte { return append(b, make([]byte, 6)...) }
+		g.expect("padded SYN to 22", padded(f.knock(f.src, ssh)), xdpDrop, "dropped_protected")
+		g.expect("padded ACK to 443", padded(f.tcp(f.src, 443, packet.ACK)), xdpPass, "passed")
+		g.expect("padded step 1", padded(f.knock(f.src, seq[0])), xdpDrop, "dropped_knock", "knock_advanced")
+
+		// The IP length says the packet ends 8 bytes into TCP (ports, no
+		// flags: a tiny first fragment); the frame goes on with a whole
+		// SYN header.
+		syn := f.frame(f.other, seq[0])
+		b := syn.Bytes()
+		l3 := syn.L4Offset() - 14 // IP header length (no VLAN tags)
+		if f.src.Is4() {
+			binary.BigEndian.PutUint16(b[14+2:], uint16(l3+8))
+		} else {
+			binary.BigEndian.PutUint16(b[14+4:], uint16(l3-40+8))
+		}
+		g.expect("flags only in the bytes after the packet", b, xdpDrop, "dropped_malformed")
+		g.noProgress("flags only in the bytes after the packet", f.other)
+
+		// The IP length claims more than the frame holds.
+		b = syn.Bytes()
+		if f.src.Is4() {
+			binary.BigEndian.PutUint16(b[14+2:], uint16(len(b)-14+1))
+		} else {
+			binary.BigEndian.PutUint16(b[14+4:], uint16(len(b)-14-40+1))
+		}
+		g.expect("IP length beyond the frame", b, xdpDrop, "dropped_malformed")
+	})
+}
+
+// An IPv6 packet from a v4-mapped address would use the grant of the IPv4
+// address it maps.
+func TestV4MappedIPv6SourceDropped(t *testing.T) {
+	netns.Require(t)
+	f := families[1]
+	g := newGate(t, defaultConfig())
+	v4 := families[0].src
+	if err := g.maps.Grant(v4, maps.BootAfter(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	mapped := netip.AddrFrom16(v4.As16())
+	g.expect("IPv6 SYN to 22 from the granted IPv4 address, v4-mapped", f.knock(mapped, ssh), xdpDrop, "dropped_malformed")
+}

@@ -39,10 +39,24 @@ struct packet {
 	__u8 tcp_flags; /* byte 13 of the TCP header */
 };
 
+/*
+ * end is the end of the frame: every read is checked against it, which is
+ * what the verifier needs. limit is the end of the IP packet (its length
+ * field): bytes after it (Ethernet padding, or bytes an attacker on the link
+ * appends) are not part of the packet the kernel will see, so a header that
+ * only fits by reaching into them is malformed, not parsed.
+ */
 struct cursor {
 	void *pos;
 	void *end;
+	void *limit;
 };
+
+/* Does a header ending at hdr_end lie inside both the frame and the packet? */
+static __always_inline int fits(const struct cursor *c, const void *hdr_end)
+{
+	return hdr_end <= c->end && hdr_end <= c->limit;
+}
 
 struct vlan_hdr {
 	__be16 tci;
@@ -72,7 +86,7 @@ static __always_inline int parse_l4(struct cursor *c, __u8 proto, struct packet 
 		struct tcphdr *tcp = c->pos;
 		/* The whole fixed header: a first fragment too short to hold the
 		 * flags cannot be judged (the tiny-fragment trick). */
-		if ((void *)(tcp + 1) > c->end)
+		if (!fits(c, tcp + 1))
 			return PARSE_MALFORMED;
 		pkt->proto = IPPROTO_TCP;
 		pkt->dport = bpf_ntohs(tcp->dest);
@@ -81,7 +95,7 @@ static __always_inline int parse_l4(struct cursor *c, __u8 proto, struct packet 
 	}
 	if (proto == IPPROTO_UDP) {
 		struct udphdr *udp = c->pos;
-		if ((void *)(udp + 1) > c->end)
+		if (!fits(c, udp + 1))
 			return PARSE_MALFORMED;
 		pkt->proto = IPPROTO_UDP;
 		pkt->dport = bpf_ntohs(udp->dest);
@@ -97,10 +111,14 @@ static __always_inline int parse_ipv4(struct cursor *c, struct packet *pkt)
 	if ((void *)(ip + 1) > c->end)
 		return PARSE_MALFORMED;
 	__u32 hdr_len = ip->ihl * 4;
-	if (hdr_len < sizeof(*ip))
+	__u32 tot_len = bpf_ntohs(ip->tot_len);
+	if (hdr_len < sizeof(*ip) || tot_len < hdr_len)
 		return PARSE_MALFORMED;
 	if (c->pos + hdr_len > c->end)
 		return PARSE_MALFORMED;
+	c->limit = c->pos + tot_len;
+	if (c->limit > c->end)
+		return PARSE_MALFORMED; /* truncated: the kernel drops it too */
 
 	/* v4-mapped: ::ffff:a.b.c.d */
 	__builtin_memset(pkt->src.addr, 0, 10);
@@ -122,9 +140,17 @@ static __always_inline int parse_ipv6(struct cursor *c, struct packet *pkt)
 	struct ipv6hdr *ip6 = c->pos;
 	if ((void *)(ip6 + 1) > c->end)
 		return PARSE_MALFORMED;
+	/* A v4-mapped source would share the key (grant, allow entry) of an
+	 * IPv4 address; no real IPv6 packet comes from one. */
+	__u32 *w = (__u32 *)&ip6->saddr;
+	if (w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff))
+		return PARSE_MALFORMED;
 	__builtin_memcpy(pkt->src.addr, &ip6->saddr, 16);
 	__u8 nexthdr = ip6->nexthdr;
 	c->pos = ip6 + 1;
+	c->limit = c->pos + bpf_ntohs(ip6->payload_len);
+	if (c->limit > c->end)
+		return PARSE_MALFORMED; /* truncated: the kernel drops it too */
 
 #pragma unroll
 	for (int i = 0; i <= MAX_IPV6_EXT; i++) {
@@ -133,7 +159,7 @@ static __always_inline int parse_ipv6(struct cursor *c, struct packet *pkt)
 		case IPPROTO_ROUTING:
 		case IPPROTO_DSTOPTS: {
 			struct ipv6_opt_hdr_min *opt = c->pos;
-			if ((void *)(opt + 1) > c->end)
+			if (!fits(c, opt + 1))
 				return PARSE_MALFORMED;
 			nexthdr = opt->nexthdr;
 			c->pos += (opt->hdrlen + 1) * 8;
@@ -141,7 +167,7 @@ static __always_inline int parse_ipv6(struct cursor *c, struct packet *pkt)
 		}
 		case IPPROTO_FRAGMENT: {
 			struct ipv6_frag_hdr_min *frag = c->pos;
-			if ((void *)(frag + 1) > c->end)
+			if (!fits(c, frag + 1))
 				return PARSE_MALFORMED;
 			if (frag->frag_off & bpf_htons(IPV6_FRAG_OFFSET))
 				return PARSE_PASS;
@@ -162,6 +188,7 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
 	struct cursor c = {
 		.pos = (void *)(long)ctx->data,
 		.end = (void *)(long)ctx->data_end,
+		.limit = (void *)(long)ctx->data_end,
 	};
 	struct ethhdr *eth = c.pos;
 	if ((void *)(eth + 1) > c.end)
