@@ -143,7 +143,7 @@ static __always_inline __u32 hint_slot(const struct source *src)
 	return ((a ^ b) * 0x9e3779b97f4a7c15ULL) >> (64 - 16);
 }
 
-static __always_inline __u32 *hint_count(const struct source *src)
+static __always_inline __u64 *hint_count(const struct source *src)
 {
 	__u32 zero = 0;
 	struct hint_counts *h = bpf_map_lookup_elem(&hints, &zero);
@@ -155,8 +155,8 @@ static __always_inline __u32 *hint_count(const struct source *src)
 /* May src have an entry in knocks or grants? */
 static __always_inline int hinted(const struct source *src)
 {
-	__u32 *n = hint_count(src);
-	return !n || *(volatile __u32 *)n;
+	__u64 *n = hint_count(src);
+	return !n || *(volatile __u64 *)n;
 }
 
 /*
@@ -166,7 +166,7 @@ static __always_inline int hinted(const struct source *src)
  */
 static __always_inline long put_entry(void *map, const struct source *src, const void *value)
 {
-	__u32 *n = hint_count(src);
+	__u64 *n = hint_count(src);
 	if (!n)
 		return -1;
 	/* Two tries: an entry deleted between the two updates is made anew. */
@@ -190,7 +190,7 @@ static __always_inline void delete_entry(void *map, const struct source *src)
 {
 	if (bpf_map_delete_elem(map, src))
 		return;
-	__u32 *n = hint_count(src);
+	__u64 *n = hint_count(src);
 	if (n)
 		__sync_fetch_and_add(n, -1);
 }
@@ -201,7 +201,12 @@ static __always_inline int port_protected(const struct config *cfg, __u8 proto, 
 	return (bits[port >> 6] >> (port & 63)) & 1;
 }
 
-/* Live grant? An expired one is removed on sight. */
+/*
+ * Live grant? An expired grant is reported once and left in place: deleting
+ * it here could race with another CPU renewing it (a sequence completed at
+ * that moment) and delete the renewal. It stays until a new grant replaces
+ * it, `revoke` removes it, or the LRU recycles it.
+ */
 static __always_inline int granted(const struct packet *pkt, __u64 *now)
 {
 	if (!hinted(&pkt->src))
@@ -212,9 +217,12 @@ static __always_inline int granted(const struct packet *pkt, __u64 *now)
 	__u64 expires = g->expires_ns;
 	if (now_ns(now) < expires)
 		return 1;
-	delete_entry(&grants, &pkt->src);
-	count(COUNTER_GRANT_EXPIRED);
-	emit(EVENT_EXPIRE, pkt, 0, *now, expires);
+	if (!g->expiry_reported) {
+		/* A racing store here can at worst repeat or skip an event. */
+		g->expiry_reported = 1;
+		count(COUNTER_GRANT_EXPIRED);
+		emit(EVENT_EXPIRE, pkt, 0, *now, expires);
+	}
 	return 0;
 }
 
@@ -264,9 +272,17 @@ static __always_inline int knock(const struct config *cfg, const struct packet *
 					grant(cfg, pkt, *now);
 					return XDP_DROP;
 				}
-				p->stage = stage;
-				p->deadline_ns = *now + cfg->step_timeout_ns;
-				emit(EVENT_KNOCK, pkt, stage, *now, *now + cfg->step_timeout_ns);
+				/* An update, not a store through p: if another CPU
+				 * reset this source meanwhile, the LRU may already have
+				 * handed p's element to another source. */
+				struct progress next = {
+					.deadline_ns = *now + cfg->step_timeout_ns,
+					.generation = cfg->generation,
+					.stage = stage,
+				};
+				if (bpf_map_update_elem(&knocks, &pkt->src, &next, BPF_EXIST))
+					return XDP_DROP; /* reset meanwhile: the step is lost */
+				emit(EVENT_KNOCK, pkt, stage, *now, next.deadline_ns);
 				return XDP_DROP;
 			}
 			if (match & ((1u << stage) - 1)) {
@@ -285,7 +301,9 @@ static __always_inline int knock(const struct config *cfg, const struct packet *
 		/* Expired or made under an older configuration: no progress.
 		 * A first step reuses the entry below; otherwise it goes now, so
 		 * the source's hint count falls back to zero and its next
-		 * packets skip both lookups again. */
+		 * packets skip both lookups again. (Should another CPU restart
+		 * this source's sequence at this very moment, the fresh start is
+		 * deleted with it, and the client knocks again.) */
 		if (!(match & 1)) {
 			delete_entry(&knocks, &pkt->src);
 			p = NULL;
@@ -311,9 +329,8 @@ static __always_inline int knock(const struct config *cfg, const struct packet *
 		.generation = cfg->generation,
 		.stage = 1,
 	};
-	if (p)
-		*p = fresh; /* the stale entry, rewritten in place: no map update */
-	else
+	/* A stale entry is already counted in its hint slot: replace it. */
+	if (!p || bpf_map_update_elem(&knocks, &pkt->src, &fresh, BPF_EXIST))
 		put_entry(&knocks, &pkt->src, &fresh);
 	emit(EVENT_KNOCK, pkt, 1, *now, fresh.deadline_ns);
 	return XDP_DROP;

@@ -19,9 +19,10 @@
 #define KG_HINT_SLOTS 65536
 
 /* The hints map's one value: per slot, how many entries of knocks and
- * grants may hash there. u32 for the atomic add BPF and Go both use. */
+ * grants may hash there. 64 bits: evicted entries are never uncounted, so a
+ * count only grows under churn, and must never wrap back to zero. */
 struct hint_counts {
-	__u32 slot[KG_HINT_SLOTS];
+	__u64 slot[KG_HINT_SLOTS];
 };
 
 /* A source address: the key of the knocks and grants maps. */
@@ -65,6 +66,9 @@ struct progress {
 /* A granted source, in a map of its own so knock floods cannot evict it. */
 struct grant {
 	__u64 expires_ns;
+	/* Set once the expire event went out; never read for a verdict. */
+	__u8 expiry_reported;
+	__u8 pad[7];
 };
 
 /* Key of the allow LPM trie: prefixlen counts bits of addr (v4 is +96). */

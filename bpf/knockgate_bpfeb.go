@@ -83,13 +83,15 @@ const (
 )
 
 type KnockgateGrant struct {
-	_         structs.HostLayout
-	ExpiresNs uint64
+	_              structs.HostLayout
+	ExpiresNs      uint64
+	ExpiryReported uint8
+	Pad            [7]uint8
 }
 
 type KnockgateHintCounts struct {
 	_    structs.HostLayout
-	Slot [65536]uint32
+	Slot [65536]uint64
 }
 
 type KnockgateProgress struct {

@@ -617,7 +617,10 @@ func TestExpiredProgressCountsAsNone(t *testing.T) {
 	})
 }
 
-func TestExpiredGrantRemoved(t *testing.T) {
+// An expired grant stops passing, is reported once, and stays in the map
+// (marked) until replaced, revoked or recycled: deleting it from the program
+// could race with a renewal on another CPU.
+func TestExpiredGrantReportedOnce(t *testing.T) {
 	netns.Require(t)
 	forFamilies(t, func(t *testing.T, f family) {
 		g := newGate(t, defaultConfig())
@@ -626,22 +629,29 @@ func TestExpiredGrantRemoved(t *testing.T) {
 			t.Fatal(err)
 		}
 		g.expect("SYN to 22 with an expired grant", f.knock(f.src, ssh), xdpDrop, "dropped_protected", "grant_expired")
-		g.noGrant("expired grant", f.src)
+		if gr, ok := g.grant(f.src); !ok || gr.ExpiresNs != past || gr.ExpiryReported != 1 {
+			t.Errorf("expired grant: %+v %v, want it kept, marked reported", gr, ok)
+		}
 		if evs := g.expectEvents("expired grant", "expire"); len(evs) == 1 {
 			if ev := evs[0]; ev.Src != f.src || ev.raw.ExpiresNs != past || ev.Port != ssh {
 				t.Errorf("expire event %+v (expires %d), want %s %s expires %d", ev.Event, ev.raw.ExpiresNs, f.src, ssh, past)
 			}
 		}
 		g.expect("SYN to 22 again", f.knock(f.src, ssh), xdpDrop, "dropped_protected")
-		g.expectEvents("after removal")
+		g.expectEvents("after the report")
 
 		// An expired grant does not block a new sequence either.
 		if err := g.maps.Grant(f.src, past); err != nil {
 			t.Fatal(err)
 		}
 		g.expect("step 1 with an expired grant", f.knock(f.src, seq[0]), xdpDrop, "dropped_knock", "knock_advanced", "grant_expired")
-		g.noGrant("step 1 with an expired grant", f.src)
 		g.expectEvents("step 1 with an expired grant", "expire", "knock")
+		for _, step := range seq[1:] {
+			g.run(f.knock(f.src, step))
+		}
+		if gr, ok := g.grant(f.src); !ok || gr.ExpiresNs <= maps.BootNow() || gr.ExpiryReported != 0 {
+			t.Errorf("renewed grant: %+v %v, want a live, unreported one", gr, ok)
+		}
 	})
 }
 
@@ -966,7 +976,7 @@ func TestHintCountsFollowEntries(t *testing.T) {
 	netns.Require(t)
 	forFamilies(t, func(t *testing.T, f family) {
 		g := newGate(t, defaultConfig())
-		count := func(what string, want uint32) {
+		count := func(what string, want uint64) {
 			t.Helper()
 			n, err := g.maps.HintCount(f.src)
 			if err != nil {
@@ -1008,7 +1018,11 @@ func TestHintCountsFollowEntries(t *testing.T) {
 		}
 		count("granted from Go", 1)
 		g.expect("SYN to 22, grant expired", f.knock(f.src, ssh), xdpDrop, "dropped_protected", "grant_expired")
-		count("expired grant removed", 0)
+		count("expired grant, left in place", 1)
+		if _, err := g.maps.Revoke(f.src); err != nil {
+			t.Fatal(err)
+		}
+		count("expired grant revoked", 0)
 		g.expectEvents("expired grant", "expire")
 	})
 }

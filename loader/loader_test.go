@@ -121,7 +121,7 @@ func TestOpenRefusesIncompatiblePins(t *testing.T) {
 		if err := os.Remove(pin); err != nil {
 			return err
 		}
-		other, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: 16, ValueSize: 16, MaxEntries: 4})
+		other, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: 16, ValueSize: 24, MaxEntries: 4})
 		if err != nil {
 			return err
 		}

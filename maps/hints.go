@@ -30,19 +30,19 @@ func HintSlot(addr netip.Addr) uint32 {
 // withHintCount runs fn on addr's count, mapped shared from the map (it is
 // mmapable) so that adding to it is one atomic instruction, as in the
 // program, not a read-modify-write of the whole value racing with it.
-func (s *Set) withHintCount(addr netip.Addr, fn func(n *uint32) error) error {
+func (s *Set) withHintCount(addr netip.Addr, fn func(n *uint64) error) error {
 	mem, err := unix.Mmap(s.Hints.FD(), 0, int(s.Hints.ValueSize()), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return fmt.Errorf("map hint counts: %w", err)
 	}
 	defer unix.Munmap(mem)
-	return fn((*uint32)(unsafe.Pointer(&mem[4*HintSlot(addr)])))
+	return fn((*uint64)(unsafe.Pointer(&mem[8*HintSlot(addr)])))
 }
 
 // HintCount returns the count of addr's hint slot.
-func (s *Set) HintCount(addr netip.Addr) (n uint32, err error) {
-	err = s.withHintCount(addr, func(p *uint32) error {
-		n = atomic.LoadUint32(p)
+func (s *Set) HintCount(addr netip.Addr) (n uint64, err error) {
+	err = s.withHintCount(addr, func(p *uint64) error {
+		n = atomic.LoadUint64(p)
 		return nil
 	})
 	return n, err
@@ -51,15 +51,15 @@ func (s *Set) HintCount(addr netip.Addr) (n uint32, err error) {
 // putEntry inserts or replaces addr's entry in m (knocks or grants), the
 // way the program's put_entry does.
 func (s *Set) putEntry(m *ebpf.Map, addr netip.Addr, value any) error {
-	return s.withHintCount(addr, func(n *uint32) error {
+	return s.withHintCount(addr, func(n *uint64) error {
 		// Two tries: an entry deleted between the two updates is made anew.
 		for range 2 {
-			atomic.AddUint32(n, 1)
+			atomic.AddUint64(n, 1)
 			err := m.Update(Key(addr), value, ebpf.UpdateNoExist)
 			if err == nil {
 				return nil
 			}
-			atomic.AddUint32(n, ^uint32(0))
+			atomic.AddUint64(n, ^uint64(0))
 			if !errors.Is(err, ebpf.ErrKeyExist) {
 				return err
 			}
@@ -82,8 +82,8 @@ func (s *Set) deleteEntry(m *ebpf.Map, addr netip.Addr) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	return true, s.withHintCount(addr, func(n *uint32) error {
-		atomic.AddUint32(n, ^uint32(0))
+	return true, s.withHintCount(addr, func(n *uint64) error {
+		atomic.AddUint64(n, ^uint64(0))
 		return nil
 	})
 }
