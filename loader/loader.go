@@ -228,14 +228,22 @@ func Attach(opts Options) (_ *Gate, err error) {
 // pin pins the link and maps into a temporary directory and renames it into
 // place, so a gate is either completely pinned or not at all.
 func (g *Gate) pin() (err error) {
-	if err := os.MkdirAll(PinRoot, 0o700); err != nil {
-		return fmt.Errorf("create %s: %w", PinRoot, err)
-	}
 	// A space can never be part of an interface name, so List skips it.
-	tmp, err := os.MkdirTemp(PinRoot, "pinning "+filepath.Base(g.Dir)+" ")
-	if err != nil {
-		os.Remove(PinRoot)
-		return fmt.Errorf("create pin directory: %w", err)
+	// Retried: a concurrent Detach of the last other gate removes PinRoot,
+	// and may do so between the two calls.
+	var tmp string
+	for try := 0; ; try++ {
+		if err = os.MkdirAll(PinRoot, 0o700); err != nil {
+			return fmt.Errorf("create %s: %w", PinRoot, err)
+		}
+		tmp, err = os.MkdirTemp(PinRoot, "pinning "+filepath.Base(g.Dir)+" ")
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, os.ErrNotExist) || try == 2 {
+			os.Remove(PinRoot)
+			return fmt.Errorf("create pin directory: %w", err)
+		}
 	}
 	defer func() {
 		if err != nil {
@@ -253,6 +261,22 @@ func (g *Gate) pin() (err error) {
 		return fmt.Errorf("install pins at %s: %w", g.Dir, err)
 	}
 	return nil
+}
+
+// WriteConfig changes the pinned gate's configuration (maps.Set.WriteConfig)
+// while holding an exclusive lock on its pin directory, so two commands
+// changing one gate at once cannot both write the same idle slot.
+func (g *Gate) WriteConfig(c maps.Config) (maps.Config, error) {
+	dir, err := os.Open(g.Dir)
+	if err != nil {
+		return maps.Config{}, fmt.Errorf("lock %s: %w", g.Dir, err)
+	}
+	defer dir.Close()
+	if err := unix.Flock(int(dir.Fd()), unix.LOCK_EX); err != nil {
+		return maps.Config{}, fmt.Errorf("lock %s: %w", g.Dir, err)
+	}
+	defer unix.Flock(int(dir.Fd()), unix.LOCK_UN)
+	return g.Maps.WriteConfig(c)
 }
 
 // Open reopens the gate pinned for iface.

@@ -134,8 +134,13 @@ func (s *Set) liveSlot() (uint32, error) {
 // new generation). The program reads configs[config_slot]: we fill the idle
 // slot, flip config_slot with one 32-bit store, and then wait for an RCU
 // grace period, after which no running program can still be reading the old
-// slot, so the next write may reuse it.
+// slot; so c is in force for every packet once WriteConfig returns. Writers
+// must not run concurrently (loader.Gate.WriteConfig holds a lock).
 func (s *Set) WriteConfig(c Config) (Config, error) {
+	// The grace period at the end of the last write may not have been
+	// waited for (that writer was killed after its flip): wait now, before
+	// the slot it left is overwritten.
+	syncRCU()
 	slot, err := s.liveSlot()
 	if err != nil {
 		return Config{}, err

@@ -78,7 +78,7 @@ func setCommand() *command {
 			if err := cfg.Validate(); err != nil {
 				return &usageError{err}
 			}
-			if cfg, err = g.Maps.WriteConfig(cfg); err != nil {
+			if cfg, err = g.WriteConfig(cfg); err != nil {
 				return err
 			}
 			allow, err := g.Maps.AllowList()
