@@ -97,7 +97,7 @@ enum counter {
 	COUNTER_KNOCK_RESET, /* a wrong SYN/datagram mid-sequence */
 	COUNTER_KNOCK_WHILE_GRANTED, /* first step from a granted source: ignored */
 	COUNTER_GRANTED, /* sequence completed */
-	COUNTER_GRANT_EXPIRED, /* an expired grant found and removed */
+	COUNTER_GRANT_EXPIRED, /* an expired grant found (counted once per grant) */
 	COUNTER_GRANT_FAILED, /* the grants map refused an entry */
 	COUNTER_EVENTS_LOST, /* ring buffer full: event dropped, verdict unchanged */
 	COUNTER_MAX,
@@ -107,7 +107,7 @@ enum event_type {
 	EVENT_KNOCK = 1, /* a step accepted; stage = steps completed */
 	EVENT_RESET = 2, /* progress voided by a wrong knock; stage = stage it had */
 	EVENT_OPEN = 3, /* sequence completed: source granted until expires_ns */
-	EVENT_EXPIRE = 4, /* a grant found expired and removed */
+	EVENT_EXPIRE = 4, /* a grant found expired (once per grant) */
 };
 
 struct event {

@@ -53,10 +53,12 @@ func (c *Config) Validate() error {
 	if len(c.Sequence) > MaxSteps {
 		return fmt.Errorf("sequence has %d steps, at most %d allowed", len(c.Sequence), MaxSteps)
 	}
-	for i := 1; i < len(c.Sequence); i++ {
-		// A retransmitted SYN would complete such a step by itself.
-		if c.Sequence[i] == c.Sequence[i-1] {
-			return fmt.Errorf("sequence step %d (%s) repeats the step before it", i+1, c.Sequence[i])
+	for i := range c.Sequence {
+		for j := range i {
+			// A retransmitted SYN of step j would then complete step i.
+			if c.Sequence[i] == c.Sequence[j] {
+				return fmt.Errorf("sequence step %d (%s) repeats step %d", i+1, c.Sequence[i], j+1)
+			}
 		}
 	}
 	for _, k := range c.Sequence {

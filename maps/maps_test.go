@@ -79,7 +79,8 @@ func TestConfigValidate(t *testing.T) {
 	cases := map[string]func(*Config){
 		"sequence is empty":                func(c *Config) { c.Sequence = nil },
 		"at most 8 allowed":                func(c *Config) { c.Sequence = make([]Port, 9) },
-		"repeats the step before it":       func(c *Config) { c.Sequence = []Port{{9000, TCP}, {9000, TCP}} },
+		"step 2 (9000) repeats step 1":     func(c *Config) { c.Sequence = []Port{{9000, TCP}, {9000, TCP}} },
+		"step 3 (9000) repeats step 1":     func(c *Config) { c.Sequence = []Port{{9000, TCP}, {8000, TCP}, {9000, TCP}} },
 		"both a knock step and protected":  func(c *Config) { c.Protected = []Port{{8000, TCP}} },
 		"step timeout 0s must be positive": func(c *Config) { c.StepTimeout = 0 },
 		"open window -1s must be positive": func(c *Config) { c.Open = -time.Second },
@@ -92,7 +93,7 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 	c := base()
-	c.Sequence = []Port{{9000, TCP}, {9000, UDP}, {9000, TCP}} // same number, other protocol: fine
+	c.Sequence = []Port{{9000, TCP}, {9000, UDP}, {8000, TCP}} // same number, other protocol: fine
 	if err := c.Validate(); err != nil {
 		t.Errorf("Validate(%v) = %v", c.Sequence, err)
 	}

@@ -32,7 +32,8 @@ func attachCommand() *command {
 		summary: "attach the gate to an interface",
 		help: "Attach the gate to IFACE and pin it under " + loader.PinRoot + "/IFACE, so it keeps\n" +
 			"running after this command exits. When run over SSH, the client address of the\n" +
-			"session is granted for the open window, so attaching never locks you out.",
+			"session is granted for the open window, so attaching does not cut the session\n" +
+			"off; knock again before the window ends (or use --allow) to keep it.",
 		minArgs: 1, maxArgs: 1,
 		flags: fs,
 		run: func(e *env, args []string) error {

@@ -102,7 +102,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"attach", "kgcnope0", "--sequence", ""}, "--sequence: empty port list"},
 		{[]string{"attach", "kgcnope0", "--sequence", "9000/sctp"}, `unknown protocol "sctp"`},
 		{[]string{"attach", "kgcnope0", "--sequence", "1,2,3,4,5,6,7,8,9"}, "sequence has 9 steps, at most 8 allowed"},
-		{[]string{"attach", "kgcnope0", "--sequence", "9000,9000"}, "repeats the step before it"},
+		{[]string{"attach", "kgcnope0", "--sequence", "9000,9000"}, "sequence step 2 (9000) repeats step 1"},
 		{[]string{"attach", "kgcnope0", "--sequence", "22,9000"}, "port 22 is both a knock step and protected"},
 		{[]string{"attach", "kgcnope0", "--protect", "22,99999"}, "--protect: port 99999 out of range (1-65535)"},
 		{[]string{"attach", "kgcnope0", "--step-timeout", "5"}, `--step-timeout: bad duration "5"`},
