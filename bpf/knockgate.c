@@ -266,8 +266,8 @@ static __always_inline int knock(const struct config *cfg, const struct packet *
 		    stage > 0 && stage < cfg->nsteps && stage < KG_MAX_STEPS) {
 			if (match & (1u << stage)) {
 				stage++;
-				count(COUNTER_KNOCK_ADVANCED);
 				if (stage == cfg->nsteps) {
+					count(COUNTER_KNOCK_ADVANCED);
 					delete_entry(&knocks, &pkt->src);
 					grant(cfg, pkt, *now);
 					return XDP_DROP;
@@ -282,6 +282,7 @@ static __always_inline int knock(const struct config *cfg, const struct packet *
 				};
 				if (bpf_map_update_elem(&knocks, &pkt->src, &next, BPF_EXIST))
 					return XDP_DROP; /* reset meanwhile: the step is lost */
+				count(COUNTER_KNOCK_ADVANCED);
 				emit(EVENT_KNOCK, pkt, stage, *now, next.deadline_ns);
 				return XDP_DROP;
 			}

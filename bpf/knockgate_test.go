@@ -1061,6 +1061,20 @@ func TestBytesAfterThePacket(t *testing.T) {
 			binary.BigEndian.PutUint16(b[14+4:], uint16(len(b)-14-40+1))
 		}
 		g.expect("IP length beyond the frame", b, xdpDrop, "dropped_malformed")
+
+		// A length of 0 is how GRO marks an aggregate over 64 KiB (BIG TCP,
+		// seen in generic mode), and IPv6 a jumbogram: judged within the
+		// frame, like any other packet.
+		zeroLen := func(b []byte) []byte {
+			if f.src.Is4() {
+				binary.BigEndian.PutUint16(b[14+2:], 0)
+			} else {
+				binary.BigEndian.PutUint16(b[14+4:], 0)
+			}
+			return b
+		}
+		g.expect("length 0, ACK to 443", zeroLen(f.tcp(f.other, 443, packet.ACK)), xdpPass, "passed")
+		g.expect("length 0, SYN to 22", zeroLen(f.knock(f.other, ssh)), xdpDrop, "dropped_protected")
 	})
 }
 

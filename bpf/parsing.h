@@ -112,13 +112,17 @@ static __always_inline int parse_ipv4(struct cursor *c, struct packet *pkt)
 		return PARSE_MALFORMED;
 	__u32 hdr_len = ip->ihl * 4;
 	__u32 tot_len = bpf_ntohs(ip->tot_len);
-	if (hdr_len < sizeof(*ip) || tot_len < hdr_len)
+	if (hdr_len < sizeof(*ip) || (tot_len && tot_len < hdr_len))
 		return PARSE_MALFORMED;
 	if (c->pos + hdr_len > c->end)
 		return PARSE_MALFORMED;
-	c->limit = c->pos + tot_len;
-	if (c->limit > c->end)
-		return PARSE_MALFORMED; /* truncated: the kernel drops it too */
+	/* 0: a GRO aggregate over 64 KiB (BIG TCP; generic mode sees those),
+	 * bounded by the frame alone. The kernel drops any other such packet. */
+	if (tot_len) {
+		c->limit = c->pos + tot_len;
+		if (c->limit > c->end)
+			return PARSE_MALFORMED; /* truncated: the kernel drops it too */
+	}
 
 	/* v4-mapped: ::ffff:a.b.c.d */
 	__builtin_memset(pkt->src.addr, 0, 10);
@@ -148,9 +152,13 @@ static __always_inline int parse_ipv6(struct cursor *c, struct packet *pkt)
 	__builtin_memcpy(pkt->src.addr, &ip6->saddr, 16);
 	__u8 nexthdr = ip6->nexthdr;
 	c->pos = ip6 + 1;
-	c->limit = c->pos + bpf_ntohs(ip6->payload_len);
-	if (c->limit > c->end)
-		return PARSE_MALFORMED; /* truncated: the kernel drops it too */
+	/* 0: a jumbogram or a BIG TCP GRO aggregate, bounded by the frame
+	 * alone; the kernel cuts any other such packet to its bare header. */
+	if (ip6->payload_len) {
+		c->limit = c->pos + bpf_ntohs(ip6->payload_len);
+		if (c->limit > c->end)
+			return PARSE_MALFORMED; /* truncated: the kernel drops it too */
+	}
 
 #pragma unroll
 	for (int i = 0; i <= MAX_IPV6_EXT; i++) {

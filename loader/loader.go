@@ -263,10 +263,12 @@ func (g *Gate) pin() (err error) {
 	return nil
 }
 
-// WriteConfig changes the pinned gate's configuration (maps.Set.WriteConfig)
-// while holding an exclusive lock on its pin directory, so two commands
-// changing one gate at once cannot both write the same idle slot.
-func (g *Gate) WriteConfig(c maps.Config) (maps.Config, error) {
+// UpdateConfig changes the pinned gate's configuration: it reads it, lets
+// change edit it, and writes it (maps.Set.WriteConfig), all under an
+// exclusive lock on the gate's pin directory, so two commands changing one
+// gate at once neither write the same idle slot nor undo each other's
+// change. An error from change writes nothing and is returned as is.
+func (g *Gate) UpdateConfig(change func(*maps.Config) error) (maps.Config, error) {
 	dir, err := os.Open(g.Dir)
 	if err != nil {
 		return maps.Config{}, fmt.Errorf("lock %s: %w", g.Dir, err)
@@ -276,7 +278,14 @@ func (g *Gate) WriteConfig(c maps.Config) (maps.Config, error) {
 		return maps.Config{}, fmt.Errorf("lock %s: %w", g.Dir, err)
 	}
 	defer unix.Flock(int(dir.Fd()), unix.LOCK_UN)
-	return g.Maps.WriteConfig(c)
+	cfg, err := g.Maps.ReadConfig()
+	if err != nil {
+		return maps.Config{}, err
+	}
+	if err := change(&cfg); err != nil {
+		return maps.Config{}, err
+	}
+	return g.Maps.WriteConfig(cfg)
 }
 
 // Open reopens the gate pinned for iface.

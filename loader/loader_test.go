@@ -142,3 +142,55 @@ func TestOpenRefusesIncompatiblePins(t *testing.T) {
 		return nil
 	})
 }
+
+// Concurrent changes to one gate must not undo each other: each of these
+// adds one protected port, so every port must be there at the end. (Each
+// write waits for RCU grace periods, so unlocked read-modify-writes would
+// overlap and lose ports.)
+func TestConcurrentUpdatesAllLand(t *testing.T) {
+	netns.Require(t, "ip")
+	const iface = "kgl3"
+	inNamespace(t, iface, func() error {
+		g, err := loader.Attach(loader.Options{Iface: iface, Config: config(), MaxSources: 128})
+		if err != nil {
+			return err
+		}
+		g.Close()
+		const writers = 12
+		errs := make(chan error, writers)
+		for i := range writers {
+			go func() {
+				g, err := loader.Open(iface)
+				if err != nil {
+					errs <- err
+					return
+				}
+				defer g.Close()
+				_, err = g.UpdateConfig(func(c *maps.Config) error {
+					c.Protected = append(c.Protected, maps.Port{Num: uint16(1000 + i), Proto: maps.TCP})
+					return nil
+				})
+				errs <- err
+			}()
+		}
+		for range writers {
+			if err := <-errs; err != nil {
+				return err
+			}
+		}
+		g, err = loader.Open(iface)
+		if err != nil {
+			return err
+		}
+		defer g.Close()
+		cfg, err := g.Maps.ReadConfig()
+		if err != nil {
+			return err
+		}
+		if len(cfg.Protected) != 1+writers || cfg.Generation != 1+writers {
+			t.Errorf("after %d concurrent updates: protected %v, generation %d; want all %d ports, generation %d",
+				writers, cfg.Protected, cfg.Generation, 1+writers, 1+writers)
+		}
+		return nil
+	})
+}

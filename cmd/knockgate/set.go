@@ -57,28 +57,27 @@ func setCommand() *command {
 				return err
 			}
 			defer g.Close()
-			cfg, err := g.Maps.ReadConfig()
+			cfg, err := g.UpdateConfig(func(cfg *maps.Config) error {
+				if upd.Sequence != nil {
+					cfg.Sequence = upd.Sequence
+				}
+				if upd.StepTimeout != 0 {
+					cfg.StepTimeout = upd.StepTimeout
+				}
+				if upd.Open != 0 {
+					cfg.Open = upd.Open
+				}
+				if upd.Protected != nil {
+					cfg.Protected = upd.Protected
+				}
+				// A combination the program cannot run (a step that is
+				// also protected) is the user's mistake: nothing is written.
+				if err := cfg.Validate(); err != nil {
+					return &usageError{err}
+				}
+				return nil
+			})
 			if err != nil {
-				return err
-			}
-			if upd.Sequence != nil {
-				cfg.Sequence = upd.Sequence
-			}
-			if upd.StepTimeout != 0 {
-				cfg.StepTimeout = upd.StepTimeout
-			}
-			if upd.Open != 0 {
-				cfg.Open = upd.Open
-			}
-			if upd.Protected != nil {
-				cfg.Protected = upd.Protected
-			}
-			// A combination the program cannot run (a step that is also
-			// protected) is the user's mistake, and nothing is written.
-			if err := cfg.Validate(); err != nil {
-				return &usageError{err}
-			}
-			if cfg, err = g.WriteConfig(cfg); err != nil {
 				return err
 			}
 			allow, err := g.Maps.AllowList()
