@@ -105,12 +105,18 @@ static __always_inline void count(__u32 reason)
 		*n += 1;
 }
 
-/* The clock is read at most once per packet, and only when needed. */
-static __always_inline __u64 now_ns(__u64 *now)
+/* Per-packet values worked out at most once, and only when a decision
+ * needs them. */
+struct lazy {
+	__u64 now; /* CLOCK_BOOTTIME; 0: not read yet */
+	__s32 hinted; /* see hinted(); -1: not looked at yet */
+};
+
+static __always_inline __u64 now_ns(struct lazy *lz)
 {
-	if (!*now)
-		*now = bpf_ktime_get_boot_ns();
-	return *now;
+	if (!lz->now)
+		lz->now = bpf_ktime_get_boot_ns();
+	return lz->now;
 }
 
 static __always_inline void emit(__u8 type, const struct packet *pkt, __u8 stage,
@@ -152,11 +158,16 @@ static __always_inline __u64 *hint_count(const struct source *src)
 	return &h->slot[hint_slot(src) & (KG_HINT_SLOTS - 1)];
 }
 
-/* May src have an entry in knocks or grants? */
-static __always_inline int hinted(const struct source *src)
+/* May the packet's source have an entry in knocks or grants? Looked at
+ * once per packet: an entry made later in the same run is never looked up
+ * again, and one deleted only leaves the answer high, which is safe. */
+static __always_inline int hinted(const struct packet *pkt, struct lazy *lz)
 {
-	__u64 *n = hint_count(src);
-	return !n || *(volatile __u64 *)n;
+	if (lz->hinted < 0) {
+		__u64 *n = hint_count(&pkt->src);
+		lz->hinted = !n || *(volatile __u64 *)n;
+	}
+	return lz->hinted;
 }
 
 /*
@@ -207,21 +218,21 @@ static __always_inline int port_protected(const struct config *cfg, __u8 proto, 
  * that moment) and delete the renewal. It stays until a new grant replaces
  * it, `revoke` removes it, or the LRU recycles it.
  */
-static __always_inline int granted(const struct packet *pkt, __u64 *now)
+static __always_inline int granted(const struct packet *pkt, struct lazy *lz)
 {
-	if (!hinted(&pkt->src))
+	if (!hinted(pkt, lz))
 		return 0;
 	struct grant *g = bpf_map_lookup_elem(&grants, &pkt->src);
 	if (!g)
 		return 0;
 	__u64 expires = g->expires_ns;
-	if (now_ns(now) < expires)
+	if (now_ns(lz) < expires)
 		return 1;
 	if (!g->expiry_reported) {
 		/* A racing store here can at worst repeat or skip an event. */
 		g->expiry_reported = 1;
 		count(COUNTER_GRANT_EXPIRED);
-		emit(EVENT_EXPIRE, pkt, 0, *now, expires);
+		emit(EVENT_EXPIRE, pkt, 0, lz->now, expires);
 	}
 	return 0;
 }
@@ -241,12 +252,24 @@ static __always_inline void grant(const struct config *cfg, const struct packet 
 	emit(EVENT_OPEN, pkt, cfg->nsteps, now, g.expires_ns);
 }
 
+/* Progress after a step accepted at now: the next is due within the step
+ * timeout. */
+static __always_inline struct progress progress_after(const struct config *cfg, __u8 stage, __u64 now)
+{
+	struct progress p = {
+		.deadline_ns = now + cfg->step_timeout_ns,
+		.generation = cfg->generation,
+		.stage = stage,
+	};
+	return p;
+}
+
 /*
  * The knock state machine, for a TCP SYN (without ACK, RST, FIN) or a UDP
  * datagram. Returns XDP_DROP when the packet was a knock, -1 when the packet
  * is not a knock and must be judged by the protected-port rules.
  */
-static __always_inline int knock(const struct config *cfg, const struct packet *pkt, __u64 *now)
+static __always_inline int knock(const struct config *cfg, const struct packet *pkt, struct lazy *lz)
 {
 	/* Bit i set: this packet is step i of the sequence. */
 	__u32 match = 0;
@@ -258,32 +281,28 @@ static __always_inline int knock(const struct config *cfg, const struct packet *
 	}
 
 	struct progress *p = NULL;
-	if (hinted(&pkt->src))
+	if (hinted(pkt, lz))
 		p = bpf_map_lookup_elem(&knocks, &pkt->src);
 	if (p) {
 		__u32 stage = p->stage;
-		if (p->generation == cfg->generation && now_ns(now) < p->deadline_ns &&
+		if (p->generation == cfg->generation && now_ns(lz) < p->deadline_ns &&
 		    stage > 0 && stage < cfg->nsteps && stage < KG_MAX_STEPS) {
 			if (match & (1u << stage)) {
 				stage++;
 				if (stage == cfg->nsteps) {
 					count(COUNTER_KNOCK_ADVANCED);
 					delete_entry(&knocks, &pkt->src);
-					grant(cfg, pkt, *now);
+					grant(cfg, pkt, lz->now);
 					return XDP_DROP;
 				}
 				/* An update, not a store through p: if another CPU
 				 * reset this source meanwhile, the LRU may already have
 				 * handed p's element to another source. */
-				struct progress next = {
-					.deadline_ns = *now + cfg->step_timeout_ns,
-					.generation = cfg->generation,
-					.stage = stage,
-				};
+				struct progress next = progress_after(cfg, stage, lz->now);
 				if (bpf_map_update_elem(&knocks, &pkt->src, &next, BPF_EXIST))
 					return XDP_DROP; /* reset meanwhile: the step is lost */
 				count(COUNTER_KNOCK_ADVANCED);
-				emit(EVENT_KNOCK, pkt, stage, *now, next.deadline_ns);
+				emit(EVENT_KNOCK, pkt, stage, lz->now, next.deadline_ns);
 				return XDP_DROP;
 			}
 			if (match & ((1u << stage) - 1)) {
@@ -296,7 +315,7 @@ static __always_inline int knock(const struct config *cfg, const struct packet *
 			 * ordered port sweep can never walk the sequence. */
 			delete_entry(&knocks, &pkt->src);
 			count(COUNTER_KNOCK_RESET);
-			emit(EVENT_RESET, pkt, stage, *now, 0);
+			emit(EVENT_RESET, pkt, stage, lz->now, 0);
 			return match ? XDP_DROP : -1;
 		}
 		/* Expired or made under an older configuration: no progress.
@@ -316,24 +335,20 @@ static __always_inline int knock(const struct config *cfg, const struct packet *
 	if (!(match & 1))
 		return XDP_DROP; /* a later step out of order: still a knock port */
 
-	if (granted(pkt, now)) {
+	if (granted(pkt, lz)) {
 		count(COUNTER_KNOCK_WHILE_GRANTED);
 		return XDP_DROP;
 	}
 	count(COUNTER_KNOCK_ADVANCED);
 	if (cfg->nsteps == 1) {
-		grant(cfg, pkt, now_ns(now));
+		grant(cfg, pkt, now_ns(lz));
 		return XDP_DROP;
 	}
-	struct progress fresh = {
-		.deadline_ns = now_ns(now) + cfg->step_timeout_ns,
-		.generation = cfg->generation,
-		.stage = 1,
-	};
+	struct progress fresh = progress_after(cfg, 1, now_ns(lz));
 	/* A stale entry is already counted in its hint slot: replace it. */
 	if (!p || bpf_map_update_elem(&knocks, &pkt->src, &fresh, BPF_EXIST))
 		put_entry(&knocks, &pkt->src, &fresh);
-	emit(EVENT_KNOCK, pkt, 1, *now, fresh.deadline_ns);
+	emit(EVENT_KNOCK, pkt, 1, lz->now, fresh.deadline_ns);
 	return XDP_DROP;
 }
 
@@ -358,7 +373,7 @@ SEC("xdp")
 int knockgate(struct xdp_md *ctx)
 {
 	struct packet pkt;
-	__u64 now = 0;
+	struct lazy lz = { .now = 0, .hinted = -1 };
 
 	switch (parse_packet(ctx, &pkt)) {
 	case PARSE_PASS:
@@ -379,7 +394,7 @@ int knockgate(struct xdp_md *ctx)
 		       (pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST | TCP_FLAG_FIN)) ==
 			       TCP_FLAG_SYN;
 	if (is_knock && cfg->nsteps) {
-		int verdict = knock(cfg, &pkt, &now);
+		int verdict = knock(cfg, &pkt, &lz);
 		if (verdict >= 0) {
 			count(COUNTER_DROPPED_KNOCK);
 			return verdict;
@@ -390,7 +405,7 @@ int knockgate(struct xdp_md *ctx)
 		count(COUNTER_PASSED);
 		return XDP_PASS;
 	}
-	if (granted(&pkt, &now)) {
+	if (granted(&pkt, &lz)) {
 		count(COUNTER_PASSED_GRANTED);
 		return XDP_PASS;
 	}
