@@ -324,13 +324,7 @@ func checkCompatible(set *maps.Set) error {
 	if err != nil {
 		return err
 	}
-	pinned := map[string]*ebpf.Map{
-		bpf.KnockgateMapConfigs: set.Configs, bpf.KnockgateMapConfigSlot: set.ConfigSlot,
-		bpf.KnockgateMapKnocks: set.Knocks, bpf.KnockgateMapGrants: set.Grants,
-		bpf.KnockgateMapAllow: set.Allow, bpf.KnockgateMapCounters: set.Counters,
-		bpf.KnockgateMapEvents: set.Events, bpf.KnockgateMapHints: set.Hints,
-	}
-	for name, m := range pinned {
+	for name, m := range set.ByName() {
 		want := spec.Maps[name]
 		if m.Type() != want.Type || m.KeySize() != want.KeySize || m.ValueSize() != want.ValueSize {
 			return fmt.Errorf("map %s: %w (detach and attach again)", name, ErrIncompatible)

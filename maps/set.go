@@ -69,6 +69,15 @@ func PinNames() []string {
 	return names
 }
 
+// ByName returns every map under its pin name.
+func (s *Set) ByName() map[string]*ebpf.Map {
+	byName := make(map[string]*ebpf.Map)
+	for _, n := range s.named() {
+		byName[n.name] = *n.m
+	}
+	return byName
+}
+
 // Pin pins every map into dir, which must exist.
 func (s *Set) Pin(dir string) error {
 	for _, n := range s.named() {
