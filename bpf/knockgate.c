@@ -85,16 +85,33 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
+/* Verdicts per interface slot: index slot * VERDICT_MAX + verdict. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, KG_IFACE_SLOTS * VERDICT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} verdicts SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 256 * 1024);
+	__uint(max_entries, KG_EVENT_RING_BYTES);
 } events SEC(".maps");
+
+/* Per CPU: when the knock/reset event budget next has room (a GCRA
+ * "theoretical arrival time", CLOCK_BOOTTIME ns). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} event_budget SEC(".maps");
 
 /* Force the types no map names into BTF so bpf2go generates them. */
 const struct event *unused_event __attribute__((unused));
 const enum counter *unused_counter __attribute__((unused));
+const enum verdict *unused_verdict __attribute__((unused));
 const enum event_type *unused_event_type __attribute__((unused));
-const enum attach_mode *unused_attach_mode __attribute__((unused));
 
 static __always_inline void count(__u32 reason)
 {
@@ -103,6 +120,17 @@ static __always_inline void count(__u32 reason)
 	 * interleave, so a plain increment is exact without atomics. */
 	if (n)
 		*n += 1;
+}
+
+/* Count the packet's verdict in the slot of the interface it came in on and
+ * turn it into the XDP action. */
+static __always_inline int verdict(struct xdp_md *ctx, __u32 v)
+{
+	__u32 idx = (ctx->ingress_ifindex & (KG_IFACE_SLOTS - 1)) * VERDICT_MAX + v;
+	__u64 *n = bpf_map_lookup_elem(&verdicts, &idx);
+	if (n)
+		*n += 1; /* per CPU, preemption off: exact without atomics */
+	return v <= VERDICT_PASSED_ALLOWED ? XDP_PASS : XDP_DROP;
 }
 
 /* Per-packet values worked out at most once, and only when a decision
@@ -117,6 +145,28 @@ static __always_inline __u64 now_ns(struct lazy *lz)
 	if (!lz->now)
 		lz->now = bpf_ktime_get_boot_ns();
 	return lz->now;
+}
+
+/*
+ * May a knock or reset event go out at now? Within the per-CPU budget, and
+ * only while the ring buffer keeps its reserve for open and expire events,
+ * which are never budgeted. A refusal is counted as suppressed.
+ */
+static __always_inline int budgeted(__u64 now)
+{
+	const __u64 interval = 1000000000ULL / KG_EVENT_RATE;
+	__u32 zero = 0;
+	__u64 *next = bpf_map_lookup_elem(&event_budget, &zero);
+	if (!next)
+		return 0;
+	__u64 t = *next > now ? *next : now;
+	if (t + interval > now + interval * KG_EVENT_BURST ||
+	    bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > KG_EVENT_RING_RESERVE) {
+		count(COUNTER_EVENTS_SUPPRESSED);
+		return 0;
+	}
+	*next = t + interval; /* per CPU, preemption off: a plain store */
+	return 1;
 }
 
 static __always_inline void emit(__u8 type, const struct packet *pkt, __u8 stage,
@@ -302,7 +352,8 @@ static __always_inline int knock(const struct config *cfg, const struct packet *
 				if (bpf_map_update_elem(&knocks, &pkt->src, &next, BPF_EXIST))
 					return XDP_DROP; /* reset meanwhile: the step is lost */
 				count(COUNTER_KNOCK_ADVANCED);
-				emit(EVENT_KNOCK, pkt, stage, lz->now, next.deadline_ns);
+				if (budgeted(lz->now))
+					emit(EVENT_KNOCK, pkt, stage, lz->now, next.deadline_ns);
 				return XDP_DROP;
 			}
 			if (match & ((1u << stage) - 1)) {
@@ -315,7 +366,8 @@ static __always_inline int knock(const struct config *cfg, const struct packet *
 			 * ordered port sweep can never walk the sequence. */
 			delete_entry(&knocks, &pkt->src);
 			count(COUNTER_KNOCK_RESET);
-			emit(EVENT_RESET, pkt, stage, lz->now, 0);
+			if (budgeted(lz->now))
+				emit(EVENT_RESET, pkt, stage, lz->now, 0);
 			return match ? XDP_DROP : -1;
 		}
 		/* Expired or made under an older configuration: no progress.
@@ -348,7 +400,8 @@ static __always_inline int knock(const struct config *cfg, const struct packet *
 	/* A stale entry is already counted in its hint slot: replace it. */
 	if (!p || bpf_map_update_elem(&knocks, &pkt->src, &fresh, BPF_EXIST))
 		put_entry(&knocks, &pkt->src, &fresh);
-	emit(EVENT_KNOCK, pkt, 1, lz->now, fresh.deadline_ns);
+	if (budgeted(lz->now))
+		emit(EVENT_KNOCK, pkt, 1, lz->now, fresh.deadline_ns);
 	return XDP_DROP;
 }
 
@@ -359,14 +412,25 @@ static __always_inline int allowed(const struct packet *pkt)
 	return bpf_map_lookup_elem(&allow, &key) != NULL;
 }
 
-static __always_inline const struct config *active_config(void)
+/*
+ * The configuration in force: configs[config_slot], unless that one is a
+ * safe-mode change whose confirmation deadline has passed, in which case the
+ * configuration before it (the other slot) rules again. The clock is read
+ * only while a change awaits confirmation.
+ */
+static __always_inline const struct config *active_config(struct lazy *lz)
 {
 	__u32 zero = 0;
 	__u32 *slot = bpf_map_lookup_elem(&config_slot, &zero);
 	if (!slot)
 		return NULL;
 	__u32 idx = *slot & 1;
-	return bpf_map_lookup_elem(&configs, &idx);
+	const struct config *cfg = bpf_map_lookup_elem(&configs, &idx);
+	if (cfg && cfg->confirm_by_ns && now_ns(lz) >= cfg->confirm_by_ns) {
+		idx ^= 1;
+		cfg = bpf_map_lookup_elem(&configs, &idx);
+	}
+	return cfg;
 }
 
 SEC("xdp")
@@ -377,42 +441,26 @@ int knockgate(struct xdp_md *ctx)
 
 	switch (parse_packet(ctx, &pkt)) {
 	case PARSE_PASS:
-		count(COUNTER_PASSED);
-		return XDP_PASS;
+		return verdict(ctx, VERDICT_PASSED);
 	case PARSE_MALFORMED:
-		count(COUNTER_DROPPED_MALFORMED);
-		return XDP_DROP;
+		return verdict(ctx, VERDICT_DROPPED_MALFORMED);
 	}
 
-	const struct config *cfg = active_config();
-	if (!cfg) {
-		count(COUNTER_PASSED);
-		return XDP_PASS;
-	}
+	const struct config *cfg = active_config(&lz);
+	if (!cfg)
+		return verdict(ctx, VERDICT_PASSED);
 
 	int is_knock = pkt.proto == IPPROTO_UDP ||
 		       (pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST | TCP_FLAG_FIN)) ==
 			       TCP_FLAG_SYN;
-	if (is_knock && cfg->nsteps) {
-		int verdict = knock(cfg, &pkt, &lz);
-		if (verdict >= 0) {
-			count(COUNTER_DROPPED_KNOCK);
-			return verdict;
-		}
-	}
+	if (is_knock && cfg->nsteps && knock(cfg, &pkt, &lz) >= 0)
+		return verdict(ctx, VERDICT_DROPPED_KNOCK);
 
-	if (!port_protected(cfg, pkt.proto, pkt.dport)) {
-		count(COUNTER_PASSED);
-		return XDP_PASS;
-	}
-	if (granted(&pkt, &lz)) {
-		count(COUNTER_PASSED_GRANTED);
-		return XDP_PASS;
-	}
-	if (cfg->allow_count && allowed(&pkt)) {
-		count(COUNTER_PASSED_ALLOWED);
-		return XDP_PASS;
-	}
-	count(COUNTER_DROPPED_PROTECTED);
-	return XDP_DROP;
+	if (!port_protected(cfg, pkt.proto, pkt.dport))
+		return verdict(ctx, VERDICT_PASSED);
+	if (granted(&pkt, &lz))
+		return verdict(ctx, VERDICT_PASSED_GRANTED);
+	if (cfg->allow_count && allowed(&pkt))
+		return verdict(ctx, VERDICT_PASSED_ALLOWED);
+	return verdict(ctx, VERDICT_DROPPED_PROTECTED);
 }

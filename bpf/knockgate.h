@@ -18,6 +18,24 @@
 /* Slots of the hints map (a power of two): see hints in knockgate.c. */
 #define KG_HINT_SLOTS 65536
 
+/* Per-interface verdict counters are kept in this many slots, indexed by
+ * the receiving interface's ifindex masked to the slot count (a power of
+ * two): no lookup on the hot path. Two interfaces of one gate whose ifindexes
+ * agree in the low bits share a slot; status says so. */
+#define KG_IFACE_SLOTS 256
+
+/* Knock and reset events are rate-limited per CPU, so that a flood of
+ * spoofed knocks costs neither a flood of events nor the room that open and
+ * expire events need: at most KG_EVENT_BURST at once, refilled at
+ * KG_EVENT_RATE a second. Past the budget they are counted as suppressed. */
+#define KG_EVENT_RATE 100
+#define KG_EVENT_BURST 100
+/* Knock and reset events are also suppressed while more than this many
+ * bytes of the ring buffer wait for the reader, keeping the rest for open
+ * and expire events. */
+#define KG_EVENT_RING_BYTES (256 * 1024)
+#define KG_EVENT_RING_RESERVE (KG_EVENT_RING_BYTES / 2)
+
 /* The hints map's one value: per slot, how many entries of knocks and
  * grants may hash there. 64 bits: evicted entries are never uncounted, so a
  * count only grows under churn, and must never wrap back to zero. */
@@ -45,14 +63,18 @@ struct step {
 struct config {
 	__u64 step_timeout_ns;
 	__u64 open_ns;
+	/* Safe mode: 0, or the CLOCK_BOOTTIME instant after which, unless a
+	 * confirmation has replaced this configuration by then, the other slot
+	 * (the configuration before this one) rules again. The rollback needs no
+	 * process: the program itself falls back. */
+	__u64 confirm_by_ns;
 	__u64 protected_tcp[KG_PORT_WORDS];
 	__u64 protected_udp[KG_PORT_WORDS];
 	__u32 generation; /* bumped on every change; older progress is void */
 	__u32 allow_count; /* entries in the allow trie; 0 skips the lookup */
 	struct step steps[KG_MAX_STEPS];
 	__u8 nsteps;
-	__u8 mode; /* enum attach_mode, recorded for status; unused by the program */
-	__u8 pad[6];
+	__u8 pad[7];
 };
 
 /* Knock progress of one source. Evictable: losing it only costs a re-knock. */
@@ -77,22 +99,21 @@ struct allow_key {
 	__u8 addr[16];
 };
 
-enum attach_mode {
-	MODE_UNKNOWN = 0,
-	MODE_NATIVE = 1,
-	MODE_GENERIC = 2,
+/* What happened to a packet: each packet bumps exactly one verdict counter,
+ * in the slot of the interface it arrived on (see KG_IFACE_SLOTS). */
+enum verdict {
+	VERDICT_PASSED = 0, /* not a protected port, not a knock */
+	VERDICT_PASSED_GRANTED, /* protected port, live grant */
+	VERDICT_PASSED_ALLOWED, /* protected port, source in the allow list */
+	VERDICT_DROPPED_PROTECTED, /* protected port, no grant */
+	VERDICT_DROPPED_KNOCK, /* a knock: always dropped, so knock ports look filtered */
+	VERDICT_DROPPED_MALFORMED, /* IP packet we cannot parse safely */
+	VERDICT_MAX,
 };
 
-/* Per-CPU counters, by reason. Each packet bumps exactly one verdict counter
- * (PASSED*, DROPPED*); the knock counters record state changes. */
+/* Per-CPU counters of state changes and events, for the whole gate. */
 enum counter {
-	COUNTER_PASSED = 0, /* not a protected port, not a knock */
-	COUNTER_PASSED_GRANTED, /* protected port, live grant */
-	COUNTER_PASSED_ALLOWED, /* protected port, source in the allow list */
-	COUNTER_DROPPED_PROTECTED, /* protected port, no grant */
-	COUNTER_DROPPED_KNOCK, /* a knock: always dropped, so knock ports look filtered */
-	COUNTER_DROPPED_MALFORMED, /* IP packet we cannot parse safely */
-	COUNTER_KNOCK_ADVANCED, /* a step accepted (the first one included) */
+	COUNTER_KNOCK_ADVANCED = 0, /* a step accepted (the first one included) */
 	COUNTER_KNOCK_REPEATED, /* a completed step seen again: ignored */
 	COUNTER_KNOCK_RESET, /* a wrong SYN/datagram mid-sequence */
 	COUNTER_KNOCK_WHILE_GRANTED, /* first step from a granted source: ignored */
@@ -100,6 +121,7 @@ enum counter {
 	COUNTER_GRANT_EXPIRED, /* an expired grant found (counted once per grant) */
 	COUNTER_GRANT_FAILED, /* the grants map refused an entry */
 	COUNTER_EVENTS_LOST, /* ring buffer full: event dropped, verdict unchanged */
+	COUNTER_EVENTS_SUPPRESSED, /* knock or reset event over the budget: not sent */
 	COUNTER_MAX,
 };
 

@@ -19,46 +19,33 @@ type KnockgateAllowKey struct {
 	Addr      [16]uint8
 }
 
-type KnockgateAttachMode uint32
-
-const (
-	KnockgateAttachModeMODE_UNKNOWN KnockgateAttachMode = 0
-	KnockgateAttachModeMODE_NATIVE  KnockgateAttachMode = 1
-	KnockgateAttachModeMODE_GENERIC KnockgateAttachMode = 2
-)
-
 type KnockgateConfig struct {
 	_             structs.HostLayout
 	StepTimeoutNs uint64
 	OpenNs        uint64
+	ConfirmByNs   uint64
 	ProtectedTcp  [1024]uint64
 	ProtectedUdp  [1024]uint64
 	Generation    uint32
 	AllowCount    uint32
 	Steps         [8]KnockgateStep
 	Nsteps        uint8
-	Mode          uint8
-	Pad           [6]uint8
+	Pad           [7]uint8
 }
 
 type KnockgateCounter uint32
 
 const (
-	KnockgateCounterCOUNTER_PASSED              KnockgateCounter = 0
-	KnockgateCounterCOUNTER_PASSED_GRANTED      KnockgateCounter = 1
-	KnockgateCounterCOUNTER_PASSED_ALLOWED      KnockgateCounter = 2
-	KnockgateCounterCOUNTER_DROPPED_PROTECTED   KnockgateCounter = 3
-	KnockgateCounterCOUNTER_DROPPED_KNOCK       KnockgateCounter = 4
-	KnockgateCounterCOUNTER_DROPPED_MALFORMED   KnockgateCounter = 5
-	KnockgateCounterCOUNTER_KNOCK_ADVANCED      KnockgateCounter = 6
-	KnockgateCounterCOUNTER_KNOCK_REPEATED      KnockgateCounter = 7
-	KnockgateCounterCOUNTER_KNOCK_RESET         KnockgateCounter = 8
-	KnockgateCounterCOUNTER_KNOCK_WHILE_GRANTED KnockgateCounter = 9
-	KnockgateCounterCOUNTER_GRANTED             KnockgateCounter = 10
-	KnockgateCounterCOUNTER_GRANT_EXPIRED       KnockgateCounter = 11
-	KnockgateCounterCOUNTER_GRANT_FAILED        KnockgateCounter = 12
-	KnockgateCounterCOUNTER_EVENTS_LOST         KnockgateCounter = 13
-	KnockgateCounterCOUNTER_MAX                 KnockgateCounter = 14
+	KnockgateCounterCOUNTER_KNOCK_ADVANCED      KnockgateCounter = 0
+	KnockgateCounterCOUNTER_KNOCK_REPEATED      KnockgateCounter = 1
+	KnockgateCounterCOUNTER_KNOCK_RESET         KnockgateCounter = 2
+	KnockgateCounterCOUNTER_KNOCK_WHILE_GRANTED KnockgateCounter = 3
+	KnockgateCounterCOUNTER_GRANTED             KnockgateCounter = 4
+	KnockgateCounterCOUNTER_GRANT_EXPIRED       KnockgateCounter = 5
+	KnockgateCounterCOUNTER_GRANT_FAILED        KnockgateCounter = 6
+	KnockgateCounterCOUNTER_EVENTS_LOST         KnockgateCounter = 7
+	KnockgateCounterCOUNTER_EVENTS_SUPPRESSED   KnockgateCounter = 8
+	KnockgateCounterCOUNTER_MAX                 KnockgateCounter = 9
 )
 
 type KnockgateEvent struct {
@@ -114,23 +101,37 @@ type KnockgateStep struct {
 	Pad   uint8
 }
 
+type KnockgateVerdict uint32
+
+const (
+	KnockgateVerdictVERDICT_PASSED            KnockgateVerdict = 0
+	KnockgateVerdictVERDICT_PASSED_GRANTED    KnockgateVerdict = 1
+	KnockgateVerdictVERDICT_PASSED_ALLOWED    KnockgateVerdict = 2
+	KnockgateVerdictVERDICT_DROPPED_PROTECTED KnockgateVerdict = 3
+	KnockgateVerdictVERDICT_DROPPED_KNOCK     KnockgateVerdict = 4
+	KnockgateVerdictVERDICT_DROPPED_MALFORMED KnockgateVerdict = 5
+	KnockgateVerdictVERDICT_MAX               KnockgateVerdict = 6
+)
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	KnockgateMapAllow            = "allow"
-	KnockgateMapConfigSlot       = "config_slot"
-	KnockgateMapConfigs          = "configs"
-	KnockgateMapCounters         = "counters"
-	KnockgateMapEvents           = "events"
-	KnockgateMapGrants           = "grants"
-	KnockgateMapHints            = "hints"
-	KnockgateMapKnocks           = "knocks"
-	KnockgateProgKnockgate       = "knockgate"
-	KnockgateVarUnusedAttachMode = "unused_attach_mode"
-	KnockgateVarUnusedCounter    = "unused_counter"
-	KnockgateVarUnusedEvent      = "unused_event"
-	KnockgateVarUnusedEventType  = "unused_event_type"
+	KnockgateMapAllow           = "allow"
+	KnockgateMapConfigSlot      = "config_slot"
+	KnockgateMapConfigs         = "configs"
+	KnockgateMapCounters        = "counters"
+	KnockgateMapEventBudget     = "event_budget"
+	KnockgateMapEvents          = "events"
+	KnockgateMapGrants          = "grants"
+	KnockgateMapHints           = "hints"
+	KnockgateMapKnocks          = "knocks"
+	KnockgateMapVerdicts        = "verdicts"
+	KnockgateProgKnockgate      = "knockgate"
+	KnockgateVarUnusedCounter   = "unused_counter"
+	KnockgateVarUnusedEvent     = "unused_event"
+	KnockgateVarUnusedEventType = "unused_event_type"
+	KnockgateVarUnusedVerdict   = "unused_verdict"
 )
 
 // LoadKnockgate returns the embedded CollectionSpec for Knockgate.
@@ -182,24 +183,26 @@ type KnockgateProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type KnockgateMapSpecs struct {
-	Allow      *ebpf.MapSpec `ebpf:"allow"`
-	ConfigSlot *ebpf.MapSpec `ebpf:"config_slot"`
-	Configs    *ebpf.MapSpec `ebpf:"configs"`
-	Counters   *ebpf.MapSpec `ebpf:"counters"`
-	Events     *ebpf.MapSpec `ebpf:"events"`
-	Grants     *ebpf.MapSpec `ebpf:"grants"`
-	Hints      *ebpf.MapSpec `ebpf:"hints"`
-	Knocks     *ebpf.MapSpec `ebpf:"knocks"`
+	Allow       *ebpf.MapSpec `ebpf:"allow"`
+	ConfigSlot  *ebpf.MapSpec `ebpf:"config_slot"`
+	Configs     *ebpf.MapSpec `ebpf:"configs"`
+	Counters    *ebpf.MapSpec `ebpf:"counters"`
+	EventBudget *ebpf.MapSpec `ebpf:"event_budget"`
+	Events      *ebpf.MapSpec `ebpf:"events"`
+	Grants      *ebpf.MapSpec `ebpf:"grants"`
+	Hints       *ebpf.MapSpec `ebpf:"hints"`
+	Knocks      *ebpf.MapSpec `ebpf:"knocks"`
+	Verdicts    *ebpf.MapSpec `ebpf:"verdicts"`
 }
 
 // KnockgateVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type KnockgateVariableSpecs struct {
-	UnusedAttachMode *ebpf.VariableSpec `ebpf:"unused_attach_mode"`
-	UnusedCounter    *ebpf.VariableSpec `ebpf:"unused_counter"`
-	UnusedEvent      *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedEventType  *ebpf.VariableSpec `ebpf:"unused_event_type"`
+	UnusedCounter   *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedEvent     *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedEventType *ebpf.VariableSpec `ebpf:"unused_event_type"`
+	UnusedVerdict   *ebpf.VariableSpec `ebpf:"unused_verdict"`
 }
 
 // KnockgateObjects contains all objects after they have been loaded into the kernel.
@@ -222,14 +225,16 @@ func (o *KnockgateObjects) Close() error {
 //
 // It can be passed to LoadKnockgateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KnockgateMaps struct {
-	Allow      *ebpf.Map `ebpf:"allow"`
-	ConfigSlot *ebpf.Map `ebpf:"config_slot"`
-	Configs    *ebpf.Map `ebpf:"configs"`
-	Counters   *ebpf.Map `ebpf:"counters"`
-	Events     *ebpf.Map `ebpf:"events"`
-	Grants     *ebpf.Map `ebpf:"grants"`
-	Hints      *ebpf.Map `ebpf:"hints"`
-	Knocks     *ebpf.Map `ebpf:"knocks"`
+	Allow       *ebpf.Map `ebpf:"allow"`
+	ConfigSlot  *ebpf.Map `ebpf:"config_slot"`
+	Configs     *ebpf.Map `ebpf:"configs"`
+	Counters    *ebpf.Map `ebpf:"counters"`
+	EventBudget *ebpf.Map `ebpf:"event_budget"`
+	Events      *ebpf.Map `ebpf:"events"`
+	Grants      *ebpf.Map `ebpf:"grants"`
+	Hints       *ebpf.Map `ebpf:"hints"`
+	Knocks      *ebpf.Map `ebpf:"knocks"`
+	Verdicts    *ebpf.Map `ebpf:"verdicts"`
 }
 
 func (m *KnockgateMaps) Close() error {
@@ -238,10 +243,12 @@ func (m *KnockgateMaps) Close() error {
 		m.ConfigSlot,
 		m.Configs,
 		m.Counters,
+		m.EventBudget,
 		m.Events,
 		m.Grants,
 		m.Hints,
 		m.Knocks,
+		m.Verdicts,
 	)
 }
 
@@ -249,10 +256,10 @@ func (m *KnockgateMaps) Close() error {
 //
 // It can be passed to LoadKnockgateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KnockgateVariables struct {
-	UnusedAttachMode *ebpf.Variable `ebpf:"unused_attach_mode"`
-	UnusedCounter    *ebpf.Variable `ebpf:"unused_counter"`
-	UnusedEvent      *ebpf.Variable `ebpf:"unused_event"`
-	UnusedEventType  *ebpf.Variable `ebpf:"unused_event_type"`
+	UnusedCounter   *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedEvent     *ebpf.Variable `ebpf:"unused_event"`
+	UnusedEventType *ebpf.Variable `ebpf:"unused_event_type"`
+	UnusedVerdict   *ebpf.Variable `ebpf:"unused_verdict"`
 }
 
 // KnockgatePrograms contains all programs after they have been loaded into the kernel.

@@ -888,55 +888,6 @@ func TestFragments(t *testing.T) {
 	})
 }
 
-func TestFullRingBufferKeepsVerdicts(t *testing.T) {
-	netns.Require(t)
-	forFamilies(t, func(t *testing.T, f family) {
-		g := newGate(t, defaultConfig())
-		// Each pair makes two events (knock, reset) and leaves no state, so
-		// nothing but the unread ring buffer grows. Stop at the first loss.
-		start, reset := f.knock(f.src, seq[0]), f.knock(f.src, unrelated)
-		limit := g.objs.Events.MaxEntries() / 48 // more pairs than the ring can hold events
-		lost := false
-		for i := uint32(0); i < limit && !lost; i++ {
-			if v := g.run(start); v != xdpDrop {
-				t.Fatalf("pair %d: step 1 %s", i, verdictName(v))
-			}
-			if v := g.run(reset); v != xdpPass {
-				t.Fatalf("pair %d: SYN to 443 %s", i, verdictName(v))
-			}
-			if i%64 == 63 {
-				c := g.counters()
-				lost = c.Get("events_lost") > 0
-			}
-		}
-		if !lost {
-			t.Fatalf("ring buffer of %d bytes never filled", g.objs.Events.MaxEntries())
-		}
-
-		// With the ring full, the state machine runs exactly as before.
-		g.expect("step 1, ring full", start, xdpDrop, "dropped_knock", "knock_advanced", "events_lost")
-		g.expect("step 2, ring full", f.knock(f.src, seq[1]), xdpDrop, "dropped_knock", "knock_advanced", "events_lost")
-		g.expect("step 3, ring full", f.knock(f.src, seq[2]), xdpDrop, "dropped_knock", "knock_advanced", "granted", "events_lost")
-		if _, ok := g.grant(f.src); !ok {
-			t.Error("ring full: sequence did not grant")
-		}
-		g.expect("SYN to 22, ring full", f.knock(f.src, ssh), xdpPass, "passed_granted")
-
-		// Every event was either delivered or counted as lost.
-		c := g.counters()
-		// Each advance emits one event (knock, or open for the last step).
-		made := c.Get("knock_advanced") + c.Get("knock_reset") + c.Get("grant_expired")
-		read := uint64(len(g.events()))
-		if read+c.Get("events_lost") != made {
-			t.Errorf("%d events made, %d read + %d lost", made, read, c.Get("events_lost"))
-		}
-		// Once drained, events flow again.
-		g.expect("SYN to 443 after draining", reset, xdpPass, "passed")
-		g.expect("step 1 after draining", f.knock(f.other, seq[0]), xdpDrop, "dropped_knock", "knock_advanced")
-		g.expectEvents("after draining", "knock")
-	})
-}
-
 // TestVerdictCounters checks that each verdict counter counts its own path,
 // once per packet, in one table.
 func TestVerdictCounters(t *testing.T) {

@@ -5,30 +5,14 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
 	"github.com/knockgate/knockgate/bpf"
 )
 
 // MaxSteps is the longest knock sequence the program accepts.
 const MaxSteps = len(bpf.KnockgateConfig{}.Steps)
-
-// Mode records how the program is attached; status reports it.
-type Mode uint8
-
-const (
-	ModeUnknown Mode = Mode(bpf.KnockgateAttachModeMODE_UNKNOWN)
-	ModeNative  Mode = Mode(bpf.KnockgateAttachModeMODE_NATIVE)
-	ModeGeneric Mode = Mode(bpf.KnockgateAttachModeMODE_GENERIC)
-)
-
-func (m Mode) String() string {
-	switch m {
-	case ModeNative:
-		return "native"
-	case ModeGeneric:
-		return "generic"
-	}
-	return "unknown"
-}
 
 // Config is the runtime configuration of a gate.
 type Config struct {
@@ -39,7 +23,10 @@ type Config struct {
 	// AllowCount is the number of allow-list entries; the program skips the
 	// allow lookup when it is zero. Maintained by Set.SetAllow.
 	AllowCount uint32
-	Mode       Mode
+	// ConfirmBy (a CLOCK_BOOTTIME stamp, see BootAfter) makes this a
+	// safe-mode change: unless confirmed by then, the program goes back to
+	// the configuration before it. 0: an ordinary change.
+	ConfirmBy uint64
 	// Generation changes on every write; knock progress made under another
 	// generation is void. Maintained by Set.WriteConfig.
 	Generation uint32
@@ -85,10 +72,10 @@ func (c *Config) Encode() (*bpf.KnockgateConfig, error) {
 	raw := &bpf.KnockgateConfig{
 		StepTimeoutNs: uint64(c.StepTimeout),
 		OpenNs:        uint64(c.Open),
+		ConfirmByNs:   c.ConfirmBy,
 		Generation:    c.Generation,
 		AllowCount:    c.AllowCount,
 		Nsteps:        uint8(len(c.Sequence)),
-		Mode:          uint8(c.Mode),
 	}
 	for i, s := range c.Sequence {
 		raw.Steps[i].Port = s.Num
@@ -109,9 +96,9 @@ func DecodeConfig(raw *bpf.KnockgateConfig) Config {
 	c := Config{
 		StepTimeout: time.Duration(raw.StepTimeoutNs),
 		Open:        time.Duration(raw.OpenNs),
+		ConfirmBy:   raw.ConfirmByNs,
 		Generation:  raw.Generation,
 		AllowCount:  raw.AllowCount,
-		Mode:        Mode(raw.Mode),
 	}
 	for i := 0; i < int(raw.Nsteps) && i < MaxSteps; i++ {
 		c.Sequence = append(c.Sequence, Port{Num: raw.Steps[i].Port, Proto: Proto(raw.Steps[i].Proto)})
@@ -129,4 +116,184 @@ func DecodeConfig(raw *bpf.KnockgateConfig) Config {
 		}
 	}
 	return c
+}
+
+// The program reads configs[config_slot]: a write fills the idle slot,
+// flips config_slot with one 32-bit store, and then waits for an RCU grace
+// period, after which no running program can still be reading the old slot;
+// so a configuration is in force for every packet once its write returns.
+// The slot left behind keeps the configuration before it, which is what a
+// safe-mode change (Config.ConfirmBy) falls back to. Writers must not run
+// concurrently (loader.Gate holds a lock).
+
+var (
+	// ErrAwaitingConfirm: a safe-mode change is in force and awaits
+	// confirmation; nothing else may change the configuration meanwhile.
+	ErrAwaitingConfirm = errors.New("a change awaits confirmation")
+	// ErrNothingToConfirm: no safe-mode change is in force.
+	ErrNothingToConfirm = errors.New("no change awaits confirmation")
+	// ErrRolledBack: the safe-mode change was not confirmed in time and the
+	// configuration before it is in force again.
+	ErrRolledBack = errors.New("the change was not confirmed in time and has been rolled back")
+)
+
+// SafeMode describes a safe-mode change: Pending while it is in force and
+// awaits confirmation, Lapsed once its deadline has passed (the program then
+// runs Previous again).
+type SafeMode struct {
+	Pending, Lapsed bool
+	Deadline        uint64 // CLOCK_BOOTTIME
+	Change          Config // the change
+	Previous        Config // what it falls back to
+}
+
+// slots reads both configuration slots and the index of the live one.
+func (s *Set) slots() (live uint32, cfgs [2]bpf.KnockgateConfig, err error) {
+	if err := s.ConfigSlot.Lookup(uint32(0), &live); err != nil {
+		return 0, cfgs, fmt.Errorf("read config slot: %w", err)
+	}
+	live &= 1
+	for i := range cfgs {
+		if err := s.Configs.Lookup(uint32(i), &cfgs[i]); err != nil {
+			return 0, cfgs, fmt.Errorf("read config slot %d: %w", i, err)
+		}
+	}
+	return live, cfgs, nil
+}
+
+// ReadConfig returns the configuration in force: the live slot's, or, once
+// a safe-mode change there has lapsed, the one before it.
+func (s *Set) ReadConfig() (Config, error) {
+	live, cfgs, err := s.slots()
+	if err != nil {
+		return Config{}, err
+	}
+	c := &cfgs[live]
+	if c.ConfirmByNs != 0 && BootNow() >= c.ConfirmByNs {
+		c = &cfgs[live^1]
+	}
+	return DecodeConfig(c), nil
+}
+
+// ReadSafeMode reports the safe-mode change in the live slot, if any.
+func (s *Set) ReadSafeMode() (SafeMode, error) {
+	live, cfgs, err := s.slots()
+	if err != nil {
+		return SafeMode{}, err
+	}
+	deadline := cfgs[live].ConfirmByNs
+	if deadline == 0 {
+		return SafeMode{}, nil
+	}
+	lapsed := BootNow() >= deadline
+	return SafeMode{
+		Pending: !lapsed, Lapsed: lapsed, Deadline: deadline,
+		Change: DecodeConfig(&cfgs[live]), Previous: DecodeConfig(&cfgs[live^1]),
+	}, nil
+}
+
+// WriteConfig installs c and returns it as installed, with a generation
+// newer than both slots'. A change awaiting confirmation refuses it
+// (ErrAwaitingConfirm); one that has lapsed is rolled back for good first.
+func (s *Set) WriteConfig(c Config) (Config, error) {
+	// The grace period at the end of the last write may not have been
+	// waited for (that writer was killed after its flip): wait now, before
+	// the slot it left is overwritten.
+	syncRCU()
+	live, cfgs, err := s.slots()
+	if err != nil {
+		return Config{}, err
+	}
+	if deadline := cfgs[live].ConfirmByNs; deadline != 0 {
+		if BootNow() < deadline {
+			return Config{}, ErrAwaitingConfirm
+		}
+		if live, err = s.flip(live); err != nil {
+			return Config{}, err
+		}
+	}
+	c.Generation = max(cfgs[0].Generation, cfgs[1].Generation) + 1
+	raw, err := c.Encode()
+	if err != nil {
+		return Config{}, err
+	}
+	if err := s.install(live, raw); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// ConfirmConfig makes the safe-mode change in force permanent: the same
+// configuration, same generation (knock progress made under it stays
+// valid), without a deadline. Too late, it rolls the change back for good
+// and returns ErrRolledBack.
+func (s *Set) ConfirmConfig() (Config, error) {
+	syncRCU()
+	live, cfgs, err := s.slots()
+	if err != nil {
+		return Config{}, err
+	}
+	raw := cfgs[live]
+	switch {
+	case raw.ConfirmByNs == 0:
+		return Config{}, ErrNothingToConfirm
+	case BootNow() >= raw.ConfirmByNs:
+		if _, err := s.flip(live); err != nil {
+			return Config{}, err
+		}
+		return Config{}, ErrRolledBack
+	}
+	raw.ConfirmByNs = 0
+	if err := s.install(live, &raw); err != nil {
+		return Config{}, err
+	}
+	return DecodeConfig(&raw), nil
+}
+
+// FinishRollback makes a lapsed safe-mode change's rollback permanent (the
+// program already runs the previous configuration); it reports whether
+// there was one.
+func (s *Set) FinishRollback() (bool, error) {
+	live, cfgs, err := s.slots()
+	if err != nil {
+		return false, err
+	}
+	if d := cfgs[live].ConfirmByNs; d == 0 || BootNow() < d {
+		return false, nil
+	}
+	_, err = s.flip(live)
+	return err == nil, err
+}
+
+// install writes raw into the slot that is not live and makes it live.
+func (s *Set) install(live uint32, raw *bpf.KnockgateConfig) error {
+	idle := live ^ 1
+	if err := s.Configs.Update(idle, raw, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write config slot %d: %w", idle, err)
+	}
+	_, err := s.flip(live)
+	return err
+}
+
+// flip makes the slot that is not live the live one, and waits until no
+// program still reads the other.
+func (s *Set) flip(live uint32) (uint32, error) {
+	idle := live ^ 1
+	if err := s.ConfigSlot.Update(uint32(0), idle, ebpf.UpdateAny); err != nil {
+		return live, fmt.Errorf("switch to config slot %d: %w", idle, err)
+	}
+	syncRCU()
+	return idle, nil
+}
+
+// syncRCU waits until every CPU has passed through a quiescent state: XDP
+// programs run inside an RCU read-side section, so afterwards none still holds
+// a pointer to the slot we left. MEMBARRIER_CMD_GLOBAL is implemented with
+// synchronize_rcu(); where it is unavailable, a pause far longer than any
+// program run serves.
+func syncRCU() {
+	const membarrierCmdGlobal = 1 // MEMBARRIER_CMD_GLOBAL, linux/membarrier.h
+	if _, _, errno := unix.Syscall(unix.SYS_MEMBARRIER, membarrierCmdGlobal, 0, 0); errno != 0 {
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -1,33 +1,48 @@
 package maps
 
 import (
+	"errors"
 	"fmt"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/knockgate/knockgate/bpf"
 )
 
-// CounterNames names the program's counters, indexed by enum counter.
+// Verdicts is the number of verdict counters (enum verdict): each packet
+// bumps exactly one, in the slot of the interface it arrived on.
+const Verdicts = int(bpf.KnockgateVerdictVERDICT_MAX)
+
+// IfaceSlots is the number of per-interface verdict slots (KG_IFACE_SLOTS).
+const IfaceSlots = 256
+
+// CounterNames names every counter status and metrics show: the verdicts
+// (enum verdict) first, then the state-change and event counters (enum
+// counter) at Verdicts + their enum value.
 var CounterNames = [...]string{
-	bpf.KnockgateCounterCOUNTER_PASSED:              "passed",
-	bpf.KnockgateCounterCOUNTER_PASSED_GRANTED:      "passed_granted",
-	bpf.KnockgateCounterCOUNTER_PASSED_ALLOWED:      "passed_allowed",
-	bpf.KnockgateCounterCOUNTER_DROPPED_PROTECTED:   "dropped_protected",
-	bpf.KnockgateCounterCOUNTER_DROPPED_KNOCK:       "dropped_knock",
-	bpf.KnockgateCounterCOUNTER_DROPPED_MALFORMED:   "dropped_malformed",
-	bpf.KnockgateCounterCOUNTER_KNOCK_ADVANCED:      "knock_advanced",
-	bpf.KnockgateCounterCOUNTER_KNOCK_REPEATED:      "knock_repeated",
-	bpf.KnockgateCounterCOUNTER_KNOCK_RESET:         "knock_reset",
-	bpf.KnockgateCounterCOUNTER_KNOCK_WHILE_GRANTED: "knock_while_granted",
-	bpf.KnockgateCounterCOUNTER_GRANTED:             "granted",
-	bpf.KnockgateCounterCOUNTER_GRANT_EXPIRED:       "grant_expired",
-	bpf.KnockgateCounterCOUNTER_GRANT_FAILED:        "grant_failed",
-	bpf.KnockgateCounterCOUNTER_EVENTS_LOST:         "events_lost",
+	bpf.KnockgateVerdictVERDICT_PASSED:            "passed",
+	bpf.KnockgateVerdictVERDICT_PASSED_GRANTED:    "passed_granted",
+	bpf.KnockgateVerdictVERDICT_PASSED_ALLOWED:    "passed_allowed",
+	bpf.KnockgateVerdictVERDICT_DROPPED_PROTECTED: "dropped_protected",
+	bpf.KnockgateVerdictVERDICT_DROPPED_KNOCK:     "dropped_knock",
+	bpf.KnockgateVerdictVERDICT_DROPPED_MALFORMED: "dropped_malformed",
+
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_KNOCK_ADVANCED):      "knock_advanced",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_KNOCK_REPEATED):      "knock_repeated",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_KNOCK_RESET):         "knock_reset",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_KNOCK_WHILE_GRANTED): "knock_while_granted",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_GRANTED):             "granted",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_GRANT_EXPIRED):       "grant_expired",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_GRANT_FAILED):        "grant_failed",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_EVENTS_LOST):         "events_lost",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_EVENTS_SUPPRESSED):   "events_suppressed",
 }
 
 // A new enum value without a name fails to compile here.
-var _ [0]struct{} = [len(CounterNames) - int(bpf.KnockgateCounterCOUNTER_MAX)]struct{}{}
+var _ [0]struct{} = [len(CounterNames) - Verdicts - int(bpf.KnockgateCounterCOUNTER_MAX)]struct{}{}
 
-// Counters are the program's counters summed over CPUs, in enum order.
+// Counters are the program's counters summed over CPUs (and, for verdicts,
+// over interfaces), indexed like CounterNames.
 type Counters [len(CounterNames)]uint64
 
 // Get returns the counter called name (see CounterNames), or 0.
@@ -40,16 +55,58 @@ func (c *Counters) Get(name string) uint64 {
 	return 0
 }
 
-// ReadCounters sums the per-CPU counters.
+// VerdictCounts are the verdict counters of one interface slot, indexed like
+// the first Verdicts entries of CounterNames.
+type VerdictCounts [Verdicts]uint64
+
+// IfaceSlot is the slot of the per-interface verdict counters that packets
+// arriving on ifindex are counted in.
+func IfaceSlot(ifindex int) int { return ifindex & (IfaceSlots - 1) }
+
+// ReadCounters sums the per-CPU counters, and the verdicts over every slot.
 func (s *Set) ReadCounters() (Counters, error) {
 	var out Counters
-	for i := range out {
+	slots, err := s.ReadVerdicts()
+	if err != nil {
+		return out, err
+	}
+	for _, slot := range slots {
+		for v, n := range slot {
+			out[v] += n
+		}
+	}
+	for i := range int(bpf.KnockgateCounterCOUNTER_MAX) {
 		var perCPU []uint64
 		if err := s.Counters.Lookup(uint32(i), &perCPU); err != nil {
-			return out, fmt.Errorf("read counter %s: %w", CounterNames[i], err)
+			return out, fmt.Errorf("read counter %s: %w", CounterNames[Verdicts+i], err)
 		}
 		for _, n := range perCPU {
-			out[i] += n
+			out[Verdicts+i] += n
+		}
+	}
+	return out, nil
+}
+
+// ReadVerdicts returns the verdict counters of every interface slot, summed
+// over CPUs, in one batch.
+func (s *Set) ReadVerdicts() ([IfaceSlots]VerdictCounts, error) {
+	var out [IfaceSlots]VerdictCounts
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return out, fmt.Errorf("count CPUs: %w", err)
+	}
+	n := int(s.Verdicts.MaxEntries())
+	keys := make([]uint32, n)
+	values := make([]uint64, n*ncpu)
+	var cursor ebpf.MapBatchCursor
+	got, err := s.Verdicts.BatchLookup(&cursor, keys, values, nil)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return out, fmt.Errorf("read verdict counters: %w", err)
+	}
+	for k := range got {
+		idx := int(keys[k])
+		for c := range ncpu {
+			out[idx/Verdicts][idx%Verdicts] += values[k*ncpu+c]
 		}
 	}
 	return out, nil

@@ -48,7 +48,6 @@ func TestConfigRoundTrip(t *testing.T) {
 		Open:        2 * time.Hour,
 		Protected:   []Port{{22, TCP}, {63, TCP}, {64, TCP}, {65535, TCP}, {53, UDP}},
 		AllowCount:  3,
-		Mode:        ModeGeneric,
 		Generation:  7,
 	}
 	raw, err := c.Encode()

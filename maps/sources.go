@@ -127,17 +127,33 @@ func (s *Set) Revoke(addr netip.Addr) (bool, error) {
 // v4-mapped. The caller records len(prefixes) in Config.AllowCount.
 func (s *Set) SetAllow(prefixes []netip.Prefix) error {
 	for _, p := range prefixes {
-		p = p.Masked()
-		bits := p.Bits()
-		if p.Addr().Is4() {
-			bits += 96
-		}
-		key := bpf.KnockgateAllowKey{Prefixlen: uint32(bits), Addr: p.Addr().As16()}
-		if err := s.Allow.Update(key, uint8(1), ebpf.UpdateAny); err != nil {
+		if err := s.Allow.Update(allowKey(p), uint8(1), ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("allow %s: %w", p, err)
 		}
 	}
 	return nil
+}
+
+// RemoveAllow takes prefixes off the allow list; the caller records the
+// new count in Config.AllowCount.
+func (s *Set) RemoveAllow(prefixes []netip.Prefix) error {
+	for _, p := range prefixes {
+		key := allowKey(p)
+		if err := s.Allow.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("remove %s from the allow list: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// allowKey is the LPM-trie key of p; IPv4 prefixes are stored v4-mapped.
+func allowKey(p netip.Prefix) bpf.KnockgateAllowKey {
+	p = p.Masked()
+	bits := p.Bits()
+	if p.Addr().Is4() {
+		bits += 96
+	}
+	return bpf.KnockgateAllowKey{Prefixlen: uint32(bits), Addr: p.Addr().As16()}
 }
 
 // AllowList returns the allow-list prefixes.
