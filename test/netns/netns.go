@@ -74,22 +74,38 @@ func (n *NS) Run(name string, args ...string) (string, error) {
 func (n *NS) Do(fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
+		// fn may end this goroutine early (t.Fatal calls runtime.Goexit):
+		// say so rather than leave the caller waiting.
+		returned := false
+		defer func() {
+			if !returned {
+				errc <- fmt.Errorf("in %s: stopped before returning (t.Fatal inside Do?)", n.Name)
+			}
+		}()
 		// The thread is never unlocked, so the Go runtime retires it when
 		// this goroutine ends: no other goroutine inherits the namespace.
 		runtime.LockOSThread()
-		fd, err := unix.Open(n.Path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- fmt.Errorf("open %s: %w", n.Path, err)
-			return
+		err := n.enter()
+		if err == nil {
+			err = fn()
 		}
-		defer unix.Close(fd)
-		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("enter %s: %w", n.Name, err)
-			return
-		}
-		errc <- fn()
+		returned = true
+		errc <- err
 	}()
 	return <-errc
+}
+
+// enter switches the calling (locked) thread into the namespace.
+func (n *NS) enter() error {
+	fd, err := unix.Open(n.Path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", n.Path, err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+		return fmt.Errorf("enter %s: %w", n.Name, err)
+	}
+	return nil
 }
 
 // Veth creates a veth pair with each end created straight inside its

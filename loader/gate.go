@@ -1,0 +1,296 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/knockgate/knockgate/bpf"
+	"github.com/knockgate/knockgate/maps"
+)
+
+// Options for Create.
+type Options struct {
+	// Name of the gate; default: the first interface's name.
+	Name string
+	// Interfaces to attach to. With AllowMissing, one that does not exist
+	// yet is recorded as waiting instead of failing the whole gate.
+	Interfaces   []string
+	AllowMissing bool
+	Mode         Mode
+	MaxSources   uint32
+	Config       maps.Config
+	Allow        []netip.Prefix
+	// Grants are granted for the open window before the program attaches,
+	// so the operator's own session never sees a dropped packet.
+	Grants []netip.Addr
+}
+
+// GateName is the name opts makes the gate under.
+func (o *Options) GateName() string {
+	if o.Name == "" && len(o.Interfaces) > 0 {
+		return o.Interfaces[0]
+	}
+	return o.Name
+}
+
+// Gate is a pinned gate: its program, its maps and where they are pinned.
+type Gate struct {
+	Name string
+	Dir  string
+	Maps *maps.Set
+	Prog *ebpf.Program
+	objs *bpf.KnockgateObjects // set when this process loaded the program
+}
+
+// Close releases this process's handles; the pinned gate keeps running.
+func (g *Gate) Close() error {
+	if g.objs != nil {
+		return g.objs.Close()
+	}
+	var errs []error
+	if g.Prog != nil {
+		errs = append(errs, g.Prog.Close())
+	}
+	if g.Maps != nil {
+		errs = append(errs, g.Maps.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Create loads the program, configures it, attaches it to every interface
+// of opts and pins it all as the gate opts.GateName(). The gate appears
+// complete or not at all: on any error nothing is left behind, and a killed
+// Create leaves only a staging directory that the next command sweeps away.
+// A gate already pinned under that name is ErrAttached.
+func Create(opts Options) (_ *Gate, err error) {
+	name := opts.GateName()
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	if len(opts.Interfaces) == 0 {
+		return nil, errors.New("no interface given")
+	}
+	if opts.Mode == "" {
+		opts.Mode = ModeAuto
+	}
+	if opts.MaxSources == 0 {
+		opts.MaxSources = DefaultMaxSources
+	}
+	if err := opts.Config.Validate(); err != nil {
+		return nil, err
+	}
+	ifcs := make(map[string]int)
+	for _, n := range opts.Interfaces {
+		if _, dup := ifcs[n]; dup {
+			return nil, fmt.Errorf("interface %s named twice", n)
+		}
+		ifc, err := Interface(n)
+		if err != nil && !opts.AllowMissing {
+			return nil, err
+		}
+		ifcs[n] = 0
+		if ifc != nil {
+			ifcs[n] = ifc.Index
+		}
+	}
+
+	unlock, err := lockRoot()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	dir := GateDir(name)
+	if _, err := os.Stat(dir); err == nil {
+		return nil, fmt.Errorf("gate %s: %w", name, ErrAttached)
+	}
+	for _, n := range opts.Interfaces {
+		if o, err := owners(n); err != nil {
+			return nil, err
+		} else if len(o) > 0 {
+			return nil, fmt.Errorf("interface %s is in gate %s: %w", n, o[0], ErrAttached)
+		}
+	}
+
+	objs, err := Load(opts.MaxSources)
+	if err != nil {
+		return nil, err
+	}
+	g := &Gate{Name: name, Dir: dir, Maps: maps.FromObjects(&objs.KnockgateMaps), Prog: objs.Knockgate, objs: objs}
+	defer func() {
+		if err != nil {
+			g.Close()
+		}
+	}()
+	if err := g.Maps.SetAllow(opts.Allow); err != nil {
+		return nil, err
+	}
+	cfg := opts.Config
+	cfg.AllowCount = uint32(len(opts.Allow))
+	for _, addr := range opts.Grants {
+		if err := g.Maps.Grant(addr, maps.BootAfter(cfg.Open)); err != nil {
+			return nil, err
+		}
+	}
+	// The configuration goes in before the program sees its first packet.
+	if _, err := g.Maps.WriteConfig(cfg); err != nil {
+		return nil, err
+	}
+
+	staging, err := os.MkdirTemp(PinRoot, stagingPrefix+pinName(name)+" ")
+	if err != nil {
+		return nil, fmt.Errorf("create pin directory: %w", err)
+	}
+	lock, err := flock(staging, unix.LOCK_EX)
+	if err != nil {
+		os.Remove(staging)
+		return nil, fmt.Errorf("lock %s: %w", staging, err)
+	}
+	defer func() {
+		if err != nil {
+			teardown(staging)
+		}
+		lock.Close()
+	}()
+	if err := g.Prog.Pin(filepath.Join(staging, progPin)); err != nil {
+		return nil, fmt.Errorf("pin program: %w", err)
+	}
+	if err := g.Maps.Pin(staging); err != nil {
+		return nil, err
+	}
+	for _, n := range opts.Interfaces {
+		ifdir := filepath.Join(staging, ifacesDir, pinName(n))
+		if err := os.MkdirAll(ifdir, 0o700); err != nil {
+			return nil, fmt.Errorf("create %s: %w", ifdir, err)
+		}
+		if ifcs[n] == 0 {
+			continue // waiting for it to appear
+		}
+		if _, err := attachAndPin(g.Prog, n, ifcs[n], opts.Mode, ifdir); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.Rename(staging, dir); err != nil {
+		return nil, fmt.Errorf("install pins at %s: %w", dir, err)
+	}
+	return g, nil
+}
+
+// Open reopens the gate pinned as name (a gate name; see Resolve for an
+// interface's).
+func Open(name string) (_ *Gate, err error) {
+	dir := GateDir(name)
+	if _, err := os.Stat(dir); err != nil {
+		return nil, fmt.Errorf("knockgate on %s: %w", name, ErrNotAttached)
+	}
+	if _, err := os.Stat(filepath.Join(dir, progPin)); errors.Is(err, fs.ErrNotExist) {
+		if _, err := os.Stat(filepath.Join(dir, v1LinkPin)); err == nil {
+			return nil, fmt.Errorf("gate %s: %w: run \"knockgate detach %s\" and attach again "+
+				"(the detach drops its grants and knock progress)", name, ErrOldLayout, name)
+		}
+	}
+	set, err := maps.OpenPinned(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		// A map this build expects was never pinned: an older layout.
+		return nil, fmt.Errorf("gate %s: %w: %w (detach and attach again)", name, ErrIncompatible, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	g := &Gate{Name: name, Dir: dir, Maps: set}
+	defer func() {
+		if err != nil {
+			g.Close()
+		}
+	}()
+	if err := checkCompatible(set); err != nil {
+		return nil, fmt.Errorf("gate %s: %w", name, err)
+	}
+	if g.Prog, err = ebpf.LoadPinnedProgram(filepath.Join(dir, progPin), nil); err != nil {
+		return nil, fmt.Errorf("open pinned program of gate %s: %w", name, err)
+	}
+	return g, nil
+}
+
+// lock takes the gate's own lock, which orders every change inside it. It
+// fails with ErrNotAttached when the gate was removed while it waited.
+func (g *Gate) lock() (unlock func(), err error) {
+	f, err := flock(g.Dir, unix.LOCK_EX)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("gate %s: %w", g.Name, ErrNotAttached)
+		}
+		return nil, fmt.Errorf("lock %s: %w", g.Dir, err)
+	}
+	held, err1 := f.Stat()
+	now, err2 := os.Stat(g.Dir)
+	if err1 != nil || err2 != nil || !os.SameFile(held, now) {
+		f.Close()
+		return nil, fmt.Errorf("gate %s: %w", g.Name, ErrNotAttached)
+	}
+	return func() { f.Close() }, nil
+}
+
+// UpdateConfig changes the gate's configuration: it reads it, lets change
+// edit it, and writes it (maps.Set.WriteConfig), all under the gate's lock,
+// so two commands changing one gate at once neither write the same idle
+// slot nor undo each other's change. An error from change writes nothing and
+// is returned as is.
+func (g *Gate) UpdateConfig(change func(*maps.Config) error) (maps.Config, error) {
+	unlock, err := g.lock()
+	if err != nil {
+		return maps.Config{}, err
+	}
+	defer unlock()
+	cfg, err := g.Maps.ReadConfig()
+	if err != nil {
+		return maps.Config{}, err
+	}
+	if err := change(&cfg); err != nil {
+		return maps.Config{}, err
+	}
+	return g.Maps.WriteConfig(cfg)
+}
+
+// Confirm makes a safe-mode change permanent (maps.Set.ConfirmConfig).
+func (g *Gate) Confirm() (maps.Config, error) {
+	unlock, err := g.lock()
+	if err != nil {
+		return maps.Config{}, err
+	}
+	defer unlock()
+	return g.Maps.ConfirmConfig()
+}
+
+// Detach removes the gate called name: every link comes off its interface
+// and every pin goes. The gate disappears at once (it is renamed out of the
+// way first); a Detach killed half-way is finished by the next command.
+func Detach(name string) error {
+	unlock, err := lockRoot()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	dir := GateDir(name)
+	if _, err := os.Stat(dir); err != nil {
+		return fmt.Errorf("knockgate on %s: %w", name, ErrNotAttached)
+	}
+	// Wait for changes in flight inside the gate; the lock stays on the
+	// directory through the rename, so no sweep takes it from us.
+	lock, err := flock(dir, unix.LOCK_EX)
+	if err != nil {
+		return fmt.Errorf("lock %s: %w", dir, err)
+	}
+	defer lock.Close()
+	dying := filepath.Join(PinRoot, detachingPrefix+pinName(name)+" "+randomSuffix())
+	if err := os.Rename(dir, dying); err != nil {
+		return fmt.Errorf("remove gate %s: %w", name, err)
+	}
+	return teardown(dying)
+}

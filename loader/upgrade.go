@@ -1,0 +1,126 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/knockgate/knockgate/bpf"
+	"github.com/knockgate/knockgate/maps"
+)
+
+// sizedMaps are the maps whose size the operator chooses (--max-sources):
+// a pinned gate keeps its size, whatever this build would make.
+var sizedMaps = []string{bpf.KnockgateMapKnocks, bpf.KnockgateMapGrants}
+
+// pinnedSpec is this build's collection spec, with the operator-sized maps
+// sized as set's are, so that it describes set exactly when the layouts
+// agree.
+func pinnedSpec(set *maps.Set) (*ebpf.CollectionSpec, error) {
+	spec, err := bpf.LoadKnockgate()
+	if err != nil {
+		return nil, fmt.Errorf("load program spec: %w", err)
+	}
+	byName := set.ByName()
+	for _, name := range sizedMaps {
+		spec.Maps[name].MaxEntries = byName[name].MaxEntries()
+	}
+	return spec, nil
+}
+
+// checkCompatible compares the pinned maps with the ones this build would
+// create: a gate pinned by another layout must not be read with this one.
+func checkCompatible(set *maps.Set) error {
+	spec, err := pinnedSpec(set)
+	if err != nil {
+		return err
+	}
+	for name, m := range set.ByName() {
+		if err := spec.Maps[name].Compatible(m); err != nil {
+			return fmt.Errorf("map %s: %w: %w (detach and attach again)", name, ErrIncompatible, err)
+		}
+	}
+	return nil
+}
+
+// Upgrade makes the gate run this build's program. When the pinned program
+// is another (an older build's), this build's is loaded against the pinned
+// maps and swapped into every link in place (bpf_link update: no packet goes
+// unjudged, no state is lost), and pinned in the old one's stead. It
+// reports whether the program was replaced.
+func (g *Gate) Upgrade() (replaced bool, err error) {
+	unlock, err := g.lock()
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	spec, err := pinnedSpec(g.Maps)
+	if err != nil {
+		return false, err
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: g.Maps.ByName()})
+	if err != nil {
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return false, fmt.Errorf("gate %s: %w: %w (detach and attach again)", g.Name, ErrIncompatible, err)
+		}
+		return false, verifierError(err)
+	}
+	prog := coll.DetachProgram(bpf.KnockgateProgKnockgate)
+	coll.Close()
+	defer func() {
+		if !replaced {
+			prog.Close()
+		}
+	}()
+	same, err := sameProgram(g.Prog, prog)
+	if err != nil || same {
+		return false, err
+	}
+
+	for _, pin := range linkPins(g.Dir) {
+		l, err := link.LoadPinnedLink(pin, nil)
+		if err != nil {
+			return false, fmt.Errorf("open pinned link %s: %w", pin, err)
+		}
+		err = l.Update(prog)
+		l.Close()
+		if err != nil {
+			// A defunct link (its interface gone) is re-made with the
+			// pinned program when the interface comes back.
+			if ifindex, ierr := pinnedIfindex(pin); ierr == nil && ifindex == 0 {
+				continue
+			}
+			return false, fmt.Errorf("update link %s: %w", pin, err)
+		}
+	}
+	// Links already run prog; the pin is what later attachments use.
+	next := filepath.Join(g.Dir, progPin+"-new")
+	os.Remove(next)
+	if err := prog.Pin(next); err != nil {
+		return false, fmt.Errorf("pin program: %w", err)
+	}
+	if err := os.Rename(next, filepath.Join(g.Dir, progPin)); err != nil {
+		return false, fmt.Errorf("pin program: %w", err)
+	}
+	g.Prog.Close()
+	g.Prog = prog
+	return true, nil
+}
+
+// sameProgram compares two programs by the kernel's tag (a hash of the
+// instructions as loaded, map references left out).
+func sameProgram(a, b *ebpf.Program) (bool, error) {
+	ai, err := a.Info()
+	if err != nil {
+		return false, fmt.Errorf("read program info: %w", err)
+	}
+	bi, err := b.Info()
+	if err != nil {
+		return false, fmt.Errorf("read program info: %w", err)
+	}
+	return ai.Tag == bi.Tag, nil
+}
