@@ -1,0 +1,173 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/knockgate/knockgate/loader"
+)
+
+// FileError is a mistake in a config file: where it is and what is wrong.
+type FileError struct {
+	Path string
+	Line int    // 0: not tied to a line
+	Key  string // "": not tied to a key
+	Err  error
+}
+
+func (e *FileError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.Path)
+	if e.Line > 0 {
+		fmt.Fprintf(&b, ":%d", e.Line)
+	}
+	if e.Key != "" {
+		fmt.Fprintf(&b, ": %s", e.Key)
+	}
+	fmt.Fprintf(&b, ": %v", e.Err)
+	return b.String()
+}
+
+func (e *FileError) Unwrap() error { return e.Err }
+
+// Load reads and checks the config file at path (see Parse).
+func Load(path string) (*Settings, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// Parse decodes a config file and checks it whole: every key must be an
+// option's (Options, In File), every value must parse as its flag would,
+// and the settings must make a gate. What is not given keeps its default;
+// the gate's name defaults to the file's base name. The first mistake is
+// returned as a *FileError naming the key and its line.
+func Parse(path string, data []byte) (*Settings, error) {
+	var raw map[string]toml.Primitive
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&raw)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return nil, &FileError{Path: path, Line: pe.Position.Line, Err: errors.New(pe.Message)}
+		}
+		return nil, &FileError{Path: path, Err: err}
+	}
+	s := Defaults()
+	lines := make(map[string]int)
+	for _, key := range md.Keys() {
+		if len(key) != 1 {
+			continue // inside a table: the table's own key is checked
+		}
+		name := key[0]
+		prim := raw[name]
+		lines[name] = lineOf(&md, prim)
+		opt := Lookup(name)
+		if opt == nil || opt.Key() != name || opt.In&File == 0 {
+			return nil, &FileError{Path: path, Line: lines[name], Key: name, Err: unknownKey(name)}
+		}
+		if err := md.PrimitiveDecode(prim, &decoder{opt.value(&s)}); err != nil {
+			var pe toml.ParseError
+			if errors.As(err, &pe) {
+				return nil, &FileError{Path: path, Line: pe.Position.Line, Key: name, Err: errors.New(pe.Message)}
+			}
+			return nil, &FileError{Path: path, Line: lines[name], Key: name, Err: err}
+		}
+	}
+	if len(s.Interfaces) == 0 {
+		return nil, &FileError{Path: path, Key: "interfaces", Err: errors.New("missing: name at least one interface")}
+	}
+	if s.Gate == "" {
+		s.Gate = GateFromPath(path)
+		if err := loader.ValidateName(s.Gate); err != nil {
+			return nil, &FileError{Path: path, Err: fmt.Errorf("the file's name makes the gate name: %w (set gate)", err)}
+		}
+	}
+	if err := s.Check(); err != nil {
+		// A combination the program cannot run: tied to the keys that
+		// make it (a step that is also protected).
+		key, line := "sequence", lines["sequence"]
+		if lines["protect"] > line {
+			key, line = "protect", lines["protect"]
+		}
+		return nil, &FileError{Path: path, Line: line, Key: key, Err: err}
+	}
+	return &s, nil
+}
+
+// unknownKey says a key is not one, suggesting the option meant.
+func unknownKey(name string) error {
+	var keys []string
+	for _, o := range Options {
+		if o.In&File != 0 {
+			keys = append(keys, o.Key())
+		}
+	}
+	sort.Slice(keys, func(i, j int) bool { return distance(name, keys[i]) < distance(name, keys[j]) })
+	if len(keys) > 0 && distance(name, keys[0]) <= 3 {
+		return fmt.Errorf("unknown key (did you mean %s?)", keys[0])
+	}
+	return fmt.Errorf("unknown key (known: %s)", strings.Join(sortedKeys(), ", "))
+}
+
+func sortedKeys() []string {
+	var keys []string
+	for _, o := range Options {
+		if o.In&File != 0 {
+			keys = append(keys, o.Key())
+		}
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// distance is the Levenshtein distance between a and b.
+func distance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+// decoder gives a value to the TOML decoder, which then reports its errors
+// at the key's line.
+type decoder struct{ v value }
+
+func (d *decoder) UnmarshalTOML(data any) error { return d.v.setTOML(data) }
+
+// errProbe is what probe answers, to learn where a key is.
+var errProbe = errors.New("probe")
+
+type probe struct{}
+
+func (probe) UnmarshalTOML(any) error { return errProbe }
+
+// lineOf is the line a key's value was read from: the decoder puts it in
+// the error it makes of a value's refusal.
+func lineOf(md *toml.MetaData, prim toml.Primitive) int {
+	var pe toml.ParseError
+	if err := md.PrimitiveDecode(prim, &probe{}); errors.As(err, &pe) {
+		return pe.Position.Line
+	}
+	return 0
+}
