@@ -292,7 +292,7 @@ func TestBadInput(t *testing.T) {
 		{"bad max sources", []string{"attach", g.iface, "--max-sources", "many"}, 2, "many"},
 		{"unknown flag", []string{"attach", g.iface, "--bogus"}, 2, "bogus"},
 		{"no interface", []string{"attach"}, 2, ""},
-		{"extra argument", []string{"attach", g.iface, "extra"}, 2, ""},
+		{"unknown second interface", []string{"attach", g.iface, g.spare}, 1, `unknown interface "` + g.spare + `"`},
 	} {
 		r := g.kg(g.srv, c.args...)
 		if r.code != c.code || r.stderr == "" || !strings.Contains(r.stderr, c.msg) {

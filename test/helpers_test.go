@@ -467,10 +467,13 @@ func (g *gate) assertNoPins(iface string) {
 	}
 }
 
-// assertPinned checks that the gate on the server interface is pinned.
+// assertPinned checks that the gate on the server interface is pinned: its
+// program, and the link on the interface.
 func (g *gate) assertPinned() {
 	g.t.Helper()
-	if _, err := os.Stat(filepath.Join(pinRoot, g.iface, "link")); err != nil {
-		g.t.Fatalf("gate not pinned: %v", err)
+	for _, pin := range []string{"prog", "ifaces/" + g.iface + "/xdp-native"} {
+		if _, err := os.Stat(filepath.Join(pinRoot, g.iface, pin)); err != nil {
+			g.t.Fatalf("gate not pinned: %v", err)
+		}
 	}
 }

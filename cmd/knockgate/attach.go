@@ -4,72 +4,67 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
+	"time"
 
+	"github.com/knockgate/knockgate/config"
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
 )
 
 func attachCommand() *command {
-	var o struct {
-		sequence, stepTimeout, open, protect, maxSources, mode string
-		allow                                                  []string
-		noGrantSelf                                            bool
-	}
+	s := config.Defaults()
+	var (
+		noGrantSelf bool
+		confirm     string
+	)
 	fs := newFlags("attach")
-	fs.StringVar(&o.sequence, "sequence", defaultSequence, "knock `PORTS` in this order (PORT[/tcp|/udp],...)")
-	fs.StringVar(&o.stepTimeout, "step-timeout", defaultStepTimeout, "each step must follow the previous one within `DURATION`")
-	fs.StringVar(&o.open, "open", defaultOpen, "a completed sequence opens the protected ports for `DURATION`")
-	fs.StringVar(&o.protect, "protect", defaultProtect, "`PORTS` closed to sources without a grant")
-	fs.StringArrayVar(&o.allow, "allow", nil, "`CIDRS` that may always reach protected ports (repeatable)")
-	fs.StringVar(&o.maxSources, "max-sources", fmt.Sprint(loader.DefaultMaxSources), "track at most `N` knocking and N granted sources")
-	fs.StringVar(&o.mode, "mode", string(loader.ModeAuto), "XDP `MODE`: auto (native, else generic), native or generic")
-	fs.BoolVar(&o.noGrantSelf, "no-grant-self", false, "do not grant the address of this SSH session ($SSH_CONNECTION)")
+	flags := config.AddFlags(fs, config.Attach)
+	fs.BoolVar(&noGrantSelf, "no-grant-self", false, "do not grant the address of this SSH session ($SSH_CONNECTION)")
+	fs.StringVar(&confirm, "confirm", "", "safe mode: undo the attach unless \"knockgate confirm\" runs within `DURATION`")
 
 	return &command{
 		name: "attach",
-		synopsis: "IFACE [--sequence PORTS] [--step-timeout D] [--open D] [--protect PORTS] " +
-			"[--allow CIDR,...] [--max-sources N] [--mode auto|native|generic] [--no-grant-self]",
-		summary: "attach the gate to an interface",
-		help: "Attach the gate to IFACE and pin it under " + loader.PinRoot + "/IFACE, so it keeps\n" +
-			"running after this command exits. When run over SSH, the client address of the\n" +
-			"session is granted for the open window, so attaching does not cut the session\n" +
-			"off; knock again before the window ends (or use --allow) to keep it.",
-		minArgs: 1, maxArgs: 1,
+		synopsis: "IFACE... [--gate NAME] [--sequence PORTS] [--step-timeout D] [--open D] [--protect PORTS] " +
+			"[--allow CIDR,...] [--max-sources N] [--mode auto|native|generic] [--no-grant-self] [--confirm D]",
+		summary: "attach the gate to interfaces",
+		help: "Attach one gate to every IFACE: one program and one set of maps, so a knock on\n" +
+			"any of them opens all of them. The gate is pinned under " + loader.PinRoot + "/NAME\n" +
+			"(NAME: --gate, default the first interface), so it keeps running after this\n" +
+			"command exits. When the gate exists already, attach puts it on those of the\n" +
+			"interfaces it is not on (an interface that was deleted and made again, say),\n" +
+			"keeping its grants; its configuration is changed with set. When run over SSH,\n" +
+			"the client address of the session is granted for the open window, so\n" +
+			"attaching does not cut the session off; knock again before the window ends (or\n" +
+			"use --allow) to keep it. With --confirm, the new gate passes everything again\n" +
+			"after DURATION unless \"knockgate confirm\" runs in time: no process has to\n" +
+			"survive for that.",
+		minArgs: 1, maxArgs: -1,
 		flags: fs,
 		run: func(e *env, args []string) error {
-			iface := args[0]
-			var (
-				opts = loader.Options{Iface: iface}
-				cfg  maps.Config
-				err  error
-			)
-			// Everything is checked before anything is loaded.
-			if cfg.Sequence, err = parsePortsFlag("sequence", o.sequence); err != nil {
-				return err
-			}
-			if cfg.StepTimeout, err = parseDuration("step-timeout", o.stepTimeout); err != nil {
-				return err
-			}
-			if cfg.Open, err = parseDuration("open", o.open); err != nil {
-				return err
-			}
-			if cfg.Protected, err = parsePortsFlag("protect", o.protect); err != nil {
-				return err
-			}
-			if err := cfg.Validate(); err != nil {
+			if err := flags.Apply(&s); err != nil {
 				return &usageError{err}
 			}
-			if opts.Allow, err = parseCIDRs(o.allow); err != nil {
-				return err
+			s.Interfaces = args
+			for _, n := range args {
+				if err := config.CheckInterfaceName(n); err != nil {
+					return &usageError{err}
+				}
 			}
-			if opts.MaxSources, err = parseMaxSources(o.maxSources); err != nil {
-				return err
+			// Everything is checked before anything is loaded.
+			if err := s.Check(); err != nil {
+				return &usageError{err}
 			}
-			if opts.Mode, err = loader.ParseMode(o.mode); err != nil {
-				return usagef("--mode: %w", err)
+			var confirmWithin time.Duration
+			if fs.Changed("confirm") {
+				d, err := parseDuration("confirm", confirm)
+				if err != nil {
+					return err
+				}
+				confirmWithin = d
 			}
 			var self netip.Addr
-			if !o.noGrantSelf {
+			if !noGrantSelf {
 				addr, ok, err := sshClient(e.getenv)
 				if err != nil {
 					return err
@@ -78,42 +73,197 @@ func attachCommand() *command {
 					self = addr
 				}
 			}
-			opts.Config = cfg
-			return attach(e, opts, self)
+			return attach(e, &s, flags.Changed(), self, confirmWithin)
 		},
 	}
 }
 
-// attach attaches the gate, with self (when valid) granted for the open
+// attach makes the gate s describes, or puts the existing one on the
+// interfaces it is missing from. self (when valid) is granted for the open
 // window before the program sees its first packet.
-func attach(e *env, opts loader.Options, self netip.Addr) error {
+func attach(e *env, s *config.Settings, explicit map[string]bool, self netip.Addr, confirm time.Duration) error {
 	if err := checkPinAccess(); err != nil {
 		return err
 	}
+	name, exists, err := attachTarget(s)
+	if err != nil {
+		return err
+	}
+	if exists {
+		if confirm > 0 {
+			return usagef("--confirm undoes the making of a gate; gate %s exists already (use set --confirm to change it safely)", name)
+		}
+		return reattach(e, name, s, explicit)
+	}
+
+	opts := s.LoaderOptions()
+	opts.Name = name
 	if self.IsValid() {
 		opts.Grants = append(opts.Grants, self)
 	}
-	g, err := loader.Attach(opts)
-	if errors.Is(err, loader.ErrAttached) {
-		return &messageError{fmt.Sprintf("knockgate is already attached to %s (run \"knockgate detach %s\" first)",
-			opts.Iface, opts.Iface), err}
+	if confirm > 0 {
+		opts.Config.ConfirmBy = maps.BootAfter(confirm)
 	}
+	g, err := loader.Create(opts)
 	if err != nil {
 		return err
 	}
 	defer g.Close()
-
 	cfg, err := g.Maps.ReadConfig()
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "knockgate attached to %s (%s): %s\n", opts.Iface, cfg.Mode, describe(cfg, opts.Allow))
+	ifaces, err := g.Interfaces()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "knockgate attached to %s: %s\n", describeIfaces(name, ifaces), describe(cfg, s.Allow))
 	if self.IsValid() {
-		g, _, err := g.Maps.LookupGrant(self)
+		gr, _, err := g.Maps.LookupGrant(self)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(e.stdout, "granted %s (this SSH session) until %s\n", self, stamp(maps.BootToTime(g.ExpiresNs)))
+		fmt.Fprintf(e.stdout, "granted %s (this SSH session) until %s\n", self, stamp(maps.BootToTime(gr.ExpiresNs)))
+	}
+	if confirm > 0 {
+		fmt.Fprintf(e.stdout, "safe mode: unless \"knockgate confirm %s\" runs by %s, the gate lets everything through again\n",
+			name, stamp(maps.BootToTime(opts.Config.ConfirmBy)))
 	}
 	return nil
+}
+
+// attachTarget is the gate an attach is about: --gate; else the gate the
+// named interfaces already belong to (one that lost an interface gets it
+// back); else a new gate named after the first interface. A lapsed
+// safe-mode attach is removed on the way, so attaching again starts afresh.
+func attachTarget(s *config.Settings) (name string, exists bool, err error) {
+	name = s.Gate
+	if name == "" {
+		name = s.Interfaces[0]
+		owner := ""
+		for _, ifc := range s.Interfaces {
+			g, err := loader.Resolve(ifc)
+			if errors.Is(err, loader.ErrNotAttached) {
+				continue
+			}
+			if err != nil {
+				return "", false, err
+			}
+			if owner != "" && g != owner {
+				return "", false, fmt.Errorf("interfaces %s belong to different gates (%s and %s)",
+					strings.Join(s.Interfaces, ", "), owner, g)
+			}
+			owner = g
+		}
+		if owner != "" {
+			name = owner
+		}
+	}
+	g, err := loader.Open(name)
+	if errors.Is(err, loader.ErrNotAttached) {
+		return name, false, nil
+	}
+	if err != nil {
+		return "", false, err
+	}
+	defer g.Close()
+	if undone, err := finishUndoneAttach(g); err != nil || undone {
+		return name, false, err
+	}
+	return name, true, nil
+}
+
+// reattach puts the existing gate name on those of s's interfaces it is not
+// on. A configuration given on the command line must be the gate's own: it
+// is changed with set, never by an attach.
+func reattach(e *env, name string, s *config.Settings, explicit map[string]bool) error {
+	g, err := loader.Open(name)
+	if err != nil {
+		return err
+	}
+	defer g.Close()
+	cfg, err := g.Maps.ReadConfig()
+	if err != nil {
+		return err
+	}
+	if err := sameSettings(g, cfg, s, explicit); err != nil {
+		return err
+	}
+	if _, err := g.Upgrade(); err != nil {
+		return err
+	}
+	var attached []string
+	already := 0
+	for _, ifc := range s.Interfaces {
+		mode, err := g.AttachInterface(ifc, s.Mode)
+		if errors.Is(err, loader.ErrAttached) {
+			already++
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		attached = append(attached, fmt.Sprintf("%s (%s)", ifc, mode))
+	}
+	if already == len(s.Interfaces) {
+		return &messageError{fmt.Sprintf("knockgate is already attached to %s (run \"knockgate detach %s\" first)",
+			strings.Join(s.Interfaces, ", "), name), loader.ErrAttached}
+	}
+	allow, err := g.Maps.AllowList()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "knockgate attached to %s (gate %s, kept with its grants): %s\n",
+		strings.Join(attached, ", "), name, describe(cfg, allow))
+	return nil
+}
+
+// sameSettings refuses an attach to an existing gate whose explicit flags
+// ask for something the gate is not.
+func sameSettings(g *loader.Gate, cfg maps.Config, s *config.Settings, explicit map[string]bool) error {
+	var diff []string
+	want := s.Config()
+	if explicit["sequence"] && maps.FormatPorts(want.Sequence) != maps.FormatPorts(cfg.Sequence) {
+		diff = append(diff, "--sequence "+maps.FormatPorts(cfg.Sequence))
+	}
+	if explicit["step-timeout"] && want.StepTimeout != cfg.StepTimeout {
+		diff = append(diff, "--step-timeout "+cfg.StepTimeout.String())
+	}
+	if explicit["open"] && want.Open != cfg.Open {
+		diff = append(diff, "--open "+cfg.Open.String())
+	}
+	if explicit["protect"] && maps.FormatPorts(want.Protected) != maps.FormatPorts(cfg.Protected) {
+		diff = append(diff, "--protect "+maps.FormatPorts(cfg.Protected))
+	}
+	if explicit["max-sources"] && s.MaxSources != g.Maps.Knocks.MaxEntries() {
+		diff = append(diff, fmt.Sprintf("--max-sources %d", g.Maps.Knocks.MaxEntries()))
+	}
+	if explicit["allow"] {
+		allow, err := g.Maps.AllowList()
+		if err != nil {
+			return err
+		}
+		if strings.Join(prefixList(allow), ",") != strings.Join(prefixList(s.Allow), ",") {
+			diff = append(diff, "--allow "+strings.Join(prefixList(allow), ","))
+		}
+	}
+	if len(diff) > 0 {
+		return &messageError{fmt.Sprintf("gate %s exists with %s: change it with \"knockgate set\", or detach it first",
+			g.Name, strings.Join(diff, ", ")), loader.ErrAttached}
+	}
+	return nil
+}
+
+// finishUndoneAttach removes a gate made by a safe-mode attach that was
+// never confirmed: the program already lets everything through, and the
+// pins go now. It reports whether it did.
+func finishUndoneAttach(g *loader.Gate) (bool, error) {
+	sm, err := g.Maps.ReadSafeMode()
+	if err != nil || !sm.Lapsed || sm.Previous.Generation != 0 {
+		return false, err
+	}
+	if err := loader.Detach(g.Name); err != nil && !errors.Is(err, loader.ErrNotAttached) {
+		return false, err
+	}
+	return true, nil
 }

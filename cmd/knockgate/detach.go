@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/knockgate/knockgate/loader"
 )
@@ -10,27 +11,46 @@ import (
 func detachCommand() *command {
 	return &command{
 		name:     "detach",
-		synopsis: "IFACE",
-		summary:  "remove the gate from an interface",
-		help: "Take the gate off IFACE and remove its pins: every port is reachable again\n" +
-			"and all grants and knock progress are gone.",
+		synopsis: "GATE|IFACE",
+		summary:  "remove a gate from all its interfaces",
+		help: "Take the gate (named, or by one of its interfaces) off every interface it is\n" +
+			"on and remove its pins: every port is reachable again and all grants and knock\n" +
+			"progress are gone.",
 		minArgs: 1, maxArgs: 1,
 		flags: newFlags("detach"),
 		run: func(e *env, args []string) error {
-			iface := args[0]
+			arg := args[0]
 			if err := checkPinAccess(); err != nil {
 				return err
 			}
 			// No interface lookup first: the pins of a gate whose
 			// interface is gone must still be removable.
-			err := loader.Detach(iface)
+			name, err := loader.Resolve(arg)
 			if errors.Is(err, loader.ErrNotAttached) {
-				return notAttached(iface, err)
+				return notAttached(arg, err)
 			}
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(e.stdout, "knockgate detached from %s\n", iface)
+			what := name
+			if g, err := loader.Open(name); err == nil {
+				if ifaces, err := g.Interfaces(); err == nil && !(len(ifaces) == 1 && ifaces[0].Name == name) {
+					var names []string
+					for _, ifc := range ifaces {
+						names = append(names, ifc.Name)
+					}
+					what = fmt.Sprintf("%s (gate %s)", strings.Join(names, ", "), name)
+				}
+				g.Close()
+			}
+			err = loader.Detach(name)
+			if errors.Is(err, loader.ErrNotAttached) {
+				return notAttached(arg, err)
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "knockgate detached from %s\n", what)
 			return nil
 		},
 	}

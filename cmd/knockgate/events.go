@@ -32,7 +32,7 @@ func eventsCommand() *command {
 	fs.BoolVar(&asJSON, "json", false, "print one JSON object per line")
 	return &command{
 		name:     "events",
-		synopsis: "[IFACE] [--json]",
+		synopsis: "[GATE|IFACE] [--json]",
 		summary:  "stream knock, reset, open and expire events",
 		help: "Print the gate's events as they happen, until interrupted (SIGINT or SIGTERM)\n" +
 			"or until the gate is detached (an error). Run one reader per gate: readers\n" +
@@ -49,8 +49,8 @@ func eventsCommand() *command {
 	}
 }
 
-func streamEvents(e *env, iface string, asJSON bool) error {
-	g, err := openGate(iface)
+func streamEvents(e *env, arg string, asJSON bool) error {
+	g, err := openGate(arg)
 	if err != nil {
 		return err
 	}
@@ -97,7 +97,7 @@ func streamEvents(e *env, iface string, asJSON bool) error {
 		ev, err := rd.Read()
 		if errors.Is(err, maps.ErrClosed) {
 			if gone.Load() {
-				return fmt.Errorf("knockgate is no longer attached to %s", iface)
+				return fmt.Errorf("knockgate is no longer attached to %s", arg)
 			}
 			return nil
 		}

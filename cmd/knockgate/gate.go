@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -23,26 +24,67 @@ type messageError struct {
 func (m *messageError) Error() string { return m.msg }
 func (m *messageError) Unwrap() error { return m.err }
 
-// openGate reopens the gate pinned for iface. When there is none, it says
-// whether the interface exists at all. Pins are looked at before the
-// interface, so a gate whose interface has vanished can still be inspected
-// and detached.
-func openGate(iface string) (*loader.Gate, error) {
+// openGate reopens the gate arg names: a gate's name, or an interface of
+// one gate. When there is none, it says whether the interface exists at
+// all. Pins are looked at before the interface, so a gate whose interface
+// has vanished can still be inspected and detached.
+func openGate(arg string) (*loader.Gate, error) {
 	if err := checkPinAccess(); err != nil {
 		return nil, err
 	}
-	g, err := loader.Open(iface)
+	name, err := loader.Resolve(arg)
 	if errors.Is(err, loader.ErrNotAttached) {
-		return nil, notAttached(iface, err)
+		return nil, notAttached(arg, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	g, err := loader.Open(name)
+	if errors.Is(err, loader.ErrNotAttached) {
+		return nil, notAttached(arg, err)
 	}
 	return g, err
 }
 
-func notAttached(iface string, cause error) error {
-	if _, ierr := loader.Interface(iface); ierr != nil {
+func notAttached(arg string, cause error) error {
+	if _, ierr := loader.Interface(arg); ierr != nil {
 		return &messageError{ierr.Error(), cause}
 	}
-	return &messageError{fmt.Sprintf("knockgate is not attached to %s", iface), cause}
+	return &messageError{fmt.Sprintf("knockgate is not attached to %s", arg), cause}
+}
+
+// modes is how a gate's interfaces are attached, each way once: "native",
+// "native, generic", or "not attached".
+func modes(ifaces []loader.Iface) string {
+	var out []string
+	for _, ifc := range ifaces {
+		if ifc.State == loader.Attached && !slices.Contains(out, string(ifc.Mode)) {
+			out = append(out, string(ifc.Mode))
+		}
+	}
+	if len(out) == 0 {
+		return "not attached"
+	}
+	return strings.Join(out, ", ")
+}
+
+// describeIfaces is the interface part of what attach prints:
+// "eth0 (native), wg0 (generic)", with the gate's name when it is not the
+// only interface's.
+func describeIfaces(gate string, ifaces []loader.Iface) string {
+	parts := make([]string, len(ifaces))
+	for i, ifc := range ifaces {
+		how := string(ifc.Mode)
+		if ifc.State != loader.Attached {
+			how = string(ifc.State)
+		}
+		parts[i] = fmt.Sprintf("%s (%s)", ifc.Name, how)
+	}
+	s := strings.Join(parts, ", ")
+	if len(ifaces) != 1 || ifaces[0].Name != gate {
+		s += " as gate " + gate
+	}
+	return s
 }
 
 // checkPinAccess turns "cannot read the pin directory" into a clear message:

@@ -13,9 +13,9 @@ func grantCommand() *command {
 	fs.StringVar(&forFlag, "for", "", "grant for `DURATION` (default: the gate's open window)")
 	return &command{
 		name:     "grant",
-		synopsis: "IFACE ADDR [--for DURATION]",
+		synopsis: "GATE|IFACE ADDR [--for DURATION]",
 		summary:  "let an address through as if it had knocked",
-		help: "Grant ADDR (IPv4 or IPv6) access to the protected ports of the gate on IFACE,\n" +
+		help: "Grant ADDR (IPv4 or IPv6) access to the protected ports of the gate (named, or by one of its interfaces),\n" +
 			"replacing any grant it had.",
 		minArgs: 2, maxArgs: 2,
 		flags: fs,

@@ -54,11 +54,13 @@ func commands() []*command {
 	return []*command{
 		attachCommand(),
 		setCommand(),
+		confirmCommand(),
 		statusCommand(),
 		eventsCommand(),
 		grantCommand(),
 		revokeCommand(),
 		detachCommand(),
+		runCommand(),
 		knockCommand(),
 		versionCommand(),
 	}
@@ -85,12 +87,20 @@ func usagef(format string, args ...any) error {
 	return &usageError{fmt.Errorf(format, args...)}
 }
 
+// inputError is bad input that is not on the command line (a config
+// file's): exit status 2 like a usage error, without the usage line.
+type inputError struct{ err error }
+
+func (i *inputError) Error() string { return i.err.Error() }
+func (i *inputError) Unwrap() error { return i.err }
+
 func exitCode(err error) int {
 	var u *usageError
+	var in *inputError
 	switch {
 	case err == nil:
 		return 0
-	case errors.As(err, &u):
+	case errors.As(err, &u), errors.As(err, &in):
 		return 2
 	}
 	return 1

@@ -91,8 +91,10 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"help", "frob"}, `unknown command "frob"`},
 		{[]string{"--verbose"}, `unknown command "--verbose"`},
 
-		{[]string{"attach"}, "attach: takes 1 argument, got 0"},
-		{[]string{"attach", "a", "b"}, "attach: takes 1 argument, got 2"},
+		{[]string{"attach"}, "attach: takes at least 1 argument, got 0"},
+		{[]string{"attach", "kgcnope0", "a/b"}, `bad interface name "a/b"`},
+		{[]string{"attach", "kgcnope0", "--gate", "a b"}, `--gate: gate name "a b"`},
+		{[]string{"attach", "kgcnope0", "--confirm", "soon"}, `--confirm: bad duration "soon"`},
 		{[]string{"attach", "kgcnope0", "--bogus"}, "unknown flag: --bogus"},
 		{[]string{"attach", "kgcnope0", "-x"}, "unknown shorthand flag: 'x' in -x"},
 		{[]string{"attach", "kgcnope0", "--open"}, "flag needs an argument: --open"},
@@ -123,6 +125,12 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"set", "kgcnope0", "--open", "0"}, `--open: duration "0" must be positive`},
 		{[]string{"set", "kgcnope0", "--step-timeout", "1 minute"}, `--step-timeout: bad duration "1 minute"`},
 		{[]string{"set", "kgcnope0", "--protect", "ssh"}, `port "ssh" is not a number`},
+		{[]string{"set", "kgcnope0", "--open", "1m", "--confirm", "0s"}, `--confirm: duration "0s" must be positive`},
+		{[]string{"set", "kgcnope0", "--confirm", "1m"}, "set: nothing to change"},
+		{[]string{"confirm", "a", "b"}, "confirm: takes at most 1 argument, got 2"},
+		{[]string{"run", "extra"}, "run: takes no arguments, got 1"},
+		{[]string{"run", "--confirm", "soon"}, `--confirm: bad duration "soon"`},
+		{[]string{"run", "--config"}, "flag needs an argument: --config"},
 
 		{[]string{"status", "a", "b"}, "status: takes at most 1 argument, got 2"},
 		{[]string{"status", "--yaml"}, "unknown flag: --yaml"},
@@ -199,6 +207,7 @@ func TestUnknownInterface(t *testing.T) {
 		{"grant", "kgcnope0", "192.0.2.1"},
 		{"revoke", "kgcnope0", "192.0.2.1"},
 		{"detach", "kgcnope0"},
+		{"confirm", "kgcnope0"},
 	} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
 			r := invoke(t, nil, args...)
@@ -217,7 +226,7 @@ func TestUnknownInterface(t *testing.T) {
 
 func TestNotAttached(t *testing.T) {
 	// lo exists in every network namespace, and no test attaches to it.
-	if _, err := os.Stat(loader.PinDir("lo")); err == nil {
+	if _, err := os.Stat(loader.GateDir("lo")); err == nil {
 		t.Skip("a gate is attached to lo")
 	}
 	if _, err := os.Stat(loader.PinRoot); errors.Is(err, fs.ErrPermission) {
@@ -229,6 +238,7 @@ func TestNotAttached(t *testing.T) {
 		{"grant", "lo", "192.0.2.1"},
 		{"revoke", "lo", "192.0.2.1"},
 		{"detach", "lo"},
+		{"confirm", "lo"},
 	} {
 		r := invoke(t, nil, args...)
 		if r.code != 1 || r.stderr != "knockgate: knockgate is not attached to lo\n" {

@@ -5,9 +5,10 @@ import "fmt"
 func revokeCommand() *command {
 	return &command{
 		name:     "revoke",
-		synopsis: "IFACE ADDR",
+		synopsis: "GATE|IFACE ADDR",
 		summary:  "remove an address's grant and knock progress",
-		help: "Remove the grant and any knock progress of ADDR on the gate on IFACE. An\n" +
+		help: "Remove the grant and any knock progress of ADDR on the gate (named, or by one of its\n" +
+			"interfaces). An\n" +
 			"address with neither is an error.",
 		minArgs: 2, maxArgs: 2,
 		flags: newFlags("revoke"),

@@ -1,74 +1,74 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"time"
 
+	"github.com/knockgate/knockgate/config"
 	"github.com/knockgate/knockgate/maps"
 )
 
 func setCommand() *command {
-	var sequence, stepTimeout, open, protect string
+	var (
+		upd     config.Settings
+		confirm string
+	)
 	fs := newFlags("set")
-	fs.StringVar(&sequence, "sequence", "", "knock `PORTS` in this order (PORT[/tcp|/udp],...)")
-	fs.StringVar(&stepTimeout, "step-timeout", "", "each step must follow the previous one within `DURATION`")
-	fs.StringVar(&open, "open", "", "a completed sequence opens the protected ports for `DURATION`")
-	fs.StringVar(&protect, "protect", "", "`PORTS` closed to sources without a grant")
+	flags := config.AddFlags(fs, config.Set)
+	fs.StringVar(&confirm, "confirm", "", "safe mode: undo the change unless \"knockgate confirm\" runs within `DURATION`")
 
 	return &command{
 		name:     "set",
-		synopsis: "IFACE [--sequence PORTS] [--step-timeout D] [--open D] [--protect PORTS]",
-		summary:  "change the configuration of an attached gate",
-		help: "Change the configuration of the gate on IFACE in place; flags not given keep\n" +
-			"their value. The program stays attached and grants stay, but every change\n" +
-			"voids knock sequences in progress.",
+		synopsis: "GATE|IFACE [--sequence PORTS] [--step-timeout D] [--open D] [--protect PORTS] [--confirm D]",
+		summary:  "change the configuration of a gate",
+		help: "Change the configuration of the gate (named, or by one of its interfaces) in\n" +
+			"place; flags not given keep their value. The program stays attached and grants\n" +
+			"stay, but every change voids knock sequences in progress. With --confirm, the\n" +
+			"gate goes back to the configuration before the change after DURATION unless\n" +
+			"\"knockgate confirm\" runs in time; the program does that itself, so it works\n" +
+			"even when the session that ran set is cut off by the change.",
 		minArgs: 1, maxArgs: 1,
 		flags: fs,
 		run: func(e *env, args []string) error {
-			iface := args[0]
-			if fs.NFlag() == 0 {
+			changed := flags.Changed()
+			if len(changed) == 0 {
 				return usagef("set: nothing to change (give --sequence, --step-timeout, --open or --protect)")
 			}
+			var within time.Duration
+			if fs.Changed("confirm") {
+				d, err := parseDuration("confirm", confirm)
+				if err != nil {
+					return err
+				}
+				within = d
+			}
 			// Parse every flag before touching the gate.
-			var upd maps.Config
-			var err error
-			if fs.Changed("sequence") {
-				if upd.Sequence, err = parsePortsFlag("sequence", sequence); err != nil {
-					return err
-				}
-			}
-			if fs.Changed("step-timeout") {
-				if upd.StepTimeout, err = parseDuration("step-timeout", stepTimeout); err != nil {
-					return err
-				}
-			}
-			if fs.Changed("open") {
-				if upd.Open, err = parseDuration("open", open); err != nil {
-					return err
-				}
-			}
-			if fs.Changed("protect") {
-				if upd.Protected, err = parsePortsFlag("protect", protect); err != nil {
-					return err
-				}
+			if err := flags.Apply(&upd); err != nil {
+				return &usageError{err}
 			}
 
-			g, err := openGate(iface)
+			g, err := openGate(args[0])
 			if err != nil {
 				return err
 			}
 			defer g.Close()
 			cfg, err := g.UpdateConfig(func(cfg *maps.Config) error {
-				if upd.Sequence != nil {
+				if changed["sequence"] {
 					cfg.Sequence = upd.Sequence
 				}
-				if upd.StepTimeout != 0 {
+				if changed["step-timeout"] {
 					cfg.StepTimeout = upd.StepTimeout
 				}
-				if upd.Open != 0 {
+				if changed["open"] {
 					cfg.Open = upd.Open
 				}
-				if upd.Protected != nil {
-					cfg.Protected = upd.Protected
+				if changed["protect"] {
+					cfg.Protected = upd.Protect
+				}
+				cfg.ConfirmBy = 0
+				if within > 0 {
+					cfg.ConfirmBy = maps.BootAfter(within)
 				}
 				// A combination the program cannot run (a step that is
 				// also protected) is the user's mistake: nothing is written.
@@ -77,6 +77,9 @@ func setCommand() *command {
 				}
 				return nil
 			})
+			if errors.Is(err, maps.ErrAwaitingConfirm) {
+				return pendingError(g.Name, g.Maps, err)
+			}
 			if err != nil {
 				return err
 			}
@@ -84,9 +87,27 @@ func setCommand() *command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(e.stdout, "knockgate on %s updated (%s, generation %d): %s\n",
-				iface, cfg.Mode, cfg.Generation, describe(cfg, allow))
+			ifaces, err := g.Interfaces()
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "knockgate on %s updated (%s, generation %d): %s\n", g.Name, modes(ifaces), cfg.Generation, describe(cfg, allow))
+			if within > 0 {
+				fmt.Fprintf(e.stdout, "safe mode: unless \"knockgate confirm %s\" runs by %s, the previous configuration comes back\n",
+					g.Name, stamp(maps.BootToTime(cfg.ConfirmBy)))
+			}
 			return nil
 		},
 	}
+}
+
+// pendingError explains why a change was refused while another awaits
+// confirmation.
+func pendingError(gate string, set *maps.Set, cause error) error {
+	sm, err := set.ReadSafeMode()
+	if err != nil {
+		return err
+	}
+	return &messageError{fmt.Sprintf("gate %s: a change awaits confirmation until %s: run \"knockgate confirm %s\" first, or wait for it to roll back",
+		gate, stamp(maps.BootToTime(sm.Deadline)), gate), cause}
 }

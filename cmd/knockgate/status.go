@@ -8,16 +8,35 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
 )
 
 // statusJSON is the --json form of status: one object per gate.
 type statusJSON struct {
-	Interface string            `json:"interface"`
-	Mode      string            `json:"mode"`
-	Config    configJSON        `json:"config"`
-	Counters  map[string]uint64 `json:"counters"`
-	Sources   []sourceJSON      `json:"sources"`
+	Gate string `json:"gate"`
+	// Interface and Mode are the gate's first interface and how it is
+	// attached ("missing" or "waiting" when it is not): the whole answer
+	// for a gate on one interface.
+	Interface  string            `json:"interface"`
+	Mode       string            `json:"mode"`
+	Interfaces []ifaceJSON       `json:"interfaces"`
+	Config     configJSON        `json:"config"`
+	SafeMode   *safeModeJSON     `json:"safe_mode,omitempty"`
+	Counters   map[string]uint64 `json:"counters"`
+	Sources    []sourceJSON      `json:"sources"`
+}
+
+type ifaceJSON struct {
+	Name    string `json:"name"`
+	State   string `json:"state"`          // attached, missing or waiting
+	Mode    string `json:"mode,omitempty"` // native or generic (attached, missing)
+	Ifindex int    `json:"ifindex,omitempty"`
+	// Counters are the verdicts of packets that came in on this interface
+	// (attached); SharedWith names interfaces of the gate counted together
+	// with it (their ifindexes share a counter slot).
+	Counters   map[string]uint64 `json:"counters,omitempty"`
+	SharedWith []string          `json:"shared_with,omitempty"`
 }
 
 type configJSON struct {
@@ -29,6 +48,14 @@ type configJSON struct {
 	Generation  uint32   `json:"generation"`
 }
 
+// safeModeJSON is a change made with --confirm: pending until its deadline,
+// or lapsed (rolled back by the program, the previous configuration ruling).
+type safeModeJSON struct {
+	State    string     `json:"state"` // pending or lapsed
+	Deadline string     `json:"deadline"`
+	Previous configJSON `json:"previous"`
+}
+
 type sourceJSON struct {
 	Addr    string `json:"addr"`
 	State   string `json:"state"` // "open" or "knocking"
@@ -38,8 +65,11 @@ type sourceJSON struct {
 
 // gateStatus is everything status shows about one gate.
 type gateStatus struct {
-	iface    string
+	gate     string
+	ifaces   []loader.Iface
+	verdicts [maps.IfaceSlots]maps.VerdictCounts
 	cfg      maps.Config
+	safe     maps.SafeMode
 	allow    []string
 	counters maps.Counters
 	sources  []maps.SourceState
@@ -51,11 +81,13 @@ func statusCommand() *command {
 	fs.BoolVar(&asJSON, "json", false, "print one JSON object")
 	return &command{
 		name:     "status",
-		synopsis: "[IFACE] [--json]",
-		summary:  "show a gate's configuration, counters and sources",
-		help: "Show the configuration, counters and tracked sources (granted, or part-way\n" +
-			"through the sequence) of the gate on IFACE. Without IFACE: the only attached\n" +
-			"gate, or every one (not with --json).",
+		synopsis: "[GATE|IFACE] [--json]",
+		summary:  "show a gate's interfaces, configuration, counters and sources",
+		help: "Show the gate (named, or by one of its interfaces): each interface attached,\n" +
+			"missing (gone: nothing is enforced there) or waiting (not there yet), the\n" +
+			"configuration, counters (per interface too) and tracked sources (granted, or\n" +
+			"part-way through the sequence). Without an argument: the only gate, or every\n" +
+			"one (not with --json).",
 		minArgs: 0, maxArgs: 1,
 		flags: fs,
 		run: func(e *env, args []string) error {
@@ -63,8 +95,8 @@ func statusCommand() *command {
 			if err != nil {
 				return err
 			}
-			for i, iface := range names {
-				st, err := readStatus(iface)
+			for i, name := range names {
+				st, err := readStatus(name)
 				if err != nil {
 					return err
 				}
@@ -86,14 +118,20 @@ func statusCommand() *command {
 	}
 }
 
-func readStatus(iface string) (*gateStatus, error) {
-	g, err := openGate(iface)
+func readStatus(arg string) (*gateStatus, error) {
+	g, err := openGate(arg)
 	if err != nil {
 		return nil, err
 	}
 	defer g.Close()
-	st := &gateStatus{iface: iface}
+	st := &gateStatus{gate: g.Name}
+	if st.ifaces, err = g.Interfaces(); err != nil {
+		return nil, err
+	}
 	if st.cfg, err = g.Maps.ReadConfig(); err != nil {
+		return nil, err
+	}
+	if st.safe, err = g.Maps.ReadSafeMode(); err != nil {
 		return nil, err
 	}
 	allow, err := g.Maps.AllowList()
@@ -102,6 +140,9 @@ func readStatus(iface string) (*gateStatus, error) {
 	}
 	st.allow = prefixList(allow)
 	if st.counters, err = g.Maps.ReadCounters(); err != nil {
+		return nil, err
+	}
+	if st.verdicts, err = g.Maps.ReadVerdicts(); err != nil {
 		return nil, err
 	}
 	if st.sources, err = g.Maps.Sources(); err != nil {
@@ -124,13 +165,57 @@ func encodeConfig(cfg maps.Config, allow []string) configJSON {
 	}
 }
 
+// ifaceHow is how an interface is doing in one word: its attach mode, or
+// missing or waiting.
+func ifaceHow(ifc loader.Iface) string {
+	if ifc.State == loader.Attached {
+		return string(ifc.Mode)
+	}
+	return string(ifc.State)
+}
+
+// sharedSlot names the other attached interfaces of the gate whose
+// verdicts are counted in ifc's slot.
+func (st *gateStatus) sharedSlot(ifc loader.Iface) []string {
+	var out []string
+	for _, o := range st.ifaces {
+		if o.Name != ifc.Name && o.State == loader.Attached && maps.IfaceSlot(o.Ifindex) == maps.IfaceSlot(ifc.Ifindex) {
+			out = append(out, o.Name)
+		}
+	}
+	return out
+}
+
 func (st *gateStatus) json() statusJSON {
 	out := statusJSON{
-		Interface: st.iface,
-		Mode:      st.cfg.Mode.String(),
-		Config:    encodeConfig(st.cfg, st.allow),
-		Counters:  make(map[string]uint64, len(maps.CounterNames)),
-		Sources:   []sourceJSON{},
+		Gate:       st.gate,
+		Interfaces: []ifaceJSON{},
+		Config:     encodeConfig(st.cfg, st.allow),
+		Counters:   make(map[string]uint64, len(maps.CounterNames)),
+		Sources:    []sourceJSON{},
+	}
+	for i, ifc := range st.ifaces {
+		j := ifaceJSON{Name: ifc.Name, State: string(ifc.State), Mode: string(ifc.Mode)}
+		if ifc.State == loader.Attached {
+			j.Ifindex = ifc.Ifindex
+			j.Counters = make(map[string]uint64, maps.Verdicts)
+			for v, n := range st.verdicts[maps.IfaceSlot(ifc.Ifindex)] {
+				j.Counters[maps.CounterNames[v]] = n
+			}
+			j.SharedWith = st.sharedSlot(ifc)
+		}
+		out.Interfaces = append(out.Interfaces, j)
+		if i == 0 {
+			out.Interface, out.Mode = ifc.Name, ifaceHow(ifc)
+		}
+	}
+	if st.safe.Pending || st.safe.Lapsed {
+		state := "pending"
+		if st.safe.Lapsed {
+			state = "lapsed"
+		}
+		out.SafeMode = &safeModeJSON{State: state, Deadline: stamp(maps.BootToTime(st.safe.Deadline)),
+			Previous: encodeConfig(st.safe.Previous, st.allow)}
 	}
 	for i, name := range maps.CounterNames {
 		out.Counters[name] = st.counters[i]
@@ -148,8 +233,18 @@ func (st *gateStatus) print(w io.Writer, now time.Time) {
 	if len(st.allow) > 0 {
 		allow = strings.Join(st.allow, ",")
 	}
+	fmt.Fprintf(w, "knockgate on %s\n", describeIfaces(st.gate, st.ifaces))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "knockgate on %s (%s)\n", st.iface, st.cfg.Mode)
+	for _, ifc := range st.ifaces {
+		switch ifc.State {
+		case loader.Attached:
+			fmt.Fprintf(tw, "  %s:\tattached (%s), ifindex %d\n", ifc.Name, ifc.Mode, ifc.Ifindex)
+		case loader.Missing:
+			fmt.Fprintf(tw, "  %s:\tmissing: the interface is gone, nothing is enforced there (attach %s again when it is back)\n", ifc.Name, ifc.Name)
+		case loader.Waiting:
+			fmt.Fprintf(tw, "  %s:\twaiting: not attached yet (the interface was not there)\n", ifc.Name)
+		}
+	}
 	fmt.Fprintf(tw, "  sequence:\t%s\n", maps.FormatPorts(st.cfg.Sequence))
 	fmt.Fprintf(tw, "  step timeout:\t%s\n", st.cfg.StepTimeout)
 	fmt.Fprintf(tw, "  open:\t%s\n", st.cfg.Open)
@@ -157,6 +252,16 @@ func (st *gateStatus) print(w io.Writer, now time.Time) {
 	fmt.Fprintf(tw, "  allowing:\t%s\n", allow)
 	fmt.Fprintf(tw, "  generation:\t%d\n", st.cfg.Generation)
 	tw.Flush()
+	switch {
+	case st.safe.Pending:
+		fmt.Fprintf(w, "safe mode: this configuration is undone at %s (in %s) unless \"knockgate confirm %s\" runs\n",
+			stamp(maps.BootToTime(st.safe.Deadline)), maps.BootToTime(st.safe.Deadline).Sub(now).Round(time.Second), st.gate)
+	case st.safe.Lapsed && st.safe.Previous.Generation == 0:
+		fmt.Fprintf(w, "safe mode: the attach was not confirmed by %s: the gate lets everything through (the next attach or detach removes it)\n",
+			stamp(maps.BootToTime(st.safe.Deadline)))
+	case st.safe.Lapsed:
+		fmt.Fprintf(w, "safe mode: a change was not confirmed by %s and has been rolled back\n", stamp(maps.BootToTime(st.safe.Deadline)))
+	}
 
 	fmt.Fprintln(w, "counters:")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -164,6 +269,28 @@ func (st *gateStatus) print(w io.Writer, now time.Time) {
 		fmt.Fprintf(tw, "  %s\t%d\n", name, st.counters[i])
 	}
 	tw.Flush()
+	if attached := st.attached(); len(attached) > 1 {
+		fmt.Fprintln(w, "per interface:")
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintf(tw, "  VERDICT")
+		for _, ifc := range attached {
+			fmt.Fprintf(tw, "\t%s", ifc.Name)
+		}
+		fmt.Fprintln(tw)
+		for v := range maps.Verdicts {
+			fmt.Fprintf(tw, "  %s", maps.CounterNames[v])
+			for _, ifc := range attached {
+				fmt.Fprintf(tw, "\t%d", st.verdicts[maps.IfaceSlot(ifc.Ifindex)][v])
+			}
+			fmt.Fprintln(tw)
+		}
+		tw.Flush()
+		for _, ifc := range attached {
+			if shared := st.sharedSlot(ifc); len(shared) > 0 {
+				fmt.Fprintf(w, "  (%s is counted together with %s: their ifindexes share a counter slot)\n", ifc.Name, strings.Join(shared, ", "))
+			}
+		}
+	}
 
 	if len(st.sources) == 0 {
 		fmt.Fprintln(w, "sources: none")
@@ -177,4 +304,14 @@ func (st *gateStatus) print(w io.Writer, now time.Time) {
 			stamp(s.Expires), s.Expires.Sub(now).Round(time.Second))
 	}
 	tw.Flush()
+}
+
+func (st *gateStatus) attached() []loader.Iface {
+	var out []loader.Iface
+	for _, ifc := range st.ifaces {
+		if ifc.State == loader.Attached {
+			out = append(out, ifc)
+		}
+	}
+	return out
 }

@@ -10,34 +10,26 @@ import (
 	"testing"
 	"time"
 
+	"github.com/knockgate/knockgate/config"
+	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
 )
 
 // The config as attach parses it survives the C layout and the JSON of
 // status: what status prints parses back to what was asked for.
 func TestConfigRoundTrip(t *testing.T) {
-	var (
-		cfg maps.Config
-		err error
-	)
-	if cfg.Sequence, err = parsePortsFlag("sequence", "7000/udp,7001,7002:udp,7003"); err != nil {
+	fs := newFlags("attach")
+	flags := config.AddFlags(fs, config.Attach)
+	if err := fs.Parse([]string{"--sequence", "7000/udp,7001,7002:udp,7003", "--step-timeout", "45s",
+		"--open", "1h30m", "--protect", "22,443,53/udp", "--allow", "10.0.0.0/8,2001:db8::1"}); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.StepTimeout, err = parseDuration("step-timeout", "45s"); err != nil {
+	s := config.Defaults()
+	if err := flags.Apply(&s); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Open, err = parseDuration("open", "1h30m"); err != nil {
-		t.Fatal(err)
-	}
-	// In the order the bitmaps decode: TCP ascending, then UDP ascending.
-	if cfg.Protected, err = parsePortsFlag("protect", "22,443,53/udp"); err != nil {
-		t.Fatal(err)
-	}
-	allow, err := parseCIDRs([]string{"10.0.0.0/8,2001:db8::1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Mode = maps.ModeGeneric
+	cfg := s.Config()
+	allow := s.Allow
 	cfg.Generation = 7
 	cfg.AllowCount = uint32(len(allow))
 
@@ -82,8 +74,16 @@ func TestConfigRoundTrip(t *testing.T) {
 	if d, err := time.ParseDuration(back.Open); err != nil || d != cfg.Open {
 		t.Errorf("open %q, want %s", back.Open, cfg.Open)
 	}
-	if got, err := parseCIDRs(back.Allow); err != nil || !reflect.DeepEqual(got, allow) {
-		t.Errorf("allow %v, %v; want %v", got, err, allow)
+	var got []netip.Prefix
+	for _, a := range back.Allow {
+		p, err := config.ParseCIDR(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, p)
+	}
+	if !reflect.DeepEqual(got, allow) {
+		t.Errorf("allow %v, want %v", got, allow)
 	}
 	if back.Generation != cfg.Generation {
 		t.Errorf("generation %d, want %d", back.Generation, cfg.Generation)
@@ -98,14 +98,16 @@ func TestConfigRoundTrip(t *testing.T) {
 
 func TestStatusJSONShape(t *testing.T) {
 	st := &gateStatus{
-		iface: "kgc0",
+		gate:   "kgc0",
+		ifaces: []loader.Iface{{Name: "kgc0", State: loader.Attached, Mode: loader.ModeNative, Ifindex: 7}},
 		cfg: maps.Config{
 			Sequence:    []maps.Port{{Num: 9000, Proto: maps.TCP}, {Num: 8000, Proto: maps.TCP}},
 			StepTimeout: time.Minute, Open: 30 * time.Minute,
-			Protected: []maps.Port{{Num: 22, Proto: maps.TCP}},
-			Mode:      maps.ModeNative, Generation: 1,
+			Protected:  []maps.Port{{Num: 22, Proto: maps.TCP}},
+			Generation: 1,
 		},
 	}
+	st.verdicts[7][0] = 5
 	st.counters[0] = 5
 	var empty map[string]any
 	text, err := json.Marshal(st.json())
@@ -129,7 +131,19 @@ func TestStatusJSONShape(t *testing.T) {
 	if counters[maps.CounterNames[0]] != float64(5) {
 		t.Errorf("counter %s = %v, want 5", maps.CounterNames[0], counters[maps.CounterNames[0]])
 	}
-	for _, k := range []string{"interface", "mode", "config", "counters", "sources"} {
+	ifaces := empty["interfaces"].([]any)
+	if len(ifaces) != 1 {
+		t.Fatalf("interfaces %v, want one", ifaces)
+	}
+	ifc := ifaces[0].(map[string]any)
+	if ifc["name"] != "kgc0" || ifc["state"] != "attached" || ifc["mode"] != "native" || ifc["ifindex"] != float64(7) ||
+		ifc["counters"].(map[string]any)["passed"] != float64(5) {
+		t.Errorf("interface %v, want kgc0 attached natively on ifindex 7, 5 passed", ifc)
+	}
+	if empty["interface"] != "kgc0" || empty["mode"] != "native" || empty["gate"] != "kgc0" {
+		t.Errorf("gate, interface, mode: %v, %v, %v", empty["gate"], empty["interface"], empty["mode"])
+	}
+	for _, k := range []string{"gate", "interface", "mode", "interfaces", "config", "counters", "sources"} {
 		if _, ok := empty[k]; !ok {
 			t.Errorf("no %q in %s", k, text)
 		}

@@ -3,8 +3,6 @@ package bench
 import (
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -217,8 +215,8 @@ func (g *Knockgate) Setup(topo *Topology) error {
 		return err
 	}
 	return topo.RX.Do(func() error {
-		gate, err := loader.Attach(loader.Options{
-			Iface:      RxIface,
+		gate, err := loader.Create(loader.Options{
+			Interfaces: []string{RxIface},
 			Mode:       loader.ModeNative,
 			MaxSources: g.MaxSources,
 			Config: maps.Config{
@@ -286,11 +284,8 @@ func sweepPins() error {
 			errs = append(errs, loader.Detach(n))
 		}
 	}
-	// Half-made pin directories of an interrupted attach ("pinning kgb1 *").
-	stale, _ := filepath.Glob(filepath.Join(loader.PinRoot, "pinning "+namePrefix+"*"))
-	for _, d := range stale {
-		errs = append(errs, os.RemoveAll(d))
-	}
+	// Half-made pin directories of an interrupted attach are swept by the
+	// loader itself, at its next change.
 	return errors.Join(errs...)
 }
 

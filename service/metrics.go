@@ -1,0 +1,213 @@
+package service
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/knockgate/knockgate/loader"
+	"github.com/knockgate/knockgate/maps"
+)
+
+// collector reads the gate's maps at each scrape (the per-CPU counters
+// summed, sources and interfaces counted), so the program pays nothing for
+// metrics. Reload figures come from the service.
+type collector struct {
+	gate   *loader.Gate
+	reload *reloadStats
+}
+
+// reloadStats are the service's reload outcomes, for metrics.
+type reloadStats struct {
+	mu                 sync.Mutex
+	success, failure   uint64
+	lastSuccess        time.Time
+	lastFailed         bool
+}
+
+func (r *reloadStats) record(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err != nil {
+		r.failure++
+		r.lastFailed = true
+		return
+	}
+	r.success++
+	r.lastSuccess = time.Now()
+	r.lastFailed = false
+}
+
+// Metric names: Prometheus style, the unit in the name, _total on counters.
+var (
+	descPackets = prometheus.NewDesc("knockgate_packets_total",
+		"Packets the gate judged, by verdict.", []string{"verdict"}, nil)
+	descIfacePackets = prometheus.NewDesc("knockgate_interface_packets_total",
+		"Packets the gate judged, by the interface they arrived on and verdict.", []string{"interface", "verdict"}, nil)
+	descKnocks = prometheus.NewDesc("knockgate_knocks_total",
+		"Knock packets, by what they did to the source's progress.", []string{"outcome"}, nil)
+	descGrants = prometheus.NewDesc("knockgate_grants_total",
+		"Knock sequences completed (sources granted).", nil, nil)
+	descExpired = prometheus.NewDesc("knockgate_grants_expired_total",
+		"Grants found expired.", nil, nil)
+	descGrantFailed = prometheus.NewDesc("knockgate_grant_failures_total",
+		"Completed sequences the grants map refused.", nil, nil)
+	descEventsLost = prometheus.NewDesc("knockgate_events_lost_total",
+		"Events dropped because the ring buffer was full.", nil, nil)
+	descEventsSuppressed = prometheus.NewDesc("knockgate_events_suppressed_total",
+		"Knock and reset events held back by the per-CPU event budget.", nil, nil)
+	descSources = prometheus.NewDesc("knockgate_sources",
+		"Sources tracked now, by state.", []string{"state"}, nil)
+	descIfaces = prometheus.NewDesc("knockgate_interfaces",
+		"Interfaces of the gate, by state.", []string{"state"}, nil)
+	descGeneration = prometheus.NewDesc("knockgate_config_generation",
+		"Generation of the configuration in force.", nil, nil)
+	descPending = prometheus.NewDesc("knockgate_safe_mode_pending",
+		"1 while a change made with --confirm awaits confirmation.", nil, nil)
+	descReloads = prometheus.NewDesc("knockgate_reloads_total",
+		"Reloads of the config file, by result.", []string{"result"}, nil)
+	descLastReload = prometheus.NewDesc("knockgate_config_last_reload_success_timestamp_seconds",
+		"When the config file was last applied successfully (at start or on reload).", nil, nil)
+	descLastReloadOK = prometheus.NewDesc("knockgate_config_last_reload_successful",
+		"1 if the last reload of the config file succeeded.", nil, nil)
+	descScrapeErrors = prometheus.NewDesc("knockgate_scrape_errors_total",
+		"Maps that could not be read during this scrape.", nil, nil)
+)
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descPackets, descIfacePackets, descKnocks, descGrants, descExpired,
+		descGrantFailed, descEventsLost, descEventsSuppressed, descSources, descIfaces, descGeneration,
+		descPending, descReloads, descLastReload, descLastReloadOK, descScrapeErrors} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	var errs float64
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+
+	if cs, err := c.gate.Maps.ReadCounters(); err != nil {
+		errs++
+	} else {
+		for v := range maps.Verdicts {
+			counter(descPackets, cs[v], maps.CounterNames[v])
+		}
+		for _, k := range []string{"advanced", "repeated", "reset", "while_granted"} {
+			counter(descKnocks, cs.Get("knock_"+k), k)
+		}
+		counter(descGrants, cs.Get("granted"))
+		counter(descExpired, cs.Get("grant_expired"))
+		counter(descGrantFailed, cs.Get("grant_failed"))
+		counter(descEventsLost, cs.Get("events_lost"))
+		counter(descEventsSuppressed, cs.Get("events_suppressed"))
+	}
+	states := map[loader.IfaceState]float64{loader.Attached: 0, loader.Missing: 0, loader.Waiting: 0}
+	if ifaces, err := c.gate.Interfaces(); err != nil {
+		errs++
+	} else if slots, err := c.gate.Maps.ReadVerdicts(); err != nil {
+		errs++
+	} else {
+		for _, ifc := range ifaces {
+			states[ifc.State]++
+			if ifc.State != loader.Attached {
+				continue
+			}
+			for v, n := range slots[maps.IfaceSlot(ifc.Ifindex)] {
+				counter(descIfacePackets, n, ifc.Name, maps.CounterNames[v])
+			}
+		}
+	}
+	for s, n := range states {
+		gauge(descIfaces, n, string(s))
+	}
+	if srcs, err := c.gate.Maps.Sources(); err != nil {
+		errs++
+	} else {
+		n := map[string]float64{"knocking": 0, "open": 0}
+		for _, s := range srcs {
+			n[s.State]++
+		}
+		for s, v := range n {
+			gauge(descSources, v, s)
+		}
+	}
+	if cfg, err := c.gate.Maps.ReadConfig(); err != nil {
+		errs++
+	} else {
+		gauge(descGeneration, float64(cfg.Generation))
+	}
+	if sm, err := c.gate.Maps.ReadSafeMode(); err != nil {
+		errs++
+	} else {
+		gauge(descPending, b2f(sm.Pending))
+	}
+
+	c.reload.mu.Lock()
+	counter(descReloads, c.reload.success, "success")
+	counter(descReloads, c.reload.failure, "failure")
+	gauge(descLastReload, float64(c.reload.lastSuccess.UnixNano())/1e9)
+	gauge(descLastReloadOK, b2f(!c.reload.lastFailed))
+	c.reload.mu.Unlock()
+	gauge(descScrapeErrors, errs)
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// metricsServer serves the collector's registry at /metrics on addr.
+type metricsServer struct {
+	srv  *http.Server
+	done chan error
+}
+
+// listenMetrics binds addr, so that an address that cannot be served fails
+// the start (before the gate is touched) or the reload that asked for it.
+func listenMetrics(addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	return ln, nil
+}
+
+// serveMetrics serves c's metrics at /metrics on ln.
+func serveMetrics(ln net.Listener, c *collector) (*metricsServer, error) {
+	reg := prometheus.NewRegistry()
+	if err := reg.Register(c); err != nil {
+		return nil, fmt.Errorf("register metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/" {
+			http.NotFound(w, r)
+			return
+		}
+		fmt.Fprintln(w, "knockgate: metrics at /metrics")
+	})
+	m := &metricsServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, done: make(chan error, 1)}
+	go func() { m.done <- m.srv.Serve(ln) }()
+	return m, nil
+}
+
+func (m *metricsServer) close() {
+	if m == nil {
+		return
+	}
+	m.srv.Close()
+	<-m.done
+}

@@ -1,0 +1,456 @@
+// Package service is `knockgate run`: it makes or adopts the gate a config
+// file describes, keeps it on its interfaces as they come and go, applies
+// the file again on SIGHUP, logs the gate's events, serves metrics and talks
+// to systemd. The gate itself lives in the kernel: when the service stops,
+// the gate stays pinned and enforcing.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/knockgate/knockgate/config"
+	"github.com/knockgate/knockgate/loader"
+	"github.com/knockgate/knockgate/maps"
+)
+
+// Options of Run.
+type Options struct {
+	// ConfigPath is the config file (config.DefaultPath).
+	ConfigPath string
+	// Confirm puts every reload in safe mode: unless `knockgate confirm`
+	// runs within it, the reload is undone. 0: reloads apply for good.
+	Confirm time.Duration
+	// Log receives one line per event and per service message.
+	Log io.Writer
+	// Reload delivers SIGHUP.
+	Reload <-chan os.Signal
+}
+
+// service is one running `knockgate run`.
+type service struct {
+	opts    Options
+	cur     *config.Settings // the settings in force: the last good file
+	gate    *loader.Gate
+	log     atomic.Pointer[slog.Logger]
+	reloads reloadStats
+	coll    *collector
+	metrics *metricsServer
+	pending *pendingReload
+	links   chan linkChange
+}
+
+// Run serves the gate the config file describes until ctx ends (SIGTERM,
+// SIGINT), then returns nil and leaves the gate pinned and enforcing. A
+// config file that does not parse or check is returned as a
+// *config.FileError before anything changes.
+func Run(ctx context.Context, opts Options) error {
+	settings, err := config.Load(opts.ConfigPath)
+	if err != nil {
+		return err
+	}
+	svc := &service{opts: opts, cur: settings, links: make(chan linkChange, 64)}
+	svc.log.Store(newLogger(opts.Log, settings.LogFormat))
+	var ln net.Listener
+	if settings.Metrics != "" {
+		if ln, err = listenMetrics(settings.Metrics); err != nil {
+			return err
+		}
+	}
+	if err := svc.start(); err != nil {
+		if ln != nil {
+			ln.Close()
+		}
+		return err
+	}
+	defer svc.gate.Close()
+	svc.reloads.record(nil)
+	svc.coll = &collector{gate: svc.gate, reload: &svc.reloads}
+	if ln != nil {
+		if svc.metrics, err = serveMetrics(ln, svc.coll); err != nil {
+			return err
+		}
+	}
+	defer func() { svc.metrics.close() }()
+
+	events, err := svc.gate.Maps.OpenEvents()
+	if err != nil {
+		return err
+	}
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		svc.logEvents(events)
+	}()
+	defer func() { events.Close(); <-readerDone }()
+
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go watchLinks(watchCtx, svc.links, func(err error) {
+		svc.logger().Warn("link notifications failed: subscribing again", "error", err)
+	})
+
+	svc.logger().Info("serving", "gate", svc.gate.Name, "config", opts.ConfigPath, "interfaces", strings.Join(settings.Interfaces, ","))
+	notify("READY=1\nSTATUS=serving gate " + svc.gate.Name)
+
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	var report eventReport
+	for {
+		select {
+		case <-ctx.Done():
+			notify("STOPPING=1")
+			svc.logger().Info("stopping: the gate stays pinned and enforcing", "gate", svc.gate.Name)
+			return nil
+		case <-opts.Reload:
+			notify(reloading())
+			err := svc.reload()
+			svc.reloads.record(err)
+			if err != nil {
+				svc.logger().Error("reload failed: keeping the configuration in force", "config", opts.ConfigPath, "error", err)
+			}
+			notify("READY=1")
+		case c := <-svc.links:
+			svc.linkChanged(c)
+		case <-tick.C:
+			if !svc.stillPinned() {
+				svc.logger().Warn("the gate was detached: exiting", "gate", svc.gate.Name)
+				notify("STOPPING=1")
+				return nil
+			}
+			svc.checkPending()
+			report.tick(svc)
+		}
+	}
+}
+
+func (svc *service) logger() *slog.Logger { return svc.log.Load() }
+
+// start makes the gate, or adopts the one pinned under its name: the
+// program is upgraded in place if this build's differs, and the file is
+// applied to it. Packets are judged throughout.
+func (svc *service) start() error {
+	s := svc.cur
+	g, err := loader.Open(s.Gate)
+	if errors.Is(err, loader.ErrNotAttached) {
+		opts := s.LoaderOptions()
+		opts.AllowMissing = true
+		if g, err = loader.Create(opts); err != nil {
+			return err
+		}
+		svc.gate = g
+		svc.logger().Info("gate made", "gate", g.Name)
+		svc.reconcileAll()
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	svc.gate = g
+	replaced, err := g.Upgrade()
+	if err != nil {
+		g.Close()
+		return err
+	}
+	svc.logger().Info("gate adopted: grants and knock progress kept", "gate", g.Name, "program_replaced", replaced)
+	if n := g.Maps.Knocks.MaxEntries(); n != s.MaxSources {
+		svc.logger().Warn("max_sources differs from the pinned gate's: kept (detach the gate to resize it)",
+			"pinned", n, "config", s.MaxSources)
+	}
+	if _, err := svc.apply(s, 0); err != nil {
+		g.Close()
+		return err
+	}
+	svc.reconcileAll()
+	return nil
+}
+
+// pendingReload is a reload made in safe mode: what to undo if it is not
+// confirmed, and what it leaves to do once it is.
+type pendingReload struct {
+	deadline      uint64
+	prev          *config.Settings
+	addedIfaces   []string
+	droppedIfaces []string
+	addedAllow    []netip.Prefix
+	droppedAllow  []netip.Prefix
+}
+
+// apply makes the gate what s says: its configuration (one atomic update,
+// as set does, only if it changed: a write voids knock progress), its allow
+// list and its interfaces. With confirm, the change is in safe mode, and
+// removals wait for the confirmation.
+func (svc *service) apply(s *config.Settings, confirm time.Duration) (*pendingReload, error) {
+	g := svc.gate
+	cur, err := g.Maps.ReadConfig()
+	if err != nil {
+		return nil, err
+	}
+	allowNow, err := g.Maps.AllowList()
+	if err != nil {
+		return nil, err
+	}
+	ifaces, err := g.Interfaces()
+	if err != nil {
+		return nil, err
+	}
+	var have []string
+	for _, ifc := range ifaces {
+		have = append(have, ifc.Name)
+	}
+	p := &pendingReload{
+		addedAllow:    minus(s.Allow, allowNow),
+		droppedAllow:  minus(allowNow, s.Allow),
+		addedIfaces:   minus(s.Interfaces, have),
+		droppedIfaces: minus(have, s.Interfaces),
+	}
+	safe := confirm > 0
+	want := s.Config()
+	entries := len(allowNow) + len(p.addedAllow)
+	if !safe {
+		entries -= len(p.droppedAllow)
+	}
+	want.AllowCount = uint32(entries)
+	if sameConfig(cur, want) && len(p.addedAllow)+len(p.droppedAllow)+len(p.addedIfaces)+len(p.droppedIfaces) == 0 {
+		return nil, nil
+	}
+	if err := g.Maps.SetAllow(p.addedAllow); err != nil {
+		return nil, err
+	}
+	if safe {
+		want.ConfirmBy = maps.BootAfter(confirm)
+		p.deadline = want.ConfirmBy
+	}
+	if safe || !sameConfig(cur, want) {
+		if _, err := g.UpdateConfig(func(c *maps.Config) error { *c = want; return nil }); err != nil {
+			return nil, err
+		}
+	}
+	if !safe {
+		if err := g.Maps.RemoveAllow(p.droppedAllow); err != nil {
+			return nil, err
+		}
+		for _, n := range p.droppedIfaces {
+			if _, err := g.DetachInterface(n); err != nil {
+				return nil, err
+			}
+			svc.logger().Info("interface dropped", "interface", n)
+		}
+	}
+	for _, n := range p.addedIfaces {
+		if err := g.Want(n); err != nil {
+			return nil, err
+		}
+	}
+	if !safe {
+		return nil, nil
+	}
+	return p, nil
+}
+
+// reload applies the config file again. A file that does not parse or
+// check changes nothing: the gate keeps enforcing the last good one.
+func (svc *service) reload() error {
+	next, err := config.Load(svc.opts.ConfigPath)
+	if err != nil {
+		return err
+	}
+	if next.Gate != svc.cur.Gate {
+		return fmt.Errorf("gate name changed from %s to %s: a reload keeps its gate (restart run to serve another)", svc.cur.Gate, next.Gate)
+	}
+	if svc.pending != nil {
+		return fmt.Errorf("the last reload awaits confirmation until %s: run \"knockgate confirm %s\" first",
+			maps.BootToTime(svc.pending.deadline).UTC().Format(time.RFC3339), svc.gate.Name)
+	}
+	if next.MaxSources != svc.cur.MaxSources || next.Mode != svc.cur.Mode {
+		svc.logger().Warn("max_sources and mode apply when the gate is made or an interface attached; the running gate keeps them")
+	}
+	p, err := svc.apply(next, svc.opts.Confirm)
+	if err != nil {
+		return err
+	}
+	if p != nil {
+		p.prev = svc.cur
+		svc.pending = p
+	}
+	prev := svc.cur
+	svc.cur = next
+	if next.LogFormat != prev.LogFormat {
+		svc.log.Store(newLogger(svc.opts.Log, next.LogFormat))
+	}
+	if next.Metrics != prev.Metrics {
+		svc.metrics.close()
+		svc.metrics = nil
+		if next.Metrics != "" {
+			ln, err := listenMetrics(next.Metrics)
+			if err != nil {
+				return err
+			}
+			if svc.metrics, err = serveMetrics(ln, svc.coll); err != nil {
+				return err
+			}
+		}
+	}
+	svc.reconcileAll()
+	cfg, _ := svc.gate.Maps.ReadConfig()
+	msg := "reloaded"
+	if p != nil {
+		msg = "reloaded in safe mode: run \"knockgate confirm " + svc.gate.Name + "\" to keep it"
+	}
+	svc.logger().Info(msg, "gate", svc.gate.Name, "generation", cfg.Generation,
+		"sequence", maps.FormatPorts(cfg.Sequence), "protect", maps.FormatPorts(cfg.Protected))
+	return nil
+}
+
+// checkPending settles a safe-mode reload: confirmed, its removals are
+// made; past its deadline unconfirmed, it is undone (the program has already
+// gone back to the configuration before it).
+func (svc *service) checkPending() {
+	p := svc.pending
+	if p == nil {
+		return
+	}
+	g := svc.gate
+	sm, err := g.Maps.ReadSafeMode()
+	if err != nil || sm.Pending {
+		return
+	}
+	svc.pending = nil
+	if !sm.Lapsed {
+		g.Maps.RemoveAllow(p.droppedAllow)
+		for _, n := range p.droppedIfaces {
+			g.DetachInterface(n)
+		}
+		svc.logger().Info("reload confirmed", "gate", g.Name)
+		return
+	}
+	g.Maps.FinishRollback()
+	g.Maps.RemoveAllow(p.addedAllow)
+	for _, n := range p.addedIfaces {
+		g.DetachInterface(n)
+	}
+	svc.cur = p.prev
+	svc.reconcileAll()
+	svc.logger().Warn("reload not confirmed in time: rolled back", "gate", g.Name,
+		"deadline", maps.BootToTime(p.deadline).UTC().Format(time.RFC3339))
+}
+
+// reconcileAll attaches the gate to every interface it should be on that
+// is there.
+func (svc *service) reconcileAll() {
+	for _, n := range svc.cur.Interfaces {
+		svc.reconcile(n)
+	}
+}
+
+// reconcile attaches the gate to iface if it should be on it, the
+// interface exists, and the gate is not on it yet (or its link went with an
+// earlier interface of that name).
+func (svc *service) reconcile(iface string) {
+	if !slices.Contains(svc.cur.Interfaces, iface) {
+		return
+	}
+	if _, err := loader.Interface(iface); err != nil {
+		return // waiting, or missing: status says which
+	}
+	if svc.pending != nil && slices.Contains(svc.pending.droppedIfaces, iface) {
+		return
+	}
+	mode, err := svc.gate.AttachInterface(iface, svc.cur.Mode)
+	switch {
+	case errors.Is(err, loader.ErrAttached):
+	case err != nil:
+		svc.logger().Error("attach failed", "interface", iface, "error", err)
+	default:
+		svc.logger().Info("attached", "interface", iface, "mode", string(mode))
+	}
+}
+
+func (svc *service) linkChanged(c linkChange) {
+	if !slices.Contains(svc.cur.Interfaces, c.name) {
+		return
+	}
+	if c.gone {
+		svc.logger().Warn("interface gone: nothing is enforced there until it is back", "interface", c.name)
+		return
+	}
+	svc.reconcile(c.name)
+}
+
+// stillPinned reports whether the gate is still the one pinned under its
+// name (`knockgate detach` removes it; run then has nothing to serve).
+func (svc *service) stillPinned() bool {
+	a, err1 := os.Stat(svc.gate.Dir)
+	b, err2 := os.Stat(loader.GateDir(svc.gate.Name))
+	return err1 == nil && err2 == nil && os.SameFile(a, b)
+}
+
+// logEvents logs every event the gate sends until the reader is closed.
+func (svc *service) logEvents(rd *maps.EventReader) {
+	for {
+		ev, err := rd.Read()
+		if errors.Is(err, maps.ErrClosed) {
+			return
+		}
+		if err != nil {
+			svc.logger().Error("read events", "error", err)
+			return
+		}
+		logEvent(svc.logger(), ev)
+	}
+}
+
+// eventReport logs, at most once a minute, how many events the program held
+// back or lost: a flood of spoofed knocks shows up as one line, not as a
+// line per knock.
+type eventReport struct {
+	last       time.Time
+	suppressed uint64
+	lost       uint64
+}
+
+func (r *eventReport) tick(svc *service) {
+	if time.Since(r.last) < time.Minute {
+		return
+	}
+	c, err := svc.gate.Maps.ReadCounters()
+	if err != nil {
+		return
+	}
+	s, l := c.Get("events_suppressed"), c.Get("events_lost")
+	if !r.last.IsZero() && (s > r.suppressed || l > r.lost) {
+		svc.logger().Warn("events not logged: knock and reset events over the budget, or the ring buffer full",
+			"suppressed", s-r.suppressed, "lost", l-r.lost, "since", r.last.UTC().Format(time.RFC3339))
+	}
+	r.last, r.suppressed, r.lost = time.Now(), s, l
+}
+
+// sameConfig compares what the program does with two configurations: their
+// C layout, generations aside.
+func sameConfig(a, b maps.Config) bool {
+	a.Generation, b.Generation = 0, 0
+	ra, err1 := a.Encode()
+	rb, err2 := b.Encode()
+	return err1 == nil && err2 == nil && *ra == *rb
+}
+
+// minus is what a holds that b does not.
+func minus[T comparable](a, b []T) []T {
+	var out []T
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
