@@ -49,7 +49,9 @@ func TestFlagsAndFileAgree(t *testing.T) {
 		err              string
 	}{
 		{flag: "sequence", text: "7000/udp,7001,7002:udp", toml: `"7000/udp,7001,7002:udp"`,
-			check: func(s Settings) bool { return reflect.DeepEqual(s.Sequence, []maps.Port{udp(7000), tcp(7001), udp(7002)}) }},
+			check: func(s Settings) bool {
+				return reflect.DeepEqual(s.Sequence, []maps.Port{udp(7000), tcp(7001), udp(7002)})
+			}},
 		{flag: "protect", text: "22,443,53/udp", toml: `"22,443,53/udp"`,
 			check: func(s Settings) bool { return reflect.DeepEqual(s.Protect, []maps.Port{tcp(22), tcp(443), udp(53)}) }},
 		{flag: "step-timeout", text: "45s", toml: `"45s"`, check: func(s Settings) bool { return s.StepTimeout == 45*time.Second }},

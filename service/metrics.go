@@ -24,10 +24,10 @@ type collector struct {
 
 // reloadStats are the service's reload outcomes, for metrics.
 type reloadStats struct {
-	mu                 sync.Mutex
-	success, failure   uint64
-	lastSuccess        time.Time
-	lastFailed         bool
+	mu               sync.Mutex
+	success, failure uint64
+	lastSuccess      time.Time
+	lastFailed       bool
 }
 
 func (r *reloadStats) record(err error) {
