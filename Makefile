@@ -9,7 +9,14 @@ export BPF2GO_CC BPF2GO_STRIP BPF2GO_CFLAGS
 
 GENERATED := bpf test/bench
 
-.PHONY: all build generate check-generated deps test bench bench-peers bench-smoke clean
+# make install: the binary, the systemd unit and the example config.
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR ?= $(PREFIX)/bin
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+CONFDIR ?= /etc/knockgate
+
+.PHONY: all build generate check-generated deps test bench bench-peers bench-smoke install clean
 
 all: build
 
@@ -50,6 +57,20 @@ bench-peers: deps
 # A seconds-long run of the same, for CI: it must keep building and working.
 bench-smoke: deps
 	$(GO) run ./test/bench/cmd/bench-peers --smoke --out $${TMPDIR:-/tmp}/bench-smoke.png
+
+# The config file is never overwritten: an existing one stays, and the
+# example goes beside it as knockgate.toml.example.
+install: build
+	install -D -m 0755 knockgate $(DESTDIR)$(BINDIR)/knockgate
+	install -d $(DESTDIR)$(UNITDIR)
+	sed 's|@BINDIR@|$(BINDIR)|g' service/knockgate.service > $(DESTDIR)$(UNITDIR)/knockgate.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/knockgate.service
+	install -d -m 0755 $(DESTDIR)$(CONFDIR)
+	if [ -e $(DESTDIR)$(CONFDIR)/knockgate.toml ]; then \
+		install -m 0644 service/knockgate.toml $(DESTDIR)$(CONFDIR)/knockgate.toml.example; \
+	else \
+		install -m 0644 service/knockgate.toml $(DESTDIR)$(CONFDIR)/knockgate.toml; \
+	fi
 
 clean:
 	rm -f knockgate

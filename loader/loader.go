@@ -12,6 +12,7 @@ import (
 	"net"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/knockgate/knockgate/bpf"
 )
@@ -68,17 +69,22 @@ func Load(maxSources uint32) (*bpf.KnockgateObjects, error) {
 	spec.Maps[bpf.KnockgateMapGrants].MaxEntries = maxSources
 	var objs bpf.KnockgateObjects
 	if err := spec.LoadAndAssign(&objs, nil); err != nil {
-		return nil, verifierError(err)
+		return nil, loadError(err)
 	}
 	return &objs, nil
 }
 
-// verifierError spells out the verifier's log, which the default form of
-// the error cuts short.
-func verifierError(err error) error {
+// loadError explains a failed load: the verifier's log spelled out (the
+// default form cuts it short), and a refusal as the missing privilege it is
+// (the kernel counts BPF memory against the cgroup, not RLIMIT_MEMLOCK,
+// whatever the library suggests).
+func loadError(err error) error {
 	var verr *ebpf.VerifierError
-	if errors.As(err, &verr) {
+	switch {
+	case errors.As(err, &verr):
 		return fmt.Errorf("load program: %+v", verr)
+	case errors.Is(err, unix.EPERM):
+		return fmt.Errorf("load program: %w (an XDP gate needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)", unix.EPERM)
 	}
 	return fmt.Errorf("load program: %w", err)
 }

@@ -67,7 +67,7 @@ func (g *Gate) Upgrade() (replaced bool, err error) {
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
 			return false, fmt.Errorf("gate %s: %w: %w (detach and attach again)", g.Name, ErrIncompatible, err)
 		}
-		return false, verifierError(err)
+		return false, loadError(err)
 	}
 	prog := coll.DetachProgram(bpf.KnockgateProgKnockgate)
 	coll.Close()

@@ -75,7 +75,7 @@ var (
 		"When the config file was last applied successfully (at start or on reload).", nil, nil)
 	descLastReloadOK = prometheus.NewDesc("knockgate_config_last_reload_successful",
 		"1 if the last reload of the config file succeeded.", nil, nil)
-	descScrapeErrors = prometheus.NewDesc("knockgate_scrape_errors_total",
+	descScrapeErrors = prometheus.NewDesc("knockgate_scrape_errors",
 		"Maps that could not be read during this scrape.", nil, nil)
 )
 
