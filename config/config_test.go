@@ -199,3 +199,30 @@ func TestLoadNamesTheFile(t *testing.T) {
 		t.Errorf("Load(%s): %v", path, err)
 	}
 }
+
+// Every key is in README's table and in the example config, and the
+// example parses.
+func TestKeysDocumented(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	example, err := os.ReadFile("../service/knockgate.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range Options {
+		if o.In&File == 0 {
+			continue
+		}
+		if !strings.Contains(string(readme), "| `"+o.Key()+"` |") {
+			t.Errorf("key %s is not in README's table", o.Key())
+		}
+		if !strings.Contains(string(example), o.Key()+" = ") {
+			t.Errorf("key %s is not in the example config", o.Key())
+		}
+	}
+	if _, err := Parse("knockgate.toml", example); err != nil {
+		t.Errorf("the example config: %v", err)
+	}
+}

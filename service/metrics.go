@@ -79,10 +79,13 @@ var (
 		"Maps that could not be read during this scrape.", nil, nil)
 )
 
+// descs is every metric the collector makes.
+var descs = []*prometheus.Desc{descPackets, descIfacePackets, descKnocks, descGrants, descExpired,
+	descGrantFailed, descEventsLost, descEventsSuppressed, descSources, descIfaces, descGeneration,
+	descPending, descReloads, descLastReload, descLastReloadOK, descScrapeErrors}
+
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPackets, descIfacePackets, descKnocks, descGrants, descExpired,
-		descGrantFailed, descEventsLost, descEventsSuppressed, descSources, descIfaces, descGeneration,
-		descPending, descReloads, descLastReload, descLastReloadOK, descScrapeErrors} {
+	for _, d := range descs {
 		ch <- d
 	}
 }

@@ -167,6 +167,20 @@ func (svc *service) start() error {
 		svc.logger().Warn("max_sources differs from the pinned gate's: kept (detach the gate to resize it)",
 			"pinned", n, "config", s.MaxSources)
 	}
+	sm, err := g.Maps.ReadSafeMode()
+	if err != nil {
+		g.Close()
+		return err
+	}
+	if sm.Pending {
+		// A safe-mode change (a reload of the run before this one) is
+		// still being decided: the file waits for that decision.
+		svc.pending = &pendingReload{deadline: sm.Deadline, prev: s, applyAfter: true}
+		svc.logger().Warn("a change made in safe mode awaits confirmation: the config file is applied once it is confirmed or rolled back",
+			"deadline", maps.BootToTime(sm.Deadline).UTC().Format(time.RFC3339))
+		svc.reconcileAll()
+		return nil
+	}
 	if _, err := svc.apply(s, 0); err != nil {
 		g.Close()
 		return err
@@ -180,6 +194,7 @@ func (svc *service) start() error {
 type pendingReload struct {
 	deadline      uint64
 	prev          *config.Settings
+	applyAfter    bool // found at start: apply the file once it is settled
 	addedIfaces   []string
 	droppedIfaces []string
 	addedAllow    []netip.Prefix
@@ -326,6 +341,17 @@ func (svc *service) checkPending() {
 		return
 	}
 	svc.pending = nil
+	if p.applyAfter {
+		if sm.Lapsed {
+			g.Maps.FinishRollback()
+		}
+		if _, err := svc.apply(svc.cur, 0); err != nil {
+			svc.logger().Error("apply the config file", "error", err)
+		}
+		svc.reconcileAll()
+		svc.logger().Info("safe-mode change settled: config file applied", "gate", g.Name, "rolled_back", sm.Lapsed)
+		return
+	}
 	if !sm.Lapsed {
 		g.Maps.RemoveAllow(p.droppedAllow)
 		for _, n := range p.droppedIfaces {
