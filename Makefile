@@ -16,7 +16,7 @@ BINDIR ?= $(PREFIX)/bin
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 CONFDIR ?= /etc/knockgate
 
-.PHONY: all build generate check-generated deps test bench bench-peers bench-smoke install clean
+.PHONY: all build generate check-generated deps test bench bench-compare bench-peers bench-smoke install clean
 
 all: build
 
@@ -47,6 +47,13 @@ test: deps check-generated
 # program, through BPF_PROG_TEST_RUN.
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 5x -count 3 ./bpf/
+
+# The same per-path benchmark of another revision (BASE, default the last
+# commit) and of this tree, alternating in one run: before/after figures.
+BASE ?= HEAD
+ROUNDS ?= 3
+bench-compare:
+	./test/bench/compare.sh $(BASE) $(ROUNDS)
 
 # Issue 3: knockgate against an nftables knock gate, an iptables `recent` gate
 # and two floors, under floods over veth; prints a table and writes

@@ -44,16 +44,19 @@ import (
 const benchRepeat = 1_000_000
 
 // knockChunk bounds the runs per call on the knock path: each run emits an
-// event, and a chunk must fit the 256 KiB ring buffer (56 bytes a record:
-// 4681 records), which is drained between chunks. Otherwise the ring fills
-// and the benchmark measures the cheaper events_lost path.
-const knockChunk = 4096
+// event, and knock events go out only while less than half the 256 KiB ring
+// buffer waits to be read (48 bytes a record: 2730 records), so the ring is
+// drained between chunks; the program is loaded with an event budget that
+// no chunk exhausts (production's lets 100 through at once), and the budget
+// is refilled between chunks too. Otherwise the benchmark measures the
+// cheaper events_suppressed path (knock_flood measures that on purpose).
+const knockChunk = 2048
 
 // knockChunks is how many chunks make one iteration of the knock path. Few:
 // every call with a repeat count attaches the program to the kernel's XDP
-// dispatcher and detaches it after (bpf_prog_change_xdp), which waits for
-// an RCU grace period, some 10-20 ms outside the timed loop.
-const knockChunks = 8
+// dispatcher and detaches it after (bpf_prog_change_xdp), which waits for an
+// RCU grace period, some 10-20 ms outside the timed loop.
+const knockChunks = 16
 
 // bareDrop is the floor: `return XDP_DROP`.
 func bareDrop(b *testing.B) *ebpf.Program {
@@ -165,28 +168,32 @@ func BenchmarkKnockgate(b *testing.B) {
 		v6      bool
 		frame   func(f family) []byte
 		verdict uint32
-		// knock: every run must make a real state change (and an event).
+		// knock: every run must make a real state change (and an event,
+		// unless flood).
 		knock bool
+		// flood: the event budget is spent, as under a flood of spoofed
+		// first knocks: the state changes, the event is only counted.
+		flood bool
 		// stale: f.src starts with an expired progress entry.
 		stale bool
 	}{
 		// A SYN from a stranger: its hint slot counts zero, so neither the
 		// progress nor the grant map is looked up; dropped.
-		{"unauthorised_drop", false, func(f family) []byte { return f.tcp(f.src, 22, packet.SYN) }, xdpDrop, false, false},
-		{"unauthorised_drop_v6", true, func(f family) []byte { return f.tcp(f.src, 22, packet.SYN) }, xdpDrop, false, false},
+		{"unauthorised_drop", false, func(f family) []byte { return f.tcp(f.src, 22, packet.SYN) }, xdpDrop, false, false, false},
+		{"unauthorised_drop_v6", true, func(f family) []byte { return f.tcp(f.src, 22, packet.SYN) }, xdpDrop, false, false, false},
 		// A stranger's non-SYN to a protected port: not a possible knock.
-		{"unauthorised_ack_drop", false, func(f family) []byte { return f.tcp(f.src, 22, packet.ACK) }, xdpDrop, false, false},
+		{"unauthorised_ack_drop", false, func(f family) []byte { return f.tcp(f.src, 22, packet.ACK) }, xdpDrop, false, false, false},
 		// A source that knocked once and let its progress expire (a primed
 		// flood). Its first packet finds the stale entry (both lookups and
 		// the clock) and deletes it, which uncounts its hint slot; every
 		// packet after that takes the stranger's path. This measures that
 		// steady state.
-		{"stale_source_drop", false, func(f family) []byte { return f.tcp(f.src, 22, packet.SYN) }, xdpDrop, false, true},
+		{"stale_source_drop", false, func(f family) []byte { return f.tcp(f.src, 22, packet.SYN) }, xdpDrop, false, false, true},
 		// Established traffic to an unprotected service: parse and pass.
-		{"unrelated_pass", false, func(f family) []byte { return f.tcp(f.src, 443, packet.ACK) }, xdpPass, false, false},
+		{"unrelated_pass", false, func(f family) []byte { return f.tcp(f.src, 443, packet.ACK) }, xdpPass, false, false, false},
 		// Established traffic of a granted source: one grant lookup and
 		// the clock.
-		{"granted_pass", false, func(f family) []byte { return f.tcp(f.other, 22, packet.ACK) }, xdpPass, false, false},
+		{"granted_pass", false, func(f family) []byte { return f.tcp(f.other, 22, packet.ACK) }, xdpPass, false, false, false},
 		// A knock that changes state every run. A repeated frame cannot
 		// advance a sequence (the second run would be a retransmission,
 		// which is ignored), so the step timeout is 1 ns: by the next run
@@ -196,7 +203,10 @@ func BenchmarkKnockgate(b *testing.B) {
 		// progress update, event. That is a superset of an advance (lookup
 		// hit, clock, in-place store, event), so it bounds the knock path
 		// from above.
-		{"knock_start", false, func(f family) []byte { return f.tcp(f.src, 7000, packet.SYN) }, xdpDrop, true, false},
+		{"knock_start", false, func(f family) []byte { return f.tcp(f.src, 7000, packet.SYN) }, xdpDrop, true, false, false},
+		// The same with the event budget spent: what each packet of a
+		// flood of spoofed first knocks costs.
+		{"knock_flood", false, func(f family) []byte { return f.tcp(f.src, 7000, packet.SYN) }, xdpDrop, true, true, false},
 	}
 	for _, path := range paths {
 		b.Run(path.name, func(b *testing.B) {
@@ -204,7 +214,7 @@ func BenchmarkKnockgate(b *testing.B) {
 			if path.v6 {
 				f = families[1]
 			}
-			objs, err := loader.Load(loader.DefaultMaxSources)
+			objs, err := loader.LoadTuned(loader.DefaultMaxSources, loader.Tuning{EventBurst: 1 << 20})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -253,11 +263,16 @@ func BenchmarkKnockgate(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
+			budget := uint64(0) // a full budget
+			if path.flood {
+				budget = maps.BootAfter(1000 * time.Hour) // spent, whatever the burst
+			}
 			var p, fl time.Duration
 			chunks := 0
 			for b.Loop() {
 				fl += timed(b, bare, frame, benchRepeat, xdpDrop) * knockChunks
 				for range knockChunks {
+					setBudget(b, objs.EventBudget, budget)
 					p += timed(b, objs.Knockgate, frame, knockChunk, path.verdict)
 					chunks++
 					drain(b, rd)
@@ -265,16 +280,29 @@ func BenchmarkKnockgate(b *testing.B) {
 			}
 			report(b, p, fl, chunks)
 			// The method is only sound if every run really started the
-			// sequence and delivered its event.
+			// sequence, and delivered its event or (flood) counted it.
 			after, err := set.ReadCounters()
 			if err != nil {
 				b.Fatal(err)
 			}
 			advanced := after.Get("knock_advanced") - before.Get("knock_advanced")
-			if lost := after.Get("events_lost") - before.Get("events_lost"); lost != 0 || advanced < uint64(chunks*knockChunk) {
-				b.Fatalf("%d chunks of %d runs: %d advances, %d events lost", chunks, knockChunk, advanced, lost)
+			lost := after.Get("events_lost") - before.Get("events_lost")
+			suppressed := after.Get("events_suppressed") - before.Get("events_suppressed")
+			if runs := uint64(chunks * knockChunk); lost != 0 || advanced < runs || path.flood != (suppressed >= runs) || !path.flood && suppressed != 0 {
+				b.Fatalf("%d chunks of %d runs: %d advances, %d events lost, %d suppressed", chunks, knockChunk, advanced, lost, suppressed)
 			}
 		})
+	}
+}
+
+// setBudget sets every CPU's event budget (see bpf/events_test.go).
+func setBudget(b *testing.B, m *ebpf.Map, next uint64) {
+	v := make([]uint64, ebpf.MustPossibleCPU())
+	for i := range v {
+		v[i] = next
+	}
+	if err := m.Update(uint32(0), v, ebpf.UpdateAny); err != nil {
+		b.Fatal(err)
 	}
 }
 

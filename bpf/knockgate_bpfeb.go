@@ -128,6 +128,7 @@ const (
 	KnockgateMapKnocks          = "knocks"
 	KnockgateMapVerdicts        = "verdicts"
 	KnockgateProgKnockgate      = "knockgate"
+	KnockgateVarEventBurst      = "event_burst"
 	KnockgateVarUnusedCounter   = "unused_counter"
 	KnockgateVarUnusedEvent     = "unused_event"
 	KnockgateVarUnusedEventType = "unused_event_type"
@@ -199,6 +200,7 @@ type KnockgateMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type KnockgateVariableSpecs struct {
+	EventBurst      *ebpf.VariableSpec `ebpf:"event_burst"`
 	UnusedCounter   *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedEvent     *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedEventType *ebpf.VariableSpec `ebpf:"unused_event_type"`
@@ -256,6 +258,7 @@ func (m *KnockgateMaps) Close() error {
 //
 // It can be passed to LoadKnockgateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KnockgateVariables struct {
+	EventBurst      *ebpf.Variable `ebpf:"event_burst"`
 	UnusedCounter   *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedEvent     *ebpf.Variable `ebpf:"unused_event"`
 	UnusedEventType *ebpf.Variable `ebpf:"unused_event_type"`

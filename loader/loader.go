@@ -58,6 +58,20 @@ func ParseMode(s string) (Mode, error) {
 // attaching or pinning anything. The configuration is empty: every packet
 // passes.
 func Load(maxSources uint32) (*bpf.KnockgateObjects, error) {
+	return LoadTuned(maxSources, Tuning{})
+}
+
+// Tuning sets load-time constants of the program (volatile const, which
+// the verifier folds in: they cost nothing per packet). Zero values keep
+// the built-in ones; only tests and benchmarks set others.
+type Tuning struct {
+	// EventBurst is how many knock and reset events a CPU may send at
+	// once (KG_EVENT_BURST).
+	EventBurst uint32
+}
+
+// LoadTuned is Load with load-time constants set.
+func LoadTuned(maxSources uint32, t Tuning) (*bpf.KnockgateObjects, error) {
 	if maxSources < 1 || maxSources > MaxSourcesLimit {
 		return nil, fmt.Errorf("max sources %d out of range (1-%d)", maxSources, MaxSourcesLimit)
 	}
@@ -67,6 +81,11 @@ func Load(maxSources uint32) (*bpf.KnockgateObjects, error) {
 	}
 	spec.Maps[bpf.KnockgateMapKnocks].MaxEntries = maxSources
 	spec.Maps[bpf.KnockgateMapGrants].MaxEntries = maxSources
+	if t.EventBurst != 0 {
+		if err := spec.Variables["event_burst"].Set(t.EventBurst); err != nil {
+			return nil, fmt.Errorf("set event burst: %w", err)
+		}
+	}
 	var objs bpf.KnockgateObjects
 	if err := spec.LoadAndAssign(&objs, nil); err != nil {
 		return nil, loadError(err)
