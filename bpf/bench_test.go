@@ -237,7 +237,7 @@ func BenchmarkKnockgate(b *testing.B) {
 				b.Fatal(err)
 			}
 			if path.stale {
-				expired := bpf.KnockgateProgress{DeadlineNs: maps.BootNow() - 1, Generation: 1, Stage: 1}
+				expired := bpf.KnockgateKnockSlot{DeadlineNs: maps.BootNow() - 1, Generation: 1, Stage: 1}
 				if err := set.PutKnock(f.src, expired); err != nil {
 					b.Fatal(err)
 				}

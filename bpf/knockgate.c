@@ -32,14 +32,18 @@ struct {
 	__type(value, __u32);
 } config_slot SEC(".maps");
 
-/* Knock progress: LRU, so a spoofed flood only recycles other progress.
- * max_entries is set by the loader (--max-sources). */
+/* Knock progress, direct-mapped (see struct knock_slot): a power of two of
+ * slots, set by the loader from --max-sources along with knock_mask. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct source);
-	__type(value, struct progress);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 131072);
+	__type(key, __u32);
+	__type(value, struct knock_slot);
 } knocks SEC(".maps");
+
+/* The knock table's size less one; fixed at load time from its
+ * max_entries, so the verifier folds it into the program. */
+volatile const __u32 knock_mask = 131071;
 
 /* Grants live apart from progress: entries are only made by a completed
  * sequence (or the operator), so knock floods never evict them. */
@@ -51,15 +55,16 @@ struct {
 } grants SEC(".maps");
 
 /*
- * A one-sided filter in front of knocks and grants: a source whose slot
- * (hint_slot, a hash of its address) counts zero has an entry in neither, so
- * a stranger's packet costs one inlined array load instead of two hash
- * lookups (about 45 ns here). The count goes up before an entry is made and
- * down after one is deleted, by the program and by the Go side alike
- * (maps.HintSlot hashes the same way), so it never reads zero while an entry
- * exists; it may read high (an entry the LRU evicted, a slot two sources
- * share), which only costs the lookups. Mmapable, so Go can add to a count
- * atomically instead of rewriting the whole value.
+ * A one-sided filter in front of grants: a source whose slot (hint_slot, a
+ * hash of its address) counts zero has no grant, so a stranger's packet to a
+ * protected port costs one inlined array load instead of a hash lookup. The
+ * count goes up before a grant is made and down after one is deleted, by the
+ * program and by the Go side alike (maps.HintSlot hashes the same way), so it
+ * never reads zero while a grant exists; it may read high (a slot two
+ * sources share, a grant the LRU evicted), which only costs the lookup. Only
+ * completed sequences and the operator make grants, so no flood moves these
+ * counts. Mmapable, so Go can add to a count atomically instead of rewriting
+ * the whole value.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -137,7 +142,6 @@ static __always_inline int verdict(struct xdp_md *ctx, __u32 v)
  * needs them. */
 struct lazy {
 	__u64 now; /* CLOCK_BOOTTIME; 0: not read yet */
-	__s32 hinted; /* see hinted(); -1: not looked at yet */
 };
 
 static __always_inline __u64 now_ns(struct lazy *lz)
@@ -212,24 +216,12 @@ static __always_inline __u64 *hint_count(const struct source *src)
 	return &h->slot[hint_slot(src) & (KG_HINT_SLOTS - 1)];
 }
 
-/* May the packet's source have an entry in knocks or grants? Looked at
- * once per packet: an entry made later in the same run is never looked up
- * again, and one deleted only leaves the answer high, which is safe. */
-static __always_inline int hinted(const struct packet *pkt, struct lazy *lz)
-{
-	if (lz->hinted < 0) {
-		__u64 *n = hint_count(&pkt->src);
-		lz->hinted = !n || *(volatile __u64 *)n;
-	}
-	return lz->hinted;
-}
-
 /*
- * Insert or replace src's entry in knocks or grants, keeping its hint count
- * exact: counted before a new entry exists; a replaced entry is not counted
- * again. Returns 0 or the map's error.
+ * Insert or replace src's grant, keeping its hint count exact: counted
+ * before a new entry exists; a replaced entry is not counted again. Returns
+ * 0 or the map's error.
  */
-static __always_inline long put_entry(void *map, const struct source *src, const void *value)
+static __always_inline long put_grant(const struct source *src, const struct grant *g)
 {
 	__u64 *n = hint_count(src);
 	if (!n)
@@ -237,27 +229,45 @@ static __always_inline long put_entry(void *map, const struct source *src, const
 	/* Two tries: an entry deleted between the two updates is made anew. */
 	for (int i = 0; i < 2; i++) {
 		__sync_fetch_and_add(n, 1);
-		long err = bpf_map_update_elem(map, src, value, BPF_NOEXIST);
+		long err = bpf_map_update_elem(&grants, src, g, BPF_NOEXIST);
 		if (!err)
 			return 0;
 		__sync_fetch_and_add(n, -1);
 		if (err != -17 /* EEXIST */)
 			return err;
-		err = bpf_map_update_elem(map, src, value, BPF_EXIST);
+		err = bpf_map_update_elem(&grants, src, g, BPF_EXIST);
 		if (err != -2 /* ENOENT */)
 			return err;
 	}
 	return -2;
 }
 
-/* Delete src's entry from knocks or grants; uncount it if it was there. */
-static __always_inline void delete_entry(void *map, const struct source *src)
+/*
+ * The knock-table slot of a source: its two halves, keyed (key from the
+ * configuration), folded and mixed with splitmix64's finalizer, so that
+ * every bit of the address reaches the low bits the mask keeps (an IPv4
+ * address's last byte lands in the top byte of the second half). Mirrored by
+ * maps.KnockSlot; change both or neither.
+ */
+static __always_inline struct knock_slot *knock_slot(const struct config *cfg, const struct source *src)
 {
-	if (bpf_map_delete_elem(map, src))
-		return;
-	__u64 *n = hint_count(src);
-	if (n)
-		__sync_fetch_and_add(n, -1);
+	__u64 a, b;
+	__builtin_memcpy(&a, src->addr, 8);
+	__builtin_memcpy(&b, src->addr + 8, 8);
+	__u64 h = ((a ^ cfg->slot_key[0]) * 0x9e3779b97f4a7c15ULL) ^ (b ^ cfg->slot_key[1]);
+	h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	h = (h ^ (h >> 27)) * 0x94d049bb133111ebULL;
+	h ^= h >> 31;
+	__u32 idx = (__u32)h & knock_mask;
+	return bpf_map_lookup_elem(&knocks, &idx);
+}
+
+/* Does the slot hold src's progress? Read without the lock: see struct
+ * knock_slot. */
+static __always_inline int holds(const struct knock_slot *k, const struct source *src)
+{
+	const __u64 *x = (const __u64 *)k->addr, *y = (const __u64 *)src->addr;
+	return x[0] == y[0] && x[1] == y[1];
 }
 
 static __always_inline int port_protected(const struct config *cfg, __u8 proto, __u16 port)
@@ -274,7 +284,8 @@ static __always_inline int port_protected(const struct config *cfg, __u8 proto, 
  */
 static __always_inline int granted(const struct packet *pkt, struct lazy *lz)
 {
-	if (!hinted(pkt, lz))
+	__u64 *n = hint_count(&pkt->src);
+	if (n && !*(volatile __u64 *)n)
 		return 0;
 	struct grant *g = bpf_map_lookup_elem(&grants, &pkt->src);
 	if (!g)
@@ -298,7 +309,7 @@ static __always_inline void grant(const struct config *cfg, const struct packet 
 	/* Completing the sequence never shortens a grant already held. */
 	if (old && old->expires_ns > g.expires_ns)
 		g.expires_ns = old->expires_ns;
-	if (put_entry(&grants, &pkt->src, &g)) {
+	if (put_grant(&pkt->src, &g)) {
 		count(COUNTER_GRANT_FAILED);
 		return;
 	}
@@ -306,22 +317,16 @@ static __always_inline void grant(const struct config *cfg, const struct packet 
 	emit(EVENT_OPEN, pkt, cfg->nsteps, now, g.expires_ns);
 }
 
-/* Progress after a step accepted at now: the next is due within the step
- * timeout. */
-static __always_inline struct progress progress_after(const struct config *cfg, __u8 stage, __u64 now)
-{
-	struct progress p = {
-		.deadline_ns = now + cfg->step_timeout_ns,
-		.generation = cfg->generation,
-		.stage = stage,
-	};
-	return p;
-}
-
 /*
  * The knock state machine, for a TCP SYN (without ACK, RST, FIN) or a UDP
  * datagram. Returns XDP_DROP when the packet was a knock, -1 when the packet
  * is not a knock and must be judged by the protected-port rules.
+ *
+ * A source without progress in its slot (a stranger, or one whose slot
+ * another first knock took) costs one array load and a compare, unless the
+ * packet is a first step. The slot is changed only under its lock, and no
+ * helper runs while it is held: the clock is read before, events go out
+ * after.
  */
 static __always_inline int knock(const struct config *cfg, const struct packet *pkt, struct lazy *lz)
 {
@@ -334,56 +339,75 @@ static __always_inline int knock(const struct config *cfg, const struct packet *
 			match |= 1u << i;
 	}
 
-	struct progress *p = NULL;
-	if (hinted(pkt, lz))
-		p = bpf_map_lookup_elem(&knocks, &pkt->src);
-	if (p) {
-		__u32 stage = p->stage;
-		if (p->generation == cfg->generation && now_ns(lz) < p->deadline_ns &&
-		    stage > 0 && stage < cfg->nsteps && stage < KG_MAX_STEPS) {
-			if (match & (1u << stage)) {
-				stage++;
-				if (stage == cfg->nsteps) {
-					count(COUNTER_KNOCK_ADVANCED);
-					delete_entry(&knocks, &pkt->src);
-					grant(cfg, pkt, lz->now);
-					return XDP_DROP;
+	struct knock_slot *k = knock_slot(cfg, &pkt->src);
+	if (!k)
+		return match ? XDP_DROP : -1;
+	if (holds(k, &pkt->src)) {
+		__u64 now = now_ns(lz);
+		__u32 nsteps = cfg->nsteps;
+		__u8 stage = 0;
+		int outcome; /* what happened, decided under the lock */
+		enum { NONE, ADVANCED, COMPLETED, REPEATED, RESET };
+		__u64 deadline = 0;
+
+		bpf_spin_lock(&k->lock);
+		outcome = NONE;
+		if (holds(k, &pkt->src)) {
+			stage = k->stage;
+			if (k->generation == cfg->generation && now < k->deadline_ns && stage > 0 &&
+			    stage < nsteps && stage < KG_MAX_STEPS) {
+				if (match & (1u << stage)) {
+					stage++;
+					if (stage == nsteps) {
+						__builtin_memset(k->addr, 0, sizeof(k->addr));
+						k->stage = 0;
+						outcome = COMPLETED;
+					} else {
+						k->stage = stage;
+						k->deadline_ns = deadline = now + cfg->step_timeout_ns;
+						outcome = ADVANCED;
+					}
+				} else if (match & ((1u << stage) - 1)) {
+					/* A retransmitted SYN of a step already taken
+					 * (browsers resend at 1 s and 3 s). */
+					outcome = REPEATED;
+				} else {
+					/* Any other SYN or datagram: start over, so that an
+					 * ordered port sweep can never walk the sequence. */
+					__builtin_memset(k->addr, 0, sizeof(k->addr));
+					k->stage = 0;
+					outcome = RESET;
 				}
-				/* An update, not a store through p: if another CPU
-				 * reset this source meanwhile, the LRU may already have
-				 * handed p's element to another source. */
-				struct progress next = progress_after(cfg, stage, lz->now);
-				if (bpf_map_update_elem(&knocks, &pkt->src, &next, BPF_EXIST))
-					return XDP_DROP; /* reset meanwhile: the step is lost */
-				count(COUNTER_KNOCK_ADVANCED);
-				if (budgeted(lz->now))
-					emit(EVENT_KNOCK, pkt, stage, lz->now, next.deadline_ns);
-				return XDP_DROP;
+			} else {
+				/* Expired or made under an older configuration: no
+				 * progress. The slot is freed so the source's next
+				 * packets take the stranger's path again. */
+				__builtin_memset(k->addr, 0, sizeof(k->addr));
+				k->stage = 0;
 			}
-			if (match & ((1u << stage) - 1)) {
-				/* A retransmitted SYN of a step already taken
-				 * (browsers resend at 1 s and 3 s). */
-				count(COUNTER_KNOCK_REPEATED);
-				return XDP_DROP;
-			}
-			/* Any other SYN or datagram: start over, so that an
-			 * ordered port sweep can never walk the sequence. */
-			delete_entry(&knocks, &pkt->src);
+		}
+		bpf_spin_unlock(&k->lock);
+
+		switch (outcome) {
+		case COMPLETED:
+			count(COUNTER_KNOCK_ADVANCED);
+			grant(cfg, pkt, now);
+			return XDP_DROP;
+		case ADVANCED:
+			count(COUNTER_KNOCK_ADVANCED);
+			if (budgeted(now))
+				emit(EVENT_KNOCK, pkt, stage, now, deadline);
+			return XDP_DROP;
+		case REPEATED:
+			count(COUNTER_KNOCK_REPEATED);
+			return XDP_DROP;
+		case RESET:
 			count(COUNTER_KNOCK_RESET);
-			if (budgeted(lz->now))
-				emit(EVENT_RESET, pkt, stage, lz->now, 0);
+			if (budgeted(now))
+				emit(EVENT_RESET, pkt, stage, now, 0);
 			return match ? XDP_DROP : -1;
 		}
-		/* Expired or made under an older configuration: no progress.
-		 * A first step reuses the entry below; otherwise it goes now, so
-		 * the source's hint count falls back to zero and its next
-		 * packets skip both lookups again. (Should another CPU restart
-		 * this source's sequence at this very moment, the fresh start is
-		 * deleted with it, and the client knocks again.) */
-		if (!(match & 1)) {
-			delete_entry(&knocks, &pkt->src);
-			p = NULL;
-		}
+		/* No progress after all: on as a source without any. */
 	}
 
 	if (!match)
@@ -395,17 +419,22 @@ static __always_inline int knock(const struct config *cfg, const struct packet *
 		count(COUNTER_KNOCK_WHILE_GRANTED);
 		return XDP_DROP;
 	}
+	__u64 now = now_ns(lz);
 	count(COUNTER_KNOCK_ADVANCED);
 	if (cfg->nsteps == 1) {
-		grant(cfg, pkt, now_ns(lz));
+		grant(cfg, pkt, now);
 		return XDP_DROP;
 	}
-	struct progress fresh = progress_after(cfg, 1, now_ns(lz));
-	/* A stale entry is already counted in its hint slot: replace it. */
-	if (!p || bpf_map_update_elem(&knocks, &pkt->src, &fresh, BPF_EXIST))
-		put_entry(&knocks, &pkt->src, &fresh);
-	if (budgeted(lz->now))
-		emit(EVENT_KNOCK, pkt, 1, lz->now, fresh.deadline_ns);
+	/* The first step takes the slot, whoever held it. */
+	__u64 deadline = now + cfg->step_timeout_ns;
+	bpf_spin_lock(&k->lock);
+	__builtin_memcpy(k->addr, pkt->src.addr, sizeof(k->addr));
+	k->generation = cfg->generation;
+	k->deadline_ns = deadline;
+	k->stage = 1;
+	bpf_spin_unlock(&k->lock);
+	if (budgeted(now))
+		emit(EVENT_KNOCK, pkt, 1, now, deadline);
 	return XDP_DROP;
 }
 
@@ -441,7 +470,7 @@ SEC("xdp")
 int knockgate(struct xdp_md *ctx)
 {
 	struct packet pkt;
-	struct lazy lz = { .now = 0, .hinted = -1 };
+	struct lazy lz = { .now = 0 };
 
 	switch (parse_packet(ctx, &pkt)) {
 	case PARSE_PASS:

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <linux/types.h>
+#include <linux/bpf.h>
 
 #define KG_MAX_STEPS 8
 /* One bit per port: 65536 / 64 words. */
@@ -36,9 +37,10 @@
 #define KG_EVENT_RING_BYTES (256 * 1024)
 #define KG_EVENT_RING_RESERVE (KG_EVENT_RING_BYTES / 2)
 
-/* The hints map's one value: per slot, how many entries of knocks and
- * grants may hash there. 64 bits: evicted entries are never uncounted, so a
- * count only grows under churn, and must never wrap back to zero. */
+/* The hints map's one value: per slot, how many grants may hash there. Only
+ * completed sequences and the operator make grants, so an attacker cannot
+ * churn these counts; 64 bits all the same, since a grant the LRU evicts is
+ * never uncounted. */
 struct hint_counts {
 	__u64 slot[KG_HINT_SLOTS];
 };
@@ -61,6 +63,10 @@ struct step {
  * old or the new configuration, never a mix.
  */
 struct config {
+	/* Key of the hash that places a source in the knock table: random,
+	 * made with the gate and kept by every change, so nobody outside can
+	 * pick addresses that land on a given client's slot. */
+	__u64 slot_key[2];
 	__u64 step_timeout_ns;
 	__u64 open_ns;
 	/* Safe mode: 0, or the CLOCK_BOOTTIME instant after which, unless a
@@ -77,12 +83,23 @@ struct config {
 	__u8 pad[7];
 };
 
-/* Knock progress of one source. Evictable: losing it only costs a re-knock. */
-struct progress {
-	__u64 deadline_ns; /* the next step must arrive before this */
+/*
+ * A slot of the knock-progress table, which is direct-mapped: a source's
+ * progress lives in the slot its address hashes to (keyed: see slot_key),
+ * and a first knock from another source that hashes there takes the slot.
+ * Nothing is evicted unseen, so the table itself answers "does this source
+ * have progress" with one array load and a compare. addr all zero: free.
+ * Changed only under the lock; read without it only to compare addr (a torn
+ * read can only make a source look like another, and is checked again under
+ * the lock).
+ */
+struct knock_slot {
+	struct bpf_spin_lock lock;
 	__u32 generation; /* config generation this progress was made under */
+	__u64 deadline_ns; /* the next step must arrive before this */
+	__u8 addr[16]; /* the source */
 	__u8 stage; /* steps completed so far, 1..nsteps-1 */
-	__u8 pad[3];
+	__u8 pad[7];
 };
 
 /* A granted source, in a map of its own so knock floods cannot evict it. */

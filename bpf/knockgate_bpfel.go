@@ -21,6 +21,7 @@ type KnockgateAllowKey struct {
 
 type KnockgateConfig struct {
 	_             structs.HostLayout
+	SlotKey       [2]uint64
 	StepTimeoutNs uint64
 	OpenNs        uint64
 	ConfirmByNs   uint64
@@ -81,12 +82,17 @@ type KnockgateHintCounts struct {
 	Slot [65536]uint64
 }
 
-type KnockgateProgress struct {
-	_          structs.HostLayout
-	DeadlineNs uint64
+type KnockgateKnockSlot struct {
+	_    structs.HostLayout
+	Lock struct {
+		_   structs.HostLayout
+		Val uint32
+	}
 	Generation uint32
+	DeadlineNs uint64
+	Addr       [16]uint8
 	Stage      uint8
-	Pad        [3]uint8
+	Pad        [7]uint8
 }
 
 type KnockgateSource struct {
@@ -129,6 +135,7 @@ const (
 	KnockgateMapVerdicts        = "verdicts"
 	KnockgateProgKnockgate      = "knockgate"
 	KnockgateVarEventBurst      = "event_burst"
+	KnockgateVarKnockMask       = "knock_mask"
 	KnockgateVarUnusedCounter   = "unused_counter"
 	KnockgateVarUnusedEvent     = "unused_event"
 	KnockgateVarUnusedEventType = "unused_event_type"
@@ -201,6 +208,7 @@ type KnockgateMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type KnockgateVariableSpecs struct {
 	EventBurst      *ebpf.VariableSpec `ebpf:"event_burst"`
+	KnockMask       *ebpf.VariableSpec `ebpf:"knock_mask"`
 	UnusedCounter   *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedEvent     *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedEventType *ebpf.VariableSpec `ebpf:"unused_event_type"`
@@ -259,6 +267,7 @@ func (m *KnockgateMaps) Close() error {
 // It can be passed to LoadKnockgateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KnockgateVariables struct {
 	EventBurst      *ebpf.Variable `ebpf:"event_burst"`
+	KnockMask       *ebpf.Variable `ebpf:"knock_mask"`
 	UnusedCounter   *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedEvent     *ebpf.Variable `ebpf:"unused_event"`
 	UnusedEventType *ebpf.Variable `ebpf:"unused_event_type"`

@@ -133,6 +133,9 @@ func Create(opts Options) (_ *Gate, err error) {
 	}
 	cfg := opts.Config
 	cfg.AllowCount = uint32(len(opts.Allow))
+	if cfg.SlotKey, err = maps.NewSlotKey(); err != nil {
+		return nil, err
+	}
 	for _, addr := range opts.Grants {
 		if err := g.Maps.Grant(addr, maps.BootAfter(cfg.Open)); err != nil {
 			return nil, err

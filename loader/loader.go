@@ -70,6 +70,37 @@ type Tuning struct {
 	EventBurst uint32
 }
 
+// KnockSlots is the size of the knock-progress table for maxSources: twice
+// as many slots, rounded up to a power of two. A slot is 40 bytes, so that
+// is still less memory than an LRU hash of maxSources entries (96 bytes each)
+// would take, and two sources share a slot half as often.
+func KnockSlots(maxSources uint32) uint32 {
+	n := uint32(1)
+	for n < 2*maxSources {
+		n <<= 1
+	}
+	return n
+}
+
+// sizeSpec sizes the maps of spec (knockSlots must be a power of two) and
+// sets the load-time constants that go with them.
+func sizeSpec(spec *ebpf.CollectionSpec, knockSlots, grants uint32, t Tuning) error {
+	if knockSlots == 0 || knockSlots&(knockSlots-1) != 0 {
+		return fmt.Errorf("knock table of %d slots: not a power of two", knockSlots)
+	}
+	spec.Maps[bpf.KnockgateMapKnocks].MaxEntries = knockSlots
+	spec.Maps[bpf.KnockgateMapGrants].MaxEntries = grants
+	if err := spec.Variables["knock_mask"].Set(knockSlots - 1); err != nil {
+		return fmt.Errorf("set knock mask: %w", err)
+	}
+	if t.EventBurst != 0 {
+		if err := spec.Variables["event_burst"].Set(t.EventBurst); err != nil {
+			return fmt.Errorf("set event burst: %w", err)
+		}
+	}
+	return nil
+}
+
 // LoadTuned is Load with load-time constants set.
 func LoadTuned(maxSources uint32, t Tuning) (*bpf.KnockgateObjects, error) {
 	if maxSources < 1 || maxSources > MaxSourcesLimit {
@@ -79,12 +110,8 @@ func LoadTuned(maxSources uint32, t Tuning) (*bpf.KnockgateObjects, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load program spec: %w", err)
 	}
-	spec.Maps[bpf.KnockgateMapKnocks].MaxEntries = maxSources
-	spec.Maps[bpf.KnockgateMapGrants].MaxEntries = maxSources
-	if t.EventBurst != 0 {
-		if err := spec.Variables["event_burst"].Set(t.EventBurst); err != nil {
-			return nil, fmt.Errorf("set event burst: %w", err)
-		}
+	if err := sizeSpec(spec, KnockSlots(maxSources), maxSources, t); err != nil {
+		return nil, err
 	}
 	var objs bpf.KnockgateObjects
 	if err := spec.LoadAndAssign(&objs, nil); err != nil {

@@ -13,21 +13,16 @@ import (
 	"github.com/knockgate/knockgate/maps"
 )
 
-// sizedMaps are the maps whose size the operator chooses (--max-sources):
-// a pinned gate keeps its size, whatever this build would make.
-var sizedMaps = []string{bpf.KnockgateMapKnocks, bpf.KnockgateMapGrants}
-
-// pinnedSpec is this build's collection spec, with the operator-sized maps
-// sized as set's are, so that it describes set exactly when the layouts
-// agree.
+// pinnedSpec is this build's collection spec, with the maps whose size the
+// operator chose (--max-sources) sized as set's are, so that it describes
+// set exactly when the layouts agree: a pinned gate keeps its size.
 func pinnedSpec(set *maps.Set) (*ebpf.CollectionSpec, error) {
 	spec, err := bpf.LoadKnockgate()
 	if err != nil {
 		return nil, fmt.Errorf("load program spec: %w", err)
 	}
-	byName := set.ByName()
-	for _, name := range sizedMaps {
-		spec.Maps[name].MaxEntries = byName[name].MaxEntries()
+	if err := sizeSpec(spec, set.Knocks.MaxEntries(), set.Grants.MaxEntries(), Tuning{}); err != nil {
+		return nil, fmt.Errorf("%w: %w (detach and attach again)", ErrIncompatible, err)
 	}
 	return spec, nil
 }

@@ -1,6 +1,8 @@
 package maps
 
 import (
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -30,6 +32,19 @@ type Config struct {
 	// Generation changes on every write; knock progress made under another
 	// generation is void. Maintained by Set.WriteConfig.
 	Generation uint32
+	// SlotKey keys the hash that places sources in the knock table (see
+	// KnockSlot): random, made with the gate (NewSlotKey), kept by every
+	// write that leaves it zero.
+	SlotKey [2]uint64
+}
+
+// NewSlotKey makes a random slot key.
+func NewSlotKey() ([2]uint64, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return [2]uint64{}, fmt.Errorf("make slot key: %w", err)
+	}
+	return [2]uint64{binary.LittleEndian.Uint64(b[:8]), binary.LittleEndian.Uint64(b[8:])}, nil
 }
 
 // Validate reports the first thing wrong with c, naming the bad value.
@@ -70,6 +85,7 @@ func (c *Config) Encode() (*bpf.KnockgateConfig, error) {
 		return nil, err
 	}
 	raw := &bpf.KnockgateConfig{
+		SlotKey:       c.SlotKey,
 		StepTimeoutNs: uint64(c.StepTimeout),
 		OpenNs:        uint64(c.Open),
 		ConfirmByNs:   c.ConfirmBy,
@@ -94,6 +110,7 @@ func (c *Config) Encode() (*bpf.KnockgateConfig, error) {
 // DecodeConfig converts the C layout back to a Config.
 func DecodeConfig(raw *bpf.KnockgateConfig) Config {
 	c := Config{
+		SlotKey:     raw.SlotKey,
 		StepTimeout: time.Duration(raw.StepTimeoutNs),
 		Open:        time.Duration(raw.OpenNs),
 		ConfirmBy:   raw.ConfirmByNs,
@@ -213,6 +230,10 @@ func (s *Set) WriteConfig(c Config) (Config, error) {
 		}
 	}
 	c.Generation = max(cfgs[0].Generation, cfgs[1].Generation) + 1
+	if c.SlotKey == [2]uint64{} {
+		// Another key would move every source to another slot.
+		c.SlotKey = cfgs[live].SlotKey
+	}
 	raw, err := c.Encode()
 	if err != nil {
 		return Config{}, err

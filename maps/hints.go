@@ -10,13 +10,15 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/knockgate/knockgate/bpf"
 )
 
-// The hints map counts, per slot, the knocks and grants entries whose source
-// hashes there; the program skips both hash lookups for a source whose count
-// is zero (see hints in bpf/knockgate.c). Every entry this package makes or
-// deletes keeps that count exact, in the same order the program does: up
-// before an entry exists, down after it is gone.
+// The hints map counts, per slot, the grants whose source hashes there; the
+// program skips the grant lookup for a source whose count is zero (see
+// hints in bpf/knockgate.c). Every grant this package makes or deletes keeps
+// that count exact, in the same order the program does: up before a grant
+// exists, down after it is gone.
 
 // HintSlot is the program's hint_slot: the slot of the hints map that counts
 // addr's entries.
@@ -48,9 +50,10 @@ func (s *Set) HintCount(addr netip.Addr) (n uint64, err error) {
 	return n, err
 }
 
-// putEntry inserts or replaces addr's entry in m (knocks or grants), the
-// way the program's put_entry does.
-func (s *Set) putEntry(m *ebpf.Map, addr netip.Addr, value any) error {
+// putGrant inserts or replaces addr's grant, the way the program's
+// put_grant does.
+func (s *Set) putGrant(addr netip.Addr, value bpf.KnockgateGrant) error {
+	m := s.Grants
 	return s.withHintCount(addr, func(n *uint64) error {
 		// Two tries: an entry deleted between the two updates is made anew.
 		for range 2 {
@@ -72,10 +75,10 @@ func (s *Set) putEntry(m *ebpf.Map, addr netip.Addr, value any) error {
 	})
 }
 
-// deleteEntry deletes addr's entry from m and uncounts it; it reports
-// whether there was one.
-func (s *Set) deleteEntry(m *ebpf.Map, addr netip.Addr) (bool, error) {
-	err := m.Delete(Key(addr))
+// deleteGrant deletes addr's grant and uncounts it; it reports whether
+// there was one.
+func (s *Set) deleteGrant(addr netip.Addr) (bool, error) {
+	err := s.Grants.Delete(Key(addr))
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
 		return false, nil
 	}

@@ -1,6 +1,7 @@
 package maps
 
 import (
+	"math"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -124,5 +125,47 @@ func TestBootClock(t *testing.T) {
 	got := time.Until(BootToTime(BootAfter(time.Hour)))
 	if got < 59*time.Minute || got > 61*time.Minute {
 		t.Errorf("BootToTime(BootAfter(1h)) is %s from now", got)
+	}
+}
+
+// Addresses that differ anywhere — the last byte of an IPv4 address, the
+// interface id of an IPv6 one, the network — spread over the knock table as
+// random ones would: the number of slots they occupy is within 2% of what
+// uniform hashing gives.
+func TestKnockSlotSpreads(t *testing.T) {
+	const slots = 1 << 17
+	key, err := NewSlotKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, gen := range map[string]func(i int) netip.Addr{
+		"consecutive IPv4": func(i int) netip.Addr {
+			return netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		},
+		"IPv4 networks": func(i int) netip.Addr {
+			return netip.AddrFrom4([4]byte{byte(i >> 8), byte(i), 7, 1})
+		},
+		"IPv6 interface ids": func(i int) netip.Addr {
+			b := netip.MustParseAddr("2001:db8::").As16()
+			b[14], b[15], b[13] = byte(i>>8), byte(i), byte(i>>16)
+			return netip.AddrFrom16(b)
+		},
+		"IPv6 prefixes": func(i int) netip.Addr {
+			b := netip.MustParseAddr("2001:db8::1").As16()
+			b[6], b[7] = byte(i>>8), byte(i)
+			return netip.AddrFrom16(b)
+		},
+	} {
+		for _, k := range [][2]uint64{{}, key} {
+			const n = 1 << 16
+			used := map[uint32]bool{}
+			for i := range n {
+				used[KnockSlot(k, slots-1, gen(i))] = true
+			}
+			want := slots * (1 - math.Exp(-float64(n)/slots))
+			if got := float64(len(used)); math.Abs(got-want)/want > 0.02 {
+				t.Errorf("%s, key %x: %d addresses in %.0f slots, want about %.0f", name, k, n, got, want)
+			}
+		}
 	}
 }

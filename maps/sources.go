@@ -1,6 +1,7 @@
 package maps
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -32,7 +33,7 @@ type SourceState struct {
 
 // Sources lists every live source: granted ones, and those part-way through
 // the current sequence. Expired and void entries (which the program ignores
-// and the LRU recycles) are left out.
+// and replaces) are left out.
 func (s *Set) Sources() ([]SourceState, error) {
 	cfg, err := s.ReadConfig()
 	if err != nil {
@@ -52,15 +53,14 @@ func (s *Set) Sources() ([]SourceState, error) {
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("iterate grants: %w", err)
 	}
-	var p bpf.KnockgateProgress
-	it = s.Knocks.Iterate()
-	for it.Next(&key, &p) {
-		if p.Generation == cfg.Generation && p.DeadlineNs > now {
-			out = append(out, SourceState{AddrOf(key.Addr), "knocking", int(p.Stage), BootToTime(p.DeadlineNs)})
-		}
+	slots, err := s.KnockSlots()
+	if err != nil {
+		return nil, err
 	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("iterate knock progress: %w", err)
+	for _, k := range slots {
+		if k.Addr != ([16]byte{}) && k.Generation == cfg.Generation && k.DeadlineNs > now {
+			out = append(out, SourceState{AddrOf(k.Addr), "knocking", int(k.Stage), BootToTime(k.DeadlineNs)})
+		}
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].State != out[j].State {
@@ -71,10 +71,53 @@ func (s *Set) Sources() ([]SourceState, error) {
 	return out, nil
 }
 
+// KnockSlots reads the whole knock table, each slot under its lock, in
+// batches.
+func (s *Set) KnockSlots() ([]bpf.KnockgateKnockSlot, error) {
+	n := int(s.Knocks.MaxEntries())
+	out := make([]bpf.KnockgateKnockSlot, 0, n)
+	const batch = 4096
+	keys := make([]uint32, batch)
+	vals := make([]bpf.KnockgateKnockSlot, batch)
+	var cursor ebpf.MapBatchCursor
+	for {
+		got, err := s.Knocks.BatchLookup(&cursor, keys, vals, &ebpf.BatchOptions{ElemFlags: uint64(ebpf.LookupLock)})
+		out = append(out, vals[:got]...)
+		if errors.Is(err, ebpf.ErrKeyNotExist) || len(out) >= n {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read knock table: %w", err)
+		}
+	}
+}
+
+// KnockSlot is the program's knock_slot: the index of the knock table's
+// slot that holds addr's progress, under key, in a table of mask+1 slots.
+func KnockSlot(key [2]uint64, mask uint32, addr netip.Addr) uint32 {
+	k := Key(addr).Addr
+	a := binary.NativeEndian.Uint64(k[:8])
+	b := binary.NativeEndian.Uint64(k[8:])
+	h := ((a ^ key[0]) * 0x9e3779b97f4a7c15) ^ (b ^ key[1])
+	h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9
+	h = (h ^ (h >> 27)) * 0x94d049bb133111eb
+	h ^= h >> 31
+	return uint32(h) & mask
+}
+
+// knockSlotOf is the index of addr's slot in this gate's knock table.
+func (s *Set) knockSlotOf(addr netip.Addr) (uint32, error) {
+	cfg, err := s.ReadConfig()
+	if err != nil {
+		return 0, err
+	}
+	return KnockSlot(cfg.SlotKey, s.Knocks.MaxEntries()-1, addr), nil
+}
+
 // Grant opens the gate for addr until expires (a CLOCK_BOOTTIME stamp, see
 // BootAfter), replacing any grant it had.
 func (s *Set) Grant(addr netip.Addr, expires uint64) error {
-	if err := s.putEntry(s.Grants, addr, bpf.KnockgateGrant{ExpiresNs: expires}); err != nil {
+	if err := s.putGrant(addr, bpf.KnockgateGrant{ExpiresNs: expires}); err != nil {
 		return fmt.Errorf("grant %s: %w", addr, err)
 	}
 	return nil
@@ -82,43 +125,65 @@ func (s *Set) Grant(addr netip.Addr, expires uint64) error {
 
 // LookupGrant returns addr's grant entry, live or not.
 func (s *Set) LookupGrant(addr netip.Addr) (g bpf.KnockgateGrant, ok bool, err error) {
-	return lookup[bpf.KnockgateGrant](s.Grants, addr)
+	err = s.Grants.Lookup(Key(addr), &g)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return g, false, nil
+	}
+	if err != nil {
+		return g, false, fmt.Errorf("look up %s in grants: %w", addr, err)
+	}
+	return g, true, nil
 }
 
-// LookupKnock returns addr's knock progress entry, live or not.
-func (s *Set) LookupKnock(addr netip.Addr) (p bpf.KnockgateProgress, ok bool, err error) {
-	return lookup[bpf.KnockgateProgress](s.Knocks, addr)
+// LookupKnock returns addr's knock progress, live or not; ok is false when
+// its slot holds no progress of addr's.
+func (s *Set) LookupKnock(addr netip.Addr) (k bpf.KnockgateKnockSlot, ok bool, err error) {
+	idx, err := s.knockSlotOf(addr)
+	if err != nil {
+		return k, false, err
+	}
+	if err := s.Knocks.LookupWithFlags(idx, &k, ebpf.LookupLock); err != nil {
+		return k, false, fmt.Errorf("look up knock slot %d: %w", idx, err)
+	}
+	return k, k.Addr == Key(addr).Addr, nil
 }
 
-// PutKnock writes addr's knock progress as given (tests use it to back-date).
-func (s *Set) PutKnock(addr netip.Addr, p bpf.KnockgateProgress) error {
-	if err := s.putEntry(s.Knocks, addr, p); err != nil {
+// PutKnock writes addr's knock progress into its slot (tests use it to
+// back-date), whoever held the slot.
+func (s *Set) PutKnock(addr netip.Addr, k bpf.KnockgateKnockSlot) error {
+	idx, err := s.knockSlotOf(addr)
+	if err != nil {
+		return err
+	}
+	k.Addr = Key(addr).Addr
+	if err := s.Knocks.Update(idx, &k, ebpf.UpdateLock); err != nil {
 		return fmt.Errorf("write knock progress of %s: %w", addr, err)
 	}
 	return nil
 }
 
-func lookup[V any](m *ebpf.Map, addr netip.Addr) (v V, ok bool, err error) {
-	err = m.Lookup(Key(addr), &v)
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		return v, false, nil
-	}
-	if err != nil {
-		return v, false, fmt.Errorf("look up %s in %s: %w", addr, m, err)
-	}
-	return v, true, nil
-}
-
 // Revoke removes addr's grant and knock progress. It reports whether there
-// was anything to remove.
+// was anything to remove. (Should another source's first knock take addr's
+// slot between the look and the clearing, that progress goes instead: it
+// only costs that source a new knock.)
 func (s *Set) Revoke(addr netip.Addr) (bool, error) {
-	found := false
-	for _, m := range []*ebpf.Map{s.Grants, s.Knocks} {
-		deleted, err := s.deleteEntry(m, addr)
+	found, err := s.deleteGrant(addr)
+	if err != nil {
+		return found, fmt.Errorf("revoke %s: %w", addr, err)
+	}
+	k, ok, err := s.LookupKnock(addr)
+	if err != nil {
+		return found, fmt.Errorf("revoke %s: %w", addr, err)
+	}
+	if ok {
+		idx, err := s.knockSlotOf(addr)
 		if err != nil {
-			return found, fmt.Errorf("revoke %s: %w", addr, err)
+			return found, err
 		}
-		found = found || deleted
+		if err := s.Knocks.Update(idx, &bpf.KnockgateKnockSlot{}, ebpf.UpdateLock); err != nil {
+			return found, fmt.Errorf("revoke %s: clear its knock slot: %w", addr, err)
+		}
+		found = found || k.Stage > 0 || k.Addr != [16]byte{}
 	}
 	return found, nil
 }

@@ -256,7 +256,7 @@ func (g *Knockgate) Tracked() (int, error) {
 		return 0, err
 	}
 	defer gate.Close()
-	return count(gate.Maps.Knocks)
+	return occupied(gate.Maps)
 }
 
 // Close detaches the gate, which removes its pins.

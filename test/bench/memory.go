@@ -36,20 +36,21 @@ type Memory struct {
 }
 
 // PerSource is the memory one more tracked source costs: a source is either
-// knocking (one knocks entry) or granted (one grants entry), so the larger
-// per-entry figure.
+// knocking (one slot of the knock table) or granted (one grants entry), so
+// the larger per-entry figure.
 func (m Memory) PerSource() float64 {
 	return max(m.PerEntry[bpf.KnockgateMapKnocks], m.PerEntry[bpf.KnockgateMapGrants])
 }
 
-// Reserved is the memory of all three maps divided by --max-sources: both
-// hash maps are preallocated at that size and the hints array is fixed.
+// Reserved is the memory of all three maps divided by --max-sources (the
+// grants map's size): they are preallocated (the knock table at twice that
+// many slots) and the hints array is fixed.
 func (m Memory) Reserved() (float64, uint32) {
 	var sum uint64
 	var n uint32
 	for _, mm := range m.After {
 		sum += mm.Bytes
-		if mm.Name == bpf.KnockgateMapKnocks {
+		if mm.Name == bpf.KnockgateMapGrants {
 			n = mm.MaxEntries
 		}
 	}
@@ -81,7 +82,7 @@ func KnockgateMemory(fill int) (Memory, error) {
 	for i := 0; i < fill; i++ {
 		addr = addr.Next()
 		added = append(added, addr)
-		p := bpf.KnockgateProgress{DeadlineNs: maps.BootAfter(StepTimeout), Stage: 1}
+		p := bpf.KnockgateKnockSlot{DeadlineNs: maps.BootAfter(StepTimeout), Stage: 1}
 		if err := gate.Maps.PutKnock(addr, p); err != nil {
 			return res, err
 		}
@@ -140,13 +141,13 @@ func memlockAt(ms *ebpf.MapSpec, n uint32) (uint64, error) {
 func mapMemory(set *maps.Set) ([]MapMemory, error) {
 	var out []MapMemory
 	for _, m := range []struct {
-		name string
-		m    *ebpf.Map
-		hash bool
+		name  string
+		m     *ebpf.Map
+		count func() (int, error)
 	}{
-		{bpf.KnockgateMapKnocks, set.Knocks, true},
-		{bpf.KnockgateMapGrants, set.Grants, true},
-		{bpf.KnockgateMapHints, set.Hints, false},
+		{bpf.KnockgateMapKnocks, set.Knocks, func() (int, error) { return occupied(set) }},
+		{bpf.KnockgateMapGrants, set.Grants, func() (int, error) { return count(set.Grants) }},
+		{bpf.KnockgateMapHints, set.Hints, nil},
 	} {
 		info, err := m.m.Info()
 		if err != nil {
@@ -157,8 +158,8 @@ func mapMemory(set *maps.Set) ([]MapMemory, error) {
 			return nil, fmt.Errorf("map %s: the kernel reports no memlock", m.name)
 		}
 		mm := MapMemory{Name: m.name, MaxEntries: m.m.MaxEntries(), Bytes: b}
-		if m.hash {
-			if mm.Entries, err = count(m.m); err != nil {
+		if m.count != nil {
+			if mm.Entries, err = m.count(); err != nil {
 				return nil, err
 			}
 		}
@@ -182,4 +183,16 @@ func count(m *ebpf.Map) (int, error) {
 		return n, fmt.Errorf("count entries: %w", err)
 	}
 	return n, nil
+}
+
+// occupied counts the knock table's slots that hold a source's progress.
+func occupied(set *maps.Set) (int, error) {
+	slots, err := set.KnockSlots()
+	n := 0
+	for _, k := range slots {
+		if k.Addr != [16]byte{} {
+			n++
+		}
+	}
+	return n, err
 }
