@@ -332,11 +332,13 @@ static __always_inline int knock(const struct config *cfg, const struct packet *
 {
 	/* Bit i set: this packet is step i of the sequence. */
 	__u32 match = 0;
+	if ((cfg->step_ports >> (pkt->dport & 63)) & 1) {
 #pragma unroll
-	for (int i = 0; i < KG_MAX_STEPS; i++) {
-		if (i < cfg->nsteps && cfg->steps[i].port == pkt->dport &&
-		    cfg->steps[i].proto == pkt->proto)
-			match |= 1u << i;
+		for (int i = 0; i < KG_MAX_STEPS; i++) {
+			if (i < cfg->nsteps && cfg->steps[i].port == pkt->dport &&
+			    cfg->steps[i].proto == pkt->proto)
+				match |= 1u << i;
+		}
 	}
 
 	struct knock_slot *k = knock_slot(cfg, &pkt->src);

@@ -76,6 +76,9 @@ struct config {
 	__u64 confirm_by_ns;
 	__u64 protected_tcp[KG_PORT_WORDS];
 	__u64 protected_udp[KG_PORT_WORDS];
+	/* Bit (port & 63) set for the port of every step: a packet to a port
+	 * whose bit is clear is no step, and the steps are not compared. */
+	__u64 step_ports;
 	__u32 generation; /* bumped on every change; older progress is void */
 	__u32 allow_count; /* entries in the allow trie; 0 skips the lookup */
 	struct step steps[KG_MAX_STEPS];

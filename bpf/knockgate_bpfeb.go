@@ -27,6 +27,7 @@ type KnockgateConfig struct {
 	ConfirmByNs   uint64
 	ProtectedTcp  [1024]uint64
 	ProtectedUdp  [1024]uint64
+	StepPorts     uint64
 	Generation    uint32
 	AllowCount    uint32
 	Steps         [8]KnockgateStep

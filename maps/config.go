@@ -96,6 +96,7 @@ func (c *Config) Encode() (*bpf.KnockgateConfig, error) {
 	for i, s := range c.Sequence {
 		raw.Steps[i].Port = s.Num
 		raw.Steps[i].Proto = uint8(s.Proto)
+		raw.StepPorts |= 1 << (s.Num & 63)
 	}
 	for _, p := range c.Protected {
 		bits := &raw.ProtectedTcp
