@@ -49,7 +49,8 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchtime 5x -count 3 ./bpf/
 
 # The same per-path benchmark of another revision (BASE, default the last
-# commit) and of this tree, alternating in one run: before/after figures.
+# commit) and of this tree, alternating in one run: before/after figures
+# (BENCH=PATTERN to pick benchmarks).
 BASE ?= HEAD
 ROUNDS ?= 3
 bench-compare:

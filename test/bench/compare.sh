@@ -7,6 +7,8 @@
 set -euo pipefail
 base=${1:?usage: compare.sh REV [ROUNDS]}
 rounds=${2:-3}
+# BENCH picks benchmarks (a go test -bench pattern).
+pattern=${BENCH:-Knockgate|Stranger}
 top=$(git rev-parse --show-toplevel)
 cd "$top"
 rev=$(git rev-parse --short "$base")
@@ -15,8 +17,8 @@ trap 'git worktree remove --force "$tmp/base" >/dev/null 2>&1 || true; rm -rf "$
 git worktree add --detach "$tmp/base" "$rev" >/dev/null 2>&1
 
 bench() { # dir out
-	(cd "$1" && go test -run '^$' -bench 'Knockgate' -benchtime 5x -count 2 ./bpf/) |
-		awk '/^BenchmarkKnockgate\// { name=$1; sub(/^BenchmarkKnockgate\//, "", name); sub(/-[0-9]+$/, "", name);
+	(cd "$1" && go test -run '^$' -bench "$pattern" -benchtime 5x -count 2 ./bpf/) |
+		awk '/^Benchmark/ { name=$1; sub(/^Benchmark(Knockgate)?\/?/, "", name); sub(/-[0-9]+$/, "", name);
 			for (i = 2; i < NF; i++) if ($(i+1) == "ns-above-floor") print name, $i }' >>"$2"
 }
 for r in $(seq "$rounds"); do
@@ -37,9 +39,9 @@ summary() { # file -> "name median min max n"
 }
 summary "$tmp/base.txt" >"$tmp/base.sum"
 summary "$tmp/head.txt" >"$tmp/head.sum"
-printf '%-24s %26s %26s %10s\n' "ns above XDP_DROP floor" "base $rev" "this tree" "change"
+printf '%-30s %26s %26s %10s\n' "ns above XDP_DROP floor" "base $rev" "this tree" "change"
 join -a1 -a2 -e - -o 0,1.2,1.3,1.4,1.5,2.2,2.3,2.4,2.5 "$tmp/base.sum" "$tmp/head.sum" |
 	awk '{ b = ($2 == "-") ? "-" : sprintf("%.1f (%.1f-%.1f, n=%d)", $2, $3, $4, $5);
 		h = ($6 == "-") ? "-" : sprintf("%.1f (%.1f-%.1f, n=%d)", $6, $7, $8, $9);
 		d = ($2 == "-" || $6 == "-") ? "" : sprintf("%+.1f", $6 - $2);
-		printf "%-24s %26s %26s %10s\n", $1, b, h, d }'
+		printf "%-30s %26s %26s %10s\n", $1, b, h, d }'
