@@ -41,9 +41,9 @@ struct {
 	__type(value, struct knock_slot);
 } knocks SEC(".maps");
 
-/* The knock table's size less one; fixed at load time from its
- * max_entries, so the verifier folds it into the program. */
-volatile const __u32 knock_mask = 131071;
+/* 64 less log2 of the knock table's size: the hash's top bits index it.
+ * Fixed at load time from its max_entries. */
+volatile const __u32 knock_shift = 64 - 17;
 
 /* Grants live apart from progress: entries are only made by a completed
  * sequence (or the operator), so knock floods never evict them. */
@@ -243,22 +243,17 @@ static __always_inline long put_grant(const struct source *src, const struct gra
 }
 
 /*
- * The knock-table slot of a source: its two halves, keyed (key from the
- * configuration), folded and mixed with splitmix64's finalizer, so that
- * every bit of the address reaches the low bits the mask keeps (an IPv4
- * address's last byte lands in the top byte of the second half). Mirrored by
- * maps.KnockSlot; change both or neither.
+ * The knock-table slot of a source: a keyed multiplicative hash of its two
+ * halves, whose top bits (every bit of the address reaches them) index the
+ * table. Mirrored by maps.KnockSlot; change both or neither.
  */
 static __always_inline struct knock_slot *knock_slot(const struct config *cfg, const struct source *src)
 {
 	__u64 a, b;
 	__builtin_memcpy(&a, src->addr, 8);
 	__builtin_memcpy(&b, src->addr + 8, 8);
-	__u64 h = ((a ^ cfg->slot_key[0]) * 0x9e3779b97f4a7c15ULL) ^ (b ^ cfg->slot_key[1]);
-	h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ULL;
-	h = (h ^ (h >> 27)) * 0x94d049bb133111ebULL;
-	h ^= h >> 31;
-	__u32 idx = (__u32)h & knock_mask;
+	__u64 h = (a ^ cfg->slot_key[0]) * 0x9e3779b97f4a7c15ULL + (b ^ cfg->slot_key[1]) * 0xbf58476d1ce4e5b9ULL;
+	__u32 idx = h >> knock_shift;
 	return bpf_map_lookup_elem(&knocks, &idx);
 }
 

@@ -136,7 +136,7 @@ const (
 	KnockgateMapVerdicts        = "verdicts"
 	KnockgateProgKnockgate      = "knockgate"
 	KnockgateVarEventBurst      = "event_burst"
-	KnockgateVarKnockMask       = "knock_mask"
+	KnockgateVarKnockShift      = "knock_shift"
 	KnockgateVarUnusedCounter   = "unused_counter"
 	KnockgateVarUnusedEvent     = "unused_event"
 	KnockgateVarUnusedEventType = "unused_event_type"
@@ -209,7 +209,7 @@ type KnockgateMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type KnockgateVariableSpecs struct {
 	EventBurst      *ebpf.VariableSpec `ebpf:"event_burst"`
-	KnockMask       *ebpf.VariableSpec `ebpf:"knock_mask"`
+	KnockShift      *ebpf.VariableSpec `ebpf:"knock_shift"`
 	UnusedCounter   *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedEvent     *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedEventType *ebpf.VariableSpec `ebpf:"unused_event_type"`
@@ -268,7 +268,7 @@ func (m *KnockgateMaps) Close() error {
 // It can be passed to LoadKnockgateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KnockgateVariables struct {
 	EventBurst      *ebpf.Variable `ebpf:"event_burst"`
-	KnockMask       *ebpf.Variable `ebpf:"knock_mask"`
+	KnockShift      *ebpf.Variable `ebpf:"knock_shift"`
 	UnusedCounter   *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedEvent     *ebpf.Variable `ebpf:"unused_event"`
 	UnusedEventType *ebpf.Variable `ebpf:"unused_event_type"`

@@ -9,6 +9,7 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"math/bits"
 	"net"
 
 	"github.com/cilium/ebpf"
@@ -90,8 +91,8 @@ func sizeSpec(spec *ebpf.CollectionSpec, knockSlots, grants uint32, t Tuning) er
 	}
 	spec.Maps[bpf.KnockgateMapKnocks].MaxEntries = knockSlots
 	spec.Maps[bpf.KnockgateMapGrants].MaxEntries = grants
-	if err := spec.Variables["knock_mask"].Set(knockSlots - 1); err != nil {
-		return fmt.Errorf("set knock mask: %w", err)
+	if err := spec.Variables["knock_shift"].Set(uint32(64 - bits.TrailingZeros32(knockSlots))); err != nil {
+		return fmt.Errorf("set knock shift: %w", err)
 	}
 	if t.EventBurst != 0 {
 		if err := spec.Variables["event_burst"].Set(t.EventBurst); err != nil {

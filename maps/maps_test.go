@@ -129,9 +129,10 @@ func TestBootClock(t *testing.T) {
 }
 
 // Addresses that differ anywhere — the last byte of an IPv4 address, the
-// interface id of an IPv6 one, the network — spread over the knock table as
-// random ones would: the number of slots they occupy is within 2% of what
-// uniform hashing gives.
+// interface id of an IPv6 one, the network — spread over the knock table at
+// least as well as random ones would: they occupy no fewer slots than
+// uniform hashing gives, less 2%. (Multiplicative hashing spreads runs of
+// neighbouring addresses better than that.)
 func TestKnockSlotSpreads(t *testing.T) {
 	const slots = 1 << 17
 	key, err := NewSlotKey()
@@ -160,10 +161,10 @@ func TestKnockSlotSpreads(t *testing.T) {
 			const n = 1 << 16
 			used := map[uint32]bool{}
 			for i := range n {
-				used[KnockSlot(k, slots-1, gen(i))] = true
+				used[KnockSlot(k, slots, gen(i))] = true
 			}
 			want := slots * (1 - math.Exp(-float64(n)/slots))
-			if got := float64(len(used)); math.Abs(got-want)/want > 0.02 {
+			if got := float64(len(used)); got < want*0.98 {
 				t.Errorf("%s, key %x: %d addresses in %.0f slots, want about %.0f", name, k, n, got, want)
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 	"net/netip"
 	"sort"
 	"time"
@@ -93,16 +94,14 @@ func (s *Set) KnockSlots() ([]bpf.KnockgateKnockSlot, error) {
 }
 
 // KnockSlot is the program's knock_slot: the index of the knock table's
-// slot that holds addr's progress, under key, in a table of mask+1 slots.
-func KnockSlot(key [2]uint64, mask uint32, addr netip.Addr) uint32 {
+// slot that holds addr's progress, under key, in a table of slots slots (a
+// power of two).
+func KnockSlot(key [2]uint64, slots uint32, addr netip.Addr) uint32 {
 	k := Key(addr).Addr
 	a := binary.NativeEndian.Uint64(k[:8])
 	b := binary.NativeEndian.Uint64(k[8:])
-	h := ((a ^ key[0]) * 0x9e3779b97f4a7c15) ^ (b ^ key[1])
-	h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9
-	h = (h ^ (h >> 27)) * 0x94d049bb133111eb
-	h ^= h >> 31
-	return uint32(h) & mask
+	h := (a^key[0])*0x9e3779b97f4a7c15 + (b^key[1])*0xbf58476d1ce4e5b9
+	return uint32(h >> (64 - bits.TrailingZeros32(slots)))
 }
 
 // knockSlotOf is the index of addr's slot in this gate's knock table.
@@ -111,7 +110,7 @@ func (s *Set) knockSlotOf(addr netip.Addr) (uint32, error) {
 	if err != nil {
 		return 0, err
 	}
-	return KnockSlot(cfg.SlotKey, s.Knocks.MaxEntries()-1, addr), nil
+	return KnockSlot(cfg.SlotKey, s.Knocks.MaxEntries(), addr), nil
 }
 
 // Grant opens the gate for addr until expires (a CLOCK_BOOTTIME stamp, see
