@@ -238,3 +238,67 @@ func Latency(topo *Topology, srcs *Sources, n int, authorised map[netip.Addr]boo
 	})
 	return out, err
 }
+
+// UnderFloodResult is how many of the clients that knocked during a flood
+// of spoofed first knocks, with Gap between their two knocks, got in.
+type UnderFloodResult struct {
+	Gap     time.Duration
+	In, Of  int
+	Sources []netip.Addr // the clients, all of which knocked
+}
+
+// UnderFlood measures whether clients still get in while an attacker
+// floods the first knock port from spoofed sources (2^20 of them, counting
+// up from churnBase, as fast as the generator goes): n clients from fresh
+// sources, their starts spread over 200 ms, each knock the first port, wait
+// gap, knock the second, and connect, waiting 500 ms (one SYN). The no
+// filter gate's figure is the floor: how many connections the flooded link
+// lets through at all.
+func UnderFlood(topo *Topology, gen *Generator, srcs *Sources, gap time.Duration, n, cpu int, batch uint32) (UnderFloodResult, error) {
+	res := UnderFloodResult{Gap: gap, Of: n}
+	stop := make(chan struct{})
+	flood := make(chan error, 1)
+	go func() {
+		_, err := gen.Run(topo, Flood{Sources: 1 << 20, Base: churnBase}, KnockPort1, cpu, batch, stop)
+		flood <- err
+	}()
+	time.Sleep(200 * time.Millisecond) // the flood at full rate
+	var (
+		mu   sync.Mutex
+		wg   sync.WaitGroup
+		errs []error
+	)
+	for i := range n {
+		src := srcs.Next()
+		res.Sources = append(res.Sources, src)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			time.Sleep(time.Duration(i) * 200 * time.Millisecond / time.Duration(n))
+			var dialErr error
+			err := topo.TX.Do(func() error {
+				if err := knock(src, KnockPort1); err != nil {
+					return err
+				}
+				time.Sleep(gap)
+				if err := knock(src, KnockPort2); err != nil {
+					return err
+				}
+				dialErr = dial(src, 500*time.Millisecond)
+				return nil
+			})
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err != nil:
+				errs = append(errs, err)
+			case dialErr == nil:
+				res.In++
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	errs = append(errs, <-flood)
+	return res, errors.Join(errs...)
+}

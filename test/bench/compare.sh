@@ -15,6 +15,9 @@ rev=$(git rev-parse --short "$base")
 tmp=$(mktemp -d)
 trap 'git worktree remove --force "$tmp/base" >/dev/null 2>&1 || true; rm -rf "$tmp"' EXIT
 git worktree add --detach "$tmp/base" "$rev" >/dev/null 2>&1
+# OVERLAY: a directory of files copied over the base tree (a benchmark the
+# base revision lacks, written against its API).
+[ -n "${OVERLAY:-}" ] && cp -r "$OVERLAY"/. "$tmp/base"/
 
 bench() { # dir out
 	(cd "$1" && go test -run '^$' -bench "$pattern" -benchtime 5x -count 2 ./bpf/) |

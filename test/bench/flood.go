@@ -97,11 +97,17 @@ func SynFrame(srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr, sport, dport
 }
 
 // Flood describes one flood of SYNs to the protected port: Sources spoofed
-// sources counting up from floodBase (1 for the single-source flood).
+// sources counting up from Base (default floodBase; 1 for the single-source
+// flood).
 type Flood struct {
 	Name     string
 	Describe string
 	Sources  uint32
+	Base     netip.Addr
+	// Churn: before the flood, this many other sources (from churnBase)
+	// each send a first knock, as an attack that fills the gate's tables
+	// does.
+	Churn uint32
 	// Primed floods start only after the same sources have each knocked
 	// the first step: they are then known to the gates (knock progress,
 	// and knockgate's hint slots set), the expensive case for a gate that
@@ -127,15 +133,19 @@ const MaxBatch = 256
 // its time goes to being switched in and out rather than to packets.
 func (g *Generator) Run(topo *Topology, f Flood, port uint16, cpu int, batch uint32, stop <-chan struct{}) (FloodResult, error) {
 	var res FloodResult
-	if err := g.objs.FirstSaddr.Set(binary.BigEndian.Uint32(floodBase.AsSlice())); err != nil {
+	base := f.Base
+	if !base.IsValid() {
+		base = floodBase
+	}
+	if err := g.objs.FirstSaddr.Set(binary.BigEndian.Uint32(base.AsSlice())); err != nil {
 		return res, fmt.Errorf("set flood source: %w", err)
 	}
 	if err := g.objs.Nsources.Set(f.Sources); err != nil {
 		return res, fmt.Errorf("set flood sources: %w", err)
 	}
-	var sent0 uint64
-	if err := g.objs.Sent.Get(&sent0); err != nil {
-		return res, fmt.Errorf("read frames sent: %w", err)
+	sent0, err := g.Sent()
+	if err != nil {
+		return res, err
 	}
 	frame := SynFrame(topo.TxMAC, topo.RxMAC, floodBase, rxAddr, 40000, port)
 	opts := &ebpf.RunOptions{
@@ -147,7 +157,7 @@ func (g *Generator) Run(topo *Topology, f Flood, port uint16, cpu int, batch uin
 		Flags:     unix.BPF_F_TEST_XDP_LIVE_FRAMES,
 		BatchSize: batch,
 	}
-	err := topo.TX.Do(func() error {
+	err = topo.TX.Do(func() error {
 		// Do's thread is never reused, so the pinning ends with it.
 		var set unix.CPUSet
 		set.Set(cpu)
@@ -188,10 +198,19 @@ func (g *Generator) Run(topo *Topology, f Flood, port uint16, cpu int, batch uin
 	if err != nil {
 		return res, err
 	}
-	var sent1 uint64
-	if err := g.objs.Sent.Get(&sent1); err != nil {
-		return res, fmt.Errorf("read frames sent: %w", err)
+	sent1, err := g.Sent()
+	if err != nil {
+		return res, err
 	}
 	res.Sent = sent1 - sent0
 	return res, nil
+}
+
+// Sent is how many frames the generator has built since it was loaded.
+func (g *Generator) Sent() (uint64, error) {
+	var n uint64
+	if err := g.objs.Sent.Get(&n); err != nil {
+		return 0, fmt.Errorf("read frames sent: %w", err)
+	}
+	return n, nil
 }

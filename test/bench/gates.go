@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
@@ -202,15 +203,21 @@ func NewKnockgate(binary string) *Knockgate {
 func (g *Knockgate) Name() string { return "knockgate" }
 func (g *Knockgate) Floor() bool  { return false }
 
+// attachArgs is the knockgate command line every knockgate gate here is
+// made with: the policy every gate of the benchmark enforces.
+func attachArgs(maxSources uint32) []string {
+	return []string{"attach", RxIface,
+		"--sequence", fmt.Sprintf("%d,%d", KnockPort1, KnockPort2),
+		"--step-timeout", StepTimeout.String(), "--open", Open.String(),
+		"--protect", strconv.Itoa(ProtectedPort),
+		"--max-sources", strconv.FormatUint(uint64(maxSources), 10),
+		"--mode", "native", "--no-grant-self"}
+}
+
 func (g *Knockgate) Setup(topo *Topology) error {
 	g.rx = topo.RX
 	if g.Binary != "" {
-		_, err := topo.RX.Run(g.Binary, "attach", RxIface,
-			"--sequence", fmt.Sprintf("%d,%d", KnockPort1, KnockPort2),
-			"--step-timeout", StepTimeout.String(), "--open", Open.String(),
-			"--protect", strconv.Itoa(ProtectedPort),
-			"--max-sources", strconv.FormatUint(uint64(g.MaxSources), 10),
-			"--mode", "native", "--no-grant-self")
+		_, err := topo.RX.Run(g.Binary, attachArgs(g.MaxSources)...)
 		g.attached = err == nil
 		return err
 	}
@@ -270,6 +277,76 @@ func (g *Knockgate) Close() error {
 		return err
 	}
 	return loader.Detach(RxIface)
+}
+
+// KnockgateCLI is knockgate of another build (an earlier design, to
+// measure against), driven only through its command line, which reads its
+// own pins: attach, status --json, detach.
+type KnockgateCLI struct {
+	name, Binary string
+	MaxSources   uint32
+	rx           *netns.NS
+	attached     bool
+}
+
+const nameBase = "knockgate-base"
+
+func NewKnockgateCLI(name, binary string) *KnockgateCLI {
+	return &KnockgateCLI{name: name, Binary: binary, MaxSources: loader.DefaultMaxSources}
+}
+
+func (g *KnockgateCLI) Name() string { return g.name }
+func (g *KnockgateCLI) Floor() bool  { return false }
+
+func (g *KnockgateCLI) Setup(topo *Topology) error {
+	g.rx = topo.RX
+	_, err := topo.RX.Run(g.Binary, attachArgs(g.MaxSources)...)
+	g.attached = err == nil
+	return err
+}
+
+// status is what the build's status --json says of the fields read here.
+func (g *KnockgateCLI) status() (st struct {
+	Counters map[string]uint64 `json:"counters"`
+	Sources  []struct {
+		State string `json:"state"`
+	} `json:"sources"`
+}, err error) {
+	out, err := g.rx.Run(g.Binary, "status", RxIface, "--json")
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		return st, fmt.Errorf("%s status --json: %w", g.name, err)
+	}
+	return st, nil
+}
+
+// Seen is the gate's dropped_protected counter.
+func (g *KnockgateCLI) Seen() (uint64, error) {
+	st, err := g.status()
+	return st.Counters["dropped_protected"], err
+}
+
+// Tracked counts the sources with knock progress.
+func (g *KnockgateCLI) Tracked() (int, error) {
+	st, err := g.status()
+	n := 0
+	for _, s := range st.Sources {
+		if s.State == "knocking" {
+			n++
+		}
+	}
+	return n, err
+}
+
+func (g *KnockgateCLI) Close() error {
+	if !g.attached {
+		return nil
+	}
+	g.attached = false
+	_, err := g.rx.Run(g.Binary, "detach", RxIface)
+	return err
 }
 
 // sweepPins detaches knockgate gates a killed run left on our interfaces.

@@ -133,6 +133,23 @@ func (res *Result) Latencies(gate string) []time.Duration {
 	return out
 }
 
+// UnderFloodShare sums, over all rounds, how many of gate's clients that
+// knocked gap apart during a first-knock flood got in, of how many.
+func (res *Result) UnderFloodShare(gate string, gap time.Duration) (in, of int) {
+	for _, s := range res.Samples {
+		if s.Gate != gate || s.Err != nil {
+			continue
+		}
+		for _, r := range s.UnderFlood {
+			if r.Gap == gap {
+				in += r.In
+				of += r.Of
+			}
+		}
+	}
+	return in, of
+}
+
 // AboveFloor is knockgate's receiver cost minus the XDP_DROP floor's, per
 // round (the two ran in the same round, minutes apart at most), under flood.
 func (res *Result) AboveFloor(flood string) Stat {
@@ -198,6 +215,7 @@ type Target struct {
 }
 
 const (
+	nameNoFilter  = "no filter"
 	nameKnockgate = "knockgate"
 	nameNft       = "nftables"
 	nameIpt       = "iptables recent"
@@ -228,6 +246,17 @@ func (res *Result) Targets() []Target {
 		if st := res.AboveFloor(f.Name); st.N > 0 {
 			t.Known, t.Met = true, st.Median <= 25
 			t.Measured = fmt.Sprintf("%+.1f ns (per-round %+.1f to %+.1f)", st.Median, st.Min, st.Max)
+		}
+		out = append(out, t)
+	}
+	for _, gap := range res.Opts.Gaps {
+		t := Target{Goal: fmt.Sprintf("knockgate lets clients in under a first-knock flood at least as often as %s, %s between knocks", nameBase, gap)}
+		in, of := res.UnderFloodShare(nameKnockgate, gap)
+		bin, bof := res.UnderFloodShare(nameBase, gap)
+		if of > 0 && bof > 0 {
+			t.Known = true
+			t.Met = float64(in)/float64(of) >= float64(bin)/float64(bof)
+			t.Measured = fmt.Sprintf("%d/%d vs %d/%d", in, of, bin, bof)
 		}
 		out = append(out, t)
 	}
@@ -284,8 +313,12 @@ func (res *Result) WriteTable(w io.Writer) {
 		TxIface, o.Batch, RxIface)
 	fmt.Fprintf(w, "pinned to CPU %d. Floods of SYNs to port %d: single (one source), spoofed (%d sources), primed (the\n",
 		o.CPU, ProtectedPort, o.Spoofed)
-	fmt.Fprintf(w, "same %d sources after %s of SYNs from them to knock port %d: every one is known to the gates).\n",
+	fmt.Fprintf(w, "same %d sources after %s of SYNs from them to knock port %d: every one is known to the gates)",
 		o.Spoofed, o.Prime, KnockPort1)
+	if o.Churn > 0 {
+		fmt.Fprintf(w, ",\nchurned (the spoofed flood after first knocks from %d other sources, which fill the gates' tables)", o.Churn)
+	}
+	fmt.Fprintln(w, ".")
 	fmt.Fprintf(w, "gates without XDP get NAPI from %s; no conntrack; protected-port rules first.\n", o.PeerNAPI.describe())
 	fmt.Fprintf(w, "took %s\n\n", res.Took.Round(time.Second))
 
@@ -344,13 +377,42 @@ func (res *Result) WriteTable(w io.Writer) {
 		}
 	}
 
+	if len(o.Gaps) > 0 {
+		fmt.Fprintf(w, "\nknocks during a flood of spoofed first knocks (SYNs to %d from 2^20 sources, as fast as the sender goes):\n", KnockPort1)
+		fmt.Fprintf(w, "clients that got in, of those that knocked %d then %d (gap between) and connected, all rounds:\n", KnockPort1, KnockPort2)
+		tw := &table{}
+		head := []string{"gate"}
+		for _, gap := range o.Gaps {
+			head = append(head, "gap "+gap.String())
+		}
+		tw.add(head...)
+		for _, g := range o.Gates() {
+			row := []string{g.Name()}
+			any := false
+			for _, gap := range o.Gaps {
+				in, of := res.UnderFloodShare(g.Name(), gap)
+				if of == 0 {
+					row = append(row, "—")
+					continue
+				}
+				any = true
+				row = append(row, fmt.Sprintf("%d/%d (%.0f%%)", in, of, 100*float64(in)/float64(of)))
+			}
+			if any {
+				tw.add(row...)
+			}
+		}
+		tw.write(w)
+		fmt.Fprintln(w, "  no filter: the floor, connections the flooded link lets through without any gate.")
+	}
+
 	fmt.Fprintln(w, "\nheadline (medians):")
 	for _, f := range o.Floods() {
 		kg, ok := res.row(nameKnockgate, f.Name)
 		if !ok {
 			continue
 		}
-		for _, peer := range []string{nameNft, nameIpt} {
+		for _, peer := range []string{nameBase, nameNft, nameIpt} {
 			if p, ok := res.row(peer, f.Name); ok {
 				fmt.Fprintf(w, "  %-8s flood: knockgate ÷ %-15s = %5.2f× packets/s handled, %5.2f× less CPU per packet\n",
 					f.Name, peer, kg.Handled.Median/p.Handled.Median, p.NsPerPacket.Median/kg.NsPerPacket.Median)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand"
+	"net/netip"
 	"slices"
 	"time"
 )
@@ -23,20 +24,37 @@ type Options struct {
 	MemFill  int           // entries per map for the memory reading
 	PeerNAPI PeerNAPI      // how gates without XDP get NAPI
 	// Knockgate is the knockgate binary to attach with; "" attaches
-	// in-process through loader.Attach.
+	// in-process through loader.Create.
 	Knockgate string
-	Log       io.Writer // progress, one line per configuration
-	Only      []string  // gate names to run; all when empty
+	// KnockgateBase is another build's knockgate binary (an earlier
+	// design), run as the gate "knockgate-base" through its CLI; "": none.
+	KnockgateBase string
+	// Churn is how many distinct spoofed sources send a first knock before
+	// the churned flood (0: no churned flood), for ChurnTime at most.
+	Churn     uint32
+	ChurnTime time.Duration
+	// Gaps between the two knocks of the clients that knock during a
+	// flood of spoofed first knocks (see UnderFlood), UnderFlood of them
+	// per gap; none: not measured.
+	Gaps       []time.Duration
+	UnderFlood int
+	Log        io.Writer // progress, one line per configuration
+	Only       []string  // gate names to run; all when empty
 }
 
 // Floods of every round.
 func (o Options) Floods() []Flood {
-	return []Flood{
+	floods := []Flood{
 		{Name: "single", Sources: 1, Describe: "from one source"},
 		{Name: "spoofed", Sources: o.Spoofed, Describe: fmt.Sprintf("from %d spoofed sources", o.Spoofed)},
 		{Name: "primed", Sources: o.Spoofed, Primed: true,
 			Describe: fmt.Sprintf("from %d spoofed sources that knocked first", o.Spoofed)},
 	}
+	if o.Churn > 0 {
+		floods = append(floods, Flood{Name: "churned", Sources: o.Spoofed, Churn: o.Churn,
+			Describe: fmt.Sprintf("from %d spoofed sources, after first knocks from %d others", o.Spoofed, o.Churn)})
+	}
+	return floods
 }
 
 // Gates returns fresh instances of the gates to run, in table order.
@@ -45,15 +63,16 @@ func (o Options) Gates() []Gate {
 		NewNoFilter(o.PeerNAPI),
 		NewXDPDrop(),
 		NewKnockgate(o.Knockgate),
+		NewKnockgateCLI(nameBase, o.KnockgateBase),
 		NewNftables(o.PeerNAPI),
 		NewIptables(o.PeerNAPI),
 	}
-	if len(o.Only) == 0 {
-		return all
-	}
 	var out []Gate
 	for _, g := range all {
-		if slices.Contains(o.Only, g.Name()) {
+		if g.Name() == nameBase && o.KnockgateBase == "" {
+			continue // no earlier build to run
+		}
+		if len(o.Only) == 0 || slices.Contains(o.Only, g.Name()) {
 			out = append(out, g)
 		}
 	}
@@ -63,7 +82,7 @@ func (o Options) Gates() []Gate {
 // GateNames names every gate, in table order.
 func GateNames() []string {
 	var names []string
-	for _, g := range (Options{}).Gates() {
+	for _, g := range (Options{KnockgateBase: "given"}).Gates() {
 		names = append(names, g.Name())
 	}
 	return names
@@ -87,7 +106,12 @@ type Sample struct {
 	Tracked      int     // sources with knock progress after priming (knockgate); -1: not read
 	Check        *Check  // nil for floors
 	Latency      []time.Duration
-	Err          error
+	// Under a flood of spoofed first knocks: how many of the clients that
+	// knocked with each gap between their two knocks got in (see
+	// UnderFlood).
+	UnderFlood []UnderFloodResult
+	ChurnSent  uint64 // first knocks sent before the churned flood
+	Err        error
 }
 
 // Valid: measured, and (for a knock gate) behaved.
@@ -200,12 +224,27 @@ func runOne(o Options, gen *Generator, gate Gate, f Flood, round int, res *Resul
 		s.Err = err
 		return s
 	}
+	srcs := NewSources()
+	var knockedUnderFlood []netip.Addr
+	if f.Sources == 1 && len(o.Gaps) > 0 && (!gate.Floor() || gate.Name() == nameNoFilter) {
+		for _, gap := range o.Gaps {
+			r, err := UnderFlood(topo, gen, srcs, gap, o.UnderFlood, o.CPU, o.Batch)
+			if err != nil {
+				s.Err = fmt.Errorf("knocks under a flood: %w", err)
+				return s
+			}
+			s.UnderFlood = append(s.UnderFlood, r)
+			knockedUnderFlood = append(knockedUnderFlood, r.Sources...)
+		}
+	}
 	if gate.Floor() {
 		return s
 	}
 
-	srcs := NewSources()
 	chk, authorised := Correctness(topo, srcs, o.Knocked)
+	for _, a := range knockedUnderFlood {
+		authorised[a] = true // they knocked, flood or not
+	}
 	s.Check = &chk
 	if f.Sources == 1 && o.Latency > 0 {
 		lat, err := Latency(topo, srcs, o.Latency, authorised)
@@ -236,6 +275,41 @@ func runOne(o Options, gen *Generator, gate Gate, f Flood, round int, res *Resul
 // measureFlood floods the gate and reads the receiver's counters around a
 // window after the warm-up.
 func measureFlood(o Options, gen *Generator, topo *Topology, gate Gate, napi NAPI, f Flood, s *Sample) error {
+	if f.Churn > 0 {
+		// First knocks from f.Churn sources other than the flood's (they
+		// count up from churnBase), once each if the ring lets them in.
+		stop := make(chan struct{})
+		churn := Flood{Sources: f.Churn, Base: churnBase}
+		sent0, err := gen.Sent()
+		if err != nil {
+			return err
+		}
+		go func() {
+			// Stop once every source has sent, or at ChurnTime.
+			deadline := time.After(o.ChurnTime)
+			for {
+				select {
+				case <-deadline:
+					close(stop)
+					return
+				case <-time.After(20 * time.Millisecond):
+					if n, err := gen.Sent(); err == nil && n-sent0 >= uint64(f.Churn) {
+						close(stop)
+						return
+					}
+				}
+			}
+		}()
+		fr, err := gen.Run(topo, churn, KnockPort1, o.CPU, o.Batch, stop)
+		if err != nil {
+			return fmt.Errorf("churn: %w", err)
+		}
+		s.ChurnSent = fr.Sent
+		if fr.Sent < uint64(f.Churn) {
+			return fmt.Errorf("churn: %d first knocks sent in %s, want %d", fr.Sent, o.ChurnTime, f.Churn)
+		}
+		time.Sleep(50 * time.Millisecond) // the ring drains
+	}
 	if f.Primed {
 		// Every source knocks the first step, many times over (the veth
 		// ring loses some): a SYN to the first knock port.

@@ -38,6 +38,10 @@ var (
 	// them, so a SYN that does get through (no filter) cannot make its
 	// SYN-ACK flood the sender and muddy the measurement.
 	floodBase = netip.MustParseAddr("198.19.0.1")
+	// churnBase is where the sources of first-knock floods count up from:
+	// apart from the SYN flood's and the clients' (routing never sees
+	// them; the receiver's answers, if any, die in the sender).
+	churnBase = netip.MustParseAddr("10.64.0.1")
 )
 
 // Ports of the policy every gate enforces.

@@ -57,6 +57,13 @@ func run(args []string, stdout, stderr io.Writer) error {
 		"how gates without XDP get NAPI on the receiving veth: xdp-pass or gro")
 	fs.StringVar(&o.Knockgate, "knockgate", "",
 		"knockgate binary to attach with (default: go build ./cmd/knockgate); \""+inProcess+"\": loader.Attach in this process")
+	fs.StringVar(&o.KnockgateBase, "knockgate-base", "",
+		"another build's knockgate binary (an earlier design) to run beside this one as \"knockgate-base\"")
+	fs.Uint32Var(&o.Churn, "churn", 1_000_000, "first knocks from this many spoofed sources before the churned flood (0: no churned flood)")
+	fs.DurationVar(&o.ChurnTime, "churn-time", 3*time.Second, "longest the churn may take")
+	fs.DurationSliceVar(&o.Gaps, "gaps", []time.Duration{20 * time.Millisecond, 100 * time.Millisecond, time.Second},
+		"gaps between the two knocks of the clients that knock during a first-knock flood (none: not measured)")
+	fs.IntVar(&o.UnderFlood, "under-flood", 30, "clients per gap that knock during a first-knock flood")
 	fs.StringSliceVar(&gates, "gates", nil, "gates to run (default all): "+strings.Join(bench.GateNames(), ", "))
 	fs.StringVar(&out, "out", "bench-peers.png", "chart to write (PNG); empty: none")
 	fs.BoolVar(&smoke, "smoke", false, "a seconds-long run that checks everything works: 1 round, short floods")
@@ -77,6 +84,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	if smoke {
 		o.Rounds, o.Duration, o.Warmup, o.Prime, o.MemFill = 1, 300*time.Millisecond, 100*time.Millisecond, 100*time.Millisecond, 1000
+		o.Churn, o.Gaps, o.UnderFlood = 100_000, []time.Duration{20 * time.Millisecond}, 5
 	}
 	var err error
 	if o.PeerNAPI, err = bench.ParsePeerNAPI(peerNAPI); err != nil {
