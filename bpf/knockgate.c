@@ -44,6 +44,26 @@ struct {
 /* 64 less log2 of the knock table's size: the hash's top bits index it.
  * Fixed at load time from its max_entries. */
 volatile const __u32 knock_shift = 64 - 17;
+/* The table's size itself, the bound the verifier checks indexes against. */
+volatile const __u32 knock_slots = 1 << 17;
+
+/*
+ * One byte per knock slot: 0 while the slot is free, else a tag of its
+ * holder (8 bits of its hash below the index's). A packet whose tag differs
+ * has no progress in the slot, found by reading one byte of a small array
+ * instead of a 40-byte slot of a table 40 times its size: under a flood of
+ * spoofed sources, that is a cache hit instead of a miss. Written with the
+ * slot, under its lock; read without it (a tag that matches is checked
+ * against the slot under the lock). One value of one byte per slot, sized by
+ * the loader; mmapable, so Go can write a byte of it in place.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(key_size, 4);
+	__uint(value_size, 131072);
+} knock_tags SEC(".maps");
 
 /* Grants live apart from progress: entries are only made by a completed
  * sequence (or the operator), so knock floods never evict them. */
@@ -242,19 +262,37 @@ static __always_inline long put_grant(const struct source *src, const struct gra
 	return -2;
 }
 
+/* Where a source's progress lives: its slot, and the tag the slot's byte in
+ * knock_tags carries while the source holds it. */
+struct place {
+	__u32 idx;
+	__u8 tag;
+};
+
 /*
- * The knock-table slot of a source: a keyed multiplicative hash of its two
- * halves, whose top bits (every bit of the address reaches them) index the
- * table. Mirrored by maps.KnockSlot; change both or neither.
+ * The place of a source: a keyed multiplicative hash of its two halves,
+ * whose top bits (every bit of the address reaches them) index the table
+ * and whose next 8 bits make the tag (never 0, which marks a free slot).
+ * Mirrored by maps.KnockPlace; change both or neither.
  */
-static __always_inline struct knock_slot *knock_slot(const struct config *cfg, const struct source *src)
+static __always_inline struct place place_of(const struct config *cfg, const struct source *src)
 {
 	__u64 a, b;
 	__builtin_memcpy(&a, src->addr, 8);
 	__builtin_memcpy(&b, src->addr + 8, 8);
 	__u64 h = (a ^ cfg->slot_key[0]) * 0x9e3779b97f4a7c15ULL + (b ^ cfg->slot_key[1]) * 0xbf58476d1ce4e5b9ULL;
-	__u32 idx = h >> knock_shift;
-	return bpf_map_lookup_elem(&knocks, &idx);
+	struct place pl = { .idx = h >> knock_shift, .tag = (h >> (knock_shift - 8)) & 0xff };
+	if (!pl.tag)
+		pl.tag = 1;
+	return pl;
+}
+
+/* Free the slot: called under its lock. */
+static __always_inline void free_slot(struct knock_slot *k, __u8 *tag)
+{
+	__builtin_memset(k->addr, 0, sizeof(k->addr));
+	k->stage = 0;
+	*tag = 0;
 }
 
 /* Does the slot hold src's progress? Read without the lock: see struct
@@ -336,10 +374,18 @@ static __always_inline int knock(const struct config *cfg, const struct packet *
 		}
 	}
 
-	struct knock_slot *k = knock_slot(cfg, &pkt->src);
-	if (!k)
+	struct place pl = place_of(cfg, &pkt->src);
+	__u32 zero = 0;
+	__u8 *tags = bpf_map_lookup_elem(&knock_tags, &zero);
+	if (!tags)
 		return match ? XDP_DROP : -1;
-	if (holds(k, &pkt->src)) {
+	if (pl.idx >= knock_slots)
+		return match ? XDP_DROP : -1; /* cannot be: the index has 64 - knock_shift bits */
+	__u8 *tag = &tags[pl.idx];
+	struct knock_slot *k = NULL;
+	if (*(volatile __u8 *)tag == pl.tag)
+		k = bpf_map_lookup_elem(&knocks, &pl.idx);
+	if (k && holds(k, &pkt->src)) {
 		__u64 now = now_ns(lz);
 		__u32 nsteps = cfg->nsteps;
 		__u8 stage = 0;
@@ -356,8 +402,7 @@ static __always_inline int knock(const struct config *cfg, const struct packet *
 				if (match & (1u << stage)) {
 					stage++;
 					if (stage == nsteps) {
-						__builtin_memset(k->addr, 0, sizeof(k->addr));
-						k->stage = 0;
+						free_slot(k, tag);
 						outcome = COMPLETED;
 					} else {
 						k->stage = stage;
@@ -371,16 +416,14 @@ static __always_inline int knock(const struct config *cfg, const struct packet *
 				} else {
 					/* Any other SYN or datagram: start over, so that an
 					 * ordered port sweep can never walk the sequence. */
-					__builtin_memset(k->addr, 0, sizeof(k->addr));
-					k->stage = 0;
+					free_slot(k, tag);
 					outcome = RESET;
 				}
 			} else {
 				/* Expired or made under an older configuration: no
 				 * progress. The slot is freed so the source's next
 				 * packets take the stranger's path again. */
-				__builtin_memset(k->addr, 0, sizeof(k->addr));
-				k->stage = 0;
+				free_slot(k, tag);
 			}
 		}
 		bpf_spin_unlock(&k->lock);
@@ -423,12 +466,16 @@ static __always_inline int knock(const struct config *cfg, const struct packet *
 		return XDP_DROP;
 	}
 	/* The first step takes the slot, whoever held it. */
+	k = bpf_map_lookup_elem(&knocks, &pl.idx);
+	if (!k)
+		return XDP_DROP;
 	__u64 deadline = now + cfg->step_timeout_ns;
 	bpf_spin_lock(&k->lock);
 	__builtin_memcpy(k->addr, pkt->src.addr, sizeof(k->addr));
 	k->generation = cfg->generation;
 	k->deadline_ns = deadline;
 	k->stage = 1;
+	*tag = pl.tag;
 	bpf_spin_unlock(&k->lock);
 	if (budgeted(now))
 		emit(EVENT_KNOCK, pkt, 1, now, deadline);

@@ -132,11 +132,13 @@ const (
 	KnockgateMapEvents          = "events"
 	KnockgateMapGrants          = "grants"
 	KnockgateMapHints           = "hints"
+	KnockgateMapKnockTags       = "knock_tags"
 	KnockgateMapKnocks          = "knocks"
 	KnockgateMapVerdicts        = "verdicts"
 	KnockgateProgKnockgate      = "knockgate"
 	KnockgateVarEventBurst      = "event_burst"
 	KnockgateVarKnockShift      = "knock_shift"
+	KnockgateVarKnockSlots      = "knock_slots"
 	KnockgateVarUnusedCounter   = "unused_counter"
 	KnockgateVarUnusedEvent     = "unused_event"
 	KnockgateVarUnusedEventType = "unused_event_type"
@@ -200,6 +202,7 @@ type KnockgateMapSpecs struct {
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	Grants      *ebpf.MapSpec `ebpf:"grants"`
 	Hints       *ebpf.MapSpec `ebpf:"hints"`
+	KnockTags   *ebpf.MapSpec `ebpf:"knock_tags"`
 	Knocks      *ebpf.MapSpec `ebpf:"knocks"`
 	Verdicts    *ebpf.MapSpec `ebpf:"verdicts"`
 }
@@ -210,6 +213,7 @@ type KnockgateMapSpecs struct {
 type KnockgateVariableSpecs struct {
 	EventBurst      *ebpf.VariableSpec `ebpf:"event_burst"`
 	KnockShift      *ebpf.VariableSpec `ebpf:"knock_shift"`
+	KnockSlots      *ebpf.VariableSpec `ebpf:"knock_slots"`
 	UnusedCounter   *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedEvent     *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedEventType *ebpf.VariableSpec `ebpf:"unused_event_type"`
@@ -244,6 +248,7 @@ type KnockgateMaps struct {
 	Events      *ebpf.Map `ebpf:"events"`
 	Grants      *ebpf.Map `ebpf:"grants"`
 	Hints       *ebpf.Map `ebpf:"hints"`
+	KnockTags   *ebpf.Map `ebpf:"knock_tags"`
 	Knocks      *ebpf.Map `ebpf:"knocks"`
 	Verdicts    *ebpf.Map `ebpf:"verdicts"`
 }
@@ -258,6 +263,7 @@ func (m *KnockgateMaps) Close() error {
 		m.Events,
 		m.Grants,
 		m.Hints,
+		m.KnockTags,
 		m.Knocks,
 		m.Verdicts,
 	)
@@ -269,6 +275,7 @@ func (m *KnockgateMaps) Close() error {
 type KnockgateVariables struct {
 	EventBurst      *ebpf.Variable `ebpf:"event_burst"`
 	KnockShift      *ebpf.Variable `ebpf:"knock_shift"`
+	KnockSlots      *ebpf.Variable `ebpf:"knock_slots"`
 	UnusedCounter   *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedEvent     *ebpf.Variable `ebpf:"unused_event"`
 	UnusedEventType *ebpf.Variable `ebpf:"unused_event_type"`

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -217,3 +218,47 @@ func TestCollidingSourcesConcurrently(t *testing.T) {
 }
 
 func runOpts(frame []byte) *ebpf.RunOptions { return &ebpf.RunOptions{Data: frame} }
+
+// tag is the byte knock_tags holds for slot idx.
+func (g *gate) tag(idx uint32) uint8 {
+	g.t.Helper()
+	v := make([]byte, g.objs.KnockTags.ValueSize())
+	if err := g.objs.KnockTags.Lookup(uint32(0), &v); err != nil {
+		g.t.Fatal(err)
+	}
+	return v[idx]
+}
+
+// The tag byte of a slot says who may hold it: the holder's tag while it
+// does, 0 once the slot is free; Go's writes keep it so.
+func TestKnockTagsFollowSlots(t *testing.T) {
+	netns.Require(t)
+	forFamilies(t, func(t *testing.T, f family) {
+		g := keyedGate(t)
+		idx, want := maps.KnockPlace(g.cfg.SlotKey, g.objs.Knocks.MaxEntries(), f.src)
+		check := func(what string, tag uint8) {
+			t.Helper()
+			if got := g.tag(idx); got != tag {
+				t.Errorf("%s: tag %d, want %d", what, got, tag)
+			}
+		}
+		check("fresh", 0)
+		g.knockSteps(f, f.src, 1)
+		check("knocking", want)
+		g.expect("reset", f.knock(f.src, unrelated), xdpPass, "knock_reset", "passed")
+		check("after a reset", 0)
+		g.knockSteps(f, f.src, len(seq))
+		check("sequence completed", 0)
+		if err := g.maps.PutKnock(f.src, bpf.KnockgateKnockSlot{DeadlineNs: maps.BootAfter(time.Minute), Generation: g.cfg.Generation, Stage: 1}); err != nil {
+			t.Fatal(err)
+		}
+		check("progress written from Go", want)
+		g.expect("step 2 after Go's write", f.knock(f.src, seq[1]), xdpDrop, "dropped_knock", "knock_advanced")
+		if _, err := g.maps.Revoke(f.src); err != nil {
+			t.Fatal(err)
+		}
+		check("revoked", 0)
+		g.noProgress("revoked", f.src)
+		g.events()
+	})
+}

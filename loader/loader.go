@@ -90,7 +90,11 @@ func sizeSpec(spec *ebpf.CollectionSpec, knockSlots, grants uint32, t Tuning) er
 		return fmt.Errorf("knock table of %d slots: not a power of two", knockSlots)
 	}
 	spec.Maps[bpf.KnockgateMapKnocks].MaxEntries = knockSlots
+	spec.Maps[bpf.KnockgateMapKnockTags].ValueSize = knockSlots // a byte a slot
 	spec.Maps[bpf.KnockgateMapGrants].MaxEntries = grants
+	if err := spec.Variables["knock_slots"].Set(knockSlots); err != nil {
+		return fmt.Errorf("set knock slots: %w", err)
+	}
 	if err := spec.Variables["knock_shift"].Set(uint32(64 - bits.TrailingZeros32(knockSlots))); err != nil {
 		return fmt.Errorf("set knock shift: %w", err)
 	}

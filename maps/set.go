@@ -16,6 +16,7 @@ type Set struct {
 	Configs     *ebpf.Map
 	ConfigSlot  *ebpf.Map
 	Knocks      *ebpf.Map
+	KnockTags   *ebpf.Map
 	Grants      *ebpf.Map
 	Allow       *ebpf.Map
 	Counters    *ebpf.Map
@@ -32,6 +33,7 @@ func FromObjects(m *bpf.KnockgateMaps) *Set {
 		Configs:     m.Configs,
 		ConfigSlot:  m.ConfigSlot,
 		Knocks:      m.Knocks,
+		KnockTags:   m.KnockTags,
 		Grants:      m.Grants,
 		Allow:       m.Allow,
 		Counters:    m.Counters,
@@ -54,6 +56,7 @@ func (s *Set) named() []struct {
 		{bpf.KnockgateMapConfigs, &s.Configs},
 		{bpf.KnockgateMapConfigSlot, &s.ConfigSlot},
 		{bpf.KnockgateMapKnocks, &s.Knocks},
+		{bpf.KnockgateMapKnockTags, &s.KnockTags},
 		{bpf.KnockgateMapGrants, &s.Grants},
 		{bpf.KnockgateMapAllow, &s.Allow},
 		{bpf.KnockgateMapCounters, &s.Counters},

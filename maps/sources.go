@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/knockgate/knockgate/bpf"
 )
@@ -93,24 +94,50 @@ func (s *Set) KnockSlots() ([]bpf.KnockgateKnockSlot, error) {
 	}
 }
 
-// KnockSlot is the program's knock_slot: the index of the knock table's
+// KnockPlace is the program's place_of: the index of the knock table's
 // slot that holds addr's progress, under key, in a table of slots slots (a
-// power of two).
-func KnockSlot(key [2]uint64, slots uint32, addr netip.Addr) uint32 {
+// power of two), and the tag its byte of knock_tags carries meanwhile.
+func KnockPlace(key [2]uint64, slots uint32, addr netip.Addr) (idx uint32, tag uint8) {
 	k := Key(addr).Addr
 	a := binary.NativeEndian.Uint64(k[:8])
 	b := binary.NativeEndian.Uint64(k[8:])
 	h := (a^key[0])*0x9e3779b97f4a7c15 + (b^key[1])*0xbf58476d1ce4e5b9
-	return uint32(h >> (64 - bits.TrailingZeros32(slots)))
+	shift := 64 - bits.TrailingZeros32(slots)
+	idx, tag = uint32(h>>shift), uint8(h>>(shift-8))
+	if tag == 0 {
+		tag = 1
+	}
+	return idx, tag
 }
 
-// knockSlotOf is the index of addr's slot in this gate's knock table.
-func (s *Set) knockSlotOf(addr netip.Addr) (uint32, error) {
+// KnockSlot is the index of the knock table's slot that holds addr's
+// progress (see KnockPlace).
+func KnockSlot(key [2]uint64, slots uint32, addr netip.Addr) uint32 {
+	idx, _ := KnockPlace(key, slots, addr)
+	return idx
+}
+
+// knockPlaceOf is addr's place in this gate's knock table.
+func (s *Set) knockPlaceOf(addr netip.Addr) (uint32, uint8, error) {
 	cfg, err := s.ReadConfig()
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return KnockSlot(cfg.SlotKey, s.Knocks.MaxEntries(), addr), nil
+	idx, tag := KnockPlace(cfg.SlotKey, s.Knocks.MaxEntries(), addr)
+	return idx, tag, nil
+}
+
+// setKnockTag writes the tag byte of slot idx in place (knock_tags is
+// mmapable), as the program does: one byte store, not a rewrite of the
+// whole value racing with it.
+func (s *Set) setKnockTag(idx uint32, tag uint8) error {
+	mem, err := unix.Mmap(s.KnockTags.FD(), 0, int(s.KnockTags.ValueSize()), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return fmt.Errorf("map knock tags: %w", err)
+	}
+	defer unix.Munmap(mem)
+	mem[idx] = tag
+	return nil
 }
 
 // Grant opens the gate for addr until expires (a CLOCK_BOOTTIME stamp, see
@@ -137,7 +164,7 @@ func (s *Set) LookupGrant(addr netip.Addr) (g bpf.KnockgateGrant, ok bool, err e
 // LookupKnock returns addr's knock progress, live or not; ok is false when
 // its slot holds no progress of addr's.
 func (s *Set) LookupKnock(addr netip.Addr) (k bpf.KnockgateKnockSlot, ok bool, err error) {
-	idx, err := s.knockSlotOf(addr)
+	idx, _, err := s.knockPlaceOf(addr)
 	if err != nil {
 		return k, false, err
 	}
@@ -150,7 +177,7 @@ func (s *Set) LookupKnock(addr netip.Addr) (k bpf.KnockgateKnockSlot, ok bool, e
 // PutKnock writes addr's knock progress into its slot (tests use it to
 // back-date), whoever held the slot.
 func (s *Set) PutKnock(addr netip.Addr, k bpf.KnockgateKnockSlot) error {
-	idx, err := s.knockSlotOf(addr)
+	idx, tag, err := s.knockPlaceOf(addr)
 	if err != nil {
 		return err
 	}
@@ -158,7 +185,7 @@ func (s *Set) PutKnock(addr netip.Addr, k bpf.KnockgateKnockSlot) error {
 	if err := s.Knocks.Update(idx, &k, ebpf.UpdateLock); err != nil {
 		return fmt.Errorf("write knock progress of %s: %w", addr, err)
 	}
-	return nil
+	return s.setKnockTag(idx, tag)
 }
 
 // Revoke removes addr's grant and knock progress. It reports whether there
@@ -170,21 +197,24 @@ func (s *Set) Revoke(addr netip.Addr) (bool, error) {
 	if err != nil {
 		return found, fmt.Errorf("revoke %s: %w", addr, err)
 	}
-	k, ok, err := s.LookupKnock(addr)
+	_, ok, err := s.LookupKnock(addr)
 	if err != nil {
 		return found, fmt.Errorf("revoke %s: %w", addr, err)
 	}
-	if ok {
-		idx, err := s.knockSlotOf(addr)
-		if err != nil {
-			return found, err
-		}
-		if err := s.Knocks.Update(idx, &bpf.KnockgateKnockSlot{}, ebpf.UpdateLock); err != nil {
-			return found, fmt.Errorf("revoke %s: clear its knock slot: %w", addr, err)
-		}
-		found = found || k.Stage > 0 || k.Addr != [16]byte{}
+	if !ok {
+		return found, nil
 	}
-	return found, nil
+	idx, _, err := s.knockPlaceOf(addr)
+	if err != nil {
+		return found, err
+	}
+	if err := s.setKnockTag(idx, 0); err != nil {
+		return found, err
+	}
+	if err := s.Knocks.Update(idx, &bpf.KnockgateKnockSlot{}, ebpf.UpdateLock); err != nil {
+		return found, fmt.Errorf("revoke %s: clear its knock slot: %w", addr, err)
+	}
+	return true, nil
 }
 
 // SetAllow fills the allow list with prefixes; IPv4 prefixes are stored

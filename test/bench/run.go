@@ -225,26 +225,29 @@ func runOne(o Options, gen *Generator, gate Gate, f Flood, round int, res *Resul
 		return s
 	}
 	srcs := NewSources()
-	var knockedUnderFlood []netip.Addr
-	if f.Sources == 1 && len(o.Gaps) > 0 && (!gate.Floor() || gate.Name() == nameNoFilter) {
+	underFlood := func() ([]netip.Addr, error) {
+		var knocked []netip.Addr
+		if f.Sources != 1 || len(o.Gaps) == 0 {
+			return nil, nil
+		}
 		for _, gap := range o.Gaps {
 			r, err := UnderFlood(topo, gen, srcs, gap, o.UnderFlood, o.CPU, o.Batch)
 			if err != nil {
-				s.Err = fmt.Errorf("knocks under a flood: %w", err)
-				return s
+				return knocked, fmt.Errorf("knocks under a flood: %w", err)
 			}
 			s.UnderFlood = append(s.UnderFlood, r)
-			knockedUnderFlood = append(knockedUnderFlood, r.Sources...)
+			knocked = append(knocked, r.Sources...)
 		}
+		return knocked, nil
 	}
 	if gate.Floor() {
+		if gate.Name() == nameNoFilter {
+			_, s.Err = underFlood()
+		}
 		return s
 	}
 
 	chk, authorised := Correctness(topo, srcs, o.Knocked)
-	for _, a := range knockedUnderFlood {
-		authorised[a] = true // they knocked, flood or not
-	}
 	s.Check = &chk
 	if f.Sources == 1 && o.Latency > 0 {
 		lat, err := Latency(topo, srcs, o.Latency, authorised)
@@ -260,6 +263,16 @@ func runOne(o Options, gen *Generator, gate Gate, f Flood, round int, res *Resul
 			return s
 		}
 		res.Memory = &mem
+	}
+	// Last: a first-knock flood leaves a gate's tables full (nftables'
+	// sets refuse new members until old ones time out).
+	knocked, err := underFlood()
+	for _, a := range knocked {
+		authorised[a] = true // they knocked, flood or not
+	}
+	if err != nil {
+		s.Err = err
+		return s
 	}
 	// Everyone the listener let in must have knocked.
 	for addr, n := range ln.Accepted() {
