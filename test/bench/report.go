@@ -445,9 +445,9 @@ func (res *Result) WriteTable(w io.Writer) {
 			fmt.Fprintln(w)
 		}
 		reserved, n := m.Reserved()
-		fmt.Fprintf(w, "  a knocking source takes one slot of the knock table (%.2f B), a granted one a grant entry (%.2f B);\n",
+		fmt.Fprintf(w, "  a knocking source takes one slot of the knock table (%.2f B) and its tag byte, a granted one a grant entry (%.2f B);\n",
 			m.PerEntry[bpf.KnockgateMapKnocks], m.PerEntry[bpf.KnockgateMapGrants])
-		fmt.Fprintf(w, "  all three maps together reserve %.2f B per source at --max-sources %d (per entry: from the same map made at 2× the size)\n",
+		fmt.Fprintf(w, "  the maps together reserve %.2f B per source at --max-sources %d (per entry: from the same map made at 2× the size)\n",
 			reserved, n)
 	}
 
