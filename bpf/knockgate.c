@@ -32,8 +32,9 @@ struct {
 	__type(value, __u32);
 } config_slot SEC(".maps");
 
-/* Knock progress, direct-mapped (see struct knock_slot): a power of two of
- * slots, set by the loader from --max-sources along with knock_mask. */
+/* Knock progress, set-associative (see struct knock_slot): knock_sets sets
+ * of KG_KNOCK_WAYS slots, sized by the loader from --max-sources; the set s
+ * is slots s*KG_KNOCK_WAYS to s*KG_KNOCK_WAYS+3. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 131072);
@@ -41,18 +42,18 @@ struct {
 	__type(value, struct knock_slot);
 } knocks SEC(".maps");
 
-/* 64 less log2 of the knock table's size: the hash's top bits index it.
- * Fixed at load time from its max_entries. */
-volatile const __u32 knock_shift = 64 - 17;
-/* The table's size itself, the bound the verifier checks indexes against. */
+/* The knock table's number of sets and slots, fixed at load time from its
+ * max_entries: the hash picks a set below knock_sets, and the verifier
+ * checks every index against knock_slots. */
+volatile const __u32 knock_sets = 1 << 15;
 volatile const __u32 knock_slots = 1 << 17;
 
 /*
  * One byte per knock slot: 0 while the slot is free, else a tag of its
- * holder (8 bits of its hash below the index's). A packet whose tag differs
- * has no progress in the slot, found by reading one byte of a small array
- * instead of a 40-byte slot of a table 40 times its size: under a flood of
- * spoofed sources, that is a cache hit instead of a miss. Written with the
+ * holder (8 bits of its hash below the set's). A packet whose tag no slot of
+ * its set carries has no progress, found by reading the set's 4 bytes of a
+ * small array instead of its 160 bytes of a table 40 times its size: under a
+ * flood of spoofed sources, that is a cache hit instead of misses. Written with the
  * slot, under its lock; read without it (a tag that matches is checked
  * against the slot under the lock). One value of one byte per slot, sized by
  * the loader; mmapable, so Go can write a byte of it in place.
@@ -262,17 +263,18 @@ static __always_inline long put_grant(const struct source *src, const struct gra
 	return -2;
 }
 
-/* Where a source's progress lives: its slot, and the tag the slot's byte in
- * knock_tags carries while the source holds it. */
+/* Where a source's progress lives: its set, and the tag the byte of its
+ * slot in knock_tags carries while the source holds it. */
 struct place {
-	__u32 idx;
+	__u32 set;
 	__u8 tag;
 };
 
 /*
  * The place of a source: a keyed multiplicative hash of its two halves,
- * whose top bits (every bit of the address reaches them) index the table
- * and whose next 8 bits make the tag (never 0, which marks a free slot).
+ * whose top 32 bits (every bit of the address reaches them), scaled to the
+ * number of sets, pick the set; the tag is the top byte of the hash times
+ * another constant (never 0, which marks a free slot).
  * Mirrored by maps.KnockPlace; change both or neither.
  */
 static __always_inline struct place place_of(const struct config *cfg, const struct source *src)
@@ -281,7 +283,8 @@ static __always_inline struct place place_of(const struct config *cfg, const str
 	__builtin_memcpy(&a, src->addr, 8);
 	__builtin_memcpy(&b, src->addr + 8, 8);
 	__u64 h = (a ^ cfg->slot_key[0]) * 0x9e3779b97f4a7c15ULL + (b ^ cfg->slot_key[1]) * 0xbf58476d1ce4e5b9ULL;
-	struct place pl = { .idx = h >> knock_shift, .tag = (h >> (knock_shift - 8)) & 0xff };
+	/* The tag from another product's top byte: independent of the set. */
+	struct place pl = { .set = ((h >> 32) * knock_sets) >> 32, .tag = (h * 0x94d049bb133111ebULL) >> 56 };
 	if (!pl.tag)
 		pl.tag = 1;
 	return pl;
@@ -351,6 +354,60 @@ static __always_inline void grant(const struct config *cfg, const struct packet 
 }
 
 /*
+ * A look through the slots of a set (search_set): the slot that holds src's
+ * progress, and the slot a first knock of src takes (a free one, else the
+ * one with the oldest progress: void progress counts as oldest, so the set
+ * is an LRU of KG_KNOCK_WAYS). Deadlines are read without the locks: a
+ * choice made on a value a moment old is still a fair one. search_way looks
+ * at way w and says (1) when the search is over.
+ */
+struct way_search {
+	__u64 addr[2]; /* the source */
+	__u64 oldest;
+	__u32 base; /* the set's first slot */
+	__u32 generation;
+	__s32 found; /* way holding src's progress, or -1 */
+	__u32 victim;
+	__u8 tag;
+	__u8 have_free;
+	__u8 pad[2];
+};
+
+static __always_inline long search_way(__u64 w, void *data)
+{
+	struct way_search *s = data;
+	__u32 zero = 0;
+	__u8 *tags = bpf_map_lookup_elem(&knock_tags, &zero);
+	if (!tags)
+		return 1;
+	__u32 idx = s->base + (__u32)w;
+	if (idx >= knock_slots)
+		return 1;
+	__u8 t = tags[idx];
+	if (!t) {
+		if (!s->have_free) {
+			s->have_free = 1;
+			s->victim = w;
+		}
+		return 0;
+	}
+	struct knock_slot *k = bpf_map_lookup_elem(&knocks, &idx);
+	if (!k)
+		return 0;
+	const __u64 *a = (const __u64 *)k->addr;
+	if (t == s->tag && a[0] == s->addr[0] && a[1] == s->addr[1]) {
+		s->found = w;
+		return 1;
+	}
+	__u64 d = k->generation == (__u16)s->generation ? *(volatile __u64 *)&k->deadline_ns : 0;
+	if (!s->have_free && d < s->oldest) {
+		s->oldest = d;
+		s->victim = w;
+	}
+	return 0;
+}
+
+/*
  * The knock state machine, for a TCP SYN (without ACK, RST, FIN) or a UDP
  * datagram. Returns XDP_DROP when the packet was a knock, -1 when the packet
  * is not a knock and must be judged by the protected-port rules.
@@ -361,31 +418,56 @@ static __always_inline void grant(const struct config *cfg, const struct packet 
  * helper runs while it is held: the clock is read before, events go out
  * after.
  */
-static __always_inline int knock(const struct config *cfg, const struct packet *pkt, struct lazy *lz)
+static __always_inline void search_set(struct way_search *ws)
 {
-	/* Bit i set: this packet is step i of the sequence. */
-	__u32 match = 0;
-	if ((cfg->step_ports >> (pkt->dport & 63)) & 1) {
 #pragma unroll
-		for (int i = 0; i < KG_MAX_STEPS; i++) {
-			if (i < cfg->nsteps && cfg->steps[i].port == pkt->dport &&
-			    cfg->steps[i].proto == pkt->proto)
-				match |= 1u << i;
-		}
-	}
+	for (__u32 w = 0; w < KG_KNOCK_WAYS; w++)
+		if (search_way(w, ws))
+			break;
+}
 
-	struct place pl = place_of(cfg, &pkt->src);
+/*
+ * The knock state machine's work on the table, for a packet whose source may
+ * hold progress in its set (maybe: a tag of the set matches) or that is a
+ * first step. A function of its own (a BPF global function), so the verifier
+ * checks it once rather than on every path that reaches it; the stranger's
+ * path (no tag, no first step) never calls it.
+ */
+__attribute__((noinline)) int knock_table(const struct config *cfg, const struct packet *pkt, struct lazy *lz,
+					 __u32 match, __u32 maybe)
+{
+	if (!cfg || !pkt || !lz)
+		return -1;
+	struct place pl = place_of(cfg, &pkt->src); /* again: BPF calls take 5 arguments */
+	__u32 set = pl.set;
+	__u8 tag8 = pl.tag;
 	__u32 zero = 0;
 	__u8 *tags = bpf_map_lookup_elem(&knock_tags, &zero);
-	if (!tags)
+	if (!tags || set >= knock_sets)
 		return match ? XDP_DROP : -1;
-	if (pl.idx >= knock_slots)
-		return match ? XDP_DROP : -1; /* cannot be: the index has 64 - knock_shift bits */
-	__u8 *tag = &tags[pl.idx];
+	struct way_search ws = {
+		.oldest = ~0ULL,
+		.base = set * KG_KNOCK_WAYS,
+		.generation = cfg->generation,
+		.found = -1,
+		.tag = tag8,
+	};
+	__builtin_memcpy(ws.addr, pkt->src.addr, sizeof(ws.addr));
+	int searched = 0;
+	if (maybe) {
+		search_set(&ws);
+		searched = 1;
+	}
 	struct knock_slot *k = NULL;
-	if (*(volatile __u8 *)tag == pl.tag)
-		k = bpf_map_lookup_elem(&knocks, &pl.idx);
-	if (k && holds(k, &pkt->src)) {
+	__u8 *tag = tags;
+	if (ws.found >= 0) {
+		__u32 idx = ws.base + ws.found;
+		if (idx >= knock_slots)
+			return match ? XDP_DROP : -1;
+		tag = tags + idx;
+		k = bpf_map_lookup_elem(&knocks, &idx);
+	}
+	if (k) {
 		__u64 now = now_ns(lz);
 		__u32 nsteps = cfg->nsteps;
 		__u8 stage = 0;
@@ -397,7 +479,7 @@ static __always_inline int knock(const struct config *cfg, const struct packet *
 		outcome = NONE;
 		if (holds(k, &pkt->src)) {
 			stage = k->stage;
-			if (k->generation == cfg->generation && now < k->deadline_ns && stage > 0 &&
+			if (k->generation == (__u16)cfg->generation && now < k->deadline_ns && stage > 0 &&
 			    stage < nsteps && stage < KG_MAX_STEPS) {
 				if (match & (1u << stage)) {
 					stage++;
@@ -465,8 +547,15 @@ static __always_inline int knock(const struct config *cfg, const struct packet *
 		grant(cfg, pkt, now);
 		return XDP_DROP;
 	}
-	/* The first step takes the slot, whoever held it. */
-	k = bpf_map_lookup_elem(&knocks, &pl.idx);
+	/* The first step takes a free slot of the set, else the one holding
+	 * the oldest progress (see search_way). */
+	if (!searched)
+		search_set(&ws);
+	__u32 idx = ws.base + ws.victim;
+	if (idx >= knock_slots)
+		return XDP_DROP;
+	tag = tags + idx;
+	k = bpf_map_lookup_elem(&knocks, &idx);
 	if (!k)
 		return XDP_DROP;
 	__u64 deadline = now + cfg->step_timeout_ns;
@@ -475,11 +564,42 @@ static __always_inline int knock(const struct config *cfg, const struct packet *
 	k->generation = cfg->generation;
 	k->deadline_ns = deadline;
 	k->stage = 1;
-	*tag = pl.tag;
+	*tag = tag8;
 	bpf_spin_unlock(&k->lock);
 	if (budgeted(now))
 		emit(EVENT_KNOCK, pkt, 1, now, deadline);
 	return XDP_DROP;
+}
+
+static __always_inline int knock(const struct config *cfg, const struct packet *pkt, struct lazy *lz)
+{
+	/* Bit i set: this packet is step i of the sequence. */
+	__u32 match = 0;
+	if ((cfg->step_ports >> (pkt->dport & 63)) & 1) {
+#pragma unroll
+		for (int i = 0; i < KG_MAX_STEPS; i++) {
+			if (i < cfg->nsteps && cfg->steps[i].port == pkt->dport &&
+			    cfg->steps[i].proto == pkt->proto)
+				match |= 1u << i;
+		}
+	}
+
+	struct place pl = place_of(cfg, &pkt->src);
+	__u32 zero = 0;
+	__u8 *tags = bpf_map_lookup_elem(&knock_tags, &zero);
+	if (!tags || pl.set >= knock_sets) /* cannot be: the set is scaled below it */
+		return match ? XDP_DROP : -1;
+	/* Does any byte of the set's tags carry the source's tag? One load and
+	 * a few ALU ops, whatever the byte order: a stranger stops here. */
+	__u32 x = *(volatile __u32 *)(tags + pl.set * KG_KNOCK_WAYS) ^ (pl.tag * 0x01010101u);
+	__u32 maybe = ((x - 0x01010101u) & ~x & 0x80808080u) != 0;
+	if (!maybe) {
+		if (!match)
+			return -1;
+		if (!(match & 1))
+			return XDP_DROP; /* a later step out of order: still a knock port */
+	}
+	return knock_table(cfg, pkt, lz, match, maybe);
 }
 
 static __always_inline int allowed(const struct packet *pkt)

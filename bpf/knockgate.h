@@ -16,6 +16,10 @@
 /* One bit per port: 65536 / 64 words. */
 #define KG_PORT_WORDS 1024
 
+/* The knock table is 4-way set-associative: a source's progress may be in
+ * any of the 4 slots of the set its address hashes to. */
+#define KG_KNOCK_WAYS 4
+
 /* Slots of the hints map (a power of two): see hints in knockgate.c. */
 #define KG_HINT_SLOTS 65536
 
@@ -87,22 +91,26 @@ struct config {
 };
 
 /*
- * A slot of the knock-progress table, which is direct-mapped: a source's
- * progress lives in the slot its address hashes to (keyed: see slot_key),
- * and a first knock from another source that hashes there takes the slot.
- * Nothing is evicted unseen, so the table itself answers "does this source
- * have progress" with one array load and a compare. addr all zero: free.
+ * A slot of the knock-progress table, which is set-associative: a source's
+ * progress lives in one of the KG_KNOCK_WAYS slots of the set its address
+ * hashes to (keyed: see slot_key); a first knock into a full set takes the
+ * slot whose progress is oldest (earliest deadline), so progress lives as
+ * long as in an LRU of the set's size, and nothing is evicted unseen: the
+ * table itself answers "does this source have progress". addr all zero: free.
  * Changed only under the lock; read without it only to compare addr (a torn
  * read can only make a source look like another, and is checked again under
  * the lock).
  */
 struct knock_slot {
 	struct bpf_spin_lock lock;
-	__u32 generation; /* config generation this progress was made under */
+	/* The low 16 bits of the config generation this progress was made
+	 * under: progress outlives its step timeout by nothing, and no 65536
+	 * changes of the configuration fit in a step timeout. */
+	__u16 generation;
+	__u8 stage; /* steps completed so far, 1..nsteps-1 */
+	__u8 pad;
 	__u64 deadline_ns; /* the next step must arrive before this */
 	__u8 addr[16]; /* the source */
-	__u8 stage; /* steps completed so far, 1..nsteps-1 */
-	__u8 pad[7];
 };
 
 /* A granted source, in a map of its own so knock floods cannot evict it. */

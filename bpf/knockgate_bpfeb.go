@@ -89,11 +89,11 @@ type KnockgateKnockSlot struct {
 		_   structs.HostLayout
 		Val uint32
 	}
-	Generation uint32
+	Generation uint16
+	Stage      uint8
+	Pad        uint8
 	DeadlineNs uint64
 	Addr       [16]uint8
-	Stage      uint8
-	Pad        [7]uint8
 }
 
 type KnockgateSource struct {
@@ -137,7 +137,7 @@ const (
 	KnockgateMapVerdicts        = "verdicts"
 	KnockgateProgKnockgate      = "knockgate"
 	KnockgateVarEventBurst      = "event_burst"
-	KnockgateVarKnockShift      = "knock_shift"
+	KnockgateVarKnockSets       = "knock_sets"
 	KnockgateVarKnockSlots      = "knock_slots"
 	KnockgateVarUnusedCounter   = "unused_counter"
 	KnockgateVarUnusedEvent     = "unused_event"
@@ -212,7 +212,7 @@ type KnockgateMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type KnockgateVariableSpecs struct {
 	EventBurst      *ebpf.VariableSpec `ebpf:"event_burst"`
-	KnockShift      *ebpf.VariableSpec `ebpf:"knock_shift"`
+	KnockSets       *ebpf.VariableSpec `ebpf:"knock_sets"`
 	KnockSlots      *ebpf.VariableSpec `ebpf:"knock_slots"`
 	UnusedCounter   *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedEvent     *ebpf.VariableSpec `ebpf:"unused_event"`
@@ -274,7 +274,7 @@ func (m *KnockgateMaps) Close() error {
 // It can be passed to LoadKnockgateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KnockgateVariables struct {
 	EventBurst      *ebpf.Variable `ebpf:"event_burst"`
-	KnockShift      *ebpf.Variable `ebpf:"knock_shift"`
+	KnockSets       *ebpf.Variable `ebpf:"knock_sets"`
 	KnockSlots      *ebpf.Variable `ebpf:"knock_slots"`
 	UnusedCounter   *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedEvent     *ebpf.Variable `ebpf:"unused_event"`

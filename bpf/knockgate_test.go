@@ -383,7 +383,7 @@ func TestKnockSequenceGrants(t *testing.T) {
 			g.expect(what, f.knock(f.src, step), xdpDrop, "dropped_knock", "knock_advanced")
 			after := maps.BootNow()
 			p, ok := g.progress(f.src)
-			if !ok || int(p.Stage) != i+1 || p.Generation != g.cfg.Generation {
+			if !ok || int(p.Stage) != i+1 || p.Generation != uint16(g.cfg.Generation) {
 				t.Fatalf("%s: progress %+v %v, want stage %d generation %d", what, p, ok, i+1, g.cfg.Generation)
 			}
 			within(t, what+": deadline", p.DeadlineNs, before+uint64(cfg.StepTimeout), after+uint64(cfg.StepTimeout))
@@ -579,7 +579,7 @@ func TestExpiredProgressCountsAsNone(t *testing.T) {
 	forFamilies(t, func(t *testing.T, f family) {
 		cfg := defaultConfig()
 		g := newGate(t, cfg)
-		stale := bpf.KnockgateKnockSlot{DeadlineNs: maps.BootNow() - 1, Generation: g.cfg.Generation, Stage: 2}
+		stale := bpf.KnockgateKnockSlot{DeadlineNs: maps.BootNow() - 1, Generation: uint16(g.cfg.Generation), Stage: 2}
 		if err := g.maps.PutKnock(f.src, stale); err != nil {
 			t.Fatal(err)
 		}
@@ -608,7 +608,7 @@ func TestExpiredProgressCountsAsNone(t *testing.T) {
 			t.Fatalf("step 1 after the deadline: progress %+v %v, want a fresh start", p, ok)
 		}
 		within(t, "fresh deadline", p.DeadlineNs, before+uint64(cfg.StepTimeout), after+uint64(cfg.StepTimeout))
-		if p.Generation != g.cfg.Generation {
+		if p.Generation != uint16(g.cfg.Generation) {
 			t.Errorf("fresh progress of generation %d, want %d", p.Generation, g.cfg.Generation)
 		}
 	})
@@ -677,7 +677,7 @@ func TestNewGenerationVoidsProgressKeepsGrants(t *testing.T) {
 
 		// The void progress is simply replaced by a new start.
 		g.expect("step 1 under a new generation", f.knock(f.src, seq[0]), xdpDrop, "dropped_knock", "knock_advanced")
-		if p, ok := g.progress(f.src); !ok || p.Stage != 1 || p.Generation != g.cfg.Generation {
+		if p, ok := g.progress(f.src); !ok || p.Stage != 1 || p.Generation != uint16(g.cfg.Generation) {
 			t.Errorf("progress %+v %v, want stage 1 of generation %d", p, ok, g.cfg.Generation)
 		}
 	})

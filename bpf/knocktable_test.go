@@ -25,36 +25,73 @@ func keyedGate(t *testing.T) *gate {
 	return newGate(t, cfg)
 }
 
-func (g *gate) slotOf(addr netip.Addr) uint32 {
-	return maps.KnockSlot(g.cfg.SlotKey, g.objs.Knocks.MaxEntries(), addr)
+// setOf is the set of the knock table addr's progress lives in.
+func (g *gate) setOf(addr netip.Addr) uint32 {
+	set, _ := maps.KnockPlace(g.cfg.SlotKey, g.objs.Knocks.MaxEntries(), addr)
+	return set
 }
 
-// collider finds a source of family f other than addr whose progress
-// lives in addr's slot.
-func (g *gate) collider(f family, addr netip.Addr) netip.Addr {
+// colliders finds n sources of family f other than addr whose progress
+// lives in addr's set.
+func (g *gate) colliders(f family, addr netip.Addr, n int) []netip.Addr {
 	g.t.Helper()
-	want := g.slotOf(addr)
-	for i := 1; i < 1<<20; i++ {
-		if c := f.source(i); c != addr && g.slotOf(c) == want {
-			return c
+	want := g.setOf(addr)
+	var out []netip.Addr
+	for i := 1; i < 1<<22 && len(out) < n; i++ {
+		if c := f.source(i); c != addr && g.setOf(c) == want {
+			out = append(out, c)
 		}
 	}
-	g.t.Fatal("no colliding source found")
-	return netip.Addr{}
+	if len(out) < n {
+		g.t.Fatal("not enough colliding sources found")
+	}
+	return out
 }
 
-// slot reads a slot of the knock table.
-func (g *gate) slot(idx uint32) bpf.KnockgateKnockSlot {
+// set reads the slots and tags of a set of the knock table.
+func (g *gate) set(set uint32) ([maps.KnockWays]bpf.KnockgateKnockSlot, [maps.KnockWays]uint8) {
 	g.t.Helper()
 	slots, err := g.maps.KnockSlots()
 	if err != nil {
 		g.t.Fatal(err)
 	}
-	return slots[idx]
+	tags := make([]byte, g.objs.KnockTags.ValueSize())
+	if err := g.objs.KnockTags.Lookup(uint32(0), &tags); err != nil {
+		g.t.Fatal(err)
+	}
+	var s [maps.KnockWays]bpf.KnockgateKnockSlot
+	var t [maps.KnockWays]uint8
+	for w := range maps.KnockWays {
+		s[w], t[w] = slots[set*maps.KnockWays+uint32(w)], tags[set*maps.KnockWays+uint32(w)]
+	}
+	return s, t
 }
 
-// The program puts a source where maps.KnockSlot says, under the gate's key.
-func TestKnockSlotMirrorsProgram(t *testing.T) {
+// holders lists who holds the slots of a set, with their tags checked: a
+// held slot carries its holder's tag, a free one 0.
+func (g *gate) holders(set uint32) map[netip.Addr]bpf.KnockgateKnockSlot {
+	g.t.Helper()
+	slots, tags := g.set(set)
+	out := map[netip.Addr]bpf.KnockgateKnockSlot{}
+	for w, k := range slots {
+		if k.Addr == [16]byte{} {
+			if tags[w] != 0 {
+				g.t.Errorf("set %d way %d: free, but tagged %d", set, w, tags[w])
+			}
+			continue
+		}
+		a := maps.AddrOf(k.Addr)
+		if _, want := maps.KnockPlace(g.cfg.SlotKey, g.objs.Knocks.MaxEntries(), a); tags[w] != want {
+			g.t.Errorf("set %d way %d: %s tagged %d, want %d", set, w, a, tags[w], want)
+		}
+		out[a] = k
+	}
+	return out
+}
+
+// The program puts a source in the set maps.KnockPlace says, tagged as it
+// says, under the gate's key.
+func TestKnockPlaceMirrorsProgram(t *testing.T) {
 	netns.Require(t)
 	forFamilies(t, func(t *testing.T, f family) {
 		g := keyedGate(t)
@@ -64,16 +101,16 @@ func TestKnockSlotMirrorsProgram(t *testing.T) {
 		for i := range 200 {
 			src := f.source(1000 + i)
 			g.run(f.knock(src, seq[0]))
-			if k := g.slot(g.slotOf(src)); maps.AddrOf(k.Addr) != src || k.Stage != 1 {
-				t.Fatalf("slot %d after %s's first knock: %s stage %d", g.slotOf(src), src, maps.AddrOf(k.Addr), k.Stage)
+			if k, ok := g.holders(g.setOf(src))[src]; !ok || k.Stage != 1 {
+				t.Fatalf("set %d after %s's first knock: %v", g.setOf(src), src, g.holders(g.setOf(src)))
 			}
 		}
 		// Another key puts sources elsewhere: the key is what places them.
-		other := g.cfg
-		other.SlotKey[0]++
+		other := g.cfg.SlotKey
+		other[0]++
 		moved := 0
 		for i := range 200 {
-			if maps.KnockSlot(other.SlotKey, g.objs.Knocks.MaxEntries(), f.source(i)) != g.slotOf(f.source(i)) {
+			if set, _ := maps.KnockPlace(other, g.objs.Knocks.MaxEntries(), f.source(i)); set != g.setOf(f.source(i)) {
 				moved++
 			}
 		}
@@ -83,43 +120,51 @@ func TestKnockSlotMirrorsProgram(t *testing.T) {
 	})
 }
 
-// A first knock from a source that hashes to an occupied slot takes it: the
-// earlier source loses its progress (it knocks again), nothing else does.
-func TestCollidingFirstKnockTakesSlot(t *testing.T) {
+// A set holds KG_KNOCK_WAYS sources' progress; a first knock into a full
+// set takes the slot of the oldest progress (the earliest deadline): that
+// source starts over, nobody else loses anything.
+func TestFullSetTakesOldest(t *testing.T) {
 	netns.Require(t)
 	forFamilies(t, func(t *testing.T, f family) {
 		g := keyedGate(t)
 		a := f.src
-		b := g.collider(f, a)
+		others := g.colliders(f, a, maps.KnockWays)
 		g.expect("a: step 1", f.knock(a, seq[0]), xdpDrop, "dropped_knock", "knock_advanced")
-		g.expect("a: step 2", f.knock(a, seq[1]), xdpDrop, "dropped_knock", "knock_advanced")
-		// b's packets that are no first step leave a's progress alone.
+		// Sources of the set whose packets are no first step leave a's
+		// progress alone.
+		b := others[0]
 		g.expect("b: SYN to 22", f.knock(b, ssh), xdpDrop, "dropped_protected")
 		g.expect("b: step 2", f.knock(b, seq[1]), xdpDrop, "dropped_knock")
 		g.expect("b: UDP to 5353", f.knock(b, mdns), xdpDrop, "dropped_protected")
-		if p, ok := g.progress(a); !ok || p.Stage != 2 {
-			t.Fatalf("a's progress after b's other packets: %+v %v, want stage 2", p, ok)
+		// Three more fill the set; all four keep their progress.
+		for _, o := range others[:maps.KnockWays-1] {
+			g.expect("step 1 of a source of the same set", f.knock(o, seq[0]), xdpDrop, "dropped_knock", "knock_advanced")
 		}
-		// b's first step takes the slot.
-		g.expect("b: step 1", f.knock(b, seq[0]), xdpDrop, "dropped_knock", "knock_advanced")
-		g.noProgress("after b's first step", a)
-		if p, ok := g.progress(b); !ok || p.Stage != 1 {
-			t.Fatalf("b's progress: %+v %v, want stage 1", p, ok)
+		if h := g.holders(g.setOf(a)); len(h) != maps.KnockWays {
+			t.Fatalf("full set holds %v", h)
 		}
-		// a's last step now starts nothing, and changes nothing of b's.
-		g.expect("a: step 3 without progress", f.knock(a, seq[2]), xdpDrop, "dropped_knock")
-		g.noGrant("a after losing its slot", a)
-		g.expect("b: step 2", f.knock(b, seq[1]), xdpDrop, "dropped_knock", "knock_advanced")
-		g.expect("b: step 3", f.knock(b, seq[2]), xdpDrop, "dropped_knock", "knock_advanced", "granted")
-		g.expect("b: SYN to 22", f.knock(b, ssh), xdpPass, "passed_granted")
-		g.expect("a: SYN to 22", f.knock(a, ssh), xdpDrop, "dropped_protected")
-		// Completing the sequence frees the slot; a knocks again and gets in.
-		if k := g.slot(g.slotOf(a)); k.Addr != [16]byte{} {
-			t.Errorf("slot after b's sequence: %s, want free", maps.AddrOf(k.Addr))
+		// a advances: its deadline is now the latest.
+		g.expect("a: step 2", f.knock(a, seq[1]), xdpDrop, "dropped_knock", "knock_advanced")
+		// The fifth source takes the oldest slot: the first collider's.
+		last := others[maps.KnockWays-1]
+		g.expect("fifth source: step 1", f.knock(last, seq[0]), xdpDrop, "dropped_knock", "knock_advanced")
+		h := g.holders(g.setOf(a))
+		if _, ok := h[others[0]]; ok {
+			t.Errorf("the oldest progress (%s) kept its slot: %v", others[0], h)
 		}
-		g.knockSteps(f, a, len(seq))
-		g.expect("a: SYN to 22 after knocking again", f.knock(a, ssh), xdpPass, "passed_granted")
-		g.expectEvents("collisions") // knockSteps drained its own; the rest:
+		for _, keep := range []netip.Addr{a, last, others[1], others[2]} {
+			if _, ok := h[keep]; !ok {
+				t.Errorf("%s lost its progress: %v", keep, h)
+			}
+		}
+		// The evicted source's next step starts nothing; a finishes.
+		g.expect("evicted: step 2 without progress", f.knock(others[0], seq[1]), xdpDrop, "dropped_knock")
+		g.expect("a: step 3", f.knock(a, seq[2]), xdpDrop, "dropped_knock", "knock_advanced", "granted")
+		g.expect("a: SYN to 22", f.knock(a, ssh), xdpPass, "passed_granted")
+		if _, ok := g.holders(g.setOf(a))[a]; ok {
+			t.Error("a's slot not freed by its completed sequence")
+		}
+		g.events()
 	})
 }
 
@@ -130,14 +175,14 @@ func TestFreedSlots(t *testing.T) {
 		g := keyedGate(t)
 		g.knockSteps(f, f.src, 1)
 		g.expect("reset", f.knock(f.src, unrelated), xdpPass, "knock_reset", "passed")
-		if k := g.slot(g.slotOf(f.src)); k.Addr != [16]byte{} || k.Stage != 0 {
-			t.Errorf("slot after a reset: %+v, want free", k)
+		if h := g.holders(g.setOf(f.src)); len(h) != 0 {
+			t.Errorf("set after a reset: %v, want free", h)
 		}
 		g.knockSteps(f, f.src, 1)
 		g.configure(defaultConfigKeyed(g.cfg.SlotKey)) // a new generation voids it
 		g.expect("step 2 after set", f.knock(f.src, seq[1]), xdpDrop, "dropped_knock")
-		if k := g.slot(g.slotOf(f.src)); k.Addr != [16]byte{} {
-			t.Errorf("slot after void progress was seen: %s, want free", maps.AddrOf(k.Addr))
+		if h := g.holders(g.setOf(f.src)); len(h) != 0 {
+			t.Errorf("set after void progress was seen: %v, want free", h)
 		}
 		g.events()
 	})
@@ -164,19 +209,19 @@ func TestSlotKeyKept(t *testing.T) {
 	}
 }
 
-// Two CPUs at once on one slot: a source knocking its whole sequence over
-// and over, and a colliding one sending first knocks. Whatever the
-// interleaving, only the sequence's source is ever granted, the slot always
-// holds one of the two (or nothing) in a state one of them could have made,
-// and every completed sequence is one grant.
-func TestCollidingSourcesConcurrently(t *testing.T) {
+// Two CPUs at once on one set: a source knocking its whole sequence over
+// and over, and KG_KNOCK_WAYS others of its set sending first knocks, so
+// that the set is always full and slots change hands. Whatever the
+// interleaving, only the sequence's source is ever granted, every slot holds
+// one of them (or nothing) in a state one of them could have made, and the
+// tags agree with the slots.
+func TestFullSetConcurrently(t *testing.T) {
 	netns.Require(t)
 	forFamilies(t, func(t *testing.T, f family) {
 		g := keyedGate(t)
 		a := f.src
-		b := g.collider(f, a)
+		others := g.colliders(f, a, maps.KnockWays)
 		steps := [][]byte{f.knock(a, seq[0]), f.knock(a, seq[1]), f.knock(a, seq[2])}
-		first := f.knock(b, seq[0])
 		const rounds = 3000
 		var wg sync.WaitGroup
 		wg.Add(2)
@@ -192,19 +237,21 @@ func TestCollidingSourcesConcurrently(t *testing.T) {
 		}()
 		go func() {
 			defer wg.Done()
-			for range 3 * rounds {
-				g.objs.Knockgate.Run(runOpts(first))
+			for i := range 3 * rounds {
+				g.objs.Knockgate.Run(runOpts(f.knock(others[i%len(others)], seq[0])))
 			}
 		}()
 		wg.Wait()
-		g.noGrant("b, which never completed a sequence", b)
-		k := g.slot(g.slotOf(a))
-		switch holder := maps.AddrOf(k.Addr); {
-		case k.Addr == [16]byte{}:
-		case holder == b && k.Stage == 1:
-		case holder == a && (k.Stage == 1 || k.Stage == 2):
-		default:
-			t.Errorf("slot holds %s at stage %d: no interleaving makes that", holder, k.Stage)
+		for _, o := range others {
+			g.noGrant("a source that never completed a sequence", o)
+		}
+		for holder, k := range g.holders(g.setOf(a)) {
+			switch {
+			case holder == a && (k.Stage == 1 || k.Stage == 2):
+			case holder != a && k.Stage == 1:
+			default:
+				t.Errorf("slot holds %s at stage %d: no interleaving makes that", holder, k.Stage)
+			}
 		}
 		c := g.counters()
 		if c.Get("granted") == 0 || c.Get("granted") > rounds {
@@ -219,45 +266,35 @@ func TestCollidingSourcesConcurrently(t *testing.T) {
 
 func runOpts(frame []byte) *ebpf.RunOptions { return &ebpf.RunOptions{Data: frame} }
 
-// tag is the byte knock_tags holds for slot idx.
-func (g *gate) tag(idx uint32) uint8 {
-	g.t.Helper()
-	v := make([]byte, g.objs.KnockTags.ValueSize())
-	if err := g.objs.KnockTags.Lookup(uint32(0), &v); err != nil {
-		g.t.Fatal(err)
-	}
-	return v[idx]
-}
-
 // The tag byte of a slot says who may hold it: the holder's tag while it
 // does, 0 once the slot is free; Go's writes keep it so.
 func TestKnockTagsFollowSlots(t *testing.T) {
 	netns.Require(t)
 	forFamilies(t, func(t *testing.T, f family) {
 		g := keyedGate(t)
-		idx, want := maps.KnockPlace(g.cfg.SlotKey, g.objs.Knocks.MaxEntries(), f.src)
-		check := func(what string, tag uint8) {
+		set := g.setOf(f.src)
+		check := func(what string, held bool) {
 			t.Helper()
-			if got := g.tag(idx); got != tag {
-				t.Errorf("%s: tag %d, want %d", what, got, tag)
+			if _, ok := g.holders(set)[f.src]; ok != held { // holders checks the tags
+				t.Errorf("%s: held %v, want %v", what, ok, held)
 			}
 		}
-		check("fresh", 0)
+		check("fresh", false)
 		g.knockSteps(f, f.src, 1)
-		check("knocking", want)
+		check("knocking", true)
 		g.expect("reset", f.knock(f.src, unrelated), xdpPass, "knock_reset", "passed")
-		check("after a reset", 0)
+		check("after a reset", false)
 		g.knockSteps(f, f.src, len(seq))
-		check("sequence completed", 0)
-		if err := g.maps.PutKnock(f.src, bpf.KnockgateKnockSlot{DeadlineNs: maps.BootAfter(time.Minute), Generation: g.cfg.Generation, Stage: 1}); err != nil {
+		check("sequence completed", false)
+		if err := g.maps.PutKnock(f.src, bpf.KnockgateKnockSlot{DeadlineNs: maps.BootAfter(time.Minute), Generation: uint16(g.cfg.Generation), Stage: 1}); err != nil {
 			t.Fatal(err)
 		}
-		check("progress written from Go", want)
+		check("progress written from Go", true)
 		g.expect("step 2 after Go's write", f.knock(f.src, seq[1]), xdpDrop, "dropped_knock", "knock_advanced")
 		if _, err := g.maps.Revoke(f.src); err != nil {
 			t.Fatal(err)
 		}
-		check("revoked", 0)
+		check("revoked", false)
 		g.noProgress("revoked", f.src)
 		g.events()
 	})

@@ -9,13 +9,13 @@ package loader
 import (
 	"errors"
 	"fmt"
-	"math/bits"
 	"net"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/knockgate/knockgate/bpf"
+	"github.com/knockgate/knockgate/maps"
 )
 
 var (
@@ -71,32 +71,28 @@ type Tuning struct {
 	EventBurst uint32
 }
 
-// KnockSlots is the size of the knock-progress table for maxSources: twice
-// as many slots, rounded up to a power of two. A slot is 40 bytes, so that
-// is still less memory than an LRU hash of maxSources entries (96 bytes each)
-// would take, and two sources share a slot half as often.
+// KnockSlots is the size of the knock-progress table for maxSources: three
+// slots a source, in sets of maps.KnockWays. A slot is 33 bytes (32 and its
+// tag), so the table takes about the memory an LRU hash of maxSources
+// entries (96 bytes each) did, with three times the room.
 func KnockSlots(maxSources uint32) uint32 {
-	n := uint32(1)
-	for n < 2*maxSources {
-		n <<= 1
-	}
-	return n
+	sets := (3*uint64(maxSources) + maps.KnockWays - 1) / maps.KnockWays
+	return uint32(sets * maps.KnockWays)
 }
 
-// sizeSpec sizes the maps of spec (knockSlots must be a power of two) and
-// sets the load-time constants that go with them.
+// sizeSpec sizes the maps of spec (knockSlots a multiple of
+// maps.KnockWays) and sets the load-time constants that go with them.
 func sizeSpec(spec *ebpf.CollectionSpec, knockSlots, grants uint32, t Tuning) error {
-	if knockSlots == 0 || knockSlots&(knockSlots-1) != 0 {
-		return fmt.Errorf("knock table of %d slots: not a power of two", knockSlots)
+	if knockSlots == 0 || knockSlots%maps.KnockWays != 0 {
+		return fmt.Errorf("knock table of %d slots: not a multiple of %d", knockSlots, maps.KnockWays)
 	}
 	spec.Maps[bpf.KnockgateMapKnocks].MaxEntries = knockSlots
 	spec.Maps[bpf.KnockgateMapKnockTags].ValueSize = knockSlots // a byte a slot
-	spec.Maps[bpf.KnockgateMapGrants].MaxEntries = grants
+	if err := spec.Variables["knock_sets"].Set(knockSlots / maps.KnockWays); err != nil {
+		return fmt.Errorf("set knock sets: %w", err)
+	}
 	if err := spec.Variables["knock_slots"].Set(knockSlots); err != nil {
 		return fmt.Errorf("set knock slots: %w", err)
-	}
-	if err := spec.Variables["knock_shift"].Set(uint32(64 - bits.TrailingZeros32(knockSlots))); err != nil {
-		return fmt.Errorf("set knock shift: %w", err)
 	}
 	if t.EventBurst != 0 {
 		if err := spec.Variables["event_burst"].Set(t.EventBurst); err != nil {

@@ -129,12 +129,13 @@ func TestBootClock(t *testing.T) {
 }
 
 // Addresses that differ anywhere — the last byte of an IPv4 address, the
-// interface id of an IPv6 one, the network — spread over the knock table at
-// least as well as random ones would: they occupy no fewer slots than
+// interface id of an IPv6 one, the network — spread over the knock table's
+// sets at least as well as random ones would: they reach no fewer sets than
 // uniform hashing gives, less 2%. (Multiplicative hashing spreads runs of
 // neighbouring addresses better than that.)
-func TestKnockSlotSpreads(t *testing.T) {
+func TestKnockPlaceSpreads(t *testing.T) {
 	const slots = 1 << 17
+	const sets = slots / KnockWays
 	key, err := NewSlotKey()
 	if err != nil {
 		t.Fatal(err)
@@ -158,14 +159,23 @@ func TestKnockSlotSpreads(t *testing.T) {
 		},
 	} {
 		for _, k := range [][2]uint64{{}, key} {
-			const n = 1 << 16
+			const n = 1 << 15
 			used := map[uint32]bool{}
+			tags := map[uint8]int{}
 			for i := range n {
-				used[KnockSlot(k, slots, gen(i))] = true
+				set, tag := KnockPlace(k, slots, gen(i))
+				if set >= sets || tag == 0 {
+					t.Fatalf("%s: set %d of %d, tag %d", name, set, sets, tag)
+				}
+				used[set] = true
+				tags[tag]++
 			}
-			want := slots * (1 - math.Exp(-float64(n)/slots))
+			want := sets * (1 - math.Exp(-float64(n)/sets))
 			if got := float64(len(used)); got < want*0.98 {
-				t.Errorf("%s, key %x: %d addresses in %.0f slots, want about %.0f", name, k, n, got, want)
+				t.Errorf("%s, key %x: %d addresses in %.0f sets, want about %.0f", name, k, n, got, want)
+			}
+			if len(tags) < 250 {
+				t.Errorf("%s, key %x: only %d distinct tags", name, k, len(tags))
 			}
 		}
 	}

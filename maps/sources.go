@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/bits"
 	"net/netip"
 	"sort"
 	"time"
@@ -60,7 +59,7 @@ func (s *Set) Sources() ([]SourceState, error) {
 		return nil, err
 	}
 	for _, k := range slots {
-		if k.Addr != ([16]byte{}) && k.Generation == cfg.Generation && k.DeadlineNs > now {
+		if k.Addr != ([16]byte{}) && k.Generation == uint16(cfg.Generation) && k.DeadlineNs > now {
 			out = append(out, SourceState{AddrOf(k.Addr), "knocking", int(k.Stage), BootToTime(k.DeadlineNs)})
 		}
 	}
@@ -94,27 +93,24 @@ func (s *Set) KnockSlots() ([]bpf.KnockgateKnockSlot, error) {
 	}
 }
 
-// KnockPlace is the program's place_of: the index of the knock table's
-// slot that holds addr's progress, under key, in a table of slots slots (a
-// power of two), and the tag its byte of knock_tags carries meanwhile.
-func KnockPlace(key [2]uint64, slots uint32, addr netip.Addr) (idx uint32, tag uint8) {
+// KnockWays is how many slots a set of the knock table has
+// (KG_KNOCK_WAYS).
+const KnockWays = 4
+
+// KnockPlace is the program's place_of: the set of the knock table whose
+// slots may hold addr's progress, under key, in a table of slots slots (a
+// multiple of KnockWays), and the tag its slot's byte of knock_tags carries
+// meanwhile.
+func KnockPlace(key [2]uint64, slots uint32, addr netip.Addr) (set uint32, tag uint8) {
 	k := Key(addr).Addr
 	a := binary.NativeEndian.Uint64(k[:8])
 	b := binary.NativeEndian.Uint64(k[8:])
 	h := (a^key[0])*0x9e3779b97f4a7c15 + (b^key[1])*0xbf58476d1ce4e5b9
-	shift := 64 - bits.TrailingZeros32(slots)
-	idx, tag = uint32(h>>shift), uint8(h>>(shift-8))
+	set, tag = uint32(((h>>32)*uint64(slots/KnockWays))>>32), uint8((h*0x94d049bb133111eb)>>56)
 	if tag == 0 {
 		tag = 1
 	}
-	return idx, tag
-}
-
-// KnockSlot is the index of the knock table's slot that holds addr's
-// progress (see KnockPlace).
-func KnockSlot(key [2]uint64, slots uint32, addr netip.Addr) uint32 {
-	idx, _ := KnockPlace(key, slots, addr)
-	return idx
+	return set, tag
 }
 
 // knockPlaceOf is addr's place in this gate's knock table.
@@ -123,8 +119,31 @@ func (s *Set) knockPlaceOf(addr netip.Addr) (uint32, uint8, error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	idx, tag := KnockPlace(cfg.SlotKey, s.Knocks.MaxEntries(), addr)
-	return idx, tag, nil
+	set, tag := KnockPlace(cfg.SlotKey, s.Knocks.MaxEntries(), addr)
+	return set, tag, nil
+}
+
+// knockWay finds the slot of addr's set that holds its progress; ok is
+// false when none does. It returns the set's slots too.
+func (s *Set) knockWay(addr netip.Addr) (idx uint32, tag uint8, slots [KnockWays]bpf.KnockgateKnockSlot, ok bool, err error) {
+	set, tag, err := s.knockPlaceOf(addr)
+	if err != nil {
+		return 0, 0, slots, false, err
+	}
+	want := Key(addr).Addr
+	for w := range uint32(KnockWays) {
+		i := set*KnockWays + w
+		if err := s.Knocks.LookupWithFlags(i, &slots[w], ebpf.LookupLock); err != nil {
+			return 0, 0, slots, false, fmt.Errorf("look up knock slot %d: %w", i, err)
+		}
+		if slots[w].Addr == want {
+			idx, ok = i, true
+		}
+	}
+	if !ok {
+		idx = set * KnockWays
+	}
+	return idx, tag, slots, ok, nil
 }
 
 // setKnockTag writes the tag byte of slot idx in place (knock_tags is
@@ -162,24 +181,29 @@ func (s *Set) LookupGrant(addr netip.Addr) (g bpf.KnockgateGrant, ok bool, err e
 }
 
 // LookupKnock returns addr's knock progress, live or not; ok is false when
-// its slot holds no progress of addr's.
+// no slot of its set holds progress of addr's.
 func (s *Set) LookupKnock(addr netip.Addr) (k bpf.KnockgateKnockSlot, ok bool, err error) {
-	idx, _, err := s.knockPlaceOf(addr)
-	if err != nil {
+	idx, _, slots, ok, err := s.knockWay(addr)
+	if err != nil || !ok {
 		return k, false, err
 	}
-	if err := s.Knocks.LookupWithFlags(idx, &k, ebpf.LookupLock); err != nil {
-		return k, false, fmt.Errorf("look up knock slot %d: %w", idx, err)
-	}
-	return k, k.Addr == Key(addr).Addr, nil
+	return slots[idx%KnockWays], true, nil
 }
 
-// PutKnock writes addr's knock progress into its slot (tests use it to
-// back-date), whoever held the slot.
+// PutKnock writes addr's knock progress (tests use it to back-date): into
+// the slot that holds addr's, else a free one of its set, else the first.
 func (s *Set) PutKnock(addr netip.Addr, k bpf.KnockgateKnockSlot) error {
-	idx, tag, err := s.knockPlaceOf(addr)
+	idx, tag, slots, ok, err := s.knockWay(addr)
 	if err != nil {
 		return err
+	}
+	if !ok {
+		for w, sl := range slots {
+			if sl.Addr == ([16]byte{}) {
+				idx = idx - idx%KnockWays + uint32(w)
+				break
+			}
+		}
 	}
 	k.Addr = Key(addr).Addr
 	if err := s.Knocks.Update(idx, &k, ebpf.UpdateLock); err != nil {
@@ -197,16 +221,12 @@ func (s *Set) Revoke(addr netip.Addr) (bool, error) {
 	if err != nil {
 		return found, fmt.Errorf("revoke %s: %w", addr, err)
 	}
-	_, ok, err := s.LookupKnock(addr)
+	idx, _, _, ok, err := s.knockWay(addr)
 	if err != nil {
 		return found, fmt.Errorf("revoke %s: %w", addr, err)
 	}
 	if !ok {
 		return found, nil
-	}
-	idx, _, err := s.knockPlaceOf(addr)
-	if err != nil {
-		return found, err
 	}
 	if err := s.setKnockTag(idx, 0); err != nil {
 		return found, err

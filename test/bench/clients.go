@@ -243,6 +243,7 @@ func Latency(topo *Topology, srcs *Sources, n int, authorised map[netip.Addr]boo
 // of spoofed first knocks, with Gap between their two knocks, got in.
 type UnderFloodResult struct {
 	Gap     time.Duration
+	Rate    float64 // the flood's frames a second; 0: as fast as the sender goes
 	In, Of  int
 	Sources []netip.Addr // the clients, all of which knocked
 }
@@ -250,16 +251,17 @@ type UnderFloodResult struct {
 // UnderFlood measures whether clients still get in while an attacker
 // floods the first knock port from spoofed sources (2^20 of them, counting
 // up from churnBase, as fast as the generator goes): n clients from fresh
-// sources, their starts spread over 200 ms, each knock the first port, wait
+// sources, their starts spread over 200 ms (rate, when not 0, paces the
+// flood to that many frames a second), each knock the first port, wait
 // gap, knock the second, and connect, waiting 500 ms (one SYN). The no
 // filter gate's figure is the floor: how many connections the flooded link
 // lets through at all.
-func UnderFlood(topo *Topology, gen *Generator, srcs *Sources, gap time.Duration, n, cpu int, batch uint32) (UnderFloodResult, error) {
-	res := UnderFloodResult{Gap: gap, Of: n}
+func UnderFlood(topo *Topology, gen *Generator, srcs *Sources, gap time.Duration, rate float64, n, cpu int, batch uint32) (UnderFloodResult, error) {
+	res := UnderFloodResult{Gap: gap, Rate: rate, Of: n}
 	stop := make(chan struct{})
 	flood := make(chan error, 1)
 	go func() {
-		_, err := gen.Run(topo, Flood{Sources: 1 << 20, Base: churnBase}, KnockPort1, cpu, batch, stop)
+		_, err := gen.Run(topo, Flood{Sources: 1 << 20, Base: churnBase, Rate: rate}, KnockPort1, cpu, batch, stop)
 		flood <- err
 	}()
 	time.Sleep(200 * time.Millisecond) // the flood at full rate

@@ -108,6 +108,8 @@ type Flood struct {
 	// each send a first knock, as an attack that fills the gate's tables
 	// does.
 	Churn uint32
+	// Rate caps the frames sent per second; 0: as fast as it goes.
+	Rate float64
 	// Primed floods start only after the same sources have each knocked
 	// the first step: they are then known to the gates (knock progress,
 	// and knockgate's hint slots set), the expensive case for a gate that
@@ -173,6 +175,7 @@ func (g *Generator) Run(topo *Topology, f Flood, port uint16, cpu int, batch uin
 		// copy) is noise. The first call sizes the rest.
 		const slice = 20 * time.Millisecond
 		repeat := uint32(1 << 14)
+		var sentSoFar uint64
 		start := time.Now()
 		for {
 			select {
@@ -189,6 +192,17 @@ func (g *Generator) Run(topo *Topology, f Flood, port uint16, cpu int, batch uin
 				return fmt.Errorf("run flood program: %w", err)
 			}
 			res.Calls++
+			if f.Rate > 0 {
+				// Paced: no further than the rate allows.
+				sentSoFar += uint64(repeat)
+				if ahead := time.Duration(float64(sentSoFar)/f.Rate*float64(time.Second)) - time.Since(start); ahead > 0 {
+					time.Sleep(ahead)
+				}
+				if r := uint32(f.Rate * slice.Seconds()); r >= 1 {
+					repeat = min(repeat, r)
+				}
+				continue
+			}
 			if took := time.Since(t0); took > 0 {
 				next := float64(repeat) * float64(slice) / float64(took)
 				repeat = uint32(min(max(next, 1<<10), 1<<24))

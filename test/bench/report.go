@@ -134,14 +134,14 @@ func (res *Result) Latencies(gate string) []time.Duration {
 }
 
 // UnderFloodShare sums, over all rounds, how many of gate's clients that
-// knocked gap apart during a first-knock flood got in, of how many.
-func (res *Result) UnderFloodShare(gate string, gap time.Duration) (in, of int) {
+// knocked gap apart during a first-knock flood of rate got in, of how many.
+func (res *Result) UnderFloodShare(gate string, gap time.Duration, rate float64) (in, of int) {
 	for _, s := range res.Samples {
 		if s.Gate != gate || s.Err != nil {
 			continue
 		}
 		for _, r := range s.UnderFlood {
-			if r.Gap == gap {
+			if r.Gap == gap && r.Rate == rate {
 				in += r.In
 				of += r.Of
 			}
@@ -249,16 +249,19 @@ func (res *Result) Targets() []Target {
 		}
 		out = append(out, t)
 	}
-	for _, gap := range res.Opts.Gaps {
-		t := Target{Goal: fmt.Sprintf("knockgate lets clients in under a first-knock flood at least as often as %s, %s between knocks", nameBase, gap)}
-		in, of := res.UnderFloodShare(nameKnockgate, gap)
-		bin, bof := res.UnderFloodShare(nameBase, gap)
-		if of > 0 && bof > 0 {
-			t.Known = true
-			t.Met = float64(in)/float64(of) >= float64(bin)/float64(bof)
-			t.Measured = fmt.Sprintf("%d/%d vs %d/%d", in, of, bin, bof)
+	for _, rate := range res.Opts.FloodRates {
+		for _, gap := range res.Opts.Gaps {
+			t := Target{Goal: fmt.Sprintf("knockgate lets clients in under a %s first-knock flood at least as often as %s, %s between knocks",
+				rateName(rate), nameBase, gap)}
+			in, of := res.UnderFloodShare(nameKnockgate, gap, rate)
+			bin, bof := res.UnderFloodShare(nameBase, gap, rate)
+			if of > 0 && bof > 0 {
+				t.Known = true
+				t.Met = float64(in)/float64(of) >= float64(bin)/float64(bof)
+				t.Measured = fmt.Sprintf("%d/%d vs %d/%d", in, of, bin, bof)
+			}
+			out = append(out, t)
 		}
-		out = append(out, t)
 	}
 	lat := res.Latencies(nameKnockgate)
 	t := Target{Goal: "knock-to-open p99 < 2 ms (knockgate)"}
@@ -289,6 +292,14 @@ func (res *Result) Targets() []Target {
 	}
 	out = append(out, t)
 	return out
+}
+
+// rateName names a flood rate: "full rate", or "1.0 Mpps".
+func rateName(rate float64) string {
+	if rate == 0 {
+		return "full rate"
+	}
+	return fmt.Sprintf("%.1f Mpps", rate/1e6)
 }
 
 func fmtDur(d time.Duration) string {
@@ -382,21 +393,25 @@ func (res *Result) WriteTable(w io.Writer) {
 		fmt.Fprintf(w, "clients that got in, of those that knocked %d then %d (gap between) and connected, all rounds:\n", KnockPort1, KnockPort2)
 		tw := &table{}
 		head := []string{"gate"}
-		for _, gap := range o.Gaps {
-			head = append(head, "gap "+gap.String())
+		for _, rate := range o.FloodRates {
+			for _, gap := range o.Gaps {
+				head = append(head, rateName(rate)+", gap "+gap.String())
+			}
 		}
 		tw.add(head...)
 		for _, g := range o.Gates() {
 			row := []string{g.Name()}
 			any := false
-			for _, gap := range o.Gaps {
-				in, of := res.UnderFloodShare(g.Name(), gap)
-				if of == 0 {
-					row = append(row, "—")
-					continue
+			for _, rate := range o.FloodRates {
+				for _, gap := range o.Gaps {
+					in, of := res.UnderFloodShare(g.Name(), gap, rate)
+					if of == 0 {
+						row = append(row, "—")
+						continue
+					}
+					any = true
+					row = append(row, fmt.Sprintf("%d/%d (%.0f%%)", in, of, 100*float64(in)/float64(of)))
 				}
-				any = true
-				row = append(row, fmt.Sprintf("%d/%d (%.0f%%)", in, of, 100*float64(in)/float64(of)))
 			}
 			if any {
 				tw.add(row...)

@@ -38,6 +38,10 @@ type Options struct {
 	// per gap; none: not measured.
 	Gaps       []time.Duration
 	UnderFlood int
+	// FloodRates are the rates of that flood, frames a second; 0: as fast
+	// as the sender goes. A paced flood puts every gate under the same
+	// load, whatever it can take.
+	FloodRates []float64
 	Log        io.Writer // progress, one line per configuration
 	Only       []string  // gate names to run; all when empty
 }
@@ -230,13 +234,15 @@ func runOne(o Options, gen *Generator, gate Gate, f Flood, round int, res *Resul
 		if f.Sources != 1 || len(o.Gaps) == 0 {
 			return nil, nil
 		}
-		for _, gap := range o.Gaps {
-			r, err := UnderFlood(topo, gen, srcs, gap, o.UnderFlood, o.CPU, o.Batch)
-			if err != nil {
-				return knocked, fmt.Errorf("knocks under a flood: %w", err)
+		for _, rate := range o.FloodRates {
+			for _, gap := range o.Gaps {
+				r, err := UnderFlood(topo, gen, srcs, gap, rate, o.UnderFlood, o.CPU, o.Batch)
+				if err != nil {
+					return knocked, fmt.Errorf("knocks under a flood: %w", err)
+				}
+				s.UnderFlood = append(s.UnderFlood, r)
+				knocked = append(knocked, r.Sources...)
 			}
-			s.UnderFlood = append(s.UnderFlood, r)
-			knocked = append(knocked, r.Sources...)
 		}
 		return knocked, nil
 	}

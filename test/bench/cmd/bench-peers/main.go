@@ -64,6 +64,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.DurationSliceVar(&o.Gaps, "gaps", []time.Duration{20 * time.Millisecond, 100 * time.Millisecond, time.Second},
 		"gaps between the two knocks of the clients that knock during a first-knock flood (none: not measured)")
 	fs.IntVar(&o.UnderFlood, "under-flood", 30, "clients per gap that knock during a first-knock flood")
+	fs.Float64SliceVar(&o.FloodRates, "flood-rates", []float64{0, 500_000},
+		"rates of that first-knock flood, frames a second (0: as fast as the sender goes)")
 	fs.StringSliceVar(&gates, "gates", nil, "gates to run (default all): "+strings.Join(bench.GateNames(), ", "))
 	fs.StringVar(&out, "out", "bench-peers.png", "chart to write (PNG); empty: none")
 	fs.BoolVar(&smoke, "smoke", false, "a seconds-long run that checks everything works: 1 round, short floods")
@@ -84,7 +86,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	if smoke {
 		o.Rounds, o.Duration, o.Warmup, o.Prime, o.MemFill = 1, 300*time.Millisecond, 100*time.Millisecond, 100*time.Millisecond, 1000
-		o.Churn, o.Gaps, o.UnderFlood = 100_000, []time.Duration{20 * time.Millisecond}, 5
+		o.Churn, o.Gaps, o.UnderFlood, o.FloodRates = 100_000, []time.Duration{20 * time.Millisecond}, 5, []float64{0}
 	}
 	var err error
 	if o.PeerNAPI, err = bench.ParsePeerNAPI(peerNAPI); err != nil {
