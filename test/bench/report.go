@@ -60,7 +60,10 @@ type Row struct {
 	Rounds       int     // rounds run
 	Passed       int     // rounds whose correctness check passed (knock gates)
 	Unauthorised int     // unauthorised connections accepted, all rounds
-	Errors       []string
+	// Knocked of KnockedOf knocked clients got in (less than all only after
+	// a churn: see Check.LockedOut).
+	Knocked, KnockedOf int
+	Errors             []string
 }
 
 // Rows summarises res in table order: gates, then floods.
@@ -77,6 +80,8 @@ func (res *Result) Rows() []Row {
 				r.Rounds++
 				if s.Check != nil {
 					r.Unauthorised += s.Check.Unauthorised()
+					r.Knocked += s.Check.Knocked
+					r.KnockedOf += s.Check.KnockedOf
 					if s.Check.OK() {
 						r.Passed++
 					}
@@ -339,6 +344,9 @@ func (res *Result) WriteTable(w io.Writer) {
 		correct := "floor"
 		if !r.Floor {
 			correct = fmt.Sprintf("%d/%d", r.Passed, r.Rounds)
+			if r.KnockedOf > 0 && r.Knocked < r.KnockedOf {
+				correct += fmt.Sprintf(" (%d/%d knocked in)", r.Knocked, r.KnockedOf)
+			}
 			if r.Unauthorised > 0 {
 				correct += fmt.Sprintf(" (%d let in)", r.Unauthorised)
 			}
@@ -371,7 +379,9 @@ func (res *Result) WriteTable(w io.Writer) {
 	fmt.Fprintln(w, "  the rest, so packets/s ratios are CPU-per-packet ratios scaled by the shares); ring full: frames")
 	fmt.Fprintln(w, "  the sender lost to a full veth ring;")
 	fmt.Fprintln(w, "  frames/wake: frames per switch-in of that thread; gate saw: the gate's own drop counter")
-	fmt.Fprintln(w, "  (no filter: TCP segments received) ÷ frames handled, over the whole flood.")
+	fmt.Fprintln(w, "  (no filter: TCP segments received) ÷ frames handled, over the whole flood; correct: rounds whose")
+	fmt.Fprintln(w, "  check passed, and after a churn how many knocked clients still got in (a gate whose tables the")
+	fmt.Fprintln(w, "  churn filled keeps them out until entries time out).")
 	var tracked []float64
 	for _, s := range res.Samples {
 		if s.Gate == nameKnockgate && s.Tracked >= 0 {

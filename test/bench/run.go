@@ -253,7 +253,7 @@ func runOne(o Options, gen *Generator, gate Gate, f Flood, round int, res *Resul
 		return s
 	}
 
-	chk, authorised := Correctness(topo, srcs, o.Knocked)
+	chk, authorised := Correctness(topo, srcs, o.Knocked, f.Churn > 0)
 	s.Check = &chk
 	if f.Sources == 1 && o.Latency > 0 {
 		lat, err := Latency(topo, srcs, o.Latency, authorised)
