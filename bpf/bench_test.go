@@ -215,7 +215,7 @@ func BenchmarkKnockgate(b *testing.B) {
 			if path.v6 {
 				f = families[1]
 			}
-			objs, err := loader.LoadTuned(loader.DefaultMaxSources, loader.Tuning{EventBurst: 1 << 20})
+			objs, err := loader.LoadTuned(loader.Sizes{MaxSources: loader.DefaultMaxSources}, loader.Tuning{EventBurst: 1 << 20})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -8,6 +8,7 @@
  * (a map hit or a knock), never on the plain pass or unauthorised-drop path.
  */
 #include "parsing.h"
+#include "flows.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -138,6 +139,8 @@ const struct event *unused_event __attribute__((unused));
 const enum counter *unused_counter __attribute__((unused));
 const enum verdict *unused_verdict __attribute__((unused));
 const enum event_type *unused_event_type __attribute__((unused));
+const enum config_flag *unused_config_flag __attribute__((unused));
+const enum flow_flag *unused_flow_flag __attribute__((unused));
 
 static __always_inline void count(__u32 reason)
 {
@@ -156,7 +159,7 @@ static __always_inline int verdict(struct xdp_md *ctx, __u32 v)
 	__u64 *n = bpf_map_lookup_elem(&verdicts, &idx);
 	if (n)
 		*n += 1; /* per CPU, preemption off: exact without atomics */
-	return v <= VERDICT_PASSED_ALLOWED ? XDP_PASS : XDP_DROP;
+	return v <= VERDICT_PASSED_FLOW ? XDP_PASS : XDP_DROP;
 }
 
 /* Per-packet values worked out at most once, and only when a decision
@@ -630,13 +633,85 @@ static __always_inline const struct config *active_config(struct lazy *lz)
 	return cfg;
 }
 
+/*
+ * An inbound packet of a live flow of the host's? key is the flow as the
+ * host sees it (the packet's reverse); tcp_flags, the packet's, mark the
+ * flow answered and closing. A BPF global function, past the tag check:
+ * only a packet whose tag its set carries pays for the look.
+ */
+__attribute__((noinline)) int flow_answer(const struct config *cfg, const struct flow_key *key, __u32 tcp_flags)
+{
+	if (!cfg || !key)
+		return 0;
+	__u32 zero = 0;
+	__u8 *tags = bpf_map_lookup_elem(&flow_tags, &zero);
+	if (!tags)
+		return 0;
+	struct flow_place pl = flow_place_of(cfg, key);
+	__s64 at = flow_find(tags, pl.base, pl.tag, key);
+	if (at < 0)
+		return 0;
+	__u32 idx = at;
+	struct flow *f = bpf_map_lookup_elem(&flows, &idx);
+	if (!f || !flow_live(cfg, f, bpf_ktime_get_boot_ns()))
+		return 0;
+	/* Inbound packets only mark the flow: never make it, never keep it
+	 * alive (last_ns is the host's). An RST shortens it until the host
+	 * sends again, so a forged one cannot end a session that goes on. */
+	__u64 mark = FLOW_ANSWERED;
+	if (tcp_flags & TCP_FLAG_FIN)
+		mark |= FLOW_FIN_IN;
+	if (tcp_flags & TCP_FLAG_RST)
+		mark |= FLOW_RST_IN;
+	if ((f->flags & mark) != mark)
+		__sync_fetch_and_or(&f->flags, mark);
+	return 1;
+}
+
+/* The cheap part of the look, inline: the set's tags. */
+static __always_inline int flow_in(const struct config *cfg, const struct flow_key *key, __u32 tcp_flags)
+{
+	__u32 zero = 0;
+	__u8 *tags = bpf_map_lookup_elem(&flow_tags, &zero);
+	if (!tags)
+		return 0;
+	struct flow_place pl = flow_place_of(cfg, key);
+	if (pl.base >= flow_slots || !flow_tagged(tags, pl.base, pl.tag))
+		return 0;
+	return flow_answer(cfg, key, tcp_flags);
+}
+
+/* The flow key of a packet as the host sees it: local is the packet's
+ * destination for an inbound packet (reverse), its source for one the host
+ * sent (and for the packet an ICMP error quotes). */
+static __always_inline void flow_key_of(struct flow_key *k, const struct packet *pkt, int reverse)
+{
+	__builtin_memcpy(k->local, reverse ? pkt->dst.addr : pkt->src.addr, 16);
+	__builtin_memcpy(k->remote, reverse ? pkt->src.addr : pkt->dst.addr, 16);
+	k->local_port = reverse ? pkt->dport : pkt->sport;
+	k->remote_port = reverse ? pkt->sport : pkt->dport;
+	k->proto = pkt->proto;
+	__builtin_memset(k->pad, 0, sizeof(k->pad));
+}
+
+/* Under --protect all, the replies a DHCP or DHCPv6 client needs: they come
+ * from a server that was asked by broadcast or multicast, which no flow
+ * records. */
+static __always_inline int dhcp_reply(const struct packet *pkt)
+{
+	return pkt->proto == IPPROTO_UDP &&
+	       ((pkt->sport == 67 && pkt->dport == 68) || (pkt->sport == 547 && pkt->dport == 546));
+}
+
 SEC("xdp")
 int knockgate(struct xdp_md *ctx)
 {
 	struct packet pkt;
 	struct lazy lz = { .now = 0 };
+	struct flow_key key;
 
-	switch (parse_packet(ctx, &pkt)) {
+	int parsed = parse_packet(ctx, &pkt);
+	switch (parsed) {
 	case PARSE_PASS:
 		return verdict(ctx, VERDICT_PASSED);
 	case PARSE_MALFORMED:
@@ -647,17 +722,154 @@ int knockgate(struct xdp_md *ctx)
 	if (!cfg)
 		return verdict(ctx, VERDICT_PASSED);
 
-	int is_knock = pkt.proto == IPPROTO_UDP ||
-		       (pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST | TCP_FLAG_FIN)) ==
-			       TCP_FLAG_SYN;
+	if (parsed == PARSE_ICMP_ERROR) {
+		/* An error about a packet the host sent from a protected port
+		 * passes when that packet's flow is live (path MTU discovery,
+		 * unreachables of the host's own connections); otherwise it
+		 * could only be forged. */
+		if (!(cfg->flags & CONFIG_FLOWS) || !port_protected(cfg, pkt.proto, pkt.sport))
+			return verdict(ctx, VERDICT_PASSED);
+		flow_key_of(&key, &pkt, 0);
+		if (flow_in(cfg, &key, 0))
+			return verdict(ctx, VERDICT_PASSED_FLOW);
+		return verdict(ctx, VERDICT_DROPPED_PROTECTED);
+	}
+
+	__u8 syn = pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST | TCP_FLAG_FIN);
+	int is_knock = pkt.proto == IPPROTO_UDP || syn == TCP_FLAG_SYN;
 	if (is_knock && cfg->nsteps && knock(cfg, &pkt, &lz) >= 0)
 		return verdict(ctx, VERDICT_DROPPED_KNOCK);
 
 	if (!port_protected(cfg, pkt.proto, pkt.dport))
 		return verdict(ctx, VERDICT_PASSED);
+	/* A reply in a flow of the host's; never a bare SYN: a new connection
+	 * is judged as new, whatever came before. */
+	if ((cfg->flags & CONFIG_FLOWS) && !(pkt.proto == IPPROTO_TCP && syn == TCP_FLAG_SYN)) {
+		flow_key_of(&key, &pkt, 1);
+		if (flow_in(cfg, &key, pkt.tcp_flags))
+			return verdict(ctx, VERDICT_PASSED_FLOW);
+	}
 	if (granted(&pkt, &lz))
 		return verdict(ctx, VERDICT_PASSED_GRANTED);
 	if (cfg->allow_count && allowed(&pkt))
 		return verdict(ctx, VERDICT_PASSED_ALLOWED);
+	if ((cfg->flags & CONFIG_PROTECT_ALL) && dhcp_reply(&pkt))
+		return verdict(ctx, VERDICT_PASSED);
 	return verdict(ctx, VERDICT_DROPPED_PROTECTED);
+}
+
+/*
+ * Record the flow of a packet the host sends: refresh it when known (an RST
+ * from the host ends it), make it when not, in a free or no-longer-live slot
+ * of its set; a set full of live flows keeps them and the new flow goes
+ * unrecorded (counted). A BPF global function: verified once.
+ */
+__attribute__((noinline)) int flow_learn(const struct config *cfg, const struct flow_key *key, __u32 tcp_flags)
+{
+	if (!cfg || !key)
+		return 0;
+	__u32 zero = 0;
+	__u8 *tags = bpf_map_lookup_elem(&flow_tags, &zero);
+	if (!tags)
+		return 0;
+	__u64 now = bpf_ktime_get_boot_ns();
+	struct flow_place pl = flow_place_of(cfg, key);
+	int rst = key->proto == IPPROTO_TCP && (tcp_flags & TCP_FLAG_RST);
+	__s64 at = -1;
+	if (flow_tagged(tags, pl.base, pl.tag))
+		at = flow_find(tags, pl.base, pl.tag, key);
+	if (at >= 0) {
+		__u32 idx = at;
+		if (idx >= flow_slots)
+			return 0;
+		__u8 *tag = tags + idx;
+		struct flow *f = bpf_map_lookup_elem(&flows, &idx);
+		if (!f)
+			return 0;
+		if (rst) {
+			bpf_spin_lock(&f->lock);
+			if (same_flow(&f->key, key)) {
+				__builtin_memset(&f->key, 0, sizeof(f->key));
+				*tag = 0;
+			}
+			bpf_spin_unlock(&f->lock);
+			count(COUNTER_FLOWS_ENDED);
+			return 0;
+		}
+		f->last_ns = now;
+		if (f->flags & FLOW_RST_IN)
+			__sync_fetch_and_and(&f->flags, ~(__u64)FLOW_RST_IN);
+		if ((tcp_flags & TCP_FLAG_FIN) && !(f->flags & FLOW_FIN_OUT))
+			__sync_fetch_and_or(&f->flags, FLOW_FIN_OUT);
+		return 0;
+	}
+	if (rst)
+		return 0; /* an RST never makes a flow */
+
+	__s32 way = -1;
+#pragma unroll
+	for (__u32 w = 0; w < KG_FLOW_WAYS; w++) {
+		__u32 idx = pl.base + w;
+		if (idx >= flow_slots)
+			return 0;
+		if (!tags[idx]) {
+			way = w;
+			break;
+		}
+		struct flow *g = bpf_map_lookup_elem(&flows, &idx);
+		if (g && !flow_live(cfg, g, now) && way < 0)
+			way = w;
+	}
+	if (way < 0) {
+		count(COUNTER_FLOWS_FULL);
+		return 0;
+	}
+	__u32 idx = pl.base + way;
+	if (idx >= flow_slots)
+		return 0;
+	__u8 *tag = tags + idx;
+	struct flow *f = bpf_map_lookup_elem(&flows, &idx);
+	if (!f)
+		return 0;
+	bpf_spin_lock(&f->lock);
+	__builtin_memcpy(&f->key, key, sizeof(f->key));
+	f->last_ns = now;
+	f->flags = (tcp_flags & TCP_FLAG_FIN) ? FLOW_FIN_OUT : 0;
+	*tag = pl.tag;
+	bpf_spin_unlock(&f->lock);
+	count(COUNTER_FLOWS_LEARNED);
+	return 0;
+}
+
+/* tcx: on to the next program (or the packet's way out). The system's
+ * headers may predate tcx's enum. */
+#define KG_TCX_NEXT (-1)
+
+/* The tc (tcx) egress program: every packet the host sends on the gate's
+ * interfaces, for the flow table. It never changes a packet's fate. */
+SEC("tcx/egress")
+int egress(struct __sk_buff *skb)
+{
+	struct lazy lz = { .now = 0 };
+	const struct config *cfg = active_config(&lz);
+	if (!cfg || !(cfg->flags & CONFIG_FLOWS))
+		return KG_TCX_NEXT;
+	struct packet pkt;
+	int parsed = parse_frame((void *)(long)skb->data, (void *)(long)skb->data_end, &pkt);
+	if (parsed == PARSE_MALFORMED && skb->len > skb->data_end - skb->data) {
+		/* Headers beyond the linear part: pull them in, look again. */
+		bpf_skb_pull_data(skb, skb->len < 256 ? skb->len : 256);
+		parsed = parse_frame((void *)(long)skb->data, (void *)(long)skb->data_end, &pkt);
+	}
+	/* Only a flow from a protected port can need its replies let in: the
+	 * replies to any other go to a port nothing guards. Learning only these
+	 * keeps the table for what it is for, so a flood that makes the host
+	 * answer on an open port (SYN+ACKs from a public web server) cannot
+	 * fill it. */
+	if (parsed != PARSE_L4 || !port_protected(cfg, pkt.proto, pkt.sport))
+		return KG_TCX_NEXT;
+	struct flow_key key;
+	flow_key_of(&key, &pkt, 0);
+	flow_learn(cfg, &key, pkt.tcp_flags);
+	return KG_TCX_NEXT;
 }

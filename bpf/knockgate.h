@@ -20,6 +20,13 @@
  * any of the 4 slots of the set its address hashes to. */
 #define KG_KNOCK_WAYS 4
 
+/* The flow table is 4-way set-associative too (see struct flow). */
+#define KG_FLOW_WAYS 4
+/* How long a flow lasts once closing (FIN both ways, an RST) or while a
+ * connection the host opened has had no answer, whatever the idle timeouts. */
+#define KG_FLOW_CLOSING_NS (10ULL * 1000000000)
+#define KG_FLOW_UNANSWERED_NS (60ULL * 1000000000)
+
 /* Slots of the hints map (a power of two): see hints in knockgate.c. */
 #define KG_HINT_SLOTS 65536
 
@@ -49,6 +56,38 @@ struct hint_counts {
 	__u64 slot[KG_HINT_SLOTS];
 };
 
+/*
+ * A flow the host sends on, as the host sees it: the key of a slot of the
+ * flow table. Learned only from the host's own packets (the tc egress
+ * program), never from an inbound one; an inbound packet passes when its
+ * reverse is a live flow. Addresses as everywhere (16 bytes, v4-mapped).
+ */
+struct flow_key {
+	__u8 local[16];
+	__u8 remote[16];
+	__u16 local_port; /* host byte order */
+	__u16 remote_port;
+	__u8 proto; /* IPPROTO_TCP or IPPROTO_UDP; 0: the slot is free */
+	__u8 pad[3];
+};
+
+enum flow_flag {
+	FLOW_ANSWERED = 1, /* an inbound packet of the flow was seen */
+	FLOW_FIN_OUT = 2, /* the host sent a FIN */
+	FLOW_FIN_IN = 4, /* the peer sent a FIN */
+	FLOW_RST_IN = 8, /* the peer sent an RST since the host last sent */
+};
+
+/* A slot of the flow table. The key changes only under the lock; flags
+ * change by atomic OR (AND to clear), last_ns by plain 64-bit stores. */
+struct flow {
+	struct bpf_spin_lock lock;
+	__u32 pad;
+	__u64 flags; /* enum flow_flag; 64 bits for the atomics BPF has */
+	__u64 last_ns; /* CLOCK_BOOTTIME of the host's last packet of the flow */
+	struct flow_key key;
+};
+
 /* A source address: the key of the knocks and grants maps. */
 struct source {
 	__u8 addr[16];
@@ -73,6 +112,9 @@ struct config {
 	__u64 slot_key[2];
 	__u64 step_timeout_ns;
 	__u64 open_ns;
+	/* Idle timeouts of flows (see struct flow). */
+	__u64 flow_idle_tcp_ns;
+	__u64 flow_idle_udp_ns;
 	/* Safe mode: 0, or the CLOCK_BOOTTIME instant after which, unless a
 	 * confirmation has replaced this configuration by then, the other slot
 	 * (the configuration before this one) rules again. The rollback needs no
@@ -87,7 +129,16 @@ struct config {
 	__u32 allow_count; /* entries in the allow trie; 0 skips the lookup */
 	struct step steps[KG_MAX_STEPS];
 	__u8 nsteps;
-	__u8 pad[7];
+	__u8 flags; /* enum config_flag */
+	__u8 pad[6];
+};
+
+enum config_flag {
+	/* Flows are learned on egress and their replies pass. */
+	CONFIG_FLOWS = 1,
+	/* Every TCP and UDP port is protected (the bitmaps are all ones); the
+	 * host's DHCP and DHCPv6 client ports take their servers' replies. */
+	CONFIG_PROTECT_ALL = 2,
 };
 
 /*
@@ -133,6 +184,7 @@ enum verdict {
 	VERDICT_PASSED = 0, /* not a protected port, not a knock */
 	VERDICT_PASSED_GRANTED, /* protected port, live grant */
 	VERDICT_PASSED_ALLOWED, /* protected port, source in the allow list */
+	VERDICT_PASSED_FLOW, /* protected port, a reply in a live flow of the host's */
 	VERDICT_DROPPED_PROTECTED, /* protected port, no grant */
 	VERDICT_DROPPED_KNOCK, /* a knock: always dropped, so knock ports look filtered */
 	VERDICT_DROPPED_MALFORMED, /* IP packet we cannot parse safely */
@@ -150,6 +202,9 @@ enum counter {
 	COUNTER_GRANT_FAILED, /* the grants map refused an entry */
 	COUNTER_EVENTS_LOST, /* ring buffer full: event dropped, verdict unchanged */
 	COUNTER_EVENTS_SUPPRESSED, /* knock or reset event over the budget: not sent */
+	COUNTER_FLOWS_LEARNED, /* a flow of the host's recorded (egress) */
+	COUNTER_FLOWS_FULL, /* no slot of its set was free or expired: not recorded */
+	COUNTER_FLOWS_ENDED, /* a flow ended by the host's RST (egress) */
 	COUNTER_MAX,
 };
 

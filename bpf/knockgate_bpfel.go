@@ -24,6 +24,8 @@ type KnockgateConfig struct {
 	SlotKey       [2]uint64
 	StepTimeoutNs uint64
 	OpenNs        uint64
+	FlowIdleTcpNs uint64
+	FlowIdleUdpNs uint64
 	ConfirmByNs   uint64
 	ProtectedTcp  [1024]uint64
 	ProtectedUdp  [1024]uint64
@@ -32,8 +34,16 @@ type KnockgateConfig struct {
 	AllowCount    uint32
 	Steps         [8]KnockgateStep
 	Nsteps        uint8
-	Pad           [7]uint8
+	Flags         uint8
+	Pad           [6]uint8
 }
+
+type KnockgateConfigFlag uint32
+
+const (
+	KnockgateConfigFlagCONFIG_FLOWS       KnockgateConfigFlag = 1
+	KnockgateConfigFlagCONFIG_PROTECT_ALL KnockgateConfigFlag = 2
+)
 
 type KnockgateCounter uint32
 
@@ -47,7 +57,10 @@ const (
 	KnockgateCounterCOUNTER_GRANT_FAILED        KnockgateCounter = 6
 	KnockgateCounterCOUNTER_EVENTS_LOST         KnockgateCounter = 7
 	KnockgateCounterCOUNTER_EVENTS_SUPPRESSED   KnockgateCounter = 8
-	KnockgateCounterCOUNTER_MAX                 KnockgateCounter = 9
+	KnockgateCounterCOUNTER_FLOWS_LEARNED       KnockgateCounter = 9
+	KnockgateCounterCOUNTER_FLOWS_FULL          KnockgateCounter = 10
+	KnockgateCounterCOUNTER_FLOWS_ENDED         KnockgateCounter = 11
+	KnockgateCounterCOUNTER_MAX                 KnockgateCounter = 12
 )
 
 type KnockgateEvent struct {
@@ -70,6 +83,37 @@ const (
 	KnockgateEventTypeEVENT_OPEN   KnockgateEventType = 3
 	KnockgateEventTypeEVENT_EXPIRE KnockgateEventType = 4
 )
+
+type KnockgateFlow struct {
+	_    structs.HostLayout
+	Lock struct {
+		_   structs.HostLayout
+		Val uint32
+	}
+	Pad    uint32
+	Flags  uint64
+	LastNs uint64
+	Key    KnockgateFlowKey
+}
+
+type KnockgateFlowFlag uint32
+
+const (
+	KnockgateFlowFlagFLOW_ANSWERED KnockgateFlowFlag = 1
+	KnockgateFlowFlagFLOW_FIN_OUT  KnockgateFlowFlag = 2
+	KnockgateFlowFlagFLOW_FIN_IN   KnockgateFlowFlag = 4
+	KnockgateFlowFlagFLOW_RST_IN   KnockgateFlowFlag = 8
+)
+
+type KnockgateFlowKey struct {
+	_          structs.HostLayout
+	Local      [16]uint8
+	Remote     [16]uint8
+	LocalPort  uint16
+	RemotePort uint16
+	Proto      uint8
+	Pad        [3]uint8
+}
 
 type KnockgateGrant struct {
 	_              structs.HostLayout
@@ -114,35 +158,43 @@ const (
 	KnockgateVerdictVERDICT_PASSED            KnockgateVerdict = 0
 	KnockgateVerdictVERDICT_PASSED_GRANTED    KnockgateVerdict = 1
 	KnockgateVerdictVERDICT_PASSED_ALLOWED    KnockgateVerdict = 2
-	KnockgateVerdictVERDICT_DROPPED_PROTECTED KnockgateVerdict = 3
-	KnockgateVerdictVERDICT_DROPPED_KNOCK     KnockgateVerdict = 4
-	KnockgateVerdictVERDICT_DROPPED_MALFORMED KnockgateVerdict = 5
-	KnockgateVerdictVERDICT_MAX               KnockgateVerdict = 6
+	KnockgateVerdictVERDICT_PASSED_FLOW       KnockgateVerdict = 3
+	KnockgateVerdictVERDICT_DROPPED_PROTECTED KnockgateVerdict = 4
+	KnockgateVerdictVERDICT_DROPPED_KNOCK     KnockgateVerdict = 5
+	KnockgateVerdictVERDICT_DROPPED_MALFORMED KnockgateVerdict = 6
+	KnockgateVerdictVERDICT_MAX               KnockgateVerdict = 7
 )
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	KnockgateMapAllow           = "allow"
-	KnockgateMapConfigSlot      = "config_slot"
-	KnockgateMapConfigs         = "configs"
-	KnockgateMapCounters        = "counters"
-	KnockgateMapEventBudget     = "event_budget"
-	KnockgateMapEvents          = "events"
-	KnockgateMapGrants          = "grants"
-	KnockgateMapHints           = "hints"
-	KnockgateMapKnockTags       = "knock_tags"
-	KnockgateMapKnocks          = "knocks"
-	KnockgateMapVerdicts        = "verdicts"
-	KnockgateProgKnockgate      = "knockgate"
-	KnockgateVarEventBurst      = "event_burst"
-	KnockgateVarKnockSets       = "knock_sets"
-	KnockgateVarKnockSlots      = "knock_slots"
-	KnockgateVarUnusedCounter   = "unused_counter"
-	KnockgateVarUnusedEvent     = "unused_event"
-	KnockgateVarUnusedEventType = "unused_event_type"
-	KnockgateVarUnusedVerdict   = "unused_verdict"
+	KnockgateMapAllow            = "allow"
+	KnockgateMapConfigSlot       = "config_slot"
+	KnockgateMapConfigs          = "configs"
+	KnockgateMapCounters         = "counters"
+	KnockgateMapEventBudget      = "event_budget"
+	KnockgateMapEvents           = "events"
+	KnockgateMapFlowTags         = "flow_tags"
+	KnockgateMapFlows            = "flows"
+	KnockgateMapGrants           = "grants"
+	KnockgateMapHints            = "hints"
+	KnockgateMapKnockTags        = "knock_tags"
+	KnockgateMapKnocks           = "knocks"
+	KnockgateMapVerdicts         = "verdicts"
+	KnockgateProgEgress          = "egress"
+	KnockgateProgKnockgate       = "knockgate"
+	KnockgateVarEventBurst       = "event_burst"
+	KnockgateVarFlowSets         = "flow_sets"
+	KnockgateVarFlowSlots        = "flow_slots"
+	KnockgateVarKnockSets        = "knock_sets"
+	KnockgateVarKnockSlots       = "knock_slots"
+	KnockgateVarUnusedConfigFlag = "unused_config_flag"
+	KnockgateVarUnusedCounter    = "unused_counter"
+	KnockgateVarUnusedEvent      = "unused_event"
+	KnockgateVarUnusedEventType  = "unused_event_type"
+	KnockgateVarUnusedFlowFlag   = "unused_flow_flag"
+	KnockgateVarUnusedVerdict    = "unused_verdict"
 )
 
 // LoadKnockgate returns the embedded CollectionSpec for Knockgate.
@@ -187,6 +239,7 @@ type KnockgateSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type KnockgateProgramSpecs struct {
+	Egress    *ebpf.ProgramSpec `ebpf:"egress"`
 	Knockgate *ebpf.ProgramSpec `ebpf:"knockgate"`
 }
 
@@ -200,6 +253,8 @@ type KnockgateMapSpecs struct {
 	Counters    *ebpf.MapSpec `ebpf:"counters"`
 	EventBudget *ebpf.MapSpec `ebpf:"event_budget"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
+	FlowTags    *ebpf.MapSpec `ebpf:"flow_tags"`
+	Flows       *ebpf.MapSpec `ebpf:"flows"`
 	Grants      *ebpf.MapSpec `ebpf:"grants"`
 	Hints       *ebpf.MapSpec `ebpf:"hints"`
 	KnockTags   *ebpf.MapSpec `ebpf:"knock_tags"`
@@ -211,13 +266,17 @@ type KnockgateMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type KnockgateVariableSpecs struct {
-	EventBurst      *ebpf.VariableSpec `ebpf:"event_burst"`
-	KnockSets       *ebpf.VariableSpec `ebpf:"knock_sets"`
-	KnockSlots      *ebpf.VariableSpec `ebpf:"knock_slots"`
-	UnusedCounter   *ebpf.VariableSpec `ebpf:"unused_counter"`
-	UnusedEvent     *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedEventType *ebpf.VariableSpec `ebpf:"unused_event_type"`
-	UnusedVerdict   *ebpf.VariableSpec `ebpf:"unused_verdict"`
+	EventBurst       *ebpf.VariableSpec `ebpf:"event_burst"`
+	FlowSets         *ebpf.VariableSpec `ebpf:"flow_sets"`
+	FlowSlots        *ebpf.VariableSpec `ebpf:"flow_slots"`
+	KnockSets        *ebpf.VariableSpec `ebpf:"knock_sets"`
+	KnockSlots       *ebpf.VariableSpec `ebpf:"knock_slots"`
+	UnusedConfigFlag *ebpf.VariableSpec `ebpf:"unused_config_flag"`
+	UnusedCounter    *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedEvent      *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedEventType  *ebpf.VariableSpec `ebpf:"unused_event_type"`
+	UnusedFlowFlag   *ebpf.VariableSpec `ebpf:"unused_flow_flag"`
+	UnusedVerdict    *ebpf.VariableSpec `ebpf:"unused_verdict"`
 }
 
 // KnockgateObjects contains all objects after they have been loaded into the kernel.
@@ -246,6 +305,8 @@ type KnockgateMaps struct {
 	Counters    *ebpf.Map `ebpf:"counters"`
 	EventBudget *ebpf.Map `ebpf:"event_budget"`
 	Events      *ebpf.Map `ebpf:"events"`
+	FlowTags    *ebpf.Map `ebpf:"flow_tags"`
+	Flows       *ebpf.Map `ebpf:"flows"`
 	Grants      *ebpf.Map `ebpf:"grants"`
 	Hints       *ebpf.Map `ebpf:"hints"`
 	KnockTags   *ebpf.Map `ebpf:"knock_tags"`
@@ -261,6 +322,8 @@ func (m *KnockgateMaps) Close() error {
 		m.Counters,
 		m.EventBudget,
 		m.Events,
+		m.FlowTags,
+		m.Flows,
 		m.Grants,
 		m.Hints,
 		m.KnockTags,
@@ -273,24 +336,30 @@ func (m *KnockgateMaps) Close() error {
 //
 // It can be passed to LoadKnockgateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KnockgateVariables struct {
-	EventBurst      *ebpf.Variable `ebpf:"event_burst"`
-	KnockSets       *ebpf.Variable `ebpf:"knock_sets"`
-	KnockSlots      *ebpf.Variable `ebpf:"knock_slots"`
-	UnusedCounter   *ebpf.Variable `ebpf:"unused_counter"`
-	UnusedEvent     *ebpf.Variable `ebpf:"unused_event"`
-	UnusedEventType *ebpf.Variable `ebpf:"unused_event_type"`
-	UnusedVerdict   *ebpf.Variable `ebpf:"unused_verdict"`
+	EventBurst       *ebpf.Variable `ebpf:"event_burst"`
+	FlowSets         *ebpf.Variable `ebpf:"flow_sets"`
+	FlowSlots        *ebpf.Variable `ebpf:"flow_slots"`
+	KnockSets        *ebpf.Variable `ebpf:"knock_sets"`
+	KnockSlots       *ebpf.Variable `ebpf:"knock_slots"`
+	UnusedConfigFlag *ebpf.Variable `ebpf:"unused_config_flag"`
+	UnusedCounter    *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedEvent      *ebpf.Variable `ebpf:"unused_event"`
+	UnusedEventType  *ebpf.Variable `ebpf:"unused_event_type"`
+	UnusedFlowFlag   *ebpf.Variable `ebpf:"unused_flow_flag"`
+	UnusedVerdict    *ebpf.Variable `ebpf:"unused_verdict"`
 }
 
 // KnockgatePrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to LoadKnockgateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KnockgatePrograms struct {
+	Egress    *ebpf.Program `ebpf:"egress"`
 	Knockgate *ebpf.Program `ebpf:"knockgate"`
 }
 
 func (p *KnockgatePrograms) Close() error {
 	return _KnockgateClose(
+		p.Egress,
 		p.Knockgate,
 	)
 }

@@ -18,6 +18,10 @@
 
 #include "knockgate.h"
 
+#ifndef IPPROTO_ICMPV6
+#define IPPROTO_ICMPV6 58
+#endif
+
 #define MAX_VLAN_TAGS 2
 /* Extension headers walked before giving up (and dropping): a longer chain
  * could otherwise hide the ports of a protected service. */
@@ -30,13 +34,19 @@ enum parse_result {
 	PARSE_L4, /* TCP or UDP with ports: judge it */
 	PARSE_PASS, /* not ours to judge: non-IP, other L4, non-first fragment */
 	PARSE_MALFORMED, /* claims to be IP but cannot be parsed safely */
+	/* An ICMP error quoting a TCP or UDP packet: the packet's fields are
+	 * the quoted one's, as its sender (this host, if it is real) sent it. */
+	PARSE_ICMP_ERROR,
 };
 
 struct packet {
 	struct source src;
+	struct source dst;
+	__u16 sport; /* host byte order */
 	__u16 dport; /* host byte order */
 	__u8 proto;
 	__u8 tcp_flags; /* byte 13 of the TCP header */
+	__u8 pad[2];
 };
 
 /*
@@ -89,6 +99,7 @@ static __always_inline int parse_l4(struct cursor *c, __u8 proto, struct packet 
 		if (!fits(c, tcp + 1))
 			return PARSE_MALFORMED;
 		pkt->proto = IPPROTO_TCP;
+		pkt->sport = bpf_ntohs(tcp->source);
 		pkt->dport = bpf_ntohs(tcp->dest);
 		pkt->tcp_flags = ((__u8 *)tcp)[13];
 		return PARSE_L4;
@@ -98,11 +109,77 @@ static __always_inline int parse_l4(struct cursor *c, __u8 proto, struct packet 
 		if (!fits(c, udp + 1))
 			return PARSE_MALFORMED;
 		pkt->proto = IPPROTO_UDP;
+		pkt->sport = bpf_ntohs(udp->source);
 		pkt->dport = bpf_ntohs(udp->dest);
 		pkt->tcp_flags = 0;
 		return PARSE_L4;
 	}
 	return PARSE_PASS;
+}
+
+/* addr as v4-mapped IPv6 (::ffff:a.b.c.d), the form every key uses. */
+static __always_inline void map_v4(__u8 *addr, const __be32 *v4)
+{
+	__builtin_memset(addr, 0, 10);
+	addr[10] = 0xff;
+	addr[11] = 0xff;
+	__builtin_memcpy(&addr[12], v4, 4);
+}
+
+/*
+ * The packet an ICMP error quotes (an IP header and the first 8 bytes
+ * after it, RFC 792 and 4443): its addresses, ports and protocol go into
+ * pkt, as they were when it was sent. Only TCP and UDP are ours; a quote cut
+ * short of its ports is malformed.
+ */
+static __always_inline int parse_quoted(struct cursor *c, struct packet *pkt, int v6)
+{
+	__u8 proto;
+	if (v6) {
+		struct ipv6hdr *ip6 = c->pos;
+		if (!fits(c, ip6 + 1))
+			return PARSE_MALFORMED;
+		__builtin_memcpy(pkt->src.addr, &ip6->saddr, 16);
+		__builtin_memcpy(pkt->dst.addr, &ip6->daddr, 16);
+		proto = ip6->nexthdr;
+		c->pos = ip6 + 1;
+	} else {
+		struct iphdr *ip = c->pos;
+		if (!fits(c, ip + 1))
+			return PARSE_MALFORMED;
+		__u32 hdr_len = ip->ihl * 4;
+		if (hdr_len < sizeof(*ip) || !fits(c, c->pos + hdr_len))
+			return PARSE_MALFORMED;
+		map_v4(pkt->src.addr, &ip->saddr);
+		map_v4(pkt->dst.addr, &ip->daddr);
+		proto = ip->protocol;
+		c->pos += hdr_len;
+	}
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return PARSE_PASS;
+	__be16 *ports = c->pos;
+	if (!fits(c, ports + 2))
+		return PARSE_MALFORMED;
+	pkt->proto = proto;
+	pkt->sport = bpf_ntohs(ports[0]);
+	pkt->dport = bpf_ntohs(ports[1]);
+	pkt->tcp_flags = 0;
+	return PARSE_ICMP_ERROR;
+}
+
+/* ICMP and ICMPv6: an error quoting a packet is judged by the flow it
+ * quotes; everything else (echo, neighbour discovery, ...) passes. */
+static __always_inline int parse_icmp(struct cursor *c, struct packet *pkt, int v6)
+{
+	__u8 *icmp = c->pos;
+	if (!fits(c, icmp + 8))
+		return PARSE_MALFORMED;
+	__u8 type = icmp[0];
+	int error = v6 ? type >= 1 && type <= 4 : type == 3 || type == 4 || type == 11 || type == 12;
+	if (!error)
+		return PARSE_PASS;
+	c->pos = icmp + 8;
+	return parse_quoted(c, pkt, v6);
 }
 
 static __always_inline int parse_ipv4(struct cursor *c, struct packet *pkt)
@@ -124,11 +201,8 @@ static __always_inline int parse_ipv4(struct cursor *c, struct packet *pkt)
 			return PARSE_MALFORMED; /* truncated: the kernel drops it too */
 	}
 
-	/* v4-mapped: ::ffff:a.b.c.d */
-	__builtin_memset(pkt->src.addr, 0, 10);
-	pkt->src.addr[10] = 0xff;
-	pkt->src.addr[11] = 0xff;
-	__builtin_memcpy(&pkt->src.addr[12], &ip->saddr, 4);
+	map_v4(pkt->src.addr, &ip->saddr);
+	map_v4(pkt->dst.addr, &ip->daddr);
 
 	/* A non-first fragment carries no ports; without its first fragment
 	 * (which we judge) it cannot be reassembled, so let it pass. */
@@ -136,6 +210,8 @@ static __always_inline int parse_ipv4(struct cursor *c, struct packet *pkt)
 		return PARSE_PASS;
 
 	c->pos += hdr_len;
+	if (ip->protocol == IPPROTO_ICMP)
+		return parse_icmp(c, pkt, 0);
 	return parse_l4(c, ip->protocol, pkt);
 }
 
@@ -150,6 +226,7 @@ static __always_inline int parse_ipv6(struct cursor *c, struct packet *pkt)
 	if (w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff))
 		return PARSE_MALFORMED;
 	__builtin_memcpy(pkt->src.addr, &ip6->saddr, 16);
+	__builtin_memcpy(pkt->dst.addr, &ip6->daddr, 16);
 	__u8 nexthdr = ip6->nexthdr;
 	c->pos = ip6 + 1;
 	/* 0: a jumbogram or a BIG TCP GRO aggregate, bounded by the frame
@@ -183,6 +260,8 @@ static __always_inline int parse_ipv6(struct cursor *c, struct packet *pkt)
 			c->pos = frag + 1;
 			break;
 		}
+		case IPPROTO_ICMPV6:
+			return parse_icmp(c, pkt, 1);
 		default:
 			return parse_l4(c, nexthdr, pkt);
 		}
@@ -191,12 +270,13 @@ static __always_inline int parse_ipv6(struct cursor *c, struct packet *pkt)
 	return PARSE_MALFORMED;
 }
 
-static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
+/* Parse the frame from data to end (an XDP or a tc program's packet). */
+static __always_inline int parse_frame(void *data, void *end, struct packet *pkt)
 {
 	struct cursor c = {
-		.pos = (void *)(long)ctx->data,
-		.end = (void *)(long)ctx->data_end,
-		.limit = (void *)(long)ctx->data_end,
+		.pos = data,
+		.end = end,
+		.limit = end,
 	};
 	struct ethhdr *eth = c.pos;
 	if ((void *)(eth + 1) > c.end)
@@ -224,4 +304,9 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
 	if (proto == bpf_htons(ETH_P_IPV6))
 		return parse_ipv6(&c, pkt);
 	return PARSE_PASS;
+}
+
+static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
+{
+	return parse_frame((void *)(long)ctx->data, (void *)(long)ctx->data_end, pkt);
 }

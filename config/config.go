@@ -31,9 +31,14 @@ type Settings struct {
 	StepTimeout time.Duration
 	Open        time.Duration
 	Protect     []maps.Port
+	ProtectAll  bool // protect = "all"
 	Allow       []netip.Prefix
 	MaxSources  uint32
 	Mode        loader.Mode
+	Flows       bool
+	FlowIdleTCP time.Duration
+	FlowIdleUDP time.Duration
+	MaxFlows    uint32
 	// Service only (the file's keys; run has no flags for them).
 	Metrics   string // host:port to serve Prometheus metrics on; "": none
 	LogFormat string // "text" or "json"
@@ -75,12 +80,20 @@ var Options = []Option{
 		value: func(s *Settings) value { return &durationValue{&s.StepTimeout} }},
 	{Name: "open", In: Attach | Set | File, Default: "30m", Usage: "a completed sequence opens the protected ports for `DURATION`",
 		value: func(s *Settings) value { return &durationValue{&s.Open} }},
-	{Name: "protect", In: Attach | Set | File, Default: "22", Usage: "`PORTS` closed to sources without a grant",
-		value: func(s *Settings) value { return &portsValue{&s.Protect} }},
+	{Name: "protect", In: Attach | Set | File, Default: "22", Usage: "`PORTS` closed to sources without a grant (all: every TCP and UDP port)",
+		value: func(s *Settings) value { return &protectValue{&s.Protect, &s.ProtectAll} }},
 	{Name: "allow", In: Attach | File, Usage: "`CIDRS` that may always reach protected ports (repeatable)",
 		value: func(s *Settings) value { return &prefixesValue{&s.Allow} }},
 	{Name: "max-sources", In: Attach | File, Default: fmt.Sprint(loader.DefaultMaxSources), Usage: "track at most `N` knocking and N granted sources",
 		value: func(s *Settings) value { return &countValue{&s.MaxSources, 1, loader.MaxSourcesLimit} }},
+	{Name: "flows", In: Attach | Set | File, Default: "true", Usage: "let replies in the host's own flows (and the rest of a session a grant let in) through protected ports",
+		value: func(s *Settings) value { return &boolValue{&s.Flows} }},
+	{Name: "flow-idle-tcp", In: Attach | Set | File, Default: "24h", Usage: "a TCP flow idle for `DURATION` ends",
+		value: func(s *Settings) value { return &durationValue{&s.FlowIdleTCP} }},
+	{Name: "flow-idle-udp", In: Attach | Set | File, Default: "3m", Usage: "a UDP flow idle for `DURATION` ends",
+		value: func(s *Settings) value { return &durationValue{&s.FlowIdleUDP} }},
+	{Name: "max-flows", In: Attach | File, Default: fmt.Sprint(loader.DefaultMaxFlows), Usage: "remember at most `N` flows of the host's",
+		value: func(s *Settings) value { return &countValue{&s.MaxFlows, 4, loader.MaxFlowsLimit} }},
 	{Name: "mode", In: Attach | File, Default: string(loader.ModeAuto), Usage: "XDP `MODE`: auto (native, else generic), native or generic",
 		value: func(s *Settings) value { return &modeValue{&s.Mode} }},
 	{Name: "metrics", In: File, Usage: "serve Prometheus metrics on `HOST:PORT` (empty: off)",
@@ -142,6 +155,9 @@ func AddFlags(fs *pflag.FlagSet, where Where) *Flags {
 			continue
 		}
 		f.text[o.Name] = fs.String(o.Name, def, o.Usage)
+		if _, ok := o.value(&Settings{}).(*boolValue); ok {
+			fs.Lookup(o.Name).NoOptDefVal = "true" // --flows alone, or --flows=false
+		}
 	}
 	return f
 }
@@ -199,6 +215,10 @@ func (s *Settings) Config() maps.Config {
 		StepTimeout: s.StepTimeout,
 		Open:        s.Open,
 		Protected:   s.Protect,
+		ProtectAll:  s.ProtectAll,
+		Flows:       s.Flows,
+		FlowIdleTCP: s.FlowIdleTCP,
+		FlowIdleUDP: s.FlowIdleUDP,
 	}
 }
 
@@ -209,6 +229,7 @@ func (s *Settings) LoaderOptions() loader.Options {
 		Interfaces: s.Interfaces,
 		Mode:       s.Mode,
 		MaxSources: s.MaxSources,
+		MaxFlows:   s.MaxFlows,
 		Config:     s.Config(),
 		Allow:      s.Allow,
 	}
@@ -275,6 +296,43 @@ func (v *portsValue) Set(s string) (err error) {
 	return err
 }
 func (v *portsValue) setTOML(x any) error { return setText(v, x) }
+
+// protectValue is a port list, or "all".
+type protectValue struct {
+	p   *[]maps.Port
+	all *bool
+}
+
+func (v *protectValue) Type() string { return "ports" }
+func (v *protectValue) Set(s string) (err error) {
+	if strings.EqualFold(strings.TrimSpace(s), "all") {
+		*v.p, *v.all = nil, true
+		return nil
+	}
+	*v.all = false
+	*v.p, err = maps.ParsePorts(s)
+	return err
+}
+func (v *protectValue) setTOML(x any) error { return setText(v, x) }
+
+type boolValue struct{ b *bool }
+
+func (v *boolValue) Type() string { return "bool" }
+func (v *boolValue) Set(s string) error {
+	b, err := strconv.ParseBool(strings.TrimSpace(s))
+	if err != nil {
+		return fmt.Errorf("%q is not true or false", s)
+	}
+	*v.b = b
+	return nil
+}
+func (v *boolValue) setTOML(x any) error {
+	if b, ok := x.(bool); ok {
+		*v.b = b
+		return nil
+	}
+	return fmt.Errorf("want true or false, not %s", tomlType(x))
+}
 
 type durationValue struct{ d *time.Duration }
 

@@ -34,7 +34,8 @@ func flags(t *testing.T, where Where, args ...string) (Settings, error) {
 func TestDefaults(t *testing.T) {
 	s := Defaults()
 	want := Settings{Sequence: []maps.Port{tcp(9000), tcp(8000)}, StepTimeout: time.Minute, Open: 30 * time.Minute,
-		Protect: []maps.Port{tcp(22)}, MaxSources: loader.DefaultMaxSources, Mode: loader.ModeAuto, LogFormat: "text"}
+		Protect: []maps.Port{tcp(22)}, MaxSources: loader.DefaultMaxSources, Mode: loader.ModeAuto, LogFormat: "text",
+		Flows: true, FlowIdleTCP: 24 * time.Hour, FlowIdleUDP: 3 * time.Minute, MaxFlows: loader.DefaultMaxFlows}
 	if !reflect.DeepEqual(s, want) {
 		t.Errorf("defaults %+v, want %+v", s, want)
 	}
@@ -148,7 +149,8 @@ log_format = "json"
 	want := &Settings{Gate: "edge", Interfaces: []string{"eth0", "wg0"}, Sequence: []maps.Port{tcp(9000), tcp(8000)},
 		StepTimeout: time.Minute, Open: 30 * time.Minute, Protect: []maps.Port{tcp(22), tcp(8291)},
 		Allow: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}, MaxSources: 65536, Mode: loader.ModeAuto,
-		Metrics: "127.0.0.1:9746", LogFormat: "json"}
+		Metrics: "127.0.0.1:9746", LogFormat: "json",
+		Flows: true, FlowIdleTCP: 24 * time.Hour, FlowIdleUDP: 3 * time.Minute, MaxFlows: loader.DefaultMaxFlows}
 	if !reflect.DeepEqual(s, want) {
 		t.Errorf("parsed %+v\nwant %+v", s, want)
 	}
@@ -163,7 +165,7 @@ func TestFileErrorsNameKeyAndLine(t *testing.T) {
 	for _, tc := range []struct{ file, want string }{
 		{"interfaces = [\"eth0\"]\n\nprotect = \"70000\"\n", "t.toml:3: protect: port 70000 out of range (1-65535)"},
 		{"interfaces = [\"eth0\"]\nsequnce = \"1,2\"\n", "t.toml:2: sequnce: unknown key (did you mean sequence?)"},
-		{"interfaces = [\"eth0\"]\nwhatever = 1\n", "t.toml:2: whatever: unknown key (known: allow, gate, interfaces"},
+		{"interfaces = [\"eth0\"]\nwhatever = 1\n", "t.toml:2: whatever: unknown key (known: allow, flow_idle_tcp, flow_idle_udp, flows, gate, interfaces"},
 		{"interfaces = [\"eth0\"]\nstep-timeout = \"1m\"\n", "t.toml:2: step-timeout: unknown key (did you mean step_timeout?)"},
 		{"interfaces = [\"eth0\"]\nno_grant_self = true\n", "t.toml:2: no_grant_self: unknown key"},
 		{"interfaces = [\"eth0\"]\nmax_sources = -3\n", "t.toml:2: max_sources: -3 out of range"},

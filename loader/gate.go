@@ -25,6 +25,7 @@ type Options struct {
 	AllowMissing bool
 	Mode         Mode
 	MaxSources   uint32
+	MaxFlows     uint32
 	Config       maps.Config
 	Allow        []netip.Prefix
 	// Grants are granted for the open window before the program attaches,
@@ -45,8 +46,10 @@ type Gate struct {
 	Name string
 	Dir  string
 	Maps *maps.Set
-	Prog *ebpf.Program
-	objs *bpf.KnockgateObjects // set when this process loaded the program
+	Prog *ebpf.Program // XDP, on every interface's ingress
+	// Egress learns the host's flows, on every interface's egress (tcx).
+	Egress *ebpf.Program
+	objs   *bpf.KnockgateObjects // set when this process loaded the programs
 }
 
 // Close releases this process's handles; the pinned gate keeps running.
@@ -55,8 +58,10 @@ func (g *Gate) Close() error {
 		return g.objs.Close()
 	}
 	var errs []error
-	if g.Prog != nil {
-		errs = append(errs, g.Prog.Close())
+	for _, p := range []*ebpf.Program{g.Prog, g.Egress} {
+		if p != nil {
+			errs = append(errs, p.Close())
+		}
 	}
 	if g.Maps != nil {
 		errs = append(errs, g.Maps.Close())
@@ -118,11 +123,12 @@ func Create(opts Options) (_ *Gate, err error) {
 		}
 	}
 
-	objs, err := Load(opts.MaxSources)
+	objs, err := LoadTuned(Sizes{MaxSources: opts.MaxSources, MaxFlows: opts.MaxFlows}, Tuning{})
 	if err != nil {
 		return nil, err
 	}
-	g := &Gate{Name: name, Dir: dir, Maps: maps.FromObjects(&objs.KnockgateMaps), Prog: objs.Knockgate, objs: objs}
+	g := &Gate{Name: name, Dir: dir, Maps: maps.FromObjects(&objs.KnockgateMaps), Prog: objs.Knockgate,
+		Egress: objs.Egress, objs: objs}
 	defer func() {
 		if err != nil {
 			g.Close()
@@ -141,9 +147,16 @@ func Create(opts Options) (_ *Gate, err error) {
 			return nil, err
 		}
 	}
-	// The configuration goes in before the program sees its first packet.
+	// The configuration goes in before the program sees its first packet,
+	// and so do the flows open already (the operator's own session among
+	// them), so attaching never cuts one off.
 	if _, err := g.Maps.WriteConfig(cfg); err != nil {
 		return nil, err
+	}
+	if cfg.Flows {
+		if _, err := SeedFlows(g.Maps); err != nil {
+			return nil, err
+		}
 	}
 
 	staging, err := os.MkdirTemp(PinRoot, stagingPrefix+pinName(name)+" ")
@@ -164,6 +177,9 @@ func Create(opts Options) (_ *Gate, err error) {
 	if err := g.Prog.Pin(filepath.Join(staging, progPin)); err != nil {
 		return nil, fmt.Errorf("pin program: %w", err)
 	}
+	if err := g.Egress.Pin(filepath.Join(staging, egressProgPin)); err != nil {
+		return nil, fmt.Errorf("pin egress program: %w", err)
+	}
 	if err := g.Maps.Pin(staging); err != nil {
 		return nil, err
 	}
@@ -175,7 +191,7 @@ func Create(opts Options) (_ *Gate, err error) {
 		if ifcs[n] == 0 {
 			continue // waiting for it to appear
 		}
-		if _, err := attachAndPin(g.Prog, n, ifcs[n], opts.Mode, ifdir); err != nil {
+		if _, err := attachAndPin(g, n, ifcs[n], opts.Mode, ifdir); err != nil {
 			return nil, err
 		}
 	}
@@ -217,6 +233,9 @@ func Open(name string) (_ *Gate, err error) {
 	}
 	if g.Prog, err = ebpf.LoadPinnedProgram(filepath.Join(dir, progPin), nil); err != nil {
 		return nil, fmt.Errorf("open pinned program of gate %s: %w", name, err)
+	}
+	if g.Egress, err = ebpf.LoadPinnedProgram(filepath.Join(dir, egressProgPin), nil); err != nil {
+		return nil, fmt.Errorf("gate %s: %w: no egress program (detach and attach again): %w", name, ErrIncompatible, err)
 	}
 	return g, nil
 }

@@ -90,11 +90,13 @@ func pinnedIfindex(pin string) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("read link %s: %w", pin, err)
 	}
-	xdp := info.XDP()
-	if xdp == nil {
-		return 0, fmt.Errorf("link %s is not an XDP link", pin)
+	if xdp := info.XDP(); xdp != nil {
+		return int(xdp.Ifindex), nil
 	}
-	return int(xdp.Ifindex), nil
+	if tcx := info.TCX(); tcx != nil {
+		return int(tcx.Ifindex), nil
+	}
+	return 0, fmt.Errorf("link %s is neither an XDP nor a tcx link", pin)
 }
 
 // Want records iface as one of the gate's interfaces without attaching it
@@ -133,6 +135,7 @@ func (g *Gate) AttachInterface(iface string, mode Mode) (Mode, error) {
 	} else if len(o) > 0 && o[0] != g.Name || len(o) > 1 {
 		return "", fmt.Errorf("interface %s is in gate %s: %w", iface, o[0], ErrAttached)
 	}
+	dir := filepath.Join(g.Dir, ifacesDir, pinName(iface))
 	if pin, old, ok := g.linkPin(iface); ok {
 		ifindex, err := pinnedIfindex(pin)
 		if err != nil {
@@ -140,23 +143,29 @@ func (g *Gate) AttachInterface(iface string, mode Mode) (Mode, error) {
 		}
 		switch {
 		case ifindex == ifc.Index:
-			return old, fmt.Errorf("gate %s on %s: %w", g.Name, iface, ErrAttached)
+			// Attached; an egress link missing (a kill between the two
+			// attachments) is made now.
+			if _, err := os.Stat(filepath.Join(dir, egressPin)); err == nil {
+				return old, fmt.Errorf("gate %s on %s: %w", g.Name, iface, ErrAttached)
+			}
+			return old, attachEgress(g, iface, ifc.Index, dir)
 		case ifindex != 0:
 			return "", fmt.Errorf("gate %s: its link for %s is on another interface (ifindex %d): detach it first", g.Name, iface, ifindex)
 		}
-		// The interface the link was on is gone: drop the defunct link.
-		if err := detachPinned(pin); err != nil {
+	}
+	// The interface the links were on is gone: drop the defunct links.
+	for _, name := range []string{egressPin, linkPinName(ModeNative), linkPinName(ModeGeneric)} {
+		if err := detachPinned(filepath.Join(dir, name)); err != nil {
 			return "", err
 		}
 	}
 	if mode == "" {
 		mode = ModeAuto
 	}
-	dir := filepath.Join(g.Dir, ifacesDir, pinName(iface))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("create %s: %w", dir, err)
 	}
-	return attachAndPin(g.Prog, iface, ifc.Index, mode, dir)
+	return attachAndPin(g, iface, ifc.Index, mode, dir)
 }
 
 // DetachInterface takes the gate off iface and forgets it; the gate stays
@@ -171,8 +180,8 @@ func (g *Gate) DetachInterface(iface string) (bool, error) {
 	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
-	if pin, _, ok := g.linkPin(iface); ok {
-		if err := detachPinned(pin); err != nil {
+	for _, name := range []string{egressPin, linkPinName(ModeNative), linkPinName(ModeGeneric)} {
+		if err := detachPinned(filepath.Join(dir, name)); err != nil {
 			return true, err
 		}
 	}
@@ -182,10 +191,12 @@ func (g *Gate) DetachInterface(iface string) (bool, error) {
 	return true, nil
 }
 
-// attachAndPin attaches prog to the interface (native, else generic in
-// auto mode) and pins the link in dir under a name that records the mode.
-// A link that fails to pin is closed, which takes it off the interface.
-func attachAndPin(prog *ebpf.Program, iface string, ifindex int, mode Mode, dir string) (Mode, error) {
+// attachAndPin puts g on the interface: its XDP program (native, else
+// generic in auto mode), pinned in dir under a name that records the mode,
+// then its egress program. A link that fails to pin is closed, which takes
+// it off the interface; an egress link that fails takes the XDP one off
+// too, so the interface ends with both or neither.
+func attachAndPin(g *Gate, iface string, ifindex int, mode Mode, dir string) (_ Mode, err error) {
 	try := []Mode{ModeNative, ModeGeneric}
 	switch mode {
 	case ModeNative:
@@ -194,13 +205,12 @@ func attachAndPin(prog *ebpf.Program, iface string, ifindex int, mode Mode, dir 
 		try = try[1:]
 	}
 	var l link.Link
-	var err error
 	for _, m := range try {
 		flags := link.XDPDriverMode
 		if m == ModeGeneric {
 			flags = link.XDPGenericMode
 		}
-		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: flags})
+		l, err = link.AttachXDP(link.XDPOptions{Program: g.Prog, Interface: ifindex, Flags: flags})
 		if err == nil {
 			mode = m
 			break
@@ -215,10 +225,29 @@ func attachAndPin(prog *ebpf.Program, iface string, ifindex int, mode Mode, dir 
 		return "", err
 	}
 	defer l.Close()
-	if err := l.Pin(filepath.Join(dir, linkPinName(mode))); err != nil {
+	pin := filepath.Join(dir, linkPinName(mode))
+	if err := l.Pin(pin); err != nil {
 		return "", fmt.Errorf("pin link of %s: %w", iface, err)
 	}
+	if err := attachEgress(g, iface, ifindex, dir); err != nil {
+		l.Unpin()
+		return "", err
+	}
 	return mode, nil
+}
+
+// attachEgress attaches g's egress program to the interface (tcx, after
+// whatever is there) and pins the link in dir.
+func attachEgress(g *Gate, iface string, ifindex int, dir string) error {
+	l, err := link.AttachTCX(link.TCXOptions{Program: g.Egress, Interface: ifindex, Attach: ebpf.AttachTCXEgress})
+	if err != nil {
+		return fmt.Errorf("attach tcx egress to %s: %w", iface, err)
+	}
+	defer l.Close()
+	if err := l.Pin(filepath.Join(dir, egressPin)); err != nil {
+		return fmt.Errorf("pin egress link of %s: %w", iface, err)
+	}
+	return nil
 }
 
 // randomSuffix makes a name unique.

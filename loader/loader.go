@@ -33,6 +33,35 @@ var (
 // DefaultMaxSources sizes the knock-progress and grant maps.
 const DefaultMaxSources = 65536
 
+// DefaultMaxFlows sizes the flow table; MaxFlowsLimit bounds it.
+const (
+	DefaultMaxFlows = 65536
+	MaxFlowsLimit   = 1 << 24
+)
+
+// Sizes are the operator-sized parts of a gate.
+type Sizes struct {
+	MaxSources uint32 // knocking and granted sources tracked at once
+	MaxFlows   uint32 // flows of the host's remembered at once
+}
+
+// withDefaults fills what s leaves zero.
+func (s Sizes) withDefaults() Sizes {
+	if s.MaxSources == 0 {
+		s.MaxSources = DefaultMaxSources
+	}
+	if s.MaxFlows == 0 {
+		s.MaxFlows = DefaultMaxFlows
+	}
+	return s
+}
+
+// FlowSlots is the size of the flow table for maxFlows: rounded up to a
+// whole set.
+func FlowSlots(maxFlows uint32) uint32 {
+	return uint32((uint64(maxFlows) + maps.FlowWays - 1) / maps.FlowWays * maps.FlowWays)
+}
+
 // MaxSourcesLimit keeps a typo from asking the kernel for gigabytes.
 const MaxSourcesLimit = 1 << 24
 
@@ -59,7 +88,7 @@ func ParseMode(s string) (Mode, error) {
 // attaching or pinning anything. The configuration is empty: every packet
 // passes.
 func Load(maxSources uint32) (*bpf.KnockgateObjects, error) {
-	return LoadTuned(maxSources, Tuning{})
+	return LoadTuned(Sizes{MaxSources: maxSources}, Tuning{})
 }
 
 // Tuning sets load-time constants of the program (volatile const, which
@@ -81,10 +110,22 @@ func KnockSlots(maxSources uint32) uint32 {
 }
 
 // sizeSpec sizes the maps of spec (knockSlots a multiple of
-// maps.KnockWays) and sets the load-time constants that go with them.
-func sizeSpec(spec *ebpf.CollectionSpec, knockSlots, grants uint32, t Tuning) error {
+// maps.KnockWays, flowSlots of maps.FlowWays) and sets the load-time
+// constants that go with them.
+func sizeSpec(spec *ebpf.CollectionSpec, knockSlots, grants, flowSlots uint32, t Tuning) error {
 	if knockSlots == 0 || knockSlots%maps.KnockWays != 0 {
 		return fmt.Errorf("knock table of %d slots: not a multiple of %d", knockSlots, maps.KnockWays)
+	}
+	if flowSlots == 0 || flowSlots%maps.FlowWays != 0 {
+		return fmt.Errorf("flow table of %d slots: not a multiple of %d", flowSlots, maps.FlowWays)
+	}
+	spec.Maps[bpf.KnockgateMapFlows].MaxEntries = flowSlots
+	spec.Maps[bpf.KnockgateMapFlowTags].ValueSize = flowSlots
+	if err := spec.Variables["flow_sets"].Set(flowSlots / maps.FlowWays); err != nil {
+		return fmt.Errorf("set flow sets: %w", err)
+	}
+	if err := spec.Variables["flow_slots"].Set(flowSlots); err != nil {
+		return fmt.Errorf("set flow slots: %w", err)
 	}
 	spec.Maps[bpf.KnockgateMapKnocks].MaxEntries = knockSlots
 	spec.Maps[bpf.KnockgateMapKnockTags].ValueSize = knockSlots // a byte a slot
@@ -102,16 +143,21 @@ func sizeSpec(spec *ebpf.CollectionSpec, knockSlots, grants uint32, t Tuning) er
 	return nil
 }
 
-// LoadTuned is Load with load-time constants set.
-func LoadTuned(maxSources uint32, t Tuning) (*bpf.KnockgateObjects, error) {
+// LoadTuned is Load with every size and load-time constants set.
+func LoadTuned(sz Sizes, t Tuning) (*bpf.KnockgateObjects, error) {
+	sz = sz.withDefaults()
+	maxSources := sz.MaxSources
 	if maxSources < 1 || maxSources > MaxSourcesLimit {
 		return nil, fmt.Errorf("max sources %d out of range (1-%d)", maxSources, MaxSourcesLimit)
+	}
+	if sz.MaxFlows > MaxFlowsLimit {
+		return nil, fmt.Errorf("max flows %d out of range (1-%d)", sz.MaxFlows, MaxFlowsLimit)
 	}
 	spec, err := bpf.LoadKnockgate()
 	if err != nil {
 		return nil, fmt.Errorf("load program spec: %w", err)
 	}
-	if err := sizeSpec(spec, KnockSlots(maxSources), maxSources, t); err != nil {
+	if err := sizeSpec(spec, KnockSlots(maxSources), maxSources, FlowSlots(sz.MaxFlows), t); err != nil {
 		return nil, err
 	}
 	var objs bpf.KnockgateObjects

@@ -16,9 +16,10 @@ import (
 // the program and every map once, and one directory per interface the gate
 // is on, holding that interface's XDP link:
 //
-//	/sys/fs/bpf/knockgate/GATE/prog                 the XDP program
+//	/sys/fs/bpf/knockgate/GATE/prog, egress          the XDP and tc egress programs
 //	/sys/fs/bpf/knockgate/GATE/configs, knocks, …   its maps
-//	/sys/fs/bpf/knockgate/GATE/ifaces/IFACE/xdp-native   the link (or xdp-generic)
+//	/sys/fs/bpf/knockgate/GATE/ifaces/IFACE/xdp-native   the XDP link (or xdp-generic)
+//	/sys/fs/bpf/knockgate/GATE/ifaces/IFACE/tcx-egress   the egress link
 //
 // An interface directory without a link is an interface the gate waits
 // for. bpffs holds only pinned objects and directories, so what status needs
@@ -38,9 +39,12 @@ const (
 	BPFFS   = "/sys/fs/bpf"
 	PinRoot = BPFFS + "/knockgate"
 
-	progPin   = "prog"
-	ifacesDir = "ifaces"
-	v1LinkPin = "link"
+	progPin       = "prog"
+	egressProgPin = "egress"
+	ifacesDir     = "ifaces"
+	v1LinkPin     = "link"
+	// egressPin is an interface's tc (tcx) egress link, which learns flows.
+	egressPin = "tcx-egress"
 
 	stagingPrefix   = "pinning "
 	detachingPrefix = "detaching "
@@ -163,7 +167,7 @@ func linkPins(dir string) []string {
 	for _, ifc := range ifaces {
 		files, _ := os.ReadDir(filepath.Join(dir, ifacesDir, ifc.Name()))
 		for _, f := range files {
-			if _, ok := linkPinMode(f.Name()); ok {
+			if _, ok := linkPinMode(f.Name()); ok || f.Name() == egressPin {
 				pins = append(pins, filepath.Join(dir, ifacesDir, ifc.Name(), f.Name()))
 			}
 		}

@@ -21,7 +21,7 @@ func pinnedSpec(set *maps.Set) (*ebpf.CollectionSpec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load program spec: %w", err)
 	}
-	if err := sizeSpec(spec, set.Knocks.MaxEntries(), set.Grants.MaxEntries(), Tuning{}); err != nil {
+	if err := sizeSpec(spec, set.Knocks.MaxEntries(), set.Grants.MaxEntries(), set.FlowTable.MaxEntries(), Tuning{}); err != nil {
 		return nil, fmt.Errorf("%w: %w (detach and attach again)", ErrIncompatible, err)
 	}
 	return spec, nil
@@ -65,14 +65,20 @@ func (g *Gate) Upgrade() (replaced bool, err error) {
 		return false, loadError(err)
 	}
 	prog := coll.DetachProgram(bpf.KnockgateProgKnockgate)
+	egress := coll.DetachProgram(bpf.KnockgateProgEgress)
 	coll.Close()
 	defer func() {
 		if !replaced {
 			prog.Close()
+			egress.Close()
 		}
 	}()
 	same, err := sameProgram(g.Prog, prog)
-	if err != nil || same {
+	if err != nil {
+		return false, err
+	}
+	sameEgress, err := sameProgram(g.Egress, egress)
+	if err != nil || same && sameEgress {
 		return false, err
 	}
 
@@ -81,7 +87,11 @@ func (g *Gate) Upgrade() (replaced bool, err error) {
 		if err != nil {
 			return false, fmt.Errorf("open pinned link %s: %w", pin, err)
 		}
-		err = l.Update(prog)
+		next := prog
+		if filepath.Base(pin) == egressPin {
+			next = egress
+		}
+		err = l.Update(next)
 		l.Close()
 		if err != nil {
 			// A defunct link (its interface gone) is re-made with the
@@ -92,17 +102,24 @@ func (g *Gate) Upgrade() (replaced bool, err error) {
 			return false, fmt.Errorf("update link %s: %w", pin, err)
 		}
 	}
-	// Links already run prog; the pin is what later attachments use.
-	next := filepath.Join(g.Dir, progPin+"-new")
-	os.Remove(next)
-	if err := prog.Pin(next); err != nil {
-		return false, fmt.Errorf("pin program: %w", err)
-	}
-	if err := os.Rename(next, filepath.Join(g.Dir, progPin)); err != nil {
-		return false, fmt.Errorf("pin program: %w", err)
+	// Links already run the programs; the pins are what later attachments
+	// use.
+	for _, p := range []struct {
+		prog *ebpf.Program
+		pin  string
+	}{{prog, progPin}, {egress, egressProgPin}} {
+		next := filepath.Join(g.Dir, p.pin+"-new")
+		os.Remove(next)
+		if err := p.prog.Pin(next); err != nil {
+			return false, fmt.Errorf("pin program: %w", err)
+		}
+		if err := os.Rename(next, filepath.Join(g.Dir, p.pin)); err != nil {
+			return false, fmt.Errorf("pin program: %w", err)
+		}
 	}
 	g.Prog.Close()
-	g.Prog = prog
+	g.Egress.Close()
+	g.Prog, g.Egress = prog, egress
 	return true, nil
 }
 

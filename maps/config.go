@@ -22,6 +22,16 @@ type Config struct {
 	StepTimeout time.Duration
 	Open        time.Duration
 	Protected   []Port
+	// ProtectAll protects every TCP and UDP port (Protected is then
+	// ignored): the host's own flows, and its DHCP client, still get their
+	// replies.
+	ProtectAll bool
+	// Flows: the host's flows are learned on egress and their replies pass
+	// protected ports, until they close or idle past FlowIdleTCP or
+	// FlowIdleUDP.
+	Flows       bool
+	FlowIdleTCP time.Duration
+	FlowIdleUDP time.Duration
 	// AllowCount is the number of allow-list entries; the program skips the
 	// allow lookup when it is zero. Maintained by Set.SetAllow.
 	AllowCount uint32
@@ -63,10 +73,13 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
-	for _, k := range c.Sequence {
-		for _, p := range c.Protected {
-			if k == p {
-				return fmt.Errorf("port %s is both a knock step and protected", k)
+	if !c.ProtectAll {
+		// (Under protect all, the steps stay knocks: they are judged first.)
+		for _, k := range c.Sequence {
+			for _, p := range c.Protected {
+				if k == p {
+					return fmt.Errorf("port %s is both a knock step and protected", k)
+				}
 			}
 		}
 	}
@@ -75,6 +88,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Open <= 0 {
 		return fmt.Errorf("open window %s must be positive", c.Open)
+	}
+	if c.Flows && (c.FlowIdleTCP <= 0 || c.FlowIdleUDP <= 0) {
+		return fmt.Errorf("flow idle timeouts %s (tcp) and %s (udp) must be positive", c.FlowIdleTCP, c.FlowIdleUDP)
 	}
 	return nil
 }
@@ -89,6 +105,8 @@ func (c *Config) Encode() (*bpf.KnockgateConfig, error) {
 		StepTimeoutNs: uint64(c.StepTimeout),
 		OpenNs:        uint64(c.Open),
 		ConfirmByNs:   c.ConfirmBy,
+		FlowIdleTcpNs: uint64(c.FlowIdleTCP),
+		FlowIdleUdpNs: uint64(c.FlowIdleUDP),
 		Generation:    c.Generation,
 		AllowCount:    c.AllowCount,
 		Nsteps:        uint8(len(c.Sequence)),
@@ -105,6 +123,15 @@ func (c *Config) Encode() (*bpf.KnockgateConfig, error) {
 		}
 		bits[p.Num>>6] |= 1 << (p.Num & 63)
 	}
+	if c.ProtectAll {
+		raw.Flags |= uint8(bpf.KnockgateConfigFlagCONFIG_PROTECT_ALL)
+		for i := range raw.ProtectedTcp {
+			raw.ProtectedTcp[i], raw.ProtectedUdp[i] = ^uint64(0), ^uint64(0)
+		}
+	}
+	if c.Flows {
+		raw.Flags |= uint8(bpf.KnockgateConfigFlagCONFIG_FLOWS)
+	}
 	return raw, nil
 }
 
@@ -117,9 +144,16 @@ func DecodeConfig(raw *bpf.KnockgateConfig) Config {
 		ConfirmBy:   raw.ConfirmByNs,
 		Generation:  raw.Generation,
 		AllowCount:  raw.AllowCount,
+		ProtectAll:  raw.Flags&uint8(bpf.KnockgateConfigFlagCONFIG_PROTECT_ALL) != 0,
+		Flows:       raw.Flags&uint8(bpf.KnockgateConfigFlagCONFIG_FLOWS) != 0,
+		FlowIdleTCP: time.Duration(raw.FlowIdleTcpNs),
+		FlowIdleUDP: time.Duration(raw.FlowIdleUdpNs),
 	}
 	for i := 0; i < int(raw.Nsteps) && i < MaxSteps; i++ {
 		c.Sequence = append(c.Sequence, Port{Num: raw.Steps[i].Port, Proto: Proto(raw.Steps[i].Proto)})
+	}
+	if c.ProtectAll {
+		return c
 	}
 	for _, set := range []struct {
 		bits  *[1024]uint64

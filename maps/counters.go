@@ -23,6 +23,7 @@ var CounterNames = [...]string{
 	bpf.KnockgateVerdictVERDICT_PASSED:            "passed",
 	bpf.KnockgateVerdictVERDICT_PASSED_GRANTED:    "passed_granted",
 	bpf.KnockgateVerdictVERDICT_PASSED_ALLOWED:    "passed_allowed",
+	bpf.KnockgateVerdictVERDICT_PASSED_FLOW:       "passed_flow",
 	bpf.KnockgateVerdictVERDICT_DROPPED_PROTECTED: "dropped_protected",
 	bpf.KnockgateVerdictVERDICT_DROPPED_KNOCK:     "dropped_knock",
 	bpf.KnockgateVerdictVERDICT_DROPPED_MALFORMED: "dropped_malformed",
@@ -36,6 +37,9 @@ var CounterNames = [...]string{
 	Verdicts + int(bpf.KnockgateCounterCOUNTER_GRANT_FAILED):        "grant_failed",
 	Verdicts + int(bpf.KnockgateCounterCOUNTER_EVENTS_LOST):         "events_lost",
 	Verdicts + int(bpf.KnockgateCounterCOUNTER_EVENTS_SUPPRESSED):   "events_suppressed",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_FLOWS_LEARNED):       "flows_learned",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_FLOWS_FULL):          "flows_full",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_FLOWS_ENDED):         "flows_ended",
 }
 
 // A new enum value without a name fails to compile here.

@@ -79,14 +79,24 @@ func ParsePort(s string) (Port, error) {
 	return p, nil
 }
 
-// ParsePorts parses a comma-separated list of ParsePort forms.
+// ParsePorts parses a comma-separated list of ParsePort forms and ranges
+// LOW-HIGH[/PROTO] (both ends included), each expanded to its ports.
 func ParsePorts(s string) ([]Port, error) {
 	if strings.TrimSpace(s) == "" {
 		return nil, fmt.Errorf("empty port list")
 	}
 	var ports []Port
 	for _, f := range strings.Split(s, ",") {
-		p, err := ParsePort(strings.TrimSpace(f))
+		f = strings.TrimSpace(f)
+		if lo, rest, isRange := strings.Cut(f, "-"); isRange && lo != "" {
+			r, err := parseRange(f, lo, rest)
+			if err != nil {
+				return nil, err
+			}
+			ports = append(ports, r...)
+			continue
+		}
+		p, err := ParsePort(f)
 		if err != nil {
 			return nil, err
 		}
@@ -95,11 +105,47 @@ func ParsePorts(s string) ([]Port, error) {
 	return ports, nil
 }
 
-// FormatPorts is the inverse of ParsePorts.
+// parseRange parses "LOW-HIGH[/PROTO]" (lo and rest are its two sides).
+func parseRange(f, lo, rest string) ([]Port, error) {
+	first, err := ParsePort(lo)
+	if err != nil {
+		return nil, fmt.Errorf("range %q: %w", f, err)
+	}
+	last, err := ParsePort(rest)
+	if err != nil {
+		return nil, fmt.Errorf("range %q: %w", f, err)
+	}
+	if strings.ContainsAny(lo, "/:") {
+		return nil, fmt.Errorf("range %q: give the protocol after the range (LOW-HIGH/udp)", f)
+	}
+	if last.Num < first.Num {
+		return nil, fmt.Errorf("range %q runs backwards", f)
+	}
+	out := make([]Port, 0, int(last.Num)-int(first.Num)+1)
+	for n := int(first.Num); n <= int(last.Num); n++ {
+		out = append(out, Port{Num: uint16(n), Proto: last.Proto})
+	}
+	return out, nil
+}
+
+// FormatPorts is the inverse of ParsePorts; runs of three or more ports of
+// one protocol are written as ranges.
 func FormatPorts(ports []Port) string {
-	s := make([]string, len(ports))
-	for i, p := range ports {
-		s[i] = p.String()
+	var s []string
+	for i := 0; i < len(ports); {
+		j := i
+		for j+1 < len(ports) && ports[j+1].Proto == ports[i].Proto && ports[j+1].Num == ports[j].Num+1 {
+			j++
+		}
+		if j-i >= 2 {
+			r := strconv.Itoa(int(ports[i].Num)) + "-" + ports[j].String()
+			s = append(s, r)
+		} else {
+			for k := i; k <= j; k++ {
+				s = append(s, ports[k].String())
+			}
+		}
+		i = j + 1
 	}
 	return strings.Join(s, ",")
 }

@@ -17,6 +17,8 @@ type Set struct {
 	ConfigSlot  *ebpf.Map
 	Knocks      *ebpf.Map
 	KnockTags   *ebpf.Map
+	FlowTable   *ebpf.Map
+	FlowTags    *ebpf.Map
 	Grants      *ebpf.Map
 	Allow       *ebpf.Map
 	Counters    *ebpf.Map
@@ -34,6 +36,8 @@ func FromObjects(m *bpf.KnockgateMaps) *Set {
 		ConfigSlot:  m.ConfigSlot,
 		Knocks:      m.Knocks,
 		KnockTags:   m.KnockTags,
+		FlowTable:   m.Flows,
+		FlowTags:    m.FlowTags,
 		Grants:      m.Grants,
 		Allow:       m.Allow,
 		Counters:    m.Counters,
@@ -57,6 +61,8 @@ func (s *Set) named() []struct {
 		{bpf.KnockgateMapConfigSlot, &s.ConfigSlot},
 		{bpf.KnockgateMapKnocks, &s.Knocks},
 		{bpf.KnockgateMapKnockTags, &s.KnockTags},
+		{bpf.KnockgateMapFlows, &s.FlowTable},
+		{bpf.KnockgateMapFlowTags, &s.FlowTags},
 		{bpf.KnockgateMapGrants, &s.Grants},
 		{bpf.KnockgateMapAllow, &s.Allow},
 		{bpf.KnockgateMapCounters, &s.Counters},

@@ -163,9 +163,20 @@ func (svc *service) start() error {
 		return err
 	}
 	svc.logger().Info("gate adopted: grants and knock progress kept", "gate", g.Name, "program_replaced", replaced)
-	if n := g.Maps.Knocks.MaxEntries(); n != s.MaxSources {
+	if s.Flows {
+		// Flows opened while no gate judged the interfaces' packets.
+		if _, err := loader.SeedFlows(g.Maps); err != nil {
+			g.Close()
+			return err
+		}
+	}
+	if n := g.Maps.Grants.MaxEntries(); n != s.MaxSources {
 		svc.logger().Warn("max_sources differs from the pinned gate's: kept (detach the gate to resize it)",
 			"pinned", n, "config", s.MaxSources)
+	}
+	if n := g.Maps.FlowTable.MaxEntries(); n != loader.FlowSlots(s.MaxFlows) {
+		svc.logger().Warn("max_flows differs from the pinned gate's: kept (detach the gate to resize it)",
+			"pinned", n, "config", s.MaxFlows)
 	}
 	sm, err := g.Maps.ReadSafeMode()
 	if err != nil {
@@ -287,8 +298,8 @@ func (svc *service) reload() error {
 		return fmt.Errorf("the last reload awaits confirmation until %s: run \"knockgate confirm %s\" first",
 			maps.BootToTime(svc.pending.deadline).UTC().Format(time.RFC3339), svc.gate.Name)
 	}
-	if next.MaxSources != svc.cur.MaxSources || next.Mode != svc.cur.Mode {
-		svc.logger().Warn("max_sources and mode apply when the gate is made or an interface attached; the running gate keeps them")
+	if next.MaxSources != svc.cur.MaxSources || next.MaxFlows != svc.cur.MaxFlows || next.Mode != svc.cur.Mode {
+		svc.logger().Warn("max_sources, max_flows and mode apply when the gate is made or an interface attached; the running gate keeps them")
 	}
 	p, err := svc.apply(next, svc.opts.Confirm)
 	if err != nil {

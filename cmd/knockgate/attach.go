@@ -25,8 +25,9 @@ func attachCommand() *command {
 
 	return &command{
 		name: "attach",
-		synopsis: "IFACE... [--gate NAME] [--sequence PORTS] [--step-timeout D] [--open D] [--protect PORTS] " +
-			"[--allow CIDR,...] [--max-sources N] [--mode auto|native|generic] [--no-grant-self] [--confirm D]",
+		synopsis: "IFACE... [--gate NAME] [--sequence PORTS] [--step-timeout D] [--open D] [--protect PORTS|all] " +
+			"[--allow CIDR,...] [--max-sources N] [--flows=BOOL] [--flow-idle-tcp D] [--flow-idle-udp D] [--max-flows N] " +
+			"[--mode auto|native|generic] [--no-grant-self] [--confirm D]",
 		summary: "attach the gate to interfaces",
 		help: "Attach one gate to every IFACE: one program and one set of maps, so a knock on\n" +
 			"any of them opens all of them. The gate is pinned under " + loader.PinRoot + "/NAME\n" +
@@ -192,6 +193,12 @@ func reattach(e *env, name string, s *config.Settings, explicit map[string]bool)
 	if _, err := g.Upgrade(); err != nil {
 		return err
 	}
+	if cfg.Flows {
+		// Flows opened while the interface had no gate are not lost.
+		if _, err := loader.SeedFlows(g.Maps); err != nil {
+			return err
+		}
+	}
 	var attached []string
 	already := 0
 	for _, ifc := range s.Interfaces {
@@ -232,11 +239,23 @@ func sameSettings(g *loader.Gate, cfg maps.Config, s *config.Settings, explicit 
 	if explicit["open"] && want.Open != cfg.Open {
 		diff = append(diff, "--open "+cfg.Open.String())
 	}
-	if explicit["protect"] && maps.FormatPorts(want.Protected) != maps.FormatPorts(cfg.Protected) {
-		diff = append(diff, "--protect "+maps.FormatPorts(cfg.Protected))
+	if explicit["protect"] && (want.ProtectAll != cfg.ProtectAll || maps.FormatPorts(want.Protected) != maps.FormatPorts(cfg.Protected)) {
+		diff = append(diff, "--protect "+protectString(cfg))
 	}
-	if explicit["max-sources"] && s.MaxSources != g.Maps.Knocks.MaxEntries() {
-		diff = append(diff, fmt.Sprintf("--max-sources %d", g.Maps.Knocks.MaxEntries()))
+	if explicit["flows"] && want.Flows != cfg.Flows {
+		diff = append(diff, fmt.Sprintf("--flows=%v", cfg.Flows))
+	}
+	if explicit["flow-idle-tcp"] && want.FlowIdleTCP != cfg.FlowIdleTCP {
+		diff = append(diff, "--flow-idle-tcp "+cfg.FlowIdleTCP.String())
+	}
+	if explicit["flow-idle-udp"] && want.FlowIdleUDP != cfg.FlowIdleUDP {
+		diff = append(diff, "--flow-idle-udp "+cfg.FlowIdleUDP.String())
+	}
+	if explicit["max-flows"] && loader.FlowSlots(s.MaxFlows) != g.Maps.FlowTable.MaxEntries() {
+		diff = append(diff, fmt.Sprintf("--max-flows %d", g.Maps.FlowTable.MaxEntries()))
+	}
+	if explicit["max-sources"] && s.MaxSources != g.Maps.Grants.MaxEntries() {
+		diff = append(diff, fmt.Sprintf("--max-sources %d", g.Maps.Grants.MaxEntries()))
 	}
 	if explicit["allow"] {
 		allow, err := g.Maps.AllowList()

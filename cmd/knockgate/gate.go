@@ -129,13 +129,33 @@ func listGates() ([]string, error) {
 // stamp formats a wall-clock time the same way everywhere: RFC 3339, UTC.
 func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 
-// portsList is ports with the protocol always spelled out, for JSON.
+// portsList is ports with the protocol always spelled out, for JSON: runs
+// of three or more as "1000-2000/tcp".
 func portsList(ports []maps.Port) []string {
-	out := make([]string, len(ports))
-	for i, p := range ports {
-		out[i] = fmt.Sprintf("%d/%s", p.Num, p.Proto)
+	out := []string{}
+	for i := 0; i < len(ports); {
+		j := i
+		for j+1 < len(ports) && ports[j+1].Proto == ports[i].Proto && ports[j+1].Num == ports[j].Num+1 {
+			j++
+		}
+		if j-i >= 2 {
+			out = append(out, fmt.Sprintf("%d-%d/%s", ports[i].Num, ports[j].Num, ports[i].Proto))
+		} else {
+			for k := i; k <= j; k++ {
+				out = append(out, fmt.Sprintf("%d/%s", ports[k].Num, ports[k].Proto))
+			}
+		}
+		i = j + 1
 	}
 	return out
+}
+
+// protectString is what a configuration protects, as --protect takes it.
+func protectString(cfg maps.Config) string {
+	if cfg.ProtectAll {
+		return "all"
+	}
+	return maps.FormatPorts(cfg.Protected)
 }
 
 func prefixList(prefixes []netip.Prefix) []string {
@@ -150,7 +170,10 @@ func prefixList(prefixes []netip.Prefix) []string {
 // print: "sequence 9000,8000, step timeout 1m0s, open 30m0s, protecting 22".
 func describe(cfg maps.Config, allow []netip.Prefix) string {
 	s := fmt.Sprintf("sequence %s, step timeout %s, open %s, protecting %s",
-		maps.FormatPorts(cfg.Sequence), cfg.StepTimeout, cfg.Open, maps.FormatPorts(cfg.Protected))
+		maps.FormatPorts(cfg.Sequence), cfg.StepTimeout, cfg.Open, protectString(cfg))
+	if !cfg.Flows {
+		s += ", flows off"
+	}
 	if len(allow) > 0 {
 		s += ", allowing " + strings.Join(prefixList(allow), ",")
 	}

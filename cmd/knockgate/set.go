@@ -20,11 +20,12 @@ func setCommand() *command {
 
 	return &command{
 		name:     "set",
-		synopsis: "GATE|IFACE [--sequence PORTS] [--step-timeout D] [--open D] [--protect PORTS] [--confirm D]",
+		synopsis: "GATE|IFACE [--sequence PORTS] [--step-timeout D] [--open D] [--protect PORTS|all] [--flows=BOOL] [--flow-idle-tcp D] [--flow-idle-udp D] [--confirm D]",
 		summary:  "change the configuration of a gate",
 		help: "Change the configuration of the gate (named, or by one of its interfaces) in\n" +
 			"place; flags not given keep their value. The program stays attached and grants\n" +
-			"stay, but every change voids knock sequences in progress. With --confirm, the\n" +
+			"stay, and so do the host's flows, but every change voids knock sequences in\n" +
+			"progress. With --confirm, the\n" +
 			"gate goes back to the configuration before the change after DURATION unless\n" +
 			"\"knockgate confirm\" runs in time; the program does that itself, so it works\n" +
 			"even when the session that ran set is cut off by the change.",
@@ -33,7 +34,7 @@ func setCommand() *command {
 		run: func(e *env, args []string) error {
 			changed := flags.Changed()
 			if len(changed) == 0 {
-				return usagef("set: nothing to change (give --sequence, --step-timeout, --open or --protect)")
+				return usagef("set: nothing to change (give --sequence, --step-timeout, --open, --protect, --flows, --flow-idle-tcp or --flow-idle-udp)")
 			}
 			var within time.Duration
 			if fs.Changed("confirm") {
@@ -64,7 +65,16 @@ func setCommand() *command {
 					cfg.Open = upd.Open
 				}
 				if changed["protect"] {
-					cfg.Protected = upd.Protect
+					cfg.Protected, cfg.ProtectAll = upd.Protect, upd.ProtectAll
+				}
+				if changed["flows"] {
+					cfg.Flows = upd.Flows
+				}
+				if changed["flow-idle-tcp"] {
+					cfg.FlowIdleTCP = upd.FlowIdleTCP
+				}
+				if changed["flow-idle-udp"] {
+					cfg.FlowIdleUDP = upd.FlowIdleUDP
 				}
 				cfg.ConfirmBy = 0
 				if within > 0 {

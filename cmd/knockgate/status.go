@@ -23,6 +23,7 @@ type statusJSON struct {
 	Interfaces []ifaceJSON       `json:"interfaces"`
 	Config     configJSON        `json:"config"`
 	SafeMode   *safeModeJSON     `json:"safe_mode,omitempty"`
+	Flows      flowsJSON         `json:"flows"`
 	Counters   map[string]uint64 `json:"counters"`
 	Sources    []sourceJSON      `json:"sources"`
 }
@@ -37,6 +38,26 @@ type ifaceJSON struct {
 	// with it (their ifindexes share a counter slot).
 	Counters   map[string]uint64 `json:"counters,omitempty"`
 	SharedWith []string          `json:"shared_with,omitempty"`
+}
+
+// flowsJSON is the flow table: how many flows of the host's it holds (live
+// ones), of how many slots, and with --flows the flows themselves.
+type flowsJSON struct {
+	Enabled bool       `json:"enabled"`
+	Count   int        `json:"count"`
+	Max     int        `json:"max"`
+	IdleTCP string     `json:"idle_tcp"`
+	IdleUDP string     `json:"idle_udp"`
+	Entries []flowJSON `json:"entries,omitempty"`
+}
+
+type flowJSON struct {
+	Proto    string `json:"proto"`
+	Local    string `json:"local"`
+	Remote   string `json:"remote"`
+	LastSeen string `json:"last_seen"` // RFC 3339
+	Answered bool   `json:"answered"`
+	Closing  bool   `json:"closing"`
 }
 
 type configJSON struct {
@@ -65,23 +86,27 @@ type sourceJSON struct {
 
 // gateStatus is everything status shows about one gate.
 type gateStatus struct {
-	gate     string
-	ifaces   []loader.Iface
-	verdicts [maps.IfaceSlots]maps.VerdictCounts
-	cfg      maps.Config
-	safe     maps.SafeMode
-	allow    []string
-	counters maps.Counters
-	sources  []maps.SourceState
+	gate      string
+	ifaces    []loader.Iface
+	verdicts  [maps.IfaceSlots]maps.VerdictCounts
+	cfg       maps.Config
+	safe      maps.SafeMode
+	allow     []string
+	counters  maps.Counters
+	sources   []maps.SourceState
+	flows     []maps.Flow // live ones
+	maxFlows  int
+	listFlows bool
 }
 
 func statusCommand() *command {
-	var asJSON bool
+	var asJSON, listFlows bool
 	fs := newFlags("status")
 	fs.BoolVar(&asJSON, "json", false, "print one JSON object")
+	fs.BoolVar(&listFlows, "flows", false, "list the live flows too")
 	return &command{
 		name:     "status",
-		synopsis: "[GATE|IFACE] [--json]",
+		synopsis: "[GATE|IFACE] [--json] [--flows]",
 		summary:  "show a gate's interfaces, configuration, counters and sources",
 		help: "Show the gate (named, or by one of its interfaces): each interface attached,\n" +
 			"missing (gone: nothing is enforced there) or waiting (not there yet), the\n" +
@@ -100,6 +125,7 @@ func statusCommand() *command {
 				if err != nil {
 					return err
 				}
+				st.listFlows = listFlows
 				if asJSON {
 					enc := json.NewEncoder(e.stdout)
 					enc.SetIndent("", "  ")
@@ -148,7 +174,24 @@ func readStatus(arg string) (*gateStatus, error) {
 	if st.sources, err = g.Maps.Sources(); err != nil {
 		return nil, err
 	}
+	flows, err := g.Maps.Flows()
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range flows {
+		if f.Live {
+			st.flows = append(st.flows, f)
+		}
+	}
+	st.maxFlows = int(g.Maps.FlowTable.MaxEntries())
 	return st, nil
+}
+
+func protectList(cfg maps.Config) []string {
+	if cfg.ProtectAll {
+		return []string{"all"}
+	}
+	return portsList(cfg.Protected)
 }
 
 func encodeConfig(cfg maps.Config, allow []string) configJSON {
@@ -159,7 +202,7 @@ func encodeConfig(cfg maps.Config, allow []string) configJSON {
 		Sequence:    portsList(cfg.Sequence),
 		StepTimeout: cfg.StepTimeout.String(),
 		Open:        cfg.Open.String(),
-		Protect:     portsList(cfg.Protected),
+		Protect:     protectList(cfg),
 		Allow:       allow,
 		Generation:  cfg.Generation,
 	}
@@ -220,6 +263,15 @@ func (st *gateStatus) json() statusJSON {
 	for i, name := range maps.CounterNames {
 		out.Counters[name] = st.counters[i]
 	}
+	out.Flows = flowsJSON{Enabled: st.cfg.Flows, Count: len(st.flows), Max: st.maxFlows,
+		IdleTCP: st.cfg.FlowIdleTCP.String(), IdleUDP: st.cfg.FlowIdleUDP.String()}
+	if st.listFlows {
+		out.Flows.Entries = []flowJSON{}
+		for _, f := range st.flows {
+			out.Flows.Entries = append(out.Flows.Entries, flowJSON{Proto: f.Proto.String(), Local: f.Local.String(),
+				Remote: f.Remote.String(), LastSeen: stamp(f.LastSeen), Answered: f.Answered, Closing: f.Closing})
+		}
+	}
 	for _, s := range st.sources {
 		out.Sources = append(out.Sources, sourceJSON{
 			Addr: s.Addr.String(), State: s.State, Stage: s.Stage, Expires: stamp(s.Expires),
@@ -248,10 +300,31 @@ func (st *gateStatus) print(w io.Writer, now time.Time) {
 	fmt.Fprintf(tw, "  sequence:\t%s\n", maps.FormatPorts(st.cfg.Sequence))
 	fmt.Fprintf(tw, "  step timeout:\t%s\n", st.cfg.StepTimeout)
 	fmt.Fprintf(tw, "  open:\t%s\n", st.cfg.Open)
-	fmt.Fprintf(tw, "  protecting:\t%s\n", maps.FormatPorts(st.cfg.Protected))
+	fmt.Fprintf(tw, "  protecting:\t%s\n", protectString(st.cfg))
 	fmt.Fprintf(tw, "  allowing:\t%s\n", allow)
 	fmt.Fprintf(tw, "  generation:\t%d\n", st.cfg.Generation)
+	if st.cfg.Flows {
+		fmt.Fprintf(tw, "  flows:\t%d live of %d slots (idle: tcp %s, udp %s)\n", len(st.flows), st.maxFlows, st.cfg.FlowIdleTCP, st.cfg.FlowIdleUDP)
+	} else {
+		fmt.Fprintf(tw, "  flows:\toff\n")
+	}
 	tw.Flush()
+	if st.listFlows {
+		fmt.Fprintln(w, "flows:")
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  PROTO\tLOCAL\tREMOTE\tLAST SEEN\tSTATE")
+		for _, f := range st.flows {
+			state := "open"
+			if !f.Answered {
+				state = "unanswered"
+			}
+			if f.Closing {
+				state = "closing"
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", f.Proto, f.Local, f.Remote, stamp(f.LastSeen), state)
+		}
+		tw.Flush()
+	}
 	switch {
 	case st.safe.Pending:
 		fmt.Fprintf(w, "safe mode: this configuration is undone at %s (in %s) unless \"knockgate confirm %s\" runs\n",

@@ -15,9 +15,10 @@ import (
 type floorParseResult uint32
 
 const (
-	floorParseResultPARSE_L4        floorParseResult = 0
-	floorParseResultPARSE_PASS      floorParseResult = 1
-	floorParseResultPARSE_MALFORMED floorParseResult = 2
+	floorParseResultPARSE_L4         floorParseResult = 0
+	floorParseResultPARSE_PASS       floorParseResult = 1
+	floorParseResultPARSE_MALFORMED  floorParseResult = 2
+	floorParseResultPARSE_ICMP_ERROR floorParseResult = 3
 )
 
 // Names of all BPF objects in the ELF.

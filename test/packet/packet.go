@@ -88,7 +88,9 @@ type Frame struct {
 	Proto            uint8
 	SrcPort, DstPort uint16
 	Flags            uint8 // TCP flags
-	Payload          []byte
+	// ICMPType and ICMPCode, for ICMP: zero is an echo request.
+	ICMPType, ICMPCode uint8
+	Payload            []byte
 
 	// IPv4 only.
 	Options       []byte // IP options, padded with End-of-Options to 4 bytes
@@ -113,6 +115,19 @@ func UDP(src, dst netip.Addr, sport, dport uint16) Frame {
 // ICMP is an ICMP (or ICMPv6) echo request.
 func ICMP(src, dst netip.Addr) Frame {
 	return Frame{Src: src, Dst: dst, Proto: ProtoICMP}
+}
+
+// TooBig is the ICMP error a router at src sends to dst about packet q that
+// dst sent: "fragmentation needed" (IPv4) or "packet too big" (ICMPv6),
+// quoting q's IP header and its first 8 bytes after it.
+func TooBig(src, dst netip.Addr, q Frame) Frame {
+	f := Frame{Src: src, Dst: dst, Proto: ProtoICMP, ICMPType: 3, ICMPCode: 4}
+	if src.Is6() {
+		f.ICMPType, f.ICMPCode = 2, 0
+	}
+	b := q.Bytes()[q.l3Offset():]
+	f.Payload = b[:min(len(b), q.l3Len()+8)]
+	return f
 }
 
 // ipProto is the protocol number the IP header (or last extension) names.
@@ -175,6 +190,15 @@ func (f *Frame) l4() []byte {
 		b[0] = 8 // echo request
 		if f.Src.Is6() {
 			b[0] = 128
+		}
+		if f.ICMPType != 0 {
+			b[0], b[1] = f.ICMPType, f.ICMPCode
+		}
+		if f.ICMPType == 3 && f.ICMPCode == 4 || f.ICMPType == 2 && f.Src.Is6() {
+			binary.BigEndian.PutUint16(b[6:], 1280) // the next hop's MTU
+			if f.Src.Is6() {
+				binary.BigEndian.PutUint32(b[4:], 1280)
+			}
 		}
 	}
 	return append(b, f.Payload...)
