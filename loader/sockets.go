@@ -13,13 +13,13 @@ import (
 // TCP states (include/net/tcp_states.h) whose connections have packets to
 // come: everything but listening, closed and TIME_WAIT.
 var liveTCPStates = map[uint8]bool{
-	1: true, // ESTABLISHED
-	2: true, // SYN_SENT
-	3: true, // SYN_RECV
-	4: true, // FIN_WAIT1
-	5: true, // FIN_WAIT2
-	8: true, // CLOSE_WAIT
-	9: true, // LAST_ACK
+	1:  true, // ESTABLISHED
+	2:  true, // SYN_SENT
+	3:  true, // SYN_RECV
+	4:  true, // FIN_WAIT1
+	5:  true, // FIN_WAIT2
+	8:  true, // CLOSE_WAIT
+	9:  true, // LAST_ACK
 	11: true, // CLOSING
 }
 
@@ -32,6 +32,13 @@ var liveTCPStates = map[uint8]bool{
 // returns how many flows it recorded; a set of the table with no room left
 // keeps its flows.
 func SeedFlows(set *maps.Set) (int, error) {
+	cfg, err := set.ReadConfig()
+	if err != nil {
+		return 0, err
+	}
+	if !cfg.Flows {
+		return 0, nil
+	}
 	n := 0
 	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
 		tcp, err := netlink.SocketDiagTCP(family)
@@ -42,7 +49,7 @@ func SeedFlows(set *maps.Set) (int, error) {
 			if !liveTCPStates[s.State] {
 				continue
 			}
-			ok, err := seed(set, s, maps.TCP, s.State != 2)
+			ok, err := seed(set, &cfg, s, maps.TCP, s.State != 2)
 			if err != nil {
 				return n, err
 			}
@@ -58,7 +65,7 @@ func SeedFlows(set *maps.Set) (int, error) {
 			if s.ID.DestinationPort == 0 {
 				continue // not connected: its replies cannot be told apart
 			}
-			ok, err := seed(set, s, maps.UDP, true)
+			ok, err := seed(set, &cfg, s, maps.UDP, true)
 			if err != nil {
 				return n, err
 			}
@@ -70,10 +77,13 @@ func SeedFlows(set *maps.Set) (int, error) {
 	return n, nil
 }
 
-func seed(set *maps.Set, s *netlink.Socket, proto maps.Proto, answered bool) (bool, error) {
+// seed records socket s's flow, if the egress program would: only a flow
+// from a protected port needs its replies let in.
+func seed(set *maps.Set, cfg *maps.Config, s *netlink.Socket, proto maps.Proto, answered bool) (bool, error) {
 	local, ok1 := netip.AddrFromSlice(s.ID.Source)
 	remote, ok2 := netip.AddrFromSlice(s.ID.Destination)
-	if !ok1 || !ok2 || local.Unmap().IsLoopback() || remote.IsUnspecified() {
+	if !ok1 || !ok2 || local.Unmap().IsLoopback() || remote.IsUnspecified() ||
+		!cfg.Protects(maps.Port{Num: s.ID.SourcePort, Proto: proto}) {
 		return false, nil
 	}
 	return set.PutFlow(netip.AddrPortFrom(local.Unmap(), s.ID.SourcePort),

@@ -95,6 +95,19 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// Protects says whether c protects port p.
+func (c *Config) Protects(p Port) bool {
+	if c.ProtectAll {
+		return p.Proto == TCP || p.Proto == UDP
+	}
+	for _, q := range c.Protected {
+		if q == p {
+			return true
+		}
+	}
+	return false
+}
+
 // Encode converts c to the C layout.
 func (c *Config) Encode() (*bpf.KnockgateConfig, error) {
 	if err := c.Validate(); err != nil {
