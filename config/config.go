@@ -154,13 +154,34 @@ func AddFlags(fs *pflag.FlagSet, where Where) *Flags {
 			f.arrays[o.Name] = fs.StringArray(o.Name, nil, o.Usage)
 			continue
 		}
-		f.text[o.Name] = fs.String(o.Name, def, o.Usage)
+		text := new(string)
+		*text = def
+		f.text[o.Name] = text
+		fs.Var(&textFlag{text, o.value(&Settings{}).Type()}, o.Name, o.Usage)
+		fs.Lookup(o.Name).DefValue = def
 		if _, ok := o.value(&Settings{}).(*boolValue); ok {
 			fs.Lookup(o.Name).NoOptDefVal = "true" // --flows alone, or --flows=false
 		}
 	}
 	return f
 }
+
+// textFlag holds an option's text as given, parsed later by Apply (so a
+// file and a flag are parsed by the same code); it names the option's type,
+// so help shows a switch as one.
+type textFlag struct {
+	s   *string
+	typ string
+}
+
+func (t *textFlag) String() string {
+	if t.s == nil {
+		return ""
+	}
+	return *t.s
+}
+func (t *textFlag) Set(s string) error { *t.s = s; return nil }
+func (t *textFlag) Type() string       { return t.typ }
 
 // Changed names the options given on the command line.
 func (f *Flags) Changed() map[string]bool {

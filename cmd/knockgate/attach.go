@@ -36,8 +36,10 @@ func attachCommand() *command {
 			"interfaces it is not on (an interface that was deleted and made again, say),\n" +
 			"keeping its grants; its configuration is changed with set. When run over SSH,\n" +
 			"the client address of the session is granted for the open window, so\n" +
-			"attaching does not cut the session off; knock again before the window ends (or\n" +
-			"use --allow) to keep it. With --confirm, the new gate passes everything again\n" +
+			"attaching does not cut the session off, and the session itself (like every\n" +
+			"connection open when the gate attaches) goes on as a flow after the window.\n" +
+			"With --protect all every TCP and UDP port is closed, but replies to the host's\n" +
+			"own connections still pass. With --confirm, the new gate passes everything again\n" +
 			"after DURATION unless \"knockgate confirm\" runs in time: no process has to\n" +
 			"survive for that.",
 		minArgs: 1, maxArgs: -1,

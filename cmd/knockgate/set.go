@@ -26,10 +26,10 @@ func setCommand() *command {
 		help: "Change the configuration of the gate (named, or by one of its interfaces) in\n" +
 			"place; flags not given keep their value. The program stays attached and grants\n" +
 			"stay, and so do the host's flows, but every change voids knock sequences in\n" +
-			"progress. With --confirm, the\n" +
-			"gate goes back to the configuration before the change after DURATION unless\n" +
-			"\"knockgate confirm\" runs in time; the program does that itself, so it works\n" +
-			"even when the session that ran set is cut off by the change.",
+			"progress. With --confirm, the gate goes back to the configuration before the\n" +
+			"change after DURATION unless \"knockgate confirm\" runs in time; the program\n" +
+			"does that itself, so it works even when the session that ran set is cut off by\n" +
+			"the change.",
 		minArgs: 1, maxArgs: 1,
 		flags: fs,
 		run: func(e *env, args []string) error {
