@@ -1,6 +1,7 @@
 package bpf_test
 
 import (
+	"crypto/rand"
 	"errors"
 	"net/netip"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
 
 	"github.com/knockgate/knockgate/bpf"
 	"github.com/knockgate/knockgate/loader"
@@ -221,11 +223,14 @@ func BenchmarkKnockgate(b *testing.B) {
 			}
 			b.Cleanup(func() { objs.Close() })
 			set := maps.FromObjects(&objs.KnockgateMaps)
+			// Flows on, as by default: a stranger's non-SYN also checks
+			// the flow table's tags.
 			cfg := maps.Config{
 				Sequence:    seq,
 				StepTimeout: 10 * time.Second,
 				Open:        time.Hour,
 				Protected:   []maps.Port{ssh},
+				Flows:       true, FlowIdleTCP: 24 * time.Hour, FlowIdleUDP: 3 * time.Minute,
 			}
 			if path.knock {
 				cfg.StepTimeout = time.Nanosecond
@@ -382,7 +387,8 @@ func churn(b *testing.B, objs *bpf.KnockgateObjects, frame []byte, n int) int {
 func BenchmarkStranger(b *testing.B) {
 	netns.Require(b)
 	f := families[0]
-	cfg := maps.Config{Sequence: seq, StepTimeout: 10 * time.Second, Open: time.Hour, Protected: []maps.Port{ssh, mdns}}
+	cfg := maps.Config{Sequence: seq, StepTimeout: 10 * time.Second, Open: time.Hour, Protected: []maps.Port{ssh, mdns},
+		Flows: true, FlowIdleTCP: 24 * time.Hour, FlowIdleUDP: 3 * time.Minute}
 	states := []struct {
 		name       string
 		maxSources uint32
@@ -436,6 +442,117 @@ func BenchmarkStranger(b *testing.B) {
 				}
 				report(b, p, fl, b.N)
 			})
+		}
+	}
+}
+
+// tcNext is the tc floor: `return TCX_NEXT`, what the egress program returns.
+func tcNext(b *testing.B) *ebpf.Program {
+	b.Helper()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.SchedCLS,
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()},
+		License:      "GPL",
+	})
+	if err != nil {
+		b.Fatalf("load tc floor program: %v", err)
+	}
+	b.Cleanup(func() { prog.Close() })
+	return prog
+}
+
+// BenchmarkFlows measures the flow table's paths: an inbound packet of a
+// live flow, a stranger's packets under --protect all (with the flow
+// table's tags empty, and full as a busy host's would be), and the egress
+// program on a packet the host sends (beside a bare tc program).
+func BenchmarkFlows(b *testing.B) {
+	netns.Require(b)
+	f4, f6 := families[0], families[1]
+	paths := []struct {
+		name       string
+		protectAll bool
+		fullTags   bool // every flow_tags byte non-zero: a table full of flows
+		egress     bool // the frame goes through the egress program
+		frame      func(f family) []byte
+		f          family
+		verdict    uint32
+	}{
+		// The rest of a session whose grant has ended: one tag check and
+		// the flow's slot.
+		{"flow_pass", false, false, false, func(f family) []byte { return packet.TCP(f.src, f.dst, 40000, 22, packet.ACK).Bytes() }, f4, xdpPass},
+		{"flow_pass_v6", false, false, false, func(f family) []byte { return packet.TCP(f.src, f.dst, 40000, 22, packet.ACK).Bytes() }, f6, xdpPass},
+		// A reply to the host's own connection under --protect all.
+		{"protect_all_reply_pass", true, false, false, func(f family) []byte { return packet.TCP(f.src, f.dst, 40000, 22, packet.ACK).Bytes() }, f4, xdpPass},
+		{"protect_all_syn_drop", true, false, false, func(f family) []byte { return f.tcp(f.other, 80, packet.SYN) }, f4, xdpDrop},
+		{"protect_all_ack_drop", true, false, false, func(f family) []byte { return f.tcp(f.other, 80, packet.ACK) }, f4, xdpDrop},
+		{"protect_all_synack_drop", true, false, false, func(f family) []byte { return f.tcp(f.other, 41000, packet.SYN|packet.ACK) }, f4, xdpDrop},
+		{"protect_all_udp_drop", true, false, false, func(f family) []byte { return packet.UDP(f.other, f.dst, 40000, 5000).Bytes() }, f4, xdpDrop},
+		{"protect_all_ack_drop_full", true, true, false, func(f family) []byte { return f.tcp(f.other, 80, packet.ACK) }, f4, xdpDrop},
+		{"protect_all_syn_drop_full", true, true, false, func(f family) []byte { return f.tcp(f.other, 80, packet.SYN) }, f4, xdpDrop},
+		// Egress: a packet of a known flow (refreshed), and one from an
+		// unprotected port (not learned).
+		{"egress_refresh", false, false, true, func(f family) []byte { return packet.TCP(f.dst, f.src, 22, 40000, packet.ACK).Bytes() }, f4, tcxNext},
+		{"egress_refresh_v6", false, false, true, func(f family) []byte { return packet.TCP(f.dst, f.src, 22, 40000, packet.ACK).Bytes() }, f6, tcxNext},
+		{"egress_unprotected", false, false, true, func(f family) []byte { return packet.TCP(f.dst, f.src, 443, 40000, packet.ACK).Bytes() }, f4, tcxNext},
+	}
+	for _, path := range paths {
+		b.Run(path.name, func(b *testing.B) {
+			f := path.f
+			objs, err := loader.Load(loader.DefaultMaxSources)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { objs.Close() })
+			set := maps.FromObjects(&objs.KnockgateMaps)
+			cfg := maps.Config{Sequence: seq, StepTimeout: 10 * time.Second, Open: time.Hour, Protected: []maps.Port{ssh},
+				ProtectAll: path.protectAll, Flows: true, FlowIdleTCP: 24 * time.Hour, FlowIdleUDP: 3 * time.Minute}
+			if cfg.SlotKey, err = maps.NewSlotKey(); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := set.WriteConfig(cfg); err != nil {
+				b.Fatal(err)
+			}
+			if path.fullTags {
+				fillTags(b, objs.FlowTags)
+			}
+			// The flow every path may use: the host's port 22 (or, under
+			// protect all, any port) to f.src:40000, learned on egress.
+			host := packet.TCP(f.dst, f.src, 22, 40000, packet.SYN|packet.ACK).Bytes()
+			if _, err := objs.Egress.Run(&ebpf.RunOptions{Data: host}); err != nil {
+				b.Fatal(err)
+			}
+			if fs, err := set.Flows(); err != nil || len(fs) != 1 {
+				b.Fatalf("flows after the host's SYN+ACK: %v %v", fs, err)
+			}
+			frame := path.frame(f)
+			prog, floor, floorVerdict := objs.Knockgate, bareDrop(b), uint32(xdpDrop)
+			if path.egress {
+				prog, floor, floorVerdict = objs.Egress, tcNext(b), tcxNext
+			}
+			var p, fl time.Duration
+			for b.Loop() {
+				fl += timed(b, floor, frame, benchRepeat, floorVerdict)
+				p += timed(b, prog, frame, benchRepeat, path.verdict)
+			}
+			report(b, p, fl, b.N)
+		})
+	}
+}
+
+// fillTags makes every slot's tag non-zero and random, as a flow table full
+// of flows has them: a stranger's packet then finds a matching tag in its
+// set about once in 64 and looks at the slot.
+func fillTags(b *testing.B, m *ebpf.Map) {
+	b.Helper()
+	mem, err := unix.Mmap(m.FD(), 0, int(m.ValueSize()), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer unix.Munmap(mem)
+	rand.Read(mem)
+	for i := range mem {
+		if mem[i] == 0 {
+			mem[i] = 1
 		}
 	}
 }

@@ -220,8 +220,7 @@ func TestFlowClose(t *testing.T) {
 			t.Errorf("after FIN both ways: %+v, want closing, still live", e)
 		}
 		g.send("last ACK", c.out(packet.ACK))
-		if err := g.maps.SetFlowLastSeen(c.localAddrPrt, netip.AddrPortFrom(c.remote, 443), maps.TCP,
-			maps.BootAfter(-11*time.Second)); err != nil {
+		if err := g.maps.SetFlowIdle(c.localAddrPrt, netip.AddrPortFrom(c.remote, 443), maps.TCP, 11*time.Second); err != nil {
 			t.Fatal(err)
 		}
 		g.expect("ACK 11 s after the close", c.in(packet.ACK), xdpDrop, "dropped_protected")
@@ -265,8 +264,7 @@ func TestFlowIdle(t *testing.T) {
 		g.send("SYN nobody answers", quiet.out(packet.SYN), "flows_learned")
 		back := func(c conn, ago time.Duration) {
 			t.Helper()
-			if err := g.maps.SetFlowLastSeen(c.localAddrPrt, netip.AddrPortFrom(c.remote, c.remotePort), c.proto,
-				maps.BootAfter(-ago)); err != nil {
+			if err := g.maps.SetFlowIdle(c.localAddrPrt, netip.AddrPortFrom(c.remote, c.remotePort), c.proto, ago); err != nil {
 				t.Fatal(err)
 			}
 		}

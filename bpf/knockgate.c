@@ -636,10 +636,12 @@ static __always_inline const struct config *active_config(struct lazy *lz)
 /*
  * An inbound packet of a live flow of the host's? key is the flow as the
  * host sees it (the packet's reverse); tcp_flags, the packet's, mark the
- * flow answered and closing. A BPF global function, past the tag check:
- * only a packet whose tag its set carries pays for the look.
+ * flow answered and closing; base and tag are its place (flow_place_of). A
+ * BPF global function, past the tag check: only a packet whose tag its set
+ * carries pays for the look.
  */
-__attribute__((noinline)) int flow_answer(const struct config *cfg, const struct flow_key *key, __u32 tcp_flags)
+__attribute__((noinline)) int flow_answer(const struct config *cfg, const struct flow_key *key, __u32 tcp_flags,
+					  __u32 base, __u32 tag)
 {
 	if (!cfg || !key)
 		return 0;
@@ -647,13 +649,12 @@ __attribute__((noinline)) int flow_answer(const struct config *cfg, const struct
 	__u8 *tags = bpf_map_lookup_elem(&flow_tags, &zero);
 	if (!tags)
 		return 0;
-	struct flow_place pl = flow_place_of(cfg, key);
-	__s64 at = flow_find(tags, pl.base, pl.tag, key);
+	__s64 at = flow_find(tags, base, tag, key);
 	if (at < 0)
 		return 0;
 	__u32 idx = at;
 	struct flow *f = bpf_map_lookup_elem(&flows, &idx);
-	if (!f || !flow_live(cfg, f, bpf_ktime_get_boot_ns()))
+	if (!f || !flow_live(cfg, f, flow_now()))
 		return 0;
 	/* Inbound packets only mark the flow: never make it, never keep it
 	 * alive (last_ns is the host's). An RST shortens it until the host
@@ -678,7 +679,7 @@ static __always_inline int flow_in(const struct config *cfg, const struct flow_k
 	struct flow_place pl = flow_place_of(cfg, key);
 	if (pl.base >= flow_slots || !flow_tagged(tags, pl.base, pl.tag))
 		return 0;
-	return flow_answer(cfg, key, tcp_flags);
+	return flow_answer(cfg, key, tcp_flags, pl.base, pl.tag);
 }
 
 /* The flow key of a packet as the host sees it: local is the packet's
@@ -772,7 +773,7 @@ __attribute__((noinline)) int flow_learn(const struct config *cfg, const struct 
 	__u8 *tags = bpf_map_lookup_elem(&flow_tags, &zero);
 	if (!tags)
 		return 0;
-	__u64 now = bpf_ktime_get_boot_ns();
+	__u64 now = flow_now();
 	struct flow_place pl = flow_place_of(cfg, key);
 	int rst = key->proto == IPPROTO_TCP && (tcp_flags & TCP_FLAG_RST);
 	__s64 at = -1;

@@ -29,3 +29,19 @@ func BootToTime(ns uint64) time.Time {
 func BootAfter(d time.Duration) uint64 {
 	return uint64(int64(BootNow()) + int64(d))
 }
+
+// FlowNow is the flows' clock (CLOCK_MONOTONIC_COARSE, as the program's
+// flow_now) in nanoseconds.
+func FlowNow() uint64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil {
+		panic("clock_gettime(CLOCK_MONOTONIC_COARSE): " + err.Error())
+	}
+	return uint64(ts.Nano())
+}
+
+// FlowToTime converts a flow-clock stamp to wall-clock time.
+func FlowToTime(ns uint64) time.Time {
+	now, flow := time.Now(), FlowNow()
+	return now.Add(time.Duration(int64(ns) - int64(flow))).Round(time.Millisecond)
+}

@@ -80,7 +80,7 @@ func (s *Set) Flows() ([]Flow, error) {
 	keys := make([]uint32, batch)
 	vals := make([]bpf.KnockgateFlow, batch)
 	var cursor ebpf.MapBatchCursor
-	now := BootNow()
+	now := FlowNow()
 	var out []Flow
 	for seen := 0; seen < n; {
 		got, err := s.FlowTable.BatchLookup(&cursor, keys, vals, &ebpf.BatchOptions{ElemFlags: uint64(ebpf.LookupLock)})
@@ -92,7 +92,7 @@ func (s *Set) Flows() ([]Flow, error) {
 				Local:    netip.AddrPortFrom(AddrOf(f.Key.Local), f.Key.LocalPort),
 				Remote:   netip.AddrPortFrom(AddrOf(f.Key.Remote), f.Key.RemotePort),
 				Proto:    Proto(f.Key.Proto),
-				LastSeen: BootToTime(f.LastNs),
+				LastSeen: FlowToTime(f.LastNs),
 				Answered: f.Flags&uint64(bpf.KnockgateFlowFlagFLOW_ANSWERED) != 0,
 				Closing:  f.Flags&flowFinBoth == flowFinBoth || f.Flags&uint64(bpf.KnockgateFlowFlagFLOW_RST_IN) != 0,
 				Live:     flowLive(cfg, &f, now),
@@ -120,7 +120,7 @@ func (s *Set) PutFlow(local, remote netip.AddrPort, proto Proto, answered bool) 
 	}
 	key := FlowKey(local, remote, proto)
 	base, tag := FlowPlace(cfg.SlotKey, s.FlowTable.MaxEntries(), key)
-	now := BootNow()
+	now := FlowNow()
 	way := -1
 	for w := range FlowWays {
 		var f bpf.KnockgateFlow
@@ -155,8 +155,9 @@ func (s *Set) PutFlow(local, remote netip.AddrPort, proto Proto, answered bool) 
 	return true, nil
 }
 
-// SetFlowLastSeen back-dates (or moves) a flow's last packet (tests).
-func (s *Set) SetFlowLastSeen(local, remote netip.AddrPort, proto Proto, last uint64) error {
+// SetFlowIdle back-dates a flow's last packet from the host to ago before
+// now (tests).
+func (s *Set) SetFlowIdle(local, remote netip.AddrPort, proto Proto, ago time.Duration) error {
 	cfg, err := s.ReadConfig()
 	if err != nil {
 		return err
@@ -169,7 +170,7 @@ func (s *Set) SetFlowLastSeen(local, remote netip.AddrPort, proto Proto, last ui
 			return err
 		}
 		if f.Key == key {
-			f.LastNs = last
+			f.LastNs = uint64(int64(FlowNow()) - int64(ago))
 			return s.FlowTable.Update(base+w, &f, ebpf.UpdateLock)
 		}
 	}
