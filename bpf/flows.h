@@ -59,18 +59,25 @@ struct flow_place {
  * Where a flow lives: a keyed multiplicative hash of its remote address and
  * its ports and protocol (the local address is compared, not hashed: a host
  * has few), scaled to the sets, and a tag from another product's top byte.
+ * Taken from the fields, so a packet's place costs no key on the stack.
  * Mirrored by maps.FlowPlace; change both or neither.
  */
-static __always_inline struct flow_place flow_place_of(const struct config *cfg, const struct flow_key *k)
+static __always_inline struct flow_place flow_place(const struct config *cfg, const __u8 *remote, __u16 local_port,
+						    __u16 remote_port, __u8 proto)
 {
-	__u64 a, b, c = (__u64)k->local_port | (__u64)k->remote_port << 16 | (__u64)k->proto << 32;
-	__builtin_memcpy(&a, k->remote, 8);
-	__builtin_memcpy(&b, k->remote + 8, 8);
+	__u64 a, b, c = (__u64)local_port | (__u64)remote_port << 16 | (__u64)proto << 32;
+	__builtin_memcpy(&a, remote, 8);
+	__builtin_memcpy(&b, remote + 8, 8);
 	__u64 h = (a ^ cfg->slot_key[0]) * 0x9e3779b97f4a7c15ULL + (b ^ cfg->slot_key[1]) * 0xbf58476d1ce4e5b9ULL +
 		  (c ^ cfg->slot_key[0]) * 0xd6e8feb86659fd93ULL;
 	__u32 tag = (h * 0x94d049bb133111ebULL) >> 56;
 	struct flow_place pl = { .base = (((h >> 32) * flow_sets) >> 32) * KG_FLOW_WAYS, .tag = tag ? tag : 1 };
 	return pl;
+}
+
+static __always_inline struct flow_place flow_place_of(const struct config *cfg, const struct flow_key *k)
+{
+	return flow_place(cfg, k->remote, k->local_port, k->remote_port, k->proto);
 }
 
 static __always_inline int same_flow(const struct flow_key *x, const struct flow_key *y)

@@ -669,19 +669,6 @@ __attribute__((noinline)) int flow_answer(const struct config *cfg, const struct
 	return 1;
 }
 
-/* The cheap part of the look, inline: the set's tags. */
-static __always_inline int flow_in(const struct config *cfg, const struct flow_key *key, __u32 tcp_flags)
-{
-	__u32 zero = 0;
-	__u8 *tags = bpf_map_lookup_elem(&flow_tags, &zero);
-	if (!tags)
-		return 0;
-	struct flow_place pl = flow_place_of(cfg, key);
-	if (pl.base >= flow_slots || !flow_tagged(tags, pl.base, pl.tag))
-		return 0;
-	return flow_answer(cfg, key, tcp_flags, pl.base, pl.tag);
-}
-
 /* The flow key of a packet as the host sees it: local is the packet's
  * destination for an inbound packet (reverse), its source for one the host
  * sent (and for the packet an ICMP error quotes). */
@@ -693,6 +680,27 @@ static __always_inline void flow_key_of(struct flow_key *k, const struct packet 
 	k->remote_port = reverse ? pkt->sport : pkt->dport;
 	k->proto = pkt->proto;
 	__builtin_memset(k->pad, 0, sizeof(k->pad));
+}
+
+/*
+ * Is pkt in a live flow of the host's (reverse: pkt came in, so its source
+ * is the flow's remote end)? The cheap part inline: the place, hashed from
+ * the packet's fields, and its set's tags; only a packet whose tag the set
+ * carries builds the key and pays for the look.
+ */
+static __always_inline int flow_in(const struct config *cfg, const struct packet *pkt, int reverse, __u32 tcp_flags)
+{
+	__u32 zero = 0;
+	__u8 *tags = bpf_map_lookup_elem(&flow_tags, &zero);
+	if (!tags)
+		return 0;
+	struct flow_place pl = reverse ? flow_place(cfg, pkt->src.addr, pkt->dport, pkt->sport, pkt->proto)
+				       : flow_place(cfg, pkt->dst.addr, pkt->sport, pkt->dport, pkt->proto);
+	if (pl.base >= flow_slots || !flow_tagged(tags, pl.base, pl.tag))
+		return 0;
+	struct flow_key key;
+	flow_key_of(&key, pkt, reverse);
+	return flow_answer(cfg, &key, tcp_flags, pl.base, pl.tag);
 }
 
 /* Under --protect all, the replies a DHCP or DHCPv6 client needs: they come
@@ -709,7 +717,6 @@ int knockgate(struct xdp_md *ctx)
 {
 	struct packet pkt;
 	struct lazy lz = { .now = 0 };
-	struct flow_key key;
 
 	int parsed = parse_packet(ctx, &pkt);
 	switch (parsed) {
@@ -730,8 +737,7 @@ int knockgate(struct xdp_md *ctx)
 		 * could only be forged. */
 		if (!(cfg->flags & CONFIG_FLOWS) || !port_protected(cfg, pkt.proto, pkt.sport))
 			return verdict(ctx, VERDICT_PASSED);
-		flow_key_of(&key, &pkt, 0);
-		if (flow_in(cfg, &key, 0))
+		if (flow_in(cfg, &pkt, 0, 0))
 			return verdict(ctx, VERDICT_PASSED_FLOW);
 		return verdict(ctx, VERDICT_DROPPED_PROTECTED);
 	}
@@ -745,11 +751,9 @@ int knockgate(struct xdp_md *ctx)
 		return verdict(ctx, VERDICT_PASSED);
 	/* A reply in a flow of the host's; never a bare SYN: a new connection
 	 * is judged as new, whatever came before. */
-	if ((cfg->flags & CONFIG_FLOWS) && !(pkt.proto == IPPROTO_TCP && syn == TCP_FLAG_SYN)) {
-		flow_key_of(&key, &pkt, 1);
-		if (flow_in(cfg, &key, pkt.tcp_flags))
-			return verdict(ctx, VERDICT_PASSED_FLOW);
-	}
+	if ((cfg->flags & CONFIG_FLOWS) && !(pkt.proto == IPPROTO_TCP && syn == TCP_FLAG_SYN) &&
+	    flow_in(cfg, &pkt, 1, pkt.tcp_flags))
+		return verdict(ctx, VERDICT_PASSED_FLOW);
 	if (granted(&pkt, &lz))
 		return verdict(ctx, VERDICT_PASSED_GRANTED);
 	if (cfg->allow_count && allowed(&pkt))

@@ -90,7 +90,12 @@ func (g *Generator) Detach() error {
 // SynFrame is the flood's template: an Ethernet frame carrying a bare TCP SYN
 // (no options, like hping3's) from src to dst:dport, checksums filled in.
 func SynFrame(srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr, sport, dport uint16) []byte {
-	b := packet.TCP(src, dst, sport, dport, packet.SYN).Bytes()
+	return TCPFrame(srcMAC, dstMAC, src, dst, sport, dport, packet.SYN)
+}
+
+// TCPFrame is SynFrame with other TCP flags (an ACK flood's).
+func TCPFrame(srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr, sport, dport uint16, flags uint8) []byte {
+	b := packet.TCP(src, dst, sport, dport, flags).Bytes()
 	copy(b[0:6], dstMAC)
 	copy(b[6:12], srcMAC)
 	return b
@@ -110,6 +115,8 @@ type Flood struct {
 	Churn uint32
 	// Rate caps the frames sent per second; 0: as fast as it goes.
 	Rate float64
+	// Flags are the TCP flags of every frame; 0: a bare SYN.
+	Flags uint8
 	// Primed floods start only after the same sources have each knocked
 	// the first step: they are then known to the gates (knock progress,
 	// and knockgate's hint slots set), the expensive case for a gate that
@@ -149,7 +156,11 @@ func (g *Generator) Run(topo *Topology, f Flood, port uint16, cpu int, batch uin
 	if err != nil {
 		return res, err
 	}
-	frame := SynFrame(topo.TxMAC, topo.RxMAC, floodBase, rxAddr, 40000, port)
+	flags := f.Flags
+	if flags == 0 {
+		flags = packet.SYN
+	}
+	frame := TCPFrame(topo.TxMAC, topo.RxMAC, floodBase, rxAddr, 40000, port, flags)
 	opts := &ebpf.RunOptions{
 		Data: frame,
 		Context: xdpMD{

@@ -192,24 +192,42 @@ func (g *XDPDrop) Close() error {
 type Knockgate struct {
 	Binary     string
 	MaxSources uint32
-	rx         *netns.NS
-	attached   bool
+	// All: --protect all (every port closed; the host's flows pass).
+	All      bool
+	rx       *netns.NS
+	attached bool
 }
 
 func NewKnockgate(binary string) *Knockgate {
 	return &Knockgate{Binary: binary, MaxSources: loader.DefaultMaxSources}
 }
 
-func (g *Knockgate) Name() string { return "knockgate" }
-func (g *Knockgate) Floor() bool  { return false }
+// NewKnockgateAll is knockgate with --protect all.
+func NewKnockgateAll(binary string) *Knockgate {
+	return &Knockgate{Binary: binary, MaxSources: loader.DefaultMaxSources, All: true}
+}
+
+func (g *Knockgate) Name() string {
+	if g.All {
+		return nameKnockgateAll
+	}
+	return nameKnockgate
+}
+func (g *Knockgate) Floor() bool       { return false }
+func (g *Knockgate) ProtectsAll() bool { return g.All }
 
 // attachArgs is the knockgate command line every knockgate gate here is
-// made with: the policy every gate of the benchmark enforces.
-func attachArgs(maxSources uint32) []string {
+// made with: the policy every gate of the benchmark enforces (all: every
+// port protected).
+func attachArgs(maxSources uint32, all bool) []string {
+	protect := strconv.Itoa(ProtectedPort)
+	if all {
+		protect = "all"
+	}
 	return []string{"attach", RxIface,
 		"--sequence", fmt.Sprintf("%d,%d", KnockPort1, KnockPort2),
 		"--step-timeout", StepTimeout.String(), "--open", Open.String(),
-		"--protect", strconv.Itoa(ProtectedPort),
+		"--protect", protect,
 		"--max-sources", strconv.FormatUint(uint64(maxSources), 10),
 		"--mode", "native", "--no-grant-self"}
 }
@@ -217,7 +235,7 @@ func attachArgs(maxSources uint32) []string {
 func (g *Knockgate) Setup(topo *Topology) error {
 	g.rx = topo.RX
 	if g.Binary != "" {
-		_, err := topo.RX.Run(g.Binary, attachArgs(g.MaxSources)...)
+		_, err := topo.RX.Run(g.Binary, attachArgs(g.MaxSources, g.All)...)
 		g.attached = err == nil
 		return err
 	}
@@ -231,6 +249,9 @@ func (g *Knockgate) Setup(topo *Topology) error {
 				StepTimeout: StepTimeout,
 				Open:        Open,
 				Protected:   []maps.Port{{Num: ProtectedPort, Proto: maps.TCP}},
+				ProtectAll:  g.All,
+				// As the command's defaults.
+				Flows: true, FlowIdleTCP: 24 * time.Hour, FlowIdleUDP: 3 * time.Minute,
 			},
 		})
 		if err != nil {
@@ -300,7 +321,7 @@ func (g *KnockgateCLI) Floor() bool  { return false }
 
 func (g *KnockgateCLI) Setup(topo *Topology) error {
 	g.rx = topo.RX
-	_, err := topo.RX.Run(g.Binary, attachArgs(g.MaxSources)...)
+	_, err := topo.RX.Run(g.Binary, attachArgs(g.MaxSources, false)...)
 	g.attached = err == nil
 	return err
 }
@@ -396,22 +417,68 @@ var nftRuleset = fmt.Sprintf(`table inet kgb {
 }
 `, nftDuration(StepTimeout), nftDuration(Open), ProtectedPort, KnockPort1, KnockPort2)
 
+// nftRulesetAll is the same gate protecting every port, as the recipe's
+// "drop everything else" is written with conntrack: established and related
+// traffic first (the host's own connections and the sessions a grant let
+// in), loopback, granted sources, the knocks, then drop.
+var nftRulesetAll = fmt.Sprintf(`table inet kgb {
+	set knocked {
+		type ipv4_addr
+		flags timeout
+		timeout %[1]s
+		size 65536
+	}
+	set granted {
+		type ipv4_addr
+		flags timeout
+		timeout %[2]s
+		size 65536
+	}
+	chain input {
+		type filter hook input priority filter; policy drop;
+		ct state established,related accept
+		iif lo accept
+		ip saddr @granted accept
+		tcp dport %[4]d tcp flags & (fin|syn|rst|ack) == syn add @knocked { ip saddr } drop
+		tcp dport %[5]d tcp flags & (fin|syn|rst|ack) == syn ip saddr @knocked delete @knocked { ip saddr } update @granted { ip saddr } drop
+		tcp dport %[3]d counter drop
+		counter drop
+	}
+}
+`, nftDuration(StepTimeout), nftDuration(Open), ProtectedPort, KnockPort1, KnockPort2)
+
 func nftDuration(d time.Duration) string { return fmt.Sprintf("%ds", int(d.Seconds())) }
 
 // Nftables is the nftables knock gate.
 type Nftables struct {
 	napi stackNAPI
+	all  bool
 	rx   *netns.NS
 }
 
 func NewNftables(mode PeerNAPI) *Nftables { return &Nftables{napi: stackNAPI{mode: mode}} }
 
-func (g *Nftables) Name() string { return "nftables" }
-func (g *Nftables) Floor() bool  { return false }
+// NewNftablesAll is the nftables gate protecting every port (conntrack).
+func NewNftablesAll(mode PeerNAPI) *Nftables {
+	return &Nftables{napi: stackNAPI{mode: mode}, all: true}
+}
+
+func (g *Nftables) Name() string {
+	if g.all {
+		return nameNftAll
+	}
+	return nameNft
+}
+func (g *Nftables) Floor() bool       { return false }
+func (g *Nftables) ProtectsAll() bool { return g.all }
 func (g *Nftables) Setup(topo *Topology) error {
 	g.rx = topo.RX
 	cmd := topo.RX.Cmd("nft", "-f", "-")
-	cmd.Stdin = strings.NewReader(nftRuleset)
+	rules := nftRuleset
+	if g.all {
+		rules = nftRulesetAll
+	}
+	cmd.Stdin = strings.NewReader(rules)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("load nftables ruleset: %w: %s", err, out)
 	}
@@ -449,19 +516,47 @@ var iptablesRules = [][]string{
 	{"-A", "INPUT", "-p", "tcp", "-m", "multiport", "--dports", fmt.Sprintf("%d,%d", KnockPort1, KnockPort2), "-j", "DROP"},
 }
 
+// iptablesRulesAll is the same gate protecting every port, with
+// conntrack's established,related first, like nftRulesetAll.
+var iptablesRulesAll = [][]string{
+	{"-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"},
+	{"-A", "INPUT", "-i", "lo", "-j", "ACCEPT"},
+	{"-A", "INPUT", "-m", "recent", "--name", "kgb_granted", "--rcheck", "--seconds", strconv.Itoa(int(Open.Seconds())), "-j", "ACCEPT"},
+	iptablesRules[2],
+	iptablesRules[3],
+	{"-A", "INPUT", "-p", "tcp", "--dport", strconv.Itoa(ProtectedPort), "-j", "DROP"},
+	{"-A", "INPUT", "-j", "DROP"},
+}
+
 // Iptables is the iptables recent-match knock gate.
 type Iptables struct {
 	napi stackNAPI
+	all  bool
 	rx   *netns.NS
 }
 
 func NewIptables(mode PeerNAPI) *Iptables { return &Iptables{napi: stackNAPI{mode: mode}} }
 
-func (g *Iptables) Name() string { return "iptables recent" }
-func (g *Iptables) Floor() bool  { return false }
+// NewIptablesAll is the iptables gate protecting every port (conntrack).
+func NewIptablesAll(mode PeerNAPI) *Iptables {
+	return &Iptables{napi: stackNAPI{mode: mode}, all: true}
+}
+
+func (g *Iptables) Name() string {
+	if g.all {
+		return nameIptAll
+	}
+	return nameIpt
+}
+func (g *Iptables) Floor() bool       { return false }
+func (g *Iptables) ProtectsAll() bool { return g.all }
 func (g *Iptables) Setup(topo *Topology) error {
 	g.rx = topo.RX
-	for _, r := range iptablesRules {
+	rules := iptablesRules
+	if g.all {
+		rules = iptablesRulesAll
+	}
+	for _, r := range rules {
 		if _, err := topo.RX.Run("iptables", append([]string{"-w"}, r...)...); err != nil {
 			return err
 		}

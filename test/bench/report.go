@@ -225,14 +225,18 @@ const (
 	nameNft       = "nftables"
 	nameIpt       = "iptables recent"
 	nameFloor     = "XDP_DROP floor"
+	// The protect-all gates: every port closed.
+	nameKnockgateAll = "knockgate all"
+	nameNftAll       = "nftables ct"
+	nameIptAll       = "iptables ct"
 )
 
 // Targets checks the run against the goals.
 func (res *Result) Targets() []Target {
 	var out []Target
-	ratio := func(flood, peer string, want float64) {
-		t := Target{Goal: fmt.Sprintf("knockgate ≥ %g× %s, packets handled/s, %s flood", want, peer, flood)}
-		kg, ok1 := res.row(nameKnockgate, flood)
+	ratioOf := func(gate, flood, peer string, want float64) {
+		t := Target{Goal: fmt.Sprintf("%s ≥ %g× %s, packets handled/s, %s flood", gate, want, peer, flood)}
+		kg, ok1 := res.row(gate, flood)
 		p, ok2 := res.row(peer, flood)
 		if ok1 && ok2 {
 			r := kg.Handled.Median / p.Handled.Median
@@ -242,10 +246,17 @@ func (res *Result) Targets() []Target {
 		}
 		out = append(out, t)
 	}
+	ratio := func(flood, peer string, want float64) { ratioOf(nameKnockgate, flood, peer, want) }
 	ratio("single", nameNft, 5)
 	ratio("single", nameIpt, 6)
 	ratio("spoofed", nameNft, 4)
 	ratio("spoofed", nameIpt, 4)
+	ratio("ack", nameNft, 4)
+	ratio("ack", nameIpt, 4)
+	for _, f := range []string{"spoofed", "ack"} {
+		ratioOf(nameKnockgateAll, f, nameNftAll, 4)
+		ratioOf(nameKnockgateAll, f, nameIptAll, 4)
+	}
 	for _, f := range res.Opts.Floods() {
 		t := Target{Goal: fmt.Sprintf("knockgate ≤ 25 ns/pkt above the XDP_DROP floor, %s flood", f.Name)}
 		if st := res.AboveFloor(f.Name); st.N > 0 {
@@ -334,8 +345,10 @@ func (res *Result) WriteTable(w io.Writer) {
 	if o.Churn > 0 {
 		fmt.Fprintf(w, ",\nchurned (the spoofed flood after first knocks from %d other sources, which fill the gates' tables)", o.Churn)
 	}
-	fmt.Fprintln(w, ".")
-	fmt.Fprintf(w, "gates without XDP get NAPI from %s; no conntrack; protected-port rules first.\n", o.PeerNAPI.describe())
+	fmt.Fprintf(w, ",\nack (ACKs to port %d from the spoofed flood's sources: no knock, no connection).\n", ProtectedPort)
+	fmt.Fprintf(w, "gates without XDP get NAPI from %s; protected-port rules first, no conntrack, except the gates that\n", o.PeerNAPI.describe())
+	fmt.Fprintf(w, "protect every port (%s: --protect all, its own flow table; %s, %s: conntrack's\n", nameKnockgateAll, nameNftAll, nameIptAll)
+	fmt.Fprintln(w, "established,related accepted first, then the knock gate, then drop), which run the spoofed and ack floods.")
 	fmt.Fprintf(w, "took %s\n\n", res.Took.Round(time.Second))
 
 	tw := &table{}

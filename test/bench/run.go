@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"slices"
 	"time"
+
+	"github.com/knockgate/knockgate/test/packet"
 )
 
 // Options of a benchmark run.
@@ -58,6 +60,8 @@ func (o Options) Floods() []Flood {
 		floods = append(floods, Flood{Name: "churned", Sources: o.Spoofed, Churn: o.Churn,
 			Describe: fmt.Sprintf("from %d spoofed sources, after first knocks from %d others", o.Spoofed, o.Churn)})
 	}
+	floods = append(floods, Flood{Name: "ack", Sources: o.Spoofed, Flags: packet.ACK,
+		Describe: fmt.Sprintf("of ACKs from %d spoofed sources", o.Spoofed)})
 	return floods
 }
 
@@ -70,6 +74,9 @@ func (o Options) Gates() []Gate {
 		NewKnockgateCLI(nameBase, o.KnockgateBase),
 		NewNftables(o.PeerNAPI),
 		NewIptables(o.PeerNAPI),
+		NewKnockgateAll(o.Knockgate),
+		NewNftablesAll(o.PeerNAPI),
+		NewIptablesAll(o.PeerNAPI),
 	}
 	var out []Gate
 	for _, g := range all {
@@ -130,6 +137,20 @@ type Result struct {
 	Took    time.Duration
 }
 
+// protectsAll is a gate that closes every port (knockgate --protect all,
+// the netfilter gates with conntrack's established,related first).
+type protectsAll interface{ ProtectsAll() bool }
+
+// runsFlood: a protect-all gate runs the spoofed SYN and ACK floods only,
+// where it differs from its protect-a-port sibling (the per-packet work of
+// a flow or conntrack lookup); the rest would repeat the sibling's rows.
+func runsFlood(g Gate, f Flood) bool {
+	if pa, ok := g.(protectsAll); ok && pa.ProtectsAll() {
+		return f.Name == "spoofed" || f.Name == "ack"
+	}
+	return true
+}
+
 type config struct {
 	gate  int
 	flood int
@@ -151,8 +172,11 @@ func Run(o Options) (*Result, error) {
 	res := &Result{Opts: o, Started: time.Now()}
 	floods := o.Floods()
 	var configs []config
-	for g := range o.Gates() {
+	for g, gate := range o.Gates() {
 		for f := range floods {
+			if !runsFlood(gate, floods[f]) {
+				continue
+			}
 			configs = append(configs, config{g, f})
 		}
 	}
