@@ -61,6 +61,8 @@ var (
 		"Events dropped because the ring buffer was full.", nil, nil)
 	descEventsSuppressed = prometheus.NewDesc("knockgate_events_suppressed_total",
 		"Knock and reset events held back by the per-CPU event budget.", nil, nil)
+	descFlows = prometheus.NewDesc("knockgate_flows_total",
+		"Flows of the host's: learned on egress, ended by the host's RST, not recorded for want of room.", []string{"event"}, nil)
 	descSources = prometheus.NewDesc("knockgate_sources",
 		"Sources tracked now, by state.", []string{"state"}, nil)
 	descIfaces = prometheus.NewDesc("knockgate_interfaces",
@@ -81,7 +83,7 @@ var (
 
 // descs is every metric the collector makes.
 var descs = []*prometheus.Desc{descPackets, descIfacePackets, descKnocks, descGrants, descExpired,
-	descGrantFailed, descEventsLost, descEventsSuppressed, descSources, descIfaces, descGeneration,
+	descGrantFailed, descEventsLost, descEventsSuppressed, descFlows, descSources, descIfaces, descGeneration,
 	descPending, descReloads, descLastReload, descLastReloadOK, descScrapeErrors}
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
@@ -113,6 +115,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descGrantFailed, cs.Get("grant_failed"))
 		counter(descEventsLost, cs.Get("events_lost"))
 		counter(descEventsSuppressed, cs.Get("events_suppressed"))
+		for _, k := range []string{"learned", "ended", "full"} {
+			counter(descFlows, cs.Get("flows_"+k), k)
+		}
 	}
 	states := map[loader.IfaceState]float64{loader.Attached: 0, loader.Missing: 0, loader.Waiting: 0}
 	if ifaces, err := c.gate.Interfaces(); err != nil {

@@ -247,6 +247,9 @@ func TestRunMetrics(t *testing.T) {
 	g.expect(filtered, cli4, srv4)
 	g.knockTCP(cli4, srv4, 9000)
 	g.knockTCP(alt4, srv4, 9000, 8000)
+	// A connection of the granted source: the server's SYN+ACK makes a
+	// flow, and the handshake's ACK passes by it.
+	g.expect(open, alt4, srv4)
 	m := g.scrape("127.0.0.1:9746")
 
 	check := exec.Command("promtool", "check", "metrics")
@@ -270,8 +273,11 @@ func TestRunMetrics(t *testing.T) {
 			t.Errorf("%s = %v, want %v", series, got, want)
 		}
 	}
-	if got := metric(m, `knockgate_packets_total{verdict="dropped_protected"}`); got < 1 {
-		t.Errorf("dropped_protected = %v, want at least 1", got)
+	for _, series := range []string{`knockgate_packets_total{verdict="dropped_protected"}`,
+		`knockgate_packets_total{verdict="passed_flow"}`, `knockgate_flows_total{event="learned"}`} {
+		if got := metric(m, series); got < 1 {
+			t.Errorf("%s = %v, want at least 1", series, got)
+		}
 	}
 }
 

@@ -71,6 +71,9 @@ func (res *Result) Rows() []Row {
 	var rows []Row
 	for _, g := range res.Opts.Gates() {
 		for _, f := range res.Opts.Floods() {
+			if !runsFlood(g, f) {
+				continue // never run: no row
+			}
 			r := Row{Gate: g.Name(), Flood: f.Name, Floor: g.Floor(), SeenShare: math.Inf(1)}
 			var pps, ns, sent, drop, wake, share []float64
 			for _, s := range res.Samples {
