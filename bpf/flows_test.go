@@ -3,7 +3,6 @@ package bpf_test
 import (
 	"fmt"
 	"net/netip"
-	"strings"
 	"testing"
 	"time"
 
@@ -46,19 +45,7 @@ func (g *gate) send(what string, frame []byte, counters ...string) {
 	if v != tcxNext {
 		g.t.Errorf("%s: egress returned %d, want TCX_NEXT", what, int32(v))
 	}
-	want := map[string]uint64{}
-	for _, c := range counters {
-		want[c]++
-	}
-	var diffs []string
-	for i, name := range maps.CounterNames {
-		if d := after[i] - before[i]; d != want[name] {
-			diffs = append(diffs, fmt.Sprintf("%s +%d (want +%d)", name, d, want[name]))
-		}
-	}
-	if len(diffs) > 0 {
-		g.t.Errorf("%s: counters: %s", what, strings.Join(diffs, ", "))
-	}
+	g.counted(what, before, after, counters...)
 }
 
 // flow is the table's entry for local-remote, if any.

@@ -187,6 +187,13 @@ func (g *gate) expect(what string, frame []byte, verdict uint32, counters ...str
 	if got != verdict {
 		g.t.Errorf("%s: %s, want %s", what, verdictName(got), verdictName(verdict))
 	}
+	g.counted(what, before, after, counters...)
+}
+
+// counted checks that from before to after exactly the named counters went
+// up (a name given twice: by two), nothing else.
+func (g *gate) counted(what string, before, after maps.Counters, counters ...string) {
+	g.t.Helper()
 	want := map[string]uint64{}
 	for _, c := range counters {
 		want[c]++

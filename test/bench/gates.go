@@ -387,14 +387,9 @@ func sweepPins() error {
 	return errors.Join(errs...)
 }
 
-// nftRuleset is the usual nftables knock gate (the nftables wiki's "Port
-// knocking" recipe): sets with timeouts, filled from the packet path. Written
-// for the flood's benefit, as a careful administrator would: the protected
-// port's rules come first, so a flood packet takes one set lookup and a
-// verdict, and there is no conntrack. Knock packets are dropped like
-// knockgate drops them.
-var nftRuleset = fmt.Sprintf(`table inet kgb {
-	set knocked {
+// nftSets are the knock gate's sets with timeouts, filled from the packet
+// path, shared by both rulesets.
+var nftSets = fmt.Sprintf(`	set knocked {
 		type ipv4_addr
 		flags timeout
 		timeout %[1]s
@@ -405,47 +400,48 @@ var nftRuleset = fmt.Sprintf(`table inet kgb {
 		flags timeout
 		timeout %[2]s
 		size 65536
-	}
+	}`, nftDuration(StepTimeout), nftDuration(Open))
+
+// nftKnocks are the knock rules: a first knock adds the source to knocked,
+// a second from a knocked source grants it; knock packets are dropped like
+// knockgate drops them.
+var nftKnocks = fmt.Sprintf(`		tcp dport %[1]d tcp flags & (fin|syn|rst|ack) == syn add @knocked { ip saddr } drop
+		tcp dport %[2]d tcp flags & (fin|syn|rst|ack) == syn ip saddr @knocked delete @knocked { ip saddr } update @granted { ip saddr } drop`,
+	KnockPort1, KnockPort2)
+
+// nftRuleset is the usual nftables knock gate (the nftables wiki's "Port
+// knocking" recipe). Written for the flood's benefit, as a careful
+// administrator would: the protected port's rules come first, so a flood
+// packet takes one set lookup and a verdict, and there is no conntrack.
+var nftRuleset = fmt.Sprintf(`table inet kgb {
+%[1]s
 	chain input {
 		type filter hook input priority filter; policy accept;
 		tcp dport %[3]d ip saddr @granted accept
 		tcp dport %[3]d counter drop
-		tcp dport %[4]d tcp flags & (fin|syn|rst|ack) == syn add @knocked { ip saddr } drop
-		tcp dport %[5]d tcp flags & (fin|syn|rst|ack) == syn ip saddr @knocked delete @knocked { ip saddr } update @granted { ip saddr } drop
+%[2]s
 		tcp dport { %[4]d, %[5]d } drop
 	}
 }
-`, nftDuration(StepTimeout), nftDuration(Open), ProtectedPort, KnockPort1, KnockPort2)
+`, nftSets, nftKnocks, ProtectedPort, KnockPort1, KnockPort2)
 
 // nftRulesetAll is the same gate protecting every port, as the recipe's
 // "drop everything else" is written with conntrack: established and related
 // traffic first (the host's own connections and the sessions a grant let
 // in), loopback, granted sources, the knocks, then drop.
 var nftRulesetAll = fmt.Sprintf(`table inet kgb {
-	set knocked {
-		type ipv4_addr
-		flags timeout
-		timeout %[1]s
-		size 65536
-	}
-	set granted {
-		type ipv4_addr
-		flags timeout
-		timeout %[2]s
-		size 65536
-	}
+%[1]s
 	chain input {
 		type filter hook input priority filter; policy drop;
 		ct state established,related accept
 		iif lo accept
 		ip saddr @granted accept
-		tcp dport %[4]d tcp flags & (fin|syn|rst|ack) == syn add @knocked { ip saddr } drop
-		tcp dport %[5]d tcp flags & (fin|syn|rst|ack) == syn ip saddr @knocked delete @knocked { ip saddr } update @granted { ip saddr } drop
+%[2]s
 		tcp dport %[3]d counter drop
 		counter drop
 	}
 }
-`, nftDuration(StepTimeout), nftDuration(Open), ProtectedPort, KnockPort1, KnockPort2)
+`, nftSets, nftKnocks, ProtectedPort)
 
 func nftDuration(d time.Duration) string { return fmt.Sprintf("%ds", int(d.Seconds())) }
 
