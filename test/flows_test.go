@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -371,4 +372,41 @@ func TestProtectAllHostKeepsWorking(t *testing.T) {
 	g.mustKG(g.cli, "knock", srv4.String(), "9000", "8000")
 	g.expect(open, cli4, srv4)
 	g.expect(filtered, alt4, srv4)
+}
+
+// The flow table is the gate's: a session outlives its grant across a stop
+// and a start of run (the gate adopted with its flows), and a reload that
+// turns on --protect all keeps it too.
+func TestRunKeepsFlows(t *testing.T) {
+	netns.Require(t, "ip", "nsenter", "socat")
+	t.Parallel()
+	g := newGate(t)
+	echo(t, g.srv, sessionPort)
+	config := func(protect string) string {
+		return fmt.Sprintf("interfaces = [%q]\nsequence = \"9000,8000\"\nprotect = %q\nflow_idle_tcp = \"1h\"\n", g.iface, protect)
+	}
+	s := g.startRun(config(fmt.Sprintf("%d,%d", protected, sessionPort)))
+	g.knockTCP(cli4, srv4, 9000, 8000)
+	sess := openSession(t, g.cli, srv4, sessionPort)
+	sess.exchange("during the grant", "one")
+	g.mustKG(g.srv, "revoke", g.iface, cli4.String())
+	sess.exchange("after the grant", "two")
+	if code := s.stop(syscall.SIGTERM); code != 0 {
+		t.Fatalf("run exited %d on SIGTERM", code)
+	}
+	sess.exchange("with run stopped", "three")
+	s = g.startRunAt(s.path, nil)
+	s.waitLog(time.Second, "gate adopted")
+	sess.exchange("after run started again", "four")
+	if fs := g.flows(); !fs.Enabled || fs.Count < 1 {
+		t.Errorf("flows after the restart: %+v", fs)
+	}
+	s.reload(config("all"))
+	sess.exchange("after a reload to protect all", "five")
+	if got := g.dial(cli4, srv4, sessionPort, filteredWait); got != filtered {
+		t.Errorf("a new connection after the grant: %s, want filtered", got)
+	}
+	if code := s.stop(syscall.SIGTERM); code != 0 {
+		t.Errorf("run exited %d on SIGTERM", code)
+	}
 }
