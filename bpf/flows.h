@@ -31,6 +31,13 @@ struct {
 	__uint(value_size, 65536);
 } flow_tags SEC(".maps");
 
+/* flow_tags' one value: the tag bytes of every slot. */
+static __always_inline __u8 *flow_tag_bytes(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&flow_tags, &zero);
+}
+
 /* The flow table's number of sets and slots, fixed at load time from its
  * max_entries (--max-flows). */
 volatile const __u32 flow_sets = 65536 / KG_FLOW_WAYS;

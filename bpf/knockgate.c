@@ -645,8 +645,7 @@ __attribute__((noinline)) int flow_answer(const struct config *cfg, const struct
 {
 	if (!cfg || !key)
 		return 0;
-	__u32 zero = 0;
-	__u8 *tags = bpf_map_lookup_elem(&flow_tags, &zero);
+	__u8 *tags = flow_tag_bytes();
 	if (!tags)
 		return 0;
 	__s64 at = flow_find(tags, base, tag, key);
@@ -690,8 +689,7 @@ static __always_inline void flow_key_of(struct flow_key *k, const struct packet 
  */
 static __always_inline int flow_in(const struct config *cfg, const struct packet *pkt, int reverse, __u32 tcp_flags)
 {
-	__u32 zero = 0;
-	__u8 *tags = bpf_map_lookup_elem(&flow_tags, &zero);
+	__u8 *tags = flow_tag_bytes();
 	if (!tags)
 		return 0;
 	struct flow_place pl = reverse ? flow_place(cfg, pkt->src.addr, pkt->dport, pkt->sport, pkt->proto)
@@ -773,8 +771,7 @@ __attribute__((noinline)) int flow_learn(const struct config *cfg, const struct 
 {
 	if (!cfg || !key)
 		return 0;
-	__u32 zero = 0;
-	__u8 *tags = bpf_map_lookup_elem(&flow_tags, &zero);
+	__u8 *tags = flow_tag_bytes();
 	if (!tags)
 		return 0;
 	__u64 now = flow_now();

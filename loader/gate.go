@@ -153,10 +153,8 @@ func Create(opts Options) (_ *Gate, err error) {
 	if _, err := g.Maps.WriteConfig(cfg); err != nil {
 		return nil, err
 	}
-	if cfg.Flows {
-		if _, err := SeedFlows(g.Maps); err != nil {
-			return nil, err
-		}
+	if _, err := SeedFlows(g.Maps); err != nil {
+		return nil, err
 	}
 
 	staging, err := os.MkdirTemp(PinRoot, stagingPrefix+pinName(name)+" ")
@@ -275,6 +273,12 @@ func (g *Gate) UpdateConfig(change func(*maps.Config) error) (maps.Config, error
 		return maps.Config{}, err
 	}
 	if err := change(&cfg); err != nil {
+		return maps.Config{}, err
+	}
+	// Sessions already open on a port the change protects (or with flows
+	// just turned on) are flows before the change takes effect, so
+	// protecting a port never cuts them off.
+	if _, err := seedFlows(g.Maps, &cfg); err != nil {
 		return maps.Config{}, err
 	}
 	return g.Maps.WriteConfig(cfg)

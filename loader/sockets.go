@@ -36,6 +36,12 @@ func SeedFlows(set *maps.Set) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	return seedFlows(set, &cfg)
+}
+
+// seedFlows is SeedFlows for the configuration cfg, which may not be
+// written yet: a change seeds the flows it protects before it takes effect.
+func seedFlows(set *maps.Set, cfg *maps.Config) (int, error) {
 	if !cfg.Flows {
 		return 0, nil
 	}
@@ -49,7 +55,7 @@ func SeedFlows(set *maps.Set) (int, error) {
 			if !liveTCPStates[s.State] {
 				continue
 			}
-			ok, err := seed(set, &cfg, s, maps.TCP, s.State != 2)
+			ok, err := seed(set, cfg, s, maps.TCP, s.State != 2)
 			if err != nil {
 				return n, err
 			}
@@ -65,7 +71,7 @@ func SeedFlows(set *maps.Set) (int, error) {
 			if s.ID.DestinationPort == 0 {
 				continue // not connected: its replies cannot be told apart
 			}
-			ok, err := seed(set, &cfg, s, maps.UDP, true)
+			ok, err := seed(set, cfg, s, maps.UDP, true)
 			if err != nil {
 				return n, err
 			}

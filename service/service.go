@@ -163,12 +163,11 @@ func (svc *service) start() error {
 		return err
 	}
 	svc.logger().Info("gate adopted: grants and knock progress kept", "gate", g.Name, "program_replaced", replaced)
-	if s.Flows {
-		// Flows opened while no gate judged the interfaces' packets.
-		if _, err := loader.SeedFlows(g.Maps); err != nil {
-			g.Close()
-			return err
-		}
+	// Flows opened while an interface had no gate (gone and back while
+	// the service was down) are not lost.
+	if _, err := loader.SeedFlows(g.Maps); err != nil {
+		g.Close()
+		return err
 	}
 	if n := g.Maps.Grants.MaxEntries(); n != s.MaxSources {
 		svc.logger().Warn("max_sources differs from the pinned gate's: kept (detach the gate to resize it)",

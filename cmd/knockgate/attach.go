@@ -195,11 +195,9 @@ func reattach(e *env, name string, s *config.Settings, explicit map[string]bool)
 	if _, err := g.Upgrade(); err != nil {
 		return err
 	}
-	if cfg.Flows {
-		// Flows opened while the interface had no gate are not lost.
-		if _, err := loader.SeedFlows(g.Maps); err != nil {
-			return err
-		}
+	// Flows opened while an interface had no gate are not lost.
+	if _, err := loader.SeedFlows(g.Maps); err != nil {
+		return err
 	}
 	var attached []string
 	already := 0

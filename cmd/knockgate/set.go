@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/knockgate/knockgate/config"
-	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
 )
 
@@ -93,13 +92,6 @@ func setCommand() *command {
 			}
 			if err != nil {
 				return err
-			}
-			// Newly protected ports (or flows just turned on): the sessions
-			// already open on them are flows from now on, not cut off.
-			if changed["protect"] || changed["flows"] {
-				if _, err := loader.SeedFlows(g.Maps); err != nil {
-					return err
-				}
 			}
 			allow, err := g.Maps.AllowList()
 			if err != nil {
