@@ -3,12 +3,13 @@
 /*
  * knockgate: a port-knocking gate in XDP.
  *
- * parse -> knock state machine -> verdict. Per packet: one parse, a handful
+ * parse -> flows -> SPA -> knock state machine -> protected ports -> verdict. Per packet: one parse, a handful
  * of O(1) map lookups, and the clock is read only when a decision needs it
  * (a map hit or a knock), never on the plain pass or unauthorised-drop path.
  */
 #include "parsing.h"
 #include "flows.h"
+#include "spa.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -141,6 +142,7 @@ const enum verdict *unused_verdict __attribute__((unused));
 const enum event_type *unused_event_type __attribute__((unused));
 const enum config_flag *unused_config_flag __attribute__((unused));
 const enum flow_flag *unused_flow_flag __attribute__((unused));
+const enum spa_key_flag *unused_spa_key_flag __attribute__((unused));
 
 static __always_inline void count(__u32 reason)
 {
@@ -201,8 +203,16 @@ static __always_inline int budgeted(__u64 now)
 	return 1;
 }
 
-static __always_inline void emit(__u8 type, const struct packet *pkt, __u8 stage,
-				 __u64 now, __u64 expires)
+/* What an event says besides its type and times. */
+struct event_about {
+	const __u8 *addr; /* 16 bytes */
+	__u32 key_id;
+	__u16 port;
+	__u8 proto;
+	__u8 stage;
+};
+
+static __always_inline void emit_about(__u8 type, const struct event_about *a, __u64 now, __u64 expires)
 {
 	struct event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev) {
@@ -212,13 +222,22 @@ static __always_inline void emit(__u8 type, const struct packet *pkt, __u8 stage
 	}
 	ev->time_ns = now;
 	ev->expires_ns = expires;
-	__builtin_memcpy(ev->addr, pkt->src.addr, 16);
-	ev->port = pkt->dport;
-	ev->proto = pkt->proto;
+	__builtin_memcpy(ev->addr, a->addr, 16);
+	ev->key_id = a->key_id;
+	ev->port = a->port;
+	ev->proto = a->proto;
 	ev->type = type;
-	ev->stage = stage;
+	ev->stage = a->stage;
 	__builtin_memset(ev->pad, 0, sizeof(ev->pad));
 	bpf_ringbuf_submit(ev, 0);
+}
+
+/* An event about pkt's source and destination port. */
+static __always_inline void emit(__u8 type, const struct packet *pkt, __u8 stage,
+				 __u64 now, __u64 expires)
+{
+	struct event_about a = { .addr = pkt->src.addr, .port = pkt->dport, .proto = pkt->proto, .stage = stage };
+	emit_about(type, &a, now, expires);
 }
 
 /* The hint slot of a source: a multiplicative hash of its two halves.
@@ -341,19 +360,28 @@ static __always_inline int granted(const struct packet *pkt, struct lazy *lz)
 	return 0;
 }
 
-static __always_inline void grant(const struct config *cfg, const struct packet *pkt, __u64 now)
+/* Grant a->addr for open_ns from now, the way a completed sequence does:
+ * never shortening a grant already held; an open event says so. */
+static __always_inline void grant_addr(const struct event_about *a, __u64 open_ns, __u64 now)
 {
-	struct grant g = { .expires_ns = now + cfg->open_ns };
-	struct grant *old = bpf_map_lookup_elem(&grants, &pkt->src);
-	/* Completing the sequence never shortens a grant already held. */
+	const struct source *src = (const struct source *)a->addr;
+	struct grant g = { .expires_ns = now + open_ns };
+	struct grant *old = bpf_map_lookup_elem(&grants, src);
 	if (old && old->expires_ns > g.expires_ns)
 		g.expires_ns = old->expires_ns;
-	if (put_grant(&pkt->src, &g)) {
+	if (put_grant(src, &g)) {
 		count(COUNTER_GRANT_FAILED);
 		return;
 	}
 	count(COUNTER_GRANTED);
-	emit(EVENT_OPEN, pkt, cfg->nsteps, now, g.expires_ns);
+	emit_about(EVENT_OPEN, a, now, g.expires_ns);
+}
+
+/* The sequence is complete: grant the packet's source. */
+static __always_inline void grant(const struct config *cfg, const struct packet *pkt, __u64 now)
+{
+	struct event_about a = { .addr = pkt->src.addr, .port = pkt->dport, .proto = pkt->proto, .stage = cfg->nsteps };
+	grant_addr(&a, cfg->open_ns, now);
 }
 
 /*
@@ -701,6 +729,29 @@ static __always_inline int flow_in(const struct config *cfg, const struct packet
 	return flow_answer(cfg, &key, tcp_flags, pl.base, pl.tag);
 }
 
+/*
+ * A datagram to the SPA port: verified (spa.h) and, when valid, its address
+ * granted as a completed sequence would be, with an open event naming the
+ * key. Every outcome is counted; the packet itself is always dropped, so
+ * the SPA port looks filtered. A BPF global function: verified once, and
+ * only SPA datagrams pay for its stack.
+ */
+__attribute__((noinline)) int spa(struct xdp_md *ctx, const struct config *cfg, const struct packet *pkt)
+{
+	if (!ctx || !cfg || !pkt)
+		return 0;
+	struct spa_grant sg;
+	__u32 outcome = spa_verify(ctx, cfg, pkt, &sg);
+	count(outcome);
+	if (outcome != COUNTER_SPA_ACCEPTED)
+		return 0;
+	struct event_about a = {
+		.addr = sg.addr.addr, .key_id = sg.key_id, .port = pkt->dport, .proto = IPPROTO_UDP,
+	};
+	grant_addr(&a, sg.open_ns ? sg.open_ns : cfg->open_ns, bpf_ktime_get_boot_ns());
+	return 1;
+}
+
 /* Under --protect all, the replies a DHCP or DHCPv6 client needs: they come
  * from a server that was asked by broadcast or multicast, which no flow
  * records. */
@@ -738,6 +789,11 @@ int knockgate(struct xdp_md *ctx)
 		if (flow_in(cfg, &pkt, 0, 0))
 			return verdict(ctx, VERDICT_PASSED_FLOW);
 		return verdict(ctx, VERDICT_DROPPED_PROTECTED);
+	}
+
+	if (pkt.proto == IPPROTO_UDP && pkt.dport == cfg->spa_port && cfg->spa_port) {
+		spa(ctx, cfg, &pkt);
+		return verdict(ctx, VERDICT_DROPPED_SPA);
 	}
 
 	__u8 syn = pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST | TCP_FLAG_FIN);

@@ -27,6 +27,13 @@
 #define KG_FLOW_CLOSING_NS (10ULL * 1000000000)
 #define KG_FLOW_UNANSWERED_NS (60ULL * 1000000000)
 
+/* SPA (single-packet authorization): the payload of an SPA datagram, the
+ * part its tag covers, and how many keys a gate holds. See spa.h. */
+#define KG_SPA_LEN 56
+#define KG_SPA_SIGNED 48
+#define KG_SPA_VERSION 1
+#define KG_SPA_KEYS 1024
+
 /* Slots of the hints map (a power of two): see hints in knockgate.c. */
 #define KG_HINT_SLOTS 65536
 
@@ -88,6 +95,26 @@ struct flow {
 	struct flow_key key;
 };
 
+/*
+ * An SPA key: the value of the spa_keys map, whose key is the key's 32-bit
+ * id (host byte order). Rewritten whole by the Go side when the key file
+ * changes; the replay state lives apart (spa_last), so a rewrite never
+ * loses it.
+ */
+struct spa_key {
+	__u64 k[2]; /* SipHash key: k0 = bytes 0-7, k1 = bytes 8-15, little-endian */
+	__u64 open_ns; /* the grant's window; 0: the gate's (config open_ns) */
+	__u32 flags; /* enum spa_key_flag */
+	__u32 pad;
+	__u8 name[32]; /* NUL-padded, for status and events only */
+};
+
+enum spa_key_flag {
+	/* The packet may name another address than its source (clients behind
+	 * NAT that know their public address; fwknop's -a). */
+	SPA_KEY_ANY_ADDRESS = 1,
+};
+
 /* A source address: the key of the knocks and grants maps. */
 struct source {
 	__u8 addr[16];
@@ -120,6 +147,12 @@ struct config {
 	 * (the configuration before this one) rules again. The rollback needs no
 	 * process: the program itself falls back. */
 	__u64 confirm_by_ns;
+	/* Unix time for SPA: CLOCK_TAI (bpf_ktime_get_tai_ns) less the kernel's
+	 * TAI offset (adjtimex), as read when this configuration was written. */
+	__s64 tai_offset_ns;
+	/* An SPA timestamp may be this far from the gate's Unix time, either
+	 * way (milliseconds). */
+	__u64 spa_window_ms;
 	__u64 protected_tcp[KG_PORT_WORDS];
 	__u64 protected_udp[KG_PORT_WORDS];
 	/* Bit (port & 63) set for the port of every step: a packet to a port
@@ -128,9 +161,10 @@ struct config {
 	__u32 generation; /* bumped on every change; older progress is void */
 	__u32 allow_count; /* entries in the allow trie; 0 skips the lookup */
 	struct step steps[KG_MAX_STEPS];
+	__u16 spa_port; /* UDP port of SPA datagrams; 0: no SPA */
 	__u8 nsteps;
 	__u8 flags; /* enum config_flag */
-	__u8 pad[6];
+	__u8 pad[4];
 };
 
 enum config_flag {
@@ -188,6 +222,7 @@ enum verdict {
 	VERDICT_DROPPED_PROTECTED, /* protected port, no grant */
 	VERDICT_DROPPED_KNOCK, /* a knock: always dropped, so knock ports look filtered */
 	VERDICT_DROPPED_MALFORMED, /* IP packet we cannot parse safely */
+	VERDICT_DROPPED_SPA, /* a datagram to the SPA port: always dropped, valid or not */
 	VERDICT_MAX,
 };
 
@@ -205,6 +240,16 @@ enum counter {
 	COUNTER_FLOWS_LEARNED, /* a flow of the host's recorded (egress) */
 	COUNTER_FLOWS_FULL, /* no slot of its set was free or expired: not recorded */
 	COUNTER_FLOWS_ENDED, /* a flow ended by the host's RST (egress) */
+	/* SPA datagrams, by outcome: each is counted under exactly one, the
+	 * first check it failed, in the order they are made (see spa.h). */
+	COUNTER_SPA_ACCEPTED, /* granted */
+	COUNTER_SPA_BAD_LENGTH, /* payload not exactly KG_SPA_LEN bytes */
+	COUNTER_SPA_BAD_VERSION, /* version not 1, or flags or reserved not 0 */
+	COUNTER_SPA_UNKNOWN_KEY, /* no such key id */
+	COUNTER_SPA_BAD_TAG, /* the MAC does not match: forged or corrupt */
+	COUNTER_SPA_CLOCK, /* timestamp outside the window of the gate's clock */
+	COUNTER_SPA_BAD_ADDRESS, /* names another address, and the key may not */
+	COUNTER_SPA_REPLAY, /* timestamp not newer than the key's last accepted */
 	COUNTER_MAX,
 };
 
@@ -218,10 +263,11 @@ enum event_type {
 struct event {
 	__u64 time_ns;
 	__u64 expires_ns; /* deadline of the next step, or the grant's expiry */
-	__u8 addr[16];
+	__u8 addr[16]; /* the source; for an open by SPA, the address opened */
+	__u32 key_id; /* an open by SPA: the key's id (never 0); else 0 */
 	__u16 port;
 	__u8 proto;
 	__u8 type; /* enum event_type */
 	__u8 stage;
-	__u8 pad[3];
+	__u8 pad[7];
 };

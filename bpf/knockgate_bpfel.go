@@ -27,15 +27,18 @@ type KnockgateConfig struct {
 	FlowIdleTcpNs uint64
 	FlowIdleUdpNs uint64
 	ConfirmByNs   uint64
+	TaiOffsetNs   int64
+	SpaWindowMs   uint64
 	ProtectedTcp  [1024]uint64
 	ProtectedUdp  [1024]uint64
 	StepPorts     uint64
 	Generation    uint32
 	AllowCount    uint32
 	Steps         [8]KnockgateStep
+	SpaPort       uint16
 	Nsteps        uint8
 	Flags         uint8
-	Pad           [6]uint8
+	Pad           [4]uint8
 }
 
 type KnockgateConfigFlag uint32
@@ -60,7 +63,15 @@ const (
 	KnockgateCounterCOUNTER_FLOWS_LEARNED       KnockgateCounter = 9
 	KnockgateCounterCOUNTER_FLOWS_FULL          KnockgateCounter = 10
 	KnockgateCounterCOUNTER_FLOWS_ENDED         KnockgateCounter = 11
-	KnockgateCounterCOUNTER_MAX                 KnockgateCounter = 12
+	KnockgateCounterCOUNTER_SPA_ACCEPTED        KnockgateCounter = 12
+	KnockgateCounterCOUNTER_SPA_BAD_LENGTH      KnockgateCounter = 13
+	KnockgateCounterCOUNTER_SPA_BAD_VERSION     KnockgateCounter = 14
+	KnockgateCounterCOUNTER_SPA_UNKNOWN_KEY     KnockgateCounter = 15
+	KnockgateCounterCOUNTER_SPA_BAD_TAG         KnockgateCounter = 16
+	KnockgateCounterCOUNTER_SPA_CLOCK           KnockgateCounter = 17
+	KnockgateCounterCOUNTER_SPA_BAD_ADDRESS     KnockgateCounter = 18
+	KnockgateCounterCOUNTER_SPA_REPLAY          KnockgateCounter = 19
+	KnockgateCounterCOUNTER_MAX                 KnockgateCounter = 20
 )
 
 type KnockgateEvent struct {
@@ -68,11 +79,12 @@ type KnockgateEvent struct {
 	TimeNs    uint64
 	ExpiresNs uint64
 	Addr      [16]uint8
+	KeyId     uint32
 	Port      uint16
 	Proto     uint8
 	Type      uint8
 	Stage     uint8
-	Pad       [3]uint8
+	Pad       [7]uint8
 }
 
 type KnockgateEventType uint32
@@ -145,6 +157,21 @@ type KnockgateSource struct {
 	Addr [16]uint8
 }
 
+type KnockgateSpaKey struct {
+	_      structs.HostLayout
+	K      [2]uint64
+	OpenNs uint64
+	Flags  uint32
+	Pad    uint32
+	Name   [32]uint8
+}
+
+type KnockgateSpaKeyFlag uint32
+
+const (
+	KnockgateSpaKeyFlagSPA_KEY_ANY_ADDRESS KnockgateSpaKeyFlag = 1
+)
+
 type KnockgateStep struct {
 	_     structs.HostLayout
 	Port  uint16
@@ -162,7 +189,8 @@ const (
 	KnockgateVerdictVERDICT_DROPPED_PROTECTED KnockgateVerdict = 4
 	KnockgateVerdictVERDICT_DROPPED_KNOCK     KnockgateVerdict = 5
 	KnockgateVerdictVERDICT_DROPPED_MALFORMED KnockgateVerdict = 6
-	KnockgateVerdictVERDICT_MAX               KnockgateVerdict = 7
+	KnockgateVerdictVERDICT_DROPPED_SPA       KnockgateVerdict = 7
+	KnockgateVerdictVERDICT_MAX               KnockgateVerdict = 8
 )
 
 // Names of all BPF objects in the ELF.
@@ -181,6 +209,8 @@ const (
 	KnockgateMapHints            = "hints"
 	KnockgateMapKnockTags        = "knock_tags"
 	KnockgateMapKnocks           = "knocks"
+	KnockgateMapSpaKeys          = "spa_keys"
+	KnockgateMapSpaLast          = "spa_last"
 	KnockgateMapVerdicts         = "verdicts"
 	KnockgateProgEgress          = "egress"
 	KnockgateProgKnockgate       = "knockgate"
@@ -194,6 +224,7 @@ const (
 	KnockgateVarUnusedEvent      = "unused_event"
 	KnockgateVarUnusedEventType  = "unused_event_type"
 	KnockgateVarUnusedFlowFlag   = "unused_flow_flag"
+	KnockgateVarUnusedSpaKeyFlag = "unused_spa_key_flag"
 	KnockgateVarUnusedVerdict    = "unused_verdict"
 )
 
@@ -259,6 +290,8 @@ type KnockgateMapSpecs struct {
 	Hints       *ebpf.MapSpec `ebpf:"hints"`
 	KnockTags   *ebpf.MapSpec `ebpf:"knock_tags"`
 	Knocks      *ebpf.MapSpec `ebpf:"knocks"`
+	SpaKeys     *ebpf.MapSpec `ebpf:"spa_keys"`
+	SpaLast     *ebpf.MapSpec `ebpf:"spa_last"`
 	Verdicts    *ebpf.MapSpec `ebpf:"verdicts"`
 }
 
@@ -276,6 +309,7 @@ type KnockgateVariableSpecs struct {
 	UnusedEvent      *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedEventType  *ebpf.VariableSpec `ebpf:"unused_event_type"`
 	UnusedFlowFlag   *ebpf.VariableSpec `ebpf:"unused_flow_flag"`
+	UnusedSpaKeyFlag *ebpf.VariableSpec `ebpf:"unused_spa_key_flag"`
 	UnusedVerdict    *ebpf.VariableSpec `ebpf:"unused_verdict"`
 }
 
@@ -311,6 +345,8 @@ type KnockgateMaps struct {
 	Hints       *ebpf.Map `ebpf:"hints"`
 	KnockTags   *ebpf.Map `ebpf:"knock_tags"`
 	Knocks      *ebpf.Map `ebpf:"knocks"`
+	SpaKeys     *ebpf.Map `ebpf:"spa_keys"`
+	SpaLast     *ebpf.Map `ebpf:"spa_last"`
 	Verdicts    *ebpf.Map `ebpf:"verdicts"`
 }
 
@@ -328,6 +364,8 @@ func (m *KnockgateMaps) Close() error {
 		m.Hints,
 		m.KnockTags,
 		m.Knocks,
+		m.SpaKeys,
+		m.SpaLast,
 		m.Verdicts,
 	)
 }
@@ -346,6 +384,7 @@ type KnockgateVariables struct {
 	UnusedEvent      *ebpf.Variable `ebpf:"unused_event"`
 	UnusedEventType  *ebpf.Variable `ebpf:"unused_event_type"`
 	UnusedFlowFlag   *ebpf.Variable `ebpf:"unused_flow_flag"`
+	UnusedSpaKeyFlag *ebpf.Variable `ebpf:"unused_spa_key_flag"`
 	UnusedVerdict    *ebpf.Variable `ebpf:"unused_verdict"`
 }
 

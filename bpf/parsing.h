@@ -46,7 +46,11 @@ struct packet {
 	__u16 dport; /* host byte order */
 	__u8 proto;
 	__u8 tcp_flags; /* byte 13 of the TCP header */
-	__u8 pad[2];
+	/* UDP only: where its payload starts (bytes from the frame's start) and
+	 * how long the UDP header says it is; 0xffff when that length does not
+	 * fit the packet. For SPA, which reads the payload. */
+	__u16 payload_off;
+	__u16 payload_len;
 };
 
 /*
@@ -57,6 +61,7 @@ struct packet {
  * only fits by reaching into them is malformed, not parsed.
  */
 struct cursor {
+	void *start; /* the frame's first byte */
 	void *pos;
 	void *end;
 	void *limit;
@@ -112,6 +117,9 @@ static __always_inline int parse_l4(struct cursor *c, __u8 proto, struct packet 
 		pkt->sport = bpf_ntohs(udp->source);
 		pkt->dport = bpf_ntohs(udp->dest);
 		pkt->tcp_flags = 0;
+		pkt->payload_off = (void *)(udp + 1) - c->start;
+		__u32 len = bpf_ntohs(udp->len);
+		pkt->payload_len = len >= sizeof(*udp) && fits(c, (void *)udp + len) ? len - sizeof(*udp) : 0xffff;
 		return PARSE_L4;
 	}
 	return PARSE_PASS;
@@ -274,6 +282,7 @@ static __always_inline int parse_ipv6(struct cursor *c, struct packet *pkt)
 static __always_inline int parse_frame(void *data, void *end, struct packet *pkt)
 {
 	struct cursor c = {
+		.start = data,
 		.pos = data,
 		.end = end,
 		.limit = end,

@@ -27,6 +27,7 @@ var CounterNames = [...]string{
 	bpf.KnockgateVerdictVERDICT_DROPPED_PROTECTED: "dropped_protected",
 	bpf.KnockgateVerdictVERDICT_DROPPED_KNOCK:     "dropped_knock",
 	bpf.KnockgateVerdictVERDICT_DROPPED_MALFORMED: "dropped_malformed",
+	bpf.KnockgateVerdictVERDICT_DROPPED_SPA:       "dropped_spa",
 
 	Verdicts + int(bpf.KnockgateCounterCOUNTER_KNOCK_ADVANCED):      "knock_advanced",
 	Verdicts + int(bpf.KnockgateCounterCOUNTER_KNOCK_REPEATED):      "knock_repeated",
@@ -40,6 +41,14 @@ var CounterNames = [...]string{
 	Verdicts + int(bpf.KnockgateCounterCOUNTER_FLOWS_LEARNED):       "flows_learned",
 	Verdicts + int(bpf.KnockgateCounterCOUNTER_FLOWS_FULL):          "flows_full",
 	Verdicts + int(bpf.KnockgateCounterCOUNTER_FLOWS_ENDED):         "flows_ended",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_SPA_ACCEPTED):        "spa_accepted",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_SPA_BAD_LENGTH):      "spa_bad_length",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_SPA_BAD_VERSION):     "spa_bad_version",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_SPA_UNKNOWN_KEY):     "spa_unknown_key",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_SPA_BAD_TAG):         "spa_bad_tag",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_SPA_CLOCK):           "spa_clock",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_SPA_BAD_ADDRESS):     "spa_bad_address",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_SPA_REPLAY):          "spa_replay",
 }
 
 // A new enum value without a name fails to compile here.
