@@ -18,6 +18,7 @@ import (
 
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/spa"
 )
 
 // DefaultPath is where `run` reads its configuration.
@@ -39,6 +40,12 @@ type Settings struct {
 	FlowIdleTCP time.Duration
 	FlowIdleUDP time.Duration
 	MaxFlows    uint32
+	// SPA: the port (0: none; the default port once keys are given), the
+	// keys as read from SPAKeysFile, and the clock window.
+	SPAPort     uint16
+	SPAKeysFile string
+	SPAKeys     []spa.Key
+	SPAWindow   time.Duration
 	// Service only (the file's keys; run has no flags for them).
 	Metrics   string // host:port to serve Prometheus metrics on; "": none
 	LogFormat string // "text" or "json"
@@ -74,8 +81,8 @@ var Options = []Option{
 		value: func(s *Settings) value { return &nameValue{&s.Gate} }},
 	{Name: "interfaces", In: File, Usage: "interfaces to attach to",
 		value: func(s *Settings) value { return &ifacesValue{&s.Interfaces} }},
-	{Name: "sequence", In: Attach | Set | File, Default: "9000,8000", Usage: "knock `PORTS` in this order (PORT[/tcp|/udp],...)",
-		value: func(s *Settings) value { return &portsValue{&s.Sequence} }},
+	{Name: "sequence", In: Attach | Set | File, Default: "9000,8000", Usage: "knock `PORTS` in this order (PORT[/tcp|/udp],...; none: SPA only)",
+		value: func(s *Settings) value { return &sequenceValue{&s.Sequence} }},
 	{Name: "step-timeout", In: Attach | Set | File, Default: "1m", Usage: "each step must follow the previous one within `DURATION`",
 		value: func(s *Settings) value { return &durationValue{&s.StepTimeout} }},
 	{Name: "open", In: Attach | Set | File, Default: "30m", Usage: "a completed sequence opens the protected ports for `DURATION`",
@@ -94,6 +101,12 @@ var Options = []Option{
 		value: func(s *Settings) value { return &durationValue{&s.FlowIdleUDP} }},
 	{Name: "max-flows", In: Attach | File, Default: fmt.Sprint(loader.DefaultMaxFlows), Usage: "remember at most `N` flows of the host's",
 		value: func(s *Settings) value { return &countValue{&s.MaxFlows, 4, loader.MaxFlowsLimit} }},
+	{Name: "spa-port", In: Attach | Set | File, Usage: fmt.Sprintf("take single-packet authorization datagrams on UDP `PORT` (0: none; default %d once --spa-keys is given)", spa.DefaultPort),
+		value: func(s *Settings) value { return &spaPortValue{&s.SPAPort} }},
+	{Name: "spa-keys", In: Attach | Set | File, Usage: "SPA keys from `FILE`, one \"ID HEX NAME [any-address] [open=DURATION]\" per line (root's, mode 600); a change is live",
+		value: func(s *Settings) value { return &keyFileValue{&s.SPAKeysFile, &s.SPAKeys} }},
+	{Name: "spa-window", In: Attach | Set | File, Default: "30s", Usage: "an SPA datagram's timestamp may be `DURATION` off the gate's clock, either way",
+		value: func(s *Settings) value { return &durationValue{&s.SPAWindow} }},
 	{Name: "mode", In: Attach | File, Default: string(loader.ModeAuto), Usage: "XDP `MODE`: auto (native, else generic), native or generic",
 		value: func(s *Settings) value { return &modeValue{&s.Mode} }},
 	{Name: "metrics", In: File, Usage: "serve Prometheus metrics on `HOST:PORT` (empty: off)",
@@ -240,7 +253,18 @@ func (s *Settings) Config() maps.Config {
 		Flows:       s.Flows,
 		FlowIdleTCP: s.FlowIdleTCP,
 		FlowIdleUDP: s.FlowIdleUDP,
+		SPAPort:     s.spaPort(),
+		SPAWindow:   s.SPAWindow,
 	}
+}
+
+// spaPort is the SPA port the settings ask for: given, or the default one
+// when keys are given without a port.
+func (s *Settings) spaPort() uint16 {
+	if s.SPAPort == 0 && s.SPAKeysFile != "" {
+		return spa.DefaultPort
+	}
+	return s.SPAPort
 }
 
 // LoaderOptions are what loader.Create makes of the settings.
@@ -253,6 +277,7 @@ func (s *Settings) LoaderOptions() loader.Options {
 		MaxFlows:   s.MaxFlows,
 		Config:     s.Config(),
 		Allow:      s.Allow,
+		SPAKeys:    s.SPAKeys,
 	}
 }
 
@@ -317,6 +342,56 @@ func (v *portsValue) Set(s string) (err error) {
 	return err
 }
 func (v *portsValue) setTOML(x any) error { return setText(v, x) }
+
+// sequenceValue is a port list, or "none" (SPA only).
+type sequenceValue struct{ p *[]maps.Port }
+
+func (v *sequenceValue) Type() string { return "ports" }
+func (v *sequenceValue) Set(s string) (err error) {
+	if strings.EqualFold(strings.TrimSpace(s), "none") {
+		*v.p = nil
+		return nil
+	}
+	*v.p, err = maps.ParsePorts(s)
+	return err
+}
+func (v *sequenceValue) setTOML(x any) error { return setText(v, x) }
+
+// spaPortValue is a UDP port number, or 0 (none).
+type spaPortValue struct{ p *uint16 }
+
+func (v *spaPortValue) Type() string { return "port" }
+func (v *spaPortValue) Set(s string) error {
+	n, err := strconv.ParseUint(strings.TrimSpace(s), 10, 16)
+	if err != nil {
+		return fmt.Errorf("bad SPA port %q (1-65535, or 0 for none)", s)
+	}
+	*v.p = uint16(n)
+	return nil
+}
+func (v *spaPortValue) setTOML(x any) error { return setText(v, x) }
+
+// keyFileValue reads an SPA key file when it is given, so a bad file is
+// refused with the rest of the settings, before anything changes.
+type keyFileValue struct {
+	path *string
+	keys *[]spa.Key
+}
+
+func (v *keyFileValue) Type() string { return "file" }
+func (v *keyFileValue) Set(s string) error {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return errors.New("no key file given")
+	}
+	keys, err := spa.ReadKeyFile(s, spa.RootOnly)
+	if err != nil {
+		return err
+	}
+	*v.path, *v.keys = s, keys
+	return nil
+}
+func (v *keyFileValue) setTOML(x any) error { return setText(v, x) }
 
 // protectValue is a port list, or "all".
 type protectValue struct {

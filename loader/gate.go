@@ -13,6 +13,7 @@ import (
 
 	"github.com/knockgate/knockgate/bpf"
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/spa"
 )
 
 // Options for Create.
@@ -28,6 +29,8 @@ type Options struct {
 	MaxFlows     uint32
 	Config       maps.Config
 	Allow        []netip.Prefix
+	// SPAKeys are the gate's single-packet authorization keys.
+	SPAKeys []spa.Key
 	// Grants are granted for the open window before the program attaches,
 	// so the operator's own session never sees a dropped packet.
 	Grants []netip.Addr
@@ -135,6 +138,9 @@ func Create(opts Options) (_ *Gate, err error) {
 		}
 	}()
 	if err := g.Maps.SetAllow(opts.Allow); err != nil {
+		return nil, err
+	}
+	if err := g.Maps.SetSPAKeys(opts.SPAKeys); err != nil {
 		return nil, err
 	}
 	cfg := opts.Config
@@ -282,6 +288,18 @@ func (g *Gate) UpdateConfig(change func(*maps.Config) error) (maps.Config, error
 		return maps.Config{}, err
 	}
 	return g.Maps.WriteConfig(cfg)
+}
+
+// SetSPAKeys makes the gate's SPA keys exactly keys (maps.Set.SetSPAKeys),
+// under the gate's lock: a live change, which neither writes the
+// configuration nor voids knock progress.
+func (g *Gate) SetSPAKeys(keys []spa.Key) error {
+	unlock, err := g.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return g.Maps.SetSPAKeys(keys)
 }
 
 // Confirm makes a safe-mode change permanent (maps.Set.ConfirmConfig).

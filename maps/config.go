@@ -32,6 +32,14 @@ type Config struct {
 	Flows       bool
 	FlowIdleTCP time.Duration
 	FlowIdleUDP time.Duration
+	// SPAPort is the UDP port of single-packet authorization datagrams (0:
+	// none); SPAWindow how far their timestamps may be from the gate's
+	// clock. The keys are a map of their own (Set.SetSPAKeys).
+	SPAPort   uint16
+	SPAWindow time.Duration
+	// TAIOffset is the kernel's TAI offset as of the write (see TAIOffset):
+	// set by Set.WriteConfig.
+	TAIOffset time.Duration
 	// AllowCount is the number of allow-list entries; the program skips the
 	// allow lookup when it is zero. Maintained by Set.SetAllow.
 	AllowCount uint32
@@ -59,8 +67,8 @@ func NewSlotKey() ([2]uint64, error) {
 
 // Validate reports the first thing wrong with c, naming the bad value.
 func (c *Config) Validate() error {
-	if len(c.Sequence) == 0 {
-		return errors.New("sequence is empty")
+	if len(c.Sequence) == 0 && c.SPAPort == 0 {
+		return errors.New("sequence is none and there is no SPA port: nothing could ever open the gate")
 	}
 	if len(c.Sequence) > MaxSteps {
 		return fmt.Errorf("sequence has %d steps, at most %d allowed", len(c.Sequence), MaxSteps)
@@ -81,6 +89,24 @@ func (c *Config) Validate() error {
 					return fmt.Errorf("port %s is both a knock step and protected", k)
 				}
 			}
+		}
+	}
+	if c.SPAPort != 0 {
+		spaPort := Port{Num: c.SPAPort, Proto: UDP}
+		for _, k := range c.Sequence {
+			if k == spaPort {
+				return fmt.Errorf("port %s is both a knock step and the SPA port", k)
+			}
+		}
+		if !c.ProtectAll {
+			for _, p := range c.Protected {
+				if p == spaPort {
+					return fmt.Errorf("port %s is both protected and the SPA port", p)
+				}
+			}
+		}
+		if c.SPAWindow <= 0 || c.SPAWindow > time.Hour {
+			return fmt.Errorf("SPA window %s must be positive and at most 1h", c.SPAWindow)
 		}
 	}
 	if c.StepTimeout <= 0 {
@@ -123,6 +149,9 @@ func (c *Config) Encode() (*bpf.KnockgateConfig, error) {
 		Generation:    c.Generation,
 		AllowCount:    c.AllowCount,
 		Nsteps:        uint8(len(c.Sequence)),
+		SpaPort:       c.SPAPort,
+		SpaWindowMs:   uint64(c.SPAWindow / time.Millisecond),
+		TaiOffsetNs:   int64(c.TAIOffset),
 	}
 	for i, s := range c.Sequence {
 		raw.Steps[i].Port = s.Num
@@ -161,6 +190,9 @@ func DecodeConfig(raw *bpf.KnockgateConfig) Config {
 		Flows:       raw.Flags&uint8(bpf.KnockgateConfigFlagCONFIG_FLOWS) != 0,
 		FlowIdleTCP: time.Duration(raw.FlowIdleTcpNs),
 		FlowIdleUDP: time.Duration(raw.FlowIdleUdpNs),
+		SPAPort:     raw.SpaPort,
+		SPAWindow:   time.Duration(raw.SpaWindowMs) * time.Millisecond,
+		TAIOffset:   time.Duration(raw.TaiOffsetNs),
 	}
 	for i := 0; i < int(raw.Nsteps) && i < MaxSteps; i++ {
 		c.Sequence = append(c.Sequence, Port{Num: raw.Steps[i].Port, Proto: Proto(raw.Steps[i].Proto)})
@@ -278,6 +310,9 @@ func (s *Set) WriteConfig(c Config) (Config, error) {
 		}
 	}
 	c.Generation = max(cfgs[0].Generation, cfgs[1].Generation) + 1
+	if c.TAIOffset, err = TAIOffset(); err != nil {
+		return Config{}, err
+	}
 	if c.SlotKey == [2]uint64{} {
 		// Another key would move every source to another slot.
 		c.SlotKey = cfgs[live].SlotKey

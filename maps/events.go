@@ -23,11 +23,13 @@ var EventTypeNames = map[bpf.KnockgateEventType]string{
 
 // Event is one decoded ring-buffer event.
 type Event struct {
-	Time    time.Time
-	Type    string
-	Src     netip.Addr
-	Port    Port
-	Stage   int
+	Time  time.Time
+	Type  string
+	Src   netip.Addr
+	Port  Port
+	Stage int
+	// KeyID is the SPA key that opened (an open by SPA), else 0.
+	KeyID   uint32
 	Expires time.Time // next step's deadline (knock), grant expiry (open, expire)
 }
 
@@ -76,6 +78,7 @@ func DecodeEvent(raw *bpf.KnockgateEvent) Event {
 		Src:   AddrOf(raw.Addr),
 		Port:  Port{Num: raw.Port, Proto: Proto(raw.Proto)},
 		Stage: int(raw.Stage),
+		KeyID: raw.KeyId,
 	}
 	if ev.Type == "" {
 		ev.Type = fmt.Sprintf("type(%d)", raw.Type)

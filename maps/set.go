@@ -26,6 +26,8 @@ type Set struct {
 	Events      *ebpf.Map
 	EventBudget *ebpf.Map
 	Hints       *ebpf.Map
+	SPAKeys     *ebpf.Map
+	SPALast     *ebpf.Map
 }
 
 // FromObjects wraps the maps of a loaded collection. The Set does not take
@@ -45,6 +47,8 @@ func FromObjects(m *bpf.KnockgateMaps) *Set {
 		Events:      m.Events,
 		EventBudget: m.EventBudget,
 		Hints:       m.Hints,
+		SPAKeys:     m.SpaKeys,
+		SPALast:     m.SpaLast,
 	}
 }
 
@@ -70,6 +74,8 @@ func (s *Set) named() []struct {
 		{bpf.KnockgateMapEvents, &s.Events},
 		{bpf.KnockgateMapEventBudget, &s.EventBudget},
 		{bpf.KnockgateMapHints, &s.Hints},
+		{bpf.KnockgateMapSpaKeys, &s.SPAKeys},
+		{bpf.KnockgateMapSpaLast, &s.SPALast},
 	}
 }
 

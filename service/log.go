@@ -29,6 +29,9 @@ func logEvent(log *slog.Logger, ev maps.Event) {
 		slog.String("proto", ev.Port.Proto.String()),
 		slog.Int("stage", ev.Stage),
 	)
+	if ev.KeyID != 0 {
+		r.AddAttrs(slog.Uint64("key_id", uint64(ev.KeyID)))
+	}
 	if !ev.Expires.IsZero() {
 		r.AddAttrs(slog.String("expires", ev.Expires.UTC().Format(time.RFC3339)))
 	}

@@ -63,6 +63,8 @@ var (
 		"Knock and reset events held back by the per-CPU event budget.", nil, nil)
 	descFlows = prometheus.NewDesc("knockgate_flows_total",
 		"Flows of the host's: learned on egress, ended by the host's RST, not recorded for want of room.", []string{"event"}, nil)
+	descSPA = prometheus.NewDesc("knockgate_spa_packets_total",
+		"Single-packet authorization datagrams, by outcome (accepted, or the first check failed).", []string{"outcome"}, nil)
 	descSources = prometheus.NewDesc("knockgate_sources",
 		"Sources tracked now, by state.", []string{"state"}, nil)
 	descIfaces = prometheus.NewDesc("knockgate_interfaces",
@@ -83,7 +85,7 @@ var (
 
 // descs is every metric the collector makes.
 var descs = []*prometheus.Desc{descPackets, descIfacePackets, descKnocks, descGrants, descExpired,
-	descGrantFailed, descEventsLost, descEventsSuppressed, descFlows, descSources, descIfaces, descGeneration,
+	descGrantFailed, descEventsLost, descEventsSuppressed, descFlows, descSPA, descSources, descIfaces, descGeneration,
 	descPending, descReloads, descLastReload, descLastReloadOK, descScrapeErrors}
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
@@ -117,6 +119,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descEventsSuppressed, cs.Get("events_suppressed"))
 		for _, k := range []string{"learned", "ended", "full"} {
 			counter(descFlows, cs.Get("flows_"+k), k)
+		}
+		for _, k := range []string{"accepted", "bad_length", "bad_version", "unknown_key", "bad_tag", "clock", "bad_address", "replay"} {
+			counter(descSPA, cs.Get("spa_"+k), k)
 		}
 	}
 	states := map[loader.IfaceState]float64{loader.Attached: 0, loader.Missing: 0, loader.Waiting: 0}

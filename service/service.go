@@ -129,12 +129,32 @@ func Run(ctx context.Context, opts Options) error {
 				return nil
 			}
 			svc.checkPending()
+			svc.checkClock()
 			report.tick(svc)
 		}
 	}
 }
 
 func (svc *service) logger() *slog.Logger { return svc.log.Load() }
+
+// checkClock rewrites the configuration when the kernel's TAI offset has
+// changed since it was written (a leap second, a time daemon setting it):
+// the program reads Unix time for SPA as CLOCK_TAI less that offset.
+func (svc *service) checkClock() {
+	cur, err := svc.gate.Maps.ReadConfig()
+	if err != nil || cur.SPAPort == 0 {
+		return
+	}
+	off, err := maps.TAIOffset()
+	if err != nil || off == cur.TAIOffset {
+		return
+	}
+	if _, err := svc.gate.UpdateConfig(func(*maps.Config) error { return nil }); err != nil {
+		svc.logger().Warn("the kernel's TAI offset changed, and the gate's clock could not follow", "error", err)
+		return
+	}
+	svc.logger().Info("the kernel's TAI offset changed: the gate's SPA clock follows", "was", cur.TAIOffset, "now", off)
+}
 
 // start makes the gate, or adopts the one pinned under its name: the
 // program is upgraded in place if this build's differs, and the file is
@@ -246,6 +266,12 @@ func (svc *service) apply(s *config.Settings, confirm time.Duration) (*pendingRe
 		entries -= len(p.droppedAllow)
 	}
 	want.AllowCount = uint32(entries)
+	// The file's keys, live (removed keys stop working now); not part of
+	// the configuration, so a key change alone neither voids knock
+	// progress nor waits for a confirmation.
+	if err := g.SetSPAKeys(s.SPAKeys); err != nil {
+		return nil, err
+	}
 	if sameConfig(cur, want) && len(p.addedAllow)+len(p.droppedAllow)+len(p.addedIfaces)+len(p.droppedIfaces) == 0 {
 		return nil, nil
 	}
@@ -475,6 +501,11 @@ func (r *eventReport) tick(svc *service) {
 // C layout, generations aside.
 func sameConfig(a, b maps.Config) bool {
 	a.Generation, b.Generation = 0, 0
+	// Kept or set by every write: not the file's to say.
+	a.TAIOffset, b.TAIOffset = 0, 0
+	if b.SlotKey == [2]uint64{} {
+		b.SlotKey = a.SlotKey
+	}
 	ra, err1 := a.Encode()
 	rb, err2 := b.Encode()
 	return err1 == nil && err2 == nil && *ra == *rb

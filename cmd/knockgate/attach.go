@@ -27,6 +27,7 @@ func attachCommand() *command {
 		name: "attach",
 		synopsis: "IFACE... [--gate NAME] [--sequence PORTS] [--step-timeout D] [--open D] [--protect PORTS|all] " +
 			"[--allow CIDR,...] [--max-sources N] [--flows=BOOL] [--flow-idle-tcp D] [--flow-idle-udp D] [--max-flows N] " +
+			"[--spa-port PORT] [--spa-keys FILE] [--spa-window D] " +
 			"[--mode auto|native|generic] [--no-grant-self] [--confirm D]",
 		summary: "attach the gate to interfaces",
 		help: "Attach one gate to every IFACE: one program and one set of maps, so a knock on\n" +
@@ -250,6 +251,12 @@ func sameSettings(g *loader.Gate, cfg maps.Config, s *config.Settings, explicit 
 	}
 	if explicit["flow-idle-udp"] && want.FlowIdleUDP != cfg.FlowIdleUDP {
 		diff = append(diff, "--flow-idle-udp "+cfg.FlowIdleUDP.String())
+	}
+	if (explicit["spa-port"] || explicit["spa-keys"]) && want.SPAPort != cfg.SPAPort {
+		diff = append(diff, fmt.Sprintf("--spa-port %d", cfg.SPAPort))
+	}
+	if explicit["spa-window"] && want.SPAWindow != cfg.SPAWindow {
+		diff = append(diff, "--spa-window "+cfg.SPAWindow.String())
 	}
 	if explicit["max-flows"] && loader.FlowSlots(s.MaxFlows) != g.Maps.FlowTable.MaxEntries() {
 		diff = append(diff, fmt.Sprintf("--max-flows %d", g.Maps.FlowTable.MaxEntries()))

@@ -23,6 +23,7 @@ type eventJSON struct {
 	Port    uint16 `json:"port"`
 	Proto   string `json:"proto"`
 	Stage   int    `json:"stage"`
+	KeyID   uint32 `json:"key_id,omitempty"`  // an open by SPA: the key`
 	Expires string `json:"expires,omitempty"` // RFC 3339; absent for reset
 }
 
@@ -144,6 +145,7 @@ func encodeEvent(ev maps.Event) eventJSON {
 		Port:  ev.Port.Num,
 		Proto: ev.Port.Proto.String(),
 		Stage: ev.Stage,
+		KeyID: ev.KeyID,
 	}
 	if !ev.Expires.IsZero() {
 		out.Expires = stamp(ev.Expires)
@@ -162,6 +164,9 @@ func formatEvent(ev maps.Event, steps int) string {
 	case "reset":
 		return fmt.Sprintf("%s (was at stage %d/%d)", head, ev.Stage, steps)
 	case "open":
+		if ev.KeyID != 0 {
+			return fmt.Sprintf("%s by SPA key %d, granted until %s", head, ev.KeyID, stamp(ev.Expires))
+		}
 		return fmt.Sprintf("%s granted until %s", head, stamp(ev.Expires))
 	case "expire":
 		return fmt.Sprintf("%s grant expired at %s", head, stamp(ev.Expires))

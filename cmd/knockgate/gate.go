@@ -169,8 +169,15 @@ func prefixList(prefixes []netip.Prefix) []string {
 // describe is the one-line form of a configuration that attach and set
 // print: "sequence 9000,8000, step timeout 1m0s, open 30m0s, protecting 22".
 func describe(cfg maps.Config, allow []netip.Prefix) string {
+	seq := maps.FormatPorts(cfg.Sequence)
+	if len(cfg.Sequence) == 0 {
+		seq = "none"
+	}
 	s := fmt.Sprintf("sequence %s, step timeout %s, open %s, protecting %s",
-		maps.FormatPorts(cfg.Sequence), cfg.StepTimeout, cfg.Open, protectString(cfg))
+		seq, cfg.StepTimeout, cfg.Open, protectString(cfg))
+	if cfg.SPAPort != 0 {
+		s += fmt.Sprintf(", SPA on %d/udp (window ±%s)", cfg.SPAPort, cfg.SPAWindow)
+	}
 	if !cfg.Flows {
 		s += ", flows off"
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/knockgate/knockgate/config"
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/spa"
 )
 
 func setCommand() *command {
@@ -19,22 +20,25 @@ func setCommand() *command {
 	fs.StringVar(&confirm, "confirm", "", "safe mode: undo the change unless \"knockgate confirm\" runs within `DURATION`")
 
 	return &command{
-		name:     "set",
-		synopsis: "GATE|IFACE [--sequence PORTS] [--step-timeout D] [--open D] [--protect PORTS|all] [--flows=BOOL] [--flow-idle-tcp D] [--flow-idle-udp D] [--confirm D]",
-		summary:  "change the configuration of a gate",
+		name: "set",
+		synopsis: "GATE|IFACE [--sequence PORTS|none] [--step-timeout D] [--open D] [--protect PORTS|all] [--flows=BOOL] [--flow-idle-tcp D] [--flow-idle-udp D] " +
+			"[--spa-port PORT] [--spa-keys FILE] [--spa-window D] [--confirm D]",
+		summary: "change the configuration of a gate",
 		help: "Change the configuration of the gate (named, or by one of its interfaces) in\n" +
 			"place; flags not given keep their value. The program stays attached and grants\n" +
 			"stay, and so do the host's flows, but every change voids knock sequences in\n" +
 			"progress. With --confirm, the gate goes back to the configuration before the\n" +
 			"change after DURATION unless \"knockgate confirm\" runs in time; the program\n" +
 			"does that itself, so it works even when the session that ran set is cut off by\n" +
-			"the change.",
+			"the change. --spa-keys replaces the gate's SPA keys with the file's at once (a\n" +
+			"removed key stops working), keeping each kept key's replay state; given alone,\n" +
+			"it leaves the configuration and knock progress as they are.",
 		minArgs: 1, maxArgs: 1,
 		flags: fs,
 		run: func(e *env, args []string) error {
 			changed := flags.Changed()
 			if len(changed) == 0 {
-				return usagef("set: nothing to change (give --sequence, --step-timeout, --open, --protect, --flows, --flow-idle-tcp or --flow-idle-udp)")
+				return usagef("set: nothing to change (give --sequence, --step-timeout, --open, --protect, --flows, --flow-idle-tcp, --flow-idle-udp, --spa-port, --spa-keys or --spa-window)")
 			}
 			var within time.Duration
 			if fs.Changed("confirm") {
@@ -54,6 +58,20 @@ func setCommand() *command {
 				return err
 			}
 			defer g.Close()
+			if changed["spa-keys"] && len(changed) == 1 && within == 0 {
+				// Keys alone: a live map change, not a configuration write.
+				cur, err := g.Maps.ReadConfig()
+				if err != nil {
+					return err
+				}
+				if cur.SPAPort != 0 {
+					if err := g.SetSPAKeys(upd.SPAKeys); err != nil {
+						return err
+					}
+					fmt.Fprintf(e.stdout, "knockgate on %s: %d SPA keys from %s, live on port %d/udp\n", g.Name, len(upd.SPAKeys), upd.SPAKeysFile, cur.SPAPort)
+					return nil
+				}
+			}
 			cfg, err := g.UpdateConfig(func(cfg *maps.Config) error {
 				if changed["sequence"] {
 					cfg.Sequence = upd.Sequence
@@ -76,6 +94,14 @@ func setCommand() *command {
 				if changed["flow-idle-udp"] {
 					cfg.FlowIdleUDP = upd.FlowIdleUDP
 				}
+				if changed["spa-port"] {
+					cfg.SPAPort = upd.SPAPort
+				} else if changed["spa-keys"] && cfg.SPAPort == 0 {
+					cfg.SPAPort = spa.DefaultPort
+				}
+				if changed["spa-window"] {
+					cfg.SPAWindow = upd.SPAWindow
+				}
 				cfg.ConfirmBy = 0
 				if within > 0 {
 					cfg.ConfirmBy = maps.BootAfter(within)
@@ -92,6 +118,13 @@ func setCommand() *command {
 			}
 			if err != nil {
 				return err
+			}
+			if changed["spa-keys"] {
+				// After the configuration, which refuses what it cannot run:
+				// a refused set changes no key either.
+				if err := g.SetSPAKeys(upd.SPAKeys); err != nil {
+					return err
+				}
 			}
 			allow, err := g.Maps.AllowList()
 			if err != nil {

@@ -24,6 +24,7 @@ type statusJSON struct {
 	Config     configJSON        `json:"config"`
 	SafeMode   *safeModeJSON     `json:"safe_mode,omitempty"`
 	Flows      flowsJSON         `json:"flows"`
+	SPA        spaJSON           `json:"spa"`
 	Counters   map[string]uint64 `json:"counters"`
 	Sources    []sourceJSON      `json:"sources"`
 }
@@ -58,6 +59,28 @@ type flowJSON struct {
 	LastSeen string `json:"last_seen"` // RFC 3339
 	Answered bool   `json:"answered"`
 	Closing  bool   `json:"closing"`
+}
+
+// spaJSON is single-packet authorization: the port (0: off), the window,
+// the gate's clock as the program reads it, and the keys (never their
+// secrets).
+type spaJSON struct {
+	Port   uint16 `json:"port"`
+	Window string `json:"window"`
+	// Clock is the Unix time the program judges timestamps by, and
+	// ClockSkewMs how far it is from this host's clock (non-zero only when
+	// the kernel's TAI offset changed since the configuration was written).
+	Clock       string       `json:"clock"`
+	ClockSkewMs int64        `json:"clock_skew_ms"`
+	Keys        []spaKeyJSON `json:"keys"`
+}
+
+type spaKeyJSON struct {
+	ID           uint32 `json:"id"`
+	Name         string `json:"name"`
+	AnyAddress   bool   `json:"any_address"`
+	Open         string `json:"open,omitempty"`          // the key's own window; absent: the gate's
+	LastAccepted string `json:"last_accepted,omitempty"` // RFC 3339; absent: never
 }
 
 type configJSON struct {
@@ -97,6 +120,9 @@ type gateStatus struct {
 	flows     []maps.Flow // live ones
 	maxFlows  int
 	listFlows bool
+	spaKeys   []maps.SPAKey
+	clock     time.Time // the gate's Unix time, read with now
+	now       time.Time
 }
 
 func statusCommand() *command {
@@ -184,6 +210,10 @@ func readStatus(arg string) (*gateStatus, error) {
 		}
 	}
 	st.maxFlows = int(g.Maps.FlowTable.MaxEntries())
+	if st.spaKeys, err = g.Maps.ReadSPAKeys(); err != nil {
+		return nil, err
+	}
+	st.clock, st.now = maps.GateUnixTime(&st.cfg), time.Now()
 	return st, nil
 }
 
@@ -272,6 +302,18 @@ func (st *gateStatus) json() statusJSON {
 				Remote: f.Remote.String(), LastSeen: stamp(f.LastSeen), Answered: f.Answered, Closing: f.Closing})
 		}
 	}
+	out.SPA = spaJSON{Port: st.cfg.SPAPort, Window: st.cfg.SPAWindow.String(), Clock: stamp(st.clock),
+		ClockSkewMs: st.clock.Sub(st.now).Milliseconds(), Keys: []spaKeyJSON{}}
+	for _, k := range st.spaKeys {
+		j := spaKeyJSON{ID: k.ID, Name: k.Name, AnyAddress: k.AnyAddress}
+		if k.Open > 0 {
+			j.Open = k.Open.String()
+		}
+		if !k.LastAccepted.IsZero() {
+			j.LastAccepted = stamp(k.LastAccepted)
+		}
+		out.SPA.Keys = append(out.SPA.Keys, j)
+	}
 	for _, s := range st.sources {
 		out.Sources = append(out.Sources, sourceJSON{
 			Addr: s.Addr.String(), State: s.State, Stage: s.Stage, Expires: stamp(s.Expires),
@@ -297,7 +339,11 @@ func (st *gateStatus) print(w io.Writer, now time.Time) {
 			fmt.Fprintf(tw, "  %s:\twaiting: not attached yet (the interface was not there)\n", ifc.Name)
 		}
 	}
-	fmt.Fprintf(tw, "  sequence:\t%s\n", maps.FormatPorts(st.cfg.Sequence))
+	seq := maps.FormatPorts(st.cfg.Sequence)
+	if len(st.cfg.Sequence) == 0 {
+		seq = "none (SPA only)"
+	}
+	fmt.Fprintf(tw, "  sequence:\t%s\n", seq)
 	fmt.Fprintf(tw, "  step timeout:\t%s\n", st.cfg.StepTimeout)
 	fmt.Fprintf(tw, "  open:\t%s\n", st.cfg.Open)
 	fmt.Fprintf(tw, "  protecting:\t%s\n", protectString(st.cfg))
@@ -307,6 +353,26 @@ func (st *gateStatus) print(w io.Writer, now time.Time) {
 		fmt.Fprintf(tw, "  flows:\t%d live of %d slots (idle: tcp %s, udp %s)\n", len(st.flows), st.maxFlows, st.cfg.FlowIdleTCP, st.cfg.FlowIdleUDP)
 	} else {
 		fmt.Fprintf(tw, "  flows:\toff\n")
+	}
+	if st.cfg.SPAPort != 0 {
+		fmt.Fprintf(tw, "  spa:\tport %d/udp, window ±%s, %d keys; gate clock %s (%+dms from this host's)\n", st.cfg.SPAPort,
+			st.cfg.SPAWindow, len(st.spaKeys), st.clock.UTC().Format("2006-01-02T15:04:05.000Z"), st.clock.Sub(st.now).Milliseconds())
+		for _, k := range st.spaKeys {
+			last := "never used"
+			if !k.LastAccepted.IsZero() {
+				last = "last accepted " + stamp(k.LastAccepted)
+			}
+			extra := ""
+			if k.AnyAddress {
+				extra += ", any address"
+			}
+			if k.Open > 0 {
+				extra += ", open " + k.Open.String()
+			}
+			fmt.Fprintf(tw, "  \tkey %d %s%s: %s\n", k.ID, k.Name, extra, last)
+		}
+	} else {
+		fmt.Fprintf(tw, "  spa:\toff\n")
 	}
 	tw.Flush()
 	if st.listFlows {

@@ -1,0 +1,152 @@
+package maps
+
+import (
+	"bytes"
+	"cmp"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/knockgate/knockgate/bpf"
+	"github.com/knockgate/knockgate/spa"
+)
+
+// The program judges an SPA timestamp against Unix time, which BPF can only
+// read as CLOCK_TAI (bpf_ktime_get_tai_ns): TAI follows every step of the
+// system clock (NTP, date -s) at once, and differs from Unix time by the
+// kernel's TAI offset, which each configuration write records. The offset
+// changes only at a leap second or when a time daemon sets it (chrony with
+// leapsectz, ntpd), which TAIOffsetChanged tells.
+
+// TAIOffset is the kernel's TAI offset (adjtimex): CLOCK_TAI less
+// CLOCK_REALTIME.
+func TAIOffset() (time.Duration, error) {
+	var tx unix.Timex
+	if _, err := unix.Adjtimex(&tx); err != nil {
+		return 0, fmt.Errorf("read the kernel's TAI offset (adjtimex): %w", err)
+	}
+	return time.Duration(tx.Tai) * time.Second, nil
+}
+
+// TAINow is CLOCK_TAI in nanoseconds, the clock the program reads.
+func TAINow() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_TAI, &ts); err != nil {
+		panic("clock_gettime(CLOCK_TAI): " + err.Error())
+	}
+	return ts.Nano()
+}
+
+// GateUnixTime is the Unix time the program judges SPA timestamps by, under
+// configuration c.
+func GateUnixTime(c *Config) time.Time {
+	return time.Unix(0, TAINow()-int64(c.TAIOffset))
+}
+
+// SPAKey is a key in the gate with its replay state.
+type SPAKey struct {
+	spa.Key
+	// LastAccepted is the timestamp of the newest packet accepted under the
+	// key (zero: none yet); only newer ones are accepted.
+	LastAccepted time.Time
+}
+
+func encodeKey(k *spa.Key) bpf.KnockgateSpaKey {
+	raw := bpf.KnockgateSpaKey{OpenNs: uint64(k.Open)}
+	raw.K[0] = leUint64(k.Secret[:8])
+	raw.K[1] = leUint64(k.Secret[8:])
+	if k.AnyAddress {
+		raw.Flags |= uint32(bpf.KnockgateSpaKeyFlagSPA_KEY_ANY_ADDRESS)
+	}
+	copy(raw.Name[:spa.NameLen], k.Name)
+	return raw
+}
+
+func leUint64(b []byte) uint64 {
+	var v uint64
+	for i := 7; i >= 0; i-- {
+		v = v<<8 | uint64(b[i])
+	}
+	return v
+}
+
+func decodeKey(id uint32, raw *bpf.KnockgateSpaKey) spa.Key {
+	k := spa.Key{ID: id, Open: time.Duration(raw.OpenNs),
+		AnyAddress: raw.Flags&uint32(bpf.KnockgateSpaKeyFlagSPA_KEY_ANY_ADDRESS) != 0}
+	for i := range 8 {
+		k.Secret[i] = byte(raw.K[0] >> (8 * i))
+		k.Secret[8+i] = byte(raw.K[1] >> (8 * i))
+	}
+	k.Name = string(bytes.TrimRight(raw.Name[:], "\x00"))
+	return k
+}
+
+// SetSPAKeys makes the gate's keys exactly keys, live: new keys and changed
+// ones are written, keys not in the list are removed and stop working at
+// once. A key's replay state (its newest accepted timestamp) is made before
+// the key and kept while the key stays, whatever else of it changes, so a
+// rewrite never reopens a replay; it goes with the key.
+func (s *Set) SetSPAKeys(keys []spa.Key) error {
+	if len(keys) > spa.MaxKeys {
+		return fmt.Errorf("%d SPA keys, at most %d", len(keys), spa.MaxKeys)
+	}
+	want := map[uint32]bool{}
+	for i := range keys {
+		k := &keys[i]
+		if want[k.ID] {
+			return fmt.Errorf("SPA key id %d given twice", k.ID)
+		}
+		want[k.ID] = true
+		if err := s.SPALast.Update(k.ID, uint64(0), ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+			return fmt.Errorf("write replay state of SPA key %d: %w", k.ID, err)
+		}
+		raw := encodeKey(k)
+		if err := s.SPAKeys.Update(k.ID, &raw, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("write SPA key %d: %w", k.ID, err)
+		}
+	}
+	for _, m := range []*ebpf.Map{s.SPAKeys, s.SPALast} {
+		var stale []uint32
+		var id uint32
+		it := m.Iterate()
+		for it.Next(&id, nil) {
+			if !want[id] {
+				stale = append(stale, id)
+			}
+		}
+		if err := it.Err(); err != nil {
+			return fmt.Errorf("list SPA keys: %w", err)
+		}
+		for _, id := range stale {
+			if err := m.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("remove SPA key %d: %w", id, err)
+			}
+		}
+	}
+	return nil
+}
+
+// ReadSPAKeys lists the gate's keys by id, with their replay state.
+func (s *Set) ReadSPAKeys() ([]SPAKey, error) {
+	var out []SPAKey
+	var id uint32
+	var raw bpf.KnockgateSpaKey
+	it := s.SPAKeys.Iterate()
+	for it.Next(&id, &raw) {
+		k := SPAKey{Key: decodeKey(id, &raw)}
+		var last uint64
+		if err := s.SPALast.Lookup(id, &last); err == nil && last != 0 {
+			k.LastAccepted = time.UnixMilli(int64(last))
+		}
+		out = append(out, k)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list SPA keys: %w", err)
+	}
+	slices.SortFunc(out, func(a, b SPAKey) int { return cmp.Compare(a.ID, b.ID) })
+	return out, nil
+}

@@ -1,0 +1,207 @@
+package spa
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// MaxKeys is how many keys a gate holds (KG_SPA_KEYS).
+const MaxKeys = 1024
+
+// Key is one SPA key, a line of a key file:
+//
+//	ID HEX NAME [any-address] [open=DURATION]
+//
+// ID is 1 to 4294967295, HEX the 16 secret bytes as 32 hex digits, NAME
+// what status and events call it; any-address lets its packets open an
+// address other than their source, open= gives its grants their own window.
+type Key struct {
+	ID         uint32
+	Secret     [16]byte
+	Name       string
+	AnyAddress bool
+	Open       time.Duration // 0: the gate's open window
+}
+
+// NameLen is the longest key name (the map keeps it NUL-padded in 32).
+const NameLen = 31
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9._@+-]{1,31}$`)
+
+// NewKey makes a key with random secret bytes; id 0 picks a random id.
+func NewKey(id uint32, name string) (Key, error) {
+	if err := checkName(name); err != nil {
+		return Key{}, err
+	}
+	k := Key{ID: id, Name: name}
+	if _, err := rand.Read(k.Secret[:]); err != nil {
+		return Key{}, fmt.Errorf("make key: %w", err)
+	}
+	for k.ID == 0 {
+		var b [4]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return Key{}, fmt.Errorf("make key id: %w", err)
+		}
+		k.ID = binary.BigEndian.Uint32(b[:])
+	}
+	return k, nil
+}
+
+func checkName(name string) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("bad key name %q (1-%d of A-Z a-z 0-9 . _ @ + -)", name, NameLen)
+	}
+	return nil
+}
+
+// Line is the key as a key-file line.
+func (k *Key) Line() string {
+	s := fmt.Sprintf("%d %s %s", k.ID, hex.EncodeToString(k.Secret[:]), k.Name)
+	if k.AnyAddress {
+		s += " any-address"
+	}
+	if k.Open > 0 {
+		s += " open=" + k.Open.String()
+	}
+	return s
+}
+
+// ParseID reads a key id: 1 to 4294967295, in decimal.
+func ParseID(s string) (uint32, error) {
+	n, err := strconv.ParseUint(strings.TrimSpace(s), 10, 32)
+	if err != nil || n == 0 {
+		return 0, fmt.Errorf("bad key id %q (1-4294967295)", s)
+	}
+	return uint32(n), nil
+}
+
+// ParseSecret reads 32 hex digits.
+func ParseSecret(s string) ([16]byte, error) {
+	var out [16]byte
+	b, err := hex.DecodeString(strings.TrimSpace(s))
+	if err != nil || len(b) != 16 {
+		return out, errors.New("bad key: want 32 hex digits (16 bytes)")
+	}
+	copy(out[:], b)
+	return out, nil
+}
+
+// ParseLine reads one key-file line (without comment).
+func ParseLine(line string) (Key, error) {
+	f := strings.Fields(line)
+	if len(f) < 3 {
+		return Key{}, fmt.Errorf("want ID HEX NAME [any-address] [open=DURATION], got %d fields", len(f))
+	}
+	var k Key
+	var err error
+	if k.ID, err = ParseID(f[0]); err != nil {
+		return Key{}, err
+	}
+	if k.Secret, err = ParseSecret(f[1]); err != nil {
+		return Key{}, err // the secret itself is never repeated in an error
+	}
+	if err := checkName(f[2]); err != nil {
+		return Key{}, err
+	}
+	k.Name = f[2]
+	for _, opt := range f[3:] {
+		switch {
+		case opt == "any-address":
+			k.AnyAddress = true
+		case strings.HasPrefix(opt, "open="):
+			d, err := time.ParseDuration(opt[len("open="):])
+			if err != nil || d <= 0 {
+				return Key{}, fmt.Errorf("bad %q: want a positive duration, e.g. open=1h", opt)
+			}
+			k.Open = d
+		default:
+			return Key{}, fmt.Errorf("unknown key option %q (any-address, open=DURATION)", opt)
+		}
+	}
+	return k, nil
+}
+
+// ParseKeys reads a key file's lines from r ('#' starts a comment); errors
+// name source and the line.
+func ParseKeys(r io.Reader, source string) ([]Key, error) {
+	var keys []Key
+	seen := map[uint32]int{}
+	sc := bufio.NewScanner(r)
+	for n := 1; sc.Scan(); n++ {
+		line, _, _ := strings.Cut(sc.Text(), "#")
+		if strings.TrimSpace(line) == "" {
+			continue
+		}
+		k, err := ParseLine(line)
+		if err != nil {
+			return nil, fmt.Errorf("%s line %d: %w", source, n, err)
+		}
+		if at, dup := seen[k.ID]; dup {
+			return nil, fmt.Errorf("%s line %d: key id %d is on line %d already", source, n, k.ID, at)
+		}
+		seen[k.ID] = n
+		keys = append(keys, k)
+		if len(keys) > MaxKeys {
+			return nil, fmt.Errorf("%s: more than %d keys", source, MaxKeys)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read %s: %w", source, err)
+	}
+	return keys, nil
+}
+
+// Access says who may read a key file besides its owner.
+type Access int
+
+const (
+	// OwnerOnly: group and others may not read (a client's key, like an
+	// SSH private key).
+	OwnerOnly Access = iota
+	// RootOnly: also owned by root (the gate's keys).
+	RootOnly
+)
+
+// ReadKeyFile reads the key file at path, refusing one that others than
+// its owner (RootOnly: than root) could read: a key anyone can read opens
+// the gate to anyone.
+func ReadKeyFile(path string, access Access) ([]Key, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open key file: %w", err)
+	}
+	defer f.Close()
+	if err := checkAccess(f, path, access); err != nil {
+		return nil, err
+	}
+	return ParseKeys(f, path)
+}
+
+func checkAccess(f *os.File, path string, access Access) error {
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("key file %s: %w", path, err)
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("key file %s is not a regular file", path)
+	}
+	if perm := st.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("key file %s is open to group or others (mode %04o): its keys would open the gate to them; chmod 600 it", path, perm)
+	}
+	if access == RootOnly {
+		if uid, ok := ownerUID(st); ok && uid != 0 {
+			return fmt.Errorf("key file %s is owned by uid %d, not root: that user can read its keys; chown root it", path, uid)
+		}
+	}
+	return nil
+}

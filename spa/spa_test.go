@@ -1,0 +1,156 @@
+package spa
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// ReferenceVectors are SipHash-2-4's published test vectors (vectors_sip64
+// of the reference implementation): key 00 01 ... 0f, message 00 01 ...
+// len-1 for len 0 to 63, each result as the reference writes it
+// (little-endian).
+var ReferenceVectors = [64]string{
+	"310e0edd47db6f72", "fd67dc93c539f874", "5a4fa9d909806c0d", "2d7efbd796666785",
+	"b7877127e09427cf", "8da699cd64557618", "cee3fe586e46c9cb", "37d1018bf50002ab",
+	"6224939a79f5f593", "b0e4a90bdf82009e", "f3b9dd94c5bb5d7a", "a7ad6b22462fb3f4",
+	"fbe50e86bc8f1e75", "903d84c02756ea14", "eef27a8e90ca23f7", "e545be4961ca29a1",
+	"db9bc2577fcc2a3f", "9447be2cf5e99a69", "9cd38d96f0b3c14b", "bd6179a71dc96dbb",
+	"98eea21af25cd6be", "c7673b2eb0cbf2d0", "883ea3e395675393", "c8ce5ccd8c030ca8",
+	"94af49f6c650adb8", "eab8858ade92e1bc", "f315bb5bb835d817", "adcf6b0763612e2f",
+	"a5c91da7acaa4dde", "716595876650a2a6", "28ef495c53a387ad", "42c341d8fa92d832",
+	"ce7cf2722f512771", "e37859f94623f3a7", "381205bb1ab0e012", "ae97a10fd434e015",
+	"b4a31508beff4d31", "81396229f0907902", "4d0cf49ee5d4dcca", "5c73336a76d8bf9a",
+	"d0a704536ba93e0e", "925958fcd6420cad", "a915c29bc8067318", "952b79f3bc0aa6d4",
+	"f21df2e41d4535f9", "87577519048f53a9", "10a56cf5dfcd9adb", "eb75095ccd986cd0",
+	"51a9cb9ecba312e6", "96afadfc2ce666c7", "72fe52975a4364ee", "5a1645b276d592a1",
+	"b274cb8ebf87870a", "6f9bb4203de7b381", "eaecb2a30b22a87f", "9924a43cc1315724",
+	"bd838d3aafbf8db7", "0b1a2a3265d51aea", "135079a3231ce660", "932b2846e4d70666",
+	"e1915f5cb1eca46c", "f325965ca16d629f", "575ff28e60381be5", "724506eb4c328a95",
+}
+
+func TestSum64ReferenceVectors(t *testing.T) {
+	var key [16]byte
+	for i := range key {
+		key[i] = byte(i)
+	}
+	msg := make([]byte, 64)
+	for i := range msg {
+		msg[i] = byte(i)
+	}
+	for n, want := range ReferenceVectors {
+		var out [8]byte
+		binary.LittleEndian.PutUint64(out[:], Sum64(key, msg[:n]))
+		if got := hex.EncodeToString(out[:]); got != want {
+			t.Errorf("length %d: %s, want %s", n, got, want)
+		}
+	}
+}
+
+func TestPacketRoundTrip(t *testing.T) {
+	secret := [16]byte{1, 2, 3}
+	for _, open := range []netip.Addr{{}, netip.MustParseAddr("192.0.2.7"), netip.MustParseAddr("2001:db8::9")} {
+		p, err := New(77, open)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := p.Marshal(secret)
+		if len(b) != Len {
+			t.Fatalf("payload %d bytes", len(b))
+		}
+		if open.Is4() && hex.EncodeToString(b[32:48]) != "00000000000000000000ffffc0000207" {
+			t.Errorf("IPv4 address not v4-mapped: %x", b[32:48])
+		}
+		got, err := Verify(b, secret)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.KeyID != 77 || got.Open != open || got.Nonce != p.Nonce || got.Time.UnixMilli() != p.Time.UnixMilli() {
+			t.Errorf("round trip: %+v, want %+v", got, p)
+		}
+		if _, err := Verify(b, [16]byte{9}); err != ErrBadTag {
+			t.Errorf("other key: %v, want ErrBadTag", err)
+		}
+		for bit := 0; bit < Len*8; bit++ {
+			c := append([]byte(nil), b...)
+			c[bit/8] ^= 1 << (bit % 8)
+			if _, err := Verify(c, secret); err == nil {
+				t.Fatalf("bit %d flipped: still verifies", bit)
+			}
+		}
+	}
+}
+
+func TestParseKeys(t *testing.T) {
+	good := "# keys\n1 000102030405060708090a0b0c0d0e0f laptop\n\n42 ffffffffffffffffffffffffffffffff nat-box any-address open=2h # behind NAT\n"
+	keys, err := ParseKeys(strings.NewReader(good), "keys")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 2 || keys[0].ID != 1 || keys[0].Name != "laptop" || keys[0].Secret[15] != 15 ||
+		keys[1].ID != 42 || !keys[1].AnyAddress || keys[1].Open != 2*time.Hour {
+		t.Fatalf("parsed %+v", keys)
+	}
+	for _, k := range keys {
+		again, err := ParseLine(k.Line())
+		if err != nil || again != k {
+			t.Errorf("Line %q parses to %+v, %v", k.Line(), again, err)
+		}
+	}
+	for _, c := range []struct{ in, want string }{
+		{"1 0001 a", "line 1: bad key: want 32 hex digits"},
+		{"0 000102030405060708090a0b0c0d0e0f a", `line 1: bad key id "0"`},
+		{"x 000102030405060708090a0b0c0d0e0f a", `line 1: bad key id "x"`},
+		{"1 000102030405060708090a0b0c0d0e0f", "line 1: want ID HEX NAME"},
+		{"1 000102030405060708090a0b0c0d0e0f a b", `line 1: unknown key option "b"`},
+		{"1 000102030405060708090a0b0c0d0e0f a open=-1s", `line 1: bad "open=-1s"`},
+		{"1 000102030405060708090a0b0c0d0e0f a/b", `line 1: bad key name "a/b"`},
+		{"1 000102030405060708090a0b0c0d0e0f a\n1 000102030405060708090a0b0c0d0e0f b", "line 2: key id 1 is on line 1 already"},
+	} {
+		_, err := ParseKeys(strings.NewReader(c.in), "f")
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v, want %q", c.in, err, c.want)
+		}
+		if err != nil && strings.Contains(err.Error(), "000102030405060708090a0b0c0d0e0f") {
+			t.Errorf("%q: error repeats the secret: %v", c.in, err)
+		}
+	}
+}
+
+func TestReadKeyFileAccess(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "keys")
+	k, err := NewKey(0, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(k.Line()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if keys, err := ReadKeyFile(path, OwnerOnly); err != nil || len(keys) != 1 || keys[0] != k {
+		t.Fatalf("ReadKeyFile: %v %v", keys, err)
+	}
+	if os.Getuid() == 0 {
+		if _, err := ReadKeyFile(path, RootOnly); err != nil {
+			t.Fatalf("root's own 0600 file refused: %v", err)
+		}
+		if err := os.Chown(path, 1000, 1000); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ReadKeyFile(path, RootOnly); err == nil || !strings.Contains(err.Error(), "owned by uid 1000, not root") {
+			t.Errorf("file of uid 1000: %v", err)
+		}
+		os.Chown(path, 0, 0)
+	}
+	for _, mode := range []os.FileMode{0o640, 0o604, 0o644} {
+		os.Chmod(path, mode)
+		if _, err := ReadKeyFile(path, OwnerOnly); err == nil || !strings.Contains(err.Error(), "open to group or others") {
+			t.Errorf("mode %o: %v", mode, err)
+		}
+	}
+}
