@@ -35,7 +35,8 @@ func TestDefaults(t *testing.T) {
 	s := Defaults()
 	want := Settings{Sequence: []maps.Port{tcp(9000), tcp(8000)}, StepTimeout: time.Minute, Open: 30 * time.Minute,
 		Protect: []maps.Port{tcp(22)}, MaxSources: loader.DefaultMaxSources, Mode: loader.ModeAuto, LogFormat: "text",
-		Flows: true, FlowIdleTCP: 24 * time.Hour, FlowIdleUDP: 3 * time.Minute, MaxFlows: loader.DefaultMaxFlows}
+		Flows: true, FlowIdleTCP: 24 * time.Hour, FlowIdleUDP: 3 * time.Minute, MaxFlows: loader.DefaultMaxFlows,
+		SPAWindow: 30 * time.Second}
 	if !reflect.DeepEqual(s, want) {
 		t.Errorf("defaults %+v, want %+v", s, want)
 	}
@@ -150,7 +151,8 @@ log_format = "json"
 		StepTimeout: time.Minute, Open: 30 * time.Minute, Protect: []maps.Port{tcp(22), tcp(8291)},
 		Allow: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}, MaxSources: 65536, Mode: loader.ModeAuto,
 		Metrics: "127.0.0.1:9746", LogFormat: "json",
-		Flows: true, FlowIdleTCP: 24 * time.Hour, FlowIdleUDP: 3 * time.Minute, MaxFlows: loader.DefaultMaxFlows}
+		Flows: true, FlowIdleTCP: 24 * time.Hour, FlowIdleUDP: 3 * time.Minute, MaxFlows: loader.DefaultMaxFlows,
+		SPAWindow: 30 * time.Second}
 	if !reflect.DeepEqual(s, want) {
 		t.Errorf("parsed %+v\nwant %+v", s, want)
 	}

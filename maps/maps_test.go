@@ -77,7 +77,14 @@ func TestConfigValidate(t *testing.T) {
 		return Config{Sequence: []Port{{9000, TCP}, {8000, TCP}}, StepTimeout: time.Minute, Open: time.Minute, Protected: []Port{{22, TCP}}}
 	}
 	cases := map[string]func(*Config){
-		"sequence is empty":                func(c *Config) { c.Sequence = nil },
+		"nothing could ever open the gate": func(c *Config) { c.Sequence = nil },
+		"both a knock step and the SPA port": func(c *Config) {
+			c.SPAPort, c.SPAWindow, c.Sequence = 9000, time.Second, []Port{{Num: 9000, Proto: UDP}}
+		},
+		"both protected and the SPA port": func(c *Config) {
+			c.SPAPort, c.SPAWindow, c.Protected = 53, time.Second, []Port{{Num: 53, Proto: UDP}}
+		},
+		"SPA window 2h0m0s must be positive and at most 1h": func(c *Config) { c.SPAPort, c.SPAWindow = 62201, 2 * time.Hour },
 		"at most 8 allowed":                func(c *Config) { c.Sequence = make([]Port, 9) },
 		"step 2 (9000) repeats step 1":     func(c *Config) { c.Sequence = []Port{{9000, TCP}, {9000, TCP}} },
 		"step 3 (9000) repeats step 1":     func(c *Config) { c.Sequence = []Port{{9000, TCP}, {8000, TCP}, {9000, TCP}} },

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/spa"
 )
 
 // udpPayload is what a UDP knock carries; the gate only looks at the port.
@@ -21,20 +22,33 @@ var udpPayload = []byte("knock")
 
 func knockCommand() *command {
 	var (
-		delay  string
-		v4, v6 bool
+		delay                   string
+		v4, v6                  bool
+		spaKey, keyID, openAddr string
+		spaPort                 uint16
+		check                   string
 	)
 	fs := newFlags("knock")
 	fs.StringVar(&delay, "delay", "100ms", "wait `DURATION` between knocks")
 	fs.BoolVarP(&v4, "ipv4", "4", false, "resolve HOST to an IPv4 address only")
 	fs.BoolVarP(&v6, "ipv6", "6", false, "resolve HOST to an IPv6 address only")
+	fs.StringVar(&spaKey, "spa-key", "", "first send one SPA packet made with the key in `FILE` (a key-file line; mode 600) or given as 32 hex digits")
+	fs.StringVar(&keyID, "key-id", "", "the SPA key's `ID` (needed with hex, or with a file of several keys)")
+	fs.Uint16Var(&spaPort, "spa-port", spa.DefaultPort, "the gate's SPA `PORT` (UDP)")
+	fs.StringVar(&openAddr, "open-address", "", "ask the gate to open `ADDR` instead of the packet's source (a key with any-address; behind NAT, your public address)")
+	fs.StringVar(&check, "check", "", "afterwards, connect to TCP `PORT` of HOST to check that it opened (an error says why it may not have)")
 	return &command{
 		name:     "knock",
-		synopsis: "HOST PORT[/tcp|/udp]... [--delay 100ms] [-4|-6]",
+		synopsis: "HOST [PORT[/tcp|/udp]...] [--spa-key FILE|HEX [--key-id N] [--spa-port P] [--open-address ADDR]] [--check PORT] [--delay 100ms] [-4|-6]",
 		summary:  "knock on a gate (a client, no gate needed here)",
 		help: "Knock on HOST: for each PORT in order, one TCP SYN (a connection attempt\n" +
-			"abandoned at once) or one UDP datagram. PORT:PROTO (knockd's form) is accepted too.",
-		minArgs: 2, maxArgs: -1,
+			"abandoned at once) or one UDP datagram. PORT:PROTO (knockd's form) is accepted too.\n" +
+			"With --spa-key, one single-packet authorization datagram goes first: signed with\n" +
+			"the key, stamped with this machine's clock (the gate takes it within its window,\n" +
+			"30 s by default), asking to open the address it comes from as the gate sees it\n" +
+			"(so it works from behind NAT), or --open-address. The gate never answers; --check\n" +
+			"tries the port afterwards.",
+		minArgs: 1, maxArgs: -1,
 		flags: fs,
 		run: func(e *env, args []string) error {
 			var ports []maps.Port
@@ -44,6 +58,9 @@ func knockCommand() *command {
 					return &usageError{err}
 				}
 				ports = append(ports, p...)
+			}
+			if len(ports) == 0 && spaKey == "" {
+				return usagef("knock: give PORTs to knock on, or --spa-key")
 			}
 			d, err := time.ParseDuration(strings.TrimSpace(delay))
 			if err != nil {
@@ -55,12 +72,44 @@ func knockCommand() *command {
 			if v4 && v6 {
 				return usagef("-4 and -6 exclude each other")
 			}
+			var key spa.Key
+			var open netip.Addr
+			if spaKey != "" {
+				if key, err = clientKey(spaKey, keyID); err != nil {
+					return err
+				}
+				if spaPort == 0 {
+					return usagef("--spa-port: 0 is no port")
+				}
+				if openAddr != "" {
+					if open, err = netip.ParseAddr(openAddr); err != nil || open.Zone() != "" || open.IsUnspecified() {
+						return usagef("--open-address: bad address %q", openAddr)
+					}
+				}
+			} else if fs.Changed("key-id") || fs.Changed("spa-port") || fs.Changed("open-address") {
+				return usagef("--key-id, --spa-port and --open-address go with --spa-key")
+			}
+			var checkPort uint16
+			if check != "" {
+				n, err := strconv.ParseUint(strings.TrimSuffix(check, "/tcp"), 10, 16)
+				if err != nil || n == 0 {
+					return usagef("--check: bad TCP port %q", check)
+				}
+				checkPort = uint16(n)
+			}
 			addr, err := resolve(e.ctx, args[0], v4, v6)
 			if err != nil {
 				return err
 			}
+			var sent time.Time
+			if spaKey != "" {
+				if sent, err = sendSPA(addr, spaPort, &key, open); err != nil {
+					return err
+				}
+				fmt.Fprintf(e.stdout, "spa %s %d/udp key %d (%s)\n", addr, spaPort, key.ID, key.Name)
+			}
 			for i, p := range ports {
-				if i > 0 {
+				if i > 0 || spaKey != "" {
 					if err := sleep(e.ctx, d); err != nil {
 						return err
 					}
@@ -70,9 +119,103 @@ func knockCommand() *command {
 				}
 				fmt.Fprintf(e.stdout, "knock %s %d/%s\n", addr, p.Num, p.Proto)
 			}
+			if checkPort != 0 {
+				if err := checkOpen(e.ctx, addr, checkPort, spaKey != "", sent); err != nil {
+					return err
+				}
+				fmt.Fprintf(e.stdout, "open %s %d/tcp\n", addr, checkPort)
+			}
 			return nil
 		},
 	}
+}
+
+// clientKey is the key --spa-key names: 32 hex digits (with --key-id), or a
+// key file, from which --key-id picks (needless when it holds one key).
+func clientKey(arg, idText string) (spa.Key, error) {
+	var id uint32
+	if idText != "" {
+		n, err := spa.ParseID(idText)
+		if err != nil {
+			return spa.Key{}, usagef("--key-id: %w", err)
+		}
+		id = n
+	}
+	if len(arg) == 32 {
+		if secret, err := spa.ParseSecret(arg); err == nil {
+			if id == 0 {
+				return spa.Key{}, usagef("--spa-key: a key given in hex needs --key-id")
+			}
+			return spa.Key{ID: id, Secret: secret, Name: "key"}, nil
+		}
+	}
+	keys, err := spa.ReadKeyFile(arg, spa.OwnerOnly)
+	if err != nil {
+		return spa.Key{}, &inputError{err}
+	}
+	for _, k := range keys {
+		if k.ID == id || (id == 0 && len(keys) == 1) {
+			return k, nil
+		}
+	}
+	switch {
+	case len(keys) == 0:
+		return spa.Key{}, &inputError{fmt.Errorf("key file %s holds no key", arg)}
+	case id == 0:
+		return spa.Key{}, usagef("key file %s holds %d keys: pick one with --key-id", arg, len(keys))
+	}
+	return spa.Key{}, &inputError{fmt.Errorf("key file %s holds no key with id %d", arg, id)}
+}
+
+// sendSPA sends one SPA datagram for key to port of addr, and says when it
+// was stamped.
+func sendSPA(addr netip.Addr, port uint16, key *spa.Key, open netip.Addr) (time.Time, error) {
+	p, err := spa.New(key.ID, open)
+	if err != nil {
+		return time.Time{}, err
+	}
+	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, port)))
+	if err != nil {
+		return time.Time{}, fmt.Errorf("send SPA to %s port %d: %w", addr, port, err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write(p.Marshal(key.Secret)); err != nil {
+		return time.Time{}, fmt.Errorf("send SPA to %s port %d: %w", addr, port, err)
+	}
+	return p.Time, nil
+}
+
+// checkOpen connects to port of addr for a few seconds. When it stays shut
+// after an SPA packet, the error lists what the gate refuses packets for,
+// the clock first: this machine's time is what the packet carried.
+func checkOpen(ctx context.Context, addr netip.Addr, port uint16, viaSPA bool, sent time.Time) error {
+	const within = 3 * time.Second
+	deadline := time.Now().Add(within)
+	target := netip.AddrPortFrom(addr, port).String()
+	var last error
+	for time.Now().Before(deadline) {
+		d := net.Dialer{Timeout: 500 * time.Millisecond}
+		conn, err := d.DialContext(ctx, "tcp", target)
+		if err == nil {
+			conn.Close()
+			return nil
+		}
+		last = err
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err := sleep(ctx, 200*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	if !viaSPA {
+		return fmt.Errorf("port %d of %s did not open within %s: %w", port, addr, within, last)
+	}
+	return fmt.Errorf("port %d of %s did not open within %s of the SPA packet (%w). The gate drops an SPA packet "+
+		"whose timestamp is more than its window (30s unless --spa-window says otherwise) from its own clock, either way: "+
+		"this packet said %s (UTC), this machine's clock; compare the gate's (\"knockgate status\" there shows it, and "+
+		"counts refusals by reason: spa_clock, spa_bad_tag, spa_unknown_key, spa_replay, spa_bad_address). "+
+		"Also check the key, its id and --spa-port", port, addr, within, last, sent.UTC().Format("2006-01-02T15:04:05.000"))
 }
 
 // resolve turns HOST into one address, once, so that every knock goes to

@@ -62,6 +62,7 @@ func commands() []*command {
 		detachCommand(),
 		runCommand(),
 		knockCommand(),
+		keygenCommand(),
 		versionCommand(),
 	}
 }
