@@ -24,7 +24,7 @@ build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o knockgate ./cmd/knockgate
 
 generate:
-	$(GO) generate ./bpf/ ./test/bench/...
+	$(GO) generate ./bpf/... ./test/bench/...
 
 # The generated objects must be what the sources compile to: regenerate and
 # compare with what was there (committed or not).

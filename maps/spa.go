@@ -111,15 +111,20 @@ func (s *Set) SetSPAKeys(keys []spa.Key) error {
 	}
 	for _, m := range []*ebpf.Map{s.SPAKeys, s.SPALast} {
 		var stale []uint32
-		var id uint32
-		it := m.Iterate()
-		for it.Next(&id, nil) {
+		var prev any // nil: from the first key
+		for {
+			var id uint32
+			err := m.NextKey(prev, &id)
+			if errors.Is(err, ebpf.ErrKeyNotExist) {
+				break
+			}
+			if err != nil {
+				return fmt.Errorf("list SPA keys: %w", err)
+			}
 			if !want[id] {
 				stale = append(stale, id)
 			}
-		}
-		if err := it.Err(); err != nil {
-			return fmt.Errorf("list SPA keys: %w", err)
+			prev = &id
 		}
 		for _, id := range stale {
 			if err := m.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
