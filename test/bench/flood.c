@@ -17,6 +17,7 @@
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/tcp.h>
+#include <linux/udp.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
@@ -56,11 +57,23 @@ int flood(struct xdp_md *ctx)
 	void *end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	struct iphdr *ip = (void *)(eth + 1);
-	/* The template is Ethernet + a 20-byte IPv4 header + TCP. */
-	struct tcphdr *tcp = (void *)(ip + 1);
-	if ((void *)(tcp + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 ||
-	    ip->protocol != IPPROTO_TCP)
+	/* The template is Ethernet + a 20-byte IPv4 header + TCP or UDP. */
+	if ((void *)(ip + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5)
 		return XDP_ABORTED;
+	__u16 *l4check;
+	if (ip->protocol == IPPROTO_TCP) {
+		struct tcphdr *tcp = (void *)(ip + 1);
+		if ((void *)(tcp + 1) > end)
+			return XDP_ABORTED;
+		l4check = &tcp->check;
+	} else if (ip->protocol == IPPROTO_UDP) {
+		struct udphdr *udp = (void *)(ip + 1);
+		if ((void *)(udp + 1) > end)
+			return XDP_ABORTED;
+		l4check = &udp->check;
+	} else {
+		return XDP_ABORTED;
+	}
 
 	__u64 n = sent;
 	sent = n + 1;
@@ -71,7 +84,8 @@ int flood(struct xdp_md *ctx)
 
 	ip->saddr = to;
 	ip->check = csum_replace4(ip->check, from, to);
-	/* The TCP checksum covers the pseudo-header, source address included. */
-	tcp->check = csum_replace4(tcp->check, from, to);
+	/* The TCP and UDP checksums cover the pseudo-header, source address
+	 * included (the template's UDP checksum is never 0, "none"). */
+	*l4check = csum_replace4(*l4check, from, to);
 	return XDP_TX;
 }

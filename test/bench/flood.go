@@ -101,6 +101,16 @@ func TCPFrame(srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr, sport, dport
 	return b
 }
 
+// UDPFrame is an Ethernet frame of a UDP datagram carrying payload.
+func UDPFrame(srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr, sport, dport uint16, payload []byte) []byte {
+	f := packet.UDP(src, dst, sport, dport)
+	f.Payload = payload
+	b := f.Bytes()
+	copy(b[0:6], dstMAC)
+	copy(b[6:12], srcMAC)
+	return b
+}
+
 // Flood describes one flood of SYNs to the protected port: Sources spoofed
 // sources counting up from Base (default floodBase; 1 for the single-source
 // flood).
@@ -122,6 +132,9 @@ type Flood struct {
 	// and knockgate's hint slots set), the expensive case for a gate that
 	// keeps per-source state.
 	Primed bool
+	// Payload, when set, makes the flood UDP datagrams carrying it (to the
+	// port Run is given) instead of TCP segments.
+	Payload []byte
 }
 
 // FloodResult is what the sender did.
@@ -161,6 +174,9 @@ func (g *Generator) Run(topo *Topology, f Flood, port uint16, cpu int, batch uin
 		flags = packet.SYN
 	}
 	frame := TCPFrame(topo.TxMAC, topo.RxMAC, floodBase, rxAddr, 40000, port, flags)
+	if f.Payload != nil {
+		frame = UDPFrame(topo.TxMAC, topo.RxMAC, floodBase, rxAddr, 40000, port, f.Payload)
+	}
 	opts := &ebpf.RunOptions{
 		Data: frame,
 		Context: xdpMD{

@@ -35,6 +35,7 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) error {
 	o := bench.Options{Log: stderr}
+	so := bench.SPAOptions{}
 	var (
 		smoke    bool
 		out      string
@@ -66,7 +67,11 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.UnderFlood, "under-flood", 30, "clients per gap that knock during a first-knock flood")
 	fs.Float64SliceVar(&o.FloodRates, "flood-rates", []float64{0, 500_000},
 		"rates of that first-knock flood, frames a second (0: as fast as the sender goes)")
-	fs.StringSliceVar(&gates, "gates", nil, "gates to run (default all): "+strings.Join(bench.GateNames(), ", "))
+	fs.IntVar(&so.Rounds, "spa-rounds", -1, "rounds of the SPA benchmark (knockgate spa, fwknopd under forged SPA floods); -1: --rounds; 0: none")
+	fs.IntVar(&so.Attempts, "spa-attempts", 10, "valid SPA packets sent during each forged flood")
+	fs.IntVar(&so.FwknopdDispatch, "fwknopd-dispatch", 10000, "fwknopd's PCAP_DISPATCH_COUNT (Debian's default: 100)")
+	fs.IntVar(&so.FwknopdSleep, "fwknopd-sleep", 1000, "fwknopd's PCAP_LOOP_SLEEP in µs (Debian's default: 100000)")
+	fs.StringSliceVar(&gates, "gates", nil, "gates to run (default all): "+strings.Join(append(bench.GateNames(), bench.SPAGateNames()...), ", "))
 	fs.StringVar(&out, "out", "bench-peers.png", "chart to write (PNG); empty: none")
 	fs.BoolVar(&smoke, "smoke", false, "a seconds-long run that checks everything works: 1 round, short floods")
 	fs.Usage = func() {
@@ -87,6 +92,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if smoke {
 		o.Rounds, o.Duration, o.Warmup, o.Prime, o.MemFill = 1, 300*time.Millisecond, 100*time.Millisecond, 100*time.Millisecond, 1000
 		o.Churn, o.Gaps, o.UnderFlood, o.FloodRates = 100_000, []time.Duration{20 * time.Millisecond}, 5, []float64{0}
+		so.Rounds, so.Attempts = 1, 2
+	}
+	if so.Rounds < 0 {
+		so.Rounds = o.Rounds
 	}
 	var err error
 	if o.PeerNAPI, err = bench.ParsePeerNAPI(peerNAPI); err != nil {
@@ -96,16 +105,30 @@ func run(args []string, stdout, stderr io.Writer) error {
 		o.Batch < 1 || o.Batch > bench.MaxBatch {
 		return errors.New("need --rounds ≥ 1, --duration > 0, --warmup ≥ 0, --spoofed ≥ 2, --batch 1-256 and an online --cpu")
 	}
+	var mainGates, spaGates []string
 	for _, g := range gates {
-		if !contains(bench.GateNames(), g) {
-			return fmt.Errorf("unknown gate %q (want %s)", g, strings.Join(bench.GateNames(), ", "))
+		switch {
+		case contains(bench.GateNames(), g):
+			mainGates = append(mainGates, g)
+		case contains(bench.SPAGateNames(), g):
+			spaGates = append(spaGates, g)
+		default:
+			return fmt.Errorf("unknown gate %q (want %s)", g, strings.Join(append(bench.GateNames(), bench.SPAGateNames()...), ", "))
 		}
 	}
-	o.Only = gates
+	o.Only = mainGates
+	runMain := len(gates) == 0 || len(mainGates) > 0
+	so.Only = spaGates
+	if len(gates) > 0 && len(spaGates) == 0 {
+		so.Rounds = 0
+	}
 	if os.Geteuid() != 0 {
 		return errors.New("needs root: it creates network namespaces and loads XDP programs")
 	}
 	tools := []string{"ip", "nsenter", "nft", "iptables", "sysctl"}
+	if so.Rounds > 0 {
+		tools = append(tools, "fwknopd", "fwknop")
+	}
 	if o.PeerNAPI == bench.NAPIGRO {
 		tools = append(tools, "ethtool")
 	}
@@ -136,6 +159,23 @@ func run(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 
+	var bad []string
+	if so.Rounds > 0 {
+		// First: the shorter of the two, so its table is not lost to a
+		// failure of the longer.
+		spaRes, err := bench.RunSPA(o, so, bench.SPAGates(o, so))
+		if err != nil {
+			return err
+		}
+		spaRes.WriteTable(stdout)
+		bad = append(bad, spaRes.Failed()...)
+	}
+	if !runMain {
+		if len(bad) > 0 {
+			return fmt.Errorf("errors: %s", strings.Join(bad, ", "))
+		}
+		return nil
+	}
 	res, err := bench.Run(o)
 	if err != nil {
 		return err
@@ -149,7 +189,6 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	// Performance targets are reported, not enforced (a shared machine's
 	// noise is not a failure); a broken run or a misbehaving gate is.
-	var bad []string
 	for _, r := range res.Rows() {
 		if len(r.Errors) > 0 || (!r.Floor && r.Passed != r.Rounds) {
 			bad = append(bad, r.Gate+"/"+r.Flood)
