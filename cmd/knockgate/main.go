@@ -200,7 +200,7 @@ func printTopHelp(w io.Writer, cmds []*command) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Usage: %s\n\n", topUsage)
 	b.WriteString("knockgate keeps protected ports closed to everyone except sources that\n")
-	b.WriteString("knock a secret sequence of ports first; an XDP program does the work.\n\n")
+	b.WriteString("knock a secret sequence of ports first, or send one signed SPA packet; an XDP\nprogram does the work.\n\n")
 	b.WriteString("Commands:\n")
 	for _, c := range cmds {
 		fmt.Fprintf(&b, "  %-8s %s\n", c.name, c.summary)

@@ -49,7 +49,7 @@ type SPAGate interface {
 	Name() string
 	Setup(topo *Topology) error
 	// Forged is the payload of the flood: refused by the gate's full check.
-	Forged() []byte
+	Forged() ([]byte, error)
 	// Open sends one valid SPA packet from txAddr with the gate's own
 	// client; call it from outside the namespaces.
 	Open(topo *Topology) error
@@ -172,7 +172,12 @@ func runSPA(o Options, so SPAOptions, gen *Generator, gate SPAGate, round int) (
 		return s
 	}
 
-	f := Flood{Name: "forged spa", Sources: o.Spoofed, Payload: gate.Forged()}
+	forged, err := gate.Forged()
+	if err != nil {
+		s.Err = fmt.Errorf("make a forged packet: %w", err)
+		return s
+	}
+	f := Flood{Name: "forged spa", Sources: o.Spoofed, Payload: forged}
 	stop := make(chan struct{})
 	resc := make(chan error, 1)
 	var fr FloodResult
@@ -313,11 +318,14 @@ func (g *KnockgateSPA) Setup(topo *Topology) error {
 	})
 }
 
-func (g *KnockgateSPA) Forged() []byte {
-	p, _ := spa.New(g.key.ID, netip.Addr{})
+func (g *KnockgateSPA) Forged() ([]byte, error) {
+	p, err := spa.New(g.key.ID, netip.Addr{})
+	if err != nil {
+		return nil, err
+	}
 	b := p.Marshal(g.key.Secret)
 	b[spa.Len-1] ^= 0x80 // the tag's top bit
-	return b
+	return b, nil
 }
 
 func (g *KnockgateSPA) Open(topo *Topology) error {
@@ -493,22 +501,25 @@ func (g *Fwknopd) Setup(topo *Topology) error {
 }
 
 // Forged is a real fwknop packet with its last (HMAC) character changed.
-func (g *Fwknopd) Forged() []byte {
-	out, err := exec.Command("fwknop", g.clientArgs("-T", "--save-packet", filepath.Join(g.dir, "forged.spa"))...).CombinedOutput()
-	if err != nil {
-		panic(fmt.Sprintf("fwknop -T: %v: %s", err, out))
+func (g *Fwknopd) Forged() ([]byte, error) {
+	path := filepath.Join(g.dir, "forged.spa")
+	if out, err := exec.Command("fwknop", g.clientArgs("-T", "--save-packet", path)...).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("fwknop -T: %w: %s", err, out)
 	}
-	b, err := os.ReadFile(filepath.Join(g.dir, "forged.spa"))
+	b, err := os.ReadFile(path)
 	if err != nil {
-		panic(err)
+		return nil, err
 	}
 	p := []byte(strings.TrimSpace(string(b)))
+	if len(p) == 0 {
+		return nil, errors.New("fwknop -T saved no packet")
+	}
 	if p[len(p)-1] == 'A' {
 		p[len(p)-1] = 'B'
 	} else {
 		p[len(p)-1] = 'A'
 	}
-	return p
+	return p, nil
 }
 
 func (g *Fwknopd) clientArgs(extra ...string) []string {
