@@ -3,9 +3,11 @@
 /*
  * knockgate: a port-knocking gate in XDP.
  *
- * parse -> flows -> SPA -> knock state machine -> protected ports -> verdict. Per packet: one parse, a handful
- * of O(1) map lookups, and the clock is read only when a decision needs it
- * (a map hit or a knock), never on the plain pass or unauthorised-drop path.
+ * parse -> SPA -> knock state machine -> protected ports (flows, grants,
+ * allow list) -> verdict. Per packet: one parse, a handful of O(1) map
+ * lookups, and the clock is read only when a decision needs it (a map hit,
+ * a knock, an SPA packet with a valid tag), never on the plain pass or
+ * unauthorised-drop path.
  */
 #include "parsing.h"
 #include "flows.h"
