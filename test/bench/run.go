@@ -218,35 +218,17 @@ func logSample(w io.Writer, done, total int, s Sample) {
 // everything down again.
 func runOne(o Options, gen *Generator, gate Gate, f Flood, round int, res *Result) (s Sample) {
 	s = Sample{Gate: gate.Name(), Flood: f.Name, Floor: gate.Floor(), Round: round, Tracked: -1}
-	topo, err := NewTopology()
-	if err != nil {
-		s.Err = err
-		return s
-	}
+	st, teardown, err := setUp(o, gen, gate)
 	defer func() {
-		if err := errors.Join(gate.Close(), gen.Detach(), topo.Close()); err != nil && s.Err == nil {
+		if err := teardown(); err != nil && s.Err == nil {
 			s.Err = fmt.Errorf("teardown: %w", err)
 		}
 	}()
-	if err := gen.Attach(topo); err != nil {
-		s.Err = err
-		return s
-	}
-	if err := gate.Setup(topo); err != nil {
-		s.Err = fmt.Errorf("set up %s: %w", gate.Name(), err)
-		return s
-	}
-	napi, err := ThreadedNAPI(topo.RX, o.CPU)
 	if err != nil {
 		s.Err = err
 		return s
 	}
-	ln, err := Listen(topo.RX)
-	if err != nil {
-		s.Err = err
-		return s
-	}
-	defer ln.Close()
+	topo, napi, ln := st.topo, st.napi, st.ln
 
 	if err := measureFlood(o, gen, topo, gate, napi, f, &s); err != nil {
 		s.Err = err
@@ -313,6 +295,48 @@ func runOne(o Options, gen *Generator, gate Gate, f Flood, round int, res *Resul
 	}
 	s.Check = &chk
 	return s
+}
+
+// installable is a gate as setUp installs it (Gate, SPAGate).
+type installable interface {
+	Name() string
+	Setup(topo *Topology) error
+	Close() error
+}
+
+// stage is one configuration's place to run: a fresh topology with the
+// generator attached, the gate set up, the receiver's NAPI thread found
+// and a listener on the protected port.
+type stage struct {
+	topo *Topology
+	napi NAPI
+	ln   *Listener
+}
+
+// setUp builds a stage for gate. teardown, to be called whatever err says,
+// takes down what was built: listener, gate, generator, topology.
+func setUp(o Options, gen *Generator, gate installable) (st stage, teardown func() error, err error) {
+	teardown = func() error { return nil }
+	if st.topo, err = NewTopology(); err != nil {
+		return st, teardown, err
+	}
+	teardown = func() error {
+		if st.ln != nil {
+			st.ln.Close()
+		}
+		return errors.Join(gate.Close(), gen.Detach(), st.topo.Close())
+	}
+	if err := gen.Attach(st.topo); err != nil {
+		return st, teardown, err
+	}
+	if err := gate.Setup(st.topo); err != nil {
+		return st, teardown, fmt.Errorf("set up %s: %w", gate.Name(), err)
+	}
+	if st.napi, err = ThreadedNAPI(st.topo.RX, o.CPU); err != nil {
+		return st, teardown, err
+	}
+	st.ln, err = Listen(st.topo.RX)
+	return st, teardown, err
 }
 
 // measureFlood floods the gate and reads the receiver's counters around a

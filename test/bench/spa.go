@@ -137,35 +137,17 @@ func RunSPA(o Options, so SPAOptions, gates func() []SPAGate) (*SPAResult, error
 
 func runSPA(o Options, so SPAOptions, gen *Generator, gate SPAGate, round int) (s SPASample) {
 	s = SPASample{Gate: gate.Name(), Round: round, Attempts: so.Attempts}
-	topo, err := NewTopology()
-	if err != nil {
-		s.Err = err
-		return s
-	}
+	st, teardown, err := setUp(o, gen, gate)
 	defer func() {
-		if err := errors.Join(gate.Close(), gen.Detach(), topo.Close()); err != nil && s.Err == nil {
+		if err := teardown(); err != nil && s.Err == nil {
 			s.Err = fmt.Errorf("teardown: %w", err)
 		}
 	}()
-	if err := gen.Attach(topo); err != nil {
-		s.Err = err
-		return s
-	}
-	if err := gate.Setup(topo); err != nil {
-		s.Err = fmt.Errorf("set up %s: %w", gate.Name(), err)
-		return s
-	}
-	napi, err := ThreadedNAPI(topo.RX, o.CPU)
 	if err != nil {
 		s.Err = err
 		return s
 	}
-	ln, err := Listen(topo.RX)
-	if err != nil {
-		s.Err = err
-		return s
-	}
-	defer ln.Close()
+	topo, napi, ln := st.topo, st.napi, st.ln
 	// Shut before anything: a connect from txAddr goes unanswered.
 	if err := topo.TX.Do(func() error { return dial(txAddr, 300*time.Millisecond) }); err == nil {
 		s.Err = errors.New("the protected port is open before any SPA packet")
