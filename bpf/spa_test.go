@@ -253,6 +253,44 @@ func TestSPAKeyRewriteKeepsReplayState(t *testing.T) {
 	}
 }
 
+// The gate's Unix time is CLOCK_TAI less the TAI offset the configuration
+// recorded: recorded wrong (as if the kernel's offset had moved by an hour
+// since), every packet is outside the window; RefreshClock puts it right
+// without a new generation, and packets are taken again.
+func TestSPAClockFollowsTAIOffset(t *testing.T) {
+	f := families[0]
+	g := newSPAGate(t, spaConfig())
+	var live uint32
+	if err := g.maps.ConfigSlot.Lookup(uint32(0), &live); err != nil {
+		t.Fatal(err)
+	}
+	var raw bpf.KnockgateConfig
+	if err := g.maps.Configs.Lookup(live, &raw); err != nil {
+		t.Fatal(err)
+	}
+	raw.TaiOffsetNs += int64(time.Hour)
+	if err := g.maps.Configs.Update(live, &raw, ebpf.UpdateExist); err != nil {
+		t.Fatal(err)
+	}
+	g.refused("clock an hour off", f, f.src, f.spaFrame(f.src, spaPayload(&plainKey, time.Now(), netip.Addr{})).Bytes(), "spa_clock")
+	changed, err := g.maps.RefreshClock()
+	if err != nil || !changed {
+		t.Fatalf("RefreshClock: %v, %v; want a change", changed, err)
+	}
+	cfg, err := g.maps.ReadConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Generation != g.cfg.Generation {
+		t.Errorf("generation %d after RefreshClock, want %d kept", cfg.Generation, g.cfg.Generation)
+	}
+	g.expect("clock right again", f.spaFrame(f.src, spaPayload(&plainKey, time.Now(), netip.Addr{})).Bytes(), xdpDrop,
+		"dropped_spa", "spa_accepted", "granted")
+	if changed, err := g.maps.RefreshClock(); err != nil || changed {
+		t.Errorf("RefreshClock again: %v, %v; want no change", changed, err)
+	}
+}
+
 // SPA alone: no sequence at all.
 func TestSPAOnly(t *testing.T) {
 	f := families[1]
@@ -299,11 +337,13 @@ func TestSPAMatchesGo(t *testing.T) {
 	}
 }
 
-// Two CPUs cannot both accept one packet: the replay state moves only by an
+// Two CPUs cannot both accept one packet: the replay state moves by an
 // atomic compare-and-swap (BPF_CMPXCHG, which the JIT makes a locked
-// cmpxchg), with no plain store to it anywhere in the SPA function. A race
-// of two runs is too narrow to hit from user space on demand, so the test
-// reads the program itself.
+// cmpxchg). A race of two runs is too narrow to hit from user space on
+// demand, so the test reads the program itself: the SPA function must hold
+// a 64-bit compare-and-swap (replacing it by a plain store fails here; that
+// no other store reaches the replay state is the code's to show, in
+// spa.h).
 func TestSPAReplayStateMovesByCompareAndSwap(t *testing.T) {
 	spec, err := bpf.LoadKnockgate()
 	if err != nil {
@@ -337,6 +377,8 @@ func TestSipHashInC(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer objs.Close()
+	// hash is siphash_bytes' result and, for 48 bytes, siphash48's, which
+	// must agree.
 	hash := func(key [16]byte, msg []byte) uint64 {
 		t.Helper()
 		in := make([]byte, 16+1+63)
@@ -347,7 +389,11 @@ func TestSipHashInC(t *testing.T) {
 		if _, err := objs.Siphash.Run(&ebpf.RunOptions{Data: in, DataOut: out}); err != nil {
 			t.Fatal(err)
 		}
-		return binary.LittleEndian.Uint64(out)
+		h := binary.LittleEndian.Uint64(out)
+		if h48 := binary.LittleEndian.Uint64(out[8:]); len(msg) == 48 && h48 != h {
+			t.Errorf("key %x msg %x: siphash48 %#x, siphash_bytes %#x", key, msg, h48, h)
+		}
+		return h
 	}
 	var key [16]byte
 	msg := make([]byte, 63)
@@ -369,12 +415,42 @@ func TestSipHashInC(t *testing.T) {
 		for i := range key {
 			key[i] = byte(r.Uint32())
 		}
-		m := make([]byte, r.IntN(64))
+		n := r.IntN(64)
+		if r.IntN(4) == 0 {
+			n = 48 // the program's own length, through siphash48 too
+		}
+		m := make([]byte, n)
 		for i := range m {
 			m[i] = byte(r.Uint32())
 		}
 		if c, g := hash(key, m), spa.Sum64(key, m); c != g {
 			t.Fatalf("key %x msg %x: C %#x, Go %#x", key, m, c, g)
+		}
+	}
+}
+
+// A full key table replaced by another full one: the removed keys make the
+// room, so the change goes through whole.
+func TestSPAKeysReplaceAll(t *testing.T) {
+	g := newSPAGate(t, spaConfig())
+	batch := func(first uint32) []spa.Key {
+		keys := make([]spa.Key, spa.MaxKeys)
+		for i := range keys {
+			keys[i] = spa.Key{ID: first + uint32(i), Name: fmt.Sprintf("k%d", first+uint32(i))}
+			keys[i].Secret[0] = byte(i)
+		}
+		return keys
+	}
+	for _, first := range []uint32{1, 5001} {
+		if err := g.maps.SetSPAKeys(batch(first)); err != nil {
+			t.Fatalf("keys from %d: %v", first, err)
+		}
+		got, err := g.maps.ReadSPAKeys()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != spa.MaxKeys || got[0].ID != first || got[len(got)-1].ID != first+spa.MaxKeys-1 {
+			t.Fatalf("keys from %d: read %d keys, %d..%d", first, len(got), got[0].ID, got[len(got)-1].ID)
 		}
 	}
 }

@@ -302,6 +302,17 @@ func (g *Gate) SetSPAKeys(keys []spa.Key) error {
 	return g.Maps.SetSPAKeys(keys)
 }
 
+// RefreshClock makes the gate's SPA clock follow a change of the kernel's
+// TAI offset (maps.Set.RefreshClock), under the gate's lock.
+func (g *Gate) RefreshClock() (bool, error) {
+	unlock, err := g.lock()
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	return g.Maps.RefreshClock()
+}
+
 // Confirm makes a safe-mode change permanent (maps.Set.ConfirmConfig).
 func (g *Gate) Confirm() (maps.Config, error) {
 	unlock, err := g.lock()

@@ -105,8 +105,9 @@ func (c *Config) Validate() error {
 				}
 			}
 		}
-		if c.SPAWindow <= 0 || c.SPAWindow > time.Hour {
-			return fmt.Errorf("SPA window %s must be positive and at most 1h", c.SPAWindow)
+		// The program counts the window in whole milliseconds.
+		if c.SPAWindow < time.Millisecond || c.SPAWindow > time.Hour || c.SPAWindow%time.Millisecond != 0 {
+			return fmt.Errorf("SPA window %s must be whole milliseconds, from 1ms to 1h", c.SPAWindow)
 		}
 	}
 	if c.StepTimeout <= 0 {
@@ -352,6 +353,33 @@ func (s *Set) ConfirmConfig() (Config, error) {
 		return Config{}, err
 	}
 	return DecodeConfig(&raw), nil
+}
+
+// RefreshClock records the kernel's TAI offset now in the configuration in
+// force (see TAIOffset), keeping everything else, its generation included:
+// knock progress stays valid. It reports whether the offset had changed.
+// While a safe-mode change awaits confirmation it refuses
+// (ErrAwaitingConfirm): the slot it would write is the fallback.
+func (s *Set) RefreshClock() (bool, error) {
+	off, err := TAIOffset()
+	if err != nil {
+		return false, err
+	}
+	// Cheap when nothing changed, as nearly always (run asks every second).
+	if live, cfgs, err := s.slots(); err != nil || cfgs[live].TaiOffsetNs == int64(off) {
+		return false, err
+	}
+	syncRCU() // as WriteConfig: the last writer's grace period
+	live, cfgs, err := s.slots()
+	if err != nil {
+		return false, err
+	}
+	raw := cfgs[live]
+	if raw.ConfirmByNs != 0 {
+		return false, ErrAwaitingConfirm
+	}
+	raw.TaiOffsetNs = int64(off)
+	return true, s.install(live, &raw)
 }
 
 // FinishRollback makes a lapsed safe-mode change's rollback permanent (the

@@ -84,7 +84,9 @@ func TestConfigValidate(t *testing.T) {
 		"both protected and the SPA port": func(c *Config) {
 			c.SPAPort, c.SPAWindow, c.Protected = 53, time.Second, []Port{{Num: 53, Proto: UDP}}
 		},
-		"SPA window 2h0m0s must be positive and at most 1h": func(c *Config) { c.SPAPort, c.SPAWindow = 62201, 2*time.Hour },
+		"SPA window 2h0m0s must be whole milliseconds, from 1ms to 1h": func(c *Config) { c.SPAPort, c.SPAWindow = 62201, 2*time.Hour },
+		"SPA window 500µs must be whole milliseconds":                  func(c *Config) { c.SPAPort, c.SPAWindow = 62201, 500*time.Microsecond },
+		"SPA window 1.5ms must be whole milliseconds":                  func(c *Config) { c.SPAPort, c.SPAWindow = 62201, 1500*time.Microsecond },
 		"at most 8 allowed":                func(c *Config) { c.Sequence = make([]Port, 9) },
 		"step 2 (9000) repeats step 1":     func(c *Config) { c.Sequence = []Port{{9000, TCP}, {9000, TCP}} },
 		"step 3 (9000) repeats step 1":     func(c *Config) { c.Sequence = []Port{{9000, TCP}, {8000, TCP}, {9000, TCP}} },

@@ -85,30 +85,25 @@ func decodeKey(id uint32, raw *bpf.KnockgateSpaKey) spa.Key {
 	return k
 }
 
-// SetSPAKeys makes the gate's keys exactly keys, live: new keys and changed
-// ones are written, keys not in the list are removed and stop working at
-// once. A key's replay state (its newest accepted timestamp) is made before
-// the key and kept while the key stays, whatever else of it changes, so a
-// rewrite never reopens a replay; it goes with the key.
+// SetSPAKeys makes the gate's keys exactly keys, live: keys not in the list
+// are removed first (they stop working at once, and their room is free for
+// the new ones, so a full change never runs out of it), then new keys and
+// changed ones are written. A key's replay state (its newest accepted
+// timestamp) is made before the key and kept while the key stays, whatever
+// else of it changes, so a rewrite never reopens a replay; it goes with the
+// key.
 func (s *Set) SetSPAKeys(keys []spa.Key) error {
 	if len(keys) > spa.MaxKeys {
 		return fmt.Errorf("%d SPA keys, at most %d", len(keys), spa.MaxKeys)
 	}
 	want := map[uint32]bool{}
 	for i := range keys {
-		k := &keys[i]
-		if want[k.ID] {
-			return fmt.Errorf("SPA key id %d given twice", k.ID)
+		if want[keys[i].ID] {
+			return fmt.Errorf("SPA key id %d given twice", keys[i].ID)
 		}
-		want[k.ID] = true
-		if err := s.SPALast.Update(k.ID, uint64(0), ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
-			return fmt.Errorf("write replay state of SPA key %d: %w", k.ID, err)
-		}
-		raw := encodeKey(k)
-		if err := s.SPAKeys.Update(k.ID, &raw, ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("write SPA key %d: %w", k.ID, err)
-		}
+		want[keys[i].ID] = true
 	}
+	// The key before its replay state: a packet never finds a key without.
 	for _, m := range []*ebpf.Map{s.SPAKeys, s.SPALast} {
 		var stale []uint32
 		var prev any // nil: from the first key
@@ -130,6 +125,16 @@ func (s *Set) SetSPAKeys(keys []spa.Key) error {
 			if err := m.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 				return fmt.Errorf("remove SPA key %d: %w", id, err)
 			}
+		}
+	}
+	for i := range keys {
+		k := &keys[i]
+		if err := s.SPALast.Update(k.ID, uint64(0), ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+			return fmt.Errorf("write replay state of SPA key %d: %w", k.ID, err)
+		}
+		raw := encodeKey(k)
+		if err := s.SPAKeys.Update(k.ID, &raw, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("write SPA key %d: %w", k.ID, err)
 		}
 	}
 	return nil

@@ -48,6 +48,9 @@ type service struct {
 	metrics *metricsServer
 	pending *pendingReload
 	links   chan linkChange
+	// clockWarned: checkClock said it could not follow, not to repeat it
+	// every second.
+	clockWarned bool
 }
 
 // Run serves the gate the config file describes until ctx ends (SIGTERM,
@@ -137,23 +140,24 @@ func Run(ctx context.Context, opts Options) error {
 
 func (svc *service) logger() *slog.Logger { return svc.log.Load() }
 
-// checkClock rewrites the configuration when the kernel's TAI offset has
-// changed since it was written (a leap second, a time daemon setting it):
-// the program reads Unix time for SPA as CLOCK_TAI less that offset.
+// checkClock makes the gate's SPA clock follow a change of the kernel's TAI
+// offset (a leap second, a time daemon setting it): the program reads Unix
+// time as CLOCK_TAI less that offset. The configuration keeps its
+// generation, so knock progress stays; while a change awaits confirmation
+// it waits for the decision.
 func (svc *service) checkClock() {
-	cur, err := svc.gate.Maps.ReadConfig()
-	if err != nil || cur.SPAPort == 0 {
-		return
+	changed, err := svc.gate.RefreshClock()
+	switch {
+	case errors.Is(err, maps.ErrAwaitingConfirm):
+	case err != nil:
+		if !svc.clockWarned {
+			svc.logger().Warn("the kernel's TAI offset changed, and the gate's SPA clock could not follow", "error", err)
+			svc.clockWarned = true
+		}
+	case changed:
+		svc.clockWarned = false
+		svc.logger().Info("the kernel's TAI offset changed: the gate's SPA clock follows it")
 	}
-	off, err := maps.TAIOffset()
-	if err != nil || off == cur.TAIOffset {
-		return
-	}
-	if _, err := svc.gate.UpdateConfig(func(*maps.Config) error { return nil }); err != nil {
-		svc.logger().Warn("the kernel's TAI offset changed, and the gate's clock could not follow", "error", err)
-		return
-	}
-	svc.logger().Info("the kernel's TAI offset changed: the gate's SPA clock follows", "was", cur.TAIOffset, "now", off)
 }
 
 // start makes the gate, or adopts the one pinned under its name: the
@@ -266,14 +270,12 @@ func (svc *service) apply(s *config.Settings, confirm time.Duration) (*pendingRe
 		entries -= len(p.droppedAllow)
 	}
 	want.AllowCount = uint32(entries)
-	// The file's keys, live (removed keys stop working now); not part of
-	// the configuration, so a key change alone neither voids knock
+	// The file's keys, live (removed keys stop working now), once the
+	// configuration is in: a reload that fails before leaves them too. Not
+	// part of the configuration, so a key change alone neither voids knock
 	// progress nor waits for a confirmation.
-	if err := g.SetSPAKeys(s.SPAKeys); err != nil {
-		return nil, err
-	}
 	if sameConfig(cur, want) && len(p.addedAllow)+len(p.droppedAllow)+len(p.addedIfaces)+len(p.droppedIfaces) == 0 {
-		return nil, nil
+		return nil, g.SetSPAKeys(s.SPAKeys)
 	}
 	if err := g.Maps.SetAllow(p.addedAllow); err != nil {
 		return nil, err
@@ -286,6 +288,9 @@ func (svc *service) apply(s *config.Settings, confirm time.Duration) (*pendingRe
 		if _, err := g.UpdateConfig(func(c *maps.Config) error { *c = want; return nil }); err != nil {
 			return nil, err
 		}
+	}
+	if err := g.SetSPAKeys(s.SPAKeys); err != nil {
+		return nil, err
 	}
 	if !safe {
 		if err := g.Maps.RemoveAllow(p.droppedAllow); err != nil {

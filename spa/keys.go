@@ -59,9 +59,33 @@ func NewKey(id uint32, name string) (Key, error) {
 
 func checkName(name string) error {
 	if !nameRE.MatchString(name) {
-		return fmt.Errorf("bad key name %q (1-%d of A-Z a-z 0-9 . _ @ + -)", name, NameLen)
+		return fmt.Errorf("bad key name %s (1-%d of A-Z a-z 0-9 . _ @ + -)", quote(name), NameLen)
 	}
 	return nil
+}
+
+// quote is a field for an error message, unless it may be a secret (a long
+// hex string in the wrong place: fields out of order, a pasted key): then
+// only its length is said. Errors end up in logs.
+func quote(s string) string {
+	if LooksLikeSecret(s) {
+		return fmt.Sprintf("(a %d-digit hex string: a key in the wrong place?)", len(s))
+	}
+	return strconv.Quote(s)
+}
+
+// LooksLikeSecret: s is hex digits, 16 or more of them.
+func LooksLikeSecret(s string) bool {
+	return len(s) >= 16 && isHex(s)
+}
+
+func isHex(s string) bool {
+	for _, c := range s {
+		if !strings.ContainsRune("0123456789abcdefABCDEF", c) {
+			return false
+		}
+	}
+	return true
 }
 
 // Line is the key as a key-file line.
@@ -80,7 +104,7 @@ func (k *Key) Line() string {
 func ParseID(s string) (uint32, error) {
 	n, err := strconv.ParseUint(strings.TrimSpace(s), 10, 32)
 	if err != nil || n == 0 {
-		return 0, fmt.Errorf("bad key id %q (1-4294967295)", s)
+		return 0, fmt.Errorf("bad key id %s (1-4294967295)", quote(s))
 	}
 	return uint32(n), nil
 }
@@ -121,11 +145,11 @@ func ParseLine(line string) (Key, error) {
 		case strings.HasPrefix(opt, "open="):
 			d, err := time.ParseDuration(opt[len("open="):])
 			if err != nil || d <= 0 {
-				return Key{}, fmt.Errorf("bad %q: want a positive duration, e.g. open=1h", opt)
+				return Key{}, fmt.Errorf("bad open= %s: want a positive duration, e.g. open=1h", quote(opt[len("open="):]))
 			}
 			k.Open = d
 		default:
-			return Key{}, fmt.Errorf("unknown key option %q (any-address, open=DURATION)", opt)
+			return Key{}, fmt.Errorf("unknown key option %s (any-address, open=DURATION)", quote(opt))
 		}
 	}
 	return k, nil

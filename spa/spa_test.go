@@ -85,7 +85,14 @@ func TestParseKeys(t *testing.T) {
 		{"x 000102030405060708090a0b0c0d0e0f a", `line 1: bad key id "x"`},
 		{"1 000102030405060708090a0b0c0d0e0f", "line 1: want ID HEX NAME"},
 		{"1 000102030405060708090a0b0c0d0e0f a b", `line 1: unknown key option "b"`},
-		{"1 000102030405060708090a0b0c0d0e0f a open=-1s", `line 1: bad "open=-1s"`},
+		{"1 000102030405060708090a0b0c0d0e0f a open=-1s", `line 1: bad open= "-1s"`},
+		// Fields out of order, or a key pasted where it does not belong: the
+		// error says where, never what.
+		{"000102030405060708090a0b0c0d0e0f 1 a", "line 1: bad key id (a 32-digit hex string: a key in the wrong place?)"},
+		{"1 a 000102030405060708090a0b0c0d0e0f", "line 1: bad key: want 32 hex digits"},
+		{"1 000102030405060708090a0b0c0d0e0f 000102030405060708090a0b0c0d0e0f", "line 1: bad key name (a 32-digit hex string"},
+		{"1 000102030405060708090a0b0c0d0e0f a 000102030405060708090a0b0c0d0e0f", "line 1: unknown key option (a 32-digit hex string"},
+		{"1 000102030405060708090a0b0c0d0e0f a open=000102030405060708090a0b0c0d0e0f", "line 1: bad open= (a 32-digit hex string"},
 		{"1 000102030405060708090a0b0c0d0e0f a/b", `line 1: bad key name "a/b"`},
 		{"1 000102030405060708090a0b0c0d0e0f a\n1 000102030405060708090a0b0c0d0e0f b", "line 2: key id 1 is on line 1 already"},
 	} {

@@ -362,6 +362,10 @@ func TestSPAKeyRotation(t *testing.T) {
 		t.Errorf("spa_unknown_key %d, want %d", got, unknown+1)
 	}
 	knock(nextKey, open)
+	// attach on the gate with other keys is refused, not silently ignored.
+	if r := g.kg(g.srv, "attach", g.iface, "--spa-keys", srvKeys); r.code == 0 || !strings.Contains(r.stderr, "other SPA keys") {
+		t.Errorf("attach with other keys on the existing gate: %s", r)
+	}
 
 	loose := keyFile(t, "loose.keys", old)
 	os.Chmod(loose, 0o640)

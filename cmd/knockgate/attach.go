@@ -10,6 +10,7 @@ import (
 	"github.com/knockgate/knockgate/config"
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/spa"
 )
 
 func attachCommand() *command {
@@ -255,6 +256,15 @@ func sameSettings(g *loader.Gate, cfg maps.Config, s *config.Settings, explicit 
 	if (explicit["spa-port"] || explicit["spa-keys"]) && want.SPAPort != cfg.SPAPort {
 		diff = append(diff, fmt.Sprintf("--spa-port %d", cfg.SPAPort))
 	}
+	if explicit["spa-keys"] {
+		have, err := g.Maps.ReadSPAKeys()
+		if err != nil {
+			return err
+		}
+		if !sameKeys(have, s.SPAKeys) {
+			diff = append(diff, fmt.Sprintf("other SPA keys (%d)", len(have)))
+		}
+	}
 	if explicit["spa-window"] && want.SPAWindow != cfg.SPAWindow {
 		diff = append(diff, "--spa-window "+cfg.SPAWindow.String())
 	}
@@ -278,6 +288,23 @@ func sameSettings(g *loader.Gate, cfg maps.Config, s *config.Settings, explicit 
 			g.Name, strings.Join(diff, ", ")), loader.ErrAttached}
 	}
 	return nil
+}
+
+// sameKeys: the gate holds exactly the keys of the file.
+func sameKeys(have []maps.SPAKey, want []spa.Key) bool {
+	if len(have) != len(want) {
+		return false
+	}
+	byID := map[uint32]spa.Key{}
+	for _, k := range have {
+		byID[k.ID] = k.Key
+	}
+	for _, k := range want {
+		if h, ok := byID[k.ID]; !ok || h != k {
+			return false
+		}
+	}
+	return true
 }
 
 // finishUndoneAttach removes a gate made by a safe-mode attach that was

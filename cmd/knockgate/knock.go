@@ -141,13 +141,16 @@ func clientKey(arg, idText string) (spa.Key, error) {
 		}
 		id = n
 	}
-	if len(arg) == 32 {
-		if secret, err := spa.ParseSecret(arg); err == nil {
-			if id == 0 {
-				return spa.Key{}, usagef("--spa-key: a key given in hex needs --key-id")
-			}
-			return spa.Key{ID: id, Secret: secret, Name: "key"}, nil
+	if spa.LooksLikeSecret(arg) {
+		// A key, not a file: never repeated in an error.
+		secret, err := spa.ParseSecret(arg)
+		if err != nil {
+			return spa.Key{}, usagef("--spa-key: %d hex digits, want 32 (16 bytes)", len(arg))
 		}
+		if id == 0 {
+			return spa.Key{}, usagef("--spa-key: a key given in hex needs --key-id")
+		}
+		return spa.Key{ID: id, Secret: secret, Name: "key"}, nil
 	}
 	keys, err := spa.ReadKeyFile(arg, spa.OwnerOnly)
 	if err != nil {

@@ -151,6 +151,7 @@ func TestUsageErrors(t *testing.T) {
 
 		{[]string{"knock", "127.0.0.1"}, "knock: give PORTs to knock on, or --spa-key"},
 		{[]string{"knock", "127.0.0.1", "--spa-key", "00112233445566778899aabbccddeeff"}, "--spa-key: a key given in hex needs --key-id"},
+		{[]string{"knock", "127.0.0.1", "--spa-key", "00112233445566778899aabbccddeeff0", "--key-id", "1"}, "--spa-key: 33 hex digits, want 32 (16 bytes)"},
 		{[]string{"knock", "127.0.0.1", "9000", "--key-id", "3"}, "--key-id, --spa-port and --open-address go with --spa-key"},
 		{[]string{"knock", "127.0.0.1", "--spa-key", "00112233445566778899aabbccddeeff", "--key-id", "0"}, `--key-id: bad key id "0"`},
 		{[]string{"knock", "127.0.0.1", "--spa-key", "00112233445566778899aabbccddeeff", "--key-id", "1", "--open-address", "nowhere"}, `--open-address: bad address "nowhere"`},

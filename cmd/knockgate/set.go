@@ -68,6 +68,11 @@ func setCommand() *command {
 					if err := g.SetSPAKeys(upd.SPAKeys); err != nil {
 						return err
 					}
+					// And the gate's clock, if the TAI offset moved (a
+					// pending safe-mode change keeps it until decided).
+					if _, err := g.RefreshClock(); err != nil && !errors.Is(err, maps.ErrAwaitingConfirm) {
+						return err
+					}
 					fmt.Fprintf(e.stdout, "knockgate on %s: %d SPA keys from %s, live on port %d/udp\n", g.Name, len(upd.SPAKeys), upd.SPAKeysFile, cur.SPAPort)
 					return nil
 				}
