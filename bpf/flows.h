@@ -13,6 +13,7 @@
 #pragma once
 
 #include "parsing.h"
+#include "clock.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -54,7 +55,7 @@ volatile const __u32 flow_slots = 65536;
  */
 static __always_inline __u64 flow_now(void)
 {
-	return bpf_ktime_get_coarse_ns();
+	return clock_coarse();
 }
 
 struct flow_place {

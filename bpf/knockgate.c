@@ -175,7 +175,7 @@ struct lazy {
 static __always_inline __u64 now_ns(struct lazy *lz)
 {
 	if (!lz->now)
-		lz->now = bpf_ktime_get_boot_ns();
+		lz->now = clock_boot();
 	return lz->now;
 }
 
@@ -750,7 +750,7 @@ __attribute__((noinline)) int spa(struct xdp_md *ctx, const struct config *cfg, 
 	struct event_about a = {
 		.addr = sg.addr.addr, .key_id = sg.key_id, .port = pkt->dport, .proto = IPPROTO_UDP,
 	};
-	grant_addr(&a, sg.open_ns ? sg.open_ns : cfg->open_ns, bpf_ktime_get_boot_ns());
+	grant_addr(&a, sg.open_ns ? sg.open_ns : cfg->open_ns, clock_boot());
 	return 1;
 }
 

@@ -219,6 +219,10 @@ const (
 	KnockgateVarFlowSlots        = "flow_slots"
 	KnockgateVarKnockSets        = "knock_sets"
 	KnockgateVarKnockSlots       = "knock_slots"
+	KnockgateVarTestBootNs       = "test_boot_ns"
+	KnockgateVarTestClock        = "test_clock"
+	KnockgateVarTestCoarseNs     = "test_coarse_ns"
+	KnockgateVarTestTaiNs        = "test_tai_ns"
 	KnockgateVarUnusedConfigFlag = "unused_config_flag"
 	KnockgateVarUnusedCounter    = "unused_counter"
 	KnockgateVarUnusedEvent      = "unused_event"
@@ -304,6 +308,10 @@ type KnockgateVariableSpecs struct {
 	FlowSlots        *ebpf.VariableSpec `ebpf:"flow_slots"`
 	KnockSets        *ebpf.VariableSpec `ebpf:"knock_sets"`
 	KnockSlots       *ebpf.VariableSpec `ebpf:"knock_slots"`
+	TestBootNs       *ebpf.VariableSpec `ebpf:"test_boot_ns"`
+	TestClock        *ebpf.VariableSpec `ebpf:"test_clock"`
+	TestCoarseNs     *ebpf.VariableSpec `ebpf:"test_coarse_ns"`
+	TestTaiNs        *ebpf.VariableSpec `ebpf:"test_tai_ns"`
 	UnusedConfigFlag *ebpf.VariableSpec `ebpf:"unused_config_flag"`
 	UnusedCounter    *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedEvent      *ebpf.VariableSpec `ebpf:"unused_event"`
@@ -379,6 +387,10 @@ type KnockgateVariables struct {
 	FlowSlots        *ebpf.Variable `ebpf:"flow_slots"`
 	KnockSets        *ebpf.Variable `ebpf:"knock_sets"`
 	KnockSlots       *ebpf.Variable `ebpf:"knock_slots"`
+	TestBootNs       *ebpf.Variable `ebpf:"test_boot_ns"`
+	TestClock        *ebpf.Variable `ebpf:"test_clock"`
+	TestCoarseNs     *ebpf.Variable `ebpf:"test_coarse_ns"`
+	TestTaiNs        *ebpf.Variable `ebpf:"test_tai_ns"`
 	UnusedConfigFlag *ebpf.Variable `ebpf:"unused_config_flag"`
 	UnusedCounter    *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedEvent      *ebpf.Variable `ebpf:"unused_event"`

@@ -19,6 +19,7 @@
 #pragma once
 
 #include "parsing.h"
+#include "clock.h"
 #include "siphash.h"
 
 /* The gate's keys, by id: written by the Go side from the key file. */
@@ -89,7 +90,7 @@ static __always_inline __u32 spa_verify(struct xdp_md *ctx, const struct config 
 		return COUNTER_SPA_BAD_TAG;
 
 	__u64 ts = spa_be64(m[1]);
-	__u64 now_ms = (__u64)((__s64)bpf_ktime_get_tai_ns() - cfg->tai_offset_ns) / 1000000;
+	__u64 now_ms = (__u64)((__s64)clock_tai() - cfg->tai_offset_ns) / 1000000;
 	__u64 window = cfg->spa_window_ms;
 	if (ts > now_ms + window || ts + window < now_ms)
 		return COUNTER_SPA_CLOCK;

@@ -98,6 +98,9 @@ type Tuning struct {
 	// EventBurst is how many knock and reset events a CPU may send at
 	// once (KG_EVENT_BURST).
 	EventBurst uint32
+	// TestClock: the program reads its clocks from the test_*_ns globals
+	// the caller writes (bpf/clock.h), never from the kernel. Tests only.
+	TestClock bool
 }
 
 // KnockSlots is the size of the knock-progress table for maxSources: three
@@ -134,6 +137,11 @@ func sizeSpec(spec *ebpf.CollectionSpec, knockSlots, grants, flowSlots uint32, t
 	}
 	if err := spec.Variables["knock_slots"].Set(knockSlots); err != nil {
 		return fmt.Errorf("set knock slots: %w", err)
+	}
+	if t.TestClock {
+		if err := spec.Variables["test_clock"].Set(uint8(1)); err != nil {
+			return fmt.Errorf("set test clock: %w", err)
+		}
 	}
 	if t.EventBurst != 0 {
 		if err := spec.Variables["event_burst"].Set(t.EventBurst); err != nil {
