@@ -507,6 +507,7 @@ __attribute__((noinline)) int knock_table(const struct config *cfg, const struct
 		int outcome; /* what happened, decided under the lock */
 		enum { NONE, ADVANCED, COMPLETED, REPEATED, RESET };
 		__u64 deadline = 0;
+		int freed = 0;
 
 		bpf_spin_lock(&k->lock);
 		outcome = NONE;
@@ -539,6 +540,7 @@ __attribute__((noinline)) int knock_table(const struct config *cfg, const struct
 				 * progress. The slot is freed so the source's next
 				 * packets take the stranger's path again. */
 				free_slot(k, tag);
+				freed = 1;
 			}
 		}
 		bpf_spin_unlock(&k->lock);
@@ -562,7 +564,12 @@ __attribute__((noinline)) int knock_table(const struct config *cfg, const struct
 				emit(EVENT_RESET, pkt, stage, now, 0);
 			return match ? XDP_DROP : -1;
 		}
-		/* No progress after all: on as a source without any. */
+		/* No progress after all: on as a source without any. The slot
+		 * just freed is the first free one unless the search passed one
+		 * before it (it stopped at this slot): a first knock takes it
+		 * rather than someone else's progress. */
+		if (freed && !ws.have_free)
+			ws.victim = ws.found;
 	}
 
 	if (!match)
