@@ -664,21 +664,23 @@ func onOneCPU(t testing.TB) {
 }
 
 // shrink drops steps while the run still disagrees somewhere, and returns
-// the shortest scenario found: the replayable case.
+// the shortest scenario found (the replayable case): chunks of halving size
+// (delta debugging), for at most a minute.
 func shrink(t testing.TB, sc *scenario, at int) *scenario {
 	cur := *sc
 	cur.steps = slices.Clone(sc.steps[:at+1])
-	tries := 0
-	for i := len(cur.steps) - 2; i >= 2 && tries < 300; i-- { // the first two steps make the gate
-		cand := cur
-		cand.steps = slices.Delete(slices.Clone(cur.steps), i, i+1)
-		tries++
-		if n, _ := run(t, &cand); n >= 0 {
-			cand.steps = cand.steps[:n+1]
-			cur = cand
-			if i > len(cur.steps)-1 {
-				i = len(cur.steps) - 1
+	deadline := time.Now().Add(time.Minute)
+	const keep = 2 // the first two steps make the gate
+	for size := (len(cur.steps) - keep) / 2; size >= 1 && time.Now().Before(deadline); size /= 2 {
+		for i := keep; i+size <= len(cur.steps)-1 && time.Now().Before(deadline); {
+			cand := cur
+			cand.steps = slices.Delete(slices.Clone(cur.steps), i, i+size)
+			if n, _ := run(t, &cand); n >= 0 {
+				cand.steps = cand.steps[:n+1]
+				cur = cand
+				continue // the same i now holds the next chunk
 			}
+			i += size
 		}
 	}
 	return &cur
