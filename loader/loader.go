@@ -130,6 +130,7 @@ func sizeSpec(spec *ebpf.CollectionSpec, knockSlots, grants, flowSlots uint32, t
 	if err := spec.Variables["flow_slots"].Set(flowSlots); err != nil {
 		return fmt.Errorf("set flow slots: %w", err)
 	}
+	spec.Maps[bpf.KnockgateMapGrants].MaxEntries = grants
 	spec.Maps[bpf.KnockgateMapKnocks].MaxEntries = knockSlots
 	spec.Maps[bpf.KnockgateMapKnockTags].ValueSize = knockSlots // a byte a slot
 	if err := spec.Variables["knock_sets"].Set(knockSlots / maps.KnockWays); err != nil {
