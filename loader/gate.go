@@ -162,6 +162,7 @@ func Create(opts Options) (_ *Gate, err error) {
 	if _, err := SeedFlows(g.Maps); err != nil {
 		return nil, err
 	}
+	maps.KillPoint()
 
 	staging, err := os.MkdirTemp(PinRoot, stagingPrefix+pinName(name)+" ")
 	if err != nil {
@@ -178,15 +179,18 @@ func Create(opts Options) (_ *Gate, err error) {
 		}
 		lock.Close()
 	}()
+	maps.KillPoint()
 	if err := g.Prog.Pin(filepath.Join(staging, progPin)); err != nil {
 		return nil, fmt.Errorf("pin program: %w", err)
 	}
+	maps.KillPoint()
 	if err := g.Egress.Pin(filepath.Join(staging, egressProgPin)); err != nil {
 		return nil, fmt.Errorf("pin egress program: %w", err)
 	}
 	if err := g.Maps.Pin(staging); err != nil {
 		return nil, err
 	}
+	maps.KillPoint()
 	for _, n := range opts.Interfaces {
 		ifdir := filepath.Join(staging, ifacesDir, pinName(n))
 		if err := os.MkdirAll(ifdir, 0o700); err != nil {
@@ -199,9 +203,11 @@ func Create(opts Options) (_ *Gate, err error) {
 			return nil, err
 		}
 	}
+	maps.KillPoint()
 	if err := os.Rename(staging, dir); err != nil {
 		return nil, fmt.Errorf("install pins at %s: %w", dir, err)
 	}
+	maps.KillPoint()
 	return g, nil
 }
 
@@ -344,8 +350,10 @@ func Detach(name string) error {
 	}
 	defer lock.Close()
 	dying := filepath.Join(PinRoot, detachingPrefix+pinName(name)+" "+randomSuffix())
+	maps.KillPoint()
 	if err := os.Rename(dir, dying); err != nil {
 		return fmt.Errorf("remove gate %s: %w", name, err)
 	}
+	maps.KillPoint()
 	return teardown(dying)
 }

@@ -13,6 +13,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/knockgate/knockgate/maps"
 )
 
 // IfaceState is what the gate does on one of its interfaces.
@@ -225,10 +227,12 @@ func attachAndPin(g *Gate, iface string, ifindex int, mode Mode, dir string) (_ 
 		return "", err
 	}
 	defer l.Close()
+	maps.KillPoint() // killed here, the link goes with the process
 	pin := filepath.Join(dir, linkPinName(mode))
 	if err := l.Pin(pin); err != nil {
 		return "", fmt.Errorf("pin link of %s: %w", iface, err)
 	}
+	maps.KillPoint()
 	if err := attachEgress(g, iface, ifindex, dir); err != nil {
 		l.Unpin()
 		return "", err

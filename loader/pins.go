@@ -10,6 +10,8 @@ import (
 
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/knockgate/knockgate/maps"
 )
 
 // The pin layout (layout 2). One directory per gate under PinRoot, holding
@@ -140,6 +142,19 @@ func sweep() {
 	}
 }
 
+// trySweep sweeps unless another command holds the root lock (which sweeps
+// itself): so that even a command that only reads (status) finishes a
+// killed detach, whose program would otherwise go on judging packets with
+// its gate out of sight.
+func trySweep() {
+	f, err := flock(PinRoot, unix.LOCK_EX|unix.LOCK_NB)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	sweep()
+}
+
 // teardown takes every link pinned under dir off its interface and removes
 // dir. The links are detached explicitly: another process (an events reader)
 // may still hold the program, which must not keep it on an interface.
@@ -149,6 +164,7 @@ func teardown(dir string) error {
 		if err := detachPinned(pin); err != nil {
 			errs = append(errs, err)
 		}
+		maps.KillPoint()
 	}
 	if err := os.RemoveAll(dir); err != nil {
 		errs = append(errs, fmt.Errorf("remove pins: %w", err))
@@ -197,6 +213,7 @@ func detachPinned(pin string) error {
 
 // List names the pinned gates.
 func List() ([]string, error) {
+	trySweep()
 	entries, err := os.ReadDir(PinRoot)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil

@@ -403,6 +403,7 @@ func (s *Set) install(live uint32, raw *bpf.KnockgateConfig) error {
 	if err := s.Configs.Update(idle, raw, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write config slot %d: %w", idle, err)
 	}
+	KillPoint()
 	_, err := s.flip(live)
 	return err
 }
@@ -414,6 +415,7 @@ func (s *Set) flip(live uint32) (uint32, error) {
 	if err := s.ConfigSlot.Update(uint32(0), idle, ebpf.UpdateAny); err != nil {
 		return live, fmt.Errorf("switch to config slot %d: %w", idle, err)
 	}
+	KillPoint()
 	syncRCU()
 	return idle, nil
 }

@@ -221,6 +221,7 @@ func (s *Set) Revoke(addr netip.Addr) (bool, error) {
 	if err != nil {
 		return found, fmt.Errorf("revoke %s: %w", addr, err)
 	}
+	KillPoint()
 	idx, _, _, ok, err := s.knockWay(addr)
 	if err != nil {
 		return found, fmt.Errorf("revoke %s: %w", addr, err)
@@ -231,6 +232,7 @@ func (s *Set) Revoke(addr netip.Addr) (bool, error) {
 	if err := s.setKnockTag(idx, 0); err != nil {
 		return found, err
 	}
+	KillPoint()
 	if err := s.Knocks.Update(idx, &bpf.KnockgateKnockSlot{}, ebpf.UpdateLock); err != nil {
 		return found, fmt.Errorf("revoke %s: clear its knock slot: %w", addr, err)
 	}

@@ -125,6 +125,7 @@ func (s *Set) SetSPAKeys(keys []spa.Key) error {
 			if err := m.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 				return fmt.Errorf("remove SPA key %d: %w", id, err)
 			}
+			KillPoint()
 		}
 	}
 	for i := range keys {
@@ -133,9 +134,11 @@ func (s *Set) SetSPAKeys(keys []spa.Key) error {
 			return fmt.Errorf("write replay state of SPA key %d: %w", k.ID, err)
 		}
 		raw := encodeKey(k)
+		KillPoint()
 		if err := s.SPAKeys.Update(k.ID, &raw, ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("write SPA key %d: %w", k.ID, err)
 		}
+		KillPoint()
 	}
 	return nil
 }
