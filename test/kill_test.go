@@ -2,12 +2,15 @@ package test
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/knockgate/knockgate/test/netns"
 )
@@ -257,4 +260,125 @@ func TestRacingCommands(t *testing.T) {
 		}
 		g.assertNoPins(g.iface)
 	}
+}
+
+// runKilledAt starts `knockgate run --config path` killed at its nth kill
+// point: true when it died there, false when it got ready (it is stopped
+// then, leaving its gate).
+func (g *gate) runKilledAt(path string, n int, reload string) bool {
+	g.t.Helper()
+	sock := filepath.Join(g.t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	defer conn.Close()
+	states := make(chan string, 16)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			k, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			for _, l := range strings.Split(string(buf[:k]), "\n") {
+				states <- l
+			}
+		}
+	}()
+	cmd := g.srv.Cmd(kgBin, "run", "--config", path)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "KNOCKGATE_TEST_KILL_AT="+strconv.Itoa(n))
+	if err := cmd.Start(); err != nil {
+		g.t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	stop := func() bool {
+		cmd.Process.Signal(syscall.SIGTERM)
+		<-exited
+		return false
+	}
+	wait := func(want string) bool { // false: died first
+		for {
+			select {
+			case st := <-states:
+				if st == want {
+					return true
+				}
+			case <-exited:
+				if cmd.ProcessState.ExitCode() != -1 {
+					g.t.Fatalf("run exited %v, not killed, before %s", cmd.ProcessState, want)
+				}
+				return false
+			case <-time.After(30 * time.Second):
+				cmd.Process.Kill()
+				<-exited
+				g.t.Fatalf("run: no %s within 30s", want)
+			}
+		}
+	}
+	if !wait("READY=1") {
+		return true
+	}
+	if reload == "" {
+		return stop()
+	}
+	if err := os.WriteFile(path, []byte(reload), 0o644); err != nil {
+		g.t.Fatal(err)
+	}
+	cmd.Process.Signal(syscall.SIGHUP)
+	if !wait("RELOADING=1") || !wait("READY=1") {
+		return true
+	}
+	return stop()
+}
+
+// run, killed at each point of its start and then of a reload: the gate is
+// none or complete after a start, the old or the new configuration after a
+// reload, and the next run starts.
+func TestKillRunAnywhere(t *testing.T) {
+	g := newGate(t)
+	path := g.configPath()
+	first := fmt.Sprintf("interfaces = [%q]\nprotect = \"22\"\nopen = \"30m\"\n", g.iface)
+	second := fmt.Sprintf("interfaces = [%q]\nprotect = \"22,443\"\nopen = \"10m\"\n", g.iface)
+	if err := os.WriteFile(path, []byte(first), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	start := 1
+	for ; g.runKilledAt(path, start, ""); start++ {
+		if st := g.gateState(); st != "none" && st != "complete" {
+			t.Fatalf("run killed at point %d of its start: %s", start, st)
+		}
+		g.kg(g.srv, "detach", g.iface)
+	}
+	g.mustKG(g.srv, "detach", g.iface)
+	t.Logf("run's start killed at each of its %d points", start-1)
+	n := start
+	for ; ; n++ {
+		if err := os.WriteFile(path, []byte(first), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		killed := g.runKilledAt(path, n, second)
+		if st := g.gateState(); st != "complete" {
+			t.Fatalf("run killed at point %d (reload): %s", n, st)
+		}
+		got := g.configOf()
+		if got != "open 30m0s protect [22/tcp]" && got != "open 10m0s protect [22/tcp 443/tcp]" {
+			t.Fatalf("run killed at point %d (reload): configuration %s", n, got)
+		}
+		// The next run starts and applies its file.
+		if err := os.WriteFile(path, []byte(first), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		s := g.startRunAt(path, nil)
+		s.stop(syscall.SIGTERM)
+		if got := g.configOf(); got != "open 30m0s protect [22/tcp]" {
+			t.Fatalf("run after a kill at point %d: %s", n, got)
+		}
+		g.mustKG(g.srv, "detach", g.iface)
+		if !killed {
+			break
+		}
+	}
+	t.Logf("run's reload killed at each of its %d points", n-start)
 }
