@@ -16,7 +16,7 @@ BINDIR ?= $(PREFIX)/bin
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 CONFDIR ?= /etc/knockgate
 
-.PHONY: all build generate check-generated deps test bench bench-compare bench-peers bench-smoke install clean
+.PHONY: all build generate check-generated deps test fuzz bench bench-compare bench-peers bench-smoke install clean
 
 all: build
 
@@ -42,6 +42,19 @@ deps:
 test: deps check-generated
 	$(GO) vet ./...
 	$(GO) test -count=1 ./...
+
+# Native Go fuzzing, FUZZTIME per target (default 1m): the datapath against
+# its reference model (random scenarios through both; root), then every
+# parser of user input. make fuzz FUZZ=FuzzDatapath FUZZTIME=1h for one.
+FUZZTIME ?= 1m
+FUZZ ?= test/model:FuzzDatapath maps:FuzzParsePorts config:FuzzParseDuration config:FuzzParseCIDR \
+	config:FuzzConfigFile spa:FuzzParseKeys spa:FuzzParsePacket
+fuzz:
+	@for t in $(FUZZ); do \
+		case $$t in *:*) pkg=$${t%%:*}; name=$${t#*:};; *) pkg=test/model; name=$$t;; esac; \
+		echo "fuzz $$name ($$pkg) for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) ./$$pkg/ || exit 1; \
+	done
 
 # Per-packet cost of each path of the XDP program beside a bare XDP_DROP
 # program, through BPF_PROG_TEST_RUN.

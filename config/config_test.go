@@ -66,7 +66,7 @@ func TestFlagsAndFileAgree(t *testing.T) {
 			}},
 		{flag: "protect", text: "0", toml: `"0"`, err: "port 0 out of range (1-65535)"},
 		{flag: "protect", text: "65536", toml: `"65536"`, err: "port 65536 out of range (1-65535)"},
-		{flag: "protect", text: "22,", toml: `"22,"`, err: `port "" is not a number`},
+		{flag: "protect", text: "22,", toml: `"22,"`, err: `empty item 2 in port list "22,"`},
 		{flag: "protect", text: "22/icmp", toml: `"22/icmp"`, err: `port "22/icmp": unknown protocol "icmp" (want tcp or udp)`},
 		{flag: "protect", text: "", toml: `""`, err: "empty port list"},
 		{flag: "open", text: "0", toml: `"0"`, err: `duration "0" must be positive`},

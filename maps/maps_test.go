@@ -31,7 +31,7 @@ func TestParsePorts(t *testing.T) {
 		"0":        "port 0 out of range",
 		"22/sctp":  `unknown protocol "sctp"`,
 		"ssh":      `port "ssh" is not a number`,
-		"9000,,80": `port "" is not a number`,
+		"9000,,80": `empty item 2 in port list "9000,,80"`,
 		"-1":       `port "-1" is not a number`,
 	}
 	for in, want := range bad {

@@ -73,7 +73,7 @@ func ParsePort(s string) (Port, error) {
 		return Port{}, fmt.Errorf("port %q is not a number", s)
 	}
 	if n < 1 || n > 65535 {
-		return Port{}, fmt.Errorf("port %d out of range (1-65535)", n)
+		return Port{}, fmt.Errorf("port %s out of range (1-65535)", strings.TrimSpace(num)) // as written: "00" too
 	}
 	p.Num = uint16(n)
 	return p, nil
@@ -86,8 +86,11 @@ func ParsePorts(s string) ([]Port, error) {
 		return nil, fmt.Errorf("empty port list")
 	}
 	var ports []Port
-	for _, f := range strings.Split(s, ",") {
+	for i, f := range strings.Split(s, ",") {
 		f = strings.TrimSpace(f)
+		if f == "" {
+			return nil, fmt.Errorf("empty item %d in port list %q", i+1, s)
+		}
 		if lo, rest, isRange := strings.Cut(f, "-"); isRange && lo != "" {
 			r, err := parseRange(f, lo, rest)
 			if err != nil {
