@@ -1,7 +1,6 @@
 package model
 
 import (
-	"bytes"
 	"encoding/binary"
 	"net/netip"
 	"time"
@@ -569,11 +568,4 @@ func (g *Gate) TakeEvents() []Event {
 	evs := g.Events
 	g.Events = nil
 	return evs
-}
-
-// Equal slots, with the rule that a free slot's address and stage are zero.
-func (s Slot) String() string {
-	var b bytes.Buffer
-	b.WriteString(netip.AddrFrom16(s.Addr).Unmap().String())
-	return b.String()
 }
