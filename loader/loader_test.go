@@ -14,6 +14,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
@@ -79,22 +80,15 @@ func (h *host) do(gate string, fn func() error) {
 // xdpProg is the id of the XDP program on iface, or 0.
 func xdpProg(t *testing.T, iface string) uint32 {
 	t.Helper()
-	ifc, err := net.InterfaceByName(iface)
+	// Asked of this namespace's netlink (the caller's thread is in the
+	// host namespace): ifindexes are per namespace, so the system-wide list
+	// of links could name another namespace's interface of the same index.
+	l, err := netlink.LinkByName(iface)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The link of each program attached is listed by the kernel; look for
-	// one on this interface.
-	it := new(link.Iterator)
-	defer it.Close()
-	for it.Next() {
-		info, err := it.Link.Info()
-		if err != nil || info.Type != link.XDPType {
-			continue
-		}
-		if x := info.XDP(); x != nil && int(x.Ifindex) == ifc.Index {
-			return uint32(info.Program)
-		}
+	if x := l.Attrs().Xdp; x != nil && x.Attached {
+		return x.ProgId
 	}
 	return 0
 }
