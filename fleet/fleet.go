@@ -357,7 +357,10 @@ func (f *Fleet) sync(ctx context.Context) {
 	var puts []netip.Addr
 	var revokes []netip.Addr
 	for a, exp := range grants {
-		if exp.After(now) && exp.Sub(f.known[a]) >= time.Millisecond {
+		// Later by more than the jitter of converting clocks back and
+		// forth (a grant applied from the bucket reads back a millisecond
+		// or so off): only a real extension is written.
+		if exp.After(now) && exp.Sub(f.known[a]) > 100*time.Millisecond {
 			puts = append(puts, a)
 		}
 	}
