@@ -15,6 +15,10 @@ import (
 type Fleet struct {
 	// Name is this host's name in the fleet (default: the host name).
 	Name string `toml:"name"`
+	// Gate is the gate's name in the fleet: hosts share the grants of the
+	// gate of this name (default: the gate's own name, as it is when every
+	// host's config file is the same).
+	Gate string `toml:"gate"`
 	// Peers are the route addresses (host:port) of every server of the
 	// fleet, this one's among them: each host runs an embedded NATS server
 	// listening on Listen. Or URL names an existing NATS cluster instead.
@@ -47,7 +51,7 @@ func (f *Fleet) decode(md *toml.MetaData, prim toml.Primitive) error {
 	}
 	for _, k := range md.Undecoded() {
 		if len(k) == 2 && k[0] == "fleet" {
-			return fmt.Errorf("unknown key %s (known: name, peers, listen, url, creds, tls_cert, tls_key, tls_ca, route_user, route_password_file, state_dir, replicas)", k[1])
+			return fmt.Errorf("unknown key %s (known: name, gate, peers, listen, url, creds, tls_cert, tls_key, tls_ca, route_user, route_password_file, state_dir, replicas)", k[1])
 		}
 	}
 	f.Set = true

@@ -57,6 +57,10 @@ func StartServer(c ServerConfig) (*Server, error) {
 		JetStream:  true,
 		StoreDir:   c.StoreDir,
 		NoSigs:     true,
+		// A peer cut off is noticed in seconds, not the default minutes:
+		// its streams' leaders move and the rest of the fleet goes on.
+		PingInterval: time.Second,
+		MaxPingsOut:  3,
 		NoLog:      os.Getenv("KG_NATS_LOG") == "",
 		Cluster: server.ClusterOpts{
 			Name:     "knockgate",

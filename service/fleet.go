@@ -107,7 +107,11 @@ func joinFleet(g *loader.Gate, c config.Fleet) (*member, error) {
 	if replicas == 0 {
 		replicas = 3
 	}
-	if m.fl, err = fleet.Join(fleet.Options{Name: c.Name, Gate: g.Name, Local: gateLocal{g}, Conn: m.nc, Server: m.srv,
+	gate := c.Gate
+	if gate == "" {
+		gate = g.Name
+	}
+	if m.fl, err = fleet.Join(fleet.Options{Name: c.Name, Gate: gate, Local: gateLocal{g}, Conn: m.nc, Server: m.srv,
 		Replicas: replicas}); err != nil {
 		m.close()
 		return nil, err
