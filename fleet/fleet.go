@@ -163,7 +163,9 @@ func (f *Fleet) grantKey(a netip.Addr) string {
 	return f.gate + ".grant." + hex.EncodeToString(k[:])
 }
 
-func (f *Fleet) replayKey(id uint32) string { return f.gate + ".spa." + strconv.FormatUint(uint64(id), 10) }
+func (f *Fleet) replayKey(id uint32) string {
+	return f.gate + ".spa." + strconv.FormatUint(uint64(id), 10)
+}
 
 // parseKey reads a key of this gate: a grant's address, or an SPA key id.
 func (f *Fleet) parseKey(key string) (addr netip.Addr, id uint32, isGrant bool, ok bool) {
@@ -343,17 +345,22 @@ func (f *Fleet) sync(ctx context.Context) {
 		return
 	}
 	kv := *kvp
+	// The local state is read under the lock apply takes: a grant that
+	// arrives from the bucket between the read and the comparison would
+	// otherwise look revoked here, and its revoke go to the whole fleet.
+	f.mu.Lock()
 	grants, err := f.local.Grants()
 	if err != nil {
+		f.mu.Unlock()
 		return
 	}
 	replay, err := f.local.Replay()
 	if err != nil {
+		f.mu.Unlock()
 		return
 	}
 	now := time.Now()
 	pending := 0
-	f.mu.Lock()
 	var puts []netip.Addr
 	var revokes []netip.Addr
 	for a, exp := range grants {

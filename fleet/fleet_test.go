@@ -87,10 +87,11 @@ func (m *memLocal) get(a netip.Addr) (time.Time, bool) {
 
 // node is one host of a test fleet.
 type node struct {
-	cfg   ServerConfig
-	srv   *Server
-	fl    *Fleet
-	local *memLocal
+	interval time.Duration
+	cfg      ServerConfig
+	srv      *Server
+	fl       *Fleet
+	local    *memLocal
 }
 
 func freePort(t testing.TB) string {
@@ -136,7 +137,11 @@ func certs(t testing.TB, dir string) (cert, key, ca string) {
 
 // newFleet starts n servers on 127.0.0.1, clustered with TLS and route
 // authentication, and a member on each.
-func newFleet(t testing.TB, n int) []*node {
+func newFleet(t testing.TB, n int) []*node { return newFleetEvery(t, n, 20*time.Millisecond) }
+
+// newFleetEvery is newFleet with members looking for local changes every
+// interval.
+func newFleetEvery(t testing.TB, n int, interval time.Duration) []*node {
 	dir := t.TempDir()
 	cert, key, ca := certs(t, dir)
 	var peers []string
@@ -147,7 +152,7 @@ func newFleet(t testing.TB, n int) []*node {
 	for i := range n {
 		nodes[i] = &node{cfg: ServerConfig{Name: fmt.Sprintf("host-%c", 'a'+i), Listen: peers[i], Peers: peers,
 			StoreDir: filepath.Join(dir, fmt.Sprintf("store-%d", i)), RouteUser: "fleet", RoutePassword: "s3cret",
-			TLSCert: cert, TLSKey: key, TLSCA: ca}, local: newMemLocal()}
+			TLSCert: cert, TLSKey: key, TLSCA: ca}, local: newMemLocal(), interval: interval}
 		if os.Getenv("KG_NO_TLS") != "" {
 			nodes[i].cfg.TLSCert, nodes[i].cfg.TLSKey, nodes[i].cfg.TLSCA = "", "", ""
 		}
@@ -187,7 +192,7 @@ func (nd *node) start(t testing.TB, replicas int) {
 		return
 	}
 	fl, err := Join(Options{Name: nd.cfg.Name, Gate: "edge", Local: nd.local, Conn: nc, Server: srv, Replicas: replicas,
-		Interval: 20 * time.Millisecond})
+		Interval: nd.interval})
 	if err != nil {
 		t.Error(err)
 		return
@@ -292,5 +297,28 @@ func TestRestartedNodeCatchesUp(t *testing.T) {
 			r, _ := nd.local.Replay()
 			return r[7] == 1_800_000_000_000
 		})
+	}
+}
+
+// A burst of grants on one host arrives whole everywhere: none is taken
+// for revoked on the way (a grant applied from the bucket between a
+// member's read of its map and its comparison once looked revoked there).
+func TestBurstArrivesWhole(t *testing.T) {
+	nodes := newFleet(t, 3)
+	const n = 1000
+	for i := range n {
+		nodes[0].local.grant(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), time.Now().Add(time.Hour))
+	}
+	for _, nd := range nodes {
+		until(t, 30*time.Second, nd.cfg.Name+" has every grant", func() bool {
+			g, _ := nd.local.Grants()
+			return len(g) == n
+		}, nodes...)
+	}
+	time.Sleep(500 * time.Millisecond) // any wrong revoke would be on its way
+	for _, nd := range nodes {
+		if g, _ := nd.local.Grants(); len(g) != n {
+			t.Errorf("%s: %d of %d grants after the burst settled", nd.cfg.Name, len(g), n)
+		}
 	}
 }

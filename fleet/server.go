@@ -52,16 +52,16 @@ func StartServer(c ServerConfig) (*Server, error) {
 		// The client port only on loopback, and only because the server
 		// starts its routes once it listens for clients; knockgate itself
 		// talks to the server in process.
-		Host: "127.0.0.1",
-		Port: server.RANDOM_PORT,
-		JetStream:  true,
-		StoreDir:   c.StoreDir,
-		NoSigs:     true,
+		Host:      "127.0.0.1",
+		Port:      server.RANDOM_PORT,
+		JetStream: true,
+		StoreDir:  c.StoreDir,
+		NoSigs:    true,
 		// A peer cut off is noticed in seconds, not the default minutes:
 		// its streams' leaders move and the rest of the fleet goes on.
 		PingInterval: time.Second,
 		MaxPingsOut:  3,
-		NoLog:      os.Getenv("KG_NATS_LOG") == "",
+		NoLog:        os.Getenv("KG_NATS_LOG") == "",
 		Cluster: server.ClusterOpts{
 			Name:     "knockgate",
 			Host:     host,
