@@ -16,7 +16,7 @@ BINDIR ?= $(PREFIX)/bin
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 CONFDIR ?= /etc/knockgate
 
-.PHONY: all build generate check-generated deps test fuzz bench bench-compare bench-peers bench-smoke install clean
+.PHONY: all build generate check-generated deps test fuzz bench bench-compare bench-peers bench-smoke bench-fleet install clean
 
 all: build
 
@@ -74,6 +74,11 @@ bench-compare:
 # bench-peers.png. About 13 minutes (BENCH_PEERS_FLAGS=--rounds=3: 8). Root.
 bench-peers: deps
 	$(GO) run ./test/bench/cmd/bench-peers $(BENCH_PEERS_FLAGS)
+
+# A fleet of three embedded NATS servers on 127.0.0.1: grant propagation
+# latency p50/p99, grants a second, CPU and heap per server at rest.
+bench-fleet:
+	$(GO) test -run '^$$' -bench Fleet -benchtime 1x -count 3 ./fleet/
 
 # A seconds-long run of the same, for CI: it must keep building and working.
 bench-smoke: deps

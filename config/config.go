@@ -49,6 +49,7 @@ type Settings struct {
 	// Service only (the file's keys; run has no flags for them).
 	Metrics   string // host:port to serve Prometheus metrics on; "": none
 	LogFormat string // "text" or "json"
+	Fleet     Fleet  // the [fleet] table; zero: one host, no fleet
 }
 
 // Where says which commands take an option.

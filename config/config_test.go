@@ -182,7 +182,8 @@ func TestFileErrorsNameKeyAndLine(t *testing.T) {
 		{"interfaces = [\"a/b\"]\n", "t.toml:1: interfaces: bad interface name \"a/b\""},
 		{"interfaces = [\"eth0\"]\nmetrics = \"localhost\"\n", "t.toml:2: metrics: bad address \"localhost\""},
 		{"interfaces = [\"eth0\"]\nlog_format = \"xml\"\n", "t.toml:2: log_format: \"xml\" is not one of text, json"},
-		{"interfaces = [\"eth0\"]\n[fleet]\npeers = []\n", "t.toml:2: fleet: unknown key"},
+		{"interfaces = [\"eth0\"]\n[fleet]\npeers = []\n", "t.toml:2: fleet: give peers (the embedded servers' route addresses) or url"},
+		{"interfaces = [\"eth0\"]\n[fleet]\npeer = [\"a:1\"]\n", "t.toml:2: fleet: unknown key peer"},
 	} {
 		_, err := Parse("t.toml", []byte(tc.file))
 		var fe *FileError

@@ -69,6 +69,12 @@ func Parse(path string, data []byte) (*Settings, error) {
 		name := key[0]
 		prim := raw[name]
 		lines[name] = lineOf(&md, prim)
+		if name == "fleet" {
+			if err := s.Fleet.decode(&md, prim); err != nil {
+				return nil, &FileError{Path: path, Line: lines[name], Key: name, Err: err}
+			}
+			continue
+		}
 		opt := Lookup(name)
 		if opt == nil || opt.Key() != name || opt.In&File == 0 {
 			return nil, &FileError{Path: path, Line: lines[name], Key: name, Err: unknownKey(name)}

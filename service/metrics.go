@@ -20,6 +20,7 @@ import (
 type collector struct {
 	gate   *loader.Gate
 	reload *reloadStats
+	fleet  *member // nil: no fleet
 }
 
 // reloadStats are the service's reload outcomes, for metrics.
@@ -79,6 +80,18 @@ var (
 		"When the config file was last applied successfully (at start or on reload).", nil, nil)
 	descLastReloadOK = prometheus.NewDesc("knockgate_config_last_reload_successful",
 		"1 if the last reload of the config file succeeded.", nil, nil)
+	descFleetPeers = prometheus.NewDesc("knockgate_fleet_peers",
+		"Other servers of the fleet this host's server has routes to (1: connected, with url).", nil, nil)
+	descFleetPublished = prometheus.NewDesc("knockgate_fleet_published_total",
+		"Grants, revokes and SPA timestamps this host wrote to the fleet's bucket.", nil, nil)
+	descFleetReceived = prometheus.NewDesc("knockgate_fleet_received_total",
+		"Updates from other hosts applied here.", nil, nil)
+	descFleetRestarts = prometheus.NewDesc("knockgate_fleet_watch_restarts_total",
+		"Watches of the bucket made again after an error (a partition, a leader change).", nil, nil)
+	descFleetPending = prometheus.NewDesc("knockgate_fleet_pending",
+		"Local changes not yet written to the bucket (cut off from the fleet).", nil, nil)
+	descFleetLastSync = prometheus.NewDesc("knockgate_fleet_last_sync_timestamp_seconds",
+		"When the watch of the bucket was last current.", nil, nil)
 	descScrapeErrors = prometheus.NewDesc("knockgate_scrape_errors",
 		"Maps that could not be read during this scrape.", nil, nil)
 )
@@ -86,7 +99,8 @@ var (
 // descs is every metric the collector makes.
 var descs = []*prometheus.Desc{descPackets, descIfacePackets, descKnocks, descGrants, descExpired,
 	descGrantFailed, descEventsLost, descEventsSuppressed, descFlows, descSPA, descSources, descIfaces, descGeneration,
-	descPending, descReloads, descLastReload, descLastReloadOK, descScrapeErrors}
+	descPending, descReloads, descLastReload, descLastReloadOK, descScrapeErrors,
+	descFleetPeers, descFleetPublished, descFleetReceived, descFleetRestarts, descFleetPending, descFleetLastSync}
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range descs {
@@ -171,6 +185,17 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descLastReload, float64(c.reload.lastSuccess.UnixNano())/1e9)
 	gauge(descLastReloadOK, b2f(!c.reload.lastFailed))
 	c.reload.mu.Unlock()
+	if c.fleet != nil {
+		st := c.fleet.fl.Stats()
+		gauge(descFleetPeers, float64(st.Peers))
+		counter(descFleetPublished, st.Published)
+		counter(descFleetReceived, st.Received)
+		counter(descFleetRestarts, st.WatchRestarts)
+		gauge(descFleetPending, float64(st.Pending))
+		if !st.LastSync.IsZero() {
+			gauge(descFleetLastSync, float64(st.LastSync.UnixNano())/1e9)
+		}
+	}
 	gauge(descScrapeErrors, errs)
 }
 

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -51,6 +52,7 @@ type service struct {
 	// clockWarned: checkClock said it could not follow, not to repeat it
 	// every second.
 	clockWarned bool
+	fleet       *member // nil: no [fleet]
 }
 
 // Run serves the gate the config file describes until ctx ends (SIGTERM,
@@ -77,8 +79,16 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	defer svc.gate.Close()
+	if settings.Fleet.Set {
+		if svc.fleet, err = joinFleet(svc.gate, settings.Fleet); err != nil {
+			return err
+		}
+		defer svc.fleet.close()
+		defer os.Remove(FleetStatusFile(svc.gate.Name))
+		svc.logger().Info("fleet joined", "name", settings.Fleet.Name, "peers", strings.Join(settings.Fleet.Peers, ","), "url", settings.Fleet.URL)
+	}
 	svc.reloads.record(nil)
-	svc.coll = &collector{gate: svc.gate, reload: &svc.reloads}
+	svc.coll = &collector{gate: svc.gate, reload: &svc.reloads, fleet: svc.fleet}
 	if ln != nil {
 		if svc.metrics, err = serveMetrics(ln, svc.coll); err != nil {
 			return err
@@ -133,6 +143,7 @@ func Run(ctx context.Context, opts Options) error {
 			}
 			svc.checkPending()
 			svc.checkClock()
+			svc.fleet.report(svc.gate.Name, settings.Fleet.Name)
 			report.tick(svc)
 		}
 	}
@@ -327,6 +338,9 @@ func (svc *service) reload() error {
 	if svc.pending != nil {
 		return fmt.Errorf("the last reload awaits confirmation until %s: run \"knockgate confirm %s\" first",
 			maps.BootToTime(svc.pending.deadline).UTC().Format(time.RFC3339), svc.gate.Name)
+	}
+	if !reflect.DeepEqual(next.Fleet, svc.cur.Fleet) {
+		return errors.New("the [fleet] table changed: restart run to apply it")
 	}
 	if next.MaxSources != svc.cur.MaxSources || next.MaxFlows != svc.cur.MaxFlows || next.Mode != svc.cur.Mode {
 		svc.logger().Warn("max_sources, max_flows and mode apply when the gate is made or an interface attached; the running gate keeps them")

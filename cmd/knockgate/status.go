@@ -4,12 +4,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/service"
 )
 
 // statusJSON is the --json form of status: one object per gate.
@@ -25,6 +27,7 @@ type statusJSON struct {
 	SafeMode   *safeModeJSON     `json:"safe_mode,omitempty"`
 	Flows      flowsJSON         `json:"flows"`
 	SPA        spaJSON           `json:"spa"`
+	Fleet      json.RawMessage   `json:"fleet,omitempty"` // as run writes it: with [fleet] only
 	Counters   map[string]uint64 `json:"counters"`
 	Sources    []sourceJSON      `json:"sources"`
 }
@@ -123,6 +126,7 @@ type gateStatus struct {
 	spaKeys   []maps.SPAKey
 	clock     time.Time // the gate's Unix time, read with now
 	now       time.Time
+	fleet     json.RawMessage // run's fleet figures, if it serves a fleet
 }
 
 func statusCommand() *command {
@@ -214,6 +218,9 @@ func readStatus(arg string) (*gateStatus, error) {
 		return nil, err
 	}
 	st.clock, st.now = maps.GateUnixTime(&st.cfg), time.Now()
+	if b, err := os.ReadFile(service.FleetStatusFile(g.Name)); err == nil && json.Valid(b) {
+		st.fleet = b
+	}
 	return st, nil
 }
 
@@ -302,6 +309,7 @@ func (st *gateStatus) json() statusJSON {
 				Remote: f.Remote.String(), LastSeen: stamp(f.LastSeen), Answered: f.Answered, Closing: f.Closing})
 		}
 	}
+	out.Fleet = st.fleet
 	out.SPA = spaJSON{Port: st.cfg.SPAPort, Window: st.cfg.SPAWindow.String(), Clock: stamp(st.clock),
 		ClockSkewMs: st.clock.Sub(st.now).Milliseconds(), Keys: []spaKeyJSON{}}
 	for _, k := range st.spaKeys {
@@ -373,6 +381,23 @@ func (st *gateStatus) print(w io.Writer, now time.Time) {
 		}
 	} else {
 		fmt.Fprintf(tw, "  spa:\toff\n")
+	}
+	if st.fleet != nil {
+		var f struct {
+			Name                string `json:"name"`
+			Peers               int    `json:"peers"`
+			Published, Received uint64
+			WatchRestarts       uint64 `json:"watch_restarts"`
+			Pending             int    `json:"pending"`
+			LastSync            string `json:"last_sync"`
+			LastError           string `json:"last_error"`
+		}
+		json.Unmarshal(st.fleet, &f)
+		fmt.Fprintf(tw, "  fleet:\t%s, %d peers, published %d, received %d, watch restarts %d, pending %d, last sync %s\n",
+			f.Name, f.Peers, f.Published, f.Received, f.WatchRestarts, f.Pending, f.LastSync)
+		if f.LastError != "" {
+			fmt.Fprintf(tw, "  \tlast error: %s\n", f.LastError)
+		}
 	}
 	tw.Flush()
 	if st.listFlows {

@@ -1,0 +1,324 @@
+package fleet
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+// memLocal is a host's grant map in memory.
+type memLocal struct {
+	mu     sync.Mutex
+	grants map[netip.Addr]time.Time
+	replay map[uint32]uint64
+}
+
+func newMemLocal() *memLocal {
+	return &memLocal{grants: map[netip.Addr]time.Time{}, replay: map[uint32]uint64{}}
+}
+
+func (m *memLocal) Grants() (map[netip.Addr]time.Time, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := map[netip.Addr]time.Time{}
+	for a, t := range m.grants {
+		out[a] = t
+	}
+	return out, nil
+}
+
+func (m *memLocal) Apply(a netip.Addr, exp time.Time) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if exp.After(m.grants[a]) {
+		m.grants[a] = exp
+	}
+	return nil
+}
+
+func (m *memLocal) Revoke(a netip.Addr) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.grants, a)
+	return nil
+}
+
+func (m *memLocal) Replay() (map[uint32]uint64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := map[uint32]uint64{}
+	for k, v := range m.replay {
+		out[k] = v
+	}
+	return out, nil
+}
+
+func (m *memLocal) ApplyReplay(id uint32, ms uint64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.replay[id] = max(m.replay[id], ms)
+	return nil
+}
+
+func (m *memLocal) grant(a netip.Addr, exp time.Time) {
+	m.mu.Lock()
+	m.grants[a] = exp
+	m.mu.Unlock()
+}
+
+func (m *memLocal) get(a netip.Addr) (time.Time, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	t, ok := m.grants[a]
+	return t, ok
+}
+
+// node is one host of a test fleet.
+type node struct {
+	interval time.Duration
+	cfg      ServerConfig
+	srv      *Server
+	fl       *Fleet
+	local    *memLocal
+}
+
+func freePort(t testing.TB) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// certs makes a CA and, signed by it, a certificate for 127.0.0.1 every
+// server uses: routes with mutual TLS.
+func certs(t testing.TB, dir string) (cert, key, ca string) {
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "knockgate test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
+		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "knockgate"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		KeyUsage: x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &k.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := x509.MarshalECPrivateKey(k)
+	write := func(name, typ string, b []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	return write("cert.pem", "CERTIFICATE", der), write("key.pem", "EC PRIVATE KEY", kb), write("ca.pem", "CERTIFICATE", caDER)
+}
+
+// newFleet starts n servers on 127.0.0.1, clustered with TLS and route
+// authentication, and a member on each.
+func newFleet(t testing.TB, n int) []*node { return newFleetEvery(t, n, 20*time.Millisecond) }
+
+// newFleetEvery is newFleet with members looking for local changes every
+// interval.
+func newFleetEvery(t testing.TB, n int, interval time.Duration) []*node {
+	dir := t.TempDir()
+	cert, key, ca := certs(t, dir)
+	var peers []string
+	for range n {
+		peers = append(peers, freePort(t))
+	}
+	nodes := make([]*node, n)
+	for i := range n {
+		nodes[i] = &node{cfg: ServerConfig{Name: fmt.Sprintf("host-%c", 'a'+i), Listen: peers[i], Peers: peers,
+			StoreDir: filepath.Join(dir, fmt.Sprintf("store-%d", i)), RouteUser: "fleet", RoutePassword: "s3cret",
+			TLSCert: cert, TLSKey: key, TLSCA: ca}, local: newMemLocal(), interval: interval}
+		if os.Getenv("KG_NO_TLS") != "" {
+			nodes[i].cfg.TLSCert, nodes[i].cfg.TLSKey, nodes[i].cfg.TLSCA = "", "", ""
+		}
+	}
+	var wg sync.WaitGroup
+	for _, nd := range nodes {
+		wg.Add(1)
+		go func() { defer wg.Done(); nd.start(t, n) }()
+	}
+	wg.Wait()
+	t.Cleanup(func() {
+		for _, nd := range nodes {
+			nd.stop()
+		}
+	})
+	// Every member watching the bucket: the fleet is formed.
+	until(t, 30*time.Second, "the fleet formed", func() bool {
+		for _, nd := range nodes {
+			if nd.fl == nil || nd.fl.Stats().LastSync.IsZero() {
+				return false
+			}
+		}
+		return true
+	}, nodes...)
+	return nodes
+}
+
+func (nd *node) start(t testing.TB, replicas int) {
+	srv, err := StartServer(nd.cfg)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	nc, err := srv.Connect(nd.cfg.Name)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	fl, err := Join(Options{Name: nd.cfg.Name, Gate: "edge", Local: nd.local, Conn: nc, Server: srv, Replicas: replicas,
+		Interval: nd.interval})
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	nd.srv, nd.fl = srv, fl
+}
+
+func (nd *node) stop() {
+	if nd.fl != nil {
+		nd.fl.Close()
+		nd.fl.nc.Close()
+		nd.fl = nil
+	}
+	if nd.srv != nil {
+		nd.srv.Close()
+		nd.srv = nil
+	}
+}
+
+// until waits for cond, failing after bound.
+func until(t testing.TB, bound time.Duration, what string, cond func() bool, nodes ...*node) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > bound {
+			for _, nd := range nodes {
+				if nd.fl != nil {
+					t.Logf("%s: %+v", nd.cfg.Name, nd.fl.Stats())
+				}
+			}
+			t.Fatalf("%s: not within %s", what, bound)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+func ms(t time.Time) int64 { return t.UnixMilli() }
+
+var client = netip.MustParseAddr("192.0.2.7")
+
+func TestGrantReachesTheFleet(t *testing.T) {
+	nodes := newFleet(t, 3)
+	exp := time.Now().Add(30 * time.Second)
+	nodes[0].local.grant(client, exp)
+	for _, nd := range nodes[1:] {
+		d := until(t, 10*time.Second, nd.cfg.Name+" has the grant", func() bool {
+			got, ok := nd.local.get(client)
+			return ok && ms(got) == ms(exp)
+		}, nodes...)
+		t.Logf("%s: %s", nd.cfg.Name, d)
+	}
+	if st := nodes[0].fl.Stats(); st.Peers != 2 || st.Published == 0 {
+		t.Errorf("origin's stats %+v: want 2 peers, a publish", st)
+	}
+	if st := nodes[1].fl.Stats(); st.Received == 0 || st.LastSync.IsZero() {
+		t.Errorf("receiver's stats %+v: want a receive and a sync", st)
+	}
+
+	// Revoked on another host: gone everywhere.
+	nodes[2].local.Revoke(client)
+	for _, nd := range nodes[:2] {
+		until(t, 10*time.Second, nd.cfg.Name+" lost the revoked grant", func() bool { _, ok := nd.local.get(client); return !ok })
+	}
+}
+
+// Two hosts grant one address at once with different expiries, in either
+// order: every host ends with the later.
+func TestLaterExpiryWins(t *testing.T) {
+	nodes := newFleet(t, 3)
+	for i, order := range [][2]int{{0, 1}, {1, 0}} {
+		a := netip.AddrFrom4([4]byte{198, 51, 100, byte(1 + i)})
+		later, earlier := time.Now().Add(time.Minute), time.Now().Add(20*time.Second)
+		nodes[order[0]].local.grant(a, later)
+		nodes[order[1]].local.grant(a, earlier)
+		for _, nd := range nodes {
+			until(t, 10*time.Second, nd.cfg.Name+" has the later expiry", func() bool {
+				got, ok := nd.local.get(a)
+				return ok && ms(got) == ms(later)
+			})
+		}
+	}
+}
+
+// A host that was down catches up from the bucket when it comes back.
+func TestRestartedNodeCatchesUp(t *testing.T) {
+	nodes := newFleet(t, 3)
+	nodes[2].stop()
+	exp := time.Now().Add(time.Minute)
+	nodes[0].local.grant(client, exp)
+	until(t, 10*time.Second, "host-b has the grant", func() bool { _, ok := nodes[1].local.get(client); return ok })
+	nodes[2].local = newMemLocal() // its grant map is gone too, as after a reboot
+	nodes[2].start(t, 3)
+	until(t, 20*time.Second, "the restarted host-c has the grant", func() bool {
+		got, ok := nodes[2].local.get(client)
+		return ok && ms(got) == ms(exp)
+	})
+	// SPA replay state travels too: a timestamp accepted on one host.
+	nodes[1].local.ApplyReplay(7, 1_800_000_000_000)
+	for _, nd := range []*node{nodes[0], nodes[2]} {
+		until(t, 10*time.Second, nd.cfg.Name+" has the replay state", func() bool {
+			r, _ := nd.local.Replay()
+			return r[7] == 1_800_000_000_000
+		})
+	}
+}
+
+// A burst of grants on one host arrives whole everywhere: none is taken
+// for revoked on the way (a grant applied from the bucket between a
+// member's read of its map and its comparison once looked revoked there).
+func TestBurstArrivesWhole(t *testing.T) {
+	nodes := newFleet(t, 3)
+	const n = 1000
+	for i := range n {
+		nodes[0].local.grant(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), time.Now().Add(time.Hour))
+	}
+	for _, nd := range nodes {
+		until(t, 30*time.Second, nd.cfg.Name+" has every grant", func() bool {
+			g, _ := nd.local.Grants()
+			return len(g) == n
+		}, nodes...)
+	}
+	time.Sleep(500 * time.Millisecond) // any wrong revoke would be on its way
+	for _, nd := range nodes {
+		if g, _ := nd.local.Grants(); len(g) != n {
+			t.Errorf("%s: %d of %d grants after the burst settled", nd.cfg.Name, len(g), n)
+		}
+	}
+}

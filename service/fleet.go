@@ -1,0 +1,177 @@
+package service
+
+import (
+	"encoding/json"
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/nats-io/nats.go"
+
+	"github.com/knockgate/knockgate/bpf"
+	"github.com/knockgate/knockgate/config"
+	"github.com/knockgate/knockgate/fleet"
+	"github.com/knockgate/knockgate/loader"
+	"github.com/knockgate/knockgate/maps"
+)
+
+// gateLocal is the gate's grant and replay maps as the fleet sees them:
+// wall-clock expiries, converted from and to the program's CLOCK_BOOTTIME
+// (clock skew between hosts shifts an expiry by that much).
+type gateLocal struct{ g *loader.Gate }
+
+func (l gateLocal) Grants() (map[netip.Addr]time.Time, error) {
+	out := map[netip.Addr]time.Time{}
+	var k bpf.KnockgateSource
+	var v bpf.KnockgateGrant
+	it := l.g.Maps.Grants.Iterate()
+	for it.Next(&k, &v) {
+		out[maps.AddrOf(k.Addr)] = maps.BootToTime(v.ExpiresNs)
+	}
+	return out, it.Err()
+}
+
+func (l gateLocal) Apply(a netip.Addr, exp time.Time) error {
+	boot := maps.BootAfter(time.Until(exp))
+	if cur, ok, err := l.g.Maps.LookupGrant(a); err != nil {
+		return err
+	} else if ok && cur.ExpiresNs >= boot {
+		return nil // the later expiry wins here too
+	}
+	return l.g.Maps.Grant(a, boot)
+}
+
+func (l gateLocal) Revoke(a netip.Addr) error {
+	_, err := l.g.Maps.Revoke(a)
+	return err
+}
+
+func (l gateLocal) Replay() (map[uint32]uint64, error) {
+	out := map[uint32]uint64{}
+	var id uint32
+	var ms uint64
+	it := l.g.Maps.SPALast.Iterate()
+	for it.Next(&id, &ms) {
+		out[id] = ms
+	}
+	return out, it.Err()
+}
+
+// ApplyReplay moves a key's replay state forward; a key this host does not
+// have is left alone.
+func (l gateLocal) ApplyReplay(id uint32, ms uint64) error {
+	var cur uint64
+	if err := l.g.Maps.SPALast.Lookup(id, &cur); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		return err
+	}
+	if ms <= cur {
+		return nil
+	}
+	return l.g.Maps.SPALast.Update(id, ms, ebpf.UpdateExist)
+}
+
+// member is this host in its fleet: the embedded server (if any), the
+// connection and the membership.
+type member struct {
+	srv *fleet.Server
+	nc  *nats.Conn
+	fl  *fleet.Fleet
+	dir string
+}
+
+func joinFleet(g *loader.Gate, c config.Fleet) (*member, error) {
+	m := &member{dir: c.StateDir}
+	var err error
+	if c.URL != "" {
+		if m.nc, err = fleet.Dial(c.URL, c.Creds, c.Name); err != nil {
+			return nil, err
+		}
+	} else {
+		if m.srv, err = fleet.StartServer(fleet.ServerConfig{Name: c.Name, Listen: c.Listen, Peers: c.Peers,
+			StoreDir: filepath.Join(c.StateDir, "jetstream"), RouteUser: c.RouteUser, RoutePassword: c.RoutePassword,
+			TLSCert: c.TLSCert, TLSKey: c.TLSKey, TLSCA: c.TLSCA}); err != nil {
+			return nil, err
+		}
+		if m.nc, err = m.srv.Connect(c.Name); err != nil {
+			m.srv.Close()
+			return nil, err
+		}
+	}
+	replicas := c.Replicas
+	if replicas == 0 {
+		replicas = 3
+	}
+	gate := c.Gate
+	if gate == "" {
+		gate = g.Name
+	}
+	if m.fl, err = fleet.Join(fleet.Options{Name: c.Name, Gate: gate, Local: gateLocal{g}, Conn: m.nc, Server: m.srv,
+		Replicas: replicas}); err != nil {
+		m.close()
+		return nil, err
+	}
+	return m, nil
+}
+
+func (m *member) close() {
+	if m == nil {
+		return
+	}
+	if m.fl != nil {
+		m.fl.Close()
+	}
+	if m.nc != nil {
+		m.nc.Close()
+	}
+	if m.srv != nil {
+		m.srv.Close()
+	}
+}
+
+// fleetStatus is what `status` shows of the fleet: written by run into the
+// state directory every second, since status runs in another process.
+type fleetStatus struct {
+	Name          string `json:"name"`
+	Peers         int    `json:"peers"`
+	Published     uint64 `json:"published"`
+	Received      uint64 `json:"received"`
+	WatchRestarts uint64 `json:"watch_restarts"`
+	Pending       int    `json:"pending"`
+	LastSync      string `json:"last_sync,omitempty"`
+	LastError     string `json:"last_error,omitempty"`
+	Updated       string `json:"updated"`
+}
+
+// FleetStatusFile is where run writes the fleet's figures for gate.
+func FleetStatusFile(gate string) string {
+	return filepath.Join("/run/knockgate", "fleet-"+gate+".json")
+}
+
+func (m *member) report(gate, name string) {
+	if m == nil {
+		return
+	}
+	st := m.fl.Stats()
+	fs := fleetStatus{Name: name, Peers: st.Peers, Published: st.Published, Received: st.Received,
+		WatchRestarts: st.WatchRestarts, Pending: st.Pending, LastError: st.LastError,
+		Updated: time.Now().UTC().Format(time.RFC3339)}
+	if !st.LastSync.IsZero() {
+		fs.LastSync = st.LastSync.UTC().Format(time.RFC3339Nano)
+	}
+	b, err := json.Marshal(fs)
+	if err != nil {
+		return
+	}
+	path := FleetStatusFile(gate)
+	os.MkdirAll(filepath.Dir(path), 0o755)
+	tmp := path + ".tmp"
+	if os.WriteFile(tmp, b, 0o600) == nil {
+		os.Rename(tmp, path)
+	}
+}
