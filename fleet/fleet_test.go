@@ -322,3 +322,29 @@ func TestBurstArrivesWhole(t *testing.T) {
 		}
 	}
 }
+
+// A member of an existing cluster, joined by URL (here one embedded
+// server's client port): it gets the fleet's grants like the others.
+func TestMemberByURL(t *testing.T) {
+	nodes := newFleet(t, 3)
+	nc, err := Dial(nodes[0].srv.ClientURL(), "", "by-url")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	local := newMemLocal()
+	fl, err := Join(Options{Name: "by-url", Gate: "edge", Local: local, Conn: nc, Replicas: 3, Interval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fl.Close()
+	exp := time.Now().Add(time.Minute)
+	nodes[1].local.grant(client, exp)
+	until(t, 10*time.Second, "the member by URL has the grant", func() bool {
+		got, ok := local.get(client)
+		return ok && ms(got) == ms(exp)
+	}, nodes...)
+	if st := fl.Stats(); st.Peers != 1 {
+		t.Errorf("a member by URL reports %d peers, want 1 (connected)", st.Peers)
+	}
+}
