@@ -458,14 +458,12 @@ func (f *Fleet) casPut(ctx context.Context, kv jetstream.KeyValue, key string, r
 			}
 			rev = cur.Revision()
 		case errors.Is(err, jetstream.ErrKeyNotFound), errors.Is(err, jetstream.ErrKeyDeleted):
-			if errors.Is(err, jetstream.ErrKeyDeleted) {
-				rev = 0
-			}
+			// No live value: rev 0 makes it.
 		default:
 			cancel()
 			return err
 		}
-		err = f.publish(ctx, kv, key, data, rev, ttl, cur)
+		err = f.publish(ctx, kv, key, data, rev, ttl)
 		cancel()
 		if err == nil {
 			f.published.Add(1)
@@ -480,11 +478,11 @@ func (f *Fleet) casPut(ctx context.Context, kv jetstream.KeyValue, key string, r
 	return errors.New("fleet: the key kept changing")
 }
 
-// publish writes one record with an expected last revision and a TTL (what
-// KeyValue.Update does, with the TTL it does not take).
-func (f *Fleet) publish(ctx context.Context, kv jetstream.KeyValue, key string, data []byte, rev uint64, ttl time.Duration,
-	cur jetstream.KeyValueEntry) error {
-	if rev == 0 && cur == nil {
+// publish writes one record: made anew when rev is 0 (KeyValue.Create,
+// which also takes a deleted key), else at expected last revision rev with
+// a TTL (what KeyValue.Update does, with the TTL it does not take).
+func (f *Fleet) publish(ctx context.Context, kv jetstream.KeyValue, key string, data []byte, rev uint64, ttl time.Duration) error {
+	if rev == 0 {
 		opts := []jetstream.KVCreateOpt{}
 		if ttl > 0 {
 			opts = append(opts, jetstream.KeyTTL(ttl))

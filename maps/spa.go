@@ -3,6 +3,7 @@ package maps
 import (
 	"bytes"
 	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -57,8 +58,8 @@ type SPAKey struct {
 
 func encodeKey(k *spa.Key) bpf.KnockgateSpaKey {
 	raw := bpf.KnockgateSpaKey{OpenNs: uint64(k.Open)}
-	raw.K[0] = leUint64(k.Secret[:8])
-	raw.K[1] = leUint64(k.Secret[8:])
+	raw.K[0] = binary.LittleEndian.Uint64(k.Secret[:8])
+	raw.K[1] = binary.LittleEndian.Uint64(k.Secret[8:])
 	if k.AnyAddress {
 		raw.Flags |= uint32(bpf.KnockgateSpaKeyFlagSPA_KEY_ANY_ADDRESS)
 	}
@@ -66,21 +67,11 @@ func encodeKey(k *spa.Key) bpf.KnockgateSpaKey {
 	return raw
 }
 
-func leUint64(b []byte) uint64 {
-	var v uint64
-	for i := 7; i >= 0; i-- {
-		v = v<<8 | uint64(b[i])
-	}
-	return v
-}
-
 func decodeKey(id uint32, raw *bpf.KnockgateSpaKey) spa.Key {
 	k := spa.Key{ID: id, Open: time.Duration(raw.OpenNs),
 		AnyAddress: raw.Flags&uint32(bpf.KnockgateSpaKeyFlagSPA_KEY_ANY_ADDRESS) != 0}
-	for i := range 8 {
-		k.Secret[i] = byte(raw.K[0] >> (8 * i))
-		k.Secret[8+i] = byte(raw.K[1] >> (8 * i))
-	}
+	binary.LittleEndian.PutUint64(k.Secret[:8], raw.K[0])
+	binary.LittleEndian.PutUint64(k.Secret[8:], raw.K[1])
 	k.Name = string(bytes.TrimRight(raw.Name[:], "\x00"))
 	return k
 }
