@@ -134,9 +134,9 @@ func (m *member) close() {
 	}
 }
 
-// fleetStatus is what `status` shows of the fleet: written by run into the
-// state directory every second, since status runs in another process.
-type fleetStatus struct {
+// FleetStatus is what `status` shows of the fleet: written by run to
+// FleetStatusFile every second, since status runs in another process.
+type FleetStatus struct {
 	Name          string `json:"name"`
 	Peers         int    `json:"peers"`
 	Published     uint64 `json:"published"`
@@ -158,7 +158,7 @@ func (m *member) report(gate, name string) {
 		return
 	}
 	st := m.fl.Stats()
-	fs := fleetStatus{Name: name, Peers: st.Peers, Published: st.Published, Received: st.Received,
+	fs := FleetStatus{Name: name, Peers: st.Peers, Published: st.Published, Received: st.Received,
 		WatchRestarts: st.WatchRestarts, Pending: st.Pending, LastError: st.LastError,
 		Updated: time.Now().UTC().Format(time.RFC3339)}
 	if !st.LastSync.IsZero() {

@@ -383,15 +383,7 @@ func (st *gateStatus) print(w io.Writer, now time.Time) {
 		fmt.Fprintf(tw, "  spa:\toff\n")
 	}
 	if st.fleet != nil {
-		var f struct {
-			Name                string `json:"name"`
-			Peers               int    `json:"peers"`
-			Published, Received uint64
-			WatchRestarts       uint64 `json:"watch_restarts"`
-			Pending             int    `json:"pending"`
-			LastSync            string `json:"last_sync"`
-			LastError           string `json:"last_error"`
-		}
+		var f service.FleetStatus
 		json.Unmarshal(st.fleet, &f)
 		fmt.Fprintf(tw, "  fleet:\t%s, %d peers, published %d, received %d, watch restarts %d, pending %d, last sync %s\n",
 			f.Name, f.Peers, f.Published, f.Received, f.WatchRestarts, f.Pending, f.LastSync)
