@@ -47,7 +47,7 @@ func newKey(t *testing.T, id uint32, name string) spa.Key {
 	return k
 }
 
-// spaCounters are the SPA counters of the gate on iface.
+// spaCounter is one counter of the gate on the server interface.
 func (g *gate) spaCounter(name string) uint64 {
 	g.t.Helper()
 	return g.status().Counters[name]
