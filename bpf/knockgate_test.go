@@ -115,7 +115,15 @@ type gate struct {
 // then the program runs with the empty configuration it loads with).
 func newGate(t *testing.T, cfg maps.Config, allow ...netip.Prefix) *gate {
 	t.Helper()
-	objs, err := loader.Load(testSources)
+	return newGateTuned(t, loader.Tuning{}, cfg, allow...)
+}
+
+// newGateTuned is newGate with load-time constants: TestClock gives the
+// test a clock of its own (setClock), so that nothing it checks races the
+// wall clock.
+func newGateTuned(t *testing.T, tuning loader.Tuning, cfg maps.Config, allow ...netip.Prefix) *gate {
+	t.Helper()
+	objs, err := loader.LoadTuned(loader.Sizes{MaxSources: testSources}, tuning)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,6 +154,23 @@ func (g *gate) configure(cfg maps.Config) {
 		g.t.Fatal(err)
 	}
 	g.cfg = installed
+}
+
+// setClock sets the clocks of a gate loaded with TestClock: its Unix time
+// (what SPA timestamps are judged by) to unix under the installed
+// configuration's TAI offset, and its boot and coarse clocks to now. They
+// stay there until the next setClock.
+func (g *gate) setClock(unix time.Time) {
+	g.t.Helper()
+	boot := maps.BootNow()
+	for _, v := range []struct {
+		v   *ebpf.Variable
+		val uint64
+	}{{g.objs.TestBootNs, boot}, {g.objs.TestCoarseNs, boot}, {g.objs.TestTaiNs, uint64(unix.UnixNano() + int64(g.cfg.TAIOffset))}} {
+		if err := v.v.Set(v.val); err != nil {
+			g.t.Fatalf("set the test clock: %v", err)
+		}
+	}
 }
 
 func (g *gate) counters() maps.Counters {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/knockgate/knockgate/bpf"
 	"github.com/knockgate/knockgate/bpf/siphashtest"
+	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
 	"github.com/knockgate/knockgate/spa"
 	"github.com/knockgate/knockgate/test/packet"
@@ -38,7 +39,13 @@ func spaConfig() maps.Config {
 // newSPAGate is a gate with SPA on and the test keys.
 func newSPAGate(t *testing.T, cfg maps.Config) *gate {
 	t.Helper()
-	g := newGate(t, maps.Config{})
+	return newSPAGateTuned(t, loader.Tuning{}, cfg)
+}
+
+// newSPAGateTuned is newSPAGate with load-time constants (a test clock).
+func newSPAGateTuned(t *testing.T, tuning loader.Tuning, cfg maps.Config) *gate {
+	t.Helper()
+	g := newGateTuned(t, tuning, maps.Config{})
 	g.configure(cfg)
 	if err := g.maps.SetSPAKeys([]spa.Key{plainKey, anyKey}); err != nil {
 		t.Fatal(err)
@@ -154,10 +161,13 @@ func TestSPAOtherAddress(t *testing.T) {
 	})
 }
 
+// The window's edges are checked on the program's test clock: the gate's
+// time stays at now however long the packets before them take.
 func TestSPARefusals(t *testing.T) {
 	forFamilies(t, func(t *testing.T, f family) {
-		g := newSPAGate(t, spaConfig())
+		g := newSPAGateTuned(t, loader.Tuning{TestClock: true}, spaConfig())
 		now := time.Now()
+		g.setClock(now)
 		valid := spaPayload(&plainKey, now, netip.Addr{})
 
 		// Every single-bit flip of a valid packet: refused by the first
@@ -185,11 +195,21 @@ func TestSPARefusals(t *testing.T) {
 		wrongSecret := plainKey
 		wrongSecret.Secret[3] ^= 0x40
 		g.refused("wrong secret", f, f.src, f.spaFrame(f.src, spaPayload(&wrongSecret, now, netip.Addr{})).Bytes(), "spa_bad_tag")
-		g.refused("31 s ahead", f, f.src, f.spaFrame(f.src, spaPayload(&plainKey, now.Add(31*time.Second), netip.Addr{})).Bytes(), "spa_clock")
-		g.refused("31 s behind", f, f.src, f.spaFrame(f.src, spaPayload(&plainKey, now.Add(-31*time.Second), netip.Addr{})).Bytes(), "spa_clock")
+		// The window is ±30 s, both ends included: a millisecond past either
+		// end is out.
+		edge := 30*time.Second + time.Millisecond
+		g.refused("30.001 s ahead", f, f.src, f.spaFrame(f.src, spaPayload(&plainKey, now.Add(edge), netip.Addr{})).Bytes(), "spa_clock")
+		g.refused("30.001 s behind", f, f.src, f.spaFrame(f.src, spaPayload(&plainKey, now.Add(-edge), netip.Addr{})).Bytes(), "spa_clock")
 
 		// Within the window both ways, each newer than the last.
-		now = time.Now()
+		now = now.Add(time.Minute)
+		g.setClock(now)
+		g.expect("30 s behind (the other key)", f.spaFrame(f.src, spaPayload(&anyKey, now.Add(-30*time.Second), netip.Addr{})).Bytes(), xdpDrop,
+			"dropped_spa", "spa_accepted", "granted")
+		g.expectEvents("30 s behind (the other key)", "open")
+		if _, err := g.maps.Revoke(f.src); err != nil {
+			t.Fatal(err)
+		}
 		g.expect("29 s behind", f.spaFrame(f.src, spaPayload(&plainKey, now.Add(-29*time.Second), netip.Addr{})).Bytes(), xdpDrop,
 			"dropped_spa", "spa_accepted", "granted")
 		g.expectEvents("29 s behind", "open")
@@ -200,9 +220,9 @@ func TestSPARefusals(t *testing.T) {
 			f.spaFrame(f.src, spaPayload(&plainKey, now.Add(-29*time.Second-time.Millisecond), netip.Addr{})).Bytes(), "spa_replay")
 		g.refused("as old as the last accepted", f, f.src,
 			f.spaFrame(f.src, spaPayload(&plainKey, now.Add(-29*time.Second), netip.Addr{})).Bytes(), "spa_replay")
-		g.expect("29 s ahead", f.spaFrame(f.src, spaPayload(&plainKey, now.Add(29*time.Second), netip.Addr{})).Bytes(), xdpDrop,
+		g.expect("30 s ahead", f.spaFrame(f.src, spaPayload(&plainKey, now.Add(30*time.Second), netip.Addr{})).Bytes(), xdpDrop,
 			"dropped_spa", "spa_accepted", "granted")
-		g.expectEvents("29 s ahead", "open")
+		g.expectEvents("30 s ahead", "open")
 		if _, err := g.maps.Revoke(f.src); err != nil {
 			t.Fatal(err)
 		}
@@ -214,7 +234,7 @@ func TestSPARefusals(t *testing.T) {
 		if err := g.maps.SPALast.Lookup(plainKey.ID, &last); err == nil {
 			t.Errorf("removed key's replay state is still there (%d)", last)
 		}
-		g.expect("removed key", f.spaFrame(f.src, spaPayload(&plainKey, time.Now().Add(30*time.Second), netip.Addr{})).Bytes(), xdpDrop,
+		g.expect("removed key", f.spaFrame(f.src, spaPayload(&plainKey, now.Add(30*time.Second), netip.Addr{})).Bytes(), xdpDrop,
 			"dropped_spa", "spa_unknown_key")
 		g.noGrant("removed key", f.src)
 
@@ -223,7 +243,7 @@ func TestSPARefusals(t *testing.T) {
 		off := spaConfig()
 		off.SPAPort = 0
 		g.configure(off)
-		g.expect("SPA off", f.spaFrame(f.src, spaPayload(&anyKey, time.Now(), netip.Addr{})).Bytes(), xdpPass, "passed")
+		g.expect("SPA off", f.spaFrame(f.src, spaPayload(&anyKey, now, netip.Addr{})).Bytes(), xdpPass, "passed")
 	})
 }
 

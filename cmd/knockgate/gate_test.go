@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -20,8 +22,8 @@ import (
 func TestGateLifecycle(t *testing.T) {
 	netns.Require(t, "ip", "nsenter")
 	const iface, peer = "kgct0", "kgct1"
-	srv := netns.NewT(t, "kgc-ts")
-	cli := netns.NewT(t, "kgc-tc")
+	srv := netns.NewT(t, fmt.Sprintf("kgc-ts-%d", os.Getpid()))
+	cli := netns.NewT(t, fmt.Sprintf("kgc-tc-%d", os.Getpid()))
 	if err := netns.Veth(srv, iface, cli, peer); err != nil {
 		t.Fatal(err)
 	}

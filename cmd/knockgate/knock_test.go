@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 
@@ -99,7 +100,7 @@ func TestResolveLiterals(t *testing.T) {
 // that no other traffic is seen.
 func TestKnockSendsOneSYN(t *testing.T) {
 	netns.Require(t, "ip")
-	ns := netns.NewT(t, "kgc-tk")
+	ns := netns.NewT(t, fmt.Sprintf("kgc-tk-%d", os.Getpid()))
 	const knockPort, markPort = 9000, 9001
 	lo := netip.MustParseAddr("127.0.0.1")
 	err := ns.Do(func() error {
