@@ -272,15 +272,16 @@ func (g *Gate) lock() (unlock func(), err error) {
 // UpdateConfig changes the gate's configuration: it reads it, lets change
 // edit it, and writes it (maps.Set.WriteConfig), all under the gate's lock,
 // so two commands changing one gate at once neither write the same idle
-// slot nor undo each other's change. An error from change writes nothing and
-// is returned as is.
+// slot nor undo each other's change. While a safe-mode change awaits
+// confirmation it refuses (maps.ErrAwaitingConfirm) without calling change.
+// An error from change writes nothing and is returned as is.
 func (g *Gate) UpdateConfig(change func(*maps.Config) error) (maps.Config, error) {
 	unlock, err := g.lock()
 	if err != nil {
 		return maps.Config{}, err
 	}
 	defer unlock()
-	cfg, err := g.Maps.ReadConfig()
+	cfg, err := g.Maps.WritableConfig()
 	if err != nil {
 		return maps.Config{}, err
 	}
@@ -300,23 +301,67 @@ func (g *Gate) UpdateConfig(change func(*maps.Config) error) (maps.Config, error
 // under the gate's lock: a live change, which neither writes the
 // configuration nor voids knock progress.
 func (g *Gate) SetSPAKeys(keys []spa.Key) error {
+	return g.locked(func() error { return g.Maps.SetSPAKeys(keys) })
+}
+
+// RefreshClock makes the gate's SPA clock follow a change of the kernel's
+// TAI offset (maps.Set.RefreshClock), under the gate's lock.
+func (g *Gate) RefreshClock() (changed bool, err error) {
+	err = g.locked(func() error {
+		changed, err = g.Maps.RefreshClock()
+		return err
+	})
+	return changed, err
+}
+
+// AddAllow puts prefixes on the allow list (maps.Set.SetAllow), under the
+// gate's lock; the configuration written after records the new count.
+func (g *Gate) AddAllow(prefixes []netip.Prefix) error {
+	return g.locked(func() error { return g.Maps.SetAllow(prefixes) })
+}
+
+// RemoveAllow takes prefixes off the allow list (maps.Set.RemoveAllow),
+// under the gate's lock.
+func (g *Gate) RemoveAllow(prefixes []netip.Prefix) error {
+	return g.locked(func() error { return g.Maps.RemoveAllow(prefixes) })
+}
+
+// Grant grants addr until expires (CLOCK_BOOTTIME; maps.Set.Grant), under
+// the gate's lock.
+func (g *Gate) Grant(addr netip.Addr, expires uint64) error {
+	return g.locked(func() error { return g.Maps.Grant(addr, expires) })
+}
+
+// Revoke ends addr's grant and knock progress (maps.Set.Revoke), under the
+// gate's lock; found says whether it had either.
+func (g *Gate) Revoke(addr netip.Addr) (found bool, err error) {
+	err = g.locked(func() error {
+		found, err = g.Maps.Revoke(addr)
+		return err
+	})
+	return found, err
+}
+
+// Settle reports what became of the safe-mode change written as generation
+// gen and finishes its rollback if it lapsed (maps.Set.Settle), under the
+// gate's lock: a `set` that comes in between can neither be undone by the
+// rollback nor be mistaken for it.
+func (g *Gate) Settle(gen uint32) (st maps.Settlement, err error) {
+	err = g.locked(func() error {
+		st, err = g.Maps.Settle(gen)
+		return err
+	})
+	return st, err
+}
+
+// locked runs change under the gate's lock.
+func (g *Gate) locked(change func() error) error {
 	unlock, err := g.lock()
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	return g.Maps.SetSPAKeys(keys)
-}
-
-// RefreshClock makes the gate's SPA clock follow a change of the kernel's
-// TAI offset (maps.Set.RefreshClock), under the gate's lock.
-func (g *Gate) RefreshClock() (bool, error) {
-	unlock, err := g.lock()
-	if err != nil {
-		return false, err
-	}
-	defer unlock()
-	return g.Maps.RefreshClock()
+	return change()
 }
 
 // Confirm makes a safe-mode change permanent (maps.Set.ConfirmConfig).

@@ -273,6 +273,28 @@ func (s *Set) ReadConfig() (Config, error) {
 	return DecodeConfig(c), nil
 }
 
+// WritableConfig returns the configuration a write starts from, for a
+// writer holding the gate's lock: while a safe-mode change awaits
+// confirmation it refuses (ErrAwaitingConfirm); once the change has lapsed it
+// finishes its rollback first. Read otherwise, a configuration read just
+// before the deadline would be the change itself, and a write made from it
+// just after would bring the change back as the rollback's successor.
+func (s *Set) WritableConfig() (Config, error) {
+	live, cfgs, err := s.slots()
+	if err != nil {
+		return Config{}, err
+	}
+	if d := cfgs[live].ConfirmByNs; d != 0 {
+		if BootNow() < d {
+			return Config{}, ErrAwaitingConfirm
+		}
+		if live, err = s.flip(live); err != nil {
+			return Config{}, err
+		}
+	}
+	return DecodeConfig(&cfgs[live]), nil
+}
+
 // ReadSafeMode reports the safe-mode change in the live slot, if any.
 func (s *Set) ReadSafeMode() (SafeMode, error) {
 	live, cfgs, err := s.slots()
@@ -382,19 +404,51 @@ func (s *Set) RefreshClock() (bool, error) {
 	return true, s.install(live, &raw)
 }
 
-// FinishRollback makes a lapsed safe-mode change's rollback permanent (the
-// program already runs the previous configuration); it reports whether
-// there was one.
-func (s *Set) FinishRollback() (bool, error) {
+// Settlement is what became of a safe-mode change.
+type Settlement int
+
+const (
+	// SettlePending: it is in force and awaits confirmation.
+	SettlePending Settlement = iota
+	// SettleConfirmed: it was confirmed, and is in force for good (or was,
+	// until a later write).
+	SettleConfirmed
+	// SettleRolledBack: it lapsed, and the configuration before it is in
+	// force again (perhaps changed since by a later write).
+	SettleRolledBack
+)
+
+// Settle reports what became of the safe-mode change written as generation
+// gen, and finishes its rollback if it lapsed unconfirmed (the program has
+// gone back already; this makes the slot before it live for good). The
+// caller holds the gate's lock, so no other write comes between the reading
+// and the flip.
+//
+// Without a deadline in force the slots tell the story: a confirmed change
+// stays in its slot (live, or idle behind one later write), while a rolled
+// back one was flipped away from and its slot overwritten by the next write.
+// Two writes after a confirmation before Settle is asked leave no trace of
+// it; that reads as rolled back.
+func (s *Set) Settle(gen uint32) (Settlement, error) {
 	live, cfgs, err := s.slots()
 	if err != nil {
-		return false, err
+		return SettlePending, err
 	}
-	if d := cfgs[live].ConfirmByNs; d == 0 || BootNow() < d {
-		return false, nil
+	if d := cfgs[live].ConfirmByNs; d != 0 {
+		if BootNow() < d {
+			return SettlePending, nil
+		}
+		if _, err := s.flip(live); err != nil {
+			return SettlePending, err
+		}
+		return SettleRolledBack, nil
 	}
-	_, err = s.flip(live)
-	return err == nil, err
+	for _, c := range cfgs {
+		if c.Generation == gen && c.ConfirmByNs == 0 {
+			return SettleConfirmed, nil
+		}
+	}
+	return SettleRolledBack, nil
 }
 
 // install writes raw into the slot that is not live and makes it live.

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,7 +21,9 @@ import (
 type collector struct {
 	gate   *loader.Gate
 	reload *reloadStats
-	fleet  *member // nil: no fleet
+	// settleErrors: steps of settling a safe-mode change that failed.
+	settleErrors *atomic.Uint64
+	fleet        *member // nil: no fleet
 }
 
 // reloadStats are the service's reload outcomes, for metrics.
@@ -74,6 +77,8 @@ var (
 		"Generation of the configuration in force.", nil, nil)
 	descPending = prometheus.NewDesc("knockgate_safe_mode_pending",
 		"1 while a change made with --confirm awaits confirmation.", nil, nil)
+	descSettleErrors = prometheus.NewDesc("knockgate_safe_mode_settle_errors_total",
+		"Steps of settling a safe-mode reload (deciding it, removing what it added or dropped) that failed; each is logged.", nil, nil)
 	descReloads = prometheus.NewDesc("knockgate_reloads_total",
 		"Reloads of the config file, by result.", []string{"result"}, nil)
 	descLastReload = prometheus.NewDesc("knockgate_config_last_reload_success_timestamp_seconds",
@@ -99,7 +104,7 @@ var (
 // descs is every metric the collector makes.
 var descs = []*prometheus.Desc{descPackets, descIfacePackets, descKnocks, descGrants, descExpired,
 	descGrantFailed, descEventsLost, descEventsSuppressed, descFlows, descSPA, descSources, descIfaces, descGeneration,
-	descPending, descReloads, descLastReload, descLastReloadOK, descScrapeErrors,
+	descPending, descSettleErrors, descReloads, descLastReload, descLastReloadOK, descScrapeErrors,
 	descFleetPeers, descFleetPublished, descFleetReceived, descFleetRestarts, descFleetPending, descFleetLastSync}
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
@@ -178,6 +183,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	} else {
 		gauge(descPending, b2f(sm.Pending))
 	}
+	counter(descSettleErrors, c.settleErrors.Load())
 
 	c.reload.mu.Lock()
 	counter(descReloads, c.reload.success, "success")

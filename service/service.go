@@ -53,6 +53,8 @@ type service struct {
 	// every second.
 	clockWarned bool
 	fleet       *member // nil: no [fleet]
+	// settleErrors counts steps of settling a safe-mode change that failed.
+	settleErrors atomic.Uint64
 }
 
 // Run serves the gate the config file describes until ctx ends (SIGTERM,
@@ -88,7 +90,7 @@ func Run(ctx context.Context, opts Options) error {
 		svc.logger().Info("fleet joined", "name", settings.Fleet.Name, "peers", strings.Join(settings.Fleet.Peers, ","), "url", settings.Fleet.URL)
 	}
 	svc.reloads.record(nil)
-	svc.coll = &collector{gate: svc.gate, reload: &svc.reloads, fleet: svc.fleet}
+	svc.coll = &collector{gate: svc.gate, reload: &svc.reloads, settleErrors: &svc.settleErrors, fleet: svc.fleet}
 	if ln != nil {
 		if svc.metrics, err = serveMetrics(ln, svc.coll); err != nil {
 			return err
@@ -220,7 +222,7 @@ func (svc *service) start() error {
 	if sm.Pending {
 		// A safe-mode change (a reload of the run before this one) is
 		// still being decided: the file waits for that decision.
-		svc.pending = &pendingReload{deadline: sm.Deadline, prev: s, applyAfter: true}
+		svc.pending = &pendingReload{deadline: sm.Deadline, gen: sm.Change.Generation, prev: s, applyAfter: true}
 		svc.logger().Warn("a change made in safe mode awaits confirmation: the config file is applied once it is confirmed or rolled back",
 			"deadline", maps.BootToTime(sm.Deadline).UTC().Format(time.RFC3339))
 		svc.reconcileAll()
@@ -238,6 +240,7 @@ func (svc *service) start() error {
 // confirmed, and what it leaves to do once it is.
 type pendingReload struct {
 	deadline      uint64
+	gen           uint32 // the change's generation
 	prev          *config.Settings
 	applyAfter    bool // found at start: apply the file once it is settled
 	addedIfaces   []string
@@ -288,7 +291,7 @@ func (svc *service) apply(s *config.Settings, confirm time.Duration) (*pendingRe
 	if sameConfig(cur, want) && len(p.addedAllow)+len(p.droppedAllow)+len(p.addedIfaces)+len(p.droppedIfaces) == 0 {
 		return nil, g.SetSPAKeys(s.SPAKeys)
 	}
-	if err := g.Maps.SetAllow(p.addedAllow); err != nil {
+	if err := g.AddAllow(p.addedAllow); err != nil {
 		return nil, err
 	}
 	if safe {
@@ -296,15 +299,17 @@ func (svc *service) apply(s *config.Settings, confirm time.Duration) (*pendingRe
 		p.deadline = want.ConfirmBy
 	}
 	if safe || !sameConfig(cur, want) {
-		if _, err := g.UpdateConfig(func(c *maps.Config) error { *c = want; return nil }); err != nil {
+		installed, err := g.UpdateConfig(func(c *maps.Config) error { *c = want; return nil })
+		if err != nil {
 			return nil, err
 		}
+		p.gen = installed.Generation
 	}
 	if err := g.SetSPAKeys(s.SPAKeys); err != nil {
 		return nil, err
 	}
 	if !safe {
-		if err := g.Maps.RemoveAllow(p.droppedAllow); err != nil {
+		if err := g.RemoveAllow(p.droppedAllow); err != nil {
 			return nil, err
 		}
 		for _, n := range p.droppedIfaces {
@@ -384,46 +389,63 @@ func (svc *service) reload() error {
 
 // checkPending settles a safe-mode reload: confirmed, its removals are
 // made; past its deadline unconfirmed, it is undone (the program has already
-// gone back to the configuration before it).
+// gone back to the configuration before it). The gate decides which under
+// its lock (loader.Gate.Settle), so a `set` made meanwhile from another
+// process is neither undone nor taken for a confirmation. A settlement that
+// fails is logged and counted, and tried again at the next tick.
 func (svc *service) checkPending() {
 	p := svc.pending
 	if p == nil {
 		return
 	}
 	g := svc.gate
-	sm, err := g.Maps.ReadSafeMode()
-	if err != nil || sm.Pending {
+	outcome, err := g.Settle(p.gen)
+	if err != nil {
+		svc.settleFailed("decide the safe-mode change", err)
+		return
+	}
+	if outcome == maps.SettlePending {
 		return
 	}
 	svc.pending = nil
+	rolledBack := outcome == maps.SettleRolledBack
 	if p.applyAfter {
-		if sm.Lapsed {
-			g.Maps.FinishRollback()
-		}
 		if _, err := svc.apply(svc.cur, 0); err != nil {
-			svc.logger().Error("apply the config file", "error", err)
+			svc.settleFailed("apply the config file", err)
 		}
 		svc.reconcileAll()
-		svc.logger().Info("safe-mode change settled: config file applied", "gate", g.Name, "rolled_back", sm.Lapsed)
+		svc.logger().Info("safe-mode change settled: config file applied", "gate", g.Name, "rolled_back", rolledBack)
 		return
 	}
-	if !sm.Lapsed {
-		g.Maps.RemoveAllow(p.droppedAllow)
-		for _, n := range p.droppedIfaces {
-			g.DetachInterface(n)
+	// What the change added goes if it was undone; what it would have
+	// removed goes if it stays.
+	allow, ifaces := p.droppedAllow, p.droppedIfaces
+	if rolledBack {
+		allow, ifaces = p.addedAllow, p.addedIfaces
+	}
+	if err := g.RemoveAllow(allow); err != nil {
+		svc.settleFailed("remove allow-list entries", err)
+	}
+	for _, n := range ifaces {
+		if _, err := g.DetachInterface(n); err != nil {
+			svc.settleFailed("detach interface "+n, err)
 		}
+	}
+	if !rolledBack {
 		svc.logger().Info("reload confirmed", "gate", g.Name)
 		return
-	}
-	g.Maps.FinishRollback()
-	g.Maps.RemoveAllow(p.addedAllow)
-	for _, n := range p.addedIfaces {
-		g.DetachInterface(n)
 	}
 	svc.cur = p.prev
 	svc.reconcileAll()
 	svc.logger().Warn("reload not confirmed in time: rolled back", "gate", g.Name,
 		"deadline", maps.BootToTime(p.deadline).UTC().Format(time.RFC3339))
+}
+
+// settleFailed logs and counts a step of settling a safe-mode change that
+// failed.
+func (svc *service) settleFailed(step string, err error) {
+	svc.settleErrors.Add(1)
+	svc.logger().Error("settling a safe-mode change: "+step+" failed", "gate", svc.gate.Name, "error", err)
 }
 
 // reconcileAll attaches the gate to every interface it should be on that

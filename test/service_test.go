@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -372,6 +373,69 @@ func TestSafeModeReload(t *testing.T) {
 	s.waitLog(5*time.Second, "reload confirmed")
 	if got := strings.Join(g.gateStatus(g.iface).Config.Sequence, ","); got != "7000/tcp,7001/tcp" {
 		t.Errorf("after the confirmed reload: sequence %s", got)
+	}
+}
+
+// A reload's rollback raced by a `knockgate set` from another shell, made
+// just after the deadline: whichever comes first, the gate ends with both,
+// whole — the reload undone (its sequence gone, the allow entry it added
+// removed, run back on the old file) and the set's change in force. Each
+// round starts the set at another point of run's one-second settling tick,
+// so both orders are seen.
+func TestSafeModeRollbackRacesSet(t *testing.T) {
+	netns.Require(t, "ip", "nsenter")
+	t.Parallel()
+	g := newGate(t)
+	base := runConfig([]string{g.iface})
+	s := g.startRun(base, "--confirm", "1s")
+	const added = "198.18.7.0/24"
+	changed := strings.Replace(runConfig([]string{g.iface}, `allow = ["`+added+`"]`), `"9000,8000"`, `"7000,7001"`, 1)
+	rolledBack := func() int {
+		n := 0
+		for _, line := range s.out.all() {
+			if strings.Contains(line, "reload not confirmed in time: rolled back") {
+				n++
+			}
+		}
+		return n
+	}
+	const rounds = 6
+	for round := range rounds {
+		s.reload(changed)
+		if st := g.gateStatus(g.iface); st.SafeMode == nil || st.SafeMode.State != "pending" {
+			t.Fatalf("round %d: after the safe reload: safe mode %+v", round, st.SafeMode)
+		}
+		// Refused while the change is pending; the first set to succeed
+		// lands within a few milliseconds of the deadline, or later.
+		time.Sleep(time.Duration(round) * time.Second / rounds)
+		open := fmt.Sprintf("%dm", 11+round)
+		eventually(t, 10*time.Second, "a set after the deadline", func() bool {
+			r := g.kg(g.srv, "set", g.iface, "--open", open)
+			if r.code != 0 && !strings.Contains(r.stderr, "awaits confirmation") {
+				t.Fatalf("round %d: set: %s", round, r)
+			}
+			return r.code == 0
+		})
+		eventually(t, 10*time.Second, "run settles the reload", func() bool { return rolledBack() == round+1 })
+		st := g.gateStatus(g.iface)
+		if got := strings.Join(st.Config.Sequence, ","); got != "9000/tcp,8000/tcp" {
+			t.Errorf("round %d: sequence %s, want the reload rolled back; log:\n%s\n%s", round, got, s.out, g.mustKG(g.srv, "status", g.iface))
+		}
+		if want, _ := time.ParseDuration(open); st.Config.Open != want.String() {
+			t.Errorf("round %d: open %s, want the set's %s", round, st.Config.Open, want)
+		}
+		if slices.Contains(st.Config.Allow, added) {
+			t.Errorf("round %d: allow list %v still has the rolled-back reload's %s", round, st.Config.Allow, added)
+		}
+		if st.SafeMode != nil {
+			t.Errorf("round %d: safe mode %+v after settling", round, st.SafeMode)
+		}
+	}
+	if strings.Contains(s.out.String(), "reload confirmed") {
+		t.Errorf("a rolled-back reload was taken for confirmed; log:\n%s", s.out)
+	}
+	if strings.Contains(s.out.String(), "settling a safe-mode change") {
+		t.Errorf("settling failed; log:\n%s", s.out)
 	}
 }
 

@@ -44,7 +44,7 @@ func grantCommand() *command {
 				d = cfg.Open
 			}
 			until := maps.BootAfter(d)
-			if err := g.Maps.Grant(addr, until); err != nil {
+			if err := g.Grant(addr, until); err != nil {
 				return err
 			}
 			fmt.Fprintf(e.stdout, "granted %s on %s until %s\n", addr, iface, stamp(maps.BootToTime(until)))

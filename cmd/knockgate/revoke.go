@@ -23,7 +23,7 @@ func revokeCommand() *command {
 				return err
 			}
 			defer g.Close()
-			found, err := g.Maps.Revoke(addr)
+			found, err := g.Revoke(addr)
 			if err != nil {
 				return err
 			}
