@@ -47,7 +47,7 @@ test: deps check-generated
 # its reference model (random scenarios through both; root), then every
 # parser of user input. make fuzz FUZZ=FuzzDatapath FUZZTIME=1h for one.
 FUZZTIME ?= 1m
-FUZZ ?= test/model:FuzzDatapath maps:FuzzParsePorts config:FuzzParseDuration config:FuzzParseCIDR \
+FUZZ ?= test/model:FuzzDatapath policy:FuzzParsePorts policy:FuzzParseDuration policy:FuzzParseCIDR \
 	config:FuzzConfigFile spa:FuzzParseKeys spa:FuzzParsePacket
 fuzz:
 	@for t in $(FUZZ); do \

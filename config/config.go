@@ -18,6 +18,7 @@ import (
 
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/policy"
 	"github.com/knockgate/knockgate/spa"
 )
 
@@ -339,7 +340,7 @@ type portsValue struct{ p *[]maps.Port }
 
 func (v *portsValue) Type() string { return "ports" }
 func (v *portsValue) Set(s string) (err error) {
-	*v.p, err = maps.ParsePorts(s)
+	*v.p, err = policy.ParsePorts(s)
 	return err
 }
 func (v *portsValue) setTOML(x any) error { return setText(v, x) }
@@ -353,7 +354,7 @@ func (v *sequenceValue) Set(s string) (err error) {
 		*v.p = nil
 		return nil
 	}
-	*v.p, err = maps.ParsePorts(s)
+	*v.p, err = policy.ParsePorts(s)
 	return err
 }
 func (v *sequenceValue) setTOML(x any) error { return setText(v, x) }
@@ -407,7 +408,7 @@ func (v *protectValue) Set(s string) (err error) {
 		return nil
 	}
 	*v.all = false
-	*v.p, err = maps.ParsePorts(s)
+	*v.p, err = policy.ParsePorts(s)
 	return err
 }
 func (v *protectValue) setTOML(x any) error { return setText(v, x) }
@@ -436,22 +437,10 @@ type durationValue struct{ d *time.Duration }
 func (v *durationValue) Type() string { return "duration" }
 
 func (v *durationValue) Set(s string) (err error) {
-	*v.d, err = ParseDuration(s)
+	*v.d, err = policy.ParseDuration(s)
 	return err
 }
 
-// ParseDuration accepts Go duration syntax (90s, 1m, 1h30m) and, so that a
-// window can never be zero by accident, only positive values.
-func ParseDuration(s string) (time.Duration, error) {
-	d, err := time.ParseDuration(strings.TrimSpace(s))
-	if err != nil {
-		return 0, fmt.Errorf("bad duration %q (use e.g. 30s, 1m, 1h30m)", s)
-	}
-	if d <= 0 {
-		return 0, fmt.Errorf("duration %q must be positive", s)
-	}
-	return d, nil
-}
 func (v *durationValue) setTOML(x any) error { return setText(v, x) }
 
 // prefixesValue is a list of CIDRs; a bare address is a single host (/32
@@ -465,7 +454,7 @@ func (v *prefixesValue) Set(s string) error {
 		if f == "" {
 			continue
 		}
-		p, err := ParseCIDR(f)
+		p, err := policy.ParseCIDR(f)
 		if err != nil {
 			return err
 		}
@@ -476,22 +465,6 @@ func (v *prefixesValue) Set(s string) error {
 func (v *prefixesValue) setTOML(x any) error {
 	*v.p = nil
 	return setText(v, x)
-}
-
-// ParseCIDR parses one prefix or bare address, naming it when it is bad.
-func ParseCIDR(s string) (netip.Prefix, error) {
-	if !strings.Contains(s, "/") {
-		a, err := netip.ParseAddr(s)
-		if err != nil || a.Zone() != "" {
-			return netip.Prefix{}, fmt.Errorf("bad CIDR %q", s)
-		}
-		return netip.PrefixFrom(a, a.BitLen()), nil
-	}
-	p, err := netip.ParsePrefix(s)
-	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("bad CIDR %q", s)
-	}
-	return p.Masked(), nil
 }
 
 type countValue struct {

@@ -5,43 +5,65 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/knockgate/knockgate/bpf"
+	"github.com/knockgate/knockgate/policy"
 )
 
 // MaxSteps is the longest knock sequence the program accepts.
-const MaxSteps = len(bpf.KnockgateConfig{}.Steps)
+const MaxSteps = policy.MaxSteps
 
-// Config is the runtime configuration of a gate.
+// The policy's numbers are the C ABI's and the kernel's (policy cannot
+// import either to say so itself).
+var (
+	_ [0]struct{} = [len(bpf.KnockgateConfig{}.Steps) - policy.MaxSteps]struct{}{}
+	_ [0]struct{} = [policy.MaxSteps - len(bpf.KnockgateConfig{}.Steps)]struct{}{}
+	_ [0]struct{} = [int(policy.TCP) - unix.IPPROTO_TCP]struct{}{}
+	_ [0]struct{} = [int(policy.UDP) - unix.IPPROTO_UDP]struct{}{}
+)
+
+// Port, Proto, TCP and UDP are policy's, named here too for the tests of
+// bpf/ and test/ and for test/bench, which others are editing: new code
+// names policy's, and these go once those do.
+type (
+	Port  = policy.Port
+	Proto = policy.Proto
+)
+
+const (
+	TCP = policy.TCP
+	UDP = policy.UDP
+)
+
+// Config is what a configuration slot holds: a policy as the C ABI has it
+// (one service, default, whose settings are flat here beside the gate's;
+// its allow list is a map of its own, see Set.SetAllow), and what only the
+// encoding needs. FromPolicy and Config.Policy convert.
 type Config struct {
-	Sequence    []Port
+	// The service default's settings (policy.Service).
+	Sequence    []policy.Port
 	StepTimeout time.Duration
 	Open        time.Duration
-	Protected   []Port
-	// ProtectAll protects every TCP and UDP port (Protected is then
-	// ignored): the host's own flows, and its DHCP client, still get their
-	// replies.
-	ProtectAll bool
-	// Flows: the host's flows are learned on egress and their replies pass
-	// protected ports, until they close or idle past FlowIdleTCP or
-	// FlowIdleUDP.
+	Protected   []policy.Port
+	ProtectAll  bool
+	// The gate's settings (policy.Policy).
 	Flows       bool
 	FlowIdleTCP time.Duration
 	FlowIdleUDP time.Duration
-	// SPAPort is the UDP port of single-packet authorization datagrams (0:
-	// none); SPAWindow how far their timestamps may be from the gate's
-	// clock. The keys are a map of their own (Set.SetSPAKeys).
-	SPAPort   uint16
-	SPAWindow time.Duration
+	SPAPort     uint16
+	SPAWindow   time.Duration
+
 	// TAIOffset is the kernel's TAI offset as of the write (see TAIOffset):
 	// set by Set.WriteConfig.
 	TAIOffset time.Duration
 	// AllowCount is the number of allow-list entries; the program skips the
-	// allow lookup when it is zero. Maintained by Set.SetAllow.
+	// allow lookup when it is zero. Maintained by the writers of the allow
+	// list (Set.SetAllow's callers).
 	AllowCount uint32
 	// ConfirmBy (a CLOCK_BOOTTIME stamp, see BootAfter) makes this a
 	// safe-mode change: unless confirmed by then, the program goes back to
@@ -56,6 +78,58 @@ type Config struct {
 	SlotKey [2]uint64
 }
 
+// FromPolicy is the configuration that installs p, which must be valid
+// (its allow list goes to the allow map; only its count is here, which the
+// caller sets).
+func FromPolicy(p *policy.Policy) (Config, error) {
+	var c Config
+	return c, c.SetPolicy(p)
+}
+
+// SetPolicy makes c hold p, which must be valid, keeping what only the
+// encoding needs (AllowCount among it).
+func (c *Config) SetPolicy(p *policy.Policy) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	d := p.Default()
+	c.Sequence, c.StepTimeout, c.Open = d.Sequence, d.StepTimeout, d.Open
+	c.Protected, c.ProtectAll = d.Protect, d.ProtectAll
+	c.Flows, c.FlowIdleTCP, c.FlowIdleUDP = p.Flows, p.FlowIdleTCP, p.FlowIdleUDP
+	c.SPAPort, c.SPAWindow = p.SPAPort, p.SPAWindow
+	return nil
+}
+
+// Policy is the policy c holds, with allow as its allow list (read from
+// the allow map: Set.AllowList).
+func (c *Config) Policy(allow []netip.Prefix) policy.Policy {
+	return policy.Policy{
+		Services: []policy.Service{{
+			Name:        policy.DefaultService,
+			Sequence:    c.Sequence,
+			StepTimeout: c.StepTimeout,
+			Open:        c.Open,
+			Protect:     c.Protected,
+			ProtectAll:  c.ProtectAll,
+		}},
+		Allow:       allow,
+		Flows:       c.Flows,
+		FlowIdleTCP: c.FlowIdleTCP,
+		FlowIdleUDP: c.FlowIdleUDP,
+		SPAPort:     c.SPAPort,
+		SPAWindow:   c.SPAWindow,
+	}
+}
+
+// Same says whether the program does the same under c and o: the same
+// policy (policy.Diff; the allow list aside, a map of its own), the same
+// allow count and deadline. The generation, TAI offset and slot key are
+// the writer's to keep or set, not a policy's to ask for.
+func (c *Config) Same(o *Config) bool {
+	a, b := c.Policy(nil), o.Policy(nil)
+	return len(policy.Diff(&a, &b)) == 0 && c.AllowCount == o.AllowCount && c.ConfirmBy == o.ConfirmBy
+}
+
 // NewSlotKey makes a random slot key.
 func NewSlotKey() ([2]uint64, error) {
 	var b [16]byte
@@ -65,74 +139,17 @@ func NewSlotKey() ([2]uint64, error) {
 	return [2]uint64{binary.LittleEndian.Uint64(b[:8]), binary.LittleEndian.Uint64(b[8:])}, nil
 }
 
-// Validate reports the first thing wrong with c, naming the bad value.
+// Validate reports the first thing wrong with the policy c holds (see
+// policy.Policy.Validate).
 func (c *Config) Validate() error {
-	if len(c.Sequence) == 0 && c.SPAPort == 0 {
-		return errors.New("sequence is none and there is no SPA port: nothing could ever open the gate")
-	}
-	if len(c.Sequence) > MaxSteps {
-		return fmt.Errorf("sequence has %d steps, at most %d allowed", len(c.Sequence), MaxSteps)
-	}
-	for i := range c.Sequence {
-		for j := range i {
-			// A retransmitted SYN of step j would then complete step i.
-			if c.Sequence[i] == c.Sequence[j] {
-				return fmt.Errorf("sequence step %d (%s) repeats step %d", i+1, c.Sequence[i], j+1)
-			}
-		}
-	}
-	if !c.ProtectAll {
-		// (Under protect all, the steps stay knocks: they are judged first.)
-		for _, k := range c.Sequence {
-			for _, p := range c.Protected {
-				if k == p {
-					return fmt.Errorf("port %s is both a knock step and protected", k)
-				}
-			}
-		}
-	}
-	if c.SPAPort != 0 {
-		spaPort := Port{Num: c.SPAPort, Proto: UDP}
-		for _, k := range c.Sequence {
-			if k == spaPort {
-				return fmt.Errorf("port %s is both a knock step and the SPA port", k)
-			}
-		}
-		if !c.ProtectAll {
-			for _, p := range c.Protected {
-				if p == spaPort {
-					return fmt.Errorf("port %s is both protected and the SPA port", p)
-				}
-			}
-		}
-		// The program counts the window in whole milliseconds.
-		if c.SPAWindow < time.Millisecond || c.SPAWindow > time.Hour || c.SPAWindow%time.Millisecond != 0 {
-			return fmt.Errorf("SPA window %s must be whole milliseconds, from 1ms to 1h", c.SPAWindow)
-		}
-	}
-	if c.StepTimeout <= 0 {
-		return fmt.Errorf("step timeout %s must be positive", c.StepTimeout)
-	}
-	if c.Open <= 0 {
-		return fmt.Errorf("open window %s must be positive", c.Open)
-	}
-	if c.Flows && (c.FlowIdleTCP <= 0 || c.FlowIdleUDP <= 0) {
-		return fmt.Errorf("flow idle timeouts %s (tcp) and %s (udp) must be positive", c.FlowIdleTCP, c.FlowIdleUDP)
-	}
-	return nil
+	p := c.Policy(nil)
+	return p.Validate()
 }
 
 // Protects says whether c protects port p.
-func (c *Config) Protects(p Port) bool {
-	if c.ProtectAll {
-		return p.Proto == TCP || p.Proto == UDP
-	}
-	for _, q := range c.Protected {
-		if q == p {
-			return true
-		}
-	}
-	return false
+func (c *Config) Protects(p policy.Port) bool {
+	d := c.Policy(nil).Services[0]
+	return d.Protects(p)
 }
 
 // Encode converts c to the C layout.
@@ -161,7 +178,7 @@ func (c *Config) Encode() (*bpf.KnockgateConfig, error) {
 	}
 	for _, p := range c.Protected {
 		bits := &raw.ProtectedTcp
-		if p.Proto == UDP {
+		if p.Proto == policy.UDP {
 			bits = &raw.ProtectedUdp
 		}
 		bits[p.Num>>6] |= 1 << (p.Num & 63)
@@ -196,19 +213,19 @@ func DecodeConfig(raw *bpf.KnockgateConfig) Config {
 		TAIOffset:   time.Duration(raw.TaiOffsetNs),
 	}
 	for i := 0; i < int(raw.Nsteps) && i < MaxSteps; i++ {
-		c.Sequence = append(c.Sequence, Port{Num: raw.Steps[i].Port, Proto: Proto(raw.Steps[i].Proto)})
+		c.Sequence = append(c.Sequence, policy.Port{Num: raw.Steps[i].Port, Proto: policy.Proto(raw.Steps[i].Proto)})
 	}
 	if c.ProtectAll {
 		return c
 	}
 	for _, set := range []struct {
 		bits  *[1024]uint64
-		proto Proto
-	}{{&raw.ProtectedTcp, TCP}, {&raw.ProtectedUdp, UDP}} {
+		proto policy.Proto
+	}{{&raw.ProtectedTcp, policy.TCP}, {&raw.ProtectedUdp, policy.UDP}} {
 		for w, word := range set.bits {
 			for b := 0; word != 0 && b < 64; b++ {
 				if word&(1<<b) != 0 {
-					c.Protected = append(c.Protected, Port{Num: uint16(w*64 + b), Proto: set.proto})
+					c.Protected = append(c.Protected, policy.Port{Num: uint16(w*64 + b), Proto: set.proto})
 				}
 			}
 		}

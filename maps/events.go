@@ -11,6 +11,7 @@ import (
 	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/knockgate/knockgate/bpf"
+	"github.com/knockgate/knockgate/policy"
 )
 
 // EventTypeNames names enum event_type.
@@ -26,7 +27,7 @@ type Event struct {
 	Time  time.Time
 	Type  string
 	Src   netip.Addr
-	Port  Port
+	Port  policy.Port
 	Stage int
 	// KeyID is the SPA key that opened (an open by SPA), else 0.
 	KeyID   uint32
@@ -76,7 +77,7 @@ func DecodeEvent(raw *bpf.KnockgateEvent) Event {
 		Time:  BootToTime(raw.TimeNs),
 		Type:  EventTypeNames[bpf.KnockgateEventType(raw.Type)],
 		Src:   AddrOf(raw.Addr),
-		Port:  Port{Num: raw.Port, Proto: Proto(raw.Proto)},
+		Port:  policy.Port{Num: raw.Port, Proto: policy.Proto(raw.Proto)},
 		Stage: int(raw.Stage),
 		KeyID: raw.KeyId,
 	}

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/knockgate/knockgate/bpf"
+	"github.com/knockgate/knockgate/policy"
 )
 
 // FlowWays is how many slots a set of the flow table has (KG_FLOW_WAYS).
@@ -19,7 +20,7 @@ const FlowWays = 4
 // Flow is one flow of the host's, as the flow table holds it.
 type Flow struct {
 	Local, Remote netip.AddrPort
-	Proto         Proto
+	Proto         policy.Proto
 	LastSeen      time.Time // the host's last packet of it
 	Answered      bool      // an inbound packet of it was seen
 	Closing       bool      // FIN both ways, or an RST from the peer
@@ -27,7 +28,7 @@ type Flow struct {
 }
 
 // FlowKey is the table's key of a flow, as the host sees it.
-func FlowKey(local, remote netip.AddrPort, proto Proto) bpf.KnockgateFlowKey {
+func FlowKey(local, remote netip.AddrPort, proto policy.Proto) bpf.KnockgateFlowKey {
 	return bpf.KnockgateFlowKey{
 		Local: Key(local.Addr()).Addr, Remote: Key(remote.Addr()).Addr,
 		LocalPort: local.Port(), RemotePort: remote.Port(), Proto: uint8(proto),
@@ -53,7 +54,7 @@ func FlowPlace(key [2]uint64, slots uint32, k bpf.KnockgateFlowKey) (base uint32
 func flowLive(cfg Config, f *bpf.KnockgateFlow, now uint64) bool {
 	flags := f.Flags
 	ttl := uint64(cfg.FlowIdleUDP)
-	if Proto(f.Key.Proto) == TCP {
+	if policy.Proto(f.Key.Proto) == policy.TCP {
 		switch {
 		case flags&flowFinBoth == flowFinBoth || flags&uint64(bpf.KnockgateFlowFlagFLOW_RST_IN) != 0:
 			ttl = uint64(10 * time.Second) // KG_FLOW_CLOSING_NS
@@ -91,7 +92,7 @@ func (s *Set) Flows() ([]Flow, error) {
 			out = append(out, Flow{
 				Local:    netip.AddrPortFrom(AddrOf(f.Key.Local), f.Key.LocalPort),
 				Remote:   netip.AddrPortFrom(AddrOf(f.Key.Remote), f.Key.RemotePort),
-				Proto:    Proto(f.Key.Proto),
+				Proto:    policy.Proto(f.Key.Proto),
 				LastSeen: FlowToTime(f.LastNs),
 				Answered: f.Flags&uint64(bpf.KnockgateFlowFlagFLOW_ANSWERED) != 0,
 				Closing:  f.Flags&flowFinBoth == flowFinBoth || f.Flags&uint64(bpf.KnockgateFlowFlagFLOW_RST_IN) != 0,
@@ -113,7 +114,7 @@ func (s *Set) Flows() ([]Flow, error) {
 // (seeding flows that began before the gate): in its slot if it has one,
 // else a free or no-longer-live slot of its set. It reports false when the
 // set holds only live flows.
-func (s *Set) PutFlow(local, remote netip.AddrPort, proto Proto, answered bool) (bool, error) {
+func (s *Set) PutFlow(local, remote netip.AddrPort, proto policy.Proto, answered bool) (bool, error) {
 	cfg, err := s.ReadConfig()
 	if err != nil {
 		return false, err
@@ -157,7 +158,7 @@ func (s *Set) PutFlow(local, remote netip.AddrPort, proto Proto, answered bool) 
 
 // SetFlowIdle back-dates a flow's last packet from the host to ago before
 // now (tests).
-func (s *Set) SetFlowIdle(local, remote netip.AddrPort, proto Proto, ago time.Duration) error {
+func (s *Set) SetFlowIdle(local, remote netip.AddrPort, proto policy.Proto, ago time.Duration) error {
 	cfg, err := s.ReadConfig()
 	if err != nil {
 		return err

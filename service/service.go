@@ -23,6 +23,7 @@ import (
 	"github.com/knockgate/knockgate/config"
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/policy"
 )
 
 // Options of Run.
@@ -383,7 +384,7 @@ func (svc *service) reload() error {
 		msg = "reloaded in safe mode: run \"knockgate confirm " + svc.gate.Name + "\" to keep it"
 	}
 	svc.logger().Info(msg, "gate", svc.gate.Name, "generation", cfg.Generation,
-		"sequence", maps.FormatPorts(cfg.Sequence), "protect", maps.FormatPorts(cfg.Protected))
+		"sequence", policy.FormatPorts(cfg.Sequence), "protect", policy.FormatPorts(cfg.Protected))
 	return nil
 }
 

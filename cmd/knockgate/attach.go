@@ -10,6 +10,7 @@ import (
 	"github.com/knockgate/knockgate/config"
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/policy"
 	"github.com/knockgate/knockgate/spa"
 )
 
@@ -232,8 +233,8 @@ func reattach(e *env, name string, s *config.Settings, explicit map[string]bool)
 func sameSettings(g *loader.Gate, cfg maps.Config, s *config.Settings, explicit map[string]bool) error {
 	var diff []string
 	want := s.Config()
-	if explicit["sequence"] && maps.FormatPorts(want.Sequence) != maps.FormatPorts(cfg.Sequence) {
-		diff = append(diff, "--sequence "+maps.FormatPorts(cfg.Sequence))
+	if explicit["sequence"] && policy.FormatPorts(want.Sequence) != policy.FormatPorts(cfg.Sequence) {
+		diff = append(diff, "--sequence "+policy.FormatPorts(cfg.Sequence))
 	}
 	if explicit["step-timeout"] && want.StepTimeout != cfg.StepTimeout {
 		diff = append(diff, "--step-timeout "+cfg.StepTimeout.String())
@@ -241,7 +242,7 @@ func sameSettings(g *loader.Gate, cfg maps.Config, s *config.Settings, explicit 
 	if explicit["open"] && want.Open != cfg.Open {
 		diff = append(diff, "--open "+cfg.Open.String())
 	}
-	if explicit["protect"] && (want.ProtectAll != cfg.ProtectAll || maps.FormatPorts(want.Protected) != maps.FormatPorts(cfg.Protected)) {
+	if explicit["protect"] && (want.ProtectAll != cfg.ProtectAll || policy.FormatPorts(want.Protected) != policy.FormatPorts(cfg.Protected)) {
 		diff = append(diff, "--protect "+protectString(cfg))
 	}
 	if explicit["flows"] && want.Flows != cfg.Flows {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/policy"
 )
 
 // messageError shows its own message but still matches its cause with
@@ -155,7 +156,7 @@ func protectString(cfg maps.Config) string {
 	if cfg.ProtectAll {
 		return "all"
 	}
-	return maps.FormatPorts(cfg.Protected)
+	return policy.FormatPorts(cfg.Protected)
 }
 
 func prefixList(prefixes []netip.Prefix) []string {
@@ -169,7 +170,7 @@ func prefixList(prefixes []netip.Prefix) []string {
 // describe is the one-line form of a configuration that attach and set
 // print: "sequence 9000,8000, step timeout 1m0s, open 30m0s, protecting 22".
 func describe(cfg maps.Config, allow []netip.Prefix) string {
-	seq := maps.FormatPorts(cfg.Sequence)
+	seq := policy.FormatPorts(cfg.Sequence)
 	if len(cfg.Sequence) == 0 {
 		seq = "none"
 	}

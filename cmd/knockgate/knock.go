@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/policy"
 	"github.com/knockgate/knockgate/spa"
 )
 
@@ -53,7 +54,7 @@ func knockCommand() *command {
 		run: func(e *env, args []string) error {
 			var ports []maps.Port
 			for _, a := range args[1:] {
-				p, err := maps.ParsePorts(a)
+				p, err := policy.ParsePorts(a)
 				if err != nil {
 					return &usageError{err}
 				}

@@ -6,15 +6,15 @@ import (
 	"strings"
 	"time"
 
-	"github.com/knockgate/knockgate/config"
+	"github.com/knockgate/knockgate/policy"
 )
 
 // The parsers below turn flag and argument text into values. Every failure
 // is a usage error (exit status 2) whose message names the bad value.
 
-// parseDuration is config.ParseDuration for a flag of a command's own.
+// parseDuration is policy.ParseDuration for a flag of a command's own.
 func parseDuration(flag, s string) (time.Duration, error) {
-	d, err := config.ParseDuration(s)
+	d, err := policy.ParseDuration(s)
 	if err != nil {
 		return 0, usagef("--%s: %w", flag, err)
 	}

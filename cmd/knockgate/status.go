@@ -11,6 +11,7 @@ import (
 
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/policy"
 	"github.com/knockgate/knockgate/service"
 )
 
@@ -347,7 +348,7 @@ func (st *gateStatus) print(w io.Writer, now time.Time) {
 			fmt.Fprintf(tw, "  %s:\twaiting: not attached yet (the interface was not there)\n", ifc.Name)
 		}
 	}
-	seq := maps.FormatPorts(st.cfg.Sequence)
+	seq := policy.FormatPorts(st.cfg.Sequence)
 	if len(st.cfg.Sequence) == 0 {
 		seq = "none (SPA only)"
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/knockgate/knockgate/config"
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/policy"
 )
 
 // The config as attach parses it survives the C layout and the JSON of
@@ -54,7 +55,7 @@ func TestConfigRoundTrip(t *testing.T) {
 		t.Helper()
 		var out []maps.Port
 		for _, s := range list {
-			p, err := maps.ParsePort(s)
+			p, err := policy.ParsePort(s)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -76,7 +77,7 @@ func TestConfigRoundTrip(t *testing.T) {
 	}
 	var got []netip.Prefix
 	for _, a := range back.Allow {
-		p, err := config.ParseCIDR(a)
+		p, err := policy.ParseCIDR(a)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,23 +1,21 @@
-// Package maps is the typed Go API over every map of the knockgate XDP
-// program: configuration, allow list, knock progress, grants, counters and
-// events. It owns the encoding between Go values and the C ABI generated
-// from bpf/knockgate.h.
-package maps
+package policy
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
-
-	"golang.org/x/sys/unix"
 )
 
 // Proto is an IP protocol number; only TCP and UDP are used.
 type Proto uint8
 
+// The IANA numbers, which are the kernel's on every system (maps checks
+// them against golang.org/x/sys, which this package must not import).
 const (
-	TCP Proto = unix.IPPROTO_TCP
-	UDP Proto = unix.IPPROTO_UDP
+	TCP Proto = 6
+	UDP Proto = 17
 )
 
 func (p Proto) String() string {
@@ -151,4 +149,64 @@ func FormatPorts(ports []Port) string {
 		i = j + 1
 	}
 	return strings.Join(s, ",")
+}
+
+// SortPorts is ports in the order a gate reads protected ports back in (TCP
+// before UDP, each ascending), each once: two lists that protect the same
+// ports sort to the same list.
+func SortPorts(ports []Port) []Port {
+	out := slices.Clone(ports)
+	slices.SortFunc(out, func(a, b Port) int {
+		if a.Proto != b.Proto {
+			return cmp.Compare(protoRank(a.Proto), protoRank(b.Proto))
+		}
+		return cmp.Compare(a.Num, b.Num)
+	})
+	return slices.Compact(out)
+}
+
+// protoRank puts TCP first, then UDP, then anything else by number.
+func protoRank(p Proto) int {
+	switch p {
+	case TCP:
+		return 0
+	case UDP:
+		return 1
+	}
+	return 2 + int(p)
+}
+
+// ParseSequence parses a knock sequence: a port list, or "none" (no
+// knocking: the service opens only by SPA), which is nil.
+func ParseSequence(s string) ([]Port, error) {
+	if strings.EqualFold(strings.TrimSpace(s), "none") {
+		return nil, nil
+	}
+	return ParsePorts(s)
+}
+
+// FormatSequence is the inverse of ParseSequence.
+func FormatSequence(seq []Port) string {
+	if len(seq) == 0 {
+		return "none"
+	}
+	return FormatPorts(seq)
+}
+
+// ParseProtect parses what a service protects: a port list, or "all" (every
+// TCP and UDP port).
+func ParseProtect(s string) (ports []Port, all bool, err error) {
+	if strings.EqualFold(strings.TrimSpace(s), "all") {
+		return nil, true, nil
+	}
+	ports, err = ParsePorts(s)
+	return ports, false, err
+}
+
+// FormatProtect is the inverse of ParseProtect, the ports as given.
+func FormatProtect(ports []Port, all bool) string {
+	if all {
+		return "all"
+	}
+	return FormatPorts(ports)
 }
