@@ -292,9 +292,9 @@ func BenchmarkKnockgate(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			advanced := after.Get("knock_advanced") - before.Get("knock_advanced")
-			lost := after.Get("events_lost") - before.Get("events_lost")
-			suppressed := after.Get("events_suppressed") - before.Get("events_suppressed")
+			advanced := after.Counter(bpf.KnockgateCounterCOUNTER_KNOCK_ADVANCED) - before.Counter(bpf.KnockgateCounterCOUNTER_KNOCK_ADVANCED)
+			lost := after.Counter(bpf.KnockgateCounterCOUNTER_EVENTS_LOST) - before.Counter(bpf.KnockgateCounterCOUNTER_EVENTS_LOST)
+			suppressed := after.Counter(bpf.KnockgateCounterCOUNTER_EVENTS_SUPPRESSED) - before.Counter(bpf.KnockgateCounterCOUNTER_EVENTS_SUPPRESSED)
 			if runs := uint64(chunks * knockChunk); lost != 0 || advanced < runs || path.flood != (suppressed >= runs) || !path.flood && suppressed != 0 {
 				b.Fatalf("%d chunks of %d runs: %d advances, %d events lost, %d suppressed", chunks, knockChunk, advanced, lost, suppressed)
 			}
@@ -599,14 +599,14 @@ func BenchmarkSPA(b *testing.B) {
 	for _, c := range []struct {
 		name   string
 		frame  []byte
-		reason string
+		reason bpf.KnockgateCounter
 	}{
-		{"spa_forged", frame(forged), "spa_bad_tag"},
-		{"spa_unknown_key", frame(unknown), "spa_unknown_key"},
-		{"spa_replayed", frame(valid), "spa_replay"},
+		{"spa_forged", frame(forged), bpf.KnockgateCounterCOUNTER_SPA_BAD_TAG},
+		{"spa_unknown_key", frame(unknown), bpf.KnockgateCounterCOUNTER_SPA_UNKNOWN_KEY},
+		{"spa_replayed", frame(valid), bpf.KnockgateCounterCOUNTER_SPA_REPLAY},
 	} {
 		b.Run(c.name, func(b *testing.B) {
-			if c.reason == "spa_replay" {
+			if c.reason == bpf.KnockgateCounterCOUNTER_SPA_REPLAY {
 				// Accepted once: every run after is a replay.
 				timed(b, objs.Knockgate, c.frame, 1, xdpDrop)
 			}
@@ -618,8 +618,8 @@ func BenchmarkSPA(b *testing.B) {
 			}
 			report(b, p, fl, b.N)
 			after, _ := set.ReadCounters()
-			if got, runs := after.Get(c.reason)-before.Get(c.reason), uint64(b.N*benchRepeat); got != runs {
-				b.Fatalf("%s: %d of %d runs, the rest took another path", c.reason, got, runs)
+			if got, runs := after.Counter(c.reason)-before.Counter(c.reason), uint64(b.N*benchRepeat); got != runs {
+				b.Fatalf("%s: %d of %d runs, the rest took another path", maps.CounterNames[maps.Verdicts+int(c.reason)], got, runs)
 			}
 		})
 	}
@@ -651,7 +651,7 @@ func BenchmarkSPA(b *testing.B) {
 		}
 		report(b, p, fl, chunks)
 		after, _ := set.ReadCounters()
-		if got := after.Get("spa_accepted") - before.Get("spa_accepted"); got != uint64(chunks) {
+		if got := after.Counter(bpf.KnockgateCounterCOUNTER_SPA_ACCEPTED) - before.Counter(bpf.KnockgateCounterCOUNTER_SPA_ACCEPTED); got != uint64(chunks) {
 			b.Fatalf("accepted %d of %d", got, chunks)
 		}
 	})

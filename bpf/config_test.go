@@ -161,7 +161,7 @@ func TestVerdictsPerInterface(t *testing.T) {
 			t.Errorf("dropped_protected in the slot of lo: %d, want 1", got)
 		}
 	}
-	if c := g.counters(); c.Get("dropped_protected") != 4 {
-		t.Errorf("dropped_protected over all interfaces: %d, want 4", c.Get("dropped_protected"))
+	if c := g.counters(); c.Verdict(bpf.KnockgateVerdictVERDICT_DROPPED_PROTECTED) != 4 {
+		t.Errorf("dropped_protected over all interfaces: %d, want 4", c.Verdict(bpf.KnockgateVerdictVERDICT_DROPPED_PROTECTED))
 	}
 }

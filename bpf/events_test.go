@@ -9,6 +9,7 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/knockgate/knockgate/bpf"
 	"github.com/knockgate/knockgate/maps"
 	"github.com/knockgate/knockgate/test/netns"
 )
@@ -88,10 +89,10 @@ func TestKnockEventsBudgeted(t *testing.T) {
 		if delivered < eventBurst || delivered > eventBurst+earned {
 			t.Errorf("%d knock events delivered, want %d to %d", delivered, eventBurst, eventBurst+earned)
 		}
-		if got := c.Get("events_suppressed"); got != burst-delivered {
+		if got := c.Counter(bpf.KnockgateCounterCOUNTER_EVENTS_SUPPRESSED); got != burst-delivered {
 			t.Errorf("events_suppressed = %d, want %d (made %d, delivered %d)", got, burst-delivered, burst, delivered)
 		}
-		if got := c.Get("knock_advanced"); got != burst {
+		if got := c.Counter(bpf.KnockgateCounterCOUNTER_KNOCK_ADVANCED); got != burst {
 			t.Errorf("knock_advanced = %d, want %d", got, burst)
 		}
 
@@ -133,14 +134,14 @@ func TestFullRingBufferKeepsVerdicts(t *testing.T) {
 			}
 			if i%64 == 63 {
 				c := g.counters()
-				lost = c.Get("events_lost") > 0
+				lost = c.Counter(bpf.KnockgateCounterCOUNTER_EVENTS_LOST) > 0
 			}
 		}
 		if !lost {
 			t.Fatalf("ring buffer of %d bytes never filled", eventRingBytes)
 		}
 		c := g.counters()
-		if n := c.Get("events_suppressed"); n != 0 {
+		if n := c.Counter(bpf.KnockgateCounterCOUNTER_EVENTS_SUPPRESSED); n != 0 {
 			t.Errorf("%d open events suppressed: opens are never budgeted", n)
 		}
 
@@ -157,10 +158,10 @@ func TestFullRingBufferKeepsVerdicts(t *testing.T) {
 
 		// Every event was delivered, lost or suppressed.
 		c = g.counters()
-		made := c.Get("knock_advanced") + c.Get("knock_reset") + c.Get("grant_expired")
+		made := c.Counter(bpf.KnockgateCounterCOUNTER_KNOCK_ADVANCED) + c.Counter(bpf.KnockgateCounterCOUNTER_KNOCK_RESET) + c.Counter(bpf.KnockgateCounterCOUNTER_GRANT_EXPIRED)
 		read := uint64(len(g.events()))
-		if read+c.Get("events_lost")+c.Get("events_suppressed") != made {
-			t.Errorf("%d events made, %d read + %d lost + %d suppressed", made, read, c.Get("events_lost"), c.Get("events_suppressed"))
+		if read+c.Counter(bpf.KnockgateCounterCOUNTER_EVENTS_LOST)+c.Counter(bpf.KnockgateCounterCOUNTER_EVENTS_SUPPRESSED) != made {
+			t.Errorf("%d events made, %d read + %d lost + %d suppressed", made, read, c.Counter(bpf.KnockgateCounterCOUNTER_EVENTS_LOST), c.Counter(bpf.KnockgateCounterCOUNTER_EVENTS_SUPPRESSED))
 		}
 		// Once drained, knock events flow again.
 		g.expect("step 1 after draining", f.knock(f.source(limit+2), seq[0]), xdpDrop, "dropped_knock", "knock_advanced")

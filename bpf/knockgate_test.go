@@ -533,10 +533,10 @@ func TestPortSweepCannotComplete(t *testing.T) {
 		g.noGrant("after the sweep", f.src)
 		g.noProgress("after the sweep", f.src)
 		c := g.counters()
-		if n := c.Get("granted"); n != 0 {
+		if n := c.Counter(bpf.KnockgateCounterCOUNTER_GRANTED); n != 0 {
 			t.Errorf("sweep: granted %d times", n)
 		}
-		if n := c.Get("knock_reset"); n != 1 {
+		if n := c.Counter(bpf.KnockgateCounterCOUNTER_KNOCK_RESET); n != 1 {
 			t.Errorf("sweep: %d resets, want 1 (7001 resets the start at 7000; 8000 and 9000 are out of order)", n)
 		}
 		g.expect("SYN to 22 after the sweep", f.knock(f.src, ssh), xdpDrop, "dropped_protected")

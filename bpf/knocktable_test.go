@@ -254,11 +254,11 @@ func TestFullSetConcurrently(t *testing.T) {
 			}
 		}
 		c := g.counters()
-		if c.Get("granted") == 0 || c.Get("granted") > rounds {
-			t.Errorf("%d grants over %d rounds", c.Get("granted"), rounds)
+		if c.Counter(bpf.KnockgateCounterCOUNTER_GRANTED) == 0 || c.Counter(bpf.KnockgateCounterCOUNTER_GRANTED) > rounds {
+			t.Errorf("%d grants over %d rounds", c.Counter(bpf.KnockgateCounterCOUNTER_GRANTED), rounds)
 		}
-		if c.Get("grant_failed") != 0 {
-			t.Errorf("%d grants failed", c.Get("grant_failed"))
+		if c.Counter(bpf.KnockgateCounterCOUNTER_GRANT_FAILED) != 0 {
+			t.Errorf("%d grants failed", c.Counter(bpf.KnockgateCounterCOUNTER_GRANT_FAILED))
 		}
 		g.events()
 	})

@@ -58,15 +58,13 @@ var _ [0]struct{} = [len(CounterNames) - Verdicts - int(bpf.KnockgateCounterCOUN
 // over interfaces), indexed like CounterNames.
 type Counters [len(CounterNames)]uint64
 
-// Get returns the counter called name (see CounterNames), or 0.
-func (c *Counters) Get(name string) uint64 {
-	for i, n := range CounterNames {
-		if n == name {
-			return c[i]
-		}
-	}
-	return 0
-}
+// Verdict is the count of verdict v. Counters are looked up by the C
+// enum's generated names, never by a string a typo would turn into a
+// silent zero.
+func (c *Counters) Verdict(v bpf.KnockgateVerdict) uint64 { return c[v] }
+
+// Counter is the count of counter k (enum counter).
+func (c *Counters) Counter(k bpf.KnockgateCounter) uint64 { return c[Verdicts+int(k)] }
 
 // VerdictCounts are the verdict counters of one interface slot, indexed like
 // the first Verdicts entries of CounterNames.

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/knockgate/knockgate/bpf"
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
 )
@@ -107,6 +108,38 @@ var descs = []*prometheus.Desc{descPackets, descIfacePackets, descKnocks, descGr
 	descPending, descSettleErrors, descReloads, descLastReload, descLastReloadOK, descScrapeErrors,
 	descFleetPeers, descFleetPublished, descFleetReceived, descFleetRestarts, descFleetPending, descFleetLastSync}
 
+// counterLabel is a counter and the label value its metric carries.
+type counterLabel struct {
+	c     bpf.KnockgateCounter
+	label string
+}
+
+// The counters of the labelled metrics, by the C enum (a typo does not
+// compile).
+var (
+	knockLabels = []counterLabel{
+		{bpf.KnockgateCounterCOUNTER_KNOCK_ADVANCED, "advanced"},
+		{bpf.KnockgateCounterCOUNTER_KNOCK_REPEATED, "repeated"},
+		{bpf.KnockgateCounterCOUNTER_KNOCK_RESET, "reset"},
+		{bpf.KnockgateCounterCOUNTER_KNOCK_WHILE_GRANTED, "while_granted"},
+	}
+	flowLabels = []counterLabel{
+		{bpf.KnockgateCounterCOUNTER_FLOWS_LEARNED, "learned"},
+		{bpf.KnockgateCounterCOUNTER_FLOWS_ENDED, "ended"},
+		{bpf.KnockgateCounterCOUNTER_FLOWS_FULL, "full"},
+	}
+	spaLabels = []counterLabel{
+		{bpf.KnockgateCounterCOUNTER_SPA_ACCEPTED, "accepted"},
+		{bpf.KnockgateCounterCOUNTER_SPA_BAD_LENGTH, "bad_length"},
+		{bpf.KnockgateCounterCOUNTER_SPA_BAD_VERSION, "bad_version"},
+		{bpf.KnockgateCounterCOUNTER_SPA_UNKNOWN_KEY, "unknown_key"},
+		{bpf.KnockgateCounterCOUNTER_SPA_BAD_TAG, "bad_tag"},
+		{bpf.KnockgateCounterCOUNTER_SPA_CLOCK, "clock"},
+		{bpf.KnockgateCounterCOUNTER_SPA_BAD_ADDRESS, "bad_address"},
+		{bpf.KnockgateCounterCOUNTER_SPA_REPLAY, "replay"},
+	}
+)
+
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range descs {
 		ch <- d
@@ -128,19 +161,19 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		for v := range maps.Verdicts {
 			counter(descPackets, cs[v], maps.CounterNames[v])
 		}
-		for _, k := range []string{"advanced", "repeated", "reset", "while_granted"} {
-			counter(descKnocks, cs.Get("knock_"+k), k)
+		for _, l := range knockLabels {
+			counter(descKnocks, cs.Counter(l.c), l.label)
 		}
-		counter(descGrants, cs.Get("granted"))
-		counter(descExpired, cs.Get("grant_expired"))
-		counter(descGrantFailed, cs.Get("grant_failed"))
-		counter(descEventsLost, cs.Get("events_lost"))
-		counter(descEventsSuppressed, cs.Get("events_suppressed"))
-		for _, k := range []string{"learned", "ended", "full"} {
-			counter(descFlows, cs.Get("flows_"+k), k)
+		counter(descGrants, cs.Counter(bpf.KnockgateCounterCOUNTER_GRANTED))
+		counter(descExpired, cs.Counter(bpf.KnockgateCounterCOUNTER_GRANT_EXPIRED))
+		counter(descGrantFailed, cs.Counter(bpf.KnockgateCounterCOUNTER_GRANT_FAILED))
+		counter(descEventsLost, cs.Counter(bpf.KnockgateCounterCOUNTER_EVENTS_LOST))
+		counter(descEventsSuppressed, cs.Counter(bpf.KnockgateCounterCOUNTER_EVENTS_SUPPRESSED))
+		for _, l := range flowLabels {
+			counter(descFlows, cs.Counter(l.c), l.label)
 		}
-		for _, k := range []string{"accepted", "bad_length", "bad_version", "unknown_key", "bad_tag", "clock", "bad_address", "replay"} {
-			counter(descSPA, cs.Get("spa_"+k), k)
+		for _, l := range spaLabels {
+			counter(descSPA, cs.Counter(l.c), l.label)
 		}
 	}
 	states := map[loader.IfaceState]float64{loader.Attached: 0, loader.Missing: 0, loader.Waiting: 0}

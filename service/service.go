@@ -20,6 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/knockgate/knockgate/bpf"
 	"github.com/knockgate/knockgate/config"
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
@@ -531,7 +532,7 @@ func (r *eventReport) tick(svc *service) {
 	if err != nil {
 		return
 	}
-	s, l := c.Get("events_suppressed"), c.Get("events_lost")
+	s, l := c.Counter(bpf.KnockgateCounterCOUNTER_EVENTS_SUPPRESSED), c.Counter(bpf.KnockgateCounterCOUNTER_EVENTS_LOST)
 	if !r.last.IsZero() && (s > r.suppressed || l > r.lost) {
 		svc.logger().Warn("events not logged: knock and reset events over the budget, or the ring buffer full",
 			"suppressed", s-r.suppressed, "lost", l-r.lost, "since", r.last.UTC().Format(time.RFC3339))

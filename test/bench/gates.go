@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 
+	"github.com/knockgate/knockgate/bpf"
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
 	"github.com/knockgate/knockgate/test/netns"
@@ -265,7 +266,7 @@ func (g *Knockgate) Setup(topo *Topology) error {
 // Seen is the gate's dropped_protected counter.
 func (g *Knockgate) Seen() (uint64, error) {
 	c, err := g.counters()
-	return c.Get("dropped_protected"), err
+	return c.Verdict(bpf.KnockgateVerdictVERDICT_DROPPED_PROTECTED), err
 }
 
 func (g *Knockgate) counters() (maps.Counters, error) {

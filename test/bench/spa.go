@@ -22,6 +22,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/knockgate/knockgate/bpf"
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
 	"github.com/knockgate/knockgate/spa"
@@ -352,7 +353,7 @@ func (g *KnockgateSPA) Processed() (uint64, error) {
 	}
 	defer gate.Close()
 	c, err := gate.Maps.ReadCounters()
-	return c.Get("dropped_spa"), err
+	return c.Verdict(bpf.KnockgateVerdictVERDICT_DROPPED_SPA), err
 }
 
 func (g *KnockgateSPA) DaemonCPU() (uint64, error) { return 0, nil }
