@@ -45,9 +45,16 @@ func (o *Options) GateName() string {
 }
 
 // Gate is a pinned gate: its program, its maps and where they are pinned.
+// Its maps are read and changed through its methods, which hold the gate's
+// lock (shared to read, exclusive to change), so no command sees a change
+// half-made or undoes another's.
 type Gate struct {
 	Name string
 	Dir  string
+	// Maps are the gate's maps, for this package. Deprecated for others:
+	// use the Gate's methods. It is exported only while service/fleet.go
+	// and test/bench still reach it, and is to become unexported once they
+	// stop.
 	Maps *maps.Set
 	Prog *ebpf.Program // XDP, on every interface's ingress
 	// Egress learns the host's flows, on every interface's egress (tcx).
@@ -159,7 +166,7 @@ func Create(opts Options) (_ *Gate, err error) {
 	if _, err := g.Maps.WriteConfig(cfg); err != nil {
 		return nil, err
 	}
-	if _, err := SeedFlows(g.Maps); err != nil {
+	if _, err := seedOpenFlows(g.Maps); err != nil {
 		return nil, err
 	}
 	maps.KillPoint()
@@ -252,8 +259,14 @@ func Open(name string) (_ *Gate, err error) {
 
 // lock takes the gate's own lock, which orders every change inside it. It
 // fails with ErrNotAttached when the gate was removed while it waited.
-func (g *Gate) lock() (unlock func(), err error) {
-	f, err := flock(g.Dir, unix.LOCK_EX)
+func (g *Gate) lock() (unlock func(), err error) { return g.flock(unix.LOCK_EX) }
+
+// rlock takes the gate's lock shared, to read: readers do not wait for each
+// other, only for a change in progress.
+func (g *Gate) rlock() (unlock func(), err error) { return g.flock(unix.LOCK_SH) }
+
+func (g *Gate) flock(how int) (unlock func(), err error) {
+	f, err := flock(g.Dir, how)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("gate %s: %w", g.Name, ErrNotAttached)
@@ -352,6 +365,18 @@ func (g *Gate) Settle(gen uint32) (st maps.Settlement, err error) {
 		return err
 	})
 	return st, err
+}
+
+// SeedFlows records in the gate's flow table the flows open now (in the
+// calling thread's network namespace) from the ports it protects, under the
+// gate's lock: an interface that was without the gate for a while loses none
+// of the sessions opened meanwhile (see seedOpenFlows).
+func (g *Gate) SeedFlows() (n int, err error) {
+	err = g.locked(func() error {
+		n, err = seedOpenFlows(g.Maps)
+		return err
+	})
+	return n, err
 }
 
 // locked runs change under the gate's lock.

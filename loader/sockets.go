@@ -23,7 +23,7 @@ var liveTCPStates = map[uint8]bool{
 	11: true, // CLOSING
 }
 
-// SeedFlows records in the gate's flow table the flows that exist already
+// seedOpenFlows records in the gate's flow table the flows that exist already
 // in the calling thread's network namespace, from the kernel's socket table
 // (sock_diag): connected TCP sockets in a state with packets to come, and
 // connected UDP sockets. The egress program learns flows only as the host
@@ -31,7 +31,7 @@ var liveTCPStates = map[uint8]bool{
 // operator's own, attached with --no-grant-self) would be cut off. It
 // returns how many flows it recorded; a set of the table with no room left
 // keeps its flows.
-func SeedFlows(set *maps.Set) (int, error) {
+func seedOpenFlows(set *maps.Set) (int, error) {
 	cfg, err := set.ReadConfig()
 	if err != nil {
 		return 0, err
@@ -39,7 +39,7 @@ func SeedFlows(set *maps.Set) (int, error) {
 	return seedFlows(set, &cfg)
 }
 
-// seedFlows is SeedFlows for the configuration cfg, which may not be
+// seedFlows is seedOpenFlows for the configuration cfg, which may not be
 // written yet: a change seeds the flows it protects before it takes effect.
 func seedFlows(set *maps.Set, cfg *maps.Config) (int, error) {
 	if !cfg.Flows {

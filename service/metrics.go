@@ -155,7 +155,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
 
-	if cs, err := c.gate.Maps.ReadCounters(); err != nil {
+	if cs, err := c.gate.Counters(); err != nil {
 		errs++
 	} else {
 		for v := range maps.Verdicts {
@@ -179,7 +179,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	states := map[loader.IfaceState]float64{loader.Attached: 0, loader.Missing: 0, loader.Waiting: 0}
 	if ifaces, err := c.gate.Interfaces(); err != nil {
 		errs++
-	} else if slots, err := c.gate.Maps.ReadVerdicts(); err != nil {
+	} else if slots, err := c.gate.Verdicts(); err != nil {
 		errs++
 	} else {
 		for _, ifc := range ifaces {
@@ -195,7 +195,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for s, n := range states {
 		gauge(descIfaces, n, string(s))
 	}
-	if srcs, err := c.gate.Maps.Sources(); err != nil {
+	if srcs, err := c.gate.Sources(); err != nil {
 		errs++
 	} else {
 		n := map[string]float64{"knocking": 0, "open": 0}
@@ -206,12 +206,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			gauge(descSources, v, s)
 		}
 	}
-	if cfg, err := c.gate.Maps.ReadConfig(); err != nil {
+	if cfg, err := c.gate.Config(); err != nil {
 		errs++
 	} else {
 		gauge(descGeneration, float64(cfg.Generation))
 	}
-	if sm, err := c.gate.Maps.ReadSafeMode(); err != nil {
+	if sm, err := c.gate.SafeMode(); err != nil {
 		errs++
 	} else {
 		gauge(descPending, b2f(sm.Pending))

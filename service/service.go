@@ -100,7 +100,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	defer func() { svc.metrics.close() }()
 
-	events, err := svc.gate.Maps.OpenEvents()
+	events, err := svc.gate.OpenEvents()
 	if err != nil {
 		return err
 	}
@@ -204,19 +204,19 @@ func (svc *service) start() error {
 	svc.logger().Info("gate adopted: grants and knock progress kept", "gate", g.Name, "program_replaced", replaced)
 	// Flows opened while an interface had no gate (gone and back while
 	// the service was down) are not lost.
-	if _, err := loader.SeedFlows(g.Maps); err != nil {
+	if _, err := g.SeedFlows(); err != nil {
 		g.Close()
 		return err
 	}
-	if n := g.Maps.Grants.MaxEntries(); n != s.MaxSources {
+	if n := g.Sizes().MaxSources; n != s.MaxSources {
 		svc.logger().Warn("max_sources differs from the pinned gate's: kept (detach the gate to resize it)",
 			"pinned", n, "config", s.MaxSources)
 	}
-	if n := g.Maps.FlowTable.MaxEntries(); n != loader.FlowSlots(s.MaxFlows) {
+	if n := g.Sizes().MaxFlows; n != loader.FlowSlots(s.MaxFlows) {
 		svc.logger().Warn("max_flows differs from the pinned gate's: kept (detach the gate to resize it)",
 			"pinned", n, "config", s.MaxFlows)
 	}
-	sm, err := g.Maps.ReadSafeMode()
+	sm, err := g.SafeMode()
 	if err != nil {
 		g.Close()
 		return err
@@ -257,11 +257,11 @@ type pendingReload struct {
 // removals wait for the confirmation.
 func (svc *service) apply(s *config.Settings, confirm time.Duration) (*pendingReload, error) {
 	g := svc.gate
-	cur, err := g.Maps.ReadConfig()
+	cur, err := g.Config()
 	if err != nil {
 		return nil, err
 	}
-	allowNow, err := g.Maps.AllowList()
+	allowNow, err := g.AllowList()
 	if err != nil {
 		return nil, err
 	}
@@ -379,7 +379,7 @@ func (svc *service) reload() error {
 		}
 	}
 	svc.reconcileAll()
-	cfg, _ := svc.gate.Maps.ReadConfig()
+	cfg, _ := svc.gate.Config()
 	msg := "reloaded"
 	if p != nil {
 		msg = "reloaded in safe mode: run \"knockgate confirm " + svc.gate.Name + "\" to keep it"
@@ -528,7 +528,7 @@ func (r *eventReport) tick(svc *service) {
 	if time.Since(r.last) < time.Minute {
 		return
 	}
-	c, err := svc.gate.Maps.ReadCounters()
+	c, err := svc.gate.Counters()
 	if err != nil {
 		return
 	}

@@ -115,7 +115,7 @@ func attach(e *env, s *config.Settings, explicit map[string]bool, self netip.Add
 		return err
 	}
 	defer g.Close()
-	cfg, err := g.Maps.ReadConfig()
+	cfg, err := g.Config()
 	if err != nil {
 		return err
 	}
@@ -125,7 +125,7 @@ func attach(e *env, s *config.Settings, explicit map[string]bool, self netip.Add
 	}
 	fmt.Fprintf(e.stdout, "knockgate attached to %s: %s\n", describeIfaces(name, ifaces), describe(cfg, s.Allow))
 	if self.IsValid() {
-		gr, _, err := g.Maps.LookupGrant(self)
+		gr, _, err := g.LookupGrant(self)
 		if err != nil {
 			return err
 		}
@@ -188,7 +188,7 @@ func reattach(e *env, name string, s *config.Settings, explicit map[string]bool)
 		return err
 	}
 	defer g.Close()
-	cfg, err := g.Maps.ReadConfig()
+	cfg, err := g.Config()
 	if err != nil {
 		return err
 	}
@@ -199,7 +199,7 @@ func reattach(e *env, name string, s *config.Settings, explicit map[string]bool)
 		return err
 	}
 	// Flows opened while an interface had no gate are not lost.
-	if _, err := loader.SeedFlows(g.Maps); err != nil {
+	if _, err := g.SeedFlows(); err != nil {
 		return err
 	}
 	var attached []string
@@ -219,7 +219,7 @@ func reattach(e *env, name string, s *config.Settings, explicit map[string]bool)
 		return &messageError{fmt.Sprintf("knockgate is already attached to %s (run \"knockgate detach %s\" first)",
 			strings.Join(s.Interfaces, ", "), name), loader.ErrAttached}
 	}
-	allow, err := g.Maps.AllowList()
+	allow, err := g.AllowList()
 	if err != nil {
 		return err
 	}
@@ -258,7 +258,7 @@ func sameSettings(g *loader.Gate, cfg maps.Config, s *config.Settings, explicit 
 		diff = append(diff, fmt.Sprintf("--spa-port %d", cfg.SPAPort))
 	}
 	if explicit["spa-keys"] {
-		have, err := g.Maps.ReadSPAKeys()
+		have, err := g.SPAKeys()
 		if err != nil {
 			return err
 		}
@@ -269,14 +269,14 @@ func sameSettings(g *loader.Gate, cfg maps.Config, s *config.Settings, explicit 
 	if explicit["spa-window"] && want.SPAWindow != cfg.SPAWindow {
 		diff = append(diff, "--spa-window "+cfg.SPAWindow.String())
 	}
-	if explicit["max-flows"] && loader.FlowSlots(s.MaxFlows) != g.Maps.FlowTable.MaxEntries() {
-		diff = append(diff, fmt.Sprintf("--max-flows %d", g.Maps.FlowTable.MaxEntries()))
+	if explicit["max-flows"] && loader.FlowSlots(s.MaxFlows) != g.Sizes().MaxFlows {
+		diff = append(diff, fmt.Sprintf("--max-flows %d", g.Sizes().MaxFlows))
 	}
-	if explicit["max-sources"] && s.MaxSources != g.Maps.Grants.MaxEntries() {
-		diff = append(diff, fmt.Sprintf("--max-sources %d", g.Maps.Grants.MaxEntries()))
+	if explicit["max-sources"] && s.MaxSources != g.Sizes().MaxSources {
+		diff = append(diff, fmt.Sprintf("--max-sources %d", g.Sizes().MaxSources))
 	}
 	if explicit["allow"] {
-		allow, err := g.Maps.AllowList()
+		allow, err := g.AllowList()
 		if err != nil {
 			return err
 		}
@@ -312,7 +312,7 @@ func sameKeys(have []maps.SPAKey, want []spa.Key) bool {
 // never confirmed: the program already lets everything through, and the
 // pins go now. It reports whether it did.
 func finishUndoneAttach(g *loader.Gate) (bool, error) {
-	sm, err := g.Maps.ReadSafeMode()
+	sm, err := g.SafeMode()
 	if err != nil || !sm.Lapsed || sm.Previous.Generation != 0 {
 		return false, err
 	}

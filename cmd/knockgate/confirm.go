@@ -28,7 +28,7 @@ func confirmCommand() *command {
 				return err
 			}
 			defer g.Close()
-			sm, err := g.Maps.ReadSafeMode()
+			sm, err := g.SafeMode()
 			if err != nil {
 				return err
 			}

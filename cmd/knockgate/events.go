@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
 )
 
@@ -60,7 +61,7 @@ func streamEvents(e *env, arg string, asJSON bool) error {
 	if err != nil {
 		return fmt.Errorf("watch %s: %w", g.Dir, err)
 	}
-	rd, err := g.Maps.OpenEvents()
+	rd, err := g.OpenEvents()
 	if err != nil {
 		return err
 	}
@@ -93,7 +94,7 @@ func streamEvents(e *env, arg string, asJSON bool) error {
 		}
 	}()
 
-	steps := stepCounter{set: g.Maps}
+	steps := stepCounter{gate: g}
 	for {
 		ev, err := rd.Read()
 		if errors.Is(err, maps.ErrClosed) {
@@ -123,14 +124,14 @@ func streamEvents(e *env, arg string, asJSON bool) error {
 // re-reading the configuration at most once a second so that a knock flood
 // does not turn into a flood of config reads.
 type stepCounter struct {
-	set  *maps.Set
+	gate *loader.Gate
 	n    int
 	read time.Time
 }
 
 func (s *stepCounter) get() int {
 	if time.Since(s.read) >= time.Second {
-		if cfg, err := s.set.ReadConfig(); err == nil {
+		if cfg, err := s.gate.Config(); err == nil {
 			s.n, s.read = len(cfg.Sequence), time.Now()
 		}
 	}

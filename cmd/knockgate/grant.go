@@ -37,7 +37,7 @@ func grantCommand() *command {
 			}
 			defer g.Close()
 			if d == 0 {
-				cfg, err := g.Maps.ReadConfig()
+				cfg, err := g.Config()
 				if err != nil {
 					return err
 				}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/knockgate/knockgate/config"
+	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
 	"github.com/knockgate/knockgate/spa"
 )
@@ -60,7 +61,7 @@ func setCommand() *command {
 			defer g.Close()
 			if changed["spa-keys"] && len(changed) == 1 && within == 0 {
 				// Keys alone: a live map change, not a configuration write.
-				cur, err := g.Maps.ReadConfig()
+				cur, err := g.Config()
 				if err != nil {
 					return err
 				}
@@ -119,7 +120,7 @@ func setCommand() *command {
 				return nil
 			})
 			if errors.Is(err, maps.ErrAwaitingConfirm) {
-				return pendingError(g.Name, g.Maps, err)
+				return pendingError(g, err)
 			}
 			if err != nil {
 				return err
@@ -131,7 +132,7 @@ func setCommand() *command {
 					return err
 				}
 			}
-			allow, err := g.Maps.AllowList()
+			allow, err := g.AllowList()
 			if err != nil {
 				return err
 			}
@@ -151,8 +152,9 @@ func setCommand() *command {
 
 // pendingError explains why a change was refused while another awaits
 // confirmation.
-func pendingError(gate string, set *maps.Set, cause error) error {
-	sm, err := set.ReadSafeMode()
+func pendingError(g *loader.Gate, cause error) error {
+	gate := g.Name
+	sm, err := g.SafeMode()
 	if err != nil {
 		return err
 	}

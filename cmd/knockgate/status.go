@@ -185,27 +185,27 @@ func readStatus(arg string) (*gateStatus, error) {
 	if st.ifaces, err = g.Interfaces(); err != nil {
 		return nil, err
 	}
-	if st.cfg, err = g.Maps.ReadConfig(); err != nil {
+	if st.cfg, err = g.Config(); err != nil {
 		return nil, err
 	}
-	if st.safe, err = g.Maps.ReadSafeMode(); err != nil {
+	if st.safe, err = g.SafeMode(); err != nil {
 		return nil, err
 	}
-	allow, err := g.Maps.AllowList()
+	allow, err := g.AllowList()
 	if err != nil {
 		return nil, err
 	}
 	st.allow = prefixList(allow)
-	if st.counters, err = g.Maps.ReadCounters(); err != nil {
+	if st.counters, err = g.Counters(); err != nil {
 		return nil, err
 	}
-	if st.verdicts, err = g.Maps.ReadVerdicts(); err != nil {
+	if st.verdicts, err = g.Verdicts(); err != nil {
 		return nil, err
 	}
-	if st.sources, err = g.Maps.Sources(); err != nil {
+	if st.sources, err = g.Sources(); err != nil {
 		return nil, err
 	}
-	flows, err := g.Maps.Flows()
+	flows, err := g.Flows()
 	if err != nil {
 		return nil, err
 	}
@@ -214,8 +214,8 @@ func readStatus(arg string) (*gateStatus, error) {
 			st.flows = append(st.flows, f)
 		}
 	}
-	st.maxFlows = int(g.Maps.FlowTable.MaxEntries())
-	if st.spaKeys, err = g.Maps.ReadSPAKeys(); err != nil {
+	st.maxFlows = int(g.Sizes().MaxFlows)
+	if st.spaKeys, err = g.SPAKeys(); err != nil {
 		return nil, err
 	}
 	st.clock, st.now = maps.GateUnixTime(&st.cfg), time.Now()

@@ -1,0 +1,94 @@
+package loader
+
+import (
+	"net/netip"
+
+	"github.com/knockgate/knockgate/bpf"
+	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/policy"
+)
+
+// The gate's maps as commands and the service read them: each read holds
+// the gate's lock shared, so it sees no configuration write, allow-list
+// change or key change half-made.
+
+// read runs f under the gate's lock, shared.
+func (g *Gate) read(f func() error) error {
+	unlock, err := g.rlock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return f()
+}
+
+// readValue runs f under the gate's lock, shared, and returns its result.
+func readValue[T any](g *Gate, f func() (T, error)) (v T, err error) {
+	err = g.read(func() error {
+		v, err = f()
+		return err
+	})
+	return v, err
+}
+
+// Config is the configuration in force (maps.Set.ReadConfig).
+func (g *Gate) Config() (maps.Config, error) { return readValue(g, g.Maps.ReadConfig) }
+
+// Policy is the policy in force, its allow list included, read at once.
+func (g *Gate) Policy() (p policy.Policy, err error) {
+	err = g.read(func() error {
+		cfg, err := g.Maps.ReadConfig()
+		if err != nil {
+			return err
+		}
+		allow, err := g.Maps.AllowList()
+		p = cfg.Policy(allow)
+		return err
+	})
+	return p, err
+}
+
+// SafeMode reports the safe-mode change in force, if any
+// (maps.Set.ReadSafeMode).
+func (g *Gate) SafeMode() (maps.SafeMode, error) { return readValue(g, g.Maps.ReadSafeMode) }
+
+// AllowList is the allow list (maps.Set.AllowList).
+func (g *Gate) AllowList() ([]netip.Prefix, error) { return readValue(g, g.Maps.AllowList) }
+
+// Counters are the program's counters, summed (maps.Set.ReadCounters).
+func (g *Gate) Counters() (maps.Counters, error) { return readValue(g, g.Maps.ReadCounters) }
+
+// Verdicts are the verdict counters of every interface slot
+// (maps.Set.ReadVerdicts).
+func (g *Gate) Verdicts() ([maps.IfaceSlots]maps.VerdictCounts, error) {
+	return readValue(g, g.Maps.ReadVerdicts)
+}
+
+// Sources are the granted and knocking sources (maps.Set.Sources).
+func (g *Gate) Sources() ([]maps.SourceState, error) { return readValue(g, g.Maps.Sources) }
+
+// Flows are the flow table's flows, live or not (maps.Set.Flows).
+func (g *Gate) Flows() ([]maps.Flow, error) { return readValue(g, g.Maps.Flows) }
+
+// SPAKeys are the gate's SPA keys with their replay state
+// (maps.Set.ReadSPAKeys).
+func (g *Gate) SPAKeys() ([]maps.SPAKey, error) { return readValue(g, g.Maps.ReadSPAKeys) }
+
+// LookupGrant is addr's grant entry, live or not (maps.Set.LookupGrant).
+func (g *Gate) LookupGrant(addr netip.Addr) (gr bpf.KnockgateGrant, ok bool, err error) {
+	err = g.read(func() error {
+		gr, ok, err = g.Maps.LookupGrant(addr)
+		return err
+	})
+	return gr, ok, err
+}
+
+// OpenEvents starts reading the gate's events (maps.Set.OpenEvents).
+func (g *Gate) OpenEvents() (*maps.EventReader, error) { return readValue(g, g.Maps.OpenEvents) }
+
+// Sizes are the gate's sizes as its maps were made: MaxSources its grant
+// entries, MaxFlows its flow table's slots (FlowSlots of what was asked).
+// They never change, so no lock is needed to read them.
+func (g *Gate) Sizes() Sizes {
+	return Sizes{MaxSources: g.Maps.Grants.MaxEntries(), MaxFlows: g.Maps.FlowTable.MaxEntries()}
+}
