@@ -568,7 +568,13 @@ __attribute__((noinline)) int knock_table(const struct config *cfg, const struct
 			count(COUNTER_KNOCK_RESET);
 			if (budgeted(now))
 				emit(EVENT_RESET, pkt, held, stage, now, 0);
-			return match ? XDP_DROP : -1;
+			/* The first step of another service's sequence starts that
+			 * one, in the slot just freed (a step of the same sequence
+			 * is never a reset: it repeats or advances). */
+			if (!(match & 1))
+				return match ? XDP_DROP : -1;
+			freed = 1;
+			break;
 		}
 		/* No progress after all: on as a source without any. The slot
 		 * just freed is the first free one unless the search passed one
