@@ -15,9 +15,11 @@
 
 volatile const __u8 test_clock = 0;
 
-volatile __u64 test_boot_ns = 0;
-volatile __u64 test_coarse_ns = 0;
-volatile __u64 test_tai_ns = 0;
+/* A section of their own, so that both programs (two objects) share one map
+ * of them: the loader hands the XDP object's to the egress object. */
+volatile __u64 test_boot_ns SEC(".data.test_clock") = 0;
+volatile __u64 test_coarse_ns SEC(".data.test_clock") = 0;
+volatile __u64 test_tai_ns SEC(".data.test_clock") = 0;
 
 static __always_inline __u64 clock_boot(void)
 {

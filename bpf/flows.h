@@ -13,7 +13,7 @@
 #pragma once
 
 #include "parsing.h"
-#include "clock.h"
+#include "common.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -133,4 +133,17 @@ static __always_inline __s64 flow_find(const __u8 *tags, __u32 base, __u8 tag, c
 			return idx;
 	}
 	return -1;
+}
+
+/* The flow key of a packet as the host sees it: local is the packet's
+ * destination for an inbound packet (reverse), its source for one the host
+ * sent (and for the packet an ICMP error quotes). */
+static __always_inline void flow_key_of(struct flow_key *k, const struct packet *pkt, int reverse)
+{
+	__builtin_memcpy(k->local, reverse ? pkt->dst.addr : pkt->src.addr, 16);
+	__builtin_memcpy(k->remote, reverse ? pkt->src.addr : pkt->dst.addr, 16);
+	k->local_port = reverse ? pkt->dport : pkt->sport;
+	k->remote_port = reverse ? pkt->sport : pkt->dport;
+	k->proto = pkt->proto;
+	__builtin_memset(k->pad, 0, sizeof(k->pad));
 }

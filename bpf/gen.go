@@ -1,5 +1,9 @@
-// Package bpf holds the XDP program and the Go bindings bpf2go generates for
-// it; the C structs in knockgate.h are the single definition of the ABI.
+// Package bpf holds the XDP program, the tcx egress program and the Go
+// bindings bpf2go generates for them; the C structs in knockgate.h are the
+// single definition of the ABI. The egress object's maps are the XDP
+// object's (the loader hands them over by name), so its bindings carry no
+// types of their own.
 package bpf
 
-//go:generate go tool bpf2go -tags linux -target bpfel,bpfeb -type source -type step -type config -type grant -type allow_key -type event -type counter -type event_type -type verdict -type config_flag -type flow_flag -type flow_key -type spa_key -type spa_key_flag Knockgate knockgate.c -- -I/usr/include/x86_64-linux-gnu -Wall -Werror
+//go:generate go tool bpf2go -tags linux -target bpfel,bpfeb -type source -type grant_key -type step -type service -type config -type grant -type allow_key -type event -type counter -type service_counter -type event_type -type verdict -type config_flag -type flow_flag -type flow_key -type spa_key -type spa_key_flag Knockgate knockgate.c -- -I/usr/include/x86_64-linux-gnu -Wall -Werror
+//go:generate go tool bpf2go -tags linux -target bpfel,bpfeb -no-global-types Egress egress.c -- -I/usr/include/x86_64-linux-gnu -Wall -Werror

@@ -3,38 +3,20 @@
 /*
  * knockgate: a port-knocking gate in XDP.
  *
- * parse -> SPA -> knock state machine -> protected ports (flows, grants,
- * allow list) -> verdict. Per packet: one parse, a handful of O(1) map
- * lookups, and the clock is read only when a decision needs it (a map hit,
- * a knock, an SPA packet with a valid tag), never on the plain pass or
- * unauthorised-drop path.
+ * parse -> flows -> SPA -> knock state machine -> protected ports (the port's
+ * service, then flows, the (source, service) grant, allow lists) -> verdict.
+ * Per packet: one parse, one byte of the port table, a handful of O(1) map
+ * lookups, and the clock is read only when a decision needs it (a map hit, a
+ * knock, an SPA packet with a valid tag), never on the plain pass or
+ * unauthorised-drop path. The tcx egress program that learns flows is
+ * egress.c.
  */
 #include "parsing.h"
+#include "common.h"
 #include "flows.h"
 #include "spa.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
-
-/*
- * Two configuration slots and the index of the live one. The loader writes
- * the idle slot, then flips config_slot (a single aligned 32-bit store), then
- * waits for an RCU grace period before it may write again; so a packet reads
- * one complete configuration, old or new. Arrays, not a hash: the JIT inlines
- * array lookups, which keeps the per-packet cost near zero.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 2);
-	__type(key, __u32);
-	__type(value, struct config);
-} configs SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} config_slot SEC(".maps");
 
 /* Knock progress, set-associative (see struct knock_slot): knock_sets sets
  * of KG_KNOCK_WAYS slots, sized by the loader from --max-sources; the set s
@@ -70,18 +52,19 @@ struct {
 	__uint(value_size, 131072);
 } knock_tags SEC(".maps");
 
-/* Grants live apart from progress: entries are only made by a completed
- * sequence (or the operator), so knock floods never evict them. */
+/* Grants live apart from progress, one per (source, service): entries are
+ * only made by a completed sequence, an SPA packet or the operator, so knock
+ * floods never evict them. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
-	__type(key, struct source);
+	__type(key, struct grant_key);
 	__type(value, struct grant);
 } grants SEC(".maps");
 
 /*
- * A one-sided filter in front of grants: a source whose slot (hint_slot, a
- * hash of its address) counts zero has no grant, so a stranger's packet to a
+ * A one-sided filter in front of grants: a (source, service) whose slot
+ * (hint_slot, a hash of both) counts zero has no grant, so a stranger's packet to a
  * protected port costs one inlined array load instead of a hash lookup. The
  * count goes up before a grant is made and down after one is deleted, by the
  * program and by the Go side alike (maps.HintSlot hashes the same way), so it
@@ -99,7 +82,8 @@ struct {
 	__type(value, struct hint_counts);
 } hints SEC(".maps");
 
-/* Operator CIDRs that always pass protected ports. */
+/* Operator CIDRs that always pass protected ports: of every service
+ * (service KG_ALLOW_ANY), or of one. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 1024);
@@ -108,12 +92,13 @@ struct {
 	__type(value, __u8);
 } allow SEC(".maps");
 
+/* Counters of each service (enum service_counter). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, COUNTER_MAX);
+	__uint(max_entries, KG_MAX_SERVICES * SERVICE_COUNTER_MAX);
 	__type(key, __u32);
 	__type(value, __u64);
-} counters SEC(".maps");
+} service_counters SEC(".maps");
 
 /* Verdicts per interface slot: index slot * VERDICT_MAX + verdict. */
 struct {
@@ -145,14 +130,14 @@ const enum event_type *unused_event_type __attribute__((unused));
 const enum config_flag *unused_config_flag __attribute__((unused));
 const enum flow_flag *unused_flow_flag __attribute__((unused));
 const enum spa_key_flag *unused_spa_key_flag __attribute__((unused));
+const enum service_counter *unused_service_counter __attribute__((unused));
 
-static __always_inline void count(__u32 reason)
+static __always_inline void service_count(__u32 service, __u32 c)
 {
-	__u64 *n = bpf_map_lookup_elem(&counters, &reason);
-	/* Per-CPU slot, and XDP runs with preemption off: no other writer can
-	 * interleave, so a plain increment is exact without atomics. */
+	__u32 idx = service * SERVICE_COUNTER_MAX + c;
+	__u64 *n = bpf_map_lookup_elem(&service_counters, &idx);
 	if (n)
-		*n += 1;
+		*n += 1; /* per CPU, preemption off: exact without atomics */
 }
 
 /* Count the packet's verdict in the slot of the interface it came in on and
@@ -164,19 +149,6 @@ static __always_inline int verdict(struct xdp_md *ctx, __u32 v)
 	if (n)
 		*n += 1; /* per CPU, preemption off: exact without atomics */
 	return v <= VERDICT_PASSED_FLOW ? XDP_PASS : XDP_DROP;
-}
-
-/* Per-packet values worked out at most once, and only when a decision
- * needs them. */
-struct lazy {
-	__u64 now; /* CLOCK_BOOTTIME; 0: not read yet */
-};
-
-static __always_inline __u64 now_ns(struct lazy *lz)
-{
-	if (!lz->now)
-		lz->now = clock_boot();
-	return lz->now;
 }
 
 /* The event budget's burst, fixed at load time (KG_EVENT_BURST); only
@@ -207,11 +179,13 @@ static __always_inline int budgeted(__u64 now)
 
 /* What an event says besides its type and times. */
 struct event_about {
-	const __u8 *addr; /* 16 bytes */
+	__u8 addr[16];
 	__u32 key_id;
 	__u16 port;
 	__u8 proto;
 	__u8 stage;
+	__u8 service;
+	__u8 pad[7];
 };
 
 static __always_inline void emit_about(__u8 type, const struct event_about *a, __u64 now, __u64 expires)
@@ -230,57 +204,68 @@ static __always_inline void emit_about(__u8 type, const struct event_about *a, _
 	ev->proto = a->proto;
 	ev->type = type;
 	ev->stage = a->stage;
+	ev->service = a->service;
 	__builtin_memset(ev->pad, 0, sizeof(ev->pad));
 	bpf_ringbuf_submit(ev, 0);
 }
 
-/* An event about pkt's source and destination port. */
-static __always_inline void emit(__u8 type, const struct packet *pkt, __u8 stage,
+/* An event about pkt's source and destination port, and service. */
+static __always_inline void emit(__u8 type, const struct packet *pkt, __u32 service, __u8 stage,
 				 __u64 now, __u64 expires)
 {
-	struct event_about a = { .addr = pkt->src.addr, .port = pkt->dport, .proto = pkt->proto, .stage = stage };
+	struct event_about a = { .port = pkt->dport, .proto = pkt->proto, .stage = stage, .service = service };
+	__builtin_memcpy(a.addr, pkt->src.addr, 16);
 	emit_about(type, &a, now, expires);
 }
 
-/* The hint slot of a source: a multiplicative hash of its two halves.
- * Mirrored by maps.HintSlot; change both or neither. */
-static __always_inline __u32 hint_slot(const struct source *src)
+/* The grants map's key for addr and service. */
+static __always_inline struct grant_key grant_key_of(const __u8 *addr, __u32 service)
 {
-	__u64 a, b;
-	__builtin_memcpy(&a, src->addr, 8);
-	__builtin_memcpy(&b, src->addr + 8, 8);
-	return ((a ^ b) * 0x9e3779b97f4a7c15ULL) >> (64 - 16);
+	struct grant_key k = { .service = service };
+	__builtin_memcpy(k.addr, addr, 16);
+	return k;
 }
 
-static __always_inline __u64 *hint_count(const struct source *src)
+/* The hint slot of a (source, service): a multiplicative hash of the
+ * address's two halves and the service. Mirrored by maps.HintSlot; change
+ * both or neither. */
+static __always_inline __u32 hint_slot(const struct grant_key *k)
+{
+	__u64 a, b;
+	__builtin_memcpy(&a, k->addr, 8);
+	__builtin_memcpy(&b, k->addr + 8, 8);
+	return ((a ^ b ^ ((__u64)k->service << 56)) * 0x9e3779b97f4a7c15ULL) >> (64 - 16);
+}
+
+static __always_inline __u64 *hint_count(const struct grant_key *k)
 {
 	__u32 zero = 0;
 	struct hint_counts *h = bpf_map_lookup_elem(&hints, &zero);
 	if (!h)
 		return NULL;
-	return &h->slot[hint_slot(src) & (KG_HINT_SLOTS - 1)];
+	return &h->slot[hint_slot(k) & (KG_HINT_SLOTS - 1)];
 }
 
 /*
- * Insert or replace src's grant, keeping its hint count exact: counted
- * before a new entry exists; a replaced entry is not counted again. Returns
- * 0 or the map's error.
+ * Insert or replace a grant, keeping its hint count exact: counted before a
+ * new entry exists; a replaced entry is not counted again. Returns 0 or the
+ * map's error.
  */
-static __always_inline long put_grant(const struct source *src, const struct grant *g)
+static __always_inline long put_grant(const struct grant_key *k, const struct grant *g)
 {
-	__u64 *n = hint_count(src);
+	__u64 *n = hint_count(k);
 	if (!n)
 		return -1;
 	/* Two tries: an entry deleted between the two updates is made anew. */
 	for (int i = 0; i < 2; i++) {
 		__sync_fetch_and_add(n, 1);
-		long err = bpf_map_update_elem(&grants, src, g, BPF_NOEXIST);
+		long err = bpf_map_update_elem(&grants, k, g, BPF_NOEXIST);
 		if (!err)
 			return 0;
 		__sync_fetch_and_add(n, -1);
 		if (err != -17 /* EEXIST */)
 			return err;
-		err = bpf_map_update_elem(&grants, src, g, BPF_EXIST);
+		err = bpf_map_update_elem(&grants, k, g, BPF_EXIST);
 		if (err != -2 /* ENOENT */)
 			return err;
 	}
@@ -330,24 +315,20 @@ static __always_inline int holds(const struct knock_slot *k, const struct source
 	return x[0] == y[0] && x[1] == y[1];
 }
 
-static __always_inline int port_protected(const struct config *cfg, __u8 proto, __u16 port)
-{
-	const __u64 *bits = proto == IPPROTO_TCP ? cfg->protected_tcp : cfg->protected_udp;
-	return (bits[port >> 6] >> (port & 63)) & 1;
-}
-
 /*
- * Live grant? An expired grant is reported once and left in place: deleting
- * it here could race with another CPU renewing it (a sequence completed at
- * that moment) and delete the renewal. It stays until a new grant replaces
- * it, `revoke` removes it, or the LRU recycles it.
+ * Has pkt's source a live grant of service? An expired grant is reported
+ * once and left in place: deleting it here could race with another CPU
+ * renewing it (a sequence completed at that moment) and delete the renewal.
+ * It stays until a new grant replaces it, `revoke` removes it, or the LRU
+ * recycles it.
  */
-static __always_inline int granted(const struct packet *pkt, struct lazy *lz)
+static __always_inline int granted(const struct packet *pkt, __u32 service, struct lazy *lz)
 {
-	__u64 *n = hint_count(&pkt->src);
+	struct grant_key key = grant_key_of(pkt->src.addr, service);
+	__u64 *n = hint_count(&key);
 	if (n && !*(volatile __u64 *)n)
 		return 0;
-	struct grant *g = bpf_map_lookup_elem(&grants, &pkt->src);
+	struct grant *g = bpf_map_lookup_elem(&grants, &key);
 	if (!g)
 		return 0;
 	__u64 expires = g->expires_ns;
@@ -357,33 +338,43 @@ static __always_inline int granted(const struct packet *pkt, struct lazy *lz)
 		/* A racing store here can at worst repeat or skip an event. */
 		g->expiry_reported = 1;
 		count(COUNTER_GRANT_EXPIRED);
-		emit(EVENT_EXPIRE, pkt, 0, lz->now, expires);
+		service_count(service & (KG_MAX_SERVICES - 1), SERVICE_GRANT_EXPIRED);
+		emit(EVENT_EXPIRE, pkt, service, 0, lz->now, expires);
 	}
 	return 0;
 }
 
-/* Grant a->addr for open_ns from now, the way a completed sequence does:
- * never shortening a grant already held; an open event says so. */
-static __always_inline void grant_addr(const struct event_about *a, __u64 open_ns, __u64 now)
+/*
+ * Grant a->addr the service a->service for open_ns from now, the way a
+ * completed sequence does: never shortening a grant already held; an open
+ * event says so. A BPF global function: verified once, however many callers
+ * (a sequence, each service an SPA packet opens).
+ */
+__attribute__((noinline)) int grant_addr(const struct event_about *a, __u64 open_ns, __u64 now)
 {
-	const struct source *src = (const struct source *)a->addr;
+	if (!a)
+		return 0;
+	struct grant_key key = grant_key_of(a->addr, a->service);
 	struct grant g = { .expires_ns = now + open_ns };
-	struct grant *old = bpf_map_lookup_elem(&grants, src);
+	struct grant *old = bpf_map_lookup_elem(&grants, &key);
 	if (old && old->expires_ns > g.expires_ns)
 		g.expires_ns = old->expires_ns;
-	if (put_grant(src, &g)) {
+	if (put_grant(&key, &g)) {
 		count(COUNTER_GRANT_FAILED);
-		return;
+		return 0;
 	}
 	count(COUNTER_GRANTED);
+	service_count(a->service & (KG_MAX_SERVICES - 1), SERVICE_GRANTED);
 	emit_about(EVENT_OPEN, a, now, g.expires_ns);
+	return 1;
 }
 
-/* The sequence is complete: grant the packet's source. */
-static __always_inline void grant(const struct config *cfg, const struct packet *pkt, __u64 now)
+/* Service's sequence is complete: grant the packet's source. */
+static __always_inline void grant(const struct service *svc, __u32 service, const struct packet *pkt, __u64 now)
 {
-	struct event_about a = { .addr = pkt->src.addr, .port = pkt->dport, .proto = pkt->proto, .stage = cfg->nsteps };
-	grant_addr(&a, cfg->open_ns, now);
+	struct event_about a = { .port = pkt->dport, .proto = pkt->proto, .stage = svc->nsteps, .service = service };
+	__builtin_memcpy(a.addr, pkt->src.addr, 16);
+	grant_addr(&a, svc->open_ns, now);
 }
 
 /*
@@ -464,13 +455,23 @@ static __always_inline void search_set(struct way_search *ws)
  * hold progress in its set (maybe: a tag of the set matches) or that is a
  * first step. A function of its own (a BPF global function), so the verifier
  * checks it once rather than on every path that reaches it; the stranger's
- * path (no tag, no first step) never calls it.
+ * path (no tag, no first step) never calls it. step is the packet's match
+ * (bit i: it is step i) in its low 16 bits and the service whose sequence
+ * the port is a step of above them (BPF calls take 5 arguments).
+ *
+ * A source follows one sequence at a time: progress records its service, and
+ * a step of another service's sequence is, to that progress, any other SYN:
+ * it starts over.
  */
 __attribute__((noinline)) int knock_table(const struct config *cfg, const struct packet *pkt, struct lazy *lz,
-					 __u32 match, __u32 maybe)
+					 __u32 step, __u32 maybe)
 {
 	if (!cfg || !pkt || !lz)
 		return -1;
+	__u32 match = step & 0xffff;
+	__u32 service = step >> 16;
+	if (service >= KG_MAX_SERVICES)
+		return match ? XDP_DROP : -1;
 	struct place pl = place_of(cfg, &pkt->src); /* again: BPF calls take 5 arguments */
 	__u32 set = pl.set;
 	__u8 tag8 = pl.tag;
@@ -502,8 +503,8 @@ __attribute__((noinline)) int knock_table(const struct config *cfg, const struct
 	}
 	if (k) {
 		__u64 now = now_ns(lz);
-		__u32 nsteps = cfg->nsteps;
 		__u8 stage = 0;
+		__u32 held = 0; /* the service of the progress found */
 		int outcome; /* what happened, decided under the lock */
 		enum { NONE, ADVANCED, COMPLETED, REPEATED, RESET };
 		__u64 deadline = 0;
@@ -513,19 +514,23 @@ __attribute__((noinline)) int knock_table(const struct config *cfg, const struct
 		outcome = NONE;
 		if (holds(k, &pkt->src)) {
 			stage = k->stage;
+			held = k->service;
+			const struct service *hs = &cfg->services[held & (KG_MAX_SERVICES - 1)];
+			/* A step of another sequence matches none of this one's. */
+			__u32 m = held == service ? match : 0;
 			if (k->generation == (__u16)cfg->generation && now < k->deadline_ns && stage > 0 &&
-			    stage < nsteps && stage < KG_MAX_STEPS) {
-				if (match & (1u << stage)) {
+			    stage < hs->nsteps && stage < KG_MAX_STEPS) {
+				if (m & (1u << stage)) {
 					stage++;
-					if (stage == nsteps) {
+					if (stage == hs->nsteps) {
 						free_slot(k, tag);
 						outcome = COMPLETED;
 					} else {
 						k->stage = stage;
-						k->deadline_ns = deadline = now + cfg->step_timeout_ns;
+						k->deadline_ns = deadline = now + hs->step_timeout_ns;
 						outcome = ADVANCED;
 					}
-				} else if (match & ((1u << stage) - 1)) {
+				} else if (m & ((1u << stage) - 1)) {
 					/* A retransmitted SYN of a step already taken
 					 * (browsers resend at 1 s and 3 s). */
 					outcome = REPEATED;
@@ -545,15 +550,16 @@ __attribute__((noinline)) int knock_table(const struct config *cfg, const struct
 		}
 		bpf_spin_unlock(&k->lock);
 
+		held &= KG_MAX_SERVICES - 1;
 		switch (outcome) {
 		case COMPLETED:
 			count(COUNTER_KNOCK_ADVANCED);
-			grant(cfg, pkt, now);
+			grant(&cfg->services[held], held, pkt, now);
 			return XDP_DROP;
 		case ADVANCED:
 			count(COUNTER_KNOCK_ADVANCED);
 			if (budgeted(now))
-				emit(EVENT_KNOCK, pkt, stage, now, deadline);
+				emit(EVENT_KNOCK, pkt, held, stage, now, deadline);
 			return XDP_DROP;
 		case REPEATED:
 			count(COUNTER_KNOCK_REPEATED);
@@ -561,8 +567,14 @@ __attribute__((noinline)) int knock_table(const struct config *cfg, const struct
 		case RESET:
 			count(COUNTER_KNOCK_RESET);
 			if (budgeted(now))
-				emit(EVENT_RESET, pkt, stage, now, 0);
-			return match ? XDP_DROP : -1;
+				emit(EVENT_RESET, pkt, held, stage, now, 0);
+			/* The first step of another service's sequence starts that
+			 * one, in the slot just freed (a step of the same sequence
+			 * is never a reset: it repeats or advances). */
+			if (!(match & 1))
+				return match ? XDP_DROP : -1;
+			freed = 1;
+			break;
 		}
 		/* No progress after all: on as a source without any. The slot
 		 * just freed is the first free one unless the search passed one
@@ -577,14 +589,15 @@ __attribute__((noinline)) int knock_table(const struct config *cfg, const struct
 	if (!(match & 1))
 		return XDP_DROP; /* a later step out of order: still a knock port */
 
-	if (granted(pkt, lz)) {
+	if (granted(pkt, service, lz)) {
 		count(COUNTER_KNOCK_WHILE_GRANTED);
 		return XDP_DROP;
 	}
+	const struct service *svc = &cfg->services[service];
 	__u64 now = now_ns(lz);
 	count(COUNTER_KNOCK_ADVANCED);
-	if (cfg->nsteps == 1) {
-		grant(cfg, pkt, now);
+	if (svc->nsteps == 1) {
+		grant(svc, service, pkt, now);
 		return XDP_DROP;
 	}
 	/* The first step takes a free slot of the set, else the one holding
@@ -598,28 +611,35 @@ __attribute__((noinline)) int knock_table(const struct config *cfg, const struct
 	k = bpf_map_lookup_elem(&knocks, &idx);
 	if (!k)
 		return XDP_DROP;
-	__u64 deadline = now + cfg->step_timeout_ns;
+	__u64 deadline = now + svc->step_timeout_ns;
 	bpf_spin_lock(&k->lock);
 	__builtin_memcpy(k->addr, pkt->src.addr, sizeof(k->addr));
 	k->generation = cfg->generation;
 	k->deadline_ns = deadline;
 	k->stage = 1;
+	k->service = service;
 	*tag = tag8;
 	bpf_spin_unlock(&k->lock);
 	if (budgeted(now))
-		emit(EVENT_KNOCK, pkt, 1, now, deadline);
+		emit(EVENT_KNOCK, pkt, service, 1, now, deadline);
 	return XDP_DROP;
 }
 
 static __always_inline int knock(const struct config *cfg, const struct packet *pkt, struct lazy *lz)
 {
-	/* Bit i set: this packet is step i of the sequence. */
+	/* Bit i set: this packet is step i of the sequence of the service its
+	 * port is a step of (the port table says which). */
 	__u32 match = 0;
-	if ((cfg->step_ports >> (pkt->dport & 63)) & 1) {
+	__u32 service = 0;
+	__u8 e = port_entry(cfg, pkt->proto, pkt->dport);
+	if (e & KG_PORT_STEP) {
+		service = e & KG_PORT_SERVICE;
+		if (service >= KG_MAX_SERVICES)
+			return -1;
+		const struct service *svc = &cfg->services[service];
 #pragma unroll
 		for (int i = 0; i < KG_MAX_STEPS; i++) {
-			if (i < cfg->nsteps && cfg->steps[i].port == pkt->dport &&
-			    cfg->steps[i].proto == pkt->proto)
+			if (i < svc->nsteps && svc->steps[i].port == pkt->dport && svc->steps[i].proto == pkt->proto)
 				match |= 1u << i;
 		}
 	}
@@ -639,35 +659,22 @@ static __always_inline int knock(const struct config *cfg, const struct packet *
 		if (!(match & 1))
 			return XDP_DROP; /* a later step out of order: still a knock port */
 	}
-	return knock_table(cfg, pkt, lz, match, maybe);
+	return knock_table(cfg, pkt, lz, match | service << 16, maybe);
 }
 
-static __always_inline int allowed(const struct packet *pkt)
+/* Is pkt's source on the allow list of every service, or of service's own?
+ * Each trie lookup only when its list has entries. */
+static __always_inline int allowed(const struct config *cfg, const struct packet *pkt, __u32 service)
 {
-	struct allow_key key = { .prefixlen = 128 };
+	__u32 own = cfg->services[service].allow_count;
+	if (!cfg->allow_count && !own)
+		return 0;
+	struct allow_key key = { .prefixlen = 8 + 128, .service = KG_ALLOW_ANY };
 	__builtin_memcpy(key.addr, pkt->src.addr, 16);
-	return bpf_map_lookup_elem(&allow, &key) != NULL;
-}
-
-/*
- * The configuration in force: configs[config_slot], unless that one is a
- * safe-mode change whose confirmation deadline has passed, in which case the
- * configuration before it (the other slot) rules again. The clock is read
- * only while a change awaits confirmation.
- */
-static __always_inline const struct config *active_config(struct lazy *lz)
-{
-	__u32 zero = 0;
-	__u32 *slot = bpf_map_lookup_elem(&config_slot, &zero);
-	if (!slot)
-		return NULL;
-	__u32 idx = *slot & 1;
-	const struct config *cfg = bpf_map_lookup_elem(&configs, &idx);
-	if (cfg && cfg->confirm_by_ns && now_ns(lz) >= cfg->confirm_by_ns) {
-		idx ^= 1;
-		cfg = bpf_map_lookup_elem(&configs, &idx);
-	}
-	return cfg;
+	if (cfg->allow_count && bpf_map_lookup_elem(&allow, &key))
+		return 1;
+	key.service = service;
+	return own && bpf_map_lookup_elem(&allow, &key);
 }
 
 /*
@@ -703,19 +710,6 @@ __attribute__((noinline)) int flow_answer(const struct config *cfg, const struct
 	if ((f->flags & mark) != mark)
 		__sync_fetch_and_or(&f->flags, mark);
 	return 1;
-}
-
-/* The flow key of a packet as the host sees it: local is the packet's
- * destination for an inbound packet (reverse), its source for one the host
- * sent (and for the packet an ICMP error quotes). */
-static __always_inline void flow_key_of(struct flow_key *k, const struct packet *pkt, int reverse)
-{
-	__builtin_memcpy(k->local, reverse ? pkt->dst.addr : pkt->src.addr, 16);
-	__builtin_memcpy(k->remote, reverse ? pkt->src.addr : pkt->dst.addr, 16);
-	k->local_port = reverse ? pkt->dport : pkt->sport;
-	k->remote_port = reverse ? pkt->sport : pkt->dport;
-	k->proto = pkt->proto;
-	__builtin_memset(k->pad, 0, sizeof(k->pad));
 }
 
 /*
@@ -754,10 +748,15 @@ __attribute__((noinline)) int spa(struct xdp_md *ctx, const struct config *cfg, 
 	count(outcome);
 	if (outcome != COUNTER_SPA_ACCEPTED)
 		return 0;
-	struct event_about a = {
-		.addr = sg.addr.addr, .key_id = sg.key_id, .port = pkt->dport, .proto = IPPROTO_UDP,
-	};
-	grant_addr(&a, sg.open_ns ? sg.open_ns : cfg->open_ns, clock_boot());
+	struct event_about a = { .key_id = sg.key_id, .port = pkt->dport, .proto = IPPROTO_UDP };
+	__builtin_memcpy(a.addr, sg.addr.addr, 16);
+	__u64 now = clock_boot();
+	/* Each service the packet opens (spa_verify left only live ones). */
+	for (__u32 s = 0; s < KG_MAX_SERVICES; s++) {
+		a.service = s;
+		if (sg.services & (1u << s))
+			grant_addr(&a, sg.open_ns ? sg.open_ns : cfg->services[s].open_ns, now);
+	}
 	return 1;
 }
 
@@ -793,7 +792,7 @@ int knockgate(struct xdp_md *ctx)
 		 * passes when that packet's flow is live (path MTU discovery,
 		 * unreachables of the host's own connections); otherwise it
 		 * could only be forged. */
-		if (!(cfg->flags & CONFIG_FLOWS) || !port_protected(cfg, pkt.proto, pkt.sport))
+		if (!(cfg->flags & CONFIG_FLOWS) || !protecting(cfg, pkt.proto, pkt.sport))
 			return verdict(ctx, VERDICT_PASSED);
 		if (flow_in(cfg, &pkt, 0, 0))
 			return verdict(ctx, VERDICT_PASSED_FLOW);
@@ -807,136 +806,25 @@ int knockgate(struct xdp_md *ctx)
 
 	__u8 syn = pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST | TCP_FLAG_FIN);
 	int is_knock = pkt.proto == IPPROTO_UDP || syn == TCP_FLAG_SYN;
-	if (is_knock && cfg->nsteps && knock(cfg, &pkt, &lz) >= 0)
+	if (is_knock && (cfg->flags & CONFIG_KNOCKS) && knock(cfg, &pkt, &lz) >= 0)
 		return verdict(ctx, VERDICT_DROPPED_KNOCK);
 
-	if (!port_protected(cfg, pkt.proto, pkt.dport))
+	/* The service the port belongs to, plus one. */
+	__u32 service = protecting(cfg, pkt.proto, pkt.dport);
+	if (!service--)
 		return verdict(ctx, VERDICT_PASSED);
+	if (service >= KG_MAX_SERVICES) /* cannot be: the loader writes 1..KG_MAX_SERVICES */
+		return verdict(ctx, VERDICT_DROPPED_PROTECTED);
 	/* A reply in a flow of the host's; never a bare SYN: a new connection
 	 * is judged as new, whatever came before. */
 	if ((cfg->flags & CONFIG_FLOWS) && !(pkt.proto == IPPROTO_TCP && syn == TCP_FLAG_SYN) &&
 	    flow_in(cfg, &pkt, 1, pkt.tcp_flags))
 		return verdict(ctx, VERDICT_PASSED_FLOW);
-	if (granted(&pkt, &lz))
+	if (granted(&pkt, service, &lz))
 		return verdict(ctx, VERDICT_PASSED_GRANTED);
-	if (cfg->allow_count && allowed(&pkt))
+	if (allowed(cfg, &pkt, service))
 		return verdict(ctx, VERDICT_PASSED_ALLOWED);
 	if ((cfg->flags & CONFIG_PROTECT_ALL) && dhcp_reply(&pkt))
 		return verdict(ctx, VERDICT_PASSED);
 	return verdict(ctx, VERDICT_DROPPED_PROTECTED);
-}
-
-/*
- * Record the flow of a packet the host sends: refresh it when known (an RST
- * from the host ends it), make it when not, in a free or no-longer-live slot
- * of its set; a set full of live flows keeps them and the new flow goes
- * unrecorded (counted). A BPF global function: verified once.
- */
-__attribute__((noinline)) int flow_learn(const struct config *cfg, const struct flow_key *key, __u32 tcp_flags)
-{
-	if (!cfg || !key)
-		return 0;
-	__u8 *tags = flow_tag_bytes();
-	if (!tags)
-		return 0;
-	__u64 now = flow_now();
-	struct flow_place pl = flow_place_of(cfg, key);
-	int rst = key->proto == IPPROTO_TCP && (tcp_flags & TCP_FLAG_RST);
-	__s64 at = -1;
-	if (flow_tagged(tags, pl.base, pl.tag))
-		at = flow_find(tags, pl.base, pl.tag, key);
-	if (at >= 0) {
-		__u32 idx = at;
-		if (idx >= flow_slots)
-			return 0;
-		__u8 *tag = tags + idx;
-		struct flow *f = bpf_map_lookup_elem(&flows, &idx);
-		if (!f)
-			return 0;
-		if (rst) {
-			bpf_spin_lock(&f->lock);
-			if (same_flow(&f->key, key)) {
-				__builtin_memset(&f->key, 0, sizeof(f->key));
-				*tag = 0;
-			}
-			bpf_spin_unlock(&f->lock);
-			count(COUNTER_FLOWS_ENDED);
-			return 0;
-		}
-		f->last_ns = now;
-		if (f->flags & FLOW_RST_IN)
-			__sync_fetch_and_and(&f->flags, ~(__u64)FLOW_RST_IN);
-		if ((tcp_flags & TCP_FLAG_FIN) && !(f->flags & FLOW_FIN_OUT))
-			__sync_fetch_and_or(&f->flags, FLOW_FIN_OUT);
-		return 0;
-	}
-	if (rst)
-		return 0; /* an RST never makes a flow */
-
-	__s32 way = -1;
-#pragma unroll
-	for (__u32 w = 0; w < KG_FLOW_WAYS; w++) {
-		__u32 idx = pl.base + w;
-		if (idx >= flow_slots)
-			return 0;
-		if (!tags[idx]) {
-			way = w;
-			break;
-		}
-		struct flow *g = bpf_map_lookup_elem(&flows, &idx);
-		if (g && !flow_live(cfg, g, now) && way < 0)
-			way = w;
-	}
-	if (way < 0) {
-		count(COUNTER_FLOWS_FULL);
-		return 0;
-	}
-	__u32 idx = pl.base + way;
-	if (idx >= flow_slots)
-		return 0;
-	__u8 *tag = tags + idx;
-	struct flow *f = bpf_map_lookup_elem(&flows, &idx);
-	if (!f)
-		return 0;
-	bpf_spin_lock(&f->lock);
-	__builtin_memcpy(&f->key, key, sizeof(f->key));
-	f->last_ns = now;
-	f->flags = (tcp_flags & TCP_FLAG_FIN) ? FLOW_FIN_OUT : 0;
-	*tag = pl.tag;
-	bpf_spin_unlock(&f->lock);
-	count(COUNTER_FLOWS_LEARNED);
-	return 0;
-}
-
-/* tcx: on to the next program (or the packet's way out). The system's
- * headers may predate tcx's enum. */
-#define KG_TCX_NEXT (-1)
-
-/* The tc (tcx) egress program: every packet the host sends on the gate's
- * interfaces, for the flow table. It never changes a packet's fate. */
-SEC("tcx/egress")
-int egress(struct __sk_buff *skb)
-{
-	struct lazy lz = { .now = 0 };
-	const struct config *cfg = active_config(&lz);
-	if (!cfg || !(cfg->flags & CONFIG_FLOWS))
-		return KG_TCX_NEXT;
-	struct packet pkt;
-	int parsed = parse_frame((void *)(long)skb->data, (void *)(long)skb->data_end, &pkt);
-	if (parsed == PARSE_MALFORMED && skb->len > skb->data_end - skb->data) {
-		/* Headers beyond the linear part: pull them in, look again. */
-		bpf_skb_pull_data(skb, skb->len < 256 ? skb->len : 256);
-		parsed = parse_frame((void *)(long)skb->data, (void *)(long)skb->data_end, &pkt);
-	}
-	/* Only a flow from a protected port can need its replies let in: the
-	 * replies to any other go to a port nothing guards. Learning only these
-	 * keeps the table for what it is for, so a flood that makes the host
-	 * answer on an open port (SYN+ACKs from a public web server) cannot
-	 * fill it. */
-	if (parsed != PARSE_L4 || !port_protected(cfg, pkt.proto, pkt.sport))
-		return KG_TCX_NEXT;
-	struct flow_key key;
-	flow_key_of(&key, &pkt, 0);
-	flow_learn(cfg, &key, pkt.tcp_flags);
-	return KG_TCX_NEXT;
 }

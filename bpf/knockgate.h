@@ -13,8 +13,22 @@
 #include <linux/bpf.h>
 
 #define KG_MAX_STEPS 8
-/* One bit per port: 65536 / 64 words. */
-#define KG_PORT_WORDS 1024
+
+/*
+ * Services: a gate holds up to KG_MAX_SERVICES named services, each with its
+ * own protected ports, knock sequence, windows and allow list; a grant is per
+ * (source, service). 32 because an SPA key's scope is a 32-bit mask of
+ * services; index 0 is always the service "default".
+ */
+#define KG_MAX_SERVICES 32
+#define KG_SERVICE_NAME_LEN 32
+/* The port table (config.ports): one byte per port and protocol, 0 for a port
+ * no service claims, s + 1 for a port service s protects, KG_PORT_STEP | s
+ * for a step of service s's sequence (never protected by s; a packet there
+ * that is no knock is judged under the service that protects "all", if one
+ * does). */
+#define KG_PORT_STEP 0x80
+#define KG_PORT_SERVICE 0x7f
 
 /* The knock table is 4-way set-associative: a source's progress may be in
  * any of the 4 slots of the set its address hashes to. */
@@ -32,6 +46,13 @@
 #define KG_SPA_LEN 56
 #define KG_SPA_SIGNED 48
 #define KG_SPA_VERSION 1
+/* Version 2: version 1's fields, then a request for up to KG_SPA_REQUESTS
+ * services by the FNV-1a hashes of their names (bytes 48-63, 0: unused),
+ * then the tag over bytes 0-63. */
+#define KG_SPA_LEN_REQUEST 72
+#define KG_SPA_SIGNED_REQUEST 64
+#define KG_SPA_VERSION_REQUEST 2
+#define KG_SPA_REQUESTS 4
 #define KG_SPA_KEYS 1024
 
 /* Slots of the hints map (a power of two): see hints in knockgate.c. */
@@ -55,7 +76,8 @@
 #define KG_EVENT_RING_BYTES (256 * 1024)
 #define KG_EVENT_RING_RESERVE (KG_EVENT_RING_BYTES / 2)
 
-/* The hints map's one value: per slot, how many grants may hash there. Only
+/* The hints map's one value: per slot, how many grants (of a source and a
+ * service) may hash there. Only
  * completed sequences and the operator make grants, so an attacker cannot
  * churn these counts; 64 bits all the same, since a grant the LRU evicts is
  * never uncounted. */
@@ -103,9 +125,9 @@ struct flow {
  */
 struct spa_key {
 	__u64 k[2]; /* SipHash key: k0 = bytes 0-7, k1 = bytes 8-15, little-endian */
-	__u64 open_ns; /* the grant's window; 0: the gate's (config open_ns) */
+	__u64 open_ns; /* the grant's window; 0: each service's own */
 	__u32 flags; /* enum spa_key_flag */
-	__u32 pad;
+	__u32 services; /* bit s: the key may open service s */
 	__u8 name[32]; /* NUL-padded, for status and events only */
 };
 
@@ -115,9 +137,16 @@ enum spa_key_flag {
 	SPA_KEY_ANY_ADDRESS = 1,
 };
 
-/* A source address: the key of the knocks and grants maps. */
+/* A source address. */
 struct source {
 	__u8 addr[16];
+};
+
+/* The key of the grants map: a grant is per source and service. */
+struct grant_key {
+	__u8 addr[16];
+	__u8 service; /* index into config.services */
+	__u8 pad[3];
 };
 
 /* One step of the knock sequence. */
@@ -125,6 +154,23 @@ struct step {
 	__u16 port;
 	__u8 proto; /* IPPROTO_TCP or IPPROTO_UDP */
 	__u8 pad;
+};
+
+/* One service of a configuration. */
+struct service {
+	__u64 step_timeout_ns;
+	__u64 open_ns;
+	struct step steps[KG_MAX_STEPS];
+	/* FNV-1a of the name: what an SPA request names the service by
+	 * (unique in a configuration, never 0). */
+	__u32 name_hash;
+	/* Entries of the allow trie for this service alone; 0 skips the
+	 * lookup. */
+	__u32 allow_count;
+	__u8 nsteps; /* 0: no sequence (SPA and the operator open it) */
+	__u8 live; /* 1: the service exists */
+	__u8 pad[6];
+	__u8 name[KG_SERVICE_NAME_LEN]; /* NUL-padded, for the Go side */
 };
 
 /*
@@ -137,8 +183,6 @@ struct config {
 	 * made with the gate and kept by every change, so nobody outside can
 	 * pick addresses that land on a given client's slot. */
 	__u64 slot_key[2];
-	__u64 step_timeout_ns;
-	__u64 open_ns;
 	/* Idle timeouts of flows (see struct flow). */
 	__u64 flow_idle_tcp_ns;
 	__u64 flow_idle_udp_ns;
@@ -153,26 +197,29 @@ struct config {
 	/* An SPA timestamp may be this far from the gate's Unix time, either
 	 * way (milliseconds). */
 	__u64 spa_window_ms;
-	__u64 protected_tcp[KG_PORT_WORDS];
-	__u64 protected_udp[KG_PORT_WORDS];
-	/* Bit (port & 63) set for the port of every step: a packet to a port
-	 * whose bit is clear is no step, and the steps are not compared. */
-	__u64 step_ports;
 	__u32 generation; /* bumped on every change; older progress is void */
-	__u32 allow_count; /* entries in the allow trie; 0 skips the lookup */
-	struct step steps[KG_MAX_STEPS];
+	__u32 allow_count; /* entries of the allow trie for every service; 0 skips the lookup */
 	__u16 spa_port; /* UDP port of SPA datagrams; 0: no SPA */
-	__u8 nsteps;
 	__u8 flags; /* enum config_flag */
-	__u8 pad[4];
+	/* The service that protects every port no other claims, plus one; 0:
+	 * none. */
+	__u8 all_service;
+	/* Bit s: services[s] is live. */
+	__u32 live_services;
+	struct service services[KG_MAX_SERVICES];
+	/* The port table, TCP then UDP: see KG_PORT_STEP. */
+	__u8 ports[2][65536];
 };
 
 enum config_flag {
 	/* Flows are learned on egress and their replies pass. */
 	CONFIG_FLOWS = 1,
-	/* Every TCP and UDP port is protected (the bitmaps are all ones); the
-	 * host's DHCP and DHCPv6 client ports take their servers' replies. */
+	/* Some service protects all; the host's DHCP and DHCPv6 client ports
+	 * take their servers' replies. */
 	CONFIG_PROTECT_ALL = 2,
+	/* Some service has a knock sequence: SYNs and datagrams are looked at
+	 * as knocks. */
+	CONFIG_KNOCKS = 4,
 };
 
 /*
@@ -193,12 +240,13 @@ struct knock_slot {
 	 * changes of the configuration fit in a step timeout. */
 	__u16 generation;
 	__u8 stage; /* steps completed so far, 1..nsteps-1 */
-	__u8 pad;
+	__u8 service; /* whose sequence: a source follows one at a time */
 	__u64 deadline_ns; /* the next step must arrive before this */
 	__u8 addr[16]; /* the source */
 };
 
-/* A granted source, in a map of its own so knock floods cannot evict it. */
+/* A granted source and service, in a map of its own so knock floods cannot
+ * evict it. */
 struct grant {
 	__u64 expires_ns;
 	/* Set once the expire event went out; never read for a verdict. */
@@ -206,11 +254,17 @@ struct grant {
 	__u8 pad[7];
 };
 
-/* Key of the allow LPM trie: prefixlen counts bits of addr (v4 is +96). */
+/* Key of the allow LPM trie: an entry for one service, or for every
+ * service (service KG_ALLOW_ANY); prefixlen counts the service's 8 bits and
+ * then bits of addr (v4 is +96). */
 struct allow_key {
 	__u32 prefixlen;
+	__u8 service;
 	__u8 addr[16];
+	__u8 pad[3];
 };
+
+#define KG_ALLOW_ANY 0xff
 
 /* What happened to a packet: each packet bumps exactly one verdict counter,
  * in the slot of the interface it arrived on (see KG_IFACE_SLOTS). */
@@ -249,8 +303,17 @@ enum counter {
 	COUNTER_SPA_BAD_TAG, /* the MAC does not match: forged or corrupt */
 	COUNTER_SPA_CLOCK, /* timestamp outside the window of the gate's clock */
 	COUNTER_SPA_BAD_ADDRESS, /* names another address, and the key may not */
+	COUNTER_SPA_BAD_SERVICE, /* asks for a service the key may not open, or none the gate has */
 	COUNTER_SPA_REPLAY, /* timestamp not newer than the key's last accepted */
 	COUNTER_MAX,
+};
+
+/* Per-CPU counters of each service: index service * SERVICE_COUNTER_MAX +
+ * counter. */
+enum service_counter {
+	SERVICE_GRANTED = 0, /* grants made (a sequence, an SPA packet) */
+	SERVICE_GRANT_EXPIRED, /* an expired grant found (once per grant) */
+	SERVICE_COUNTER_MAX,
 };
 
 enum event_type {
@@ -269,5 +332,6 @@ struct event {
 	__u8 proto;
 	__u8 type; /* enum event_type */
 	__u8 stage;
-	__u8 pad[7];
+	__u8 service; /* the service granted, or whose sequence is knocked */
+	__u8 pad[6];
 };

@@ -16,29 +16,27 @@ import (
 type KnockgateAllowKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
+	Service   uint8
 	Addr      [16]uint8
+	Pad       [3]uint8
 }
 
 type KnockgateConfig struct {
 	_             structs.HostLayout
 	SlotKey       [2]uint64
-	StepTimeoutNs uint64
-	OpenNs        uint64
 	FlowIdleTcpNs uint64
 	FlowIdleUdpNs uint64
 	ConfirmByNs   uint64
 	TaiOffsetNs   int64
 	SpaWindowMs   uint64
-	ProtectedTcp  [1024]uint64
-	ProtectedUdp  [1024]uint64
-	StepPorts     uint64
 	Generation    uint32
 	AllowCount    uint32
-	Steps         [8]KnockgateStep
 	SpaPort       uint16
-	Nsteps        uint8
 	Flags         uint8
-	Pad           [4]uint8
+	AllService    uint8
+	LiveServices  uint32
+	Services      [32]KnockgateService
+	Ports         [2][65536]uint8
 }
 
 type KnockgateConfigFlag uint32
@@ -46,6 +44,7 @@ type KnockgateConfigFlag uint32
 const (
 	KnockgateConfigFlagCONFIG_FLOWS       KnockgateConfigFlag = 1
 	KnockgateConfigFlagCONFIG_PROTECT_ALL KnockgateConfigFlag = 2
+	KnockgateConfigFlagCONFIG_KNOCKS      KnockgateConfigFlag = 4
 )
 
 type KnockgateCounter uint32
@@ -70,8 +69,9 @@ const (
 	KnockgateCounterCOUNTER_SPA_BAD_TAG         KnockgateCounter = 16
 	KnockgateCounterCOUNTER_SPA_CLOCK           KnockgateCounter = 17
 	KnockgateCounterCOUNTER_SPA_BAD_ADDRESS     KnockgateCounter = 18
-	KnockgateCounterCOUNTER_SPA_REPLAY          KnockgateCounter = 19
-	KnockgateCounterCOUNTER_MAX                 KnockgateCounter = 20
+	KnockgateCounterCOUNTER_SPA_BAD_SERVICE     KnockgateCounter = 19
+	KnockgateCounterCOUNTER_SPA_REPLAY          KnockgateCounter = 20
+	KnockgateCounterCOUNTER_MAX                 KnockgateCounter = 21
 )
 
 type KnockgateEvent struct {
@@ -84,7 +84,8 @@ type KnockgateEvent struct {
 	Proto     uint8
 	Type      uint8
 	Stage     uint8
-	Pad       [7]uint8
+	Service   uint8
+	Pad       [6]uint8
 }
 
 type KnockgateEventType uint32
@@ -134,6 +135,13 @@ type KnockgateGrant struct {
 	Pad            [7]uint8
 }
 
+type KnockgateGrantKey struct {
+	_       structs.HostLayout
+	Addr    [16]uint8
+	Service uint8
+	Pad     [3]uint8
+}
+
 type KnockgateHintCounts struct {
 	_    structs.HostLayout
 	Slot [65536]uint64
@@ -147,10 +155,31 @@ type KnockgateKnockSlot struct {
 	}
 	Generation uint16
 	Stage      uint8
-	Pad        uint8
+	Service    uint8
 	DeadlineNs uint64
 	Addr       [16]uint8
 }
+
+type KnockgateService struct {
+	_             structs.HostLayout
+	StepTimeoutNs uint64
+	OpenNs        uint64
+	Steps         [8]KnockgateStep
+	NameHash      uint32
+	AllowCount    uint32
+	Nsteps        uint8
+	Live          uint8
+	Pad           [6]uint8
+	Name          [32]uint8
+}
+
+type KnockgateServiceCounter uint32
+
+const (
+	KnockgateServiceCounterSERVICE_GRANTED       KnockgateServiceCounter = 0
+	KnockgateServiceCounterSERVICE_GRANT_EXPIRED KnockgateServiceCounter = 1
+	KnockgateServiceCounterSERVICE_COUNTER_MAX   KnockgateServiceCounter = 2
+)
 
 type KnockgateSource struct {
 	_    structs.HostLayout
@@ -158,12 +187,12 @@ type KnockgateSource struct {
 }
 
 type KnockgateSpaKey struct {
-	_      structs.HostLayout
-	K      [2]uint64
-	OpenNs uint64
-	Flags  uint32
-	Pad    uint32
-	Name   [32]uint8
+	_        structs.HostLayout
+	K        [2]uint64
+	OpenNs   uint64
+	Flags    uint32
+	Services uint32
+	Name     [32]uint8
 }
 
 type KnockgateSpaKeyFlag uint32
@@ -197,39 +226,40 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	KnockgateMapAllow            = "allow"
-	KnockgateMapConfigSlot       = "config_slot"
-	KnockgateMapConfigs          = "configs"
-	KnockgateMapCounters         = "counters"
-	KnockgateMapEventBudget      = "event_budget"
-	KnockgateMapEvents           = "events"
-	KnockgateMapFlowTags         = "flow_tags"
-	KnockgateMapFlows            = "flows"
-	KnockgateMapGrants           = "grants"
-	KnockgateMapHints            = "hints"
-	KnockgateMapKnockTags        = "knock_tags"
-	KnockgateMapKnocks           = "knocks"
-	KnockgateMapSpaKeys          = "spa_keys"
-	KnockgateMapSpaLast          = "spa_last"
-	KnockgateMapVerdicts         = "verdicts"
-	KnockgateProgEgress          = "egress"
-	KnockgateProgKnockgate       = "knockgate"
-	KnockgateVarEventBurst       = "event_burst"
-	KnockgateVarFlowSets         = "flow_sets"
-	KnockgateVarFlowSlots        = "flow_slots"
-	KnockgateVarKnockSets        = "knock_sets"
-	KnockgateVarKnockSlots       = "knock_slots"
-	KnockgateVarTestBootNs       = "test_boot_ns"
-	KnockgateVarTestClock        = "test_clock"
-	KnockgateVarTestCoarseNs     = "test_coarse_ns"
-	KnockgateVarTestTaiNs        = "test_tai_ns"
-	KnockgateVarUnusedConfigFlag = "unused_config_flag"
-	KnockgateVarUnusedCounter    = "unused_counter"
-	KnockgateVarUnusedEvent      = "unused_event"
-	KnockgateVarUnusedEventType  = "unused_event_type"
-	KnockgateVarUnusedFlowFlag   = "unused_flow_flag"
-	KnockgateVarUnusedSpaKeyFlag = "unused_spa_key_flag"
-	KnockgateVarUnusedVerdict    = "unused_verdict"
+	KnockgateMapAllow                = "allow"
+	KnockgateMapConfigSlot           = "config_slot"
+	KnockgateMapConfigs              = "configs"
+	KnockgateMapCounters             = "counters"
+	KnockgateMapEventBudget          = "event_budget"
+	KnockgateMapEvents               = "events"
+	KnockgateMapFlowTags             = "flow_tags"
+	KnockgateMapFlows                = "flows"
+	KnockgateMapGrants               = "grants"
+	KnockgateMapHints                = "hints"
+	KnockgateMapKnockTags            = "knock_tags"
+	KnockgateMapKnocks               = "knocks"
+	KnockgateMapServiceCounters      = "service_counters"
+	KnockgateMapSpaKeys              = "spa_keys"
+	KnockgateMapSpaLast              = "spa_last"
+	KnockgateMapVerdicts             = "verdicts"
+	KnockgateProgKnockgate           = "knockgate"
+	KnockgateVarEventBurst           = "event_burst"
+	KnockgateVarFlowSets             = "flow_sets"
+	KnockgateVarFlowSlots            = "flow_slots"
+	KnockgateVarKnockSets            = "knock_sets"
+	KnockgateVarKnockSlots           = "knock_slots"
+	KnockgateVarTestBootNs           = "test_boot_ns"
+	KnockgateVarTestClock            = "test_clock"
+	KnockgateVarTestCoarseNs         = "test_coarse_ns"
+	KnockgateVarTestTaiNs            = "test_tai_ns"
+	KnockgateVarUnusedConfigFlag     = "unused_config_flag"
+	KnockgateVarUnusedCounter        = "unused_counter"
+	KnockgateVarUnusedEvent          = "unused_event"
+	KnockgateVarUnusedEventType      = "unused_event_type"
+	KnockgateVarUnusedFlowFlag       = "unused_flow_flag"
+	KnockgateVarUnusedServiceCounter = "unused_service_counter"
+	KnockgateVarUnusedSpaKeyFlag     = "unused_spa_key_flag"
+	KnockgateVarUnusedVerdict        = "unused_verdict"
 )
 
 // LoadKnockgate returns the embedded CollectionSpec for Knockgate.
@@ -274,7 +304,6 @@ type KnockgateSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type KnockgateProgramSpecs struct {
-	Egress    *ebpf.ProgramSpec `ebpf:"egress"`
 	Knockgate *ebpf.ProgramSpec `ebpf:"knockgate"`
 }
 
@@ -282,43 +311,45 @@ type KnockgateProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type KnockgateMapSpecs struct {
-	Allow       *ebpf.MapSpec `ebpf:"allow"`
-	ConfigSlot  *ebpf.MapSpec `ebpf:"config_slot"`
-	Configs     *ebpf.MapSpec `ebpf:"configs"`
-	Counters    *ebpf.MapSpec `ebpf:"counters"`
-	EventBudget *ebpf.MapSpec `ebpf:"event_budget"`
-	Events      *ebpf.MapSpec `ebpf:"events"`
-	FlowTags    *ebpf.MapSpec `ebpf:"flow_tags"`
-	Flows       *ebpf.MapSpec `ebpf:"flows"`
-	Grants      *ebpf.MapSpec `ebpf:"grants"`
-	Hints       *ebpf.MapSpec `ebpf:"hints"`
-	KnockTags   *ebpf.MapSpec `ebpf:"knock_tags"`
-	Knocks      *ebpf.MapSpec `ebpf:"knocks"`
-	SpaKeys     *ebpf.MapSpec `ebpf:"spa_keys"`
-	SpaLast     *ebpf.MapSpec `ebpf:"spa_last"`
-	Verdicts    *ebpf.MapSpec `ebpf:"verdicts"`
+	Allow           *ebpf.MapSpec `ebpf:"allow"`
+	ConfigSlot      *ebpf.MapSpec `ebpf:"config_slot"`
+	Configs         *ebpf.MapSpec `ebpf:"configs"`
+	Counters        *ebpf.MapSpec `ebpf:"counters"`
+	EventBudget     *ebpf.MapSpec `ebpf:"event_budget"`
+	Events          *ebpf.MapSpec `ebpf:"events"`
+	FlowTags        *ebpf.MapSpec `ebpf:"flow_tags"`
+	Flows           *ebpf.MapSpec `ebpf:"flows"`
+	Grants          *ebpf.MapSpec `ebpf:"grants"`
+	Hints           *ebpf.MapSpec `ebpf:"hints"`
+	KnockTags       *ebpf.MapSpec `ebpf:"knock_tags"`
+	Knocks          *ebpf.MapSpec `ebpf:"knocks"`
+	ServiceCounters *ebpf.MapSpec `ebpf:"service_counters"`
+	SpaKeys         *ebpf.MapSpec `ebpf:"spa_keys"`
+	SpaLast         *ebpf.MapSpec `ebpf:"spa_last"`
+	Verdicts        *ebpf.MapSpec `ebpf:"verdicts"`
 }
 
 // KnockgateVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type KnockgateVariableSpecs struct {
-	EventBurst       *ebpf.VariableSpec `ebpf:"event_burst"`
-	FlowSets         *ebpf.VariableSpec `ebpf:"flow_sets"`
-	FlowSlots        *ebpf.VariableSpec `ebpf:"flow_slots"`
-	KnockSets        *ebpf.VariableSpec `ebpf:"knock_sets"`
-	KnockSlots       *ebpf.VariableSpec `ebpf:"knock_slots"`
-	TestBootNs       *ebpf.VariableSpec `ebpf:"test_boot_ns"`
-	TestClock        *ebpf.VariableSpec `ebpf:"test_clock"`
-	TestCoarseNs     *ebpf.VariableSpec `ebpf:"test_coarse_ns"`
-	TestTaiNs        *ebpf.VariableSpec `ebpf:"test_tai_ns"`
-	UnusedConfigFlag *ebpf.VariableSpec `ebpf:"unused_config_flag"`
-	UnusedCounter    *ebpf.VariableSpec `ebpf:"unused_counter"`
-	UnusedEvent      *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedEventType  *ebpf.VariableSpec `ebpf:"unused_event_type"`
-	UnusedFlowFlag   *ebpf.VariableSpec `ebpf:"unused_flow_flag"`
-	UnusedSpaKeyFlag *ebpf.VariableSpec `ebpf:"unused_spa_key_flag"`
-	UnusedVerdict    *ebpf.VariableSpec `ebpf:"unused_verdict"`
+	EventBurst           *ebpf.VariableSpec `ebpf:"event_burst"`
+	FlowSets             *ebpf.VariableSpec `ebpf:"flow_sets"`
+	FlowSlots            *ebpf.VariableSpec `ebpf:"flow_slots"`
+	KnockSets            *ebpf.VariableSpec `ebpf:"knock_sets"`
+	KnockSlots           *ebpf.VariableSpec `ebpf:"knock_slots"`
+	TestBootNs           *ebpf.VariableSpec `ebpf:"test_boot_ns"`
+	TestClock            *ebpf.VariableSpec `ebpf:"test_clock"`
+	TestCoarseNs         *ebpf.VariableSpec `ebpf:"test_coarse_ns"`
+	TestTaiNs            *ebpf.VariableSpec `ebpf:"test_tai_ns"`
+	UnusedConfigFlag     *ebpf.VariableSpec `ebpf:"unused_config_flag"`
+	UnusedCounter        *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedEvent          *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedEventType      *ebpf.VariableSpec `ebpf:"unused_event_type"`
+	UnusedFlowFlag       *ebpf.VariableSpec `ebpf:"unused_flow_flag"`
+	UnusedServiceCounter *ebpf.VariableSpec `ebpf:"unused_service_counter"`
+	UnusedSpaKeyFlag     *ebpf.VariableSpec `ebpf:"unused_spa_key_flag"`
+	UnusedVerdict        *ebpf.VariableSpec `ebpf:"unused_verdict"`
 }
 
 // KnockgateObjects contains all objects after they have been loaded into the kernel.
@@ -341,21 +372,22 @@ func (o *KnockgateObjects) Close() error {
 //
 // It can be passed to LoadKnockgateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KnockgateMaps struct {
-	Allow       *ebpf.Map `ebpf:"allow"`
-	ConfigSlot  *ebpf.Map `ebpf:"config_slot"`
-	Configs     *ebpf.Map `ebpf:"configs"`
-	Counters    *ebpf.Map `ebpf:"counters"`
-	EventBudget *ebpf.Map `ebpf:"event_budget"`
-	Events      *ebpf.Map `ebpf:"events"`
-	FlowTags    *ebpf.Map `ebpf:"flow_tags"`
-	Flows       *ebpf.Map `ebpf:"flows"`
-	Grants      *ebpf.Map `ebpf:"grants"`
-	Hints       *ebpf.Map `ebpf:"hints"`
-	KnockTags   *ebpf.Map `ebpf:"knock_tags"`
-	Knocks      *ebpf.Map `ebpf:"knocks"`
-	SpaKeys     *ebpf.Map `ebpf:"spa_keys"`
-	SpaLast     *ebpf.Map `ebpf:"spa_last"`
-	Verdicts    *ebpf.Map `ebpf:"verdicts"`
+	Allow           *ebpf.Map `ebpf:"allow"`
+	ConfigSlot      *ebpf.Map `ebpf:"config_slot"`
+	Configs         *ebpf.Map `ebpf:"configs"`
+	Counters        *ebpf.Map `ebpf:"counters"`
+	EventBudget     *ebpf.Map `ebpf:"event_budget"`
+	Events          *ebpf.Map `ebpf:"events"`
+	FlowTags        *ebpf.Map `ebpf:"flow_tags"`
+	Flows           *ebpf.Map `ebpf:"flows"`
+	Grants          *ebpf.Map `ebpf:"grants"`
+	Hints           *ebpf.Map `ebpf:"hints"`
+	KnockTags       *ebpf.Map `ebpf:"knock_tags"`
+	Knocks          *ebpf.Map `ebpf:"knocks"`
+	ServiceCounters *ebpf.Map `ebpf:"service_counters"`
+	SpaKeys         *ebpf.Map `ebpf:"spa_keys"`
+	SpaLast         *ebpf.Map `ebpf:"spa_last"`
+	Verdicts        *ebpf.Map `ebpf:"verdicts"`
 }
 
 func (m *KnockgateMaps) Close() error {
@@ -372,6 +404,7 @@ func (m *KnockgateMaps) Close() error {
 		m.Hints,
 		m.KnockTags,
 		m.Knocks,
+		m.ServiceCounters,
 		m.SpaKeys,
 		m.SpaLast,
 		m.Verdicts,
@@ -382,35 +415,34 @@ func (m *KnockgateMaps) Close() error {
 //
 // It can be passed to LoadKnockgateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KnockgateVariables struct {
-	EventBurst       *ebpf.Variable `ebpf:"event_burst"`
-	FlowSets         *ebpf.Variable `ebpf:"flow_sets"`
-	FlowSlots        *ebpf.Variable `ebpf:"flow_slots"`
-	KnockSets        *ebpf.Variable `ebpf:"knock_sets"`
-	KnockSlots       *ebpf.Variable `ebpf:"knock_slots"`
-	TestBootNs       *ebpf.Variable `ebpf:"test_boot_ns"`
-	TestClock        *ebpf.Variable `ebpf:"test_clock"`
-	TestCoarseNs     *ebpf.Variable `ebpf:"test_coarse_ns"`
-	TestTaiNs        *ebpf.Variable `ebpf:"test_tai_ns"`
-	UnusedConfigFlag *ebpf.Variable `ebpf:"unused_config_flag"`
-	UnusedCounter    *ebpf.Variable `ebpf:"unused_counter"`
-	UnusedEvent      *ebpf.Variable `ebpf:"unused_event"`
-	UnusedEventType  *ebpf.Variable `ebpf:"unused_event_type"`
-	UnusedFlowFlag   *ebpf.Variable `ebpf:"unused_flow_flag"`
-	UnusedSpaKeyFlag *ebpf.Variable `ebpf:"unused_spa_key_flag"`
-	UnusedVerdict    *ebpf.Variable `ebpf:"unused_verdict"`
+	EventBurst           *ebpf.Variable `ebpf:"event_burst"`
+	FlowSets             *ebpf.Variable `ebpf:"flow_sets"`
+	FlowSlots            *ebpf.Variable `ebpf:"flow_slots"`
+	KnockSets            *ebpf.Variable `ebpf:"knock_sets"`
+	KnockSlots           *ebpf.Variable `ebpf:"knock_slots"`
+	TestBootNs           *ebpf.Variable `ebpf:"test_boot_ns"`
+	TestClock            *ebpf.Variable `ebpf:"test_clock"`
+	TestCoarseNs         *ebpf.Variable `ebpf:"test_coarse_ns"`
+	TestTaiNs            *ebpf.Variable `ebpf:"test_tai_ns"`
+	UnusedConfigFlag     *ebpf.Variable `ebpf:"unused_config_flag"`
+	UnusedCounter        *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedEvent          *ebpf.Variable `ebpf:"unused_event"`
+	UnusedEventType      *ebpf.Variable `ebpf:"unused_event_type"`
+	UnusedFlowFlag       *ebpf.Variable `ebpf:"unused_flow_flag"`
+	UnusedServiceCounter *ebpf.Variable `ebpf:"unused_service_counter"`
+	UnusedSpaKeyFlag     *ebpf.Variable `ebpf:"unused_spa_key_flag"`
+	UnusedVerdict        *ebpf.Variable `ebpf:"unused_verdict"`
 }
 
 // KnockgatePrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to LoadKnockgateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KnockgatePrograms struct {
-	Egress    *ebpf.Program `ebpf:"egress"`
 	Knockgate *ebpf.Program `ebpf:"knockgate"`
 }
 
 func (p *KnockgatePrograms) Close() error {
 	return _KnockgateClose(
-		p.Egress,
 		p.Knockgate,
 	)
 }

@@ -1,20 +1,29 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * Single-packet authorization: one UDP datagram to the gate's SPA port,
- * whose payload (KG_SPA_LEN bytes, big-endian fields) is
+ * whose payload (big-endian fields) is, in version 1 (KG_SPA_LEN bytes):
  *
  *   0  version (1)      1  flags (0)      2  reserved (0, 2 bytes)
  *   4  key id (4)       8  timestamp, Unix milliseconds (8)
  *  16  nonce (16)      32  address to open (16; all zero: the source)
  *  48  tag: SipHash-2-4 of bytes 0-47 under the key, little-endian (8)
  *
+ * and in version 2 (KG_SPA_LEN_REQUEST bytes), which asks for some of the
+ * key's services rather than all of them, the same to byte 47, then
+ *
+ *  48  request: up to four services, each the FNV-1a hash of its name
+ *      (4 bytes each; 0: none; at least one)
+ *  64  tag: SipHash-2-4 of bytes 0-63 under the key, little-endian (8)
+ *
  * checked here before any state is touched, in this order: length, version,
  * key, tag (always the whole hash: constant work), clock window, address,
- * and last the replay rule, a compare-and-swap that moves the key's newest
- * accepted timestamp forward (WireGuard's rule: no replay cache, and two
- * CPUs cannot both accept one packet). So a refused packet changes nothing
- * but a counter, and a forged one costs a parse, a lookup and a hash.
- * Mirrored by the spa Go package (the client, and the tests).
+ * services (a request outside the key's scope, or naming no service of the
+ * gate's, is refused) and last the replay rule, a compare-and-swap that
+ * moves the key's newest accepted timestamp forward (WireGuard's rule: no
+ * replay cache, and two CPUs cannot both accept one packet). So a refused
+ * packet changes nothing but a counter, and a forged one costs a parse, a
+ * lookup and a hash. Mirrored by the spa Go package (the client, and the
+ * tests).
  */
 #pragma once
 
@@ -48,9 +57,44 @@ struct {
 /* What a valid packet asks for. */
 struct spa_grant {
 	struct source addr; /* the address to open */
-	__u64 open_ns; /* for how long; 0: the gate's window */
+	__u64 open_ns; /* for how long; 0: each service's window */
 	__u32 key_id;
+	__u32 services; /* bit s: open service s (live ones only) */
 };
+
+/* The live services of cfg whose name hashes to h (bit s for service s):
+ * one at most, since the loader keeps the hashes unique. A BPF global
+ * function, verified once; only packets with a valid tag call it. */
+__attribute__((noinline)) __u32 spa_service_of(const struct config *cfg, __u32 h)
+{
+	if (!cfg)
+		return 0;
+	__u32 found = 0;
+	for (int s = 0; s < KG_MAX_SERVICES; s++) {
+		const struct service *sv = &cfg->services[s];
+		if (sv->live && sv->name_hash == h)
+			found |= 1u << s;
+	}
+	return found;
+}
+
+/* The services a version-2 packet's request names (bit s for service s), or
+ * 0 when one of its hashes names no live service of cfg's. */
+static __always_inline __u32 spa_requested(const struct config *cfg, const __u64 *req)
+{
+	__u32 want = 0;
+#pragma unroll
+	for (int i = 0; i < KG_SPA_REQUESTS; i++) {
+		__u32 h = bpf_ntohl(((const __u32 *)req)[i]);
+		if (!h)
+			continue;
+		__u32 found = spa_service_of(cfg, h);
+		if (!found)
+			return 0;
+		want |= found;
+	}
+	return want;
+}
 
 /*
  * Check the SPA datagram pkt of ctx against cfg: COUNTER_SPA_ACCEPTED (and
@@ -59,8 +103,10 @@ struct spa_grant {
 static __always_inline __u32 spa_verify(struct xdp_md *ctx, const struct config *cfg, const struct packet *pkt,
 					struct spa_grant *out)
 {
-	if (pkt->payload_len != KG_SPA_LEN)
+	__u32 len = pkt->payload_len;
+	if (len != KG_SPA_LEN && len != KG_SPA_LEN_REQUEST)
 		return COUNTER_SPA_BAD_LENGTH;
+	int request = len == KG_SPA_LEN_REQUEST;
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	/* A bound the verifier can carry (a packet offset past 0xffff is never
@@ -73,12 +119,19 @@ static __always_inline __u32 spa_verify(struct xdp_md *ctx, const struct config 
 		return COUNTER_SPA_BAD_LENGTH;
 	/* Word loads straight from the packet: the payload is seldom 8-byte
 	 * aligned, which the architectures XDP runs on fast take in stride. */
-	__u64 m[KG_SPA_LEN / 8];
+	__u64 m[KG_SPA_LEN_REQUEST / 8];
 #pragma unroll
 	for (int i = 0; i < KG_SPA_LEN / 8; i++)
 		m[i] = w[i];
+	m[7] = m[8] = 0;
+	if (request) {
+		if ((void *)(w + KG_SPA_LEN_REQUEST / 8) > end)
+			return COUNTER_SPA_BAD_LENGTH;
+		m[7] = w[7];
+		m[8] = w[8];
+	}
 	const __u8 *b = (const __u8 *)m;
-	if (b[0] != KG_SPA_VERSION || b[1] != 0 || b[2] != 0 || b[3] != 0)
+	if (b[0] != (request ? KG_SPA_VERSION_REQUEST : KG_SPA_VERSION) || b[1] != 0 || b[2] != 0 || b[3] != 0)
 		return COUNTER_SPA_BAD_VERSION;
 	__u32 id = bpf_ntohl(*(const __u32 *)(b + 4));
 	const struct spa_key *key = bpf_map_lookup_elem(&spa_keys, &id);
@@ -86,8 +139,12 @@ static __always_inline __u32 spa_verify(struct xdp_md *ctx, const struct config 
 		return COUNTER_SPA_UNKNOWN_KEY;
 	/* The whole hash and one compare of all 64 bits, whatever the bytes:
 	 * the time taken tells nothing about how close a forgery came. */
-	if (siphash48(key->k[0], key->k[1], m) != sip_le64(m[6]))
+	if (request) {
+		if (siphash64(key->k[0], key->k[1], m) != sip_le64(m[8]))
+			return COUNTER_SPA_BAD_TAG;
+	} else if (siphash48(key->k[0], key->k[1], m) != sip_le64(m[6])) {
 		return COUNTER_SPA_BAD_TAG;
+	}
 
 	__u64 ts = spa_be64(m[1]);
 	__u64 now_ms = (__u64)((__s64)clock_tai() - cfg->tai_offset_ns) / 1000000;
@@ -105,6 +162,18 @@ static __always_inline __u32 spa_verify(struct xdp_md *ctx, const struct config 
 	}
 	out->open_ns = key->open_ns;
 	out->key_id = id;
+	/* The key's services, or the ones the packet asks for: each must be
+	 * the key's and the gate's. */
+	__u32 scope = key->services & cfg->live_services;
+	if (request) {
+		__u32 want = spa_requested(cfg, &m[6]);
+		if (!want || want & ~scope)
+			return COUNTER_SPA_BAD_SERVICE;
+		scope = want;
+	}
+	if (!scope)
+		return COUNTER_SPA_BAD_SERVICE;
+	out->services = scope;
 
 	/* Last, the one check that changes state: the timestamp must be newer
 	 * than the key's last accepted, and moving it forward is what accepts. */

@@ -59,7 +59,7 @@ type Gate struct {
 	Prog *ebpf.Program // XDP, on every interface's ingress
 	// Egress learns the host's flows, on every interface's egress (tcx).
 	Egress *ebpf.Program
-	objs   *bpf.KnockgateObjects // set when this process loaded the programs
+	objs   *Objects // set when this process loaded the programs
 }
 
 // Close releases this process's handles; the pinned gate keeps running.

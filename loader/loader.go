@@ -87,8 +87,20 @@ func ParseMode(s string) (Mode, error) {
 // Load loads the program and its maps, sized for maxSources, without
 // attaching or pinning anything. The configuration is empty: every packet
 // passes.
-func Load(maxSources uint32) (*bpf.KnockgateObjects, error) {
+func Load(maxSources uint32) (*Objects, error) {
 	return LoadTuned(Sizes{MaxSources: maxSources}, Tuning{})
+}
+
+// Objects are a gate's programs and maps as loaded: the XDP object's, and
+// the egress program, loaded from an object of its own onto the same maps.
+type Objects struct {
+	bpf.KnockgateObjects
+	Egress *ebpf.Program
+}
+
+// Close releases both programs and the maps.
+func (o *Objects) Close() error {
+	return errors.Join(o.Egress.Close(), o.KnockgateObjects.Close())
 }
 
 // Tuning sets load-time constants of the program (volatile const, which
@@ -152,8 +164,55 @@ func sizeSpec(spec *ebpf.CollectionSpec, knockSlots, grants, flowSlots uint32, t
 	return nil
 }
 
+// egressSpec is the egress object's spec with the load-time constants it
+// shares with the XDP object's spec xdp (sized by sizeSpec).
+func egressSpec(xdp *ebpf.CollectionSpec) (*ebpf.CollectionSpec, error) {
+	spec, err := bpf.LoadEgress()
+	if err != nil {
+		return nil, fmt.Errorf("load egress program spec: %w", err)
+	}
+	for name, v := range spec.Variables {
+		if !v.Constant() {
+			continue
+		}
+		from, ok := xdp.Variables[name]
+		if !ok {
+			return nil, fmt.Errorf("egress constant %s: not in the XDP object", name)
+		}
+		val := make([]byte, from.Size())
+		if err := from.Get(val); err != nil {
+			return nil, fmt.Errorf("read constant %s: %w", name, err)
+		}
+		if err := v.Set(val); err != nil {
+			return nil, fmt.Errorf("set egress constant %s: %w", name, err)
+		}
+	}
+	return spec, nil
+}
+
+// loadEgress loads the egress program of spec onto the maps the XDP object
+// made (by name), each but its own constants.
+func loadEgress(spec *ebpf.CollectionSpec, byName map[string]*ebpf.Map) (*ebpf.Program, error) {
+	repl := make(map[string]*ebpf.Map)
+	for name := range spec.Maps {
+		if name == ".rodata" {
+			continue
+		}
+		m, ok := byName[name]
+		if !ok {
+			return nil, fmt.Errorf("egress map %s: the XDP object has none", name)
+		}
+		repl[name] = m
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
+	if err != nil {
+		return nil, loadError(err)
+	}
+	defer coll.Close()
+	return coll.DetachProgram(bpf.EgressProgEgress), nil
+}
 // LoadTuned is Load with every size and load-time constants set.
-func LoadTuned(sz Sizes, t Tuning) (*bpf.KnockgateObjects, error) {
+func LoadTuned(sz Sizes, t Tuning) (*Objects, error) {
 	sz = sz.withDefaults()
 	maxSources := sz.MaxSources
 	if maxSources < 1 || maxSources > MaxSourcesLimit {
@@ -169,11 +228,24 @@ func LoadTuned(sz Sizes, t Tuning) (*bpf.KnockgateObjects, error) {
 	if err := sizeSpec(spec, KnockSlots(maxSources), maxSources, FlowSlots(sz.MaxFlows), t); err != nil {
 		return nil, err
 	}
-	var objs bpf.KnockgateObjects
-	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+	egress, err := egressSpec(spec)
+	if err != nil {
+		return nil, err
+	}
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
 		return nil, loadError(err)
 	}
-	return &objs, nil
+	defer coll.Close()
+	objs := &Objects{}
+	if objs.Egress, err = loadEgress(egress, coll.Maps); err != nil {
+		return nil, err
+	}
+	if err := coll.Assign(&objs.KnockgateObjects); err != nil {
+		objs.Egress.Close()
+		return nil, fmt.Errorf("load program: %w", err)
+	}
+	return objs, nil
 }
 
 // loadError explains a failed load: the verifier's log spelled out (the

@@ -64,9 +64,16 @@ func (g *Gate) Upgrade() (replaced bool, err error) {
 		}
 		return false, loadError(err)
 	}
+	defer coll.Close()
+	egSpec, err := egressSpec(spec)
+	if err != nil {
+		return false, err
+	}
+	egress, err := loadEgress(egSpec, coll.Maps)
+	if err != nil {
+		return false, err
+	}
 	prog := coll.DetachProgram(bpf.KnockgateProgKnockgate)
-	egress := coll.DetachProgram(bpf.KnockgateProgEgress)
-	coll.Close()
 	defer func() {
 		if !replaced {
 			prog.Close()

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -20,18 +21,43 @@ const MaxKeys = 1024
 
 // Key is one SPA key, a line of a key file:
 //
-//	ID HEX NAME [any-address] [open=DURATION]
+//	ID HEX NAME [any-address] [open=DURATION] [services=NAME,...]
 //
 // ID is 1 to 4294967295, HEX the 16 secret bytes as 32 hex digits, NAME
 // what status and events call it; any-address lets its packets open an
-// address other than their source, open= gives its grants their own window.
+// address other than their source, open= gives its grants their own window,
+// services= names the gate's services it may open (default: "default").
 type Key struct {
 	ID         uint32
 	Secret     [16]byte
 	Name       string
 	AnyAddress bool
-	Open       time.Duration // 0: the gate's open window
+	Open       time.Duration // 0: each service's open window
+	// Services the key may open; nil: the service "default" alone.
+	Services []string
 }
+
+// DefaultService is the service every gate has, and the one a key without
+// services= opens.
+const DefaultService = "default"
+
+// Scope is the services k may open.
+func (k *Key) Scope() []string {
+	if len(k.Services) == 0 {
+		return []string{DefaultService}
+	}
+	return k.Services
+}
+
+// Equal says whether two keys are the same in every field.
+func (k *Key) Equal(o *Key) bool {
+	return k.ID == o.ID && k.Secret == o.Secret && k.Name == o.Name && k.AnyAddress == o.AnyAddress &&
+		k.Open == o.Open && slices.Equal(k.Services, o.Services)
+}
+
+// serviceRE is a service's name (the policy package's rule, which a key
+// file cannot import without pulling in the gate).
+var serviceRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,30}$`)
 
 // NameLen is the longest key name (the map keeps it NUL-padded in 32).
 const NameLen = 31
@@ -97,6 +123,9 @@ func (k *Key) Line() string {
 	if k.Open > 0 {
 		s += " open=" + k.Open.String()
 	}
+	if len(k.Services) > 0 {
+		s += " services=" + strings.Join(k.Services, ",")
+	}
 	return s
 }
 
@@ -124,7 +153,7 @@ func ParseSecret(s string) ([16]byte, error) {
 func ParseLine(line string) (Key, error) {
 	f := strings.Fields(line)
 	if len(f) < 3 {
-		return Key{}, fmt.Errorf("want ID HEX NAME [any-address] [open=DURATION], got %d fields", len(f))
+		return Key{}, fmt.Errorf("want ID HEX NAME [any-address] [open=DURATION] [services=NAME,...], got %d fields", len(f))
 	}
 	var k Key
 	var err error
@@ -148,11 +177,30 @@ func ParseLine(line string) (Key, error) {
 				return Key{}, fmt.Errorf("bad open= %s: want a positive duration, e.g. open=1h", quote(opt[len("open="):]))
 			}
 			k.Open = d
+		case strings.HasPrefix(opt, "services="):
+			if k.Services, err = parseServices(opt[len("services="):]); err != nil {
+				return Key{}, err
+			}
 		default:
-			return Key{}, fmt.Errorf("unknown key option %s (any-address, open=DURATION)", quote(opt))
+			return Key{}, fmt.Errorf("unknown key option %s (any-address, open=DURATION, services=NAME,...)", quote(opt))
 		}
 	}
 	return k, nil
+}
+
+// parseServices reads services='s list: names, each once.
+func parseServices(list string) ([]string, error) {
+	var out []string
+	for _, name := range strings.Split(list, ",") {
+		if !serviceRE.MatchString(name) {
+			return nil, fmt.Errorf("bad service %s in services= (a-z 0-9 _ -, 1-31, starting with a letter or digit)", quote(name))
+		}
+		if slices.Contains(out, name) {
+			return nil, fmt.Errorf("service %s named twice in services=", quote(name))
+		}
+		out = append(out, name)
+	}
+	return out, nil
 }
 
 // ParseKeys reads a key file's lines from r ('#' starts a comment); errors

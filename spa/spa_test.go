@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -63,19 +64,63 @@ func TestPacketRoundTrip(t *testing.T) {
 	}
 }
 
+// A version-2 packet carries its request inside the tagged bytes: every
+// bit of it counts, and it parses back to the same services.
+func TestPacketRequest(t *testing.T) {
+	secret := [16]byte{4, 5, 6}
+	p, err := New(9, netip.Addr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Request = RequestOf([]string{"web", "rdp"})
+	b := p.Marshal(secret)
+	if len(b) != LenRequest || b[0] != VersionRequest {
+		t.Fatalf("payload %d bytes, version %d", len(b), b[0])
+	}
+	if got := binary.BigEndian.Uint32(b[Signed:]); got != ServiceHash("web") || got == 0 {
+		t.Errorf("first request %08x, want web's hash %08x", got, ServiceHash("web"))
+	}
+	got, err := Verify(b, secret)
+	if err != nil || !slices.Equal(got.Request, p.Request) {
+		t.Fatalf("round trip: %+v, %v", got, err)
+	}
+	for bit := 0; bit < LenRequest*8; bit++ {
+		c := append([]byte(nil), b...)
+		c[bit/8] ^= 1 << (bit % 8)
+		if _, err := Verify(c, secret); err == nil {
+			t.Fatalf("bit %d flipped: still verifies", bit)
+		}
+	}
+	// The same fields in the other length, or the other version in this
+	// one, are refused.
+	for _, c := range [][]byte{b[:Len], append([]byte{Version}, b[1:]...)} {
+		if _, err := Parse(c); err == nil {
+			t.Errorf("%d bytes, version %d: parsed", len(c), c[0])
+		}
+	}
+	if ServiceHash("") == 0 || ServiceHash("default") == ServiceHash("web") {
+		t.Error("service hashes: 0 for the empty name, or two names alike")
+	}
+}
+
 func TestParseKeys(t *testing.T) {
-	good := "# keys\n1 000102030405060708090a0b0c0d0e0f laptop\n\n42 ffffffffffffffffffffffffffffffff nat-box any-address open=2h # behind NAT\n"
+	good := "# keys\n1 000102030405060708090a0b0c0d0e0f laptop\n\n42 ffffffffffffffffffffffffffffffff nat-box any-address open=2h # behind NAT\n" +
+		"9 0f0e0d0c0b0a09080706050403020100 contractor services=web,rdp\n"
 	keys, err := ParseKeys(strings.NewReader(good), "keys")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(keys) != 2 || keys[0].ID != 1 || keys[0].Name != "laptop" || keys[0].Secret[15] != 15 ||
-		keys[1].ID != 42 || !keys[1].AnyAddress || keys[1].Open != 2*time.Hour {
+	if len(keys) != 3 || keys[0].ID != 1 || keys[0].Name != "laptop" || keys[0].Secret[15] != 15 ||
+		keys[1].ID != 42 || !keys[1].AnyAddress || keys[1].Open != 2*time.Hour ||
+		!slices.Equal(keys[2].Services, []string{"web", "rdp"}) {
 		t.Fatalf("parsed %+v", keys)
+	}
+	if got := keys[0].Scope(); !slices.Equal(got, []string{"default"}) {
+		t.Errorf("scope of a key without services=: %v, want default", got)
 	}
 	for _, k := range keys {
 		again, err := ParseLine(k.Line())
-		if err != nil || again != k {
+		if err != nil || !again.Equal(&k) {
 			t.Errorf("Line %q parses to %+v, %v", k.Line(), again, err)
 		}
 	}
@@ -95,6 +140,9 @@ func TestParseKeys(t *testing.T) {
 		{"1 000102030405060708090a0b0c0d0e0f a open=000102030405060708090a0b0c0d0e0f", "line 1: bad open= (a 32-digit hex string"},
 		{"1 000102030405060708090a0b0c0d0e0f a/b", `line 1: bad key name "a/b"`},
 		{"1 000102030405060708090a0b0c0d0e0f a\n1 000102030405060708090a0b0c0d0e0f b", "line 2: key id 1 is on line 1 already"},
+		{"1 000102030405060708090a0b0c0d0e0f a services=", `line 1: bad service "" in services=`},
+		{"1 000102030405060708090a0b0c0d0e0f a services=Web", `line 1: bad service "Web" in services=`},
+		{"1 000102030405060708090a0b0c0d0e0f a services=web,web", `line 1: service "web" named twice`},
 	} {
 		_, err := ParseKeys(strings.NewReader(c.in), "f")
 		if err == nil || !strings.Contains(err.Error(), c.want) {
@@ -116,7 +164,7 @@ func TestReadKeyFileAccess(t *testing.T) {
 	if err := os.WriteFile(path, []byte(k.Line()+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if keys, err := ReadKeyFile(path, OwnerOnly); err != nil || len(keys) != 1 || keys[0] != k {
+	if keys, err := ReadKeyFile(path, OwnerOnly); err != nil || len(keys) != 1 || !keys[0].Equal(&k) {
 		t.Fatalf("ReadKeyFile: %v %v", keys, err)
 	}
 	if os.Getuid() == 0 {
