@@ -1,11 +1,14 @@
 package maps
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -13,6 +16,7 @@ import (
 
 	"github.com/knockgate/knockgate/bpf"
 	"github.com/knockgate/knockgate/policy"
+	"github.com/knockgate/knockgate/spa"
 )
 
 // MaxSteps is the longest knock sequence the program accepts.
@@ -21,8 +25,8 @@ const MaxSteps = policy.MaxSteps
 // The policy's numbers are the C ABI's and the kernel's (policy cannot
 // import either to say so itself).
 var (
-	_ [0]struct{} = [len(bpf.KnockgateConfig{}.Steps) - policy.MaxSteps]struct{}{}
-	_ [0]struct{} = [policy.MaxSteps - len(bpf.KnockgateConfig{}.Steps)]struct{}{}
+	_ [0]struct{} = [len(bpf.KnockgateService{}.Steps) - policy.MaxSteps]struct{}{}
+	_ [0]struct{} = [policy.MaxSteps - len(bpf.KnockgateService{}.Steps)]struct{}{}
 	_ [0]struct{} = [int(policy.TCP) - unix.IPPROTO_TCP]struct{}{}
 	_ [0]struct{} = [int(policy.UDP) - unix.IPPROTO_UDP]struct{}{}
 )
@@ -40,31 +44,20 @@ const (
 	UDP = policy.UDP
 )
 
-// Config is what a configuration slot holds: a policy as the C ABI has it
-// (one service, default, whose settings are flat here beside the gate's;
-// its allow list is a map of its own, see Set.SetAllow), and what only the
-// encoding needs. FromPolicy and Config.Policy convert.
-type Config struct {
-	// The service default's settings (policy.Service).
-	Sequence    []policy.Port
-	StepTimeout time.Duration
-	Open        time.Duration
-	Protected   []policy.Port
-	ProtectAll  bool
-	// The gate's settings (policy.Policy).
-	Flows       bool
-	FlowIdleTCP time.Duration
-	FlowIdleUDP time.Duration
-	SPAPort     uint16
-	SPAWindow   time.Duration
+// MaxServices is how many services a gate holds (KG_MAX_SERVICES): an SPA
+// key's scope is a 32-bit mask of them.
+const MaxServices = len(bpf.KnockgateConfig{}.Services)
 
+var _ [0]struct{} = [MaxServices - policy.MaxServices]struct{}{}
+
+// Config is what a configuration slot holds: a policy, and what only the
+// encoding needs. The policy's allow lists are entries of the allow trie
+// (WriteConfig writes them; a slot holds only their counts).
+type Config struct {
+	Policy policy.Policy
 	// TAIOffset is the kernel's TAI offset as of the write (see TAIOffset):
 	// set by Set.WriteConfig.
 	TAIOffset time.Duration
-	// AllowCount is the number of allow-list entries; the program skips the
-	// allow lookup when it is zero. Maintained by the writers of the allow
-	// list (Set.SetAllow's callers).
-	AllowCount uint32
 	// ConfirmBy (a CLOCK_BOOTTIME stamp, see BootAfter) makes this a
 	// safe-mode change: unless confirmed by then, the program goes back to
 	// the configuration before it. 0: an ordinary change.
@@ -76,58 +69,28 @@ type Config struct {
 	// KnockSlot): random, made with the gate (NewSlotKey), kept by every
 	// write that leaves it zero.
 	SlotKey [2]uint64
+	// Index is each service's index in the program's tables, by name:
+	// assigned by WriteConfig (a service keeps its index as long as it
+	// exists), read back by ReadConfig.
+	Index map[string]int
 }
 
-// FromPolicy is the configuration that installs p, which must be valid
-// (its allow list goes to the allow map; only its count is here, which the
-// caller sets).
-func FromPolicy(p *policy.Policy) (Config, error) {
-	var c Config
-	return c, c.SetPolicy(p)
+// FromPolicy is the configuration that installs p.
+func FromPolicy(p *policy.Policy) Config {
+	return Config{Policy: p.Clone()}
 }
 
-// SetPolicy makes c hold p, which must be valid, keeping what only the
-// encoding needs (AllowCount among it).
-func (c *Config) SetPolicy(p *policy.Policy) error {
-	if err := p.Validate(); err != nil {
-		return err
-	}
-	d := p.Default()
-	c.Sequence, c.StepTimeout, c.Open = d.Sequence, d.StepTimeout, d.Open
-	c.Protected, c.ProtectAll = d.Protect, d.ProtectAll
-	c.Flows, c.FlowIdleTCP, c.FlowIdleUDP = p.Flows, p.FlowIdleTCP, p.FlowIdleUDP
-	c.SPAPort, c.SPAWindow = p.SPAPort, p.SPAWindow
-	return nil
-}
-
-// Policy is the policy c holds, with allow as its allow list (read from
-// the allow map: Set.AllowList).
-func (c *Config) Policy(allow []netip.Prefix) policy.Policy {
-	return policy.Policy{
-		Services: []policy.Service{{
-			Name:        policy.DefaultService,
-			Sequence:    c.Sequence,
-			StepTimeout: c.StepTimeout,
-			Open:        c.Open,
-			Protect:     c.Protected,
-			ProtectAll:  c.ProtectAll,
-		}},
-		Allow:       allow,
-		Flows:       c.Flows,
-		FlowIdleTCP: c.FlowIdleTCP,
-		FlowIdleUDP: c.FlowIdleUDP,
-		SPAPort:     c.SPAPort,
-		SPAWindow:   c.SPAWindow,
-	}
+// Validate reports the first thing wrong with the policy c holds (see
+// policy.Policy.Validate).
+func (c *Config) Validate() error {
+	return c.Policy.Validate()
 }
 
 // Same says whether the program does the same under c and o: the same
-// policy (policy.Diff; the allow list aside, a map of its own), the same
-// allow count and deadline. The generation, TAI offset and slot key are
-// the writer's to keep or set, not a policy's to ask for.
+// policy (policy.Diff) and deadline. The generation, TAI offset, slot key
+// and indices are the writer's to keep or set, not a policy's to ask for.
 func (c *Config) Same(o *Config) bool {
-	a, b := c.Policy(nil), o.Policy(nil)
-	return len(policy.Diff(&a, &b)) == 0 && c.AllowCount == o.AllowCount && c.ConfirmBy == o.ConfirmBy
+	return len(policy.Diff(&c.Policy, &o.Policy)) == 0 && c.ConfirmBy == o.ConfirmBy
 }
 
 // NewSlotKey makes a random slot key.
@@ -139,98 +102,191 @@ func NewSlotKey() ([2]uint64, error) {
 	return [2]uint64{binary.LittleEndian.Uint64(b[:8]), binary.LittleEndian.Uint64(b[8:])}, nil
 }
 
-// Validate reports the first thing wrong with the policy c holds (see
-// policy.Policy.Validate).
-func (c *Config) Validate() error {
-	p := c.Policy(nil)
-	return p.Validate()
+// assignIndices gives each service of p its index: the one its name has in
+// the configuration in force (cur), else the lowest free one, never one
+// that cur holds for another name (a service just removed keeps its index
+// out of use for one write, so nothing of it can reach a newcomer while the
+// slot before still names it). The service default is always 0. fresh are
+// the indices given to services cur does not have.
+func assignIndices(p *policy.Policy, cur *bpf.KnockgateConfig) (index map[string]int, fresh []int, err error) {
+	index = make(map[string]int, len(p.Services))
+	held := map[string]int{}
+	for i := range cur.Services {
+		if cur.LiveServices&(1<<i) != 0 {
+			held[cString(cur.Services[i].Name[:])] = i
+		}
+	}
+	used := cur.LiveServices | 1 // default's, whatever cur holds
+	for _, s := range p.Services {
+		if s.Name == policy.DefaultService {
+			index[s.Name] = 0
+			if _, ok := held[s.Name]; !ok {
+				fresh = append(fresh, 0)
+			}
+			continue
+		}
+		if i, ok := held[s.Name]; ok && i != 0 {
+			index[s.Name] = i
+			continue
+		}
+		i := bits.TrailingZeros32(^used)
+		if i >= MaxServices {
+			return nil, nil, fmt.Errorf("service %s: no free index (a gate holds %d services, and one just removed keeps its index for one change)", s.Name, MaxServices)
+		}
+		used |= 1 << i
+		index[s.Name] = i
+		fresh = append(fresh, i)
+	}
+	return index, fresh, nil
 }
 
-// Protects says whether c protects port p.
-func (c *Config) Protects(p policy.Port) bool {
-	d := c.Policy(nil).Services[0]
-	return d.Protects(p)
+// cString is a NUL-padded name.
+func cString(b []byte) string {
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		b = b[:i]
+	}
+	return string(b)
 }
 
-// Encode converts c to the C layout.
-func (c *Config) Encode() (*bpf.KnockgateConfig, error) {
+// encode converts c to the C layout, services at c.Index.
+func (c *Config) encode() (*bpf.KnockgateConfig, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
+	p := &c.Policy
 	raw := &bpf.KnockgateConfig{
 		SlotKey:       c.SlotKey,
-		StepTimeoutNs: uint64(c.StepTimeout),
-		OpenNs:        uint64(c.Open),
 		ConfirmByNs:   c.ConfirmBy,
-		FlowIdleTcpNs: uint64(c.FlowIdleTCP),
-		FlowIdleUdpNs: uint64(c.FlowIdleUDP),
+		FlowIdleTcpNs: uint64(p.FlowIdleTCP),
+		FlowIdleUdpNs: uint64(p.FlowIdleUDP),
 		Generation:    c.Generation,
-		AllowCount:    c.AllowCount,
-		Nsteps:        uint8(len(c.Sequence)),
-		SpaPort:       c.SPAPort,
-		SpaWindowMs:   uint64(c.SPAWindow / time.Millisecond),
+		AllowCount:    uint32(len(uniqueCIDRs(p.Allow))),
+		SpaPort:       p.SPAPort,
+		SpaWindowMs:   uint64(p.SPAWindow / time.Millisecond),
 		TaiOffsetNs:   int64(c.TAIOffset),
 	}
-	for i, s := range c.Sequence {
-		raw.Steps[i].Port = s.Num
-		raw.Steps[i].Proto = uint8(s.Proto)
-		raw.StepPorts |= 1 << (s.Num & 63)
-	}
-	for _, p := range c.Protected {
-		bits := &raw.ProtectedTcp
-		if p.Proto == policy.UDP {
-			bits = &raw.ProtectedUdp
-		}
-		bits[p.Num>>6] |= 1 << (p.Num & 63)
-	}
-	if c.ProtectAll {
-		raw.Flags |= uint8(bpf.KnockgateConfigFlagCONFIG_PROTECT_ALL)
-		for i := range raw.ProtectedTcp {
-			raw.ProtectedTcp[i], raw.ProtectedUdp[i] = ^uint64(0), ^uint64(0)
-		}
-	}
-	if c.Flows {
+	if p.Flows {
 		raw.Flags |= uint8(bpf.KnockgateConfigFlagCONFIG_FLOWS)
 	}
-	return raw, nil
-}
-
-// DecodeConfig converts the C layout back to a Config.
-func DecodeConfig(raw *bpf.KnockgateConfig) Config {
-	c := Config{
-		SlotKey:     raw.SlotKey,
-		StepTimeout: time.Duration(raw.StepTimeoutNs),
-		Open:        time.Duration(raw.OpenNs),
-		ConfirmBy:   raw.ConfirmByNs,
-		Generation:  raw.Generation,
-		AllowCount:  raw.AllowCount,
-		ProtectAll:  raw.Flags&uint8(bpf.KnockgateConfigFlagCONFIG_PROTECT_ALL) != 0,
-		Flows:       raw.Flags&uint8(bpf.KnockgateConfigFlagCONFIG_FLOWS) != 0,
-		FlowIdleTCP: time.Duration(raw.FlowIdleTcpNs),
-		FlowIdleUDP: time.Duration(raw.FlowIdleUdpNs),
-		SPAPort:     raw.SpaPort,
-		SPAWindow:   time.Duration(raw.SpaWindowMs) * time.Millisecond,
-		TAIOffset:   time.Duration(raw.TaiOffsetNs),
+	all := -1
+	for _, s := range p.Services {
+		i, ok := c.Index[s.Name]
+		if !ok || i < 0 || i >= MaxServices {
+			return nil, fmt.Errorf("service %s has no index", s.Name)
+		}
+		svc := &raw.Services[i]
+		svc.StepTimeoutNs = uint64(s.StepTimeout)
+		svc.OpenNs = uint64(s.Open)
+		svc.NameHash = spa.ServiceHash(s.Name)
+		svc.AllowCount = uint32(len(uniqueCIDRs(s.Allow)))
+		svc.Nsteps = uint8(len(s.Sequence))
+		svc.Live = 1
+		copy(svc.Name[:len(svc.Name)-1], s.Name)
+		raw.LiveServices |= 1 << i
+		for k, st := range s.Sequence {
+			svc.Steps[k] = bpf.KnockgateStep{Port: st.Num, Proto: uint8(st.Proto)}
+			raw.Ports[portTable(st.Proto)][st.Num] = portStep | uint8(i)
+			raw.Flags |= uint8(bpf.KnockgateConfigFlagCONFIG_KNOCKS)
+		}
+		if s.ProtectAll {
+			all = i
+			continue
+		}
+		for _, pt := range s.Protect {
+			raw.Ports[portTable(pt.Proto)][pt.Num] = uint8(i) + 1
+		}
 	}
-	for i := 0; i < int(raw.Nsteps) && i < MaxSteps; i++ {
-		c.Sequence = append(c.Sequence, policy.Port{Num: raw.Steps[i].Port, Proto: policy.Proto(raw.Steps[i].Proto)})
-	}
-	if c.ProtectAll {
-		return c
-	}
-	for _, set := range []struct {
-		bits  *[1024]uint64
-		proto policy.Proto
-	}{{&raw.ProtectedTcp, policy.TCP}, {&raw.ProtectedUdp, policy.UDP}} {
-		for w, word := range set.bits {
-			for b := 0; word != 0 && b < 64; b++ {
-				if word&(1<<b) != 0 {
-					c.Protected = append(c.Protected, policy.Port{Num: uint16(w*64 + b), Proto: set.proto})
+	if all >= 0 {
+		raw.AllService = uint8(all) + 1
+		raw.Flags |= uint8(bpf.KnockgateConfigFlagCONFIG_PROTECT_ALL)
+		for t := range raw.Ports {
+			for port, e := range raw.Ports[t] {
+				if e == 0 {
+					raw.Ports[t][port] = raw.AllService
 				}
 			}
 		}
 	}
+	return raw, nil
+}
+
+// The port table's encoding (KG_PORT_STEP).
+const (
+	portStep    = 0x80
+	portService = 0x7f
+)
+
+// portTable is the index of proto's half of the port table.
+func portTable(proto policy.Proto) int {
+	if proto == policy.UDP {
+		return 1
+	}
+	return 0
+}
+
+// DecodeConfig converts the C layout back to a Config, without the allow
+// lists (entries of the allow trie: Set.ReadConfig adds them).
+func DecodeConfig(raw *bpf.KnockgateConfig) Config {
+	c := Config{
+		SlotKey:    raw.SlotKey,
+		ConfirmBy:  raw.ConfirmByNs,
+		Generation: raw.Generation,
+		TAIOffset:  time.Duration(raw.TaiOffsetNs),
+		Index:      map[string]int{},
+		Policy: policy.Policy{
+			Flows:       raw.Flags&uint8(bpf.KnockgateConfigFlagCONFIG_FLOWS) != 0,
+			FlowIdleTCP: time.Duration(raw.FlowIdleTcpNs),
+			FlowIdleUDP: time.Duration(raw.FlowIdleUdpNs),
+			SPAPort:     raw.SpaPort,
+			SPAWindow:   time.Duration(raw.SpaWindowMs) * time.Millisecond,
+		},
+	}
+	var services [MaxServices]*policy.Service
+	for i := range raw.Services {
+		if raw.LiveServices&(1<<i) == 0 {
+			continue
+		}
+		r := &raw.Services[i]
+		s := &policy.Service{
+			Name:        cString(r.Name[:]),
+			StepTimeout: time.Duration(r.StepTimeoutNs),
+			Open:        time.Duration(r.OpenNs),
+			ProtectAll:  int(raw.AllService) == i+1,
+		}
+		for k := 0; k < int(r.Nsteps) && k < MaxSteps; k++ {
+			s.Sequence = append(s.Sequence, policy.Port{Num: r.Steps[k].Port, Proto: policy.Proto(r.Steps[k].Proto)})
+		}
+		services[i] = s
+		c.Index[s.Name] = i
+	}
+	for t, proto := range []policy.Proto{policy.TCP, policy.UDP} {
+		for port, e := range raw.Ports[t] {
+			if e == 0 || e&portStep != 0 || int(e) == int(raw.AllService) {
+				continue
+			}
+			if i := int(e) - 1; i < MaxServices && services[i] != nil {
+				services[i].Protect = append(services[i].Protect, policy.Port{Num: uint16(port), Proto: proto})
+			}
+		}
+	}
+	// default first, the rest in index order.
+	for _, s := range services {
+		if s != nil {
+			c.Policy.Services = append(c.Policy.Services, *s)
+		}
+	}
 	return c
+}
+
+// uniqueCIDRs is prefixes masked, each once.
+func uniqueCIDRs(prefixes []netip.Prefix) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(prefixes))
+	for _, p := range prefixes {
+		if p = p.Masked(); !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // The program reads configs[config_slot]: a write fills the idle slot,
@@ -276,18 +332,32 @@ func (s *Set) slots() (live uint32, cfgs [2]bpf.KnockgateConfig, err error) {
 	return live, cfgs, nil
 }
 
-// ReadConfig returns the configuration in force: the live slot's, or, once
-// a safe-mode change there has lapsed, the one before it.
+// readSlot decodes slot's configuration, with its allow lists.
+func (s *Set) readSlot(slot uint32, raw *bpf.KnockgateConfig) (Config, error) {
+	c := DecodeConfig(raw)
+	if err := s.allowOf(slot, &c); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// inForce is the slot whose configuration the program runs: the live one,
+// or, once a safe-mode change there has lapsed, the one before it.
+func inForce(live uint32, cfgs *[2]bpf.KnockgateConfig) uint32 {
+	if d := cfgs[live].ConfirmByNs; d != 0 && BootNow() >= d {
+		return live ^ 1
+	}
+	return live
+}
+
+// ReadConfig returns the configuration in force.
 func (s *Set) ReadConfig() (Config, error) {
 	live, cfgs, err := s.slots()
 	if err != nil {
 		return Config{}, err
 	}
-	c := &cfgs[live]
-	if c.ConfirmByNs != 0 && BootNow() >= c.ConfirmByNs {
-		c = &cfgs[live^1]
-	}
-	return DecodeConfig(c), nil
+	f := inForce(live, &cfgs)
+	return s.readSlot(f, &cfgs[f])
 }
 
 // WritableConfig returns the configuration a write starts from, for a
@@ -308,8 +378,11 @@ func (s *Set) WritableConfig() (Config, error) {
 		if live, err = s.flip(live); err != nil {
 			return Config{}, err
 		}
+		if err := s.Tidy(); err != nil {
+			return Config{}, err
+		}
 	}
-	return DecodeConfig(&cfgs[live]), nil
+	return s.readSlot(live, &cfgs[live])
 }
 
 // ReadSafeMode reports the safe-mode change in the live slot, if any.
@@ -323,15 +396,28 @@ func (s *Set) ReadSafeMode() (SafeMode, error) {
 		return SafeMode{}, nil
 	}
 	lapsed := BootNow() >= deadline
-	return SafeMode{
-		Pending: !lapsed, Lapsed: lapsed, Deadline: deadline,
-		Change: DecodeConfig(&cfgs[live]), Previous: DecodeConfig(&cfgs[live^1]),
-	}, nil
+	change, err := s.readSlot(live, &cfgs[live])
+	if err != nil {
+		return SafeMode{}, err
+	}
+	prev, err := s.readSlot(live^1, &cfgs[live^1])
+	if err != nil {
+		return SafeMode{}, err
+	}
+	return SafeMode{Pending: !lapsed, Lapsed: lapsed, Deadline: deadline, Change: change, Previous: prev}, nil
 }
 
 // WriteConfig installs c and returns it as installed, with a generation
-// newer than both slots'. A change awaiting confirmation refuses it
-// (ErrAwaitingConfirm); one that has lapsed is rolled back for good first.
+// newer than both slots' and its services' indices. A change awaiting
+// confirmation refuses it (ErrAwaitingConfirm); one that has lapsed is
+// rolled back for good first.
+//
+// In order, so that a packet never meets half of it and a killed write is
+// finished by the next: a service new to the gate gets an index nothing of
+// an older service's is left under (grants, allow entries, key scopes: a
+// killed Tidy may have left some); the allow entries go in; the slot is
+// written and made live; and, unless the change awaits confirmation, what
+// only the configuration before it had goes (Tidy).
 func (s *Set) WriteConfig(c Config) (Config, error) {
 	// The grace period at the end of the last write may not have been
 	// waited for (that writer was killed after its flip): wait now, before
@@ -349,6 +435,14 @@ func (s *Set) WriteConfig(c Config) (Config, error) {
 			return Config{}, err
 		}
 	}
+	c.Policy = c.Policy.Clone()
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	var fresh []int
+	if c.Index, fresh, err = assignIndices(&c.Policy, &cfgs[live]); err != nil {
+		return Config{}, err
+	}
 	c.Generation = max(cfgs[0].Generation, cfgs[1].Generation) + 1
 	if c.TAIOffset, err = TAIOffset(); err != nil {
 		return Config{}, err
@@ -357,14 +451,98 @@ func (s *Set) WriteConfig(c Config) (Config, error) {
 		// Another key would move every source to another slot.
 		c.SlotKey = cfgs[live].SlotKey
 	}
-	raw, err := c.Encode()
+	raw, err := c.encode()
 	if err != nil {
 		return Config{}, err
 	}
+	var gone uint32
+	for _, i := range fresh {
+		if i != 0 { // default's grants are default's, whenever made
+			gone |= 1 << i
+		}
+	}
+	if err := s.purgeServices(gone); err != nil {
+		return Config{}, err
+	}
+	if err := s.writeAllow(live^1, &c, false); err != nil {
+		return Config{}, err
+	}
+	KillPoint()
 	if err := s.install(live, raw); err != nil {
 		return Config{}, err
 	}
+	if c.ConfirmBy == 0 {
+		if err := s.Tidy(); err != nil {
+			return Config{}, err
+		}
+	}
 	return c, nil
+}
+
+// Tidy drops what no configuration that may still be in force uses: when
+// no safe-mode change is pending, the slot behind the live one cannot come
+// back, so its allow entries go, and so do the grants, allow entries and
+// key scopes of services the live configuration does not have. Every write
+// and settlement runs it, under the gate's lock; one that is killed is
+// finished by the next.
+func (s *Set) Tidy() error {
+	live, cfgs, err := s.slots()
+	if err != nil {
+		return err
+	}
+	if cfgs[live].ConfirmByNs != 0 {
+		return nil // pending, or lapsed and not yet rolled back for good
+	}
+	have, err := s.allowEntries()
+	if err != nil {
+		return err
+	}
+	bit := uint8(1) << live
+	for e, bits := range have {
+		if bits != bit&bits {
+			if err := s.setAllowBits(e, bits&bit); err != nil {
+				return err
+			}
+		}
+	}
+	return s.purgeServices(cfgs[live^1].LiveServices &^ cfgs[live].LiveServices)
+}
+
+// purgeServices deletes every grant, allow entry and key scope of the
+// services in mask (bit i: the service at index i).
+func (s *Set) purgeServices(mask uint32) error {
+	if mask == 0 {
+		return nil
+	}
+	var key bpf.KnockgateGrantKey
+	var g bpf.KnockgateGrant
+	var doomed []bpf.KnockgateGrantKey
+	it := s.Grants.Iterate()
+	for it.Next(&key, &g) {
+		if int(key.Service) < MaxServices && mask&(1<<key.Service) != 0 {
+			doomed = append(doomed, key)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate grants: %w", err)
+	}
+	for _, k := range doomed {
+		if _, err := s.deleteGrant(k); err != nil {
+			return fmt.Errorf("remove a grant of a removed service: %w", err)
+		}
+	}
+	have, err := s.allowEntries()
+	if err != nil {
+		return err
+	}
+	for e := range have {
+		if e.service != allowAny && e.service < MaxServices && mask&(1<<e.service) != 0 {
+			if err := s.setAllowBits(e, 0); err != nil {
+				return err
+			}
+		}
+	}
+	return s.narrowKeys(^mask)
 }
 
 // ConfirmConfig makes the safe-mode change in force permanent: the same
@@ -385,13 +563,31 @@ func (s *Set) ConfirmConfig() (Config, error) {
 		if _, err := s.flip(live); err != nil {
 			return Config{}, err
 		}
+		if err := s.Tidy(); err != nil {
+			return Config{}, err
+		}
 		return Config{}, ErrRolledBack
 	}
+	// The change, without its deadline, goes into the other slot, over the
+	// configuration before it: its allow entries first, the services only
+	// that one had after (Tidy cannot see them once it is overwritten).
+	c, err := s.readSlot(live, &cfgs[live])
+	if err != nil {
+		return Config{}, err
+	}
+	c.ConfirmBy = 0
+	if err := s.writeAllow(live^1, &c, true); err != nil {
+		return Config{}, err
+	}
+	gone := cfgs[live^1].LiveServices &^ raw.LiveServices
 	raw.ConfirmByNs = 0
 	if err := s.install(live, &raw); err != nil {
 		return Config{}, err
 	}
-	return DecodeConfig(&raw), nil
+	if err := s.Tidy(); err != nil {
+		return Config{}, err
+	}
+	return c, s.purgeServices(gone)
 }
 
 // RefreshClock records the kernel's TAI offset now in the configuration in
@@ -458,14 +654,14 @@ func (s *Set) Settle(gen uint32) (Settlement, error) {
 		if _, err := s.flip(live); err != nil {
 			return SettlePending, err
 		}
-		return SettleRolledBack, nil
+		return SettleRolledBack, s.Tidy()
 	}
 	for _, c := range cfgs {
 		if c.Generation == gen && c.ConfirmByNs == 0 {
-			return SettleConfirmed, nil
+			return SettleConfirmed, s.Tidy()
 		}
 	}
-	return SettleRolledBack, nil
+	return SettleRolledBack, s.Tidy()
 }
 
 // install writes raw into the slot that is not live and makes it live.

@@ -48,6 +48,7 @@ var CounterNames = [...]string{
 	Verdicts + int(bpf.KnockgateCounterCOUNTER_SPA_BAD_TAG):         "spa_bad_tag",
 	Verdicts + int(bpf.KnockgateCounterCOUNTER_SPA_CLOCK):           "spa_clock",
 	Verdicts + int(bpf.KnockgateCounterCOUNTER_SPA_BAD_ADDRESS):     "spa_bad_address",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_SPA_BAD_SERVICE):     "spa_bad_service",
 	Verdicts + int(bpf.KnockgateCounterCOUNTER_SPA_REPLAY):          "spa_replay",
 }
 
@@ -118,6 +119,49 @@ func (s *Set) ReadVerdicts() ([IfaceSlots]VerdictCounts, error) {
 		idx := int(keys[k])
 		for c := range ncpu {
 			out[idx/Verdicts][idx%Verdicts] += values[k*ncpu+c]
+		}
+	}
+	return out, nil
+}
+
+// ServiceCounters are one service's counters (enum service_counter),
+// summed over CPUs.
+type ServiceCounters struct {
+	Granted uint64 // grants made: sequences completed, SPA packets
+	Expired uint64 // grants found expired
+}
+
+// ReadServiceCounters returns the counters of every service of the
+// configuration in force, by name.
+func (s *Set) ReadServiceCounters() (map[string]ServiceCounters, error) {
+	cfg, err := s.ReadConfig()
+	if err != nil {
+		return nil, err
+	}
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("count CPUs: %w", err)
+	}
+	per := int(bpf.KnockgateServiceCounterSERVICE_COUNTER_MAX)
+	n := int(s.ServiceCounters.MaxEntries())
+	keys := make([]uint32, n)
+	values := make([]uint64, n*ncpu)
+	var cursor ebpf.MapBatchCursor
+	got, err := s.ServiceCounters.BatchLookup(&cursor, keys, values, nil)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil, fmt.Errorf("read service counters: %w", err)
+	}
+	sums := make([]uint64, n)
+	for k := range got {
+		for c := range ncpu {
+			sums[keys[k]] += values[k*ncpu+c]
+		}
+	}
+	out := make(map[string]ServiceCounters, len(cfg.Index))
+	for name, i := range cfg.Index {
+		out[name] = ServiceCounters{
+			Granted: sums[i*per+int(bpf.KnockgateServiceCounterSERVICE_GRANTED)],
+			Expired: sums[i*per+int(bpf.KnockgateServiceCounterSERVICE_GRANT_EXPIRED)],
 		}
 	}
 	return out, nil

@@ -32,11 +32,21 @@ type Event struct {
 	// KeyID is the SPA key that opened (an open by SPA), else 0.
 	KeyID   uint32
 	Expires time.Time // next step's deadline (knock), grant expiry (open, expire)
+	// Service is the service granted, expired, or whose sequence was
+	// knocked; ServiceIndex its index in the program's tables.
+	Service      string
+	ServiceIndex int
 }
 
 // EventReader streams events from a gate's ring buffer.
 type EventReader struct {
-	rd *ringbuf.Reader
+	rd  *ringbuf.Reader
+	set *Set
+	// names are the services by index, read from the configuration at
+	// most once a second and whenever an event names an index it lacks:
+	// events come faster than configurations change.
+	names   map[int]string
+	fetched time.Time
 }
 
 // ErrClosed is returned by Read after Close.
@@ -49,7 +59,7 @@ func (s *Set) OpenEvents() (*EventReader, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open event ring buffer: %w", err)
 	}
-	return &EventReader{rd: rd}, nil
+	return &EventReader{rd: rd, set: s}, nil
 }
 
 // Read blocks until the next event, or returns ErrClosed after Close.
@@ -65,7 +75,25 @@ func (r *EventReader) Read() (Event, error) {
 	if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &raw); err != nil {
 		return Event{}, fmt.Errorf("decode event: %w", err)
 	}
-	return DecodeEvent(&raw), nil
+	ev := DecodeEvent(&raw)
+	ev.Service = r.serviceName(ev.ServiceIndex)
+	return ev, nil
+}
+
+// serviceName names the service at index i, as "#i" when the gate has none
+// there (removed since).
+func (r *EventReader) serviceName(i int) string {
+	name, ok := r.names[i]
+	if !ok || time.Since(r.fetched) > time.Second {
+		if cfg, err := r.set.ReadConfig(); err == nil {
+			r.names, r.fetched = cfg.names(), time.Now()
+			name, ok = r.names[i]
+		}
+	}
+	if !ok {
+		return fmt.Sprintf("#%d", i)
+	}
+	return name
 }
 
 // Close unblocks Read.
@@ -80,6 +108,8 @@ func DecodeEvent(raw *bpf.KnockgateEvent) Event {
 		Port:  policy.Port{Num: raw.Port, Proto: policy.Proto(raw.Proto)},
 		Stage: int(raw.Stage),
 		KeyID: raw.KeyId,
+
+		ServiceIndex: int(raw.Service),
 	}
 	if ev.Type == "" {
 		ev.Type = fmt.Sprintf("type(%d)", raw.Type)

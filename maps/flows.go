@@ -53,7 +53,7 @@ func FlowPlace(key [2]uint64, slots uint32, k bpf.KnockgateFlowKey) (base uint32
 // flowLive is the program's flow_live.
 func flowLive(cfg Config, f *bpf.KnockgateFlow, now uint64) bool {
 	flags := f.Flags
-	ttl := uint64(cfg.FlowIdleUDP)
+	ttl := uint64(cfg.Policy.FlowIdleUDP)
 	if policy.Proto(f.Key.Proto) == policy.TCP {
 		switch {
 		case flags&flowFinBoth == flowFinBoth || flags&uint64(bpf.KnockgateFlowFlagFLOW_RST_IN) != 0:
@@ -61,7 +61,7 @@ func flowLive(cfg Config, f *bpf.KnockgateFlow, now uint64) bool {
 		case flags&uint64(bpf.KnockgateFlowFlagFLOW_ANSWERED) == 0:
 			ttl = uint64(60 * time.Second) // KG_FLOW_UNANSWERED_NS
 		default:
-			ttl = uint64(cfg.FlowIdleTCP)
+			ttl = uint64(cfg.Policy.FlowIdleTCP)
 		}
 	}
 	return now < f.LastNs+ttl

@@ -28,6 +28,8 @@ type Set struct {
 	Hints       *ebpf.Map
 	SPAKeys     *ebpf.Map
 	SPALast     *ebpf.Map
+	// ServiceCounters are each service's counters (ReadServiceCounters).
+	ServiceCounters *ebpf.Map
 }
 
 // FromObjects wraps the maps of a loaded collection. The Set does not take
@@ -49,6 +51,8 @@ func FromObjects(m *bpf.KnockgateMaps) *Set {
 		Hints:       m.Hints,
 		SPAKeys:     m.SpaKeys,
 		SPALast:     m.SpaLast,
+
+		ServiceCounters: m.ServiceCounters,
 	}
 }
 
@@ -76,6 +80,7 @@ func (s *Set) named() []struct {
 		{bpf.KnockgateMapHints, &s.Hints},
 		{bpf.KnockgateMapSpaKeys, &s.SPAKeys},
 		{bpf.KnockgateMapSpaLast, &s.SPALast},
+		{bpf.KnockgateMapServiceCounters, &s.ServiceCounters},
 	}
 }
 

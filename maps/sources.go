@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/knockgate/knockgate/bpf"
+	"github.com/knockgate/knockgate/policy"
 )
 
 // Key is the map key for addr: IPv6 as is, IPv4 as v4-mapped IPv6.
@@ -24,31 +25,37 @@ func AddrOf(key [16]byte) netip.Addr {
 	return netip.AddrFrom16(key).Unmap()
 }
 
-// SourceState is one tracked source as status shows it.
+// SourceState is one tracked source as status shows it: a grant of one
+// service, or progress through one service's sequence.
 type SourceState struct {
 	Addr    netip.Addr
+	Service string
 	State   string // "knocking" or "open"
 	Stage   int    // steps completed (knocking), or the sequence length (open)
 	Expires time.Time
 }
 
-// Sources lists every live source: granted ones, and those part-way through
-// the current sequence. Expired and void entries (which the program ignores
-// and replaces) are left out.
+// Sources lists every live source: each grant, and each source part-way
+// through a sequence of the configuration in force. Expired and void
+// entries (which the program ignores and replaces), and grants of services
+// the configuration no longer has, are left out.
 func (s *Set) Sources() ([]SourceState, error) {
 	cfg, err := s.ReadConfig()
 	if err != nil {
 		return nil, err
 	}
+	names := cfg.names()
 	now := BootNow()
 	var out []SourceState
 
-	var key bpf.KnockgateSource
+	var key bpf.KnockgateGrantKey
 	var g bpf.KnockgateGrant
 	it := s.Grants.Iterate()
 	for it.Next(&key, &g) {
-		if g.ExpiresNs > now {
-			out = append(out, SourceState{AddrOf(key.Addr), "open", len(cfg.Sequence), BootToTime(g.ExpiresNs)})
+		name, ok := names[int(key.Service)]
+		if ok && g.ExpiresNs > now {
+			svc := cfg.Policy.Service(name)
+			out = append(out, SourceState{AddrOf(key.Addr), name, "open", len(svc.Sequence), BootToTime(g.ExpiresNs)})
 		}
 	}
 	if err := it.Err(); err != nil {
@@ -59,17 +66,51 @@ func (s *Set) Sources() ([]SourceState, error) {
 		return nil, err
 	}
 	for _, k := range slots {
-		if k.Addr != ([16]byte{}) && k.Generation == uint16(cfg.Generation) && k.DeadlineNs > now {
-			out = append(out, SourceState{AddrOf(k.Addr), "knocking", int(k.Stage), BootToTime(k.DeadlineNs)})
+		name, ok := names[int(k.Service)]
+		if ok && k.Addr != ([16]byte{}) && k.Generation == uint16(cfg.Generation) && k.DeadlineNs > now {
+			out = append(out, SourceState{AddrOf(k.Addr), name, "knocking", int(k.Stage), BootToTime(k.DeadlineNs)})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].State != out[j].State {
 			return out[i].State > out[j].State // open first
 		}
-		return out[i].Addr.Less(out[j].Addr)
+		if out[i].Addr != out[j].Addr {
+			return out[i].Addr.Less(out[j].Addr)
+		}
+		return cfg.Index[out[i].Service] < cfg.Index[out[j].Service]
 	})
 	return out, nil
+}
+
+// names maps each service's index to its name.
+func (c *Config) names() map[int]string {
+	out := make(map[int]string, len(c.Index))
+	for name, i := range c.Index {
+		out[i] = name
+	}
+	return out
+}
+
+// ErrNoService: the gate has no service of that name.
+var ErrNoService = errors.New("no such service")
+
+// index is the index of service name in the configuration in force; the
+// service default's is always 0, even before a configuration is written
+// (the operator's own grant is made before).
+func (s *Set) index(name string) (int, error) {
+	if name == policy.DefaultService {
+		return 0, nil
+	}
+	cfg, err := s.ReadConfig()
+	if err != nil {
+		return 0, err
+	}
+	i, ok := cfg.Index[name]
+	if !ok {
+		return 0, fmt.Errorf("service %s: %w", name, ErrNoService)
+	}
+	return i, nil
 }
 
 // KnockSlots reads the whole knock table, each slot under its lock, in
@@ -159,18 +200,26 @@ func (s *Set) setKnockTag(idx uint32, tag uint8) error {
 	return nil
 }
 
-// Grant opens the gate for addr until expires (a CLOCK_BOOTTIME stamp, see
-// BootAfter), replacing any grant it had.
-func (s *Set) Grant(addr netip.Addr, expires uint64) error {
-	if err := s.putGrant(addr, bpf.KnockgateGrant{ExpiresNs: expires}); err != nil {
+// Grant opens service for addr until expires (a CLOCK_BOOTTIME stamp, see
+// BootAfter), replacing any grant of that service it had.
+func (s *Set) Grant(addr netip.Addr, service string, expires uint64) error {
+	i, err := s.index(service)
+	if err != nil {
+		return fmt.Errorf("grant %s: %w", addr, err)
+	}
+	if err := s.putGrant(GrantKey(addr, i), bpf.KnockgateGrant{ExpiresNs: expires}); err != nil {
 		return fmt.Errorf("grant %s: %w", addr, err)
 	}
 	return nil
 }
 
-// LookupGrant returns addr's grant entry, live or not.
-func (s *Set) LookupGrant(addr netip.Addr) (g bpf.KnockgateGrant, ok bool, err error) {
-	err = s.Grants.Lookup(Key(addr), &g)
+// LookupGrant returns addr's grant entry of service, live or not.
+func (s *Set) LookupGrant(addr netip.Addr, service string) (g bpf.KnockgateGrant, ok bool, err error) {
+	i, err := s.index(service)
+	if err != nil {
+		return g, false, err
+	}
+	err = s.Grants.Lookup(GrantKey(addr, i), &g)
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
 		return g, false, nil
 	}
@@ -212,21 +261,38 @@ func (s *Set) PutKnock(addr netip.Addr, k bpf.KnockgateKnockSlot) error {
 	return s.setKnockTag(idx, tag)
 }
 
-// Revoke removes addr's grant and knock progress. It reports whether there
-// was anything to remove. (Should another source's first knock take addr's
-// slot between the look and the clearing, that progress goes instead: it
-// only costs that source a new knock.)
-func (s *Set) Revoke(addr netip.Addr) (bool, error) {
-	found, err := s.deleteGrant(addr)
-	if err != nil {
-		return found, fmt.Errorf("revoke %s: %w", addr, err)
+// Revoke removes addr's grant of service ("": of every service) and its
+// knock progress through that service's sequence (any sequence). It reports whether there was anything
+// to remove. (Should another source's first knock take addr's slot between
+// the look and the clearing, that progress goes instead: it only costs that
+// source a new knock.)
+func (s *Set) Revoke(addr netip.Addr, service string) (bool, error) {
+	indices := []int{}
+	if service == "" {
+		for i := range MaxServices {
+			indices = append(indices, i)
+		}
+	} else {
+		i, err := s.index(service)
+		if err != nil {
+			return false, fmt.Errorf("revoke %s: %w", addr, err)
+		}
+		indices = append(indices, i)
+	}
+	found := false
+	for _, i := range indices {
+		had, err := s.deleteGrant(GrantKey(addr, i))
+		if err != nil {
+			return found, fmt.Errorf("revoke %s: %w", addr, err)
+		}
+		found = found || had
 	}
 	KillPoint()
-	idx, _, _, ok, err := s.knockWay(addr)
+	idx, _, slots, ok, err := s.knockWay(addr)
 	if err != nil {
 		return found, fmt.Errorf("revoke %s: %w", addr, err)
 	}
-	if !ok {
+	if !ok || len(indices) == 1 && int(slots[idx%KnockWays].Service) != indices[0] {
 		return found, nil
 	}
 	if err := s.setKnockTag(idx, 0); err != nil {
@@ -239,55 +305,3 @@ func (s *Set) Revoke(addr netip.Addr) (bool, error) {
 	return true, nil
 }
 
-// SetAllow fills the allow list with prefixes; IPv4 prefixes are stored
-// v4-mapped. The caller records len(prefixes) in Config.AllowCount.
-func (s *Set) SetAllow(prefixes []netip.Prefix) error {
-	for _, p := range prefixes {
-		if err := s.Allow.Update(allowKey(p), uint8(1), ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("allow %s: %w", p, err)
-		}
-	}
-	return nil
-}
-
-// RemoveAllow takes prefixes off the allow list; the caller records the
-// new count in Config.AllowCount.
-func (s *Set) RemoveAllow(prefixes []netip.Prefix) error {
-	for _, p := range prefixes {
-		key := allowKey(p)
-		if err := s.Allow.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("remove %s from the allow list: %w", p, err)
-		}
-	}
-	return nil
-}
-
-// allowKey is the LPM-trie key of p; IPv4 prefixes are stored v4-mapped.
-func allowKey(p netip.Prefix) bpf.KnockgateAllowKey {
-	p = p.Masked()
-	bits := p.Bits()
-	if p.Addr().Is4() {
-		bits += 96
-	}
-	return bpf.KnockgateAllowKey{Prefixlen: uint32(bits), Addr: p.Addr().As16()}
-}
-
-// AllowList returns the allow-list prefixes.
-func (s *Set) AllowList() ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	var key bpf.KnockgateAllowKey
-	var v uint8
-	it := s.Allow.Iterate()
-	for it.Next(&key, &v) {
-		addr := netip.AddrFrom16(key.Addr)
-		bits := int(key.Prefixlen)
-		if addr.Is4In6() && bits >= 96 {
-			addr, bits = addr.Unmap(), bits-96
-		}
-		out = append(out, netip.PrefixFrom(addr, bits))
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("iterate allow list: %w", err)
-	}
-	return out, nil
-}

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/knockgate/knockgate/bpf"
+	"github.com/knockgate/knockgate/policy"
 	"github.com/knockgate/knockgate/spa"
 )
 
@@ -56,8 +57,10 @@ type SPAKey struct {
 	LastAccepted time.Time
 }
 
-func encodeKey(k *spa.Key) bpf.KnockgateSpaKey {
-	raw := bpf.KnockgateSpaKey{OpenNs: uint64(k.Open)}
+// encodeKey is k in the C layout, opening the services in scope (bit i:
+// the service at index i).
+func encodeKey(k *spa.Key, scope uint32) bpf.KnockgateSpaKey {
+	raw := bpf.KnockgateSpaKey{OpenNs: uint64(k.Open), Services: scope}
 	raw.K[0] = binary.LittleEndian.Uint64(k.Secret[:8])
 	raw.K[1] = binary.LittleEndian.Uint64(k.Secret[8:])
 	if k.AnyAddress {
@@ -67,9 +70,19 @@ func encodeKey(k *spa.Key) bpf.KnockgateSpaKey {
 	return raw
 }
 
-func decodeKey(id uint32, raw *bpf.KnockgateSpaKey) spa.Key {
+// decodeKey is the inverse of encodeKey, its services named by names (by
+// index); a key of default alone reads back without services, as its line
+// in a key file would be.
+func decodeKey(id uint32, raw *bpf.KnockgateSpaKey, names map[int]string) spa.Key {
 	k := spa.Key{ID: id, Open: time.Duration(raw.OpenNs),
 		AnyAddress: raw.Flags&uint32(bpf.KnockgateSpaKeyFlagSPA_KEY_ANY_ADDRESS) != 0}
+	if raw.Services != 1 {
+		for i := range MaxServices {
+			if name, ok := names[i]; ok && raw.Services&(1<<i) != 0 {
+				k.Services = append(k.Services, name)
+			}
+		}
+	}
 	binary.LittleEndian.PutUint64(k.Secret[:8], raw.K[0])
 	binary.LittleEndian.PutUint64(k.Secret[8:], raw.K[1])
 	k.Name = string(bytes.TrimRight(raw.Name[:], "\x00"))
@@ -93,6 +106,16 @@ func (s *Set) SetSPAKeys(keys []spa.Key) error {
 			return fmt.Errorf("SPA key id %d given twice", keys[i].ID)
 		}
 		want[keys[i].ID] = true
+	}
+	cfg, err := s.ReadConfig()
+	if err != nil {
+		return err
+	}
+	scopes := make([]uint32, len(keys))
+	for i := range keys {
+		if scopes[i], err = cfg.scope(&keys[i]); err != nil {
+			return err
+		}
 	}
 	// The key before its replay state: a packet never finds a key without.
 	for _, m := range []*ebpf.Map{s.SPAKeys, s.SPALast} {
@@ -124,7 +147,7 @@ func (s *Set) SetSPAKeys(keys []spa.Key) error {
 		if err := s.SPALast.Update(k.ID, uint64(0), ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
 			return fmt.Errorf("write replay state of SPA key %d: %w", k.ID, err)
 		}
-		raw := encodeKey(k)
+		raw := encodeKey(k, scopes[i])
 		KillPoint()
 		if err := s.SPAKeys.Update(k.ID, &raw, ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("write SPA key %d: %w", k.ID, err)
@@ -134,14 +157,65 @@ func (s *Set) SetSPAKeys(keys []spa.Key) error {
 	return nil
 }
 
+// scope is the mask of the services k may open, under c's indices; a
+// service c does not have is an error naming the key.
+func (c *Config) scope(k *spa.Key) (uint32, error) {
+	var mask uint32
+	for _, name := range k.Scope() {
+		i, ok := c.Index[name]
+		if !ok && name == policy.DefaultService {
+			i, ok = 0, true // a gate not yet configured: default is 0
+		}
+		if !ok {
+			return 0, fmt.Errorf("SPA key %s (id %d): service %s: %w", k.Name, k.ID, name, ErrNoService)
+		}
+		mask |= 1 << i
+	}
+	return mask, nil
+}
+
+// narrowKeys takes from every key's scope the services not in keep (bit i:
+// the service at index i).
+func (s *Set) narrowKeys(keep uint32) error {
+	var id uint32
+	var raw bpf.KnockgateSpaKey
+	var narrowed []uint32
+	it := s.SPAKeys.Iterate()
+	for it.Next(&id, &raw) {
+		if raw.Services&^keep != 0 {
+			narrowed = append(narrowed, id)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("list SPA keys: %w", err)
+	}
+	for _, id := range narrowed {
+		if err := s.SPAKeys.Lookup(id, &raw); errors.Is(err, ebpf.ErrKeyNotExist) {
+			continue
+		} else if err != nil {
+			return fmt.Errorf("read SPA key %d: %w", id, err)
+		}
+		raw.Services &= keep
+		if err := s.SPAKeys.Update(id, &raw, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("write SPA key %d: %w", id, err)
+		}
+	}
+	return nil
+}
+
 // ReadSPAKeys lists the gate's keys by id, with their replay state.
 func (s *Set) ReadSPAKeys() ([]SPAKey, error) {
+	cfg, err := s.ReadConfig()
+	if err != nil {
+		return nil, err
+	}
+	names := cfg.names()
 	var out []SPAKey
 	var id uint32
 	var raw bpf.KnockgateSpaKey
 	it := s.SPAKeys.Iterate()
 	for it.Next(&id, &raw) {
-		k := SPAKey{Key: decodeKey(id, &raw)}
+		k := SPAKey{Key: decodeKey(id, &raw, names)}
 		var last uint64
 		if err := s.SPALast.Lookup(id, &last); err == nil && last != 0 {
 			k.LastAccepted = time.UnixMilli(int64(last))

@@ -1,7 +1,7 @@
 package policy
 
 import (
-	"errors"
+	"fmt"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -119,16 +119,22 @@ func svc(name string, steps, protect []uint16) Service {
 	return s
 }
 
-// Only the service default is supported yet; the rules between services
-// are ready for more (validate is Validate without that refusal).
+// The rules between services, each refusal naming both.
 func TestServices(t *testing.T) {
 	two := Policy{Services: []Service{svc(DefaultService, []uint16{9000, 8000}, []uint16{22}), svc("web", []uint16{7000}, []uint16{443})}}
-	err := two.Validate()
-	if !errors.Is(err, ErrUnsupported) || err.Error() != "service web: services other than default are not supported yet" {
+	if err := two.Validate(); err != nil {
 		t.Errorf("Validate(default, web) = %v", err)
 	}
-	if err := two.validate(); err != nil {
-		t.Errorf("validate(default, web) = %v", err)
+	many := Policy{Services: []Service{svc(DefaultService, []uint16{9000}, []uint16{22})}}
+	for i := range MaxServices {
+		many.Services = append(many.Services, svc(fmt.Sprintf("s%d", i), []uint16{uint16(10000 + i)}, []uint16{uint16(20000 + i)}))
+	}
+	if err := many.Validate(); err == nil || !strings.Contains(err.Error(), "at most 32") {
+		t.Errorf("Validate(%d services) = %v", len(many.Services), err)
+	}
+	many.Services = many.Services[:MaxServices]
+	if err := many.Validate(); err != nil {
+		t.Errorf("Validate(%d services) = %v", len(many.Services), err)
 	}
 
 	const spa = 62201
@@ -174,7 +180,7 @@ func TestServices(t *testing.T) {
 			}
 		}
 		p := Policy{Services: tc.services, SPAPort: tc.spaPort, SPAWindow: 30 * time.Second}
-		if err := p.validate(); err == nil || !strings.HasPrefix(err.Error(), tc.err) {
+		if err := p.Validate(); err == nil || !strings.HasPrefix(err.Error(), tc.err) {
 			t.Errorf("%s: %v, want %q", tc.name, err, tc.err)
 		}
 	}
@@ -184,7 +190,7 @@ func TestServices(t *testing.T) {
 	p := Policy{Services: []Service{svc(DefaultService, []uint16{9000, 8000}, nil), svc("web", []uint16{7000}, []uint16{443}),
 		svc("rdp", nil, []uint16{3389})}, SPAPort: spa, SPAWindow: 30 * time.Second}
 	p.Services[0].ProtectAll = true
-	if err := p.validate(); err != nil {
+	if err := p.Validate(); err != nil {
 		t.Errorf("all beside listed services: %v", err)
 	}
 }

@@ -1,30 +1,23 @@
 package policy
 
 import (
-	"errors"
 	"fmt"
 	"regexp"
 	"time"
 )
 
-// ErrUnsupported: the policy asks for something the program cannot do yet.
-var ErrUnsupported = errors.New("not supported yet")
+// MaxServices is how many services a gate holds: an SPA key's scope is a
+// 32-bit mask of them (KG_MAX_SERVICES).
+const MaxServices = 32
 
 // Validate reports the first thing wrong with p, naming the bad value, and
 // both services when two of them disagree.
 func (p *Policy) Validate() error {
-	// The program has one service so far; the rules below are written
-	// for several, ready for when it has more.
-	if len(p.Services) > 1 {
-		return fmt.Errorf("service %s: services other than %s are %w", p.Services[1].Name, DefaultService, ErrUnsupported)
-	}
-	return p.validate()
-}
-
-// validate is Validate with any number of services.
-func (p *Policy) validate() error {
 	if len(p.Services) == 0 || p.Services[0].Name != DefaultService {
 		return fmt.Errorf("the first service must be %s", DefaultService)
+	}
+	if len(p.Services) > MaxServices {
+		return fmt.Errorf("%d services: a gate holds at most %d (an SPA key's scope is a 32-bit mask)", len(p.Services), MaxServices)
 	}
 	for i := range p.Services {
 		s := &p.Services[i]
