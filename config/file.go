@@ -79,7 +79,7 @@ func Parse(path string, data []byte) (*Settings, error) {
 		if opt == nil || opt.Key() != name || opt.In&File == 0 {
 			return nil, &FileError{Path: path, Line: lines[name], Key: name, Err: unknownKey(name)}
 		}
-		if err := md.PrimitiveDecode(prim, &decoder{opt.value(&s)}); err != nil {
+		if err := md.PrimitiveDecode(prim, &decoder{opt.bind(&s)}); err != nil {
 			var pe toml.ParseError
 			if errors.As(err, &pe) {
 				return nil, &FileError{Path: path, Line: pe.Position.Line, Key: name, Err: errors.New(pe.Message)}

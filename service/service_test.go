@@ -97,11 +97,11 @@ func TestSameConfig(t *testing.T) {
 	b := a
 	b.Protected = []maps.Port{{Num: 22, Proto: maps.TCP}, {Num: 53, Proto: maps.UDP}} // another order
 	b.Generation = 9
-	if !sameConfig(a, b) {
+	if !a.Same(&b) {
 		t.Error("the same rules in another order, another generation: want the same")
 	}
 	b.Open = time.Minute
-	if sameConfig(a, b) {
+	if a.Same(&b) {
 		t.Error("another open window: want different")
 	}
 }

@@ -29,8 +29,12 @@ func TestConfigRoundTrip(t *testing.T) {
 	if err := flags.Apply(&s); err != nil {
 		t.Fatal(err)
 	}
-	cfg := s.Config()
-	allow := s.Allow
+	p := s.Config()
+	cfg, err := maps.FromPolicy(&p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	allow := p.Allow
 	cfg.Generation = 7
 	cfg.AllowCount = uint32(len(allow))
 
