@@ -190,6 +190,16 @@ func TestFileErrorsNameKeyAndLine(t *testing.T) {
 		{"interfaces = [\"eth0\"]\nlog_format = \"xml\"\n", "t.toml:2: log_format: \"xml\" is not one of text, json"},
 		{"interfaces = [\"eth0\"]\n[fleet]\npeers = []\n", "t.toml:2: fleet: give peers (the embedded servers' route addresses) or url"},
 		{"interfaces = [\"eth0\"]\n[fleet]\npeer = [\"a:1\"]\n", "t.toml:2: fleet: unknown key peer"},
+		// Tables and keys the schema does not have, at any depth.
+		{"interfaces = [\"eth0\"]\n\n[services.web]\nprotect = \"443\"\n", "t.toml:3: services.web: unknown table (the only table is [fleet])"},
+		{"interfaces = [\"eth0\"]\n[foo.bar]\n", "t.toml:2: foo.bar: unknown table"},
+		{"interfaces = [\"eth0\"]\nfoo.bar = 1\n", "t.toml:2: foo.bar: unknown key"},
+		{"interfaces = [\"eth0\"]\n[foo]\nbar = 1\n", "t.toml:2: foo: unknown key"},
+		{"interfaces = [\"eth0\"]\n[[services]]\nname = \"web\"\n", "t.toml:2: services: unknown key"},
+		{"interfaces = [\"eth0\"]\n[sequence.x]\n", "t.toml:2: sequence.x: sequence is a setting, not a table"},
+		{"interfaces = [\"eth0\"]\n[fleet]\nurl = \"nats://a:4222\"\n\n[fleet.tls]\ncert = \"x\"\n", "t.toml:5: fleet: unknown table tls (known: name, gate, peers"},
+		{"interfaces = [\"eth0\"]\n[fleet.tls]\ncert = \"x\"\n", "t.toml:2: fleet: unknown table tls"},
+		{"interfaces = [\"eth0\"]\n[fleet]\nurl = \"nats://a:4222\"\nx.y = 1\n", "t.toml:2: fleet: unknown key x.y"},
 	} {
 		_, err := Parse("t.toml", []byte(tc.file))
 		var fe *FileError
