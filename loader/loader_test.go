@@ -24,10 +24,10 @@ import (
 
 func config() maps.Config {
 	return maps.Config{
-		Sequence:    []maps.Port{{Num: 9000, Proto: maps.TCP}, {Num: 8000, Proto: maps.TCP}},
+		Sequence:    []policy.Port{{Num: 9000, Proto: policy.TCP}, {Num: 8000, Proto: policy.TCP}},
 		StepTimeout: time.Minute,
 		Open:        time.Minute,
-		Protected:   []maps.Port{{Num: 22, Proto: maps.TCP}},
+		Protected:   []policy.Port{{Num: 22, Proto: policy.TCP}},
 	}
 }
 
@@ -286,7 +286,7 @@ func TestConcurrentUpdatesAllLand(t *testing.T) {
 				}
 				defer g.Close()
 				_, err = g.UpdateConfig(func(c *maps.Config) error {
-					c.Protected = append(c.Protected, maps.Port{Num: uint16(1000 + i), Proto: maps.TCP})
+					c.Protected = append(c.Protected, policy.Port{Num: uint16(1000 + i), Proto: policy.TCP})
 					return nil
 				})
 				errs <- err

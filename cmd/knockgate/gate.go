@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/knockgate/knockgate/loader"
-	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/policy"
 )
 
 // messageError shows its own message but still matches its cause with
@@ -131,7 +131,7 @@ func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 
 // portsList is ports with the protocol always spelled out, for JSON: runs
 // of three or more as "1000-2000/tcp".
-func portsList(ports []maps.Port) []string {
+func portsList(ports []policy.Port) []string {
 	out := []string{}
 	for i := 0; i < len(ports); {
 		j := i
