@@ -2,17 +2,18 @@
 // a command-line flag (--step-timeout) and a config-file key (step_timeout),
 // parsed by the same code, so `attach`, `set`, `run --check`, `run` and a
 // reload of `run` all accept and refuse the same values with the same words.
+// The table of options (Options) drives everything done with them: parsing,
+// the policy the settings make (Settings.Config), set's merge of the flags
+// given (Merge), attach's comparison with an existing gate (Compare), a
+// reload's refusals (ReloadCheck) and the summaries commands print (Summary,
+// Lines). Adding a setting is one entry there (and, for a setting of the
+// policy, one in policy's tables).
 package config
 
 import (
-	"errors"
 	"fmt"
-	"net"
-	"net/netip"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"time"
 
 	"github.com/spf13/pflag"
 
@@ -27,30 +28,34 @@ const DefaultPath = "/etc/knockgate/knockgate.toml"
 
 // Settings are everything a gate is made of, and how `run` serves it.
 type Settings struct {
-	Gate        string // default: the first interface (attach), the file's base name (run)
-	Interfaces  []string
-	Sequence    []maps.Port
-	StepTimeout time.Duration
-	Open        time.Duration
-	Protect     []maps.Port
-	ProtectAll  bool // protect = "all"
-	Allow       []netip.Prefix
-	MaxSources  uint32
-	Mode        loader.Mode
-	Flows       bool
-	FlowIdleTCP time.Duration
-	FlowIdleUDP time.Duration
-	MaxFlows    uint32
-	// SPA: the port (0: none; the default port once keys are given), the
-	// keys as read from SPAKeysFile, and the clock window.
-	SPAPort     uint16
+	Gate       string // default: the first interface (attach), the file's base name (run)
+	Interfaces []string
+	// Policy is the gate's policy as the options give it: the top-level
+	// options configure the service default and the gate's settings. The
+	// SPA port is as given (0: none, or the default port once keys are
+	// given): Config is the policy in full.
+	Policy     policy.Policy
+	MaxSources uint32
+	Mode       loader.Mode
+	MaxFlows   uint32
+	// SPA keys as read from SPAKeysFile (the port and the clock window are
+	// the policy's).
 	SPAKeysFile string
 	SPAKeys     []spa.Key
-	SPAWindow   time.Duration
 	// Service only (the file's keys; run has no flags for them).
 	Metrics   string // host:port to serve Prometheus metrics on; "": none
 	LogFormat string // "text" or "json"
 	Fleet     Fleet  // the [fleet] table; zero: one host, no fleet
+}
+
+// service is the service the top-level options configure, default; made
+// when missing (set's settings start empty).
+func (s *Settings) service() *policy.Service {
+	if d := s.Policy.Default(); d != nil {
+		return d
+	}
+	s.Policy.Services = append([]policy.Service{{Name: policy.DefaultService}}, s.Policy.Services...)
+	return &s.Policy.Services[0]
 }
 
 // Where says which commands take an option.
@@ -62,7 +67,32 @@ const (
 	File                     // config-file keys (run, run --check)
 )
 
-// Option is one setting: its flag and key name, help and default.
+// Reload is what a reload of `run` does with a changed option.
+type Reload uint8
+
+const (
+	// Live: applied at once (the policy in one configuration write; the
+	// allow list, keys and interfaces in their maps and links; run's own
+	// settings by run).
+	Live Reload = iota
+	// Kept: applies when the gate is made or an interface attached; the
+	// running gate keeps what it has (a reload says so).
+	Kept
+	// Restart: a reload refuses the change; only a new run makes it.
+	Restart
+)
+
+// scope is which of the policy's settings an option is, by its name.
+type scope uint8
+
+const (
+	noScope      scope = iota // not the policy's
+	gateScope                 // policy.GateSettings: the gate's
+	serviceScope              // policy.ServiceSettings: each service's
+)
+
+// Option is one setting: its flag and key name, help and default, and what
+// every use of the table does with it.
 type Option struct {
 	// Name is the flag's name; the file's key is Name with '-' as '_'.
 	Name string
@@ -70,51 +100,182 @@ type Option struct {
 	Usage   string
 	Default string // parsed like any value; "": none
 	In      Where
-	value   func(*Settings) value
+	Reload  Reload
+	// scope: the option sets the policy's setting of its name, of the
+	// gate or of the service it configures (resolved into gate or svc).
+	scope scope
+	gate  *policy.Setting[policy.Policy]
+	svc   *policy.Setting[policy.Service]
+	// value binds the option's parser to its place in s, or in svc, the
+	// service it configures.
+	value func(s *Settings, svc *policy.Service) value
+	// repeat: as a flag, the option may be given again, each value adding
+	// to the list.
+	repeat bool
+	// derive sets what else giving the option decides in the policy
+	// (spa-keys: the SPA port, when there is none); derives names that
+	// setting, which attach then compares too.
+	derive  func(s *Settings, p *policy.Policy)
+	derives string
+	// differs says how an existing gate differs from s in an option the
+	// policy does not hold, as what would ask for what the gate has
+	// ("--max-flows 65536"); "": not at all. nil: attach does not compare
+	// the option.
+	differs func(s *Settings, have *Held) string
+	// show is how the summaries show the option; nil: they do not.
+	show *show
+}
+
+// show is how the summaries show an option: attach's and set's one line
+// ("protecting 22") and status's lines ("protecting:  22").
+type show struct {
+	label string
+	// text is the value; "" leaves the option out of the one line, and
+	// reads "none" in status.
+	text func(p *policy.Policy, svc *policy.Service) string
+	// status: the option has a line in status (flows and SPA have none:
+	// status shows them with what it reads besides); statusText, if set,
+	// is the value there.
+	status     bool
+	statusText func(p *policy.Policy, svc *policy.Service) string
 }
 
 // Key is the option's config-file key.
 func (o *Option) Key() string { return strings.ReplaceAll(o.Name, "-", "_") }
 
+// bind is the option's parser for s, configuring its service default.
+func (o *Option) bind(s *Settings) value { return o.value(s, s.service()) }
+
 // Options is the table of every setting. Adding a setting here gives it its
-// flag, its key, its parsing and its validation at once.
+// flag, its key, its parsing and its validation at once, and a place in
+// set, attach, a reload and the summaries.
 var Options = []Option{
-	{Name: "gate", In: Attach | File, Usage: "name the gate `NAME` (default: the first interface's name; run: the config file's base name)",
-		value: func(s *Settings) value { return &nameValue{&s.Gate} }},
+	{Name: "gate", In: Attach | File, Reload: Restart, Usage: "name the gate `NAME` (default: the first interface's name; run: the config file's base name)",
+		value: func(s *Settings, _ *policy.Service) value { return &nameValue{&s.Gate} }},
 	{Name: "interfaces", In: File, Usage: "interfaces to attach to",
-		value: func(s *Settings) value { return &ifacesValue{&s.Interfaces} }},
+		value: func(s *Settings, _ *policy.Service) value { return &ifacesValue{&s.Interfaces} }},
 	{Name: "sequence", In: Attach | Set | File, Default: "9000,8000", Usage: "knock `PORTS` in this order (PORT[/tcp|/udp],...; none: SPA only)",
-		value: func(s *Settings) value { return &sequenceValue{&s.Sequence} }},
+		scope: serviceScope,
+		value: func(_ *Settings, svc *policy.Service) value { return &sequenceValue{&svc.Sequence} },
+		show: &show{label: "sequence", status: true,
+			text: func(_ *policy.Policy, svc *policy.Service) string { return policy.FormatSequence(svc.Sequence) },
+			statusText: func(_ *policy.Policy, svc *policy.Service) string {
+				if len(svc.Sequence) == 0 {
+					return "none (SPA only)"
+				}
+				return policy.FormatPorts(svc.Sequence)
+			}}},
 	{Name: "step-timeout", In: Attach | Set | File, Default: "1m", Usage: "each step must follow the previous one within `DURATION`",
-		value: func(s *Settings) value { return &durationValue{&s.StepTimeout} }},
+		scope: serviceScope,
+		value: func(_ *Settings, svc *policy.Service) value { return &durationValue{&svc.StepTimeout} },
+		show: &show{label: "step timeout", status: true,
+			text: func(_ *policy.Policy, svc *policy.Service) string { return svc.StepTimeout.String() }}},
 	{Name: "open", In: Attach | Set | File, Default: "30m", Usage: "a completed sequence opens the protected ports for `DURATION`",
-		value: func(s *Settings) value { return &durationValue{&s.Open} }},
+		scope: serviceScope,
+		value: func(_ *Settings, svc *policy.Service) value { return &durationValue{&svc.Open} },
+		show: &show{label: "open", status: true,
+			text: func(_ *policy.Policy, svc *policy.Service) string { return svc.Open.String() }}},
 	{Name: "protect", In: Attach | Set | File, Default: "22", Usage: "`PORTS` closed to sources without a grant (all: every TCP and UDP port)",
-		value: func(s *Settings) value { return &protectValue{&s.Protect, &s.ProtectAll} }},
+		scope: serviceScope,
+		value: func(_ *Settings, svc *policy.Service) value { return &protectValue{&svc.Protect, &svc.ProtectAll} },
+		show: &show{label: "protecting", status: true,
+			text: func(_ *policy.Policy, svc *policy.Service) string {
+				return policy.FormatProtect(svc.Protect, svc.ProtectAll)
+			}}},
 	{Name: "allow", In: Attach | File, Usage: "`CIDRS` that may always reach protected ports (repeatable)",
-		value: func(s *Settings) value { return &prefixesValue{&s.Allow} }},
-	{Name: "max-sources", In: Attach | File, Default: fmt.Sprint(loader.DefaultMaxSources), Usage: "track at most `N` knocking and N granted sources",
-		value: func(s *Settings) value { return &countValue{&s.MaxSources, 1, loader.MaxSourcesLimit} }},
+		scope: gateScope, repeat: true,
+		value: func(s *Settings, _ *policy.Service) value { return &prefixesValue{&s.Policy.Allow} },
+		show: &show{label: "allowing", status: true,
+			text: func(p *policy.Policy, _ *policy.Service) string { return policy.FormatCIDRs(p.Allow) }}},
+	{Name: "max-sources", In: Attach | File, Reload: Kept, Default: fmt.Sprint(loader.DefaultMaxSources), Usage: "track at most `N` knocking and N granted sources",
+		value: func(s *Settings, _ *policy.Service) value {
+			return &countValue{&s.MaxSources, 1, loader.MaxSourcesLimit}
+		},
+		differs: func(s *Settings, have *Held) string {
+			if s.MaxSources != have.Sizes.MaxSources {
+				return fmt.Sprintf("--max-sources %d", have.Sizes.MaxSources)
+			}
+			return ""
+		}},
 	{Name: "flows", In: Attach | Set | File, Default: "true", Usage: "let replies in the host's own flows (and the rest of a session a grant let in) through protected ports",
-		value: func(s *Settings) value { return &boolValue{&s.Flows} }},
+		scope: gateScope,
+		value: func(s *Settings, _ *policy.Service) value { return &boolValue{&s.Policy.Flows} },
+		show: &show{label: "flows", text: func(p *policy.Policy, _ *policy.Service) string {
+			if p.Flows {
+				return ""
+			}
+			return "off"
+		}}},
 	{Name: "flow-idle-tcp", In: Attach | Set | File, Default: "24h", Usage: "a TCP flow idle for `DURATION` ends",
-		value: func(s *Settings) value { return &durationValue{&s.FlowIdleTCP} }},
+		scope: gateScope,
+		value: func(s *Settings, _ *policy.Service) value { return &durationValue{&s.Policy.FlowIdleTCP} }},
 	{Name: "flow-idle-udp", In: Attach | Set | File, Default: "3m", Usage: "a UDP flow idle for `DURATION` ends",
-		value: func(s *Settings) value { return &durationValue{&s.FlowIdleUDP} }},
-	{Name: "max-flows", In: Attach | File, Default: fmt.Sprint(loader.DefaultMaxFlows), Usage: "remember at most `N` flows of the host's",
-		value: func(s *Settings) value { return &countValue{&s.MaxFlows, 4, loader.MaxFlowsLimit} }},
+		scope: gateScope,
+		value: func(s *Settings, _ *policy.Service) value { return &durationValue{&s.Policy.FlowIdleUDP} }},
+	{Name: "max-flows", In: Attach | File, Reload: Kept, Default: fmt.Sprint(loader.DefaultMaxFlows), Usage: "remember at most `N` flows of the host's",
+		value: func(s *Settings, _ *policy.Service) value { return &countValue{&s.MaxFlows, 4, loader.MaxFlowsLimit} },
+		differs: func(s *Settings, have *Held) string {
+			if loader.FlowSlots(s.MaxFlows) != have.Sizes.MaxFlows {
+				return fmt.Sprintf("--max-flows %d", have.Sizes.MaxFlows)
+			}
+			return ""
+		}},
 	{Name: "spa-port", In: Attach | Set | File, Usage: fmt.Sprintf("take single-packet authorization datagrams on UDP `PORT` (0: none; default %d once --spa-keys is given)", spa.DefaultPort),
-		value: func(s *Settings) value { return &spaPortValue{&s.SPAPort} }},
+		scope: gateScope,
+		value: func(s *Settings, _ *policy.Service) value { return &spaPortValue{&s.Policy.SPAPort} },
+		show: &show{label: "SPA", text: func(p *policy.Policy, _ *policy.Service) string {
+			if p.SPAPort == 0 {
+				return ""
+			}
+			return fmt.Sprintf("on %d/udp (window ±%s)", p.SPAPort, p.SPAWindow)
+		}}},
 	{Name: "spa-keys", In: Attach | Set | File, Usage: "SPA keys from `FILE`, one \"ID HEX NAME [any-address] [open=DURATION]\" per line (root's, mode 600); a change is live",
-		value: func(s *Settings) value { return &keyFileValue{&s.SPAKeysFile, &s.SPAKeys} }},
+		value: func(s *Settings, _ *policy.Service) value { return &keyFileValue{&s.SPAKeysFile, &s.SPAKeys} },
+		// Keys without a port take the default one: the only place
+		// that rule is written.
+		derive: func(s *Settings, p *policy.Policy) {
+			if s.SPAKeysFile != "" && p.SPAPort == 0 {
+				p.SPAPort = spa.DefaultPort
+			}
+		},
+		derives: "spa-port",
+		differs: func(s *Settings, have *Held) string {
+			if !sameKeys(have.SPAKeys, s.SPAKeys) {
+				return fmt.Sprintf("other SPA keys (%d)", len(have.SPAKeys))
+			}
+			return ""
+		}},
 	{Name: "spa-window", In: Attach | Set | File, Default: "30s", Usage: "an SPA datagram's timestamp may be `DURATION` off the gate's clock, either way",
-		value: func(s *Settings) value { return &durationValue{&s.SPAWindow} }},
-	{Name: "mode", In: Attach | File, Default: string(loader.ModeAuto), Usage: "XDP `MODE`: auto (native, else generic), native or generic",
-		value: func(s *Settings) value { return &modeValue{&s.Mode} }},
+		scope: gateScope,
+		value: func(s *Settings, _ *policy.Service) value { return &durationValue{&s.Policy.SPAWindow} }},
+	{Name: "mode", In: Attach | File, Reload: Kept, Default: string(loader.ModeAuto), Usage: "XDP `MODE`: auto (native, else generic), native or generic",
+		value: func(s *Settings, _ *policy.Service) value { return &modeValue{&s.Mode} }},
 	{Name: "metrics", In: File, Usage: "serve Prometheus metrics on `HOST:PORT` (empty: off)",
-		value: func(s *Settings) value { return &addrValue{&s.Metrics} }},
+		value: func(s *Settings, _ *policy.Service) value { return &addrValue{&s.Metrics} }},
 	{Name: "log-format", In: File, Default: "text", Usage: "log events as `text` or json",
-		value: func(s *Settings) value { return &choiceValue{&s.LogFormat, []string{"text", "json"}} }},
+		value: func(s *Settings, _ *policy.Service) value {
+			return &choiceValue{&s.LogFormat, []string{"text", "json"}}
+		}},
+}
+
+// Each option of the policy finds its setting there, by name: a name
+// that does not match fails every command at once, not silently.
+func init() {
+	for i := range Options {
+		o := &Options[i]
+		switch o.scope {
+		case gateScope:
+			o.gate = policy.SettingOf(policy.GateSettings, o.Name)
+		case serviceScope:
+			o.svc = policy.SettingOf(policy.ServiceSettings, o.Name)
+		}
+		if o.scope != noScope && o.gate == nil && o.svc == nil {
+			panic("config: option " + o.Name + " names no setting of the policy")
+		}
+		if o.derives != "" && policy.SettingOf(policy.GateSettings, o.derives) == nil {
+			panic("config: option " + o.Name + " derives " + o.derives + ", no setting of the gate's")
+		}
+	}
 }
 
 // Lookup finds the option called name (a flag name or a file key).
@@ -132,9 +293,10 @@ func Lookup(name string) *Option {
 // recipe's sequence 9000,8000, step timeout 1m, open 30m, protect 22.
 func Defaults() Settings {
 	var s Settings
+	s.service()
 	for i := range Options {
 		if o := &Options[i]; o.Default != "" {
-			if err := o.value(&s).Set(o.Default); err != nil {
+			if err := o.bind(&s).Set(o.Default); err != nil {
 				panic(fmt.Sprintf("default of --%s: %v", o.Name, err))
 			}
 		}
@@ -165,16 +327,16 @@ func AddFlags(fs *pflag.FlagSet, where Where) *Flags {
 		if where == Set {
 			def = ""
 		}
-		if o.Name == "allow" {
+		if o.repeat {
 			f.arrays[o.Name] = fs.StringArray(o.Name, nil, o.Usage)
 			continue
 		}
 		text := new(string)
 		*text = def
 		f.text[o.Name] = text
-		fs.Var(&textFlag{text, o.value(&Settings{}).Type()}, o.Name, o.Usage)
+		fs.Var(&textFlag{text, o.bind(&Settings{}).Type()}, o.Name, o.Usage)
 		fs.Lookup(o.Name).DefValue = def
-		if _, ok := o.value(&Settings{}).(*boolValue); ok {
+		if o.isBool() {
 			fs.Lookup(o.Name).NoOptDefVal = "true" // --flows alone, or --flows=false
 		}
 	}
@@ -198,6 +360,12 @@ func (t *textFlag) String() string {
 func (t *textFlag) Set(s string) error { *t.s = s; return nil }
 func (t *textFlag) Type() string       { return t.typ }
 
+// isBool: the option is a switch (--flows alone, or --flows=false).
+func (o *Option) isBool() bool {
+	_, ok := o.bind(&Settings{}).(*boolValue)
+	return ok
+}
+
 // Changed names the options given on the command line.
 func (f *Flags) Changed() map[string]bool {
 	out := map[string]bool{}
@@ -216,7 +384,7 @@ func (f *Flags) Apply(s *Settings) error {
 		if f.fs.Lookup(o.Name) == nil || !f.fs.Changed(o.Name) {
 			continue
 		}
-		v := o.value(s)
+		v := o.bind(s)
 		if vals, ok := f.arrays[o.Name]; ok {
 			// Repeatable: each value adds to the list.
 			for _, val := range *vals {
@@ -240,349 +408,47 @@ func (s *Settings) Check() error {
 			return err
 		}
 	}
-	cfg := s.Config()
-	return cfg.Validate()
+	p := s.Config()
+	return p.Validate()
 }
 
-// Config is the runtime configuration the settings give the program.
-func (s *Settings) Config() maps.Config {
-	return maps.Config{
-		Sequence:    s.Sequence,
-		StepTimeout: s.StepTimeout,
-		Open:        s.Open,
-		Protected:   s.Protect,
-		ProtectAll:  s.ProtectAll,
-		Flows:       s.Flows,
-		FlowIdleTCP: s.FlowIdleTCP,
-		FlowIdleUDP: s.FlowIdleUDP,
-		SPAPort:     s.spaPort(),
-		SPAWindow:   s.SPAWindow,
+// Config is the policy the settings give the gate: Policy, and what the
+// options given derive (the SPA port keys imply).
+func (s *Settings) Config() policy.Policy {
+	p := s.Policy.Clone()
+	if p.Default() == nil {
+		p.Services = append([]policy.Service{{Name: policy.DefaultService}}, p.Services...)
 	}
-}
-
-// spaPort is the SPA port the settings ask for: given, or the default one
-// when keys are given without a port.
-func (s *Settings) spaPort() uint16 {
-	if s.SPAPort == 0 && s.SPAKeysFile != "" {
-		return spa.DefaultPort
+	for i := range Options {
+		if o := &Options[i]; o.derive != nil {
+			o.derive(s, &p)
+		}
 	}
-	return s.SPAPort
+	return p
 }
 
-// LoaderOptions are what loader.Create makes of the settings.
-func (s *Settings) LoaderOptions() loader.Options {
+// LoaderOptions are what loader.Create makes of the settings; a policy the
+// program cannot run is refused.
+func (s *Settings) LoaderOptions() (loader.Options, error) {
+	p := s.Config()
+	cfg, err := maps.FromPolicy(&p)
+	if err != nil {
+		return loader.Options{}, err
+	}
 	return loader.Options{
 		Name:       s.Gate,
 		Interfaces: s.Interfaces,
 		Mode:       s.Mode,
 		MaxSources: s.MaxSources,
 		MaxFlows:   s.MaxFlows,
-		Config:     s.Config(),
-		Allow:      s.Allow,
+		Config:     cfg,
+		Allow:      p.Allow,
 		SPAKeys:    s.SPAKeys,
-	}
+	}, nil
 }
 
 // GateFromPath is run's default gate name: the config file's base name
 // without its extension (/etc/knockgate/knockgate.toml: "knockgate").
 func GateFromPath(path string) string {
 	return strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
-}
-
-// value is one option's parser: flag text through Set, file values
-// (strings, integers, arrays) through setTOML.
-type value interface {
-	Set(string) error
-	Type() string
-	setTOML(any) error
-}
-
-// text turns a file value into the flag text Set parses: strings as they
-// are, integers in decimal, arrays joined by commas.
-func text(v any) (string, error) {
-	switch v := v.(type) {
-	case string:
-		return v, nil
-	case int64:
-		return fmt.Sprint(v), nil
-	case []any:
-		parts := make([]string, len(v))
-		for i, e := range v {
-			s, err := text(e)
-			if err != nil {
-				return "", err
-			}
-			if strings.Contains(s, ",") && len(v) > 1 {
-				return "", fmt.Errorf("array element %q holds a comma: give one item per element", s)
-			}
-			parts[i] = s
-		}
-		return strings.Join(parts, ","), nil
-	}
-	return "", fmt.Errorf("want a string, not %s", tomlType(v))
-}
-
-func tomlType(v any) string {
-	switch v.(type) {
-	case bool:
-		return "a boolean"
-	case float64:
-		return "a float"
-	case map[string]any:
-		return "a table"
-	case time.Time:
-		return "a date"
-	}
-	return fmt.Sprintf("%T", v)
-}
-
-type portsValue struct{ p *[]maps.Port }
-
-func (v *portsValue) Type() string { return "ports" }
-func (v *portsValue) Set(s string) (err error) {
-	*v.p, err = policy.ParsePorts(s)
-	return err
-}
-func (v *portsValue) setTOML(x any) error { return setText(v, x) }
-
-// sequenceValue is a port list, or "none" (SPA only).
-type sequenceValue struct{ p *[]maps.Port }
-
-func (v *sequenceValue) Type() string { return "ports" }
-func (v *sequenceValue) Set(s string) (err error) {
-	if strings.EqualFold(strings.TrimSpace(s), "none") {
-		*v.p = nil
-		return nil
-	}
-	*v.p, err = policy.ParsePorts(s)
-	return err
-}
-func (v *sequenceValue) setTOML(x any) error { return setText(v, x) }
-
-// spaPortValue is a UDP port number, or 0 (none).
-type spaPortValue struct{ p *uint16 }
-
-func (v *spaPortValue) Type() string { return "port" }
-func (v *spaPortValue) Set(s string) error {
-	n, err := strconv.ParseUint(strings.TrimSpace(s), 10, 16)
-	if err != nil {
-		return fmt.Errorf("bad SPA port %q (1-65535, or 0 for none)", s)
-	}
-	*v.p = uint16(n)
-	return nil
-}
-func (v *spaPortValue) setTOML(x any) error { return setText(v, x) }
-
-// keyFileValue reads an SPA key file when it is given, so a bad file is
-// refused with the rest of the settings, before anything changes.
-type keyFileValue struct {
-	path *string
-	keys *[]spa.Key
-}
-
-func (v *keyFileValue) Type() string { return "file" }
-func (v *keyFileValue) Set(s string) error {
-	s = strings.TrimSpace(s)
-	if s == "" {
-		return errors.New("no key file given")
-	}
-	keys, err := spa.ReadKeyFile(s, spa.RootOnly)
-	if err != nil {
-		return err
-	}
-	*v.path, *v.keys = s, keys
-	return nil
-}
-func (v *keyFileValue) setTOML(x any) error { return setText(v, x) }
-
-// protectValue is a port list, or "all".
-type protectValue struct {
-	p   *[]maps.Port
-	all *bool
-}
-
-func (v *protectValue) Type() string { return "ports" }
-func (v *protectValue) Set(s string) (err error) {
-	if strings.EqualFold(strings.TrimSpace(s), "all") {
-		*v.p, *v.all = nil, true
-		return nil
-	}
-	*v.all = false
-	*v.p, err = policy.ParsePorts(s)
-	return err
-}
-func (v *protectValue) setTOML(x any) error { return setText(v, x) }
-
-type boolValue struct{ b *bool }
-
-func (v *boolValue) Type() string { return "bool" }
-func (v *boolValue) Set(s string) error {
-	b, err := strconv.ParseBool(strings.TrimSpace(s))
-	if err != nil {
-		return fmt.Errorf("%q is not true or false", s)
-	}
-	*v.b = b
-	return nil
-}
-func (v *boolValue) setTOML(x any) error {
-	if b, ok := x.(bool); ok {
-		*v.b = b
-		return nil
-	}
-	return fmt.Errorf("want true or false, not %s", tomlType(x))
-}
-
-type durationValue struct{ d *time.Duration }
-
-func (v *durationValue) Type() string { return "duration" }
-
-func (v *durationValue) Set(s string) (err error) {
-	*v.d, err = policy.ParseDuration(s)
-	return err
-}
-
-func (v *durationValue) setTOML(x any) error { return setText(v, x) }
-
-// prefixesValue is a list of CIDRs; a bare address is a single host (/32
-// or /128). As a flag it may be repeated, each value itself a list.
-type prefixesValue struct{ p *[]netip.Prefix }
-
-func (v *prefixesValue) Type() string { return "cidrs" }
-func (v *prefixesValue) Set(s string) error {
-	for _, f := range strings.Split(s, ",") {
-		f = strings.TrimSpace(f)
-		if f == "" {
-			continue
-		}
-		p, err := policy.ParseCIDR(f)
-		if err != nil {
-			return err
-		}
-		*v.p = append(*v.p, p)
-	}
-	return nil
-}
-func (v *prefixesValue) setTOML(x any) error {
-	*v.p = nil
-	return setText(v, x)
-}
-
-type countValue struct {
-	n        *uint32
-	min, max uint64
-}
-
-func (v *countValue) Type() string { return "N" }
-func (v *countValue) Set(s string) error {
-	n, err := strconv.ParseUint(strings.TrimSpace(s), 10, 64)
-	if err != nil {
-		return fmt.Errorf("%q is not a number", s)
-	}
-	if n < v.min || n > v.max {
-		return fmt.Errorf("%d out of range (%d-%d)", n, v.min, v.max)
-	}
-	*v.n = uint32(n)
-	return nil
-}
-func (v *countValue) setTOML(x any) error {
-	if n, ok := x.(int64); ok && n < 0 {
-		return fmt.Errorf("%d out of range (%d-%d)", n, v.min, v.max)
-	}
-	return setText(v, x)
-}
-
-type modeValue struct{ m *loader.Mode }
-
-func (v *modeValue) Type() string { return "mode" }
-func (v *modeValue) Set(s string) (err error) {
-	*v.m, err = loader.ParseMode(s)
-	return err
-}
-func (v *modeValue) setTOML(x any) error { return setText(v, x) }
-
-type nameValue struct{ s *string }
-
-func (v *nameValue) Type() string { return "name" }
-func (v *nameValue) Set(s string) error {
-	if err := loader.ValidateName(s); err != nil {
-		return err
-	}
-	*v.s = s
-	return nil
-}
-func (v *nameValue) setTOML(x any) error { return setText(v, x) }
-
-type ifacesValue struct{ s *[]string }
-
-func (v *ifacesValue) Type() string { return "interfaces" }
-func (v *ifacesValue) Set(s string) error {
-	var out []string
-	for _, f := range strings.Split(s, ",") {
-		f = strings.TrimSpace(f)
-		if err := CheckInterfaceName(f); err != nil {
-			return err
-		}
-		for _, seen := range out {
-			if seen == f {
-				return fmt.Errorf("interface %q named twice", f)
-			}
-		}
-		out = append(out, f)
-	}
-	*v.s = out
-	return nil
-}
-func (v *ifacesValue) setTOML(x any) error {
-	if a, ok := x.([]any); ok && len(a) == 0 {
-		return errors.New("no interface given")
-	}
-	return setText(v, x)
-}
-
-// CheckInterfaceName refuses what the kernel would never take as an
-// interface name.
-func CheckInterfaceName(s string) error {
-	if s == "" || len(s) > 15 || s == "." || s == ".." || strings.ContainsAny(s, "/: \t\n") {
-		return fmt.Errorf("bad interface name %q", s)
-	}
-	return nil
-}
-
-type addrValue struct{ s *string }
-
-func (v *addrValue) Type() string { return "host:port" }
-func (v *addrValue) Set(s string) error {
-	if s != "" {
-		if _, port, err := net.SplitHostPort(s); err != nil || port == "" {
-			return fmt.Errorf("bad address %q (want HOST:PORT, e.g. 127.0.0.1:9746)", s)
-		}
-	}
-	*v.s = s
-	return nil
-}
-func (v *addrValue) setTOML(x any) error { return setText(v, x) }
-
-type choiceValue struct {
-	s       *string
-	choices []string
-}
-
-func (v *choiceValue) Type() string { return strings.Join(v.choices, "|") }
-func (v *choiceValue) Set(s string) error {
-	for _, c := range v.choices {
-		if s == c {
-			*v.s = s
-			return nil
-		}
-	}
-	return fmt.Errorf("%q is not one of %s", s, strings.Join(v.choices, ", "))
-}
-func (v *choiceValue) setTOML(x any) error { return setText(v, x) }
-
-func setText(v value, x any) error {
-	s, err := text(x)
-	if err != nil {
-		return err
-	}
-	return v.Set(s)
 }

@@ -13,11 +13,14 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/knockgate/knockgate/loader"
-	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/policy"
 )
 
-func tcp(n uint16) maps.Port { return maps.Port{Num: n, Proto: maps.TCP} }
-func udp(n uint16) maps.Port { return maps.Port{Num: n, Proto: maps.UDP} }
+func tcp(n uint16) policy.Port { return policy.Port{Num: n, Proto: policy.TCP} }
+func udp(n uint16) policy.Port { return policy.Port{Num: n, Proto: policy.UDP} }
+
+// def is the service the top-level options configure.
+func def(s Settings) policy.Service { return s.Policy.Services[0] }
 
 // flags parses a command line of attach flags into the defaults.
 func flags(t *testing.T, where Where, args ...string) (Settings, error) {
@@ -33,10 +36,11 @@ func flags(t *testing.T, where Where, args ...string) (Settings, error) {
 
 func TestDefaults(t *testing.T) {
 	s := Defaults()
-	want := Settings{Sequence: []maps.Port{tcp(9000), tcp(8000)}, StepTimeout: time.Minute, Open: 30 * time.Minute,
-		Protect: []maps.Port{tcp(22)}, MaxSources: loader.DefaultMaxSources, Mode: loader.ModeAuto, LogFormat: "text",
-		Flows: true, FlowIdleTCP: 24 * time.Hour, FlowIdleUDP: 3 * time.Minute, MaxFlows: loader.DefaultMaxFlows,
-		SPAWindow: 30 * time.Second}
+	want := Settings{Policy: policy.Policy{
+		Services: []policy.Service{{Name: policy.DefaultService, Sequence: []policy.Port{tcp(9000), tcp(8000)},
+			StepTimeout: time.Minute, Open: 30 * time.Minute, Protect: []policy.Port{tcp(22)}}},
+		Flows: true, FlowIdleTCP: 24 * time.Hour, FlowIdleUDP: 3 * time.Minute, SPAWindow: 30 * time.Second},
+		MaxSources: loader.DefaultMaxSources, Mode: loader.ModeAuto, LogFormat: "text", MaxFlows: loader.DefaultMaxFlows}
 	if !reflect.DeepEqual(s, want) {
 		t.Errorf("defaults %+v, want %+v", s, want)
 	}
@@ -52,17 +56,19 @@ func TestFlagsAndFileAgree(t *testing.T) {
 	}{
 		{flag: "sequence", text: "7000/udp,7001,7002:udp", toml: `"7000/udp,7001,7002:udp"`,
 			check: func(s Settings) bool {
-				return reflect.DeepEqual(s.Sequence, []maps.Port{udp(7000), tcp(7001), udp(7002)})
+				return reflect.DeepEqual(def(s).Sequence, []policy.Port{udp(7000), tcp(7001), udp(7002)})
 			}},
 		{flag: "protect", text: "22,443,53/udp", toml: `"22,443,53/udp"`,
-			check: func(s Settings) bool { return reflect.DeepEqual(s.Protect, []maps.Port{tcp(22), tcp(443), udp(53)}) }},
-		{flag: "step-timeout", text: "45s", toml: `"45s"`, check: func(s Settings) bool { return s.StepTimeout == 45*time.Second }},
-		{flag: "open", text: "1h30m", toml: `"1h30m"`, check: func(s Settings) bool { return s.Open == 90*time.Minute }},
+			check: func(s Settings) bool {
+				return reflect.DeepEqual(def(s).Protect, []policy.Port{tcp(22), tcp(443), udp(53)})
+			}},
+		{flag: "step-timeout", text: "45s", toml: `"45s"`, check: func(s Settings) bool { return def(s).StepTimeout == 45*time.Second }},
+		{flag: "open", text: "1h30m", toml: `"1h30m"`, check: func(s Settings) bool { return def(s).Open == 90*time.Minute }},
 		{flag: "max-sources", text: "1024", toml: `1024`, check: func(s Settings) bool { return s.MaxSources == 1024 }},
 		{flag: "mode", text: "generic", toml: `"generic"`, check: func(s Settings) bool { return s.Mode == loader.ModeGeneric }},
 		{flag: "allow", text: "10.0.0.0/8,2001:db8::1", toml: `["10.0.0.0/8", "2001:db8::1"]`,
 			check: func(s Settings) bool {
-				return reflect.DeepEqual(s.Allow, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::1/128")})
+				return reflect.DeepEqual(s.Policy.Allow, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::1/128")})
 			}},
 		{flag: "protect", text: "0", toml: `"0"`, err: "port 0 out of range (1-65535)"},
 		{flag: "protect", text: "65536", toml: `"65536"`, err: "port 65536 out of range (1-65535)"},
@@ -104,8 +110,8 @@ func TestFlagsAndFileAgree(t *testing.T) {
 func TestAllowRepeats(t *testing.T) {
 	s, err := flags(t, Attach, "--allow", "10.0.0.0/8", "--allow", "192.0.2.1,2001:db8::/32")
 	want := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.0.2.1/32"), netip.MustParsePrefix("2001:db8::/32")}
-	if err != nil || !reflect.DeepEqual(s.Allow, want) {
-		t.Errorf("repeated --allow: %v, %v; want %v", s.Allow, err, want)
+	if err != nil || !reflect.DeepEqual(s.Policy.Allow, want) {
+		t.Errorf("repeated --allow: %v, %v; want %v", s.Policy.Allow, err, want)
 	}
 }
 
@@ -116,7 +122,7 @@ func TestSetFlagsHaveNoDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	var s Settings
-	if err := f.Apply(&s); err != nil || s.Open != 5*time.Minute || s.Sequence != nil {
+	if err := f.Apply(&s); err != nil || def(s).Open != 5*time.Minute || def(s).Sequence != nil {
 		t.Errorf("set --open 5m: %+v, %v; want only open", s, err)
 	}
 	if got := f.Changed(); !reflect.DeepEqual(got, map[string]bool{"open": true}) {
@@ -147,18 +153,18 @@ log_format = "json"
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := &Settings{Gate: "edge", Interfaces: []string{"eth0", "wg0"}, Sequence: []maps.Port{tcp(9000), tcp(8000)},
-		StepTimeout: time.Minute, Open: 30 * time.Minute, Protect: []maps.Port{tcp(22), tcp(8291)},
-		Allow: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}, MaxSources: 65536, Mode: loader.ModeAuto,
-		Metrics: "127.0.0.1:9746", LogFormat: "json",
-		Flows: true, FlowIdleTCP: 24 * time.Hour, FlowIdleUDP: 3 * time.Minute, MaxFlows: loader.DefaultMaxFlows,
-		SPAWindow: 30 * time.Second}
+	want := &Settings{Gate: "edge", Interfaces: []string{"eth0", "wg0"}, Policy: policy.Policy{
+		Services: []policy.Service{{Name: policy.DefaultService, Sequence: []policy.Port{tcp(9000), tcp(8000)},
+			StepTimeout: time.Minute, Open: 30 * time.Minute, Protect: []policy.Port{tcp(22), tcp(8291)}}},
+		Allow: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")},
+		Flows: true, FlowIdleTCP: 24 * time.Hour, FlowIdleUDP: 3 * time.Minute, SPAWindow: 30 * time.Second},
+		MaxSources: 65536, Mode: loader.ModeAuto, Metrics: "127.0.0.1:9746", LogFormat: "json", MaxFlows: loader.DefaultMaxFlows}
 	if !reflect.DeepEqual(s, want) {
 		t.Errorf("parsed %+v\nwant %+v", s, want)
 	}
 	// What is not given keeps its default; the gate is named after the file.
 	s, err = Parse("/etc/knockgate/office.toml", []byte(`interfaces = ["eth1"]`))
-	if err != nil || s.Gate != "office" || s.Open != 30*time.Minute || s.Metrics != "" || s.LogFormat != "text" {
+	if err != nil || s.Gate != "office" || def(*s).Open != 30*time.Minute || s.Metrics != "" || s.LogFormat != "text" {
 		t.Errorf("minimal file: %+v, %v", s, err)
 	}
 }
@@ -184,6 +190,16 @@ func TestFileErrorsNameKeyAndLine(t *testing.T) {
 		{"interfaces = [\"eth0\"]\nlog_format = \"xml\"\n", "t.toml:2: log_format: \"xml\" is not one of text, json"},
 		{"interfaces = [\"eth0\"]\n[fleet]\npeers = []\n", "t.toml:2: fleet: give peers (the embedded servers' route addresses) or url"},
 		{"interfaces = [\"eth0\"]\n[fleet]\npeer = [\"a:1\"]\n", "t.toml:2: fleet: unknown key peer"},
+		// Tables and keys the schema does not have, at any depth.
+		{"interfaces = [\"eth0\"]\n\n[services.web]\nprotect = \"443\"\n", "t.toml:3: services.web: unknown table (the only table is [fleet])"},
+		{"interfaces = [\"eth0\"]\n[foo.bar]\n", "t.toml:2: foo.bar: unknown table"},
+		{"interfaces = [\"eth0\"]\nfoo.bar = 1\n", "t.toml:2: foo.bar: unknown key"},
+		{"interfaces = [\"eth0\"]\n[foo]\nbar = 1\n", "t.toml:2: foo: unknown key"},
+		{"interfaces = [\"eth0\"]\n[[services]]\nname = \"web\"\n", "t.toml:2: services: unknown key"},
+		{"interfaces = [\"eth0\"]\n[sequence.x]\n", "t.toml:2: sequence.x: sequence is a setting, not a table"},
+		{"interfaces = [\"eth0\"]\n[fleet]\nurl = \"nats://a:4222\"\n\n[fleet.tls]\ncert = \"x\"\n", "t.toml:5: fleet: unknown table tls (known: name, gate, peers"},
+		{"interfaces = [\"eth0\"]\n[fleet.tls]\ncert = \"x\"\n", "t.toml:2: fleet: unknown table tls"},
+		{"interfaces = [\"eth0\"]\n[fleet]\nurl = \"nats://a:4222\"\nx.y = 1\n", "t.toml:2: fleet: unknown key x.y"},
 	} {
 		_, err := Parse("t.toml", []byte(tc.file))
 		var fe *FileError

@@ -46,10 +46,12 @@ func Load(path string) (*Settings, error) {
 }
 
 // Parse decodes a config file and checks it whole: every key must be an
-// option's (Options, In File), every value must parse as its flag would,
-// and the settings must make a gate. What is not given keeps its default;
-// the gate's name defaults to the file's base name. The first mistake is
-// returned as a *FileError naming the key and its line.
+// option's (Options, In File) or the [fleet] table's, every value must
+// parse as its flag would, and the settings must make a gate. A table or key
+// the schema does not have is refused, at any depth ([services.web],
+// [fleet.tls], foo.bar = 1). What is not given keeps its default; the gate's
+// name defaults to the file's base name. The first mistake is returned as a
+// *FileError naming the key and its line.
 func Parse(path string, data []byte) (*Settings, error) {
 	var raw map[string]toml.Primitive
 	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&raw)
@@ -62,24 +64,41 @@ func Parse(path string, data []byte) (*Settings, error) {
 	}
 	s := Defaults()
 	lines := make(map[string]int)
+	fleet := false
 	for _, key := range md.Keys() {
-		if len(key) != 1 {
-			continue // inside a table: the table's own key is checked
-		}
 		name := key[0]
-		prim := raw[name]
-		lines[name] = lineOf(&md, prim)
 		if name == "fleet" {
-			if err := s.Fleet.decode(&md, prim); err != nil {
-				return nil, &FileError{Path: path, Line: lines[name], Key: name, Err: err}
+			// The table as a whole, when its first key comes (the table
+			// itself, or [fleet.x] without it): its decoder refuses
+			// what it does not know, at any depth.
+			if fleet {
+				continue
+			}
+			fleet = true
+			if err := s.Fleet.decode(&md, raw[name]); err != nil {
+				// (Found only now: finding a line decodes, which would
+				// hide an unknown key from the table's decoder.)
+				where := key
+				var uk *unknownKeyError
+				if errors.As(err, &uk) {
+					where = uk.table
+				}
+				return nil, &FileError{Path: path, Line: keyLine(&md, raw, where), Key: name, Err: err}
 			}
 			continue
 		}
+		if len(key) > 1 {
+			// A table, or a key inside one, that the schema does not
+			// have: besides [fleet], every option is a value.
+			return nil, &FileError{Path: path, Line: keyLine(&md, raw, key), Key: key.String(), Err: notInSchema(&md, key)}
+		}
+		prim := raw[name]
+		lines[name] = lineOf(&md, prim)
 		opt := Lookup(name)
 		if opt == nil || opt.Key() != name || opt.In&File == 0 {
 			return nil, &FileError{Path: path, Line: lines[name], Key: name, Err: unknownKey(name)}
 		}
-		if err := md.PrimitiveDecode(prim, &decoder{opt.value(&s)}); err != nil {
+		if err := md.PrimitiveDecode(prim, &decoder{opt.bind(&s)}); err != nil {
 			var pe toml.ParseError
 			if errors.As(err, &pe) {
 				return nil, &FileError{Path: path, Line: pe.Position.Line, Key: name, Err: errors.New(pe.Message)}
@@ -106,6 +125,47 @@ func Parse(path string, data []byte) (*Settings, error) {
 		return nil, &FileError{Path: path, Line: line, Key: key, Err: err}
 	}
 	return &s, nil
+}
+
+// notInSchema says why key, inside a table, is not the schema's.
+func notInSchema(md *toml.MetaData, key toml.Key) error {
+	if o := Lookup(key[0]); o != nil && o.Key() == key[0] && o.In&File != 0 {
+		return fmt.Errorf("%s is a setting, not a table", key[0])
+	}
+	if isTable(md, key) {
+		return errors.New("unknown table (the only table is [fleet])")
+	}
+	return errors.New("unknown key (the only table is [fleet])")
+}
+
+// isTable: key names a table (or an array of them), not a value.
+func isTable(md *toml.MetaData, key toml.Key) bool {
+	t := md.Type(key...)
+	return t == "Hash" || t == "ArrayHash"
+}
+
+// keyLine is the line key is on: a table's header, a value's key; for a
+// key whose place cannot be read back (inside an array of tables), the
+// line of the nearest table around it that can.
+func keyLine(md *toml.MetaData, raw map[string]toml.Primitive, key toml.Key) int {
+	prim, ok := raw[key[0]]
+	if !ok {
+		return 0
+	}
+	line := lineOf(md, prim)
+	for _, k := range key[1:] {
+		var sub map[string]toml.Primitive
+		if md.PrimitiveDecode(prim, &sub) != nil {
+			break
+		}
+		if prim, ok = sub[k]; !ok {
+			break
+		}
+		if l := lineOf(md, prim); l > 0 {
+			line = l
+		}
+	}
+	return line
 }
 
 // unknownKey says a key is not one, suggesting the option meant.

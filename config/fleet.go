@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"reflect"
 	"strings"
 
 	"github.com/BurntSushi/toml"
@@ -49,13 +50,48 @@ func (f *Fleet) decode(md *toml.MetaData, prim toml.Primitive) error {
 	if err := md.PrimitiveDecode(prim, f); err != nil {
 		return err
 	}
+	// What the struct has no field for is left undecoded, at any depth
+	// ([fleet.tls], x.y = 1 inside [fleet]).
 	for _, k := range md.Undecoded() {
-		if len(k) == 2 && k[0] == "fleet" {
-			return fmt.Errorf("unknown key %s (known: name, gate, peers, listen, url, creds, tls_cert, tls_key, tls_ca, route_user, route_password_file, state_dir, replicas)", k[1])
+		if len(k) >= 2 && k[0] == "fleet" {
+			e := &unknownKeyError{key: k[1:], table: k[:len(k)-1], isTable: isTable(md, k), known: FleetKeys()}
+			if e.isTable {
+				e.table = k
+			}
+			return e
 		}
 	}
 	f.Set = true
 	return f.check()
+}
+
+// FleetKeys are the keys of the [fleet] table.
+func FleetKeys() []string {
+	var keys []string
+	t := reflect.TypeFor[Fleet]()
+	for i := range t.NumField() {
+		if k := t.Field(i).Tag.Get("toml"); k != "" && k != "-" {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// unknownKeyError is a key, or a table, that a table of the file does not
+// have.
+type unknownKeyError struct {
+	key     toml.Key // inside the table
+	table   toml.Key // the table it is in (whole), or itself if a table: where it is
+	isTable bool
+	known   []string
+}
+
+func (e *unknownKeyError) Error() string {
+	what := "key"
+	if e.isTable {
+		what = "table"
+	}
+	return fmt.Sprintf("unknown %s %s (known: %s)", what, e.key, strings.Join(e.known, ", "))
 }
 
 func (f *Fleet) check() error {

@@ -18,15 +18,16 @@ import (
 
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/policy"
 	"github.com/knockgate/knockgate/test/netns"
 )
 
 func config() maps.Config {
 	return maps.Config{
-		Sequence:    []maps.Port{{Num: 9000, Proto: maps.TCP}, {Num: 8000, Proto: maps.TCP}},
+		Sequence:    []policy.Port{{Num: 9000, Proto: policy.TCP}, {Num: 8000, Proto: policy.TCP}},
 		StepTimeout: time.Minute,
 		Open:        time.Minute,
-		Protected:   []maps.Port{{Num: 22, Proto: maps.TCP}},
+		Protected:   []policy.Port{{Num: 22, Proto: policy.TCP}},
 	}
 }
 
@@ -99,7 +100,8 @@ func TestCreatePinsAndDetachRemoves(t *testing.T) {
 	h.veth("kgla0")
 	h.veth("kgla1")
 	h.do("kgla0", func() error {
-		g, err := loader.Create(loader.Options{Interfaces: []string{"kgla0", "kgla1"}, Config: config(), MaxSources: 128})
+		allow := []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+		g, err := loader.Create(loader.Options{Interfaces: []string{"kgla0", "kgla1"}, Config: config(), MaxSources: 128, Allow: allow})
 		if err != nil {
 			return err
 		}
@@ -130,7 +132,7 @@ func TestCreatePinsAndDetachRemoves(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		cfg, err := g.Maps.ReadConfig()
+		cfg, err := g.Config()
 		ifaces, ierr := g.Interfaces()
 		g.Close()
 		if err != nil || ierr != nil {
@@ -142,8 +144,25 @@ func TestCreatePinsAndDetachRemoves(t *testing.T) {
 		if len(ifaces) != 2 || ifaces[0].State != loader.Attached || ifaces[1].State != loader.Attached || ifaces[0].Mode != loader.ModeNative {
 			t.Errorf("interfaces %+v, want both attached natively", ifaces)
 		}
+		// Reads go through the gate: the policy with its allow list, the
+		// sizes it was made with; none once it is detached.
+		held, err := loader.Open("kgla0")
+		if err != nil {
+			return err
+		}
+		defer held.Close()
+		p, err := held.Policy()
+		if want := cfg.Policy(allow); err != nil || len(policy.Diff(&want, &p)) != 0 {
+			t.Errorf("policy %+v, %v; want %+v", p, err, want)
+		}
+		if sz := held.Sizes(); sz.MaxSources != 128 || sz.MaxFlows != loader.FlowSlots(loader.DefaultMaxFlows) {
+			t.Errorf("sizes %+v, want 128 sources and the default flows", sz)
+		}
 		if err := loader.Detach("kgla0"); err != nil {
 			return err
+		}
+		if _, err := held.Config(); !errors.Is(err, loader.ErrNotAttached) {
+			t.Errorf("read after detach: %v, want ErrNotAttached", err)
 		}
 		if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("pins left after detach: %v", err)
@@ -267,7 +286,7 @@ func TestConcurrentUpdatesAllLand(t *testing.T) {
 				}
 				defer g.Close()
 				_, err = g.UpdateConfig(func(c *maps.Config) error {
-					c.Protected = append(c.Protected, maps.Port{Num: uint16(1000 + i), Proto: maps.TCP})
+					c.Protected = append(c.Protected, policy.Port{Num: uint16(1000 + i), Proto: policy.TCP})
 					return nil
 				})
 				errs <- err
@@ -283,7 +302,7 @@ func TestConcurrentUpdatesAllLand(t *testing.T) {
 			return err
 		}
 		defer g.Close()
-		cfg, err := g.Maps.ReadConfig()
+		cfg, err := g.Config()
 		if err != nil {
 			return err
 		}
@@ -355,7 +374,7 @@ func TestInterfaceComesBack(t *testing.T) {
 		if s := state()["kgle2"]; s.State != loader.Attached {
 			t.Errorf("kgle2 after it appeared: %+v, want attached", s)
 		}
-		if _, ok, err := g.Maps.LookupGrant(granted); err != nil || !ok {
+		if _, ok, err := g.LookupGrant(granted); err != nil || !ok {
 			t.Errorf("grant of %s after the interface came back: %v, %v; want kept", granted, ok, err)
 		}
 		if ok, err := g.DetachInterface("kgle0"); !ok || err != nil {
@@ -445,7 +464,7 @@ func TestUpgradeReplacesProgramInPlace(t *testing.T) {
 		if pinnedInfo.Tag != newInfo.Tag || pinnedInfo.Tag == oldInfo.Tag {
 			t.Errorf("pinned program tag %s, want the new %s", pinnedInfo.Tag, newInfo.Tag)
 		}
-		if _, ok, err := g.Maps.LookupGrant(granted); err != nil || !ok {
+		if _, ok, err := g.LookupGrant(granted); err != nil || !ok {
 			t.Errorf("grant after the upgrade: %v, %v; want kept", ok, err)
 		}
 		if replaced, err := g.Upgrade(); err != nil || replaced {

@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/policy"
 )
 
 // TCP states (include/net/tcp_states.h) whose connections have packets to
@@ -55,7 +56,7 @@ func seedFlows(set *maps.Set, cfg *maps.Config) (int, error) {
 			if !liveTCPStates[s.State] {
 				continue
 			}
-			ok, err := seed(set, cfg, s, maps.TCP, s.State != 2)
+			ok, err := seed(set, cfg, s, policy.TCP, s.State != 2)
 			if err != nil {
 				return n, err
 			}
@@ -71,7 +72,7 @@ func seedFlows(set *maps.Set, cfg *maps.Config) (int, error) {
 			if s.ID.DestinationPort == 0 {
 				continue // not connected: its replies cannot be told apart
 			}
-			ok, err := seed(set, cfg, s, maps.UDP, true)
+			ok, err := seed(set, cfg, s, policy.UDP, true)
 			if err != nil {
 				return n, err
 			}
@@ -85,11 +86,11 @@ func seedFlows(set *maps.Set, cfg *maps.Config) (int, error) {
 
 // seed records socket s's flow, if the egress program would: only a flow
 // from a protected port needs its replies let in.
-func seed(set *maps.Set, cfg *maps.Config, s *netlink.Socket, proto maps.Proto, answered bool) (bool, error) {
+func seed(set *maps.Set, cfg *maps.Config, s *netlink.Socket, proto policy.Proto, answered bool) (bool, error) {
 	local, ok1 := netip.AddrFromSlice(s.ID.Source)
 	remote, ok2 := netip.AddrFromSlice(s.ID.Destination)
 	if !ok1 || !ok2 || local.Unmap().IsLoopback() || remote.IsUnspecified() ||
-		!cfg.Protects(maps.Port{Num: s.ID.SourcePort, Proto: proto}) {
+		!cfg.Protects(policy.Port{Num: s.ID.SourcePort, Proto: proto}) {
 		return false, nil
 	}
 	return set.PutFlow(netip.AddrPortFrom(local.Unmap(), s.ID.SourcePort),

@@ -1,3 +1,9 @@
+// Package maps is the typed Go access to every map of the knockgate XDP
+// program: configuration slots, allow list, knock progress, grants, flows,
+// SPA keys, counters and events. It encodes a policy (package policy) into
+// the C ABI generated from bpf/knockgate.h and reads the maps back; nothing
+// user-facing lives here (parsing and validation are policy's), and outside
+// loader the maps are reached through loader.Gate, under the gate's lock.
 package maps
 
 import (

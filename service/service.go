@@ -182,7 +182,10 @@ func (svc *service) start() error {
 	s := svc.cur
 	g, err := loader.Open(s.Gate)
 	if errors.Is(err, loader.ErrNotAttached) {
-		opts := s.LoaderOptions()
+		opts, err := s.LoaderOptions()
+		if err != nil {
+			return err
+		}
 		opts.AllowMissing = true
 		if g, err = loader.Create(opts); err != nil {
 			return err
@@ -230,7 +233,7 @@ func (svc *service) start() error {
 		svc.reconcileAll()
 		return nil
 	}
-	if _, err := svc.apply(s, 0); err != nil {
+	if _, _, err := svc.apply(s, 0); err != nil {
 		g.Close()
 		return err
 	}
@@ -254,82 +257,89 @@ type pendingReload struct {
 // apply makes the gate what s says: its configuration (one atomic update,
 // as set does, only if it changed: a write voids knock progress), its allow
 // list and its interfaces. With confirm, the change is in safe mode, and
-// removals wait for the confirmation.
-func (svc *service) apply(s *config.Settings, confirm time.Duration) (*pendingReload, error) {
+// removals wait for the confirmation. It returns what changed in the
+// gate's policy.
+func (svc *service) apply(s *config.Settings, confirm time.Duration) (*pendingReload, []policy.Change, error) {
 	g := svc.gate
 	cur, err := g.Config()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	allowNow, err := g.AllowList()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ifaces, err := g.Interfaces()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var have []string
 	for _, ifc := range ifaces {
 		have = append(have, ifc.Name)
 	}
+	want := s.Config()
 	p := &pendingReload{
-		addedAllow:    minus(s.Allow, allowNow),
-		droppedAllow:  minus(allowNow, s.Allow),
+		addedAllow:    minus(want.Allow, allowNow),
+		droppedAllow:  minus(allowNow, want.Allow),
 		addedIfaces:   minus(s.Interfaces, have),
 		droppedIfaces: minus(have, s.Interfaces),
 	}
+	held := cur.Policy(allowNow)
+	changes := policy.Diff(&held, &want)
+	next, err := maps.FromPolicy(&want)
+	if err != nil {
+		return nil, nil, err
+	}
 	safe := confirm > 0
-	want := s.Config()
 	entries := len(allowNow) + len(p.addedAllow)
 	if !safe {
 		entries -= len(p.droppedAllow)
 	}
-	want.AllowCount = uint32(entries)
+	next.AllowCount = uint32(entries)
 	// The file's keys, live (removed keys stop working now), once the
 	// configuration is in: a reload that fails before leaves them too. Not
 	// part of the configuration, so a key change alone neither voids knock
 	// progress nor waits for a confirmation.
-	if sameConfig(cur, want) && len(p.addedAllow)+len(p.droppedAllow)+len(p.addedIfaces)+len(p.droppedIfaces) == 0 {
-		return nil, g.SetSPAKeys(s.SPAKeys)
+	if cur.Same(&next) && len(p.addedAllow)+len(p.droppedAllow)+len(p.addedIfaces)+len(p.droppedIfaces) == 0 {
+		return nil, changes, g.SetSPAKeys(s.SPAKeys)
 	}
 	if err := g.AddAllow(p.addedAllow); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if safe {
-		want.ConfirmBy = maps.BootAfter(confirm)
-		p.deadline = want.ConfirmBy
+		next.ConfirmBy = maps.BootAfter(confirm)
+		p.deadline = next.ConfirmBy
 	}
-	if safe || !sameConfig(cur, want) {
-		installed, err := g.UpdateConfig(func(c *maps.Config) error { *c = want; return nil })
+	if safe || !cur.Same(&next) {
+		installed, err := g.UpdateConfig(func(c *maps.Config) error { *c = next; return nil })
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		p.gen = installed.Generation
 	}
 	if err := g.SetSPAKeys(s.SPAKeys); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if !safe {
 		if err := g.RemoveAllow(p.droppedAllow); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		for _, n := range p.droppedIfaces {
 			if _, err := g.DetachInterface(n); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			svc.logger().Info("interface dropped", "interface", n)
 		}
 	}
 	for _, n := range p.addedIfaces {
 		if err := g.Want(n); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	if !safe {
-		return nil, nil
+		return nil, changes, nil
 	}
-	return p, nil
+	return p, changes, nil
 }
 
 // reload applies the config file again. A file that does not parse or
@@ -339,8 +349,9 @@ func (svc *service) reload() error {
 	if err != nil {
 		return err
 	}
-	if next.Gate != svc.cur.Gate {
-		return fmt.Errorf("gate name changed from %s to %s: a reload keeps its gate (restart run to serve another)", svc.cur.Gate, next.Gate)
+	kept, err := config.ReloadCheck(svc.cur, next)
+	if err != nil {
+		return err
 	}
 	if svc.pending != nil {
 		return fmt.Errorf("the last reload awaits confirmation until %s: run \"knockgate confirm %s\" first",
@@ -349,10 +360,11 @@ func (svc *service) reload() error {
 	if !reflect.DeepEqual(next.Fleet, svc.cur.Fleet) {
 		return errors.New("the [fleet] table changed: restart run to apply it")
 	}
-	if next.MaxSources != svc.cur.MaxSources || next.MaxFlows != svc.cur.MaxFlows || next.Mode != svc.cur.Mode {
-		svc.logger().Warn("max_sources, max_flows and mode apply when the gate is made or an interface attached; the running gate keeps them")
+	if len(kept) > 0 {
+		svc.logger().Warn("changed settings that apply when the gate is made or an interface attached: the running gate keeps them",
+			"settings", strings.Join(kept, ","))
 	}
-	p, err := svc.apply(next, svc.opts.Confirm)
+	p, changes, err := svc.apply(next, svc.opts.Confirm)
 	if err != nil {
 		return err
 	}
@@ -384,8 +396,13 @@ func (svc *service) reload() error {
 	if p != nil {
 		msg = "reloaded in safe mode: run \"knockgate confirm " + svc.gate.Name + "\" to keep it"
 	}
+	changed := make([]string, len(changes))
+	for i, c := range changes {
+		changed[i] = c.String()
+	}
 	svc.logger().Info(msg, "gate", svc.gate.Name, "generation", cfg.Generation,
-		"sequence", policy.FormatPorts(cfg.Sequence), "protect", policy.FormatPorts(cfg.Protected))
+		"sequence", policy.FormatPorts(cfg.Sequence), "protect", policy.FormatPorts(cfg.Protected),
+		"changed", strings.Join(changed, "; "))
 	return nil
 }
 
@@ -412,7 +429,7 @@ func (svc *service) checkPending() {
 	svc.pending = nil
 	rolledBack := outcome == maps.SettleRolledBack
 	if p.applyAfter {
-		if _, err := svc.apply(svc.cur, 0); err != nil {
+		if _, _, err := svc.apply(svc.cur, 0); err != nil {
 			svc.settleFailed("apply the config file", err)
 		}
 		svc.reconcileAll()
@@ -538,20 +555,6 @@ func (r *eventReport) tick(svc *service) {
 			"suppressed", s-r.suppressed, "lost", l-r.lost, "since", r.last.UTC().Format(time.RFC3339))
 	}
 	r.last, r.suppressed, r.lost = time.Now(), s, l
-}
-
-// sameConfig compares what the program does with two configurations: their
-// C layout, generations aside.
-func sameConfig(a, b maps.Config) bool {
-	a.Generation, b.Generation = 0, 0
-	// Kept or set by every write: not the file's to say.
-	a.TAIOffset, b.TAIOffset = 0, 0
-	if b.SlotKey == [2]uint64{} {
-		b.SlotKey = a.SlotKey
-	}
-	ra, err1 := a.Encode()
-	rb, err2 := b.Encode()
-	return err1 == nil && err2 == nil && *ra == *rb
 }
 
 // minus is what a holds that b does not.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/policy"
 )
 
 // Every metric the collector makes is documented in README.
@@ -38,7 +39,7 @@ func TestMetricsDocumented(t *testing.T) {
 func TestLogEvent(t *testing.T) {
 	at := time.Date(2026, 11, 26, 13, 40, 1, 0, time.UTC)
 	ev := maps.Event{Time: at, Type: "open", Src: netip.MustParseAddr("203.0.113.9"),
-		Port: maps.Port{Num: 8000, Proto: maps.TCP}, Stage: 2, Expires: at.Add(30 * time.Minute)}
+		Port: policy.Port{Num: 8000, Proto: policy.TCP}, Stage: 2, Expires: at.Add(30 * time.Minute)}
 	var b bytes.Buffer
 	logEvent(newLogger(&b, "json"), ev)
 	var got map[string]any
@@ -91,17 +92,17 @@ func TestNotify(t *testing.T) {
 }
 
 func TestSameConfig(t *testing.T) {
-	a := maps.Config{Sequence: []maps.Port{{Num: 9000, Proto: maps.TCP}, {Num: 8000, Proto: maps.TCP}},
+	a := maps.Config{Sequence: []policy.Port{{Num: 9000, Proto: policy.TCP}, {Num: 8000, Proto: policy.TCP}},
 		StepTimeout: time.Minute, Open: time.Hour,
-		Protected: []maps.Port{{Num: 53, Proto: maps.UDP}, {Num: 22, Proto: maps.TCP}}, Generation: 3}
+		Protected: []policy.Port{{Num: 53, Proto: policy.UDP}, {Num: 22, Proto: policy.TCP}}, Generation: 3}
 	b := a
-	b.Protected = []maps.Port{{Num: 22, Proto: maps.TCP}, {Num: 53, Proto: maps.UDP}} // another order
+	b.Protected = []policy.Port{{Num: 22, Proto: policy.TCP}, {Num: 53, Proto: policy.UDP}} // another order
 	b.Generation = 9
-	if !sameConfig(a, b) {
+	if !a.Same(&b) {
 		t.Error("the same rules in another order, another generation: want the same")
 	}
 	b.Open = time.Minute
-	if sameConfig(a, b) {
+	if a.Same(&b) {
 		t.Error("another open window: want different")
 	}
 }

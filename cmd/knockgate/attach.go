@@ -10,8 +10,6 @@ import (
 	"github.com/knockgate/knockgate/config"
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
-	"github.com/knockgate/knockgate/policy"
-	"github.com/knockgate/knockgate/spa"
 )
 
 func attachCommand() *command {
@@ -102,7 +100,10 @@ func attach(e *env, s *config.Settings, explicit map[string]bool, self netip.Add
 		return reattach(e, name, s, explicit)
 	}
 
-	opts := s.LoaderOptions()
+	opts, err := s.LoaderOptions()
+	if err != nil {
+		return err
+	}
 	opts.Name = name
 	if self.IsValid() {
 		opts.Grants = append(opts.Grants, self)
@@ -123,7 +124,8 @@ func attach(e *env, s *config.Settings, explicit map[string]bool, self netip.Add
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "knockgate attached to %s: %s\n", describeIfaces(name, ifaces), describe(cfg, s.Allow))
+	p := cfg.Policy(s.Policy.Allow)
+	fmt.Fprintf(e.stdout, "knockgate attached to %s: %s\n", describeIfaces(name, ifaces), config.Summary(&p))
 	if self.IsValid() {
 		gr, _, err := g.LookupGrant(self)
 		if err != nil {
@@ -188,12 +190,13 @@ func reattach(e *env, name string, s *config.Settings, explicit map[string]bool)
 		return err
 	}
 	defer g.Close()
-	cfg, err := g.Config()
+	have, err := held(g)
 	if err != nil {
 		return err
 	}
-	if err := sameSettings(g, cfg, s, explicit); err != nil {
-		return err
+	if diff := config.Compare(s, &have, explicit); len(diff) > 0 {
+		return &messageError{fmt.Sprintf("gate %s exists with %s: change it with \"knockgate set\", or detach it first",
+			g.Name, strings.Join(diff, ", ")), loader.ErrAttached}
 	}
 	if _, err := g.Upgrade(); err != nil {
 		return err
@@ -219,93 +222,26 @@ func reattach(e *env, name string, s *config.Settings, explicit map[string]bool)
 		return &messageError{fmt.Sprintf("knockgate is already attached to %s (run \"knockgate detach %s\" first)",
 			strings.Join(s.Interfaces, ", "), name), loader.ErrAttached}
 	}
-	allow, err := g.AllowList()
-	if err != nil {
-		return err
-	}
 	fmt.Fprintf(e.stdout, "knockgate attached to %s (gate %s, kept with its grants): %s\n",
-		strings.Join(attached, ", "), name, describe(cfg, allow))
+		strings.Join(attached, ", "), name, config.Summary(&have.Policy))
 	return nil
 }
 
-// sameSettings refuses an attach to an existing gate whose explicit flags
-// ask for something the gate is not.
-func sameSettings(g *loader.Gate, cfg maps.Config, s *config.Settings, explicit map[string]bool) error {
-	var diff []string
-	want := s.Config()
-	if explicit["sequence"] && policy.FormatPorts(want.Sequence) != policy.FormatPorts(cfg.Sequence) {
-		diff = append(diff, "--sequence "+policy.FormatPorts(cfg.Sequence))
+// held is what the gate holds, for config.Compare.
+func held(g *loader.Gate) (config.Held, error) {
+	p, err := g.Policy()
+	if err != nil {
+		return config.Held{}, err
 	}
-	if explicit["step-timeout"] && want.StepTimeout != cfg.StepTimeout {
-		diff = append(diff, "--step-timeout "+cfg.StepTimeout.String())
+	keys, err := g.SPAKeys()
+	if err != nil {
+		return config.Held{}, err
 	}
-	if explicit["open"] && want.Open != cfg.Open {
-		diff = append(diff, "--open "+cfg.Open.String())
+	h := config.Held{Policy: p, Sizes: g.Sizes()}
+	for _, k := range keys {
+		h.SPAKeys = append(h.SPAKeys, k.Key)
 	}
-	if explicit["protect"] && (want.ProtectAll != cfg.ProtectAll || policy.FormatPorts(want.Protected) != policy.FormatPorts(cfg.Protected)) {
-		diff = append(diff, "--protect "+protectString(cfg))
-	}
-	if explicit["flows"] && want.Flows != cfg.Flows {
-		diff = append(diff, fmt.Sprintf("--flows=%v", cfg.Flows))
-	}
-	if explicit["flow-idle-tcp"] && want.FlowIdleTCP != cfg.FlowIdleTCP {
-		diff = append(diff, "--flow-idle-tcp "+cfg.FlowIdleTCP.String())
-	}
-	if explicit["flow-idle-udp"] && want.FlowIdleUDP != cfg.FlowIdleUDP {
-		diff = append(diff, "--flow-idle-udp "+cfg.FlowIdleUDP.String())
-	}
-	if (explicit["spa-port"] || explicit["spa-keys"]) && want.SPAPort != cfg.SPAPort {
-		diff = append(diff, fmt.Sprintf("--spa-port %d", cfg.SPAPort))
-	}
-	if explicit["spa-keys"] {
-		have, err := g.SPAKeys()
-		if err != nil {
-			return err
-		}
-		if !sameKeys(have, s.SPAKeys) {
-			diff = append(diff, fmt.Sprintf("other SPA keys (%d)", len(have)))
-		}
-	}
-	if explicit["spa-window"] && want.SPAWindow != cfg.SPAWindow {
-		diff = append(diff, "--spa-window "+cfg.SPAWindow.String())
-	}
-	if explicit["max-flows"] && loader.FlowSlots(s.MaxFlows) != g.Sizes().MaxFlows {
-		diff = append(diff, fmt.Sprintf("--max-flows %d", g.Sizes().MaxFlows))
-	}
-	if explicit["max-sources"] && s.MaxSources != g.Sizes().MaxSources {
-		diff = append(diff, fmt.Sprintf("--max-sources %d", g.Sizes().MaxSources))
-	}
-	if explicit["allow"] {
-		allow, err := g.AllowList()
-		if err != nil {
-			return err
-		}
-		if strings.Join(prefixList(allow), ",") != strings.Join(prefixList(s.Allow), ",") {
-			diff = append(diff, "--allow "+strings.Join(prefixList(allow), ","))
-		}
-	}
-	if len(diff) > 0 {
-		return &messageError{fmt.Sprintf("gate %s exists with %s: change it with \"knockgate set\", or detach it first",
-			g.Name, strings.Join(diff, ", ")), loader.ErrAttached}
-	}
-	return nil
-}
-
-// sameKeys: the gate holds exactly the keys of the file.
-func sameKeys(have []maps.SPAKey, want []spa.Key) bool {
-	if len(have) != len(want) {
-		return false
-	}
-	byID := map[uint32]spa.Key{}
-	for _, k := range have {
-		byID[k.ID] = k.Key
-	}
-	for _, k := range want {
-		if h, ok := byID[k.ID]; !ok || h != k {
-			return false
-		}
-	}
-	return true
+	return h, nil
 }
 
 // finishUndoneAttach removes a gate made by a safe-mode attach that was

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/knockgate/knockgate/loader"
-	"github.com/knockgate/knockgate/maps"
 	"github.com/knockgate/knockgate/policy"
 )
 
@@ -132,7 +131,7 @@ func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 
 // portsList is ports with the protocol always spelled out, for JSON: runs
 // of three or more as "1000-2000/tcp".
-func portsList(ports []maps.Port) []string {
+func portsList(ports []policy.Port) []string {
 	out := []string{}
 	for i := 0; i < len(ports); {
 		j := i
@@ -151,39 +150,10 @@ func portsList(ports []maps.Port) []string {
 	return out
 }
 
-// protectString is what a configuration protects, as --protect takes it.
-func protectString(cfg maps.Config) string {
-	if cfg.ProtectAll {
-		return "all"
-	}
-	return policy.FormatPorts(cfg.Protected)
-}
-
 func prefixList(prefixes []netip.Prefix) []string {
 	out := make([]string, len(prefixes))
 	for i, p := range prefixes {
 		out[i] = p.String()
 	}
 	return out
-}
-
-// describe is the one-line form of a configuration that attach and set
-// print: "sequence 9000,8000, step timeout 1m0s, open 30m0s, protecting 22".
-func describe(cfg maps.Config, allow []netip.Prefix) string {
-	seq := policy.FormatPorts(cfg.Sequence)
-	if len(cfg.Sequence) == 0 {
-		seq = "none"
-	}
-	s := fmt.Sprintf("sequence %s, step timeout %s, open %s, protecting %s",
-		seq, cfg.StepTimeout, cfg.Open, protectString(cfg))
-	if cfg.SPAPort != 0 {
-		s += fmt.Sprintf(", SPA on %d/udp (window ±%s)", cfg.SPAPort, cfg.SPAWindow)
-	}
-	if !cfg.Flows {
-		s += ", flows off"
-	}
-	if len(allow) > 0 {
-		s += ", allowing " + strings.Join(prefixList(allow), ",")
-	}
-	return s
 }

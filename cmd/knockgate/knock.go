@@ -13,7 +13,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/knockgate/knockgate/maps"
 	"github.com/knockgate/knockgate/policy"
 	"github.com/knockgate/knockgate/spa"
 )
@@ -52,7 +51,7 @@ func knockCommand() *command {
 		minArgs: 1, maxArgs: -1,
 		flags: fs,
 		run: func(e *env, args []string) error {
-			var ports []maps.Port
+			var ports []policy.Port
 			for _, a := range args[1:] {
 				p, err := policy.ParsePorts(a)
 				if err != nil {
@@ -265,9 +264,9 @@ func sleep(ctx context.Context, d time.Duration) error {
 }
 
 // knock sends one knock to port p of addr.
-func knock(addr netip.Addr, p maps.Port) error {
+func knock(addr netip.Addr, p policy.Port) error {
 	var err error
-	if p.Proto == maps.UDP {
+	if p.Proto == policy.UDP {
 		err = knockUDP(addr, p.Num)
 	} else {
 		err = knockTCP(addr, p.Num)

@@ -11,7 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/policy"
 	"github.com/knockgate/knockgate/test/netns"
 )
 
@@ -68,7 +68,7 @@ func TestKnockListener(t *testing.T) {
 	}
 	defer l.Close()
 	port := netip.MustParseAddrPort(l.Addr().String()).Port()
-	if err := knock(netip.MustParseAddr("127.0.0.1"), maps.Port{Num: port, Proto: maps.TCP}); err != nil {
+	if err := knock(netip.MustParseAddr("127.0.0.1"), policy.Port{Num: port, Proto: policy.TCP}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -117,12 +117,12 @@ func TestKnockSendsOneSYN(t *testing.T) {
 		// Closed ports: the RSTs they answer with go the other way
 		// (source port knockPort), so a packet *to* knockPort can only
 		// come from the knocking socket.
-		if err := knock(lo, maps.Port{Num: knockPort, Proto: maps.TCP}); err != nil {
+		if err := knock(lo, policy.Port{Num: knockPort, Proto: policy.TCP}); err != nil {
 			return err
 		}
 		// The marker: once it is seen, everything the first knock sent
 		// before it has been seen too.
-		if err := knock(lo, maps.Port{Num: markPort, Proto: maps.TCP}); err != nil {
+		if err := knock(lo, policy.Port{Num: markPort, Proto: policy.TCP}); err != nil {
 			return err
 		}
 		var toKnock []string

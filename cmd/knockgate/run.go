@@ -50,8 +50,8 @@ func runCommand() *command {
 				if err != nil {
 					return configError(err)
 				}
-				fmt.Fprintf(e.stdout, "%s: gate %s on %s: %s\n", path, s.Gate, strings.Join(s.Interfaces, ", "),
-					describe(s.Config(), s.Allow))
+				p := s.Config()
+				fmt.Fprintf(e.stdout, "%s: gate %s on %s: %s\n", path, s.Gate, strings.Join(s.Interfaces, ", "), config.Summary(&p))
 				return nil
 			}
 			if err := checkPinAccess(); err != nil {

@@ -8,7 +8,6 @@ import (
 	"github.com/knockgate/knockgate/config"
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
-	"github.com/knockgate/knockgate/spa"
 )
 
 func setCommand() *command {
@@ -39,7 +38,7 @@ func setCommand() *command {
 		run: func(e *env, args []string) error {
 			changed := flags.Changed()
 			if len(changed) == 0 {
-				return usagef("set: nothing to change (give --sequence, --step-timeout, --open, --protect, --flows, --flow-idle-tcp, --flow-idle-udp, --spa-port, --spa-keys or --spa-window)")
+				return usagef("set: nothing to change (give %s)", config.FlagList(config.Set))
 			}
 			var within time.Duration
 			if fs.Changed("confirm") {
@@ -79,43 +78,21 @@ func setCommand() *command {
 				}
 			}
 			cfg, err := g.UpdateConfig(func(cfg *maps.Config) error {
-				if changed["sequence"] {
-					cfg.Sequence = upd.Sequence
+				// The flags given change the policy in force; the rest
+				// of it stays.
+				p := cfg.Policy(nil)
+				config.Merge(&p, &upd, changed)
+				// A combination the program cannot run (a step that is
+				// also protected) is the user's mistake: nothing is written.
+				if err := p.Validate(); err != nil {
+					return &usageError{err}
 				}
-				if changed["step-timeout"] {
-					cfg.StepTimeout = upd.StepTimeout
-				}
-				if changed["open"] {
-					cfg.Open = upd.Open
-				}
-				if changed["protect"] {
-					cfg.Protected, cfg.ProtectAll = upd.Protect, upd.ProtectAll
-				}
-				if changed["flows"] {
-					cfg.Flows = upd.Flows
-				}
-				if changed["flow-idle-tcp"] {
-					cfg.FlowIdleTCP = upd.FlowIdleTCP
-				}
-				if changed["flow-idle-udp"] {
-					cfg.FlowIdleUDP = upd.FlowIdleUDP
-				}
-				if changed["spa-port"] {
-					cfg.SPAPort = upd.SPAPort
-				} else if changed["spa-keys"] && cfg.SPAPort == 0 {
-					cfg.SPAPort = spa.DefaultPort
-				}
-				if changed["spa-window"] {
-					cfg.SPAWindow = upd.SPAWindow
+				if err := cfg.SetPolicy(&p); err != nil {
+					return err
 				}
 				cfg.ConfirmBy = 0
 				if within > 0 {
 					cfg.ConfirmBy = maps.BootAfter(within)
-				}
-				// A combination the program cannot run (a step that is
-				// also protected) is the user's mistake: nothing is written.
-				if err := cfg.Validate(); err != nil {
-					return &usageError{err}
 				}
 				return nil
 			})
@@ -140,7 +117,8 @@ func setCommand() *command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(e.stdout, "knockgate on %s updated (%s, generation %d): %s\n", g.Name, modes(ifaces), cfg.Generation, describe(cfg, allow))
+			p := cfg.Policy(allow)
+			fmt.Fprintf(e.stdout, "knockgate on %s updated (%s, generation %d): %s\n", g.Name, modes(ifaces), cfg.Generation, config.Summary(&p))
 			if within > 0 {
 				fmt.Fprintf(e.stdout, "safe mode: unless \"knockgate confirm %s\" runs by %s, the previous configuration comes back\n",
 					g.Name, stamp(maps.BootToTime(cfg.ConfirmBy)))

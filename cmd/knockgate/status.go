@@ -4,14 +4,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/knockgate/knockgate/config"
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
-	"github.com/knockgate/knockgate/policy"
 	"github.com/knockgate/knockgate/service"
 )
 
@@ -118,7 +119,7 @@ type gateStatus struct {
 	verdicts  [maps.IfaceSlots]maps.VerdictCounts
 	cfg       maps.Config
 	safe      maps.SafeMode
-	allow     []string
+	allow     []netip.Prefix
 	counters  maps.Counters
 	sources   []maps.SourceState
 	flows     []maps.Flow // live ones
@@ -191,11 +192,9 @@ func readStatus(arg string) (*gateStatus, error) {
 	if st.safe, err = g.SafeMode(); err != nil {
 		return nil, err
 	}
-	allow, err := g.AllowList()
-	if err != nil {
+	if st.allow, err = g.AllowList(); err != nil {
 		return nil, err
 	}
-	st.allow = prefixList(allow)
 	if st.counters, err = g.Counters(); err != nil {
 		return nil, err
 	}
@@ -271,7 +270,7 @@ func (st *gateStatus) json() statusJSON {
 	out := statusJSON{
 		Gate:       st.gate,
 		Interfaces: []ifaceJSON{},
-		Config:     encodeConfig(st.cfg, st.allow),
+		Config:     encodeConfig(st.cfg, prefixList(st.allow)),
 		Counters:   make(map[string]uint64, len(maps.CounterNames)),
 		Sources:    []sourceJSON{},
 	}
@@ -296,7 +295,7 @@ func (st *gateStatus) json() statusJSON {
 			state = "lapsed"
 		}
 		out.SafeMode = &safeModeJSON{State: state, Deadline: stamp(maps.BootToTime(st.safe.Deadline)),
-			Previous: encodeConfig(st.safe.Previous, st.allow)}
+			Previous: encodeConfig(st.safe.Previous, prefixList(st.allow))}
 	}
 	for i, name := range maps.CounterNames {
 		out.Counters[name] = st.counters[i]
@@ -332,10 +331,6 @@ func (st *gateStatus) json() statusJSON {
 }
 
 func (st *gateStatus) print(w io.Writer, now time.Time) {
-	allow := "none"
-	if len(st.allow) > 0 {
-		allow = strings.Join(st.allow, ",")
-	}
 	fmt.Fprintf(w, "knockgate on %s\n", describeIfaces(st.gate, st.ifaces))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	for _, ifc := range st.ifaces {
@@ -348,15 +343,10 @@ func (st *gateStatus) print(w io.Writer, now time.Time) {
 			fmt.Fprintf(tw, "  %s:\twaiting: not attached yet (the interface was not there)\n", ifc.Name)
 		}
 	}
-	seq := policy.FormatPorts(st.cfg.Sequence)
-	if len(st.cfg.Sequence) == 0 {
-		seq = "none (SPA only)"
+	p := st.cfg.Policy(st.allow)
+	for _, l := range config.Lines(&p) {
+		fmt.Fprintf(tw, "  %s:\t%s\n", l.Label, l.Value)
 	}
-	fmt.Fprintf(tw, "  sequence:\t%s\n", seq)
-	fmt.Fprintf(tw, "  step timeout:\t%s\n", st.cfg.StepTimeout)
-	fmt.Fprintf(tw, "  open:\t%s\n", st.cfg.Open)
-	fmt.Fprintf(tw, "  protecting:\t%s\n", protectString(st.cfg))
-	fmt.Fprintf(tw, "  allowing:\t%s\n", allow)
 	fmt.Fprintf(tw, "  generation:\t%d\n", st.cfg.Generation)
 	if st.cfg.Flows {
 		fmt.Fprintf(tw, "  flows:\t%d live of %d slots (idle: tcp %s, udp %s)\n", len(st.flows), st.maxFlows, st.cfg.FlowIdleTCP, st.cfg.FlowIdleUDP)

@@ -29,8 +29,12 @@ func TestConfigRoundTrip(t *testing.T) {
 	if err := flags.Apply(&s); err != nil {
 		t.Fatal(err)
 	}
-	cfg := s.Config()
-	allow := s.Allow
+	p := s.Config()
+	cfg, err := maps.FromPolicy(&p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	allow := p.Allow
 	cfg.Generation = 7
 	cfg.AllowCount = uint32(len(allow))
 
@@ -51,9 +55,9 @@ func TestConfigRoundTrip(t *testing.T) {
 	if err := json.Unmarshal(text, &back); err != nil {
 		t.Fatal(err)
 	}
-	parsePorts := func(list []string) []maps.Port {
+	parsePorts := func(list []string) []policy.Port {
 		t.Helper()
-		var out []maps.Port
+		var out []policy.Port
 		for _, s := range list {
 			p, err := policy.ParsePort(s)
 			if err != nil {
@@ -102,9 +106,9 @@ func TestStatusJSONShape(t *testing.T) {
 		gate:   "kgc0",
 		ifaces: []loader.Iface{{Name: "kgc0", State: loader.Attached, Mode: loader.ModeNative, Ifindex: 7}},
 		cfg: maps.Config{
-			Sequence:    []maps.Port{{Num: 9000, Proto: maps.TCP}, {Num: 8000, Proto: maps.TCP}},
+			Sequence:    []policy.Port{{Num: 9000, Proto: policy.TCP}, {Num: 8000, Proto: policy.TCP}},
 			StepTimeout: time.Minute, Open: 30 * time.Minute,
-			Protected:  []maps.Port{{Num: 22, Proto: maps.TCP}},
+			Protected:  []policy.Port{{Num: 22, Proto: policy.TCP}},
 			Generation: 1,
 		},
 	}
@@ -178,22 +182,22 @@ func TestEventFormats(t *testing.T) {
 		json  string
 	}{
 		{
-			maps.Event{Time: at, Type: "knock", Src: src, Port: maps.Port{Num: 9000, Proto: maps.TCP}, Stage: 1, Expires: at.Add(time.Minute)},
+			maps.Event{Time: at, Type: "knock", Src: src, Port: policy.Port{Num: 9000, Proto: policy.TCP}, Stage: 1, Expires: at.Add(time.Minute)},
 			"2026-11-26T13:40:01Z knock  10.0.0.2 -> 9000/tcp stage 1/2 (next step before 13:41:01)",
 			`{"time":"2026-11-26T13:40:01.123456789Z","type":"knock","src":"10.0.0.2","port":9000,"proto":"tcp","stage":1,"expires":"2026-11-26T13:41:01Z"}`,
 		},
 		{
-			maps.Event{Time: at, Type: "reset", Src: src, Port: maps.Port{Num: 1234, Proto: maps.UDP}, Stage: 1},
+			maps.Event{Time: at, Type: "reset", Src: src, Port: policy.Port{Num: 1234, Proto: policy.UDP}, Stage: 1},
 			"2026-11-26T13:40:01Z reset  10.0.0.2 -> 1234/udp (was at stage 1/2)",
 			`{"time":"2026-11-26T13:40:01.123456789Z","type":"reset","src":"10.0.0.2","port":1234,"proto":"udp","stage":1}`,
 		},
 		{
-			maps.Event{Time: at, Type: "open", Src: netip.MustParseAddr("2001:db8::2"), Port: maps.Port{Num: 8000, Proto: maps.TCP}, Stage: 2, Expires: at.Add(30 * time.Minute)},
+			maps.Event{Time: at, Type: "open", Src: netip.MustParseAddr("2001:db8::2"), Port: policy.Port{Num: 8000, Proto: policy.TCP}, Stage: 2, Expires: at.Add(30 * time.Minute)},
 			"2026-11-26T13:40:01Z open   2001:db8::2 -> 8000/tcp granted until 2026-11-26T14:10:01Z",
 			`{"time":"2026-11-26T13:40:01.123456789Z","type":"open","src":"2001:db8::2","port":8000,"proto":"tcp","stage":2,"expires":"2026-11-26T14:10:01Z"}`,
 		},
 		{
-			maps.Event{Time: at, Type: "expire", Src: src, Port: maps.Port{Num: 22, Proto: maps.TCP}, Expires: at.Add(-time.Second)},
+			maps.Event{Time: at, Type: "expire", Src: src, Port: policy.Port{Num: 22, Proto: policy.TCP}, Expires: at.Add(-time.Second)},
 			"2026-11-26T13:40:01Z expire 10.0.0.2 -> 22/tcp grant expired at 2026-11-26T13:40:00Z",
 			`{"time":"2026-11-26T13:40:01.123456789Z","type":"expire","src":"10.0.0.2","port":22,"proto":"tcp","stage":0,"expires":"2026-11-26T13:40:00Z"}`,
 		},
