@@ -226,7 +226,7 @@ func BenchmarkKnockgate(b *testing.B) {
 			set := maps.FromObjects(&objs.KnockgateMaps)
 			// Flows on, as by default: a stranger's non-SYN also checks
 			// the flow table's tags.
-			cfg := maps.Config{
+			cfg := conf{
 				Sequence:    seq,
 				StepTimeout: 10 * time.Second,
 				Open:        time.Hour,
@@ -236,11 +236,11 @@ func BenchmarkKnockgate(b *testing.B) {
 			if path.knock {
 				cfg.StepTimeout = time.Nanosecond
 			}
-			if _, err := set.WriteConfig(cfg); err != nil {
+			if _, err := set.WriteConfig(cfg.config()); err != nil {
 				b.Fatal(err)
 			}
 			// f.other is the granted source; f.src the stranger.
-			if err := set.Grant(f.other, maps.BootAfter(time.Hour)); err != nil {
+			if err := set.Grant(f.other, "default", maps.BootAfter(time.Hour)); err != nil {
 				b.Fatal(err)
 			}
 			if path.stale {
@@ -333,7 +333,7 @@ func drain(b *testing.B, rd *ringbuf.Reader) {
 // IPv4 source address of the frame (BPF_PROG_TEST_RUN keeps the frame as the
 // last run left it) and tail-calls the gate, n times in one call. It returns
 // the number of slots of the knock table that hold progress afterwards.
-func churn(b *testing.B, objs *bpf.KnockgateObjects, frame []byte, n int) int {
+func churn(b *testing.B, objs *loader.Objects, frame []byte, n int) int {
 	b.Helper()
 	progs, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.ProgramArray, KeySize: 4, ValueSize: 4, MaxEntries: 1})
 	if err != nil {
@@ -388,7 +388,7 @@ func churn(b *testing.B, objs *bpf.KnockgateObjects, frame []byte, n int) int {
 func BenchmarkStranger(b *testing.B) {
 	netns.Require(b)
 	f := families[0]
-	cfg := maps.Config{Sequence: seq, StepTimeout: 10 * time.Second, Open: time.Hour, Protected: []maps.Port{ssh, mdns},
+	cfg := conf{Sequence: seq, StepTimeout: 10 * time.Second, Open: time.Hour, Protected: []maps.Port{ssh, mdns},
 		Flows: true, FlowIdleTCP: 24 * time.Hour, FlowIdleUDP: 3 * time.Minute}
 	states := []struct {
 		name       string
@@ -425,14 +425,14 @@ func BenchmarkStranger(b *testing.B) {
 				}
 				if st.churn > 0 {
 					c.StepTimeout = st.stepNs
-					if _, err := set.WriteConfig(c); err != nil {
+					if _, err := set.WriteConfig(c.config()); err != nil {
 						b.Fatal(err)
 					}
 					start := f.frame(netip.MustParseAddr("10.79.0.1"), seq[0]).Bytes()
 					if used, slots := churn(b, objs, start, st.churn), int(objs.Knocks.MaxEntries()); used < slots*99/100 {
 						b.Fatalf("after %d spoofed first knocks, %d of %d slots hold progress", st.churn, used, slots)
 					}
-				} else if _, err := set.WriteConfig(c); err != nil {
+				} else if _, err := set.WriteConfig(c.config()); err != nil {
 					b.Fatal(err)
 				}
 				bare := bareDrop(b)
@@ -505,12 +505,12 @@ func BenchmarkFlows(b *testing.B) {
 			}
 			b.Cleanup(func() { objs.Close() })
 			set := maps.FromObjects(&objs.KnockgateMaps)
-			cfg := maps.Config{Sequence: seq, StepTimeout: 10 * time.Second, Open: time.Hour, Protected: []maps.Port{ssh},
+			cfg := conf{Sequence: seq, StepTimeout: 10 * time.Second, Open: time.Hour, Protected: []maps.Port{ssh},
 				ProtectAll: path.protectAll, Flows: true, FlowIdleTCP: 24 * time.Hour, FlowIdleUDP: 3 * time.Minute}
 			if cfg.SlotKey, err = maps.NewSlotKey(); err != nil {
 				b.Fatal(err)
 			}
-			if _, err := set.WriteConfig(cfg); err != nil {
+			if _, err := set.WriteConfig(cfg.config()); err != nil {
 				b.Fatal(err)
 			}
 			if path.fullTags {
@@ -576,7 +576,7 @@ func BenchmarkSPA(b *testing.B) {
 	set := maps.FromObjects(&objs.KnockgateMaps)
 	cfg := spaConfig()
 	cfg.Flows, cfg.FlowIdleTCP, cfg.FlowIdleUDP = true, 24*time.Hour, 3*time.Minute
-	if _, err := set.WriteConfig(cfg); err != nil {
+	if _, err := set.WriteConfig(cfg.config()); err != nil {
 		b.Fatal(err)
 	}
 	if err := set.SetSPAKeys([]spa.Key{plainKey, anyKey}); err != nil {
@@ -593,7 +593,7 @@ func BenchmarkSPA(b *testing.B) {
 	// The valid packets are stamped ahead and the window widened, so the
 	// replayed one stays in it for as long as the benchmark runs.
 	cfg.SPAWindow = time.Hour
-	if _, err := set.WriteConfig(cfg); err != nil {
+	if _, err := set.WriteConfig(cfg.config()); err != nil {
 		b.Fatal(err)
 	}
 	for _, c := range []struct {

@@ -36,7 +36,7 @@ func (g *gate) backdateConfirm() {
 	}
 }
 
-func safeChange() maps.Config {
+func safeChange() conf {
 	c := defaultConfig()
 	c.Sequence = []maps.Port{tcp(7100), tcp(7200)}
 	c.ConfirmBy = maps.BootAfter(time.Minute)
@@ -57,7 +57,7 @@ func TestSafeModeRollsBack(t *testing.T) {
 		}
 		g.expect("new step 1 while pending", f.knock(f.src, tcp(7100)), xdpDrop, "dropped_knock", "knock_advanced")
 		g.expect("old step 1 while pending", f.knock(f.other, seq[0]), xdpPass, "passed")
-		if _, err := g.maps.WriteConfig(defaultConfig()); !errors.Is(err, maps.ErrAwaitingConfirm) {
+		if _, err := g.maps.WriteConfig(defaultConfig().config()); !errors.Is(err, maps.ErrAwaitingConfirm) {
 			t.Errorf("write while a change awaits confirmation: %v, want ErrAwaitingConfirm", err)
 		}
 
@@ -82,7 +82,7 @@ func TestSafeModeRollsBack(t *testing.T) {
 		}
 		g.expect("old step 2 after the rollback", f.knock(f.other, seq[1]), xdpDrop, "dropped_knock", "knock_advanced")
 		// A later change gets a generation no progress has seen.
-		next, err := g.maps.WriteConfig(defaultConfig())
+		next, err := g.maps.WriteConfig(defaultConfig().config())
 		if err != nil || next.Generation <= sm.Change.Generation {
 			t.Errorf("change after the rollback: generation %d (%v), want above %d", next.Generation, err, sm.Change.Generation)
 		}

@@ -18,7 +18,7 @@ import (
 const tcxNext = 0xffffffff
 
 // flowConfig is the default gate with flows on.
-func flowConfig() maps.Config {
+func flowConfig() conf {
 	c := defaultConfig()
 	c.Flows, c.FlowIdleTCP, c.FlowIdleUDP = true, time.Hour, 3*time.Minute
 	return c
@@ -26,7 +26,7 @@ func flowConfig() maps.Config {
 
 // protectAll is the seed's "drop everything else": every port protected,
 // knocks still knocks, flows on.
-func protectAll() maps.Config {
+func protectAll() conf {
 	c := flowConfig()
 	c.Protected, c.ProtectAll = nil, true
 	return c
@@ -146,13 +146,13 @@ func TestFlowOutlivesGrant(t *testing.T) {
 	forFamilies(t, func(t *testing.T, f family) {
 		g := newGate(t, flowConfig())
 		ssh := f.conn(22, f.src, 40000, maps.TCP)
-		if err := g.maps.Grant(f.src, maps.BootAfter(time.Minute)); err != nil {
+		if err := g.maps.Grant(f.src, "default", maps.BootAfter(time.Minute)); err != nil {
 			t.Fatal(err)
 		}
 		g.expect("SYN with a grant", ssh.in(packet.SYN), xdpPass, "passed_granted")
 		g.send("host's SYN+ACK", ssh.out(packet.SYN|packet.ACK), "flows_learned")
 		g.expect("ACK with a grant", ssh.in(packet.ACK), xdpPass, "passed_flow")
-		if _, err := g.maps.Revoke(f.src); err != nil {
+		if _, err := g.maps.Revoke(f.src, ""); err != nil {
 			t.Fatal(err)
 		}
 		g.expect("session data after the grant", ssh.in(packet.ACK|packet.PSH), xdpPass, "passed_flow")
@@ -294,7 +294,7 @@ func TestFlowICMPErrors(t *testing.T) {
 		router := f.other
 		sent := packet.TCP(f.dst, f.src, 22, 40000, packet.ACK|packet.PSH)
 		g.expect("too big, no flow", packet.TooBig(router, f.dst, sent).Bytes(), xdpDrop, "dropped_protected")
-		if err := g.maps.Grant(f.src, maps.BootAfter(time.Minute)); err != nil {
+		if err := g.maps.Grant(f.src, "default", maps.BootAfter(time.Minute)); err != nil {
 			t.Fatal(err)
 		}
 		g.send("host's SYN+ACK", ssh.out(packet.SYN|packet.ACK), "flows_learned")

@@ -17,6 +17,7 @@ import (
 	"github.com/knockgate/knockgate/bpf"
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/policy"
 	"github.com/knockgate/knockgate/test/netns"
 	"github.com/knockgate/knockgate/test/packet"
 )
@@ -42,8 +43,44 @@ var (
 	unrelated = tcp(443)
 )
 
-func defaultConfig() maps.Config {
+// conf is a gate's configuration as these tests write it: the service
+// default's settings flat beside the gate's, other services beside, and
+// what the write of it installed (Generation, TAIOffset, SlotKey).
+type conf struct {
+	Sequence    []maps.Port
+	StepTimeout time.Duration
+	Open        time.Duration
+	Protected   []maps.Port
+	ProtectAll  bool
+	Flows       bool
+	FlowIdleTCP time.Duration
+	FlowIdleUDP time.Duration
+	SPAPort     uint16
+	SPAWindow   time.Duration
+	Allow       []netip.Prefix
+	Services    []policy.Service // beside default
+	ConfirmBy   uint64
+	SlotKey     [2]uint64
+	Generation  uint32
+	TAIOffset   time.Duration
+}
+
+// config is c as the maps take it.
+func (c conf) config() maps.Config {
 	return maps.Config{
+		Policy: policy.Policy{
+			Services: append([]policy.Service{{Name: policy.DefaultService, Sequence: c.Sequence, StepTimeout: c.StepTimeout,
+				Open: c.Open, Protect: c.Protected, ProtectAll: c.ProtectAll}}, c.Services...),
+			Allow: c.Allow, Flows: c.Flows, FlowIdleTCP: c.FlowIdleTCP, FlowIdleUDP: c.FlowIdleUDP,
+			SPAPort: c.SPAPort, SPAWindow: c.SPAWindow,
+		},
+		ConfirmBy: c.ConfirmBy,
+		SlotKey:   c.SlotKey,
+	}
+}
+
+func defaultConfig() conf {
+	return conf{
 		Sequence:    seq,
 		StepTimeout: 10 * time.Second,
 		Open:        30 * time.Second,
@@ -105,15 +142,17 @@ func (f family) tcp(src netip.Addr, port uint16, flags uint8) []byte {
 // gate is one loaded, unattached program with its maps and an events reader.
 type gate struct {
 	t    *testing.T
-	objs *bpf.KnockgateObjects
+	objs *loader.Objects
 	maps *maps.Set
-	cfg  maps.Config // as installed, with its generation
+	cfg  conf // as installed, with its generation
 	rd   *ringbuf.Reader
+	// allow is the allow list every configuration the test writes keeps.
+	allow []netip.Prefix
 }
 
 // newGate loads the program and installs cfg (unless it has no sequence:
 // then the program runs with the empty configuration it loads with).
-func newGate(t *testing.T, cfg maps.Config, allow ...netip.Prefix) *gate {
+func newGate(t *testing.T, cfg conf, allow ...netip.Prefix) *gate {
 	t.Helper()
 	return newGateTuned(t, loader.Tuning{}, cfg, allow...)
 }
@@ -121,20 +160,14 @@ func newGate(t *testing.T, cfg maps.Config, allow ...netip.Prefix) *gate {
 // newGateTuned is newGate with load-time constants: TestClock gives the
 // test a clock of its own (setClock), so that nothing it checks races the
 // wall clock.
-func newGateTuned(t *testing.T, tuning loader.Tuning, cfg maps.Config, allow ...netip.Prefix) *gate {
+func newGateTuned(t *testing.T, tuning loader.Tuning, cfg conf, allow ...netip.Prefix) *gate {
 	t.Helper()
 	objs, err := loader.LoadTuned(loader.Sizes{MaxSources: testSources}, tuning)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { objs.Close() })
-	g := &gate{t: t, objs: objs, maps: maps.FromObjects(&objs.KnockgateMaps)}
-	if len(allow) > 0 {
-		if err := g.maps.SetAllow(allow); err != nil {
-			t.Fatal(err)
-		}
-		cfg.AllowCount = uint32(len(allow))
-	}
+	g := &gate{t: t, objs: objs, maps: maps.FromObjects(&objs.KnockgateMaps), allow: allow}
 	if len(cfg.Sequence) > 0 {
 		g.configure(cfg)
 	}
@@ -145,15 +178,19 @@ func newGateTuned(t *testing.T, tuning loader.Tuning, cfg maps.Config, allow ...
 	return g
 }
 
-// configure writes cfg (keeping the allow count) and records what was
-// installed.
-func (g *gate) configure(cfg maps.Config) {
+// configure writes cfg (with the gate's allow list unless it has one) and
+// records what was installed.
+func (g *gate) configure(cfg conf) {
 	g.t.Helper()
-	installed, err := g.maps.WriteConfig(cfg)
+	if cfg.Allow == nil {
+		cfg.Allow = g.allow
+	}
+	installed, err := g.maps.WriteConfig(cfg.config())
 	if err != nil {
 		g.t.Fatal(err)
 	}
-	g.cfg = installed
+	cfg.Generation, cfg.TAIOffset, cfg.SlotKey = installed.Generation, installed.TAIOffset, installed.SlotKey
+	g.cfg = cfg
 }
 
 // setClock sets the clocks of a gate loaded with TestClock: its Unix time
@@ -245,7 +282,7 @@ func (g *gate) progress(addr netip.Addr) (bpf.KnockgateKnockSlot, bool) {
 
 func (g *gate) grant(addr netip.Addr) (bpf.KnockgateGrant, bool) {
 	g.t.Helper()
-	gr, ok, err := g.maps.LookupGrant(addr)
+	gr, ok, err := g.maps.LookupGrant(addr, "default")
 	if err != nil {
 		g.t.Fatal(err)
 	}
@@ -344,7 +381,7 @@ func (g *gate) knockSteps(f family, src netip.Addr, n int) {
 func TestUnconfiguredPassesEverything(t *testing.T) {
 	netns.Require(t)
 	forFamilies(t, func(t *testing.T, f family) {
-		g := newGate(t, maps.Config{})
+		g := newGate(t, conf{})
 		g.expect("SYN to 22", f.knock(f.src, ssh), xdpPass, "passed")
 		g.expect("SYN to 7000", f.knock(f.src, tcp(7000)), xdpPass, "passed")
 		g.noProgress("after SYN to 7000", f.src)
@@ -367,7 +404,7 @@ func TestProtectedPort(t *testing.T) {
 		g.noGrant("after unauthorised traffic", f.src)
 
 		expires := maps.BootAfter(time.Minute)
-		if err := g.maps.Grant(f.src, expires); err != nil {
+		if err := g.maps.Grant(f.src, "default", expires); err != nil {
 			t.Fatal(err)
 		}
 		g.expect("SYN to 22 with grant", f.knock(f.src, ssh), xdpPass, "passed_granted")
@@ -654,7 +691,7 @@ func TestExpiredGrantReportedOnce(t *testing.T) {
 	forFamilies(t, func(t *testing.T, f family) {
 		g := newGate(t, defaultConfig())
 		past := maps.BootNow() - uint64(time.Second)
-		if err := g.maps.Grant(f.src, past); err != nil {
+		if err := g.maps.Grant(f.src, "default", past); err != nil {
 			t.Fatal(err)
 		}
 		g.expect("SYN to 22 with an expired grant", f.knock(f.src, ssh), xdpDrop, "dropped_protected", "grant_expired")
@@ -670,7 +707,7 @@ func TestExpiredGrantReportedOnce(t *testing.T) {
 		g.expectEvents("after the report")
 
 		// An expired grant does not block a new sequence either.
-		if err := g.maps.Grant(f.src, past); err != nil {
+		if err := g.maps.Grant(f.src, "default", past); err != nil {
 			t.Fatal(err)
 		}
 		g.expect("step 1 with an expired grant", f.knock(f.src, seq[0]), xdpDrop, "dropped_knock", "knock_advanced", "grant_expired")
@@ -691,7 +728,7 @@ func TestNewGenerationVoidsProgressKeepsGrants(t *testing.T) {
 		g := newGate(t, cfg)
 		g.knockSteps(f, f.src, 2)
 		expires := maps.BootAfter(time.Hour)
-		if err := g.maps.Grant(f.other, expires); err != nil {
+		if err := g.maps.Grant(f.other, "default", expires); err != nil {
 			t.Fatal(err)
 		}
 		old := g.cfg.Generation
@@ -743,7 +780,7 @@ func TestKnocksFromGrantedSource(t *testing.T) {
 		// shorten it.
 		long := maps.BootAfter(time.Hour)
 		g.knockSteps(f, f.other, 2)
-		if err := g.maps.Grant(f.other, long); err != nil {
+		if err := g.maps.Grant(f.other, "default", long); err != nil {
 			t.Fatal(err)
 		}
 		g.expect("last step while holding a longer grant", f.knock(f.other, seq[2]), xdpDrop, "dropped_knock", "knock_advanced", "granted")
@@ -923,7 +960,7 @@ func TestVerdictCounters(t *testing.T) {
 	netns.Require(t)
 	forFamilies(t, func(t *testing.T, f family) {
 		g := newGate(t, defaultConfig(), f.allow)
-		if err := g.maps.Grant(f.other, maps.BootAfter(time.Minute)); err != nil {
+		if err := g.maps.Grant(f.other, "default", maps.BootAfter(time.Minute)); err != nil {
 			t.Fatal(err)
 		}
 		ipHdr := 14 + 20
@@ -959,7 +996,7 @@ func TestHintCountsFollowGrants(t *testing.T) {
 		g := newGate(t, defaultConfig())
 		count := func(what string, want uint64) {
 			t.Helper()
-			n, err := g.maps.HintCount(f.src)
+			n, err := g.maps.HintCount(maps.GrantKey(f.src, 0))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -977,21 +1014,21 @@ func TestHintCountsFollowGrants(t *testing.T) {
 
 		g.knockSteps(f, f.src, len(seq)) // progress deleted, grant made
 		count("granted", 1)
-		if _, err := g.maps.Revoke(f.src); err != nil {
+		if _, err := g.maps.Revoke(f.src, ""); err != nil {
 			t.Fatal(err)
 		}
 		count("revoked", 0)
 
-		if err := g.maps.Grant(f.src, maps.BootNow()-1); err != nil {
+		if err := g.maps.Grant(f.src, "default", maps.BootNow()-1); err != nil {
 			t.Fatal(err)
 		}
-		if err := g.maps.Grant(f.src, maps.BootNow()-1); err != nil { // replaced, not added
+		if err := g.maps.Grant(f.src, "default", maps.BootNow()-1); err != nil { // replaced, not added
 			t.Fatal(err)
 		}
 		count("granted from Go", 1)
 		g.expect("SYN to 22, grant expired", f.knock(f.src, ssh), xdpDrop, "dropped_protected", "grant_expired")
 		count("expired grant, left in place", 1)
-		if _, err := g.maps.Revoke(f.src); err != nil {
+		if _, err := g.maps.Revoke(f.src, ""); err != nil {
 			t.Fatal(err)
 		}
 		count("expired grant revoked", 0)
@@ -1057,7 +1094,7 @@ func TestV4MappedIPv6SourceDropped(t *testing.T) {
 	f := families[1]
 	g := newGate(t, defaultConfig())
 	v4 := families[0].src
-	if err := g.maps.Grant(v4, maps.BootAfter(time.Hour)); err != nil {
+	if err := g.maps.Grant(v4, "default", maps.BootAfter(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	mapped := netip.AddrFrom16(v4.As16())

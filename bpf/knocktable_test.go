@@ -188,7 +188,7 @@ func TestFreedSlots(t *testing.T) {
 	})
 }
 
-func defaultConfigKeyed(key [2]uint64) maps.Config {
+func defaultConfigKeyed(key [2]uint64) conf {
 	c := defaultConfig()
 	c.SlotKey = key
 	return c
@@ -204,7 +204,7 @@ func TestSlotKeyKept(t *testing.T) {
 	c.Open *= 2
 	g.configure(c)
 	got, err := g.maps.ReadConfig()
-	if err != nil || got.SlotKey != key || got.Open != c.Open {
+	if err != nil || got.SlotKey != key || got.Policy.Default().Open != c.Open {
 		t.Errorf("after a write without a key: key %x (%v), want %x", got.SlotKey, err, key)
 	}
 }
@@ -232,7 +232,7 @@ func TestFullSetConcurrently(t *testing.T) {
 					g.objs.Knockgate.Run(runOpts(s))
 				}
 				// Back to no grant, so the next round's sequence counts.
-				g.maps.Revoke(a)
+				g.maps.Revoke(a, "")
 			}
 		}()
 		go func() {
@@ -291,7 +291,7 @@ func TestKnockTagsFollowSlots(t *testing.T) {
 		}
 		check("progress written from Go", true)
 		g.expect("step 2 after Go's write", f.knock(f.src, seq[1]), xdpDrop, "dropped_knock", "knock_advanced")
-		if _, err := g.maps.Revoke(f.src); err != nil {
+		if _, err := g.maps.Revoke(f.src, ""); err != nil {
 			t.Fatal(err)
 		}
 		check("revoked", false)

@@ -30,22 +30,22 @@ var (
 		Secret: [16]byte{1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 121, 98, 219}}
 )
 
-func spaConfig() maps.Config {
+func spaConfig() conf {
 	c := defaultConfig()
 	c.SPAPort, c.SPAWindow = spaPort, 30*time.Second
 	return c
 }
 
 // newSPAGate is a gate with SPA on and the test keys.
-func newSPAGate(t *testing.T, cfg maps.Config) *gate {
+func newSPAGate(t *testing.T, cfg conf) *gate {
 	t.Helper()
 	return newSPAGateTuned(t, loader.Tuning{}, cfg)
 }
 
 // newSPAGateTuned is newSPAGate with load-time constants (a test clock).
-func newSPAGateTuned(t *testing.T, tuning loader.Tuning, cfg maps.Config) *gate {
+func newSPAGateTuned(t *testing.T, tuning loader.Tuning, cfg conf) *gate {
 	t.Helper()
-	g := newGateTuned(t, tuning, maps.Config{})
+	g := newGateTuned(t, tuning, conf{})
 	g.configure(cfg)
 	if err := g.maps.SetSPAKeys([]spa.Key{plainKey, anyKey}); err != nil {
 		t.Fatal(err)
@@ -207,13 +207,13 @@ func TestSPARefusals(t *testing.T) {
 		g.expect("30 s behind (the other key)", f.spaFrame(f.src, spaPayload(&anyKey, now.Add(-30*time.Second), netip.Addr{})).Bytes(), xdpDrop,
 			"dropped_spa", "spa_accepted", "granted")
 		g.expectEvents("30 s behind (the other key)", "open")
-		if _, err := g.maps.Revoke(f.src); err != nil {
+		if _, err := g.maps.Revoke(f.src, ""); err != nil {
 			t.Fatal(err)
 		}
 		g.expect("29 s behind", f.spaFrame(f.src, spaPayload(&plainKey, now.Add(-29*time.Second), netip.Addr{})).Bytes(), xdpDrop,
 			"dropped_spa", "spa_accepted", "granted")
 		g.expectEvents("29 s behind", "open")
-		if _, err := g.maps.Revoke(f.src); err != nil {
+		if _, err := g.maps.Revoke(f.src, ""); err != nil {
 			t.Fatal(err)
 		}
 		g.refused("older than the last accepted", f, f.src,
@@ -223,7 +223,7 @@ func TestSPARefusals(t *testing.T) {
 		g.expect("30 s ahead", f.spaFrame(f.src, spaPayload(&plainKey, now.Add(30*time.Second), netip.Addr{})).Bytes(), xdpDrop,
 			"dropped_spa", "spa_accepted", "granted")
 		g.expectEvents("30 s ahead", "open")
-		if _, err := g.maps.Revoke(f.src); err != nil {
+		if _, err := g.maps.Revoke(f.src, ""); err != nil {
 			t.Fatal(err)
 		}
 		// The key removed: refused at once, its replay state gone with it.
@@ -255,7 +255,7 @@ func TestSPAKeyRewriteKeepsReplayState(t *testing.T) {
 	frame := f.spaFrame(f.src, spaPayload(&plainKey, time.Now(), netip.Addr{})).Bytes()
 	g.expect("valid", frame, xdpDrop, "dropped_spa", "spa_accepted", "granted")
 	g.expectEvents("valid", "open")
-	if _, err := g.maps.Revoke(f.src); err != nil {
+	if _, err := g.maps.Revoke(f.src, ""); err != nil {
 		t.Fatal(err)
 	}
 	renamed := plainKey
@@ -268,7 +268,7 @@ func TestSPAKeyRewriteKeepsReplayState(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(keys) != 2 || keys[0].Key != renamed || keys[0].LastAccepted.IsZero() || keys[1].Key != anyKey {
+	if len(keys) != 2 || !keys[0].Key.Equal(&renamed) || keys[0].LastAccepted.IsZero() || !keys[1].Key.Equal(&anyKey) {
 		t.Errorf("keys read back: %+v", keys)
 	}
 }

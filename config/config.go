@@ -431,8 +431,7 @@ func (s *Settings) Config() policy.Policy {
 // program cannot run is refused.
 func (s *Settings) LoaderOptions() (loader.Options, error) {
 	p := s.Config()
-	cfg, err := maps.FromPolicy(&p)
-	if err != nil {
+	if err := p.Validate(); err != nil {
 		return loader.Options{}, err
 	}
 	return loader.Options{
@@ -441,8 +440,7 @@ func (s *Settings) LoaderOptions() (loader.Options, error) {
 		Mode:       s.Mode,
 		MaxSources: s.MaxSources,
 		MaxFlows:   s.MaxFlows,
-		Config:     cfg,
-		Allow:      p.Allow,
+		Config:     maps.FromPolicy(&p),
 		SPAKeys:    s.SPAKeys,
 	}, nil
 }

@@ -107,7 +107,7 @@ func sameKeys(have, want []spa.Key) bool {
 		byID[k.ID] = k
 	}
 	for _, k := range want {
-		if h, ok := byID[k.ID]; !ok || h != k {
+		if h, ok := byID[k.ID]; !ok || !h.Equal(&k) {
 			return false
 		}
 	}

@@ -11,8 +11,8 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
-	"github.com/knockgate/knockgate/bpf"
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/policy"
 	"github.com/knockgate/knockgate/spa"
 )
 
@@ -27,12 +27,14 @@ type Options struct {
 	Mode         Mode
 	MaxSources   uint32
 	MaxFlows     uint32
-	Config       maps.Config
-	Allow        []netip.Prefix
+	// Config is the gate's configuration, its policy's allow lists
+	// included.
+	Config maps.Config
 	// SPAKeys are the gate's single-packet authorization keys.
 	SPAKeys []spa.Key
-	// Grants are granted for the open window before the program attaches,
-	// so the operator's own session never sees a dropped packet.
+	// Grants are granted the service default for its open window before
+	// the program attaches, so the operator's own session never sees a
+	// dropped packet.
 	Grants []netip.Addr
 }
 
@@ -144,27 +146,24 @@ func Create(opts Options) (_ *Gate, err error) {
 			g.Close()
 		}
 	}()
-	if err := g.Maps.SetAllow(opts.Allow); err != nil {
+	cfg := opts.Config
+	if cfg.SlotKey, err = maps.NewSlotKey(); err != nil {
+		return nil, err
+	}
+	// The configuration goes in before the program sees its first packet,
+	// and so do the keys (which name its services), the operator's grant
+	// and the flows open already (the operator's own session among them),
+	// so attaching never cuts one off.
+	if _, err := g.Maps.WriteConfig(cfg); err != nil {
 		return nil, err
 	}
 	if err := g.Maps.SetSPAKeys(opts.SPAKeys); err != nil {
 		return nil, err
 	}
-	cfg := opts.Config
-	cfg.AllowCount = uint32(len(opts.Allow))
-	if cfg.SlotKey, err = maps.NewSlotKey(); err != nil {
-		return nil, err
-	}
 	for _, addr := range opts.Grants {
-		if err := g.Maps.Grant(addr, maps.BootAfter(cfg.Open)); err != nil {
+		if err := g.Maps.Grant(addr, policy.DefaultService, maps.BootAfter(cfg.Policy.Default().Open)); err != nil {
 			return nil, err
 		}
-	}
-	// The configuration goes in before the program sees its first packet,
-	// and so do the flows open already (the operator's own session among
-	// them), so attaching never cuts one off.
-	if _, err := g.Maps.WriteConfig(cfg); err != nil {
-		return nil, err
 	}
 	if _, err := seedOpenFlows(g.Maps); err != nil {
 		return nil, err
@@ -327,29 +326,18 @@ func (g *Gate) RefreshClock() (changed bool, err error) {
 	return changed, err
 }
 
-// AddAllow puts prefixes on the allow list (maps.Set.SetAllow), under the
-// gate's lock; the configuration written after records the new count.
-func (g *Gate) AddAllow(prefixes []netip.Prefix) error {
-	return g.locked(func() error { return g.Maps.SetAllow(prefixes) })
-}
-
-// RemoveAllow takes prefixes off the allow list (maps.Set.RemoveAllow),
+// Grant grants addr service until expires (CLOCK_BOOTTIME; maps.Set.Grant),
 // under the gate's lock.
-func (g *Gate) RemoveAllow(prefixes []netip.Prefix) error {
-	return g.locked(func() error { return g.Maps.RemoveAllow(prefixes) })
+func (g *Gate) Grant(addr netip.Addr, service string, expires uint64) error {
+	return g.locked(func() error { return g.Maps.Grant(addr, service, expires) })
 }
 
-// Grant grants addr until expires (CLOCK_BOOTTIME; maps.Set.Grant), under
-// the gate's lock.
-func (g *Gate) Grant(addr netip.Addr, expires uint64) error {
-	return g.locked(func() error { return g.Maps.Grant(addr, expires) })
-}
-
-// Revoke ends addr's grant and knock progress (maps.Set.Revoke), under the
-// gate's lock; found says whether it had either.
-func (g *Gate) Revoke(addr netip.Addr) (found bool, err error) {
+// Revoke ends addr's grant of service ("": of every service) and its knock
+// progress (maps.Set.Revoke), under the gate's lock; found says whether it
+// had either.
+func (g *Gate) Revoke(addr netip.Addr, service string) (found bool, err error) {
 	err = g.locked(func() error {
-		found, err = g.Maps.Revoke(addr)
+		found, err = g.Maps.Revoke(addr, service)
 		return err
 	})
 	return found, err

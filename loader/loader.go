@@ -164,12 +164,17 @@ func sizeSpec(spec *ebpf.CollectionSpec, knockSlots, grants, flowSlots uint32, t
 	return nil
 }
 
-// egressSpec is the egress object's spec with the load-time constants it
-// shares with the XDP object's spec xdp (sized by sizeSpec).
+// egressSpec is the egress object's spec with the sizes and load-time
+// constants it shares with the XDP object's spec xdp (sized by sizeSpec).
 func egressSpec(xdp *ebpf.CollectionSpec) (*ebpf.CollectionSpec, error) {
 	spec, err := bpf.LoadEgress()
 	if err != nil {
 		return nil, fmt.Errorf("load egress program spec: %w", err)
+	}
+	for name, m := range spec.Maps {
+		if x, ok := xdp.Maps[name]; ok && name != ".rodata" {
+			m.MaxEntries, m.ValueSize = x.MaxEntries, x.ValueSize
+		}
 	}
 	for name, v := range spec.Variables {
 		if !v.Constant() {

@@ -23,12 +23,13 @@ import (
 )
 
 func config() maps.Config {
-	return maps.Config{
+	return maps.Config{Policy: policy.Policy{Services: []policy.Service{{
+		Name:        policy.DefaultService,
 		Sequence:    []policy.Port{{Num: 9000, Proto: policy.TCP}, {Num: 8000, Proto: policy.TCP}},
 		StepTimeout: time.Minute,
 		Open:        time.Minute,
-		Protected:   []policy.Port{{Num: 22, Proto: policy.TCP}},
-	}
+		Protect:     []policy.Port{{Num: 22, Proto: policy.TCP}},
+	}}}}
 }
 
 // host is a namespace of the test's own with veth ends in it, each peered
@@ -100,8 +101,9 @@ func TestCreatePinsAndDetachRemoves(t *testing.T) {
 	h.veth("kgla0")
 	h.veth("kgla1")
 	h.do("kgla0", func() error {
-		allow := []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
-		g, err := loader.Create(loader.Options{Interfaces: []string{"kgla0", "kgla1"}, Config: config(), MaxSources: 128, Allow: allow})
+		cfg := config()
+		cfg.Policy.Allow = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+		g, err := loader.Create(loader.Options{Interfaces: []string{"kgla0", "kgla1"}, Config: cfg, MaxSources: 128})
 		if err != nil {
 			return err
 		}
@@ -132,14 +134,14 @@ func TestCreatePinsAndDetachRemoves(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		cfg, err := g.Config()
+		installed, err := g.Config()
 		ifaces, ierr := g.Interfaces()
 		g.Close()
 		if err != nil || ierr != nil {
 			return errors.Join(err, ierr)
 		}
-		if cfg.Generation != 1 {
-			t.Errorf("reopened config %+v, want generation 1", cfg)
+		if installed.Generation != 1 {
+			t.Errorf("reopened config %+v, want generation 1", installed)
 		}
 		if len(ifaces) != 2 || ifaces[0].State != loader.Attached || ifaces[1].State != loader.Attached || ifaces[0].Mode != loader.ModeNative {
 			t.Errorf("interfaces %+v, want both attached natively", ifaces)
@@ -152,7 +154,7 @@ func TestCreatePinsAndDetachRemoves(t *testing.T) {
 		}
 		defer held.Close()
 		p, err := held.Policy()
-		if want := cfg.Policy(allow); err != nil || len(policy.Diff(&want, &p)) != 0 {
+		if want := cfg.Policy; err != nil || len(policy.Diff(&want, &p)) != 0 {
 			t.Errorf("policy %+v, %v; want %+v", p, err, want)
 		}
 		if sz := held.Sizes(); sz.MaxSources != 128 || sz.MaxFlows != loader.FlowSlots(loader.DefaultMaxFlows) {
@@ -183,7 +185,7 @@ func TestFailedCreateLeavesNothing(t *testing.T) {
 	h.veth("kglb0")
 	h.do("", func() error {
 		bad := config()
-		bad.Sequence = nil
+		bad.Policy.Services[0].Sequence = nil
 		cases := map[string]loader.Options{
 			"unknown interface":       {Interfaces: []string{"kglb0", "kgl-none"}, Config: config()},
 			"bad config":              {Interfaces: []string{"kglb0"}, Config: bad},
@@ -286,7 +288,8 @@ func TestConcurrentUpdatesAllLand(t *testing.T) {
 				}
 				defer g.Close()
 				_, err = g.UpdateConfig(func(c *maps.Config) error {
-					c.Protected = append(c.Protected, policy.Port{Num: uint16(1000 + i), Proto: policy.TCP})
+					d := c.Policy.Default()
+					d.Protect = append(d.Protect, policy.Port{Num: uint16(1000 + i), Proto: policy.TCP})
 					return nil
 				})
 				errs <- err
@@ -306,9 +309,9 @@ func TestConcurrentUpdatesAllLand(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if len(cfg.Protected) != 1+writers || cfg.Generation != 1+writers {
+		if prot := cfg.Policy.Default().Protect; len(prot) != 1+writers || cfg.Generation != 1+writers {
 			t.Errorf("after %d concurrent updates: protected %v, generation %d; want all %d ports, generation %d",
-				writers, cfg.Protected, cfg.Generation, 1+writers, 1+writers)
+				writers, prot, cfg.Generation, 1+writers, 1+writers)
 		}
 		return nil
 	})
@@ -374,7 +377,7 @@ func TestInterfaceComesBack(t *testing.T) {
 		if s := state()["kgle2"]; s.State != loader.Attached {
 			t.Errorf("kgle2 after it appeared: %+v, want attached", s)
 		}
-		if _, ok, err := g.LookupGrant(granted); err != nil || !ok {
+		if _, ok, err := g.LookupGrant(granted, policy.DefaultService); err != nil || !ok {
 			t.Errorf("grant of %s after the interface came back: %v, %v; want kept", granted, ok, err)
 		}
 		if ok, err := g.DetachInterface("kgle0"); !ok || err != nil {
@@ -464,7 +467,7 @@ func TestUpgradeReplacesProgramInPlace(t *testing.T) {
 		if pinnedInfo.Tag != newInfo.Tag || pinnedInfo.Tag == oldInfo.Tag {
 			t.Errorf("pinned program tag %s, want the new %s", pinnedInfo.Tag, newInfo.Tag)
 		}
-		if _, ok, err := g.LookupGrant(granted); err != nil || !ok {
+		if _, ok, err := g.LookupGrant(granted, policy.DefaultService); err != nil || !ok {
 			t.Errorf("grant after the upgrade: %v, %v; want kept", ok, err)
 		}
 		if replaced, err := g.Upgrade(); err != nil || replaced {

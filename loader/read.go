@@ -34,26 +34,15 @@ func readValue[T any](g *Gate, f func() (T, error)) (v T, err error) {
 // Config is the configuration in force (maps.Set.ReadConfig).
 func (g *Gate) Config() (maps.Config, error) { return readValue(g, g.Maps.ReadConfig) }
 
-// Policy is the policy in force, its allow list included, read at once.
-func (g *Gate) Policy() (p policy.Policy, err error) {
-	err = g.read(func() error {
-		cfg, err := g.Maps.ReadConfig()
-		if err != nil {
-			return err
-		}
-		allow, err := g.Maps.AllowList()
-		p = cfg.Policy(allow)
-		return err
-	})
-	return p, err
+// Policy is the policy in force, its allow lists included.
+func (g *Gate) Policy() (policy.Policy, error) {
+	cfg, err := g.Config()
+	return cfg.Policy, err
 }
 
 // SafeMode reports the safe-mode change in force, if any
 // (maps.Set.ReadSafeMode).
 func (g *Gate) SafeMode() (maps.SafeMode, error) { return readValue(g, g.Maps.ReadSafeMode) }
-
-// AllowList is the allow list (maps.Set.AllowList).
-func (g *Gate) AllowList() ([]netip.Prefix, error) { return readValue(g, g.Maps.AllowList) }
 
 // Counters are the program's counters, summed (maps.Set.ReadCounters).
 func (g *Gate) Counters() (maps.Counters, error) { return readValue(g, g.Maps.ReadCounters) }
@@ -74,13 +63,20 @@ func (g *Gate) Flows() ([]maps.Flow, error) { return readValue(g, g.Maps.Flows) 
 // (maps.Set.ReadSPAKeys).
 func (g *Gate) SPAKeys() ([]maps.SPAKey, error) { return readValue(g, g.Maps.ReadSPAKeys) }
 
-// LookupGrant is addr's grant entry, live or not (maps.Set.LookupGrant).
-func (g *Gate) LookupGrant(addr netip.Addr) (gr bpf.KnockgateGrant, ok bool, err error) {
+// LookupGrant is addr's grant entry of service, live or not
+// (maps.Set.LookupGrant).
+func (g *Gate) LookupGrant(addr netip.Addr, service string) (gr bpf.KnockgateGrant, ok bool, err error) {
 	err = g.read(func() error {
-		gr, ok, err = g.Maps.LookupGrant(addr)
+		gr, ok, err = g.Maps.LookupGrant(addr, service)
 		return err
 	})
 	return gr, ok, err
+}
+
+// ServiceCounters are each service's counters, by name
+// (maps.Set.ReadServiceCounters).
+func (g *Gate) ServiceCounters() (map[string]maps.ServiceCounters, error) {
+	return readValue(g, g.Maps.ReadServiceCounters)
 }
 
 // OpenEvents starts reading the gate's events (maps.Set.OpenEvents).

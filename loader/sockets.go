@@ -43,7 +43,7 @@ func seedOpenFlows(set *maps.Set) (int, error) {
 // seedFlows is seedOpenFlows for the configuration cfg, which may not be
 // written yet: a change seeds the flows it protects before it takes effect.
 func seedFlows(set *maps.Set, cfg *maps.Config) (int, error) {
-	if !cfg.Flows {
+	if !cfg.Policy.Flows {
 		return 0, nil
 	}
 	n := 0
@@ -90,7 +90,7 @@ func seed(set *maps.Set, cfg *maps.Config, s *netlink.Socket, proto policy.Proto
 	local, ok1 := netip.AddrFromSlice(s.ID.Source)
 	remote, ok2 := netip.AddrFromSlice(s.ID.Destination)
 	if !ok1 || !ok2 || local.Unmap().IsLoopback() || remote.IsUnspecified() ||
-		!cfg.Protects(policy.Port{Num: s.ID.SourcePort, Proto: proto}) {
+		!cfg.Policy.Protects(policy.Port{Num: s.ID.SourcePort, Proto: proto}) {
 		return false, nil
 	}
 	return set.PutFlow(netip.AddrPortFrom(local.Unmap(), s.ID.SourcePort),

@@ -422,7 +422,7 @@ func (s *Set) WriteConfig(c Config) (Config, error) {
 	// The grace period at the end of the last write may not have been
 	// waited for (that writer was killed after its flip): wait now, before
 	// the slot it left is overwritten.
-	syncRCU()
+	s.syncRCU()
 	live, cfgs, err := s.slots()
 	if err != nil {
 		return Config{}, err
@@ -550,7 +550,7 @@ func (s *Set) purgeServices(mask uint32) error {
 // valid), without a deadline. Too late, it rolls the change back for good
 // and returns ErrRolledBack.
 func (s *Set) ConfirmConfig() (Config, error) {
-	syncRCU()
+	s.syncRCU()
 	live, cfgs, err := s.slots()
 	if err != nil {
 		return Config{}, err
@@ -604,7 +604,7 @@ func (s *Set) RefreshClock() (bool, error) {
 	if live, cfgs, err := s.slots(); err != nil || cfgs[live].TaiOffsetNs == int64(off) {
 		return false, err
 	}
-	syncRCU() // as WriteConfig: the last writer's grace period
+	s.syncRCU() // as WriteConfig: the last writer's grace period
 	live, cfgs, err := s.slots()
 	if err != nil {
 		return false, err
@@ -683,7 +683,7 @@ func (s *Set) flip(live uint32) (uint32, error) {
 		return live, fmt.Errorf("switch to config slot %d: %w", idle, err)
 	}
 	KillPoint()
-	syncRCU()
+	s.syncRCU()
 	return idle, nil
 }
 
@@ -691,8 +691,12 @@ func (s *Set) flip(live uint32) (uint32, error) {
 // programs run inside an RCU read-side section, so afterwards none still holds
 // a pointer to the slot we left. MEMBARRIER_CMD_GLOBAL is implemented with
 // synchronize_rcu(); where it is unavailable, a pause far longer than any
-// program run serves.
-func syncRCU() {
+// program run serves. A set whose program only tests run (NoGraceWait) has
+// nothing to wait for.
+func (s *Set) syncRCU() {
+	if s.NoGraceWait {
+		return
+	}
 	const membarrierCmdGlobal = 1 // MEMBARRIER_CMD_GLOBAL, linux/membarrier.h
 	if _, _, errno := unix.Syscall(unix.SYS_MEMBARRIER, membarrierCmdGlobal, 0, 0); errno != 0 {
 		time.Sleep(50 * time.Millisecond)

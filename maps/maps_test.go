@@ -1,52 +1,119 @@
 package maps
 
 import (
+	"fmt"
 	"math"
 	"net/netip"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/knockgate/knockgate/policy"
+	"github.com/knockgate/knockgate/spa"
 )
 
-func TestConfigRoundTrip(t *testing.T) {
-	c := Config{
-		Sequence:    []Port{{Num: 7000, Proto: UDP}, {Num: 8000, Proto: TCP}, {Num: 9000, Proto: TCP}},
-		StepTimeout: 45 * time.Second,
-		Open:        2 * time.Hour,
-		Protected:   []Port{{Num: 22, Proto: TCP}, {Num: 63, Proto: TCP}, {Num: 64, Proto: TCP}, {Num: 65535, Proto: TCP}, {Num: 53, Proto: UDP}},
-		AllowCount:  3,
-		Generation:  7,
+// service is a service for the tests: a sequence of TCP ports and
+// protected ports.
+func service(name string, seq []uint16, protect ...Port) policy.Service {
+	s := policy.Service{Name: name, StepTimeout: 45 * time.Second, Open: 2 * time.Hour, Protect: protect}
+	for _, n := range seq {
+		s.Sequence = append(s.Sequence, Port{Num: n, Proto: TCP})
 	}
-	raw, err := c.Encode()
+	return s
+}
+
+func TestConfigRoundTrip(t *testing.T) {
+	def := service(policy.DefaultService, nil, Port{Num: 22, Proto: TCP}, Port{Num: 63, Proto: TCP}, Port{Num: 64, Proto: TCP},
+		Port{Num: 65535, Proto: TCP}, Port{Num: 53, Proto: UDP})
+	def.Sequence = []Port{{Num: 7000, Proto: UDP}, {Num: 8000, Proto: TCP}, {Num: 9000, Proto: TCP}}
+	web := service("web", []uint16{7100, 7200}, Port{Num: 443, Proto: TCP}, Port{Num: 8443, Proto: TCP})
+	rdp := service("rdp", nil, Port{Num: 3389, Proto: TCP})
+	all := service("rest", []uint16{6000})
+	all.ProtectAll = true
+	c := Config{
+		Policy: policy.Policy{Services: []policy.Service{def, web, rdp, all}, SPAPort: 62201, SPAWindow: time.Second,
+			Flows: true, FlowIdleTCP: time.Hour, FlowIdleUDP: time.Minute},
+		Generation: 7,
+		Index:      map[string]int{policy.DefaultService: 0, "web": 3, "rdp": 1, "rest": 31},
+	}
+	raw, err := c.encode()
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Bit layout the program reads: word port>>6, bit port&63.
-	if raw.ProtectedTcp[0]&(1<<22) == 0 || raw.ProtectedTcp[1]&1 == 0 || raw.ProtectedTcp[1023]&(1<<63) == 0 ||
-		raw.ProtectedUdp[0]&(1<<53) == 0 || raw.ProtectedUdp[0]&(1<<22) != 0 {
-		t.Fatalf("protected bitmaps wrong: tcp[0]=%#x tcp[1]=%#x udp[0]=%#x", raw.ProtectedTcp[0], raw.ProtectedTcp[1], raw.ProtectedUdp[0])
+	// The port table the program reads: service + 1 for a protected port,
+	// 0x80 | service for a step, the protect-all service's + 1 elsewhere.
+	for _, e := range []struct {
+		port Port
+		want uint8
+	}{
+		{Port{Num: 22, Proto: TCP}, 1}, {Port{Num: 53, Proto: UDP}, 1}, {Port{Num: 443, Proto: TCP}, 4},
+		{Port{Num: 3389, Proto: TCP}, 2}, {Port{Num: 7000, Proto: UDP}, 0x80}, {Port{Num: 7100, Proto: TCP}, 0x83},
+		{Port{Num: 6000, Proto: TCP}, 0x80 | 31}, {Port{Num: 80, Proto: TCP}, 32}, {Port{Num: 22, Proto: UDP}, 32},
+	} {
+		if got := raw.Ports[portTable(e.port.Proto)][e.port.Num]; got != e.want {
+			t.Errorf("port table at %s: %#x, want %#x", e.port, got, e.want)
+		}
 	}
-	if raw.Nsteps != 3 || raw.Steps[0].Port != 7000 || raw.Steps[0].Proto != uint8(UDP) {
-		t.Fatalf("steps wrong: %+v", raw.Steps[:raw.Nsteps])
+	if raw.LiveServices != 1|1<<1|1<<3|1<<31 || raw.AllService != 32 {
+		t.Errorf("live services %#x, all-service %d", raw.LiveServices, raw.AllService)
 	}
+	if s := raw.Services[3]; s.Nsteps != 2 || s.Steps[1].Port != 7200 || s.NameHash != spa.ServiceHash("web") || s.Live != 1 {
+		t.Errorf("service web at 3: %+v", s)
+	}
+	want := c.Policy.Clone()
+	want.Services = []policy.Service{def, rdp, web, all} // by index
+	want.Services[3].Protect = nil                         // protect-all lists none
 	got := DecodeConfig(raw)
-	// Decoding lists protected ports TCP first, each ascending.
-	want := c
-	want.Protected = []Port{{Num: 22, Proto: TCP}, {Num: 63, Proto: TCP}, {Num: 64, Proto: TCP}, {Num: 65535, Proto: TCP}, {Num: 53, Proto: UDP}}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("round trip:\n got %+v\nwant %+v", got, want)
+	if d := policy.Diff(&want, &got.Policy); len(d) != 0 || !reflect.DeepEqual(got.Index, c.Index) || got.Generation != 7 {
+		t.Errorf("round trip: %v; index %v", d, got.Index)
+	}
+}
+
+// Indices are stable: a service keeps its index while it exists, a new one
+// takes the lowest free, never one the configuration in force holds for
+// another name; default is always 0.
+func TestAssignIndices(t *testing.T) {
+	cur := Config{Policy: policy.Policy{Services: []policy.Service{
+		service(policy.DefaultService, []uint16{9000}, Port{Num: 22, Proto: TCP}),
+		service("a", []uint16{7000}, Port{Num: 1, Proto: TCP}),
+		service("b", []uint16{7001}, Port{Num: 2, Proto: TCP}),
+	}}, Index: map[string]int{policy.DefaultService: 0, "a": 1, "b": 2}}
+	raw, err := cur.encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := policy.Policy{Services: []policy.Service{
+		service(policy.DefaultService, []uint16{9000}, Port{Num: 22, Proto: TCP}),
+		service("b", []uint16{7001}, Port{Num: 2, Proto: TCP}),
+		service("c", []uint16{7002}, Port{Num: 3, Proto: TCP}),
+	}}
+	index, fresh, err := assignIndices(&next, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]int{policy.DefaultService: 0, "b": 2, "c": 3}; !reflect.DeepEqual(index, want) || !reflect.DeepEqual(fresh, []int{3}) {
+		t.Errorf("indices %v fresh %v, want %v fresh [3] (1 was a's: kept out of use)", index, fresh, want)
+	}
+	full := policy.Policy{Services: []policy.Service{service(policy.DefaultService, []uint16{9000})}}
+	for i := range MaxServices - 1 {
+		full.Services = append(full.Services, service(fmt.Sprintf("s%d", i), []uint16{uint16(10000 + i)}))
+	}
+	if _, _, err := assignIndices(&full, raw); err == nil || !strings.Contains(err.Error(), "no free index") {
+		t.Errorf("32 services beside a and b in force: %v, want no free index", err)
 	}
 }
 
 // Config.Validate is the policy's (policy's tests have the rules).
 func TestConfigValidate(t *testing.T) {
-	c := Config{Sequence: []Port{{Num: 9000, Proto: TCP}, {Num: 8000, Proto: TCP}}, StepTimeout: time.Minute, Open: time.Minute, Protected: []Port{{Num: 22, Proto: TCP}}}
+	c := Config{Policy: policy.Policy{Services: []policy.Service{service(policy.DefaultService, []uint16{9000, 8000}, Port{Num: 22, Proto: TCP})}}}
 	if err := c.Validate(); err != nil {
 		t.Errorf("Validate() = %v", err)
 	}
-	c.Protected = []Port{{Num: 8000, Proto: TCP}}
-	if _, err := c.Encode(); err == nil || err.Error() != "port 8000 is both a knock step and protected" {
-		t.Errorf("Encode() = %v, want the policy's refusal", err)
+	c.Policy.Services[0].Protect = []Port{{Num: 8000, Proto: TCP}}
+	c.Index = map[string]int{policy.DefaultService: 0}
+	if _, err := c.encode(); err == nil || err.Error() != "port 8000 is both a knock step and protected" {
+		t.Errorf("encode() = %v, want the policy's refusal", err)
 	}
 }
 
@@ -66,8 +133,11 @@ func TestKeys(t *testing.T) {
 	if got := AddrOf(Key(v6).Addr); got != v6 {
 		t.Errorf("AddrOf(Key(%s)) = %s", v6, got)
 	}
-	if HintSlot(v4) >= 1<<16 || HintSlot(v6) >= 1<<16 {
+	if HintSlot(GrantKey(v4, 0)) >= 1<<16 || HintSlot(GrantKey(v6, 31)) >= 1<<16 {
 		t.Error("hint slot out of range")
+	}
+	if HintSlot(GrantKey(v4, 0)) == HintSlot(GrantKey(v4, 1)) {
+		t.Error("a source's grants of two services share a hint slot")
 	}
 }
 

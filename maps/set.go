@@ -36,6 +36,12 @@ type Set struct {
 	SPALast     *ebpf.Map
 	// ServiceCounters are each service's counters (ReadServiceCounters).
 	ServiceCounters *ebpf.Map
+
+	// NoGraceWait: configuration writes do not wait for RCU grace periods.
+	// Only for a program that nothing but BPF_PROG_TEST_RUN runs, one run
+	// at a time (the model's differential driver): a write then never
+	// races a packet, and the waits would be most of its time.
+	NoGraceWait bool
 }
 
 // FromObjects wraps the maps of a loaded collection. The Set does not take

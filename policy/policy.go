@@ -108,3 +108,27 @@ func (s *Service) Protects(port Port) bool {
 	}
 	return slices.Contains(s.Protect, port)
 }
+
+// Protector is the service whose grant a packet to port needs, or nil
+// when port is open to all: the service that lists it, else the one that
+// protects all (which also guards the knock steps against what is no knock).
+func (p *Policy) Protector(port Port) *Service {
+	var all *Service
+	for i := range p.Services {
+		s := &p.Services[i]
+		if s.ProtectAll {
+			all = s
+			continue
+		}
+		if slices.Contains(s.Protect, port) {
+			return s
+		}
+	}
+	if all != nil && (port.Proto == TCP || port.Proto == UDP) {
+		return all
+	}
+	return nil
+}
+
+// Protects says whether some service protects port.
+func (p *Policy) Protects(port Port) bool { return p.Protector(port) != nil }

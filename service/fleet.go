@@ -16,6 +16,7 @@ import (
 	"github.com/knockgate/knockgate/fleet"
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/policy"
 )
 
 // gateLocal is the gate's grant and replay maps as the fleet sees them:
@@ -25,27 +26,29 @@ type gateLocal struct{ g *loader.Gate }
 
 func (l gateLocal) Grants() (map[netip.Addr]time.Time, error) {
 	out := map[netip.Addr]time.Time{}
-	var k bpf.KnockgateSource
+	var k bpf.KnockgateGrantKey
 	var v bpf.KnockgateGrant
 	it := l.g.Maps.Grants.Iterate()
 	for it.Next(&k, &v) {
-		out[maps.AddrOf(k.Addr)] = maps.BootToTime(v.ExpiresNs)
+		if k.Service == 0 { // the fleet shares default's grants (services: to come)
+			out[maps.AddrOf(k.Addr)] = maps.BootToTime(v.ExpiresNs)
+		}
 	}
 	return out, it.Err()
 }
 
 func (l gateLocal) Apply(a netip.Addr, exp time.Time) error {
 	boot := maps.BootAfter(time.Until(exp))
-	if cur, ok, err := l.g.Maps.LookupGrant(a); err != nil {
+	if cur, ok, err := l.g.Maps.LookupGrant(a, policy.DefaultService); err != nil {
 		return err
 	} else if ok && cur.ExpiresNs >= boot {
 		return nil // the later expiry wins here too
 	}
-	return l.g.Maps.Grant(a, boot)
+	return l.g.Maps.Grant(a, policy.DefaultService, boot)
 }
 
 func (l gateLocal) Revoke(a netip.Addr) error {
-	_, err := l.g.Maps.Revoke(a)
+	_, err := l.g.Maps.Revoke(a, policy.DefaultService)
 	return err
 }
 

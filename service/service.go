@@ -12,7 +12,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"reflect"
 	"slices"
@@ -242,7 +241,9 @@ func (svc *service) start() error {
 }
 
 // pendingReload is a reload made in safe mode: what to undo if it is not
-// confirmed, and what it leaves to do once it is.
+// confirmed, and what it leaves to do once it is. (The gate's own part —
+// its configuration, allow lists and services' grants — the gate settles
+// itself: loader.Gate.Settle.)
 type pendingReload struct {
 	deadline      uint64
 	gen           uint32 // the change's generation
@@ -250,22 +251,16 @@ type pendingReload struct {
 	applyAfter    bool // found at start: apply the file once it is settled
 	addedIfaces   []string
 	droppedIfaces []string
-	addedAllow    []netip.Prefix
-	droppedAllow  []netip.Prefix
 }
 
 // apply makes the gate what s says: its configuration (one atomic update,
-// as set does, only if it changed: a write voids knock progress), its allow
-// list and its interfaces. With confirm, the change is in safe mode, and
-// removals wait for the confirmation. It returns what changed in the
-// gate's policy.
+// as set does, only if it changed: a write voids knock progress), which
+// carries its services and allow lists, its keys and its interfaces. With
+// confirm, the change is in safe mode, and removals wait for the
+// confirmation. It returns what changed in the gate's policy.
 func (svc *service) apply(s *config.Settings, confirm time.Duration) (*pendingReload, []policy.Change, error) {
 	g := svc.gate
 	cur, err := g.Config()
-	if err != nil {
-		return nil, nil, err
-	}
-	allowNow, err := g.AllowList()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -279,32 +274,18 @@ func (svc *service) apply(s *config.Settings, confirm time.Duration) (*pendingRe
 	}
 	want := s.Config()
 	p := &pendingReload{
-		addedAllow:    minus(want.Allow, allowNow),
-		droppedAllow:  minus(allowNow, want.Allow),
 		addedIfaces:   minus(s.Interfaces, have),
 		droppedIfaces: minus(have, s.Interfaces),
 	}
-	held := cur.Policy(allowNow)
-	changes := policy.Diff(&held, &want)
-	next, err := maps.FromPolicy(&want)
-	if err != nil {
-		return nil, nil, err
-	}
+	changes := policy.Diff(&cur.Policy, &want)
+	next := maps.FromPolicy(&want)
 	safe := confirm > 0
-	entries := len(allowNow) + len(p.addedAllow)
-	if !safe {
-		entries -= len(p.droppedAllow)
-	}
-	next.AllowCount = uint32(entries)
 	// The file's keys, live (removed keys stop working now), once the
 	// configuration is in: a reload that fails before leaves them too. Not
 	// part of the configuration, so a key change alone neither voids knock
 	// progress nor waits for a confirmation.
-	if cur.Same(&next) && len(p.addedAllow)+len(p.droppedAllow)+len(p.addedIfaces)+len(p.droppedIfaces) == 0 {
+	if cur.Same(&next) && len(p.addedIfaces)+len(p.droppedIfaces) == 0 {
 		return nil, changes, g.SetSPAKeys(s.SPAKeys)
-	}
-	if err := g.AddAllow(p.addedAllow); err != nil {
-		return nil, nil, err
 	}
 	if safe {
 		next.ConfirmBy = maps.BootAfter(confirm)
@@ -321,9 +302,6 @@ func (svc *service) apply(s *config.Settings, confirm time.Duration) (*pendingRe
 		return nil, nil, err
 	}
 	if !safe {
-		if err := g.RemoveAllow(p.droppedAllow); err != nil {
-			return nil, nil, err
-		}
 		for _, n := range p.droppedIfaces {
 			if _, err := g.DetachInterface(n); err != nil {
 				return nil, nil, err
@@ -400,9 +378,10 @@ func (svc *service) reload() error {
 	for i, c := range changes {
 		changed[i] = c.String()
 	}
+	d := cfg.Policy.Default()
 	svc.logger().Info(msg, "gate", svc.gate.Name, "generation", cfg.Generation,
-		"sequence", policy.FormatPorts(cfg.Sequence), "protect", policy.FormatPorts(cfg.Protected),
-		"changed", strings.Join(changed, "; "))
+		"sequence", policy.FormatPorts(d.Sequence), "protect", policy.FormatProtect(d.Protect, d.ProtectAll),
+		"services", len(cfg.Policy.Services), "changed", strings.Join(changed, "; "))
 	return nil
 }
 
@@ -436,14 +415,11 @@ func (svc *service) checkPending() {
 		svc.logger().Info("safe-mode change settled: config file applied", "gate", g.Name, "rolled_back", rolledBack)
 		return
 	}
-	// What the change added goes if it was undone; what it would have
-	// removed goes if it stays.
-	allow, ifaces := p.droppedAllow, p.droppedIfaces
+	// The interfaces the change added go if it was undone; those it would
+	// have removed go if it stays.
+	ifaces := p.droppedIfaces
 	if rolledBack {
-		allow, ifaces = p.addedAllow, p.addedIfaces
-	}
-	if err := g.RemoveAllow(allow); err != nil {
-		svc.settleFailed("remove allow-list entries", err)
+		ifaces = p.addedIfaces
 	}
 	for _, n := range ifaces {
 		if _, err := g.DetachInterface(n); err != nil {

@@ -92,16 +92,18 @@ func TestNotify(t *testing.T) {
 }
 
 func TestSameConfig(t *testing.T) {
-	a := maps.Config{Sequence: []policy.Port{{Num: 9000, Proto: policy.TCP}, {Num: 8000, Proto: policy.TCP}},
+	a := maps.Config{Policy: policy.Policy{Services: []policy.Service{{Name: policy.DefaultService,
+		Sequence:    []policy.Port{{Num: 9000, Proto: policy.TCP}, {Num: 8000, Proto: policy.TCP}},
 		StepTimeout: time.Minute, Open: time.Hour,
-		Protected: []policy.Port{{Num: 53, Proto: policy.UDP}, {Num: 22, Proto: policy.TCP}}, Generation: 3}
+		Protect: []policy.Port{{Num: 53, Proto: policy.UDP}, {Num: 22, Proto: policy.TCP}}}}}, Generation: 3}
 	b := a
-	b.Protected = []policy.Port{{Num: 22, Proto: policy.TCP}, {Num: 53, Proto: policy.UDP}} // another order
+	b.Policy = a.Policy.Clone()
+	b.Policy.Services[0].Protect = []policy.Port{{Num: 22, Proto: policy.TCP}, {Num: 53, Proto: policy.UDP}} // another order
 	b.Generation = 9
 	if !a.Same(&b) {
 		t.Error("the same rules in another order, another generation: want the same")
 	}
-	b.Open = time.Minute
+	b.Policy.Services[0].Open = time.Minute
 	if a.Same(&b) {
 		t.Error("another open window: want different")
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/knockgate/knockgate/config"
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/policy"
 )
 
 func attachCommand() *command {
@@ -124,10 +125,9 @@ func attach(e *env, s *config.Settings, explicit map[string]bool, self netip.Add
 	if err != nil {
 		return err
 	}
-	p := cfg.Policy(s.Policy.Allow)
-	fmt.Fprintf(e.stdout, "knockgate attached to %s: %s\n", describeIfaces(name, ifaces), config.Summary(&p))
+	fmt.Fprintf(e.stdout, "knockgate attached to %s: %s\n", describeIfaces(name, ifaces), config.Summary(&cfg.Policy))
 	if self.IsValid() {
-		gr, _, err := g.LookupGrant(self)
+		gr, _, err := g.LookupGrant(self, policy.DefaultService)
 		if err != nil {
 			return err
 		}

@@ -132,7 +132,7 @@ type stepCounter struct {
 func (s *stepCounter) get() int {
 	if time.Since(s.read) >= time.Second {
 		if cfg, err := s.gate.Config(); err == nil {
-			s.n, s.read = len(cfg.Sequence), time.Now()
+			s.n, s.read = len(cfg.Policy.Default().Sequence), time.Now()
 		}
 	}
 	return s.n

@@ -2,21 +2,24 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/policy"
 )
 
 func grantCommand() *command {
-	var forFlag string
+	var forFlag, service string
 	fs := newFlags("grant")
-	fs.StringVar(&forFlag, "for", "", "grant for `DURATION` (default: the gate's open window)")
+	fs.StringVar(&forFlag, "for", "", "grant for `DURATION` (default: the service's open window)")
+	fs.StringVar(&service, "service", policy.DefaultService, "grant the service `NAME`")
 	return &command{
 		name:     "grant",
-		synopsis: "GATE|IFACE ADDR [--for DURATION]",
+		synopsis: "GATE|IFACE ADDR [--service NAME] [--for DURATION]",
 		summary:  "let an address through as if it had knocked",
-		help: "Grant ADDR (IPv4 or IPv6) access to the protected ports of the gate (named, or by one of its interfaces),\n" +
-			"replacing any grant it had.",
+		help: "Grant ADDR (IPv4 or IPv6) access to the ports of one service of the gate (named, or by one\n" +
+			"of its interfaces; default: the service default), replacing any grant of it ADDR had.",
 		minArgs: 2, maxArgs: 2,
 		flags: fs,
 		run: func(e *env, args []string) error {
@@ -36,19 +39,32 @@ func grantCommand() *command {
 				return err
 			}
 			defer g.Close()
-			if d == 0 {
-				cfg, err := g.Config()
-				if err != nil {
-					return err
-				}
-				d = cfg.Open
-			}
-			until := maps.BootAfter(d)
-			if err := g.Grant(addr, until); err != nil {
+			p, err := g.Policy()
+			if err != nil {
 				return err
 			}
-			fmt.Fprintf(e.stdout, "granted %s on %s until %s\n", addr, iface, stamp(maps.BootToTime(until)))
+			svc := p.Service(service)
+			if svc == nil {
+				return fmt.Errorf("gate %s has no service %s (it has %s)", g.Name, service, serviceNames(&p))
+			}
+			if d == 0 {
+				d = svc.Open
+			}
+			until := maps.BootAfter(d)
+			if err := g.Grant(addr, service, until); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "granted %s %s on %s until %s\n", addr, service, iface, stamp(maps.BootToTime(until)))
 			return nil
 		},
 	}
+}
+
+// serviceNames lists p's services, for an error about one it lacks.
+func serviceNames(p *policy.Policy) string {
+	names := make([]string, len(p.Services))
+	for i, s := range p.Services {
+		names[i] = s.Name
+	}
+	return strings.Join(names, ", ")
 }

@@ -3,15 +3,18 @@ package main
 import "fmt"
 
 func revokeCommand() *command {
+	var service string
+	fs := newFlags("revoke")
+	fs.StringVar(&service, "service", "", "revoke the service `NAME` only (default: every service)")
 	return &command{
 		name:     "revoke",
-		synopsis: "GATE|IFACE ADDR",
-		summary:  "remove an address's grant and knock progress",
-		help: "Remove the grant and any knock progress of ADDR on the gate (named, or by one of its\n" +
-			"interfaces). An\n" +
-			"address with neither is an error.",
+		synopsis: "GATE|IFACE ADDR [--service NAME]",
+		summary:  "remove an address's grants and knock progress",
+		help: "Remove the grants and any knock progress of ADDR on the gate (named, or by one of its\n" +
+			"interfaces): of every service, or with --service of that one. An address with\n" +
+			"neither is an error.",
 		minArgs: 2, maxArgs: 2,
-		flags: newFlags("revoke"),
+		flags: fs,
 		run: func(e *env, args []string) error {
 			iface := args[0]
 			addr, err := parseAddr(args[1])
@@ -23,14 +26,18 @@ func revokeCommand() *command {
 				return err
 			}
 			defer g.Close()
-			found, err := g.Revoke(addr)
+			found, err := g.Revoke(addr, service)
 			if err != nil {
 				return err
 			}
-			if !found {
-				return fmt.Errorf("%s has no grant or knock progress on %s", addr, iface)
+			what := ""
+			if service != "" {
+				what = " " + service
 			}
-			fmt.Fprintf(e.stdout, "revoked %s on %s\n", addr, iface)
+			if !found {
+				return fmt.Errorf("%s has no%s grant or knock progress on %s", addr, what, iface)
+			}
+			fmt.Fprintf(e.stdout, "revoked %s%s on %s\n", addr, what, iface)
 			return nil
 		},
 	}

@@ -64,7 +64,7 @@ func setCommand() *command {
 				if err != nil {
 					return err
 				}
-				if cur.SPAPort != 0 {
+				if cur.Policy.SPAPort != 0 {
 					if err := g.SetSPAKeys(upd.SPAKeys); err != nil {
 						return err
 					}
@@ -73,22 +73,18 @@ func setCommand() *command {
 					if _, err := g.RefreshClock(); err != nil && !errors.Is(err, maps.ErrAwaitingConfirm) {
 						return err
 					}
-					fmt.Fprintf(e.stdout, "knockgate on %s: %d SPA keys from %s, live on port %d/udp\n", g.Name, len(upd.SPAKeys), upd.SPAKeysFile, cur.SPAPort)
+					fmt.Fprintf(e.stdout, "knockgate on %s: %d SPA keys from %s, live on port %d/udp\n", g.Name, len(upd.SPAKeys), upd.SPAKeysFile, cur.Policy.SPAPort)
 					return nil
 				}
 			}
 			cfg, err := g.UpdateConfig(func(cfg *maps.Config) error {
 				// The flags given change the policy in force; the rest
 				// of it stays.
-				p := cfg.Policy(nil)
-				config.Merge(&p, &upd, changed)
+				config.Merge(&cfg.Policy, &upd, changed)
 				// A combination the program cannot run (a step that is
 				// also protected) is the user's mistake: nothing is written.
-				if err := p.Validate(); err != nil {
+				if err := cfg.Policy.Validate(); err != nil {
 					return &usageError{err}
-				}
-				if err := cfg.SetPolicy(&p); err != nil {
-					return err
 				}
 				cfg.ConfirmBy = 0
 				if within > 0 {
@@ -109,16 +105,11 @@ func setCommand() *command {
 					return err
 				}
 			}
-			allow, err := g.AllowList()
-			if err != nil {
-				return err
-			}
 			ifaces, err := g.Interfaces()
 			if err != nil {
 				return err
 			}
-			p := cfg.Policy(allow)
-			fmt.Fprintf(e.stdout, "knockgate on %s updated (%s, generation %d): %s\n", g.Name, modes(ifaces), cfg.Generation, config.Summary(&p))
+			fmt.Fprintf(e.stdout, "knockgate on %s updated (%s, generation %d): %s\n", g.Name, modes(ifaces), cfg.Generation, config.Summary(&cfg.Policy))
 			if within > 0 {
 				fmt.Fprintf(e.stdout, "safe mode: unless \"knockgate confirm %s\" runs by %s, the previous configuration comes back\n",
 					g.Name, stamp(maps.BootToTime(cfg.ConfirmBy)))

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -13,6 +12,7 @@ import (
 	"github.com/knockgate/knockgate/config"
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/policy"
 	"github.com/knockgate/knockgate/service"
 )
 
@@ -119,7 +119,6 @@ type gateStatus struct {
 	verdicts  [maps.IfaceSlots]maps.VerdictCounts
 	cfg       maps.Config
 	safe      maps.SafeMode
-	allow     []netip.Prefix
 	counters  maps.Counters
 	sources   []maps.SourceState
 	flows     []maps.Flow // live ones
@@ -192,9 +191,6 @@ func readStatus(arg string) (*gateStatus, error) {
 	if st.safe, err = g.SafeMode(); err != nil {
 		return nil, err
 	}
-	if st.allow, err = g.AllowList(); err != nil {
-		return nil, err
-	}
 	if st.counters, err = g.Counters(); err != nil {
 		return nil, err
 	}
@@ -224,22 +220,29 @@ func readStatus(arg string) (*gateStatus, error) {
 	return st, nil
 }
 
-func protectList(cfg maps.Config) []string {
-	if cfg.ProtectAll {
+func protectList(svc *policy.Service) []string {
+	if svc.ProtectAll {
 		return []string{"all"}
 	}
-	return portsList(cfg.Protected)
+	return portsList(svc.Protect)
 }
 
-func encodeConfig(cfg maps.Config, allow []string) configJSON {
+// encodeConfig is the service default's settings and the gate's allow
+// list, as status has always shown them.
+func encodeConfig(cfg maps.Config) configJSON {
+	d := cfg.Policy.Default()
+	if d == nil {
+		d = &policy.Service{}
+	}
+	allow := prefixList(cfg.Policy.Allow)
 	if allow == nil {
 		allow = []string{}
 	}
 	return configJSON{
-		Sequence:    portsList(cfg.Sequence),
-		StepTimeout: cfg.StepTimeout.String(),
-		Open:        cfg.Open.String(),
-		Protect:     protectList(cfg),
+		Sequence:    portsList(d.Sequence),
+		StepTimeout: d.StepTimeout.String(),
+		Open:        d.Open.String(),
+		Protect:     protectList(d),
 		Allow:       allow,
 		Generation:  cfg.Generation,
 	}
@@ -270,7 +273,7 @@ func (st *gateStatus) json() statusJSON {
 	out := statusJSON{
 		Gate:       st.gate,
 		Interfaces: []ifaceJSON{},
-		Config:     encodeConfig(st.cfg, prefixList(st.allow)),
+		Config:     encodeConfig(st.cfg),
 		Counters:   make(map[string]uint64, len(maps.CounterNames)),
 		Sources:    []sourceJSON{},
 	}
@@ -295,13 +298,13 @@ func (st *gateStatus) json() statusJSON {
 			state = "lapsed"
 		}
 		out.SafeMode = &safeModeJSON{State: state, Deadline: stamp(maps.BootToTime(st.safe.Deadline)),
-			Previous: encodeConfig(st.safe.Previous, prefixList(st.allow))}
+			Previous: encodeConfig(st.safe.Previous)}
 	}
 	for i, name := range maps.CounterNames {
 		out.Counters[name] = st.counters[i]
 	}
-	out.Flows = flowsJSON{Enabled: st.cfg.Flows, Count: len(st.flows), Max: st.maxFlows,
-		IdleTCP: st.cfg.FlowIdleTCP.String(), IdleUDP: st.cfg.FlowIdleUDP.String()}
+	out.Flows = flowsJSON{Enabled: st.cfg.Policy.Flows, Count: len(st.flows), Max: st.maxFlows,
+		IdleTCP: st.cfg.Policy.FlowIdleTCP.String(), IdleUDP: st.cfg.Policy.FlowIdleUDP.String()}
 	if st.listFlows {
 		out.Flows.Entries = []flowJSON{}
 		for _, f := range st.flows {
@@ -310,7 +313,7 @@ func (st *gateStatus) json() statusJSON {
 		}
 	}
 	out.Fleet = st.fleet
-	out.SPA = spaJSON{Port: st.cfg.SPAPort, Window: st.cfg.SPAWindow.String(), Clock: stamp(st.clock),
+	out.SPA = spaJSON{Port: st.cfg.Policy.SPAPort, Window: st.cfg.Policy.SPAWindow.String(), Clock: stamp(st.clock),
 		ClockSkewMs: st.clock.Sub(st.now).Milliseconds(), Keys: []spaKeyJSON{}}
 	for _, k := range st.spaKeys {
 		j := spaKeyJSON{ID: k.ID, Name: k.Name, AnyAddress: k.AnyAddress}
@@ -343,19 +346,19 @@ func (st *gateStatus) print(w io.Writer, now time.Time) {
 			fmt.Fprintf(tw, "  %s:\twaiting: not attached yet (the interface was not there)\n", ifc.Name)
 		}
 	}
-	p := st.cfg.Policy(st.allow)
+	p := st.cfg.Policy
 	for _, l := range config.Lines(&p) {
 		fmt.Fprintf(tw, "  %s:\t%s\n", l.Label, l.Value)
 	}
 	fmt.Fprintf(tw, "  generation:\t%d\n", st.cfg.Generation)
-	if st.cfg.Flows {
-		fmt.Fprintf(tw, "  flows:\t%d live of %d slots (idle: tcp %s, udp %s)\n", len(st.flows), st.maxFlows, st.cfg.FlowIdleTCP, st.cfg.FlowIdleUDP)
+	if st.cfg.Policy.Flows {
+		fmt.Fprintf(tw, "  flows:\t%d live of %d slots (idle: tcp %s, udp %s)\n", len(st.flows), st.maxFlows, st.cfg.Policy.FlowIdleTCP, st.cfg.Policy.FlowIdleUDP)
 	} else {
 		fmt.Fprintf(tw, "  flows:\toff\n")
 	}
-	if st.cfg.SPAPort != 0 {
-		fmt.Fprintf(tw, "  spa:\tport %d/udp, window ±%s, %d keys; gate clock %s (%+dms from this host's)\n", st.cfg.SPAPort,
-			st.cfg.SPAWindow, len(st.spaKeys), st.clock.UTC().Format("2006-01-02T15:04:05.000Z"), st.clock.Sub(st.now).Milliseconds())
+	if st.cfg.Policy.SPAPort != 0 {
+		fmt.Fprintf(tw, "  spa:\tport %d/udp, window ±%s, %d keys; gate clock %s (%+dms from this host's)\n", st.cfg.Policy.SPAPort,
+			st.cfg.Policy.SPAWindow, len(st.spaKeys), st.clock.UTC().Format("2006-01-02T15:04:05.000Z"), st.clock.Sub(st.now).Milliseconds())
 		for _, k := range st.spaKeys {
 			last := "never used"
 			if !k.LastAccepted.IsZero() {
@@ -447,7 +450,7 @@ func (st *gateStatus) print(w io.Writer, now time.Time) {
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "  ADDRESS\tSTATE\tSTAGE\tEXPIRES")
 	for _, s := range st.sources {
-		fmt.Fprintf(tw, "  %s\t%s\t%d/%d\t%s (in %s)\n", s.Addr, s.State, s.Stage, len(st.cfg.Sequence),
+		fmt.Fprintf(tw, "  %s\t%s\t%d/%d\t%s (in %s)\n", s.Addr, s.State, s.Stage, len(st.cfg.Policy.Default().Sequence),
 			stamp(s.Expires), s.Expires.Sub(now).Round(time.Second))
 	}
 	tw.Flush()

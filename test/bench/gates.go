@@ -16,6 +16,7 @@ import (
 	"github.com/knockgate/knockgate/bpf"
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/policy"
 	"github.com/knockgate/knockgate/test/netns"
 )
 
@@ -245,15 +246,18 @@ func (g *Knockgate) Setup(topo *Topology) error {
 			Interfaces: []string{RxIface},
 			Mode:       loader.ModeNative,
 			MaxSources: g.MaxSources,
-			Config: maps.Config{
-				Sequence:    []maps.Port{{Num: KnockPort1, Proto: maps.TCP}, {Num: KnockPort2, Proto: maps.TCP}},
-				StepTimeout: StepTimeout,
-				Open:        Open,
-				Protected:   []maps.Port{{Num: ProtectedPort, Proto: maps.TCP}},
-				ProtectAll:  g.All,
+			Config: maps.Config{Policy: policy.Policy{
+				Services: []policy.Service{{
+					Name:        policy.DefaultService,
+					Sequence:    []policy.Port{{Num: KnockPort1, Proto: policy.TCP}, {Num: KnockPort2, Proto: policy.TCP}},
+					StepTimeout: StepTimeout,
+					Open:        Open,
+					Protect:     []policy.Port{{Num: ProtectedPort, Proto: policy.TCP}},
+					ProtectAll:  g.All,
+				}},
 				// As the command's defaults.
 				Flows: true, FlowIdleTCP: 24 * time.Hour, FlowIdleUDP: 3 * time.Minute,
-			},
+			}},
 		})
 		if err != nil {
 			return err

@@ -10,6 +10,7 @@ import (
 	"github.com/knockgate/knockgate/bpf"
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/policy"
 )
 
 // MapMemory is one map's memory as the kernel accounts it: the memlock line
@@ -75,7 +76,7 @@ func KnockgateMemory(fill int) (Memory, error) {
 	defer func() {
 		// Leave the gate as it was: these sources never knocked.
 		for _, a := range added {
-			gate.Maps.Revoke(a)
+			gate.Maps.Revoke(a, "")
 		}
 	}()
 	addr := netip.MustParseAddr("198.18.64.0")
@@ -86,7 +87,7 @@ func KnockgateMemory(fill int) (Memory, error) {
 		if err := gate.Maps.PutKnock(addr, p); err != nil {
 			return res, err
 		}
-		if err := gate.Maps.Grant(addr, maps.BootAfter(Open)); err != nil {
+		if err := gate.Maps.Grant(addr, policy.DefaultService, maps.BootAfter(Open)); err != nil {
 			return res, err
 		}
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/knockgate/knockgate/bpf"
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/policy"
 	"github.com/knockgate/knockgate/spa"
 )
 
@@ -286,12 +287,15 @@ func (g *KnockgateSPA) Setup(topo *Topology) error {
 			Mode:       loader.ModeNative,
 			MaxSources: loader.DefaultMaxSources,
 			SPAKeys:    []spa.Key{g.key},
-			Config: maps.Config{
-				StepTimeout: StepTimeout, Open: Open,
-				Protected: []maps.Port{{Num: ProtectedPort, Proto: maps.TCP}},
-				SPAPort:   SPAPort, SPAWindow: spa.DefaultWindow,
+			Config: maps.Config{Policy: policy.Policy{
+				Services: []policy.Service{{
+					Name:        policy.DefaultService,
+					StepTimeout: StepTimeout, Open: Open,
+					Protect: []policy.Port{{Num: ProtectedPort, Proto: policy.TCP}},
+				}},
+				SPAPort: SPAPort, SPAWindow: spa.DefaultWindow,
 				Flows: true, FlowIdleTCP: 24 * time.Hour, FlowIdleUDP: 3 * time.Minute,
-			},
+			}},
 		})
 		if err != nil {
 			return err
@@ -341,7 +345,7 @@ func (g *KnockgateSPA) Revoke(*Topology) error {
 		return err
 	}
 	defer gate.Close()
-	_, err = gate.Maps.Revoke(txAddr)
+	_, err = gate.Maps.Revoke(txAddr, "")
 	return err
 }
 

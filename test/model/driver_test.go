@@ -21,6 +21,7 @@ import (
 	"github.com/knockgate/knockgate/bpf"
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/policy"
 	"github.com/knockgate/knockgate/spa"
 	"github.com/knockgate/knockgate/test/model"
 	"github.com/knockgate/knockgate/test/netns"
@@ -123,7 +124,7 @@ func newScenario(seed uint64, n int) *scenario {
 	}
 	g := &gen{r: r, sc: sc, tai: startTAI, ports: []uint16{22, 53, 443, 7000, 8000, 9000, 9001, spaPort, 67, 68, 546, 40000}}
 	cfg := g.config()
-	for cfg.SPAPort == 0 || len(cfg.Sequence) == 0 {
+	for cfg.Policy.SPAPort == 0 || len(cfg.Policy.Default().Sequence) == 0 {
 		cfg = g.config() // start with both ways in
 	}
 	cfg.SlotKey = sc.slotKey
@@ -161,29 +162,33 @@ func (g *gen) config() maps.Config {
 		{{Num: 9001, Proto: maps.UDP}},
 		nil,
 	}
-	c := maps.Config{
+	d := policy.Service{
+		Name:        policy.DefaultService,
 		Sequence:    seqs[r.IntN(len(seqs))],
 		StepTimeout: time.Duration(1+r.IntN(20)) * time.Second,
 		Open:        time.Duration(5+r.IntN(120)) * time.Second,
+	}
+	p := policy.Policy{
+		Allow:       []netip.Prefix{g.sc.allow},
 		Flows:       r.IntN(4) != 0,
 		FlowIdleTCP: time.Duration(30+r.IntN(300)) * time.Second,
 		FlowIdleUDP: time.Duration(5+r.IntN(60)) * time.Second,
 		SPAWindow:   time.Duration(1+r.IntN(30)) * time.Second,
 	}
-	if r.IntN(3) != 0 || c.Sequence == nil {
-		c.SPAPort = spaPort
+	if r.IntN(3) != 0 || d.Sequence == nil {
+		p.SPAPort = spaPort
 	}
 	switch r.IntN(4) {
 	case 0:
-		c.ProtectAll = true
+		d.ProtectAll = true
 	case 1:
-		c.Protected = []maps.Port{{Num: 22, Proto: maps.TCP}, {Num: 53, Proto: maps.UDP}}
+		d.Protect = []maps.Port{{Num: 22, Proto: maps.TCP}, {Num: 53, Proto: maps.UDP}}
 	default:
-		c.Protected = []maps.Port{{Num: 22, Proto: maps.TCP}, {Num: 443, Proto: maps.TCP}}
+		d.Protect = []maps.Port{{Num: 22, Proto: maps.TCP}, {Num: 443, Proto: maps.TCP}}
 	}
-	c.AllowCount = 1
-	g.seq = c.Sequence
-	return c
+	p.Services = []policy.Service{d}
+	g.seq = d.Sequence
+	return maps.FromPolicy(&p)
 }
 
 func (g *gen) step() step {
@@ -372,7 +377,7 @@ func (g *gen) outbound() step {
 type harness struct {
 	t    testing.TB
 	sc   *scenario
-	objs *bpf.KnockgateObjects
+	objs *loader.Objects
 	set  *maps.Set
 	rd   *ringbuf.Reader
 	m    *model.Gate
@@ -385,11 +390,9 @@ func newHarness(t testing.TB, sc *scenario) *harness {
 		t.Fatal(err)
 	}
 	h := &harness{t: t, sc: sc, objs: objs, set: maps.FromObjects(&objs.KnockgateMaps)}
+	h.set.NoGraceWait = true
 	h.m = model.New(objs.Knocks.MaxEntries(), objs.Flows.MaxEntries(), burst)
 	if h.rd, err = ringbuf.NewReader(objs.Events); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.set.SetAllow([]netip.Prefix{sc.allow}); err != nil {
 		t.Fatal(err)
 	}
 	h.m.Allow = []netip.Prefix{sc.allow}
@@ -435,10 +438,10 @@ func (h *harness) apply(s step) (got, want uint32, err error) {
 	case "grant":
 		exp := h.clk.Boot + uint64(s.D)
 		h.m.GrantFor(s.Addr, exp)
-		err = h.set.Grant(s.Addr, exp)
+		err = h.set.Grant(s.Addr, policy.DefaultService, exp)
 	case "revoke":
 		h.m.Revoke(s.Addr)
-		_, err = h.set.Revoke(s.Addr)
+		_, err = h.set.Revoke(s.Addr, "")
 	case "keys":
 		var keys []spa.Key
 		for _, i := range s.Keys {
@@ -450,39 +453,15 @@ func (h *harness) apply(s step) (got, want uint32, err error) {
 	return got, want, err
 }
 
-// writeConfig installs cfg as maps.Set.WriteConfig does (the idle slot,
-// then the flip to it, a generation newer than both), but without waiting
-// for RCU grace periods: nothing runs the program meanwhile, and the wait
-// (a synchronize_rcu a write) would be most of the run's time.
+// writeConfig installs cfg (without waiting for RCU grace periods: see
+// maps.Set.NoGraceWait), and gives the model what was installed.
 func (h *harness) writeConfig(cfg maps.Config) error {
-	var live uint32
-	if err := h.objs.ConfigSlot.Lookup(uint32(0), &live); err != nil {
-		return err
-	}
-	live &= 1
-	var slots [2]bpf.KnockgateConfig
-	for i := range slots {
-		if err := h.objs.Configs.Lookup(uint32(i), &slots[i]); err != nil {
-			return err
-		}
-	}
-	off, err := maps.TAIOffset()
+	cfg.SlotKey = h.sc.slotKey
+	installed, err := h.set.WriteConfig(cfg)
 	if err != nil {
 		return err
 	}
-	cfg.SlotKey, cfg.TAIOffset = h.sc.slotKey, off
-	cfg.Generation = max(slots[0].Generation, slots[1].Generation) + 1
-	raw, err := cfg.Encode()
-	if err != nil {
-		return err
-	}
-	if err := h.objs.Configs.Update(live^1, raw, ebpf.UpdateAny); err != nil {
-		return err
-	}
-	if err := h.objs.ConfigSlot.Update(uint32(0), live^1, ebpf.UpdateAny); err != nil {
-		return err
-	}
-	h.m.Cfg = cfg
+	h.m.Cfg = installed
 	return nil
 }
 
@@ -554,10 +533,14 @@ func (h *harness) compare() string {
 	}
 
 	grants := map[model.Addr]model.Grant{}
-	var gk bpf.KnockgateSource
+	var gk bpf.KnockgateGrantKey
 	var gv bpf.KnockgateGrant
 	it := h.objs.Grants.Iterate()
 	for it.Next(&gk, &gv) {
+		if gk.Service != 0 {
+			add("grant %s of service %d: the model has default's only", netip.AddrFrom16(gk.Addr).Unmap(), gk.Service)
+			continue
+		}
 		grants[gk.Addr] = model.Grant{Expires: gv.ExpiresNs, Reported: gv.ExpiryReported != 0}
 	}
 	if err := it.Err(); err != nil {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/knockgate/knockgate/bpf"
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/policy"
 	"github.com/knockgate/knockgate/spa"
 )
 
@@ -105,7 +106,15 @@ func (g *Gate) verdict(name string) uint32 {
 }
 
 func (g *Gate) protected(proto uint8, port uint16) bool {
-	return g.Cfg.Protects(maps.Port{Num: port, Proto: maps.Proto(proto)})
+	return g.Cfg.Policy.Protects(policy.Port{Num: port, Proto: policy.Proto(proto)})
+}
+
+// def is the configuration's service default (an empty one before any).
+func (g *Gate) def() *policy.Service {
+	if d := g.Cfg.Policy.Default(); d != nil {
+		return d
+	}
+	return &policy.Service{}
 }
 
 // Ingress is the XDP program: the verdict on one inbound frame.
@@ -121,7 +130,7 @@ func (g *Gate) Ingress(frame []byte) uint32 {
 	if parsed == ICMPError {
 		// An error about a packet the host sent from a protected port
 		// passes while that packet's flow is live.
-		if !cfg.Flows || !g.protected(p.Proto, p.Sport) {
+		if !cfg.Policy.Flows || !g.protected(p.Proto, p.Sport) {
 			return g.verdict("passed")
 		}
 		if g.flowIn(&p, false) {
@@ -129,19 +138,19 @@ func (g *Gate) Ingress(frame []byte) uint32 {
 		}
 		return g.verdict("dropped_protected")
 	}
-	if p.Proto == protoUDP && cfg.SPAPort != 0 && p.Dport == cfg.SPAPort {
+	if p.Proto == protoUDP && cfg.Policy.SPAPort != 0 && p.Dport == cfg.Policy.SPAPort {
 		g.spa(&p)
 		return g.verdict("dropped_spa")
 	}
 	bare := p.Flags & (tcpSYN | tcpACK | tcpRST | tcpFIN)
 	isKnock := p.Proto == protoUDP || bare == tcpSYN
-	if isKnock && len(cfg.Sequence) > 0 && g.knock(&p) {
+	if isKnock && len(g.def().Sequence) > 0 && g.knock(&p) {
 		return g.verdict("dropped_knock")
 	}
 	if !g.protected(p.Proto, p.Dport) {
 		return g.verdict("passed")
 	}
-	if cfg.Flows && !(p.Proto == protoTCP && bare == tcpSYN) && g.flowIn(&p, true) {
+	if cfg.Policy.Flows && !(p.Proto == protoTCP && bare == tcpSYN) && g.flowIn(&p, true) {
 		return g.verdict("passed_flow")
 	}
 	if g.granted(&p) {
@@ -150,7 +159,7 @@ func (g *Gate) Ingress(frame []byte) uint32 {
 	if len(g.Allow) > 0 && g.allowed(p.Src) {
 		return g.verdict("passed_allowed")
 	}
-	if cfg.ProtectAll && p.Proto == protoUDP && (p.Sport == 67 && p.Dport == 68 || p.Sport == 547 && p.Dport == 546) {
+	if g.def().ProtectAll && p.Proto == protoUDP && (p.Sport == 67 && p.Dport == 68 || p.Sport == 547 && p.Dport == 546) {
 		return g.verdict("passed")
 	}
 	return g.verdict("dropped_protected")
@@ -261,8 +270,9 @@ func (s *Slot) free() { s.Addr, s.Stage, s.Tag = Addr{}, 0, 0 }
 // it.
 func (g *Gate) knock(p *Packet) bool {
 	cfg := &g.Cfg
+	def := g.def()
 	var match uint32
-	for i, s := range cfg.Sequence {
+	for i, s := range def.Sequence {
 		if s.Num == p.Dport && uint8(s.Proto) == p.Proto {
 			match |= 1 << i
 		}
@@ -279,7 +289,7 @@ func (g *Gate) knock(p *Packet) bool {
 	if !maybe && match&1 == 0 {
 		return true // a later step out of order: still a knock port
 	}
-	nsteps := uint8(len(cfg.Sequence))
+	nsteps := uint8(len(def.Sequence))
 	found, victim, free := -1, 0, false
 	searched := false
 	if maybe {
@@ -297,10 +307,10 @@ func (g *Gate) knock(p *Packet) bool {
 				stage++
 				if stage == nsteps {
 					s.free()
-					g.grant(src, uint64(cfg.Open), Event{Port: p.Dport, Proto: p.Proto, Stage: nsteps})
+					g.grant(src, uint64(def.Open), Event{Port: p.Dport, Proto: p.Proto, Stage: nsteps})
 					return true
 				}
-				s.Stage, s.Deadline = stage, now+uint64(cfg.StepTimeout)
+				s.Stage, s.Deadline = stage, now+uint64(def.StepTimeout)
 				if g.budgeted(now) {
 					g.emit(Event{Type: "knock", Addr: src, Port: p.Dport, Proto: p.Proto, Stage: stage, Time: now, Expires: s.Deadline})
 				}
@@ -337,14 +347,14 @@ func (g *Gate) knock(p *Packet) bool {
 	}
 	g.count("knock_advanced")
 	if nsteps == 1 {
-		g.grant(src, uint64(cfg.Open), Event{Port: p.Dport, Proto: p.Proto, Stage: nsteps})
+		g.grant(src, uint64(def.Open), Event{Port: p.Dport, Proto: p.Proto, Stage: nsteps})
 		return true
 	}
 	if !searched {
 		_, victim, _ = g.search(base, tag, src)
 	}
 	s := &g.Knocks[base+victim]
-	*s = Slot{Addr: src, Gen: uint16(cfg.Generation), Stage: 1, Deadline: now + uint64(cfg.StepTimeout), Tag: tag}
+	*s = Slot{Addr: src, Gen: uint16(cfg.Generation), Stage: 1, Deadline: now + uint64(def.StepTimeout), Tag: tag}
 	if g.budgeted(now) {
 		g.emit(Event{Type: "knock", Addr: src, Port: p.Dport, Proto: p.Proto, Stage: 1, Time: now, Expires: s.Deadline})
 	}
@@ -394,7 +404,7 @@ func (g *Gate) findFlow(base int, tag uint8, k bpf.KnockgateFlowKey) int {
 
 // live: may the flow's replies pass at now? (README: when a flow ends.)
 func (g *Gate) live(f *Flow, now uint64) bool {
-	ttl := uint64(g.Cfg.FlowIdleUDP)
+	ttl := uint64(g.Cfg.Policy.FlowIdleUDP)
 	if f.Key.Proto == protoTCP {
 		fins := uint64(bpf.KnockgateFlowFlagFLOW_FIN_OUT | bpf.KnockgateFlowFlagFLOW_FIN_IN)
 		switch {
@@ -403,7 +413,7 @@ func (g *Gate) live(f *Flow, now uint64) bool {
 		case f.Flags&uint64(bpf.KnockgateFlowFlagFLOW_ANSWERED) == 0:
 			ttl = uint64(60 * time.Second)
 		default:
-			ttl = uint64(g.Cfg.FlowIdleTCP)
+			ttl = uint64(g.Cfg.Policy.FlowIdleTCP)
 		}
 	}
 	return now < f.Last+ttl
@@ -434,7 +444,7 @@ func (g *Gate) flowIn(p *Packet, reverse bool) bool {
 // its flow when it leaves a protected port; it never changes the packet's
 // fate.
 func (g *Gate) Egress(frame []byte) {
-	if !g.Cfg.Flows {
+	if !g.Cfg.Policy.Flows {
 		return
 	}
 	parsed, p := ParseFrame(frame)
@@ -497,7 +507,7 @@ func (g *Gate) spa(p *Packet) {
 	}
 	open := uint64(k.Open)
 	if open == 0 {
-		open = uint64(g.Cfg.Open)
+		open = uint64(g.def().Open)
 	}
 	g.grant(addr, open, Event{Port: p.Dport, Proto: protoUDP, KeyID: k.ID})
 }
@@ -520,7 +530,7 @@ func (g *Gate) spaCheck(p *Packet) (string, Addr, spa.Key) {
 	}
 	ts := binary.BigEndian.Uint64(b[8:])
 	now := uint64(int64(g.Clock.TAI)-int64(g.Cfg.TAIOffset)) / 1e6
-	window := uint64(g.Cfg.SPAWindow / time.Millisecond)
+	window := uint64(g.Cfg.Policy.SPAWindow / time.Millisecond)
 	if ts > now+window || ts+window < now {
 		return "spa_clock", Addr{}, spa.Key{}
 	}
