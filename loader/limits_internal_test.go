@@ -31,7 +31,7 @@ func requireRoot(t *testing.T) {
 // commit, with the figure this test prints.
 var verifierBudgets = map[string]struct{ insns, stack int }{
 	bpf.KnockgateProgKnockgate: {insns: 200_000, stack: 640}, // 182 401 and 600 with services
-	bpf.EgressProgEgress:       {insns: 30_000, stack: 300},   // 26 932 and 256
+	bpf.EgressProgEgress:       {insns: 30_000, stack: 300},  // 26 932 and 256
 }
 
 var (

@@ -216,6 +216,7 @@ func loadEgress(spec *ebpf.CollectionSpec, byName map[string]*ebpf.Map) (*ebpf.P
 	defer coll.Close()
 	return coll.DetachProgram(bpf.EgressProgEgress), nil
 }
+
 // LoadTuned is Load with every size and load-time constants set.
 func LoadTuned(sz Sizes, t Tuning) (*Objects, error) {
 	sz = sz.withDefaults()

@@ -63,7 +63,7 @@ func TestConfigRoundTrip(t *testing.T) {
 	}
 	want := c.Policy.Clone()
 	want.Services = []policy.Service{def, rdp, web, all} // by index
-	want.Services[3].Protect = nil                         // protect-all lists none
+	want.Services[3].Protect = nil                       // protect-all lists none
 	got := DecodeConfig(raw)
 	if d := policy.Diff(&want, &got.Policy); len(d) != 0 || !reflect.DeepEqual(got.Index, c.Index) || got.Generation != 7 {
 		t.Errorf("round trip: %v; index %v", d, got.Index)

@@ -304,4 +304,3 @@ func (s *Set) Revoke(addr netip.Addr, service string) (bool, error) {
 	}
 	return true, nil
 }
-
