@@ -269,7 +269,12 @@ func DecodeConfig(raw *bpf.KnockgateConfig) Config {
 			}
 		}
 	}
-	// default first, the rest in index order.
+	// default first (a gate not yet configured has it too, empty, as
+	// every policy does), the rest in index order.
+	if services[0] == nil {
+		services[0] = &policy.Service{Name: policy.DefaultService}
+		c.Index[policy.DefaultService] = 0
+	}
 	for _, s := range services {
 		if s != nil {
 			c.Policy.Services = append(c.Policy.Services, *s)

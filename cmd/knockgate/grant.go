@@ -54,7 +54,11 @@ func grantCommand() *command {
 			if err := g.Grant(addr, service, until); err != nil {
 				return err
 			}
-			fmt.Fprintf(e.stdout, "granted %s %s on %s until %s\n", addr, service, iface, stamp(maps.BootToTime(until)))
+			what := ""
+			if service != policy.DefaultService {
+				what = " " + service
+			}
+			fmt.Fprintf(e.stdout, "granted %s%s on %s until %s\n", addr, what, iface, stamp(maps.BootToTime(until)))
 			return nil
 		},
 	}
