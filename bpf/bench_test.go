@@ -3,6 +3,7 @@ package bpf_test
 import (
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	"github.com/knockgate/knockgate/bpf"
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/policy"
 	"github.com/knockgate/knockgate/spa"
 	"github.com/knockgate/knockgate/test/netns"
 	"github.com/knockgate/knockgate/test/packet"
@@ -42,6 +44,24 @@ import (
 // chunk; the last digit is noise. The target for unauthorised_drop (a
 // stranger's SYN to a protected port, what a scan or flood sends) is to
 // stay within 25 ns of the floor.
+
+// benchServices are the services every benchmark's gate has beside
+// default: 15, so that each path is timed on a gate of 16 services (the
+// issue's budget), each protecting a port and knocking a sequence of its
+// own that no benchmark packet touches.
+func benchServices() []policy.Service {
+	var out []policy.Service
+	for i := range 15 {
+		out = append(out, policy.Service{
+			Name:        fmt.Sprintf("svc%d", i),
+			Sequence:    []maps.Port{tcp(uint16(20000 + 2*i)), tcp(uint16(20001 + 2*i))},
+			StepTimeout: 10 * time.Second,
+			Open:        time.Hour,
+			Protect:     []maps.Port{tcp(uint16(10000 + i))},
+		})
+	}
+	return out
+}
 
 // benchRepeat is how many runs one BPF_PROG_TEST_RUN call makes: enough to
 // drown the call's fixed cost, few enough to keep a chunk near 50 ms.
@@ -232,6 +252,7 @@ func BenchmarkKnockgate(b *testing.B) {
 				Open:        time.Hour,
 				Protected:   []maps.Port{ssh},
 				Flows:       true, FlowIdleTCP: 24 * time.Hour, FlowIdleUDP: 3 * time.Minute,
+				Services:    benchServices(),
 			}
 			if path.knock {
 				cfg.StepTimeout = time.Nanosecond
@@ -389,7 +410,7 @@ func BenchmarkStranger(b *testing.B) {
 	netns.Require(b)
 	f := families[0]
 	cfg := conf{Sequence: seq, StepTimeout: 10 * time.Second, Open: time.Hour, Protected: []maps.Port{ssh, mdns},
-		Flows: true, FlowIdleTCP: 24 * time.Hour, FlowIdleUDP: 3 * time.Minute}
+		Flows: true, FlowIdleTCP: 24 * time.Hour, FlowIdleUDP: 3 * time.Minute, Services: benchServices()}
 	states := []struct {
 		name       string
 		maxSources uint32
@@ -506,7 +527,8 @@ func BenchmarkFlows(b *testing.B) {
 			b.Cleanup(func() { objs.Close() })
 			set := maps.FromObjects(&objs.KnockgateMaps)
 			cfg := conf{Sequence: seq, StepTimeout: 10 * time.Second, Open: time.Hour, Protected: []maps.Port{ssh},
-				ProtectAll: path.protectAll, Flows: true, FlowIdleTCP: 24 * time.Hour, FlowIdleUDP: 3 * time.Minute}
+				ProtectAll: path.protectAll, Flows: true, FlowIdleTCP: 24 * time.Hour, FlowIdleUDP: 3 * time.Minute,
+				Services: benchServices()}
 			if cfg.SlotKey, err = maps.NewSlotKey(); err != nil {
 				b.Fatal(err)
 			}
@@ -576,6 +598,7 @@ func BenchmarkSPA(b *testing.B) {
 	set := maps.FromObjects(&objs.KnockgateMaps)
 	cfg := spaConfig()
 	cfg.Flows, cfg.FlowIdleTCP, cfg.FlowIdleUDP = true, 24*time.Hour, 3*time.Minute
+	cfg.Services = benchServices()
 	if _, err := set.WriteConfig(cfg.config()); err != nil {
 		b.Fatal(err)
 	}
