@@ -27,7 +27,7 @@ func attachCommand() *command {
 	return &command{
 		name:     "attach",
 		synopsis: "IFACE... " + config.Synopsis(config.Attach) + " [--no-grant-self] [--confirm D]",
-		summary: "attach the gate to interfaces",
+		summary:  "attach the gate to interfaces",
 		help: "Attach one gate to every IFACE: one program and one set of maps, so a knock on\n" +
 			"any of them opens all of them. The gate is pinned under " + loader.PinRoot + "/NAME\n" +
 			"(NAME: --gate, default the first interface), so it keeps running after this\n" +
