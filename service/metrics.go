@@ -143,6 +143,7 @@ var (
 		{bpf.KnockgateCounterCOUNTER_SPA_BAD_TAG, "bad_tag"},
 		{bpf.KnockgateCounterCOUNTER_SPA_CLOCK, "clock"},
 		{bpf.KnockgateCounterCOUNTER_SPA_BAD_ADDRESS, "bad_address"},
+		{bpf.KnockgateCounterCOUNTER_SPA_BAD_SERVICE, "bad_service"},
 		{bpf.KnockgateCounterCOUNTER_SPA_REPLAY, "replay"},
 	}
 )
