@@ -157,6 +157,10 @@ func Parse(path string, data []byte) (*Settings, error) {
 		return nil, &FileError{Path: path, Line: line, Key: key, Err: err}
 	}
 	p := s.Config()
+	if err := CheckHashes(&p); err != nil {
+		he := err.(*hashError)
+		return nil, &FileError{Path: path, Line: svcLines[he.b].table, Key: "services." + he.b, Err: err}
+	}
 	if err := CheckKeys(&p, s.SPAKeys); err != nil {
 		var ne *noKeyError
 		if errors.As(err, &ne) {

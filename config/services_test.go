@@ -96,6 +96,9 @@ func TestServiceFileErrors(t *testing.T) {
 		// Without a key that may open it, a service without a sequence
 		// could never open.
 		{head + "[services.rdp]\n\nprotect = \"3389\"\n", "t.toml:5: services.rdp.protect: service rdp: sequence is none and no SPA key names it (services=rdp): nothing could ever open it"},
+		// FNV-1a makes the same 32 bits of these two names.
+		{head + "[services.s31597]\nprotect = \"1\"\nsequence = \"2\"\n[services.s618190]\nprotect = \"3\"\nsequence = \"4\"\n",
+			"t.toml:6: services.s618190: services s31597 and s618190 have the same name hash"},
 	} {
 		_, err := Parse("t.toml", []byte(tc.file))
 		if err == nil || !strings.HasPrefix(err.Error(), tc.want) {
