@@ -7,7 +7,10 @@
 // given (Merge), attach's comparison with an existing gate (Compare), a
 // reload's refusals (ReloadCheck) and the summaries commands print (Summary,
 // Lines). Adding a setting is one entry there (and, for a setting of the
-// policy, one in policy's tables).
+// policy, one in policy's tables). The top-level keys and the flags
+// configure the service default and the gate; the options In Named are also
+// the keys of a [services.NAME] table and, after --service NAME, the flags
+// that configure that service (ServiceSummaries, ServiceLines show them).
 package config
 
 import (
