@@ -7,10 +7,14 @@
 // given (Merge), attach's comparison with an existing gate (Compare), a
 // reload's refusals (ReloadCheck) and the summaries commands print (Summary,
 // Lines). Adding a setting is one entry there (and, for a setting of the
-// policy, one in policy's tables).
+// policy, one in policy's tables). The top-level keys and the flags
+// configure the service default and the gate; the options In Named are also
+// the keys of a [services.NAME] table and, after --service NAME, the flags
+// that configure that service (ServiceSummaries, ServiceLines show them).
 package config
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -58,6 +62,33 @@ func (s *Settings) service() *policy.Service {
 	return &s.Policy.Services[0]
 }
 
+// Service is the service called name, made with a named service's
+// defaults (NewService) when s has none of that name.
+func (s *Settings) Service(name string) *policy.Service {
+	s.service()
+	if svc := s.Policy.Service(name); svc != nil {
+		return svc
+	}
+	s.Policy.Services = append(s.Policy.Services, NewService(name))
+	return &s.Policy.Services[len(s.Policy.Services)-1]
+}
+
+// NewService is a service called name as a [services.NAME] table or
+// --service makes it before its options are given: each option of a
+// named service at its service default (sequence none, step timeout 1m,
+// open 30m), the rest empty.
+func NewService(name string) policy.Service {
+	svc := policy.Service{Name: name}
+	for i := range Options {
+		if o := &Options[i]; o.In&Named != 0 && o.ServiceDefault != "" {
+			if err := o.own(&svc).Set(o.ServiceDefault); err != nil {
+				panic(fmt.Sprintf("service default of --%s: %v", o.Name, err))
+			}
+		}
+	}
+	return svc
+}
+
 // Where says which commands take an option.
 type Where uint8
 
@@ -65,6 +96,10 @@ const (
 	Attach Where = 1 << iota // knockgate attach flags
 	Set                      // knockgate set flags
 	File                     // config-file keys (run, run --check)
+	// Named: an option of each named service too: a key of its
+	// [services.NAME] table, and with --service NAME a flag of attach and
+	// set that configures that service.
+	Named
 )
 
 // Reload is what a reload of `run` does with a changed option.
@@ -97,10 +132,17 @@ type Option struct {
 	// Name is the flag's name; the file's key is Name with '-' as '_'.
 	Name string
 	// Usage is the flag's help; a `QUOTED` word names its argument.
-	Usage   string
+	Usage string
+	// Arg is the argument as the commands' synopses show it ("PORTS|all";
+	// a switch's "BOOL" reads --flows=BOOL).
+	Arg     string
 	Default string // parsed like any value; "": none
-	In      Where
-	Reload  Reload
+	// ServiceDefault is the option's value in a named service that does
+	// not give it ("": none); ServiceRequired: a named service must give it.
+	ServiceDefault  string
+	ServiceRequired bool
+	In              Where
+	Reload          Reload
 	// scope: the option sets the policy's setting of its name, of the
 	// gate or of the service it configures (resolved into gate or svc).
 	scope scope
@@ -109,6 +151,12 @@ type Option struct {
 	// value binds the option's parser to its place in s, or in svc, the
 	// service it configures.
 	value func(s *Settings, svc *policy.Service) value
+	// own binds the parser of an option In Named to its place in a named
+	// service (set by init from value for the service's own options; allow
+	// sets it: in a service it is the service's own list, not the gate's),
+	// and ownSetting is the policy's setting it sets there.
+	own        func(svc *policy.Service) value
+	ownSetting *policy.Setting[policy.Service]
 	// repeat: as a flag, the option may be given again, each value adding
 	// to the list.
 	repeat bool
@@ -138,6 +186,9 @@ type show struct {
 	// is the value there.
 	status     bool
 	statusText func(p *policy.Policy, svc *policy.Service) string
+	// own is the value in a named service, if not text's (allow: the
+	// service's own list).
+	own func(svc *policy.Service) string
 }
 
 // Key is the option's config-file key.
@@ -150,11 +201,11 @@ func (o *Option) bind(s *Settings) value { return o.value(s, s.service()) }
 // flag, its key, its parsing and its validation at once, and a place in
 // set, attach, a reload and the summaries.
 var Options = []Option{
-	{Name: "gate", In: Attach | File, Reload: Restart, Usage: "name the gate `NAME` (default: the first interface's name; run: the config file's base name)",
+	{Name: "gate", Arg: "NAME", In: Attach | File, Reload: Restart, Usage: "name the gate `NAME` (default: the first interface's name; run: the config file's base name)",
 		value: func(s *Settings, _ *policy.Service) value { return &nameValue{&s.Gate} }},
 	{Name: "interfaces", In: File, Usage: "interfaces to attach to",
 		value: func(s *Settings, _ *policy.Service) value { return &ifacesValue{&s.Interfaces} }},
-	{Name: "sequence", In: Attach | Set | File, Default: "9000,8000", Usage: "knock `PORTS` in this order (PORT[/tcp|/udp],...; none: SPA only)",
+	{Name: "sequence", Arg: "PORTS|none", In: Attach | Set | File | Named, Default: "9000,8000", ServiceDefault: "none", Usage: "knock `PORTS` in this order (PORT[/tcp|/udp],...; none: SPA only)",
 		scope: serviceScope,
 		value: func(_ *Settings, svc *policy.Service) value { return &sequenceValue{&svc.Sequence} },
 		show: &show{label: "sequence", status: true,
@@ -165,29 +216,31 @@ var Options = []Option{
 				}
 				return policy.FormatPorts(svc.Sequence)
 			}}},
-	{Name: "step-timeout", In: Attach | Set | File, Default: "1m", Usage: "each step must follow the previous one within `DURATION`",
+	{Name: "step-timeout", Arg: "D", In: Attach | Set | File | Named, Default: "1m", ServiceDefault: "1m", Usage: "each step must follow the previous one within `DURATION`",
 		scope: serviceScope,
 		value: func(_ *Settings, svc *policy.Service) value { return &durationValue{&svc.StepTimeout} },
 		show: &show{label: "step timeout", status: true,
 			text: func(_ *policy.Policy, svc *policy.Service) string { return svc.StepTimeout.String() }}},
-	{Name: "open", In: Attach | Set | File, Default: "30m", Usage: "a completed sequence opens the protected ports for `DURATION`",
+	{Name: "open", Arg: "D", In: Attach | Set | File | Named, Default: "30m", ServiceDefault: "30m", Usage: "a completed sequence opens the protected ports for `DURATION`",
 		scope: serviceScope,
 		value: func(_ *Settings, svc *policy.Service) value { return &durationValue{&svc.Open} },
 		show: &show{label: "open", status: true,
 			text: func(_ *policy.Policy, svc *policy.Service) string { return svc.Open.String() }}},
-	{Name: "protect", In: Attach | Set | File, Default: "22", Usage: "`PORTS` closed to sources without a grant (all: every TCP and UDP port)",
+	{Name: "protect", Arg: "PORTS|all", In: Attach | Set | File | Named, Default: "22", ServiceRequired: true, Usage: "`PORTS` closed to sources without a grant (all: every TCP and UDP port)",
 		scope: serviceScope,
 		value: func(_ *Settings, svc *policy.Service) value { return &protectValue{&svc.Protect, &svc.ProtectAll} },
 		show: &show{label: "protecting", status: true,
 			text: func(_ *policy.Policy, svc *policy.Service) string {
 				return policy.FormatProtect(svc.Protect, svc.ProtectAll)
 			}}},
-	{Name: "allow", In: Attach | File, Usage: "`CIDRS` that may always reach protected ports (repeatable)",
+	{Name: "allow", Arg: "CIDR,...", In: Attach | Set | File | Named, Usage: "`CIDRS` that may always reach protected ports, of every service (repeatable; with --service: of that service only)",
 		scope: gateScope, repeat: true,
 		value: func(s *Settings, _ *policy.Service) value { return &prefixesValue{&s.Policy.Allow} },
+		own:   func(svc *policy.Service) value { return &prefixesValue{&svc.Allow} },
 		show: &show{label: "allowing", status: true,
-			text: func(p *policy.Policy, _ *policy.Service) string { return policy.FormatCIDRs(p.Allow) }}},
-	{Name: "max-sources", In: Attach | File, Reload: Kept, Default: fmt.Sprint(loader.DefaultMaxSources), Usage: "track at most `N` knocking and N granted sources",
+			text: func(p *policy.Policy, _ *policy.Service) string { return policy.FormatCIDRs(p.Allow) },
+			own:  func(svc *policy.Service) string { return policy.FormatCIDRs(svc.Allow) }}},
+	{Name: "max-sources", Arg: "N", In: Attach | File, Reload: Kept, Default: fmt.Sprint(loader.DefaultMaxSources), Usage: "track at most `N` knocking and N granted sources",
 		value: func(s *Settings, _ *policy.Service) value {
 			return &countValue{&s.MaxSources, 1, loader.MaxSourcesLimit}
 		},
@@ -197,7 +250,7 @@ var Options = []Option{
 			}
 			return ""
 		}},
-	{Name: "flows", In: Attach | Set | File, Default: "true", Usage: "let replies in the host's own flows (and the rest of a session a grant let in) through protected ports",
+	{Name: "flows", Arg: "BOOL", In: Attach | Set | File, Default: "true", Usage: "let replies in the host's own flows (and the rest of a session a grant let in) through protected ports",
 		scope: gateScope,
 		value: func(s *Settings, _ *policy.Service) value { return &boolValue{&s.Policy.Flows} },
 		show: &show{label: "flows", text: func(p *policy.Policy, _ *policy.Service) string {
@@ -206,13 +259,13 @@ var Options = []Option{
 			}
 			return "off"
 		}}},
-	{Name: "flow-idle-tcp", In: Attach | Set | File, Default: "24h", Usage: "a TCP flow idle for `DURATION` ends",
+	{Name: "flow-idle-tcp", Arg: "D", In: Attach | Set | File, Default: "24h", Usage: "a TCP flow idle for `DURATION` ends",
 		scope: gateScope,
 		value: func(s *Settings, _ *policy.Service) value { return &durationValue{&s.Policy.FlowIdleTCP} }},
-	{Name: "flow-idle-udp", In: Attach | Set | File, Default: "3m", Usage: "a UDP flow idle for `DURATION` ends",
+	{Name: "flow-idle-udp", Arg: "D", In: Attach | Set | File, Default: "3m", Usage: "a UDP flow idle for `DURATION` ends",
 		scope: gateScope,
 		value: func(s *Settings, _ *policy.Service) value { return &durationValue{&s.Policy.FlowIdleUDP} }},
-	{Name: "max-flows", In: Attach | File, Reload: Kept, Default: fmt.Sprint(loader.DefaultMaxFlows), Usage: "remember at most `N` flows of the host's",
+	{Name: "max-flows", Arg: "N", In: Attach | File, Reload: Kept, Default: fmt.Sprint(loader.DefaultMaxFlows), Usage: "remember at most `N` flows of the host's",
 		value: func(s *Settings, _ *policy.Service) value { return &countValue{&s.MaxFlows, 4, loader.MaxFlowsLimit} },
 		differs: func(s *Settings, have *Held) string {
 			if loader.FlowSlots(s.MaxFlows) != have.Sizes.MaxFlows {
@@ -220,7 +273,7 @@ var Options = []Option{
 			}
 			return ""
 		}},
-	{Name: "spa-port", In: Attach | Set | File, Usage: fmt.Sprintf("take single-packet authorization datagrams on UDP `PORT` (0: none; default %d once --spa-keys is given)", spa.DefaultPort),
+	{Name: "spa-port", Arg: "PORT", In: Attach | Set | File, Usage: fmt.Sprintf("take single-packet authorization datagrams on UDP `PORT` (0: none; default %d once --spa-keys is given)", spa.DefaultPort),
 		scope: gateScope,
 		value: func(s *Settings, _ *policy.Service) value { return &spaPortValue{&s.Policy.SPAPort} },
 		show: &show{label: "SPA", text: func(p *policy.Policy, _ *policy.Service) string {
@@ -229,7 +282,7 @@ var Options = []Option{
 			}
 			return fmt.Sprintf("on %d/udp (window ±%s)", p.SPAPort, p.SPAWindow)
 		}}},
-	{Name: "spa-keys", In: Attach | Set | File, Usage: "SPA keys from `FILE`, one \"ID HEX NAME [any-address] [open=DURATION]\" per line (root's, mode 600); a change is live",
+	{Name: "spa-keys", Arg: "FILE", In: Attach | Set | File, Usage: "SPA keys from `FILE`, one \"ID HEX NAME [any-address] [open=DURATION] [services=NAME,...]\" per line (root's, mode 600); a change is live",
 		value: func(s *Settings, _ *policy.Service) value { return &keyFileValue{&s.SPAKeysFile, &s.SPAKeys} },
 		// Keys without a port take the default one: the only place
 		// that rule is written.
@@ -245,10 +298,10 @@ var Options = []Option{
 			}
 			return ""
 		}},
-	{Name: "spa-window", In: Attach | Set | File, Default: "30s", Usage: "an SPA datagram's timestamp may be `DURATION` off the gate's clock, either way",
+	{Name: "spa-window", Arg: "D", In: Attach | Set | File, Default: "30s", Usage: "an SPA datagram's timestamp may be `DURATION` off the gate's clock, either way",
 		scope: gateScope,
 		value: func(s *Settings, _ *policy.Service) value { return &durationValue{&s.Policy.SPAWindow} }},
-	{Name: "mode", In: Attach | File, Reload: Kept, Default: string(loader.ModeAuto), Usage: "XDP `MODE`: auto (native, else generic), native or generic",
+	{Name: "mode", Arg: "auto|native|generic", In: Attach | File, Reload: Kept, Default: string(loader.ModeAuto), Usage: "XDP `MODE`: auto (native, else generic), native or generic",
 		value: func(s *Settings, _ *policy.Service) value { return &modeValue{&s.Mode} }},
 	{Name: "metrics", In: File, Usage: "serve Prometheus metrics on `HOST:PORT` (empty: off)",
 		value: func(s *Settings, _ *policy.Service) value { return &addrValue{&s.Metrics} }},
@@ -271,6 +324,18 @@ func init() {
 		}
 		if o.scope != noScope && o.gate == nil && o.svc == nil {
 			panic("config: option " + o.Name + " names no setting of the policy")
+		}
+		if o.In&Named != 0 {
+			if o.own == nil && o.scope == serviceScope {
+				bind := o.value
+				o.own = func(svc *policy.Service) value { return bind(nil, svc) }
+			}
+			if o.ownSetting = policy.SettingOf(policy.ServiceSettings, o.Name); o.own == nil || o.ownSetting == nil {
+				panic("config: option " + o.Name + " is a named service's, with no setting of a service")
+			}
+		}
+		if o.In&(Attach|Set) != 0 && o.Arg == "" {
+			panic("config: option " + o.Name + " is a flag with no Arg for the synopses")
 		}
 		if o.derives != "" && policy.SettingOf(policy.GateSettings, o.derives) == nil {
 			panic("config: option " + o.Name + " derives " + o.derives + ", no setting of the gate's")
@@ -307,15 +372,19 @@ func Defaults() Settings {
 // Flags are the options of one command, bound to its flag set as text and
 // parsed only by Apply, so that every bad value is reported the same way
 // ("--protect: port 70000 out of range (1-65535)"), in the table's order.
+// --service NAME points the options In Named at that service; set's
+// --remove removes it.
 type Flags struct {
-	fs     *pflag.FlagSet
-	text   map[string]*string
-	arrays map[string]*[]string
+	fs      *pflag.FlagSet
+	text    map[string]*string
+	arrays  map[string]*[]string
+	service *string
+	remove  *bool
 }
 
-// AddFlags registers, on fs, a flag for every option that where takes.
-// attach shows the defaults; set has none (it changes only what it is
-// given).
+// AddFlags registers, on fs, a flag for every option that where takes,
+// and --service (and for set --remove). attach shows the defaults; set has
+// none (it changes only what it is given).
 func AddFlags(fs *pflag.FlagSet, where Where) *Flags {
 	f := &Flags{fs: fs, text: map[string]*string{}, arrays: map[string]*[]string{}}
 	for i := range Options {
@@ -340,7 +409,36 @@ func AddFlags(fs *pflag.FlagSet, where Where) *Flags {
 			fs.Lookup(o.Name).NoOptDefVal = "true" // --flows alone, or --flows=false
 		}
 	}
+	if where&(Attach|Set) != 0 {
+		made := "made when the gate has none"
+		if where == Attach {
+			made = "made with the gate"
+		}
+		f.service = fs.String("service", "", fmt.Sprintf("%s configure the service `NAME` (%s; --protect then needed), not default", namedList(where), made))
+	}
+	if where == Set {
+		f.remove = fs.Bool("remove", false, "remove the service --service names, its grants with it")
+	}
 	return f
+}
+
+// namedList names the flags of where that --service points at a service:
+// "--sequence, --step-timeout, --open, --protect and --allow".
+func namedList(where Where) string { return joinOr(namedFlags(where), " and ") }
+
+// NamedFlagList names the flags of where that --service points at a
+// service, for a message: "--sequence, --step-timeout, --open, --protect
+// or --allow".
+func NamedFlagList(where Where) string { return joinOr(namedFlags(where), " or ") }
+
+func namedFlags(where Where) []string {
+	var names []string
+	for _, o := range Options {
+		if o.In&where != 0 && o.In&Named != 0 {
+			names = append(names, "--"+o.Name)
+		}
+	}
+	return names
 }
 
 // textFlag holds an option's text as given, parsed later by Apply (so a
@@ -377,14 +475,40 @@ func (f *Flags) Changed() map[string]bool {
 	return out
 }
 
-// Apply parses the options given on the command line into s.
+// Service is the service --service names; "" when it is not given (the
+// options configure default, and allow is the gate's).
+func (f *Flags) Service() string {
+	if f.service == nil || !f.fs.Changed("service") {
+		return ""
+	}
+	return *f.service
+}
+
+// Remove says whether set's --remove was given.
+func (f *Flags) Remove() bool { return f.remove != nil && *f.remove }
+
+// Apply parses the options given on the command line into s: those In
+// Named into the service --service names (made in s with the service
+// defaults when s has none), the rest as ever.
 func (f *Flags) Apply(s *Settings) error {
+	name := f.Service()
+	if f.fs.Changed("service") {
+		if err := policy.CheckServiceName(name); err != nil {
+			return fmt.Errorf("--service: %w", err)
+		}
+	}
+	if f.Remove() && name == "" {
+		return errors.New("--remove removes the service --service names: give --service")
+	}
 	for i := range Options {
 		o := &Options[i]
 		if f.fs.Lookup(o.Name) == nil || !f.fs.Changed(o.Name) {
 			continue
 		}
 		v := o.bind(s)
+		if name != "" && o.In&Named != 0 {
+			v = o.own(s.Service(name))
+		}
 		if vals, ok := f.arrays[o.Name]; ok {
 			// Repeatable: each value adds to the list.
 			for _, val := range *vals {

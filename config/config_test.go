@@ -128,7 +128,7 @@ func TestSetFlagsHaveNoDefaults(t *testing.T) {
 	if got := f.Changed(); !reflect.DeepEqual(got, map[string]bool{"open": true}) {
 		t.Errorf("changed %v", got)
 	}
-	for _, name := range []string{"allow", "max-sources", "mode", "gate", "metrics", "interfaces"} {
+	for _, name := range []string{"max-sources", "mode", "gate", "metrics", "interfaces"} {
 		if fs.Lookup(name) != nil {
 			t.Errorf("set has --%s", name)
 		}
@@ -191,11 +191,11 @@ func TestFileErrorsNameKeyAndLine(t *testing.T) {
 		{"interfaces = [\"eth0\"]\n[fleet]\npeers = []\n", "t.toml:2: fleet: give peers (the embedded servers' route addresses) or url"},
 		{"interfaces = [\"eth0\"]\n[fleet]\npeer = [\"a:1\"]\n", "t.toml:2: fleet: unknown key peer"},
 		// Tables and keys the schema does not have, at any depth.
-		{"interfaces = [\"eth0\"]\n\n[services.web]\nprotect = \"443\"\n", "t.toml:3: services.web: unknown table (the only table is [fleet])"},
-		{"interfaces = [\"eth0\"]\n[foo.bar]\n", "t.toml:2: foo.bar: unknown table"},
+		{"interfaces = [\"eth0\"]\n\n[services.web.x]\nprotect = \"443\"\n", "t.toml:3: services.web.x: unknown table (a service's keys: sequence, step_timeout, open, protect, allow)"},
+		{"interfaces = [\"eth0\"]\n[foo.bar]\n", "t.toml:2: foo.bar: unknown table (the tables are [services.NAME] and [fleet])"},
 		{"interfaces = [\"eth0\"]\nfoo.bar = 1\n", "t.toml:2: foo.bar: unknown key"},
 		{"interfaces = [\"eth0\"]\n[foo]\nbar = 1\n", "t.toml:2: foo: unknown key"},
-		{"interfaces = [\"eth0\"]\n[[services]]\nname = \"web\"\n", "t.toml:2: services: unknown key"},
+		{"interfaces = [\"eth0\"]\n[[services]]\nname = \"web\"\n", "t.toml:2: services: want a table [services.NAME] for each service"},
 		{"interfaces = [\"eth0\"]\n[sequence.x]\n", "t.toml:2: sequence.x: sequence is a setting, not a table"},
 		{"interfaces = [\"eth0\"]\n[fleet]\nurl = \"nats://a:4222\"\n\n[fleet.tls]\ncert = \"x\"\n", "t.toml:5: fleet: unknown table tls (known: name, gate, peers"},
 		{"interfaces = [\"eth0\"]\n[fleet.tls]\ncert = \"x\"\n", "t.toml:2: fleet: unknown table tls"},

@@ -11,6 +11,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/knockgate/knockgate/loader"
+	"github.com/knockgate/knockgate/policy"
 )
 
 // FileError is a mistake in a config file: where it is and what is wrong.
@@ -46,12 +47,16 @@ func Load(path string) (*Settings, error) {
 }
 
 // Parse decodes a config file and checks it whole: every key must be an
-// option's (Options, In File) or the [fleet] table's, every value must
-// parse as its flag would, and the settings must make a gate. A table or key
-// the schema does not have is refused, at any depth ([services.web],
-// [fleet.tls], foo.bar = 1). What is not given keeps its default; the gate's
-// name defaults to the file's base name. The first mistake is returned as a
-// *FileError naming the key and its line.
+// option's (Options, In File), a [services.NAME] table's (options In Named)
+// or the [fleet] table's, every value must parse as its flag would, and the
+// settings must make a gate. A table or key the schema does not have is
+// refused, at any depth ([services.web.x], [fleet.tls], foo.bar = 1). The
+// top level is the service default; each [services.NAME] table is a
+// service, in the file's order. What is not given keeps its default (a
+// service's: NewService); the gate's name defaults to the file's base name.
+// Every SPA key must name services the file has, and a service without a
+// sequence needs a key that may open it. The first mistake is returned as a
+// *FileError naming the key (services.NAME.KEY in a service) and its line.
 func Parse(path string, data []byte) (*Settings, error) {
 	var raw map[string]toml.Primitive
 	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&raw)
@@ -64,9 +69,21 @@ func Parse(path string, data []byte) (*Settings, error) {
 	}
 	s := Defaults()
 	lines := make(map[string]int)
-	fleet := false
+	fleet, services := false, false
+	var svcLines map[string]serviceLines
 	for _, key := range md.Keys() {
 		name := key[0]
+		if name == "services" {
+			// Every table of it when its first key comes.
+			if services {
+				continue
+			}
+			services = true
+			if svcLines, err = s.decodeServices(path, &md, raw); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		if name == "fleet" {
 			// The table as a whole, when its first key comes (the table
 			// itself, or [fleet.x] without it): its decoder refuses
@@ -117,14 +134,148 @@ func Parse(path string, data []byte) (*Settings, error) {
 	}
 	if err := s.Check(); err != nil {
 		// A combination the program cannot run: tied to the keys that
-		// make it (a step that is also protected).
+		// make it (a step that is also protected), of the first service
+		// that makes it (the policy with the services before it is good).
 		key, line := "sequence", lines["sequence"]
 		if lines["protect"] > line {
 			key, line = "protect", lines["protect"]
 		}
+		p := s.Config()
+		for i := range p.Services {
+			q := p
+			q.Services = p.Services[:i+1]
+			verr := q.Validate()
+			if verr == nil {
+				continue
+			}
+			if i > 0 {
+				key, line = svcLines[p.Services[i].Name].blame(p.Services[i].Name)
+			}
+			err = verr
+			break
+		}
 		return nil, &FileError{Path: path, Line: line, Key: key, Err: err}
 	}
+	p := s.Config()
+	if err := CheckHashes(&p); err != nil {
+		he := err.(*hashError)
+		return nil, &FileError{Path: path, Line: svcLines[he.b].table, Key: "services." + he.b, Err: err}
+	}
+	if err := CheckKeys(&p, s.SPAKeys); err != nil {
+		var ne *noKeyError
+		if errors.As(err, &ne) {
+			key, line := svcLines[ne.service].blame(ne.service)
+			return nil, &FileError{Path: path, Line: line, Key: key, Err: err}
+		}
+		return nil, &FileError{Path: path, Line: lines["spa_keys"], Key: "spa_keys", Err: err}
+	}
 	return &s, nil
+}
+
+// serviceLines are where a [services.NAME] table and its keys are.
+type serviceLines struct {
+	table int
+	keys  map[string]int
+}
+
+// blame is the key and line a mistake of the service called name is tied
+// to: the later of its sequence and protect, else its table.
+func (l serviceLines) blame(name string) (key string, line int) {
+	key, line = "services."+name, l.table
+	for _, k := range []string{"sequence", "protect"} {
+		if n, ok := l.keys[k]; ok && n >= line {
+			key, line = "services."+name+"."+k, n
+		}
+	}
+	return key, line
+}
+
+// decodeServices decodes the file's [services.NAME] tables into s, a
+// service each, in the file's order, and says where each is.
+func (s *Settings) decodeServices(path string, md *toml.MetaData, raw map[string]toml.Primitive) (map[string]serviceLines, error) {
+	fail := func(key toml.Key, err error) error {
+		return &FileError{Path: path, Line: keyLine(md, raw, key), Key: key.String(), Err: err}
+	}
+	if t := md.Type("services"); t != "" && t != "Hash" {
+		return nil, fail(toml.Key{"services"}, errors.New("want a table [services.NAME] for each service"))
+	}
+	var tables map[string]toml.Primitive
+	if err := md.PrimitiveDecode(raw["services"], &tables); err != nil {
+		return nil, fail(toml.Key{"services"}, err)
+	}
+	out := map[string]serviceLines{}
+	var order []string
+	for _, key := range md.Keys() {
+		if key[0] != "services" || len(key) < 2 {
+			continue
+		}
+		name := key[1]
+		if _, seen := out[name]; !seen {
+			if name == policy.DefaultService {
+				return nil, fail(key[:2], errors.New("the service default is the top level: give its keys outside any table"))
+			}
+			if err := policy.CheckServiceName(name); err != nil {
+				return nil, fail(key[:2], err)
+			}
+			order = append(order, name)
+			s.Service(name)
+			out[name] = serviceLines{table: keyLine(md, raw, key[:2]), keys: map[string]int{}}
+		}
+		if len(key) == 2 {
+			if md.Type(key...) != "Hash" {
+				return nil, fail(key, fmt.Errorf("want a table [services.%s] of the service's keys (%s)", name, strings.Join(NamedKeys(), ", ")))
+			}
+			continue
+		}
+		if len(key) > 3 || isTable(md, key) {
+			if o := Lookup(key[2]); o != nil && o.Key() == key[2] && o.In&Named != 0 {
+				return nil, fail(key, fmt.Errorf("%s is a setting, not a table", key[2]))
+			}
+			return nil, fail(key, fmt.Errorf("unknown table (a service's keys: %s)", strings.Join(NamedKeys(), ", ")))
+		}
+		k := key[2]
+		o := Lookup(k)
+		if o == nil || o.Key() != k || o.In&Named == 0 {
+			if o != nil && o.Key() == k && o.In&File != 0 {
+				return nil, fail(key, fmt.Errorf("%s is the gate's, not a service's: give it at the top level (a service's keys: %s)", k, strings.Join(NamedKeys(), ", ")))
+			}
+			return nil, fail(key, fmt.Errorf("unknown key (a service's keys: %s)", strings.Join(NamedKeys(), ", ")))
+		}
+		var keys map[string]toml.Primitive
+		if err := md.PrimitiveDecode(tables[name], &keys); err != nil {
+			return nil, fail(key, err)
+		}
+		prim := keys[k]
+		out[name].keys[k] = lineOf(md, prim)
+		if err := md.PrimitiveDecode(prim, &decoder{o.own(s.Service(name))}); err != nil {
+			var pe toml.ParseError
+			if errors.As(err, &pe) {
+				return nil, &FileError{Path: path, Line: pe.Position.Line, Key: key.String(), Err: errors.New(pe.Message)}
+			}
+			return nil, &FileError{Path: path, Line: out[name].keys[k], Key: key.String(), Err: err}
+		}
+	}
+	for _, name := range order {
+		for i := range Options {
+			o := &Options[i]
+			if _, ok := out[name].keys[o.Key()]; o.In&Named != 0 && o.ServiceRequired && !ok {
+				return nil, &FileError{Path: path, Line: out[name].table, Key: "services." + name,
+					Err: fmt.Errorf("%s missing: a service needs it", o.Key())}
+			}
+		}
+	}
+	return out, nil
+}
+
+// NamedKeys are the keys of a [services.NAME] table.
+func NamedKeys() []string {
+	var keys []string
+	for _, o := range Options {
+		if o.In&Named != 0 {
+			keys = append(keys, o.Key())
+		}
+	}
+	return keys
 }
 
 // notInSchema says why key, inside a table, is not the schema's.
@@ -133,9 +284,9 @@ func notInSchema(md *toml.MetaData, key toml.Key) error {
 		return fmt.Errorf("%s is a setting, not a table", key[0])
 	}
 	if isTable(md, key) {
-		return errors.New("unknown table (the only table is [fleet])")
+		return errors.New("unknown table (the tables are [services.NAME] and [fleet])")
 	}
-	return errors.New("unknown key (the only table is [fleet])")
+	return errors.New("unknown key (the tables are [services.NAME] and [fleet])")
 }
 
 // isTable: key names a table (or an array of them), not a value.

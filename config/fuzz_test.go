@@ -18,6 +18,7 @@ func FuzzConfigFile(f *testing.F) {
 	f.Add([]byte("interfaces = [\"eth0\"]\nopen = 5\n[fleet]\npeers = []\n"))
 	f.Add([]byte("gate = \"a b\"\n"))
 	f.Add([]byte("interfaces = [\"eth0\"]\n[services.web]\nprotect = \"443\"\n"))
+	f.Add([]byte("interfaces = [\"eth0\"]\n[services.web]\nprotect = \"443\"\nsequence = \"7000,7100/udp\"\nallow = [\"192.0.2.0/24\"]\n[services.x.y]\n"))
 	f.Add([]byte("interfaces = [\"eth0\"]\n[foo.bar]\nx = 1\n"))
 	f.Add([]byte("interfaces = [\"eth0\"]\nfoo.bar = 1\n"))
 	f.Add([]byte("interfaces = [\"eth0\"]\n[fleet]\nurl = \"nats://a:4222\"\n[fleet.tls]\nx = 1\n"))
@@ -44,8 +45,9 @@ func FuzzConfigFile(f *testing.F) {
 }
 
 // inSchema checks that every table and key of a config file is the
-// schema's: a top-level option's key, or [fleet] holding its own keys; no
-// option's value, nor any of [fleet]'s, holds a table.
+// schema's: a top-level option's key, [services.NAME] tables holding the
+// keys of a named service, or [fleet] holding its own keys; no option's
+// value, nor any of [fleet]'s, holds a table.
 func inSchema(data []byte) error {
 	var doc map[string]any
 	if _, err := toml.Decode(string(data), &doc); err != nil {
@@ -63,6 +65,27 @@ func inSchema(data []byte) error {
 				}
 				if holdsTable(fv) {
 					return fmt.Errorf("fleet.%s holds a table", fk)
+				}
+			}
+			continue
+		}
+		if k == "services" {
+			services, ok := v.(map[string]any)
+			if !ok {
+				return fmt.Errorf("services is not a table")
+			}
+			for name, t := range services {
+				svc, ok := t.(map[string]any)
+				if !ok {
+					return fmt.Errorf("services.%s is not a table", name)
+				}
+				for sk, sv := range svc {
+					if o := Lookup(sk); o == nil || o.Key() != sk || o.In&Named == 0 {
+						return fmt.Errorf("unknown key services.%s.%s", name, sk)
+					}
+					if holdsTable(sv) {
+						return fmt.Errorf("services.%s.%s holds a table", name, sk)
+					}
 				}
 			}
 			continue

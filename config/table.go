@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/knockgate/knockgate/loader"
@@ -35,14 +36,39 @@ func (o *Option) flag(text string) string {
 
 // Merge changes p as `set` does: the options given (by name) take their
 // value from s, and what they derive follows (keys given to a gate without
-// an SPA port bring the default port). The rest of p stays.
-func Merge(p *policy.Policy, s *Settings, given map[string]bool) {
+// an SPA port bring the default port). The rest of p stays. With service
+// (--service), the options In Named set that service's settings, and a
+// service p does not have is added, with the service defaults where no
+// option is given; one without an option a named service needs (protect)
+// is refused, naming it.
+func Merge(p *policy.Policy, s *Settings, given map[string]bool, service string) error {
+	var dst, src *policy.Service
+	if service != "" {
+		src = s.Service(service)
+		if dst = p.Service(service); dst == nil {
+			for i := range Options {
+				if o := &Options[i]; o.In&Named != 0 && o.ServiceRequired && !given[o.Name] {
+					return fmt.Errorf("service %s is new: give --%s", service, o.Name)
+				}
+			}
+			svc := policy.Service{Name: service}
+			for i := range Options {
+				if o := &Options[i]; o.In&Named != 0 {
+					o.ownSetting.Copy(&svc, src)
+				}
+			}
+			p.Services = append(p.Services, svc)
+			dst = &p.Services[len(p.Services)-1]
+		}
+	}
 	for i := range Options {
 		o := &Options[i]
 		if !given[o.Name] {
 			continue
 		}
 		switch {
+		case dst != nil && o.In&Named != 0:
+			o.ownSetting.Copy(dst, src)
 		case o.gate != nil:
 			o.gate.Copy(p, &s.Policy)
 		case o.svc != nil:
@@ -52,6 +78,31 @@ func Merge(p *policy.Policy, s *Settings, given map[string]bool) {
 			o.derive(s, p)
 		}
 	}
+	return nil
+}
+
+// RemoveService takes the service called name out of p: not default, which
+// every gate has.
+func RemoveService(p *policy.Policy, name string) error {
+	if name == policy.DefaultService {
+		return fmt.Errorf("the service %s cannot be removed: every gate has it (change it with set's flags)", name)
+	}
+	for i := range p.Services {
+		if p.Services[i].Name == name {
+			p.Services = slices.Delete(p.Services, i, i+1)
+			return nil
+		}
+	}
+	return fmt.Errorf("no service %s to remove (the gate has %s)", name, ServiceNames(p))
+}
+
+// ServiceNames lists p's services, for a message: "default, web, rdp".
+func ServiceNames(p *policy.Policy) string {
+	names := make([]string, len(p.Services))
+	for i, svc := range p.Services {
+		names[i] = svc.Name
+	}
+	return strings.Join(names, ", ")
 }
 
 // Held is what an existing gate holds, as read back from it: what attach
@@ -64,9 +115,19 @@ type Held struct {
 
 // Compare lists how the existing gate have differs from s in the options
 // given (by name), each as what would ask for what the gate has ("--open
-// 1h0m0s"), in the table's order; none: the gate is what s asks for.
-func Compare(s *Settings, have *Held, given map[string]bool) []string {
+// 1h0m0s"), in the table's order; none: the gate is what s asks for. With
+// service (--service), the options In Named are compared with that
+// service's ("--service web --open 1h0m0s"), which the gate must have.
+func Compare(s *Settings, have *Held, given map[string]bool, service string) []string {
 	want := s.Config()
+	var diff []string
+	var ws, hs *policy.Service
+	if service != "" {
+		ws, hs = want.Service(service), have.Policy.Service(service)
+		if hs == nil {
+			diff = append(diff, "no service "+service)
+		}
+	}
 	compare := map[string]bool{}
 	for i := range Options {
 		if o := &Options[i]; given[o.Name] {
@@ -76,10 +137,17 @@ func Compare(s *Settings, have *Held, given map[string]bool) []string {
 			}
 		}
 	}
-	var diff []string
 	for i := range Options {
 		o := &Options[i]
 		if !compare[o.Name] {
+			continue
+		}
+		if ws != nil && o.In&Named != 0 {
+			if hs != nil {
+				if h := o.ownSetting.Text(hs); h != o.ownSetting.Text(ws) {
+					diff = append(diff, "--service "+service+" "+o.flag(h))
+				}
+			}
 			continue
 		}
 		if w, ok := o.text(&want); ok {
@@ -153,6 +221,63 @@ func Summary(p *policy.Policy) string {
 	return strings.Join(parts, ", ")
 }
 
+// ServiceSummaries are the one-line forms of p's services besides default,
+// as attach, set and run --check print them below Summary: "service web:
+// sequence 7000,7100, step timeout 30s, open 2h0m0s, protecting 443,8443,
+// allowing 198.51.100.0/24".
+func ServiceSummaries(p *policy.Policy) []string {
+	var out []string
+	for i := range p.Services {
+		svc := &p.Services[i]
+		if svc.Name == policy.DefaultService {
+			continue
+		}
+		var parts []string
+		for _, l := range serviceShows(p, svc, false) {
+			if l.Value != "" {
+				parts = append(parts, l.Label+" "+l.Value)
+			}
+		}
+		out = append(out, "service "+svc.Name+": "+strings.Join(parts, ", "))
+	}
+	return out
+}
+
+// ServiceLines are the settings of svc, a service of p, as status's table
+// of services shows them ("none" for what is empty), in the table's order.
+func ServiceLines(p *policy.Policy, svc *policy.Service) []Line {
+	out := serviceShows(p, svc, true)
+	for i := range out {
+		if out[i].Value == "" {
+			out[i].Value = "none"
+		}
+	}
+	return out
+}
+
+// serviceShows are the shown options In Named, as svc has them; status:
+// as status shows them.
+func serviceShows(p *policy.Policy, svc *policy.Service, status bool) []Line {
+	var out []Line
+	for i := range Options {
+		o := &Options[i]
+		if o.show == nil || o.In&Named == 0 {
+			continue
+		}
+		var v string
+		switch {
+		case o.show.own != nil:
+			v = o.show.own(svc)
+		case status && o.show.statusText != nil:
+			v = o.show.statusText(p, svc)
+		default:
+			v = o.show.text(p, svc)
+		}
+		out = append(out, Line{o.show.label, v})
+	}
+	return out
+}
+
 // Line is one labelled line of a policy as status prints it.
 type Line struct{ Label, Value string }
 
@@ -187,8 +312,37 @@ func FlagList(where Where) string {
 			names = append(names, "--"+o.Name)
 		}
 	}
+	return joinOr(names, " or ")
+}
+
+// Synopsis is the flags of where, for a command's usage line: "[--sequence
+// PORTS|none] [--step-timeout D] ... [--service NAME]" (set: "[--service
+// NAME [--remove]]").
+func Synopsis(where Where) string {
+	var parts []string
+	for _, o := range Options {
+		if o.In&where == 0 || o.In&(Attach|Set) == 0 {
+			continue
+		}
+		if o.isBool() {
+			parts = append(parts, "[--"+o.Name+"="+o.Arg+"]")
+			continue
+		}
+		parts = append(parts, "[--"+o.Name+" "+o.Arg+"]")
+	}
+	switch where {
+	case Attach:
+		parts = append(parts, "[--service NAME]")
+	case Set:
+		parts = append(parts, "[--service NAME [--remove]]")
+	}
+	return strings.Join(parts, " ")
+}
+
+// joinOr lists names as "a, b or c" (last: " or ", " and ").
+func joinOr(names []string, last string) string {
 	if len(names) < 2 {
 		return strings.Join(names, "")
 	}
-	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
+	return strings.Join(names[:len(names)-1], ", ") + last + names[len(names)-1]
 }

@@ -24,12 +24,8 @@ func TestEverySettingHasAnOption(t *testing.T) {
 		}
 	}
 	for _, st := range policy.ServiceSettings {
-		// A service's own allow list comes with [services.NAME] tables;
-		// the top-level allow is the gate's.
-		if st.Name == "allow" {
-			continue
-		}
-		if o := Lookup(st.Name); o == nil || o.svc == nil {
+		// (The top-level allow is the gate's, a named service's its own.)
+		if o := Lookup(st.Name); o == nil || o.ownSetting == nil || (o.svc == nil && st.Name != "allow") {
 			t.Errorf("the service setting %s has no option", st.Name)
 		}
 	}
@@ -46,6 +42,17 @@ func withKeys(t *testing.T, s *Settings, given map[string]bool) []spa.Key {
 	s.SPAKeysFile, s.SPAKeys = "/etc/knockgate/spa.keys", []spa.Key{k}
 	given["spa-keys"] = true
 	return s.SPAKeys
+}
+
+// flagSet parses a command line of where's flags, without applying them.
+func flagSet(t *testing.T, where Where, args ...string) (*pflag.FlagSet, *Flags) {
+	t.Helper()
+	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+	f := AddFlags(fs, where)
+	if err := fs.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	return fs, f
 }
 
 // parse parses a command line of where's flags into s.
@@ -99,7 +106,7 @@ func TestSPADefaultPort(t *testing.T) {
 			withKeys(t, &upd, given)
 		}
 		p := gate(tc.have)
-		Merge(&p, &upd, given)
+		Merge(&p, &upd, given, "")
 		if p.SPAPort != tc.now {
 			t.Errorf("set %q (keys %v) on a gate with SPA port %d: port %d, want %d", tc.args, tc.keys, tc.have, p.SPAPort, tc.now)
 		}
@@ -115,7 +122,7 @@ func TestMerge(t *testing.T) {
 
 	var upd Settings
 	given := parse(t, Set, &upd, "--open", "5m", "--protect", "all", "--flows=false", "--sequence", "none")
-	Merge(&have, &upd, given)
+	Merge(&have, &upd, given, "")
 	want.Services[0].Open = 5 * time.Minute
 	want.Services[0].Protect, want.Services[0].ProtectAll = nil, true
 	want.Services[0].Sequence = nil
@@ -126,7 +133,7 @@ func TestMerge(t *testing.T) {
 	// What was merged shares nothing with the flags' settings.
 	upd = Settings{}
 	given = parse(t, Set, &upd, "--sequence", "1,2")
-	Merge(&have, &upd, given)
+	Merge(&have, &upd, given, "")
 	upd.Policy.Services[0].Sequence[0].Num = 9
 	if have.Services[0].Sequence[0].Num != 1 {
 		t.Error("the merged policy shares the flags' memory")
@@ -164,7 +171,7 @@ func TestCompare(t *testing.T) {
 		if tc.keys {
 			have.SPAKeys = withKeys(t, &s, given)
 		}
-		if got := Compare(&s, &have, given); !reflect.DeepEqual(got, tc.want) {
+		if got := Compare(&s, &have, given, ""); !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("attach %q (keys %v): %q, want %q", tc.args, tc.keys, got, tc.want)
 		}
 	}
@@ -172,7 +179,7 @@ func TestCompare(t *testing.T) {
 	given := parse(t, Attach, &s, "--spa-port", "5000")
 	withKeys(t, &s, given)
 	have.SPAKeys = nil
-	if got := Compare(&s, &have, given); !reflect.DeepEqual(got, []string{"other SPA keys (0)"}) {
+	if got := Compare(&s, &have, given, ""); !reflect.DeepEqual(got, []string{"other SPA keys (0)"}) {
 		t.Errorf("other keys: %q", got)
 	}
 }
@@ -203,7 +210,7 @@ func TestSummaries(t *testing.T) {
 	if got := Lines(&p)[4]; got != (Line{"allowing", "none"}) {
 		t.Errorf("no allow list: %q", got)
 	}
-	if got, want := FlagList(Set), "--sequence, --step-timeout, --open, --protect, --flows, --flow-idle-tcp, --flow-idle-udp, "+
+	if got, want := FlagList(Set), "--sequence, --step-timeout, --open, --protect, --allow, --flows, --flow-idle-tcp, --flow-idle-udp, "+
 		"--spa-port, --spa-keys or --spa-window"; got != want {
 		t.Errorf("FlagList(Set) = %q, want %q", got, want)
 	}

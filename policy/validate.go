@@ -21,8 +21,8 @@ func (p *Policy) Validate() error {
 	}
 	for i := range p.Services {
 		s := &p.Services[i]
-		if !nameRE.MatchString(s.Name) {
-			return fmt.Errorf("service name %q: use a-z, 0-9, '-' and '_', at most 31, starting with a letter or digit", s.Name)
+		if err := CheckServiceName(s.Name); err != nil {
+			return err
 		}
 		for _, t := range p.Services[:i] {
 			if t.Name == s.Name {

@@ -28,6 +28,7 @@ func logEvent(log *slog.Logger, ev maps.Event) {
 		slog.Int("port", int(ev.Port.Num)),
 		slog.String("proto", ev.Port.Proto.String()),
 		slog.Int("stage", ev.Stage),
+		slog.String("service", ev.Service),
 	)
 	if ev.KeyID != 0 {
 		r.AddAttrs(slog.Uint64("key_id", uint64(ev.KeyID)))

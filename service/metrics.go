@@ -98,6 +98,12 @@ var (
 		"Local changes not yet written to the bucket (cut off from the fleet).", nil, nil)
 	descFleetLastSync = prometheus.NewDesc("knockgate_fleet_last_sync_timestamp_seconds",
 		"When the watch of the bucket was last current.", nil, nil)
+	descServiceOpen = prometheus.NewDesc("knockgate_service_grants_open",
+		"Grants live now, by service.", []string{"service"}, nil)
+	descServiceGrants = prometheus.NewDesc("knockgate_service_grants_total",
+		"Grants made by the program (sequences completed, SPA packets), by service.", []string{"service"}, nil)
+	descServiceExpired = prometheus.NewDesc("knockgate_service_grants_expired_total",
+		"Grants found expired, by service.", []string{"service"}, nil)
 	descScrapeErrors = prometheus.NewDesc("knockgate_scrape_errors",
 		"Maps that could not be read during this scrape.", nil, nil)
 )
@@ -106,6 +112,7 @@ var (
 var descs = []*prometheus.Desc{descPackets, descIfacePackets, descKnocks, descGrants, descExpired,
 	descGrantFailed, descEventsLost, descEventsSuppressed, descFlows, descSPA, descSources, descIfaces, descGeneration,
 	descPending, descSettleErrors, descReloads, descLastReload, descLastReloadOK, descScrapeErrors,
+	descServiceOpen, descServiceGrants, descServiceExpired,
 	descFleetPeers, descFleetPublished, descFleetReceived, descFleetRestarts, descFleetPending, descFleetLastSync}
 
 // counterLabel is a counter and the label value its metric carries.
@@ -136,6 +143,7 @@ var (
 		{bpf.KnockgateCounterCOUNTER_SPA_BAD_TAG, "bad_tag"},
 		{bpf.KnockgateCounterCOUNTER_SPA_CLOCK, "clock"},
 		{bpf.KnockgateCounterCOUNTER_SPA_BAD_ADDRESS, "bad_address"},
+		{bpf.KnockgateCounterCOUNTER_SPA_BAD_SERVICE, "bad_service"},
 		{bpf.KnockgateCounterCOUNTER_SPA_REPLAY, "replay"},
 	}
 )
@@ -195,21 +203,40 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for s, n := range states {
 		gauge(descIfaces, n, string(s))
 	}
+	cfg, cfgErr := c.gate.Config()
+	if cfgErr != nil {
+		errs++
+	} else {
+		gauge(descGeneration, float64(cfg.Generation))
+	}
 	if srcs, err := c.gate.Sources(); err != nil {
 		errs++
 	} else {
 		n := map[string]float64{"knocking": 0, "open": 0}
+		open := map[string]float64{}
+		for i := range cfg.Policy.Services {
+			open[cfg.Policy.Services[i].Name] = 0
+		}
 		for _, s := range srcs {
 			n[s.State]++
+			if s.State == "open" {
+				open[s.Service]++
+			}
 		}
 		for s, v := range n {
 			gauge(descSources, v, s)
 		}
+		for s, v := range open {
+			gauge(descServiceOpen, v, s)
+		}
 	}
-	if cfg, err := c.gate.Config(); err != nil {
+	if sc, err := c.gate.ServiceCounters(); err != nil {
 		errs++
 	} else {
-		gauge(descGeneration, float64(cfg.Generation))
+		for name, n := range sc {
+			counter(descServiceGrants, n.Granted, name)
+			counter(descServiceExpired, n.Expired, name)
+		}
 	}
 	if sm, err := c.gate.SafeMode(); err != nil {
 		errs++

@@ -381,7 +381,7 @@ func (svc *service) reload() error {
 	d := cfg.Policy.Default()
 	svc.logger().Info(msg, "gate", svc.gate.Name, "generation", cfg.Generation,
 		"sequence", policy.FormatPorts(d.Sequence), "protect", policy.FormatProtect(d.Protect, d.ProtectAll),
-		"services", len(cfg.Policy.Services), "changed", strings.Join(changed, "; "))
+		"services", config.ServiceNames(&cfg.Policy), "changed", strings.Join(changed, "; "))
 	return nil
 }
 

@@ -39,7 +39,7 @@ func TestMetricsDocumented(t *testing.T) {
 func TestLogEvent(t *testing.T) {
 	at := time.Date(2026, 11, 26, 13, 40, 1, 0, time.UTC)
 	ev := maps.Event{Time: at, Type: "open", Src: netip.MustParseAddr("203.0.113.9"),
-		Port: policy.Port{Num: 8000, Proto: policy.TCP}, Stage: 2, Expires: at.Add(30 * time.Minute)}
+		Port: policy.Port{Num: 8000, Proto: policy.TCP}, Stage: 2, Expires: at.Add(30 * time.Minute), Service: "web"}
 	var b bytes.Buffer
 	logEvent(newLogger(&b, "json"), ev)
 	var got map[string]any
@@ -47,7 +47,8 @@ func TestLogEvent(t *testing.T) {
 		t.Fatalf("%q: %v", b.String(), err)
 	}
 	want := map[string]any{"time": "2026-11-26T13:40:01Z", "level": "INFO", "msg": "open", "type": "open",
-		"src": "203.0.113.9", "port": float64(8000), "proto": "tcp", "stage": float64(2), "expires": "2026-11-26T14:10:01Z"}
+		"src": "203.0.113.9", "port": float64(8000), "proto": "tcp", "stage": float64(2), "expires": "2026-11-26T14:10:01Z",
+		"service": "web"}
 	for k, v := range want {
 		if got[k] != v {
 			t.Errorf("%s = %v, want %v (in %s)", k, got[k], v, b.String())
@@ -55,7 +56,7 @@ func TestLogEvent(t *testing.T) {
 	}
 	b.Reset()
 	logEvent(newLogger(&b, "text"), ev)
-	for _, part := range []string{"msg=open", "src=203.0.113.9", "port=8000", "proto=tcp", "expires=2026-11-26T14:10:01Z"} {
+	for _, part := range []string{"msg=open", "src=203.0.113.9", "port=8000", "proto=tcp", "expires=2026-11-26T14:10:01Z", "service=web"} {
 		if !strings.Contains(b.String(), part) {
 			t.Errorf("text line %q lacks %s", b.String(), part)
 		}

@@ -25,12 +25,9 @@ func attachCommand() *command {
 	fs.StringVar(&confirm, "confirm", "", "safe mode: undo the attach unless \"knockgate confirm\" runs within `DURATION`")
 
 	return &command{
-		name: "attach",
-		synopsis: "IFACE... [--gate NAME] [--sequence PORTS] [--step-timeout D] [--open D] [--protect PORTS|all] " +
-			"[--allow CIDR,...] [--max-sources N] [--flows=BOOL] [--flow-idle-tcp D] [--flow-idle-udp D] [--max-flows N] " +
-			"[--spa-port PORT] [--spa-keys FILE] [--spa-window D] " +
-			"[--mode auto|native|generic] [--no-grant-self] [--confirm D]",
-		summary: "attach the gate to interfaces",
+		name:     "attach",
+		synopsis: "IFACE... " + config.Synopsis(config.Attach) + " [--no-grant-self] [--confirm D]",
+		summary:  "attach the gate to interfaces",
 		help: "Attach one gate to every IFACE: one program and one set of maps, so a knock on\n" +
 			"any of them opens all of them. The gate is pinned under " + loader.PinRoot + "/NAME\n" +
 			"(NAME: --gate, default the first interface), so it keeps running after this\n" +
@@ -43,12 +40,19 @@ func attachCommand() *command {
 			"With --protect all every TCP and UDP port is closed, but replies to the host's\n" +
 			"own connections still pass. With --confirm, the new gate passes everything again\n" +
 			"after DURATION unless \"knockgate confirm\" runs in time: no process has to\n" +
-			"survive for that.",
+			"survive for that. The flags configure the service default (and --allow the\n" +
+			"gate's allow list, for every service); with --service NAME, --sequence,\n" +
+			"--step-timeout, --open, --protect and --allow configure the service NAME instead\n" +
+			"(--protect needed; sequence none, step timeout 1m and open 30m unless given):\n" +
+			"add more services with set.",
 		minArgs: 1, maxArgs: -1,
 		flags: fs,
 		run: func(e *env, args []string) error {
 			if err := flags.Apply(&s); err != nil {
 				return &usageError{err}
+			}
+			if svc := flags.Service(); svc != "" && svc != policy.DefaultService && !flags.Changed()["protect"] {
+				return usagef("--service %s: give --protect, the ports the service protects", svc)
 			}
 			s.Interfaces = args
 			for _, n := range args {
@@ -78,7 +82,7 @@ func attachCommand() *command {
 					self = addr
 				}
 			}
-			return attach(e, &s, flags.Changed(), self, confirmWithin)
+			return attach(e, &s, flags.Changed(), flags.Service(), self, confirmWithin)
 		},
 	}
 }
@@ -86,7 +90,7 @@ func attachCommand() *command {
 // attach makes the gate s describes, or puts the existing one on the
 // interfaces it is missing from. self (when valid) is granted for the open
 // window before the program sees its first packet.
-func attach(e *env, s *config.Settings, explicit map[string]bool, self netip.Addr, confirm time.Duration) error {
+func attach(e *env, s *config.Settings, explicit map[string]bool, service string, self netip.Addr, confirm time.Duration) error {
 	if err := checkPinAccess(); err != nil {
 		return err
 	}
@@ -98,7 +102,15 @@ func attach(e *env, s *config.Settings, explicit map[string]bool, self netip.Add
 		if confirm > 0 {
 			return usagef("--confirm undoes the making of a gate; gate %s exists already (use set --confirm to change it safely)", name)
 		}
-		return reattach(e, name, s, explicit)
+		return reattach(e, name, s, explicit, service)
+	}
+	// The keys must fit the services, before anything is made.
+	want := s.Config()
+	if err := config.CheckHashes(&want); err != nil {
+		return &usageError{err}
+	}
+	if err := config.CheckKeys(&want, s.SPAKeys); err != nil {
+		return &usageError{err}
 	}
 
 	opts, err := s.LoaderOptions()
@@ -126,6 +138,7 @@ func attach(e *env, s *config.Settings, explicit map[string]bool, self netip.Add
 		return err
 	}
 	fmt.Fprintf(e.stdout, "knockgate attached to %s: %s\n", describeIfaces(name, ifaces), config.Summary(&cfg.Policy))
+	printServices(e, &cfg.Policy)
 	if self.IsValid() {
 		gr, _, err := g.LookupGrant(self, policy.DefaultService)
 		if err != nil {
@@ -184,7 +197,7 @@ func attachTarget(s *config.Settings) (name string, exists bool, err error) {
 // reattach puts the existing gate name on those of s's interfaces it is not
 // on. A configuration given on the command line must be the gate's own: it
 // is changed with set, never by an attach.
-func reattach(e *env, name string, s *config.Settings, explicit map[string]bool) error {
+func reattach(e *env, name string, s *config.Settings, explicit map[string]bool, service string) error {
 	g, err := loader.Open(name)
 	if err != nil {
 		return err
@@ -194,7 +207,7 @@ func reattach(e *env, name string, s *config.Settings, explicit map[string]bool)
 	if err != nil {
 		return err
 	}
-	if diff := config.Compare(s, &have, explicit); len(diff) > 0 {
+	if diff := config.Compare(s, &have, explicit, service); len(diff) > 0 {
 		return &messageError{fmt.Sprintf("gate %s exists with %s: change it with \"knockgate set\", or detach it first",
 			g.Name, strings.Join(diff, ", ")), loader.ErrAttached}
 	}
@@ -224,7 +237,16 @@ func reattach(e *env, name string, s *config.Settings, explicit map[string]bool)
 	}
 	fmt.Fprintf(e.stdout, "knockgate attached to %s (gate %s, kept with its grants): %s\n",
 		strings.Join(attached, ", "), name, config.Summary(&have.Policy))
+	printServices(e, &have.Policy)
 	return nil
+}
+
+// printServices prints the one-line form of each service of p besides
+// default, indented, below the summary of default and the gate.
+func printServices(e *env, p *policy.Policy) {
+	for _, l := range config.ServiceSummaries(p) {
+		fmt.Fprintf(e.stdout, "  %s\n", l)
+	}
 }
 
 // held is what the gate holds, for config.Compare.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/policy"
 )
 
 // eventJSON is one line of events --json.
@@ -26,6 +27,9 @@ type eventJSON struct {
 	Stage   int    `json:"stage"`
 	KeyID   uint32 `json:"key_id,omitempty"`  // an open by SPA: the key`
 	Expires string `json:"expires,omitempty"` // RFC 3339; absent for reset
+	// Service is the service granted or expired, or whose sequence was
+	// knocked or reset.
+	Service string `json:"service"`
 }
 
 func eventsCommand() *command {
@@ -114,39 +118,44 @@ func streamEvents(e *env, arg string, asJSON bool) error {
 			}
 			continue
 		}
-		if _, err := io.WriteString(e.stdout, formatEvent(ev, steps.get())+"\n"); err != nil {
+		if _, err := io.WriteString(e.stdout, formatEvent(ev, steps.get(ev.Service))+"\n"); err != nil {
 			return fmt.Errorf("write event: %w", err)
 		}
 	}
 }
 
-// stepCounter caches the sequence length for the plain form ("stage 1/2"),
-// re-reading the configuration at most once a second so that a knock flood
-// does not turn into a flood of config reads.
+// stepCounter caches the services' sequence lengths for the plain form
+// ("stage 1/2"), re-reading the configuration at most once a second so that
+// a knock flood does not turn into a flood of config reads.
 type stepCounter struct {
 	gate *loader.Gate
-	n    int
+	n    map[string]int
 	read time.Time
 }
 
-func (s *stepCounter) get() int {
+// get is the length of service's sequence.
+func (s *stepCounter) get(service string) int {
 	if time.Since(s.read) >= time.Second {
 		if cfg, err := s.gate.Config(); err == nil {
-			s.n, s.read = len(cfg.Policy.Default().Sequence), time.Now()
+			s.n, s.read = map[string]int{}, time.Now()
+			for _, svc := range cfg.Policy.Services {
+				s.n[svc.Name] = len(svc.Sequence)
+			}
 		}
 	}
-	return s.n
+	return s.n[service]
 }
 
 func encodeEvent(ev maps.Event) eventJSON {
 	out := eventJSON{
-		Time:  ev.Time.UTC().Format(time.RFC3339Nano),
-		Type:  ev.Type,
-		Src:   ev.Src.String(),
-		Port:  ev.Port.Num,
-		Proto: ev.Port.Proto.String(),
-		Stage: ev.Stage,
-		KeyID: ev.KeyID,
+		Time:    ev.Time.UTC().Format(time.RFC3339Nano),
+		Type:    ev.Type,
+		Src:     ev.Src.String(),
+		Port:    ev.Port.Num,
+		Proto:   ev.Port.Proto.String(),
+		Stage:   ev.Stage,
+		KeyID:   ev.KeyID,
+		Service: ev.Service,
 	}
 	if !ev.Expires.IsZero() {
 		out.Expires = stamp(ev.Expires)
@@ -155,9 +164,13 @@ func encodeEvent(ev maps.Event) eventJSON {
 }
 
 // formatEvent is the plain form of one event, e.g.
-// "2026-11-26T13:40:01Z knock  10.0.0.2 -> 9000/tcp stage 1/2 (next step before 13:41:01)".
+// "2026-11-26T13:40:01Z knock  10.0.0.2 -> 9000/tcp stage 1/2 (next step before 13:41:01)";
+// a service other than default follows the port in brackets: "-> 7000/tcp [web]".
 func formatEvent(ev maps.Event, steps int) string {
 	head := fmt.Sprintf("%s %-6s %s -> %d/%s", stamp(ev.Time), ev.Type, ev.Src, ev.Port.Num, ev.Port.Proto)
+	if ev.Service != "" && ev.Service != policy.DefaultService {
+		head += " [" + ev.Service + "]"
+	}
 	switch ev.Type {
 	case "knock":
 		return fmt.Sprintf("%s stage %d/%d (next step before %s)", head, ev.Stage, steps,

@@ -2,9 +2,9 @@ package main
 
 import (
 	"fmt"
-	"strings"
 	"time"
 
+	"github.com/knockgate/knockgate/config"
 	"github.com/knockgate/knockgate/maps"
 	"github.com/knockgate/knockgate/policy"
 )
@@ -45,7 +45,7 @@ func grantCommand() *command {
 			}
 			svc := p.Service(service)
 			if svc == nil {
-				return fmt.Errorf("gate %s has no service %s (it has %s)", g.Name, service, serviceNames(&p))
+				return fmt.Errorf("gate %s has no service %s (it has %s)", g.Name, service, config.ServiceNames(&p))
 			}
 			if d == 0 {
 				d = svc.Open
@@ -62,13 +62,4 @@ func grantCommand() *command {
 			return nil
 		},
 	}
-}
-
-// serviceNames lists p's services, for an error about one it lacks.
-func serviceNames(p *policy.Policy) string {
-	names := make([]string, len(p.Services))
-	for i, s := range p.Services {
-		names[i] = s.Name
-	}
-	return strings.Join(names, ", ")
 }

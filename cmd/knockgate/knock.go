@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -26,7 +27,7 @@ func knockCommand() *command {
 		v4, v6                  bool
 		spaKey, keyID, openAddr string
 		spaPort                 uint16
-		check                   string
+		check, services         string
 	)
 	fs := newFlags("knock")
 	fs.StringVar(&delay, "delay", "100ms", "wait `DURATION` between knocks")
@@ -36,17 +37,20 @@ func knockCommand() *command {
 	fs.StringVar(&keyID, "key-id", "", "the SPA key's `ID` (needed with hex, or with a file of several keys)")
 	fs.Uint16Var(&spaPort, "spa-port", spa.DefaultPort, "the gate's SPA `PORT` (UDP)")
 	fs.StringVar(&openAddr, "open-address", "", "ask the gate to open `ADDR` instead of the packet's source (a key with any-address; behind NAT, your public address)")
+	fs.StringVar(&services, "service", "", fmt.Sprintf("ask the gate for the services `NAME[,NAME...]` of the key's only (default: all of them); more than %d take several packets", spa.MaxRequest))
 	fs.StringVar(&check, "check", "", "afterwards, connect to TCP `PORT` of HOST to check that it opened (an error says why it may not have)")
 	return &command{
 		name:     "knock",
-		synopsis: "HOST [PORT[/tcp|/udp]...] [--spa-key FILE|HEX [--key-id N] [--spa-port P] [--open-address ADDR]] [--check PORT] [--delay 100ms] [-4|-6]",
+		synopsis: "HOST [PORT[/tcp|/udp]...] [--spa-key FILE|HEX [--key-id N] [--spa-port P] [--open-address ADDR] [--service NAME,...]] [--check PORT] [--delay 100ms] [-4|-6]",
 		summary:  "knock on a gate (a client, no gate needed here)",
 		help: "Knock on HOST: for each PORT in order, one TCP SYN (a connection attempt\n" +
 			"abandoned at once) or one UDP datagram. PORT:PROTO (knockd's form) is accepted too.\n" +
 			"With --spa-key, one single-packet authorization datagram goes first: signed with\n" +
 			"the key, stamped with this machine's clock (the gate takes it within its window,\n" +
 			"30 s by default), asking to open the address it comes from as the gate sees it\n" +
-			"(so it works from behind NAT), or --open-address. The gate never answers; --check\n" +
+			"(so it works from behind NAT), or --open-address. The packet opens every service\n" +
+			"the key may open, or with --service only those named (a version-2 packet; the\n" +
+			"gate refuses the packet if one is not the key's). The gate never answers; --check\n" +
 			"tries the port afterwards.",
 		minArgs: 1, maxArgs: -1,
 		flags: fs,
@@ -86,8 +90,14 @@ func knockCommand() *command {
 						return usagef("--open-address: bad address %q", openAddr)
 					}
 				}
-			} else if fs.Changed("key-id") || fs.Changed("spa-port") || fs.Changed("open-address") {
-				return usagef("--key-id, --spa-port and --open-address go with --spa-key")
+			} else if fs.Changed("key-id") || fs.Changed("spa-port") || fs.Changed("open-address") || fs.Changed("service") {
+				return usagef("--key-id, --spa-port, --open-address and --service go with --spa-key")
+			}
+			var request []string
+			if fs.Changed("service") {
+				if request, err = parseServices(services); err != nil {
+					return &usageError{fmt.Errorf("--service: %w", err)}
+				}
 			}
 			var checkPort uint16
 			if check != "" {
@@ -103,10 +113,9 @@ func knockCommand() *command {
 			}
 			var sent time.Time
 			if spaKey != "" {
-				if sent, err = sendSPA(addr, spaPort, &key, open); err != nil {
+				if sent, err = sendSPA(e, addr, spaPort, &key, open, request); err != nil {
 					return err
 				}
-				fmt.Fprintf(e.stdout, "spa %s %d/udp key %d (%s)\n", addr, spaPort, key.ID, key.Name)
 			}
 			for i, p := range ports {
 				if i > 0 || spaKey != "" {
@@ -170,22 +179,63 @@ func clientKey(arg, idText string) (spa.Key, error) {
 	return spa.Key{}, &inputError{fmt.Errorf("key file %s holds no key with id %d", arg, id)}
 }
 
-// sendSPA sends one SPA datagram for key to port of addr, and says when it
-// was stamped.
-func sendSPA(addr netip.Addr, port uint16, key *spa.Key, open netip.Addr) (time.Time, error) {
-	p, err := spa.New(key.ID, open)
-	if err != nil {
-		return time.Time{}, err
+// parseServices reads --service's list: service names, each once.
+func parseServices(list string) ([]string, error) {
+	var out []string
+	for _, name := range strings.Split(list, ",") {
+		name = strings.TrimSpace(name)
+		if err := policy.CheckServiceName(name); err != nil {
+			return nil, err
+		}
+		if slices.Contains(out, name) {
+			return nil, fmt.Errorf("service %s named twice", name)
+		}
+		out = append(out, name)
 	}
+	return out, nil
+}
+
+// sendSPA sends SPA datagrams for key to port of addr, and says when the
+// first was stamped: one asking for every service of the key (version 1),
+// or asking for the services of request, spa.MaxRequest a packet (version
+// 2), each stamped 1 ms after the one before (the gate accepts a key's
+// packets in increasing time only) and sent once that time has come.
+func sendSPA(e *env, addr netip.Addr, port uint16, key *spa.Key, open netip.Addr, request []string) (time.Time, error) {
 	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, port)))
 	if err != nil {
 		return time.Time{}, fmt.Errorf("send SPA to %s port %d: %w", addr, port, err)
 	}
 	defer conn.Close()
-	if _, err := conn.Write(p.Marshal(key.Secret)); err != nil {
-		return time.Time{}, fmt.Errorf("send SPA to %s port %d: %w", addr, port, err)
+	var first, last time.Time
+	for i := 0; i == 0 || i < len(request); i += spa.MaxRequest {
+		p, err := spa.New(key.ID, open)
+		if err != nil {
+			return time.Time{}, err
+		}
+		if !last.IsZero() {
+			if next := last.Truncate(time.Millisecond).Add(time.Millisecond); p.Time.Before(next) {
+				p.Time = next
+				if err := sleep(e.ctx, time.Until(next)); err != nil {
+					return time.Time{}, err
+				}
+			}
+		}
+		asked := ""
+		if len(request) > 0 {
+			names := request[i:min(i+spa.MaxRequest, len(request))]
+			p.Request = spa.RequestOf(names)
+			asked = " services " + strings.Join(names, ",")
+		}
+		if _, err := conn.Write(p.Marshal(key.Secret)); err != nil {
+			return time.Time{}, fmt.Errorf("send SPA to %s port %d: %w", addr, port, err)
+		}
+		fmt.Fprintf(e.stdout, "spa %s %d/udp key %d (%s)%s\n", addr, port, key.ID, key.Name, asked)
+		if first.IsZero() {
+			first = p.Time
+		}
+		last = p.Time
 	}
-	return p.Time, nil
+	return first, nil
 }
 
 // checkOpen connects to port of addr for a few seconds. When it stays shut
@@ -217,8 +267,9 @@ func checkOpen(ctx context.Context, addr netip.Addr, port uint16, viaSPA bool, s
 	return fmt.Errorf("port %d of %s did not open within %s of the SPA packet (%w). The gate drops an SPA packet "+
 		"whose timestamp is more than its window (30s unless --spa-window says otherwise) from its own clock, either way: "+
 		"this packet said %s (UTC), this machine's clock; compare the gate's (\"knockgate status\" there shows it, and "+
-		"counts refusals by reason: spa_clock, spa_bad_tag, spa_unknown_key, spa_replay, spa_bad_address). "+
-		"Also check the key, its id and --spa-port", port, addr, within, last, sent.UTC().Format("2006-01-02T15:04:05.000"))
+		"counts refusals by reason: spa_clock, spa_bad_tag, spa_unknown_key, spa_replay, spa_bad_address, spa_bad_service). "+
+		"Also check the key, its id, --spa-port, and that the port is a service's the key may open (and --service asks for it)",
+		port, addr, within, last, sent.UTC().Format("2006-01-02T15:04:05.000"))
 }
 
 // resolve turns HOST into one address, once, so that every knock goes to

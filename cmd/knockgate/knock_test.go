@@ -6,12 +6,15 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/knockgate/knockgate/policy"
+	"github.com/knockgate/knockgate/spa"
 	"github.com/knockgate/knockgate/test/netns"
 )
 
@@ -153,5 +156,61 @@ func TestKnockSendsOneSYN(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// --service asks for services in version-2 packets, spa.MaxRequest each,
+// stamped 1 ms apart; without it, one version-1 packet asks for all.
+func TestKnockSPAServices(t *testing.T) {
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	port := fmt.Sprint(netip.MustParseAddrPort(conn.LocalAddr().String()).Port())
+	const hexKey = "00112233445566778899aabbccddeeff"
+	secret, _ := spa.ParseSecret(hexKey)
+	read := func(n int) []spa.Packet {
+		t.Helper()
+		var out []spa.Packet
+		buf := make([]byte, 1500)
+		for range n {
+			conn.SetReadDeadline(time.Now().Add(30 * time.Second)) // a safety net, not a measurement
+			m, err := conn.Read(buf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := spa.Verify(buf[:m], secret)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, p)
+		}
+		return out
+	}
+
+	names := []string{"web", "rdp", "a", "b", "c", "d"}
+	r := invoke(t, nil, "knock", "127.0.0.1", "--spa-key", hexKey, "--key-id", "7", "--spa-port", port, "--service", strings.Join(names, ","))
+	if r.code != 0 || r.stderr != "" {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	want := fmt.Sprintf("spa 127.0.0.1 %s/udp key 7 (key) services web,rdp,a,b\nspa 127.0.0.1 %s/udp key 7 (key) services c,d\n", port, port)
+	if r.stdout != want {
+		t.Errorf("stdout %q, want %q", r.stdout, want)
+	}
+	ps := read(2)
+	if !reflect.DeepEqual(ps[0].Request, spa.RequestOf(names[:4])) || !reflect.DeepEqual(ps[1].Request, spa.RequestOf(names[4:])) {
+		t.Errorf("requests %v, %v", ps[0].Request, ps[1].Request)
+	}
+	if d := ps[1].Time.Sub(ps[0].Time); d < time.Millisecond {
+		t.Errorf("second packet stamped %s after the first, want at least 1ms", d)
+	}
+
+	r = invoke(t, nil, "knock", "127.0.0.1", "--spa-key", hexKey, "--key-id", "7", "--spa-port", port)
+	if r.code != 0 || r.stdout != fmt.Sprintf("spa 127.0.0.1 %s/udp key 7 (key)\n", port) {
+		t.Fatalf("without --service: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if p := read(1)[0]; p.Request != nil {
+		t.Errorf("without --service, a request %v", p.Request)
 	}
 }

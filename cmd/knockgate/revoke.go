@@ -1,6 +1,10 @@
 package main
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/knockgate/knockgate/config"
+)
 
 func revokeCommand() *command {
 	var service string
@@ -26,6 +30,15 @@ func revokeCommand() *command {
 				return err
 			}
 			defer g.Close()
+			if service != "" {
+				p, err := g.Policy()
+				if err != nil {
+					return err
+				}
+				if p.Service(service) == nil {
+					return fmt.Errorf("gate %s has no service %s (it has %s)", g.Name, service, config.ServiceNames(&p))
+				}
+			}
 			found, err := g.Revoke(addr, service)
 			if err != nil {
 				return err

@@ -52,6 +52,7 @@ func runCommand() *command {
 				}
 				p := s.Config()
 				fmt.Fprintf(e.stdout, "%s: gate %s on %s: %s\n", path, s.Gate, strings.Join(s.Interfaces, ", "), config.Summary(&p))
+				printServices(e, &p)
 				return nil
 			}
 			if err := checkPinAccess(); err != nil {

@@ -31,7 +31,25 @@ type statusJSON struct {
 	SPA        spaJSON           `json:"spa"`
 	Fleet      json.RawMessage   `json:"fleet,omitempty"` // as run writes it: with [fleet] only
 	Counters   map[string]uint64 `json:"counters"`
-	Sources    []sourceJSON      `json:"sources"`
+	// Services are the gate's services, default first; Config is
+	// default's too, as status showed it before services.
+	Services []serviceJSON `json:"services"`
+	Sources  []sourceJSON  `json:"sources"`
+}
+
+// serviceJSON is one service: its settings (Allow is its own list; the
+// gate's is config's), its grants live now, and the program's counters of
+// grants made and found expired.
+type serviceJSON struct {
+	Name        string   `json:"name"`
+	Sequence    []string `json:"sequence"` // empty: none (SPA only)
+	StepTimeout string   `json:"step_timeout"`
+	Open        string   `json:"open"`
+	Protect     []string `json:"protect"`
+	Allow       []string `json:"allow"`
+	GrantsOpen  int      `json:"grants_open"`
+	Granted     uint64   `json:"granted"`
+	Expired     uint64   `json:"expired"`
 }
 
 type ifaceJSON struct {
@@ -86,6 +104,8 @@ type spaKeyJSON struct {
 	AnyAddress   bool   `json:"any_address"`
 	Open         string `json:"open,omitempty"`          // the key's own window; absent: the gate's
 	LastAccepted string `json:"last_accepted,omitempty"` // RFC 3339; absent: never
+	// Services are those the key may open (its scope).
+	Services []string `json:"services"`
 }
 
 type configJSON struct {
@@ -105,8 +125,11 @@ type safeModeJSON struct {
 	Previous configJSON `json:"previous"`
 }
 
+// sourceJSON is one source's grant of one service, or its progress through
+// one service's sequence: a source granted two services is listed twice.
 type sourceJSON struct {
 	Addr    string `json:"addr"`
+	Service string `json:"service"`
 	State   string `json:"state"` // "open" or "knocking"
 	Stage   int    `json:"stage"`
 	Expires string `json:"expires"` // RFC 3339
@@ -120,6 +143,7 @@ type gateStatus struct {
 	cfg       maps.Config
 	safe      maps.SafeMode
 	counters  maps.Counters
+	svcCounts map[string]maps.ServiceCounters
 	sources   []maps.SourceState
 	flows     []maps.Flow // live ones
 	maxFlows  int
@@ -141,9 +165,10 @@ func statusCommand() *command {
 		summary:  "show a gate's interfaces, configuration, counters and sources",
 		help: "Show the gate (named, or by one of its interfaces): each interface attached,\n" +
 			"missing (gone: nothing is enforced there) or waiting (not there yet), the\n" +
-			"configuration, counters (per interface too) and tracked sources (granted, or\n" +
-			"part-way through the sequence). Without an argument: the only gate, or every\n" +
-			"one (not with --json).",
+			"configuration, its services (when it has more than default) with the grants\n" +
+			"each has open, counters (per interface too) and tracked sources (a grant of one\n" +
+			"service, or progress through one service's sequence). Without an argument:\n" +
+			"the only gate, or every one (not with --json).",
 		minArgs: 0, maxArgs: 1,
 		flags: fs,
 		run: func(e *env, args []string) error {
@@ -197,6 +222,9 @@ func readStatus(arg string) (*gateStatus, error) {
 	if st.verdicts, err = g.Verdicts(); err != nil {
 		return nil, err
 	}
+	if st.svcCounts, err = g.ServiceCounters(); err != nil {
+		return nil, err
+	}
 	if st.sources, err = g.Sources(); err != nil {
 		return nil, err
 	}
@@ -218,6 +246,40 @@ func readStatus(arg string) (*gateStatus, error) {
 		st.fleet = b
 	}
 	return st, nil
+}
+
+// grantsOpen counts the live grants of each service.
+func (st *gateStatus) grantsOpen() map[string]int {
+	n := map[string]int{}
+	for _, s := range st.sources {
+		if s.State == "open" {
+			n[s.Service]++
+		}
+	}
+	return n
+}
+
+// encodeServices is every service of cfg, with its grants open and its
+// counters.
+func (st *gateStatus) encodeServices() []serviceJSON {
+	open := st.grantsOpen()
+	out := []serviceJSON{}
+	for i := range st.cfg.Policy.Services {
+		svc := &st.cfg.Policy.Services[i]
+		allow := prefixList(svc.Allow)
+		out = append(out, serviceJSON{
+			Name:        svc.Name,
+			Sequence:    portsList(svc.Sequence),
+			StepTimeout: svc.StepTimeout.String(),
+			Open:        svc.Open.String(),
+			Protect:     protectList(svc),
+			Allow:       allow,
+			GrantsOpen:  open[svc.Name],
+			Granted:     st.svcCounts[svc.Name].Granted,
+			Expired:     st.svcCounts[svc.Name].Expired,
+		})
+	}
+	return out
 }
 
 func protectList(svc *policy.Service) []string {
@@ -275,6 +337,7 @@ func (st *gateStatus) json() statusJSON {
 		Interfaces: []ifaceJSON{},
 		Config:     encodeConfig(st.cfg),
 		Counters:   make(map[string]uint64, len(maps.CounterNames)),
+		Services:   st.encodeServices(),
 		Sources:    []sourceJSON{},
 	}
 	for i, ifc := range st.ifaces {
@@ -316,7 +379,7 @@ func (st *gateStatus) json() statusJSON {
 	out.SPA = spaJSON{Port: st.cfg.Policy.SPAPort, Window: st.cfg.Policy.SPAWindow.String(), Clock: stamp(st.clock),
 		ClockSkewMs: st.clock.Sub(st.now).Milliseconds(), Keys: []spaKeyJSON{}}
 	for _, k := range st.spaKeys {
-		j := spaKeyJSON{ID: k.ID, Name: k.Name, AnyAddress: k.AnyAddress}
+		j := spaKeyJSON{ID: k.ID, Name: k.Name, AnyAddress: k.AnyAddress, Services: k.Scope()}
 		if k.Open > 0 {
 			j.Open = k.Open.String()
 		}
@@ -327,7 +390,7 @@ func (st *gateStatus) json() statusJSON {
 	}
 	for _, s := range st.sources {
 		out.Sources = append(out.Sources, sourceJSON{
-			Addr: s.Addr.String(), State: s.State, Stage: s.Stage, Expires: stamp(s.Expires),
+			Addr: s.Addr.String(), Service: s.Service, State: s.State, Stage: s.Stage, Expires: stamp(s.Expires),
 		})
 	}
 	return out
@@ -371,6 +434,9 @@ func (st *gateStatus) print(w io.Writer, now time.Time) {
 			if k.Open > 0 {
 				extra += ", open " + k.Open.String()
 			}
+			if len(k.Services) > 0 {
+				extra += ", services " + strings.Join(k.Services, ",")
+			}
 			fmt.Fprintf(tw, "  \tkey %d %s%s: %s\n", k.ID, k.Name, extra, last)
 		}
 	} else {
@@ -386,6 +452,9 @@ func (st *gateStatus) print(w io.Writer, now time.Time) {
 		}
 	}
 	tw.Flush()
+	if len(p.Services) > 1 {
+		st.printServices(w)
+	}
 	if st.listFlows {
 		fmt.Fprintln(w, "flows:")
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -448,10 +517,40 @@ func (st *gateStatus) print(w io.Writer, now time.Time) {
 	}
 	fmt.Fprintln(w, "sources:")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "  ADDRESS\tSTATE\tSTAGE\tEXPIRES")
+	fmt.Fprintln(tw, "  ADDRESS\tSERVICE\tSTATE\tSTAGE\tEXPIRES")
 	for _, s := range st.sources {
-		fmt.Fprintf(tw, "  %s\t%s\t%d/%d\t%s (in %s)\n", s.Addr, s.State, s.Stage, len(st.cfg.Policy.Default().Sequence),
+		stage := "-" // a service without a sequence
+		if svc := st.cfg.Policy.Service(s.Service); svc != nil && len(svc.Sequence) > 0 {
+			stage = fmt.Sprintf("%d/%d", s.Stage, len(svc.Sequence))
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s (in %s)\n", s.Addr, s.Service, s.State, stage,
 			stamp(s.Expires), s.Expires.Sub(now).Round(time.Second))
+	}
+	tw.Flush()
+}
+
+// printServices is the table of the gate's services: their settings (from
+// the option table) and their grants open now.
+func (st *gateStatus) printServices(w io.Writer) {
+	p := st.cfg.Policy
+	open := st.grantsOpen()
+	fmt.Fprintln(w, "services:")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for i := range p.Services {
+		svc := &p.Services[i]
+		lines := config.ServiceLines(&p, svc)
+		if i == 0 {
+			fmt.Fprint(tw, "  SERVICE")
+			for _, l := range lines {
+				fmt.Fprintf(tw, "\t%s", strings.ToUpper(l.Label))
+			}
+			fmt.Fprintln(tw, "\tGRANTS OPEN")
+		}
+		fmt.Fprintf(tw, "  %s", svc.Name)
+		for _, l := range lines {
+			fmt.Fprintf(tw, "\t%s", l.Value)
+		}
+		fmt.Fprintf(tw, "\t%d\n", open[svc.Name])
 	}
 	tw.Flush()
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/netip"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
 	"github.com/knockgate/knockgate/policy"
+	"github.com/knockgate/knockgate/spa"
 )
 
 // The config as attach parses it survives the C layout and the JSON of
@@ -143,11 +145,14 @@ func TestStatusJSONShape(t *testing.T) {
 	}
 
 	expires := time.Date(2026, 11, 26, 14, 10, 0, 0, time.UTC)
-	st.sources = []maps.SourceState{{Addr: netip.MustParseAddr("10.0.0.2"), State: "open", Stage: 2, Expires: expires}}
+	st.sources = []maps.SourceState{{Addr: netip.MustParseAddr("10.0.0.2"), Service: "default", State: "open", Stage: 2, Expires: expires}}
 	got := st.json().Sources
-	want := []sourceJSON{{Addr: "10.0.0.2", State: "open", Stage: 2, Expires: "2026-11-26T14:10:00Z"}}
+	want := []sourceJSON{{Addr: "10.0.0.2", Service: "default", State: "open", Stage: 2, Expires: "2026-11-26T14:10:00Z"}}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("sources %+v, want %+v", got, want)
+	}
+	if svcs := st.json().Services; len(svcs) != 1 || svcs[0].Name != "default" || svcs[0].GrantsOpen != 1 {
+		t.Errorf("services %+v, want default with 1 grant open", svcs)
 	}
 
 	// The plain form shows the same facts.
@@ -157,6 +162,71 @@ func TestStatusJSONShape(t *testing.T) {
 		"10.0.0.2", "2/2", "2026-11-26T14:10:00Z (in 1m0s)", "allowing:      none"} {
 		if !strings.Contains(b.String(), s) {
 			t.Errorf("plain status lacks %q:\n%s", s, b.String())
+		}
+	}
+	if strings.Contains(b.String(), "services:") {
+		t.Errorf("plain status of a gate with default alone has a table of services:\n%s", b.String())
+	}
+}
+
+// status lists each service with its settings, own allow list, grants open
+// and counters, and each source's grant by service.
+func TestStatusServices(t *testing.T) {
+	d := config.Defaults()
+	p := d.Config()
+	p.SPAPort = 62201
+	p.Allow = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+	p.Services = append(p.Services,
+		policy.Service{Name: "web", Sequence: []policy.Port{{Num: 7000, Proto: policy.TCP}, {Num: 7100, Proto: policy.UDP}},
+			StepTimeout: 30 * time.Second, Open: 2 * time.Hour, Protect: []policy.Port{{Num: 443, Proto: policy.TCP}, {Num: 8443, Proto: policy.TCP}},
+			Allow: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}},
+		policy.Service{Name: "rdp", StepTimeout: time.Minute, Open: 30 * time.Minute, Protect: []policy.Port{{Num: 3389, Proto: policy.TCP}}})
+	expires := time.Date(2026, 11, 26, 14, 10, 0, 0, time.UTC)
+	a, b := netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.3")
+	st := &gateStatus{gate: "kgc0", ifaces: []loader.Iface{{Name: "kgc0", State: loader.Attached, Mode: loader.ModeNative, Ifindex: 7}},
+		cfg: maps.Config{Policy: p, Generation: 3},
+		sources: []maps.SourceState{
+			{Addr: a, Service: "default", State: "open", Stage: 2, Expires: expires},
+			{Addr: a, Service: "rdp", State: "open", Expires: expires},
+			{Addr: b, Service: "web", State: "knocking", Stage: 1, Expires: expires},
+		},
+		svcCounts: map[string]maps.ServiceCounters{"default": {Granted: 4, Expired: 1}, "rdp": {Granted: 2}},
+		spaKeys:   []maps.SPAKey{{Key: spa.Key{ID: 7, Name: "contractor", Services: []string{"web"}}}},
+	}
+	j := st.json()
+	want := []serviceJSON{
+		{Name: "default", Sequence: []string{"9000/tcp", "8000/tcp"}, StepTimeout: "1m0s", Open: "30m0s", Protect: []string{"22/tcp"},
+			Allow: []string{}, GrantsOpen: 1, Granted: 4, Expired: 1},
+		{Name: "web", Sequence: []string{"7000/tcp", "7100/udp"}, StepTimeout: "30s", Open: "2h0m0s", Protect: []string{"443/tcp", "8443/tcp"},
+			Allow: []string{"198.51.100.0/24"}},
+		{Name: "rdp", Sequence: []string{}, StepTimeout: "1m0s", Open: "30m0s", Protect: []string{"3389/tcp"}, Allow: []string{}, GrantsOpen: 1, Granted: 2},
+	}
+	if !reflect.DeepEqual(j.Services, want) {
+		t.Errorf("services\n %+v\nwant\n %+v", j.Services, want)
+	}
+	if j.Sources[1].Service != "rdp" || j.Sources[2].Service != "web" || strings.Join(j.Config.Allow, ",") != "192.0.2.0/24" {
+		t.Errorf("sources %+v, config %+v", j.Sources, j.Config)
+	}
+	if got := j.SPA.Keys[0].Services; !reflect.DeepEqual(got, []string{"web"}) {
+		t.Errorf("key services %q", got)
+	}
+
+	var out bytes.Buffer
+	st.print(&out, expires.Add(-time.Minute))
+	text := out.String()
+	for _, re := range []string{
+		`(?m)^services:$`,
+		`(?m)^  SERVICE +SEQUENCE +STEP TIMEOUT +OPEN +PROTECTING +ALLOWING +GRANTS OPEN$`,
+		`(?m)^  default +9000,8000 +1m0s +30m0s +22 +none +1$`,
+		`(?m)^  web +7000,7100/udp +30s +2h0m0s +443,8443 +198\.51\.100\.0/24 +0$`,
+		`(?m)^  rdp +none \(SPA only\) +1m0s +30m0s +3389 +none +1$`,
+		`(?m)^  ADDRESS +SERVICE +STATE +STAGE +EXPIRES$`,
+		`(?m)^  10\.0\.0\.2 +rdp +open +- +2026-11-26T14:10:00Z \(in 1m0s\)$`,
+		`(?m)^  10\.0\.0\.3 +web +knocking +1/2 +`,
+		`key 7 contractor, services web: never used`,
+	} {
+		if !regexp.MustCompile(re).MatchString(text) {
+			t.Errorf("plain status does not match %s:\n%s", re, text)
 		}
 	}
 }
@@ -170,24 +240,29 @@ func TestEventFormats(t *testing.T) {
 		json  string
 	}{
 		{
-			maps.Event{Time: at, Type: "knock", Src: src, Port: policy.Port{Num: 9000, Proto: policy.TCP}, Stage: 1, Expires: at.Add(time.Minute)},
+			maps.Event{Time: at, Type: "knock", Src: src, Port: policy.Port{Num: 9000, Proto: policy.TCP}, Stage: 1, Expires: at.Add(time.Minute), Service: "default"},
 			"2026-11-26T13:40:01Z knock  10.0.0.2 -> 9000/tcp stage 1/2 (next step before 13:41:01)",
-			`{"time":"2026-11-26T13:40:01.123456789Z","type":"knock","src":"10.0.0.2","port":9000,"proto":"tcp","stage":1,"expires":"2026-11-26T13:41:01Z"}`,
+			`{"time":"2026-11-26T13:40:01.123456789Z","type":"knock","src":"10.0.0.2","port":9000,"proto":"tcp","stage":1,"expires":"2026-11-26T13:41:01Z","service":"default"}`,
 		},
 		{
-			maps.Event{Time: at, Type: "reset", Src: src, Port: policy.Port{Num: 1234, Proto: policy.UDP}, Stage: 1},
-			"2026-11-26T13:40:01Z reset  10.0.0.2 -> 1234/udp (was at stage 1/2)",
-			`{"time":"2026-11-26T13:40:01.123456789Z","type":"reset","src":"10.0.0.2","port":1234,"proto":"udp","stage":1}`,
+			maps.Event{Time: at, Type: "reset", Src: src, Port: policy.Port{Num: 1234, Proto: policy.UDP}, Stage: 1, Service: "web"},
+			"2026-11-26T13:40:01Z reset  10.0.0.2 -> 1234/udp [web] (was at stage 1/2)",
+			`{"time":"2026-11-26T13:40:01.123456789Z","type":"reset","src":"10.0.0.2","port":1234,"proto":"udp","stage":1,"service":"web"}`,
 		},
 		{
-			maps.Event{Time: at, Type: "open", Src: netip.MustParseAddr("2001:db8::2"), Port: policy.Port{Num: 8000, Proto: policy.TCP}, Stage: 2, Expires: at.Add(30 * time.Minute)},
+			maps.Event{Time: at, Type: "open", Src: netip.MustParseAddr("2001:db8::2"), Port: policy.Port{Num: 8000, Proto: policy.TCP}, Stage: 2, Expires: at.Add(30 * time.Minute), Service: "default"},
 			"2026-11-26T13:40:01Z open   2001:db8::2 -> 8000/tcp granted until 2026-11-26T14:10:01Z",
-			`{"time":"2026-11-26T13:40:01.123456789Z","type":"open","src":"2001:db8::2","port":8000,"proto":"tcp","stage":2,"expires":"2026-11-26T14:10:01Z"}`,
+			`{"time":"2026-11-26T13:40:01.123456789Z","type":"open","src":"2001:db8::2","port":8000,"proto":"tcp","stage":2,"expires":"2026-11-26T14:10:01Z","service":"default"}`,
+		},
+		{
+			maps.Event{Time: at, Type: "open", Src: src, Port: policy.Port{Num: 62201, Proto: policy.UDP}, KeyID: 7, Expires: at.Add(2 * time.Hour), Service: "web"},
+			"2026-11-26T13:40:01Z open   10.0.0.2 -> 62201/udp [web] by SPA key 7, granted until 2026-11-26T15:40:01Z",
+			`{"time":"2026-11-26T13:40:01.123456789Z","type":"open","src":"10.0.0.2","port":62201,"proto":"udp","stage":0,"key_id":7,"expires":"2026-11-26T15:40:01Z","service":"web"}`,
 		},
 		{
 			maps.Event{Time: at, Type: "expire", Src: src, Port: policy.Port{Num: 22, Proto: policy.TCP}, Expires: at.Add(-time.Second)},
 			"2026-11-26T13:40:01Z expire 10.0.0.2 -> 22/tcp grant expired at 2026-11-26T13:40:00Z",
-			`{"time":"2026-11-26T13:40:01.123456789Z","type":"expire","src":"10.0.0.2","port":22,"proto":"tcp","stage":0,"expires":"2026-11-26T13:40:00Z"}`,
+			`{"time":"2026-11-26T13:40:01.123456789Z","type":"expire","src":"10.0.0.2","port":22,"proto":"tcp","stage":0,"expires":"2026-11-26T13:40:00Z","service":""}`,
 		},
 	} {
 		if got := formatEvent(tc.ev, 2); got != tc.plain {
