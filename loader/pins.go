@@ -29,7 +29,9 @@ import (
 //
 // A gate is made in a staging directory ("pinning GATE RAND") and renamed
 // into place, and removed by renaming it to "detaching GATE RAND" first, so
-// it appears and disappears whole. Whoever works in such a directory holds
+// it appears and disappears whole. A gate of the previous release is
+// upgraded through "upgrading GATE RAND", then "upgraded GATE RAND" (see
+// migrate.go). Whoever works in such a directory holds
 // an flock on it; one whose maker died (the lock is free) is finished off by
 // the next command (sweep). Spaces mark them: no gate or interface name has
 // one.
@@ -129,7 +131,8 @@ func sweep() {
 	entries, _ := os.ReadDir(PinRoot)
 	for _, e := range entries {
 		name := e.Name()
-		if !strings.HasPrefix(name, stagingPrefix) && !strings.HasPrefix(name, detachingPrefix) {
+		upgrade := strings.HasPrefix(name, upgradingPrefix) || strings.HasPrefix(name, upgradedPrefix)
+		if !upgrade && !strings.HasPrefix(name, stagingPrefix) && !strings.HasPrefix(name, detachingPrefix) {
 			continue
 		}
 		dir := filepath.Join(PinRoot, name)
@@ -137,7 +140,11 @@ func sweep() {
 		if err != nil {
 			continue // its maker is still at work
 		}
-		teardown(dir)
+		if upgrade {
+			sweepUpgrade(dir) // see migrate.go
+		} else {
+			teardown(dir)
+		}
 		f.Close()
 	}
 }
