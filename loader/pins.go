@@ -31,10 +31,9 @@ import (
 // into place, and removed by renaming it to "detaching GATE RAND" first, so
 // it appears and disappears whole. A gate of the previous release is
 // upgraded through "upgrading GATE RAND", then "upgraded GATE RAND" (see
-// migrate.go). Whoever works in such a directory holds
-// an flock on it; one whose maker died (the lock is free) is finished off by
-// the next command (sweep). Spaces mark them: no gate or interface name has
-// one.
+// migrate.go). Whoever works in such a directory holds an flock on it; one
+// whose maker died (the lock is free) is finished off by the next command
+// (sweep). Spaces mark them: no gate or interface name has one.
 //
 // Layout 1, of the first release, was one gate per interface with the link
 // pinned beside the maps as PinRoot/IFACE/link; such a gate can be shown
