@@ -220,6 +220,7 @@ func Create(opts Options) (_ *Gate, err error) {
 // Open reopens the gate pinned as name (a gate name; see Resolve for an
 // interface's).
 func Open(name string) (_ *Gate, err error) {
+	finishUpgrades(name) // an upgrade from the previous release cut short
 	dir := GateDir(name)
 	if _, err := os.Stat(dir); err != nil {
 		return nil, fmt.Errorf("knockgate on %s: %w", name, ErrNotAttached)
@@ -232,7 +233,11 @@ func Open(name string) (_ *Gate, err error) {
 	}
 	set, err := maps.OpenPinned(dir)
 	if errors.Is(err, fs.ErrNotExist) {
-		// A map this build expects was never pinned: an older layout.
+		// A map this build expects was never pinned: an older layout,
+		// which run and attach upgrade if it is the previous release's.
+		if prev, perr := isPrevious(dir); perr == nil && prev {
+			return nil, previousReleaseError(name, dir)
+		}
 		return nil, fmt.Errorf("gate %s: %w: %w (detach and attach again)", name, ErrIncompatible, err)
 	}
 	if err != nil {
@@ -413,5 +418,8 @@ func Detach(name string) error {
 		return fmt.Errorf("remove gate %s: %w", name, err)
 	}
 	maps.KillPoint()
-	return teardown(dying)
+	err = teardown(dying)
+	// An upgrade of it that could not be finished (see migrate.go) goes too.
+	sweep()
+	return err
 }

@@ -29,10 +29,11 @@ import (
 //
 // A gate is made in a staging directory ("pinning GATE RAND") and renamed
 // into place, and removed by renaming it to "detaching GATE RAND" first, so
-// it appears and disappears whole. Whoever works in such a directory holds
-// an flock on it; one whose maker died (the lock is free) is finished off by
-// the next command (sweep). Spaces mark them: no gate or interface name has
-// one.
+// it appears and disappears whole. A gate of the previous release is
+// upgraded through "upgrading GATE RAND", then "upgraded GATE RAND" (see
+// migrate.go). Whoever works in such a directory holds an flock on it; one
+// whose maker died (the lock is free) is finished off by the next command
+// (sweep). Spaces mark them: no gate or interface name has one.
 //
 // Layout 1, of the first release, was one gate per interface with the link
 // pinned beside the maps as PinRoot/IFACE/link; such a gate can be shown
@@ -129,7 +130,8 @@ func sweep() {
 	entries, _ := os.ReadDir(PinRoot)
 	for _, e := range entries {
 		name := e.Name()
-		if !strings.HasPrefix(name, stagingPrefix) && !strings.HasPrefix(name, detachingPrefix) {
+		upgrade := strings.HasPrefix(name, upgradingPrefix) || strings.HasPrefix(name, upgradedPrefix)
+		if !upgrade && !strings.HasPrefix(name, stagingPrefix) && !strings.HasPrefix(name, detachingPrefix) {
 			continue
 		}
 		dir := filepath.Join(PinRoot, name)
@@ -137,7 +139,11 @@ func sweep() {
 		if err != nil {
 			continue // its maker is still at work
 		}
-		teardown(dir)
+		if upgrade {
+			sweepUpgrade(dir) // see migrate.go
+		} else {
+			teardown(dir)
+		}
 		f.Close()
 	}
 }

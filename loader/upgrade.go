@@ -89,25 +89,8 @@ func (g *Gate) Upgrade() (replaced bool, err error) {
 		return false, err
 	}
 
-	for _, pin := range linkPins(g.Dir) {
-		l, err := link.LoadPinnedLink(pin, nil)
-		if err != nil {
-			return false, fmt.Errorf("open pinned link %s: %w", pin, err)
-		}
-		next := prog
-		if filepath.Base(pin) == egressPin {
-			next = egress
-		}
-		err = l.Update(next)
-		l.Close()
-		if err != nil {
-			// A defunct link (its interface gone) is re-made with the
-			// pinned program when the interface comes back.
-			if ifindex, ierr := pinnedIfindex(pin); ierr == nil && ifindex == 0 {
-				continue
-			}
-			return false, fmt.Errorf("update link %s: %w", pin, err)
-		}
+	if err := switchLinks(linkPins(g.Dir), prog, egress); err != nil {
+		return false, err
 	}
 	// Links already run the programs; the pins are what later attachments
 	// use.
@@ -128,6 +111,33 @@ func (g *Gate) Upgrade() (replaced bool, err error) {
 	g.Egress.Close()
 	g.Prog, g.Egress = prog, egress
 	return true, nil
+}
+
+// switchLinks updates each link pinned at pins in place (bpf_link update: no
+// packet goes unjudged) to prog, or egress for an egress link. A defunct
+// link (its interface gone) is left as it is: it is made again with the
+// pinned program when the interface comes back.
+func switchLinks(pins []string, prog, egress *ebpf.Program) error {
+	for _, pin := range pins {
+		l, err := link.LoadPinnedLink(pin, nil)
+		if err != nil {
+			return fmt.Errorf("open pinned link %s: %w", pin, err)
+		}
+		next := prog
+		if filepath.Base(pin) == egressPin {
+			next = egress
+		}
+		err = l.Update(next)
+		l.Close()
+		if err != nil {
+			if ifindex, ierr := pinnedIfindex(pin); ierr == nil && ifindex == 0 {
+				continue
+			}
+			return fmt.Errorf("update link %s: %w", pin, err)
+		}
+		maps.KillPoint()
+	}
+	return nil
 }
 
 // sameProgram compares two programs by the kernel's tag (a hash of the

@@ -179,7 +179,7 @@ func (svc *service) checkClock() {
 // applied to it. Packets are judged throughout.
 func (svc *service) start() error {
 	s := svc.cur
-	g, err := loader.Open(s.Gate)
+	g, upgraded, err := loader.Adopt(s.Gate)
 	if errors.Is(err, loader.ErrNotAttached) {
 		opts, err := s.LoaderOptions()
 		if err != nil {
@@ -198,6 +198,10 @@ func (svc *service) start() error {
 		return err
 	}
 	svc.gate = g
+	if upgraded {
+		svc.logger().Info("gate upgraded from the previous release: its grants are the service default's, its keys, allow list, flows and knock progress kept",
+			"gate", g.Name)
+	}
 	replaced, err := g.Upgrade()
 	if err != nil {
 		g.Close()

@@ -94,15 +94,18 @@ func attach(e *env, s *config.Settings, explicit map[string]bool, service string
 	if err := checkPinAccess(); err != nil {
 		return err
 	}
-	name, exists, err := attachTarget(s)
+	name, exists, upgraded, err := attachTarget(s)
 	if err != nil {
 		return err
+	}
+	if upgraded {
+		fmt.Fprintf(e.stdout, "gate %s upgraded from the previous release: its grants are the service default's now; its keys, allow list and open sessions are kept\n", name)
 	}
 	if exists {
 		if confirm > 0 {
 			return usagef("--confirm undoes the making of a gate; gate %s exists already (use set --confirm to change it safely)", name)
 		}
-		return reattach(e, name, s, explicit, service)
+		return reattach(e, name, s, explicit, service, upgraded)
 	}
 	// The keys must fit the services, before anything is made.
 	want := s.Config()
@@ -156,8 +159,9 @@ func attach(e *env, s *config.Settings, explicit map[string]bool, service string
 // attachTarget is the gate an attach is about: --gate; else the gate the
 // named interfaces already belong to (one that lost an interface gets it
 // back); else a new gate named after the first interface. A lapsed
-// safe-mode attach is removed on the way, so attaching again starts afresh.
-func attachTarget(s *config.Settings) (name string, exists bool, err error) {
+// safe-mode attach is removed on the way, so attaching again starts afresh;
+// a gate of the previous release is upgraded (upgraded).
+func attachTarget(s *config.Settings) (name string, exists, upgraded bool, err error) {
 	name = s.Gate
 	if name == "" {
 		name = s.Interfaces[0]
@@ -168,10 +172,10 @@ func attachTarget(s *config.Settings) (name string, exists bool, err error) {
 				continue
 			}
 			if err != nil {
-				return "", false, err
+				return "", false, false, err
 			}
 			if owner != "" && g != owner {
-				return "", false, fmt.Errorf("interfaces %s belong to different gates (%s and %s)",
+				return "", false, false, fmt.Errorf("interfaces %s belong to different gates (%s and %s)",
 					strings.Join(s.Interfaces, ", "), owner, g)
 			}
 			owner = g
@@ -180,24 +184,25 @@ func attachTarget(s *config.Settings) (name string, exists bool, err error) {
 			name = owner
 		}
 	}
-	g, err := loader.Open(name)
+	g, upgraded, err := loader.Adopt(name)
 	if errors.Is(err, loader.ErrNotAttached) {
-		return name, false, nil
+		return name, false, false, nil
 	}
 	if err != nil {
-		return "", false, err
+		return "", false, false, err
 	}
 	defer g.Close()
 	if undone, err := finishUndoneAttach(g); err != nil || undone {
-		return name, false, err
+		return name, false, upgraded, err
 	}
-	return name, true, nil
+	return name, true, upgraded, nil
 }
 
 // reattach puts the existing gate name on those of s's interfaces it is not
 // on. A configuration given on the command line must be the gate's own: it
-// is changed with set, never by an attach.
-func reattach(e *env, name string, s *config.Settings, explicit map[string]bool, service string) error {
+// is changed with set, never by an attach. After an upgrade (upgraded), a
+// gate already on every interface is what was asked.
+func reattach(e *env, name string, s *config.Settings, explicit map[string]bool, service string, upgraded bool) error {
 	g, err := loader.Open(name)
 	if err != nil {
 		return err
@@ -230,6 +235,11 @@ func reattach(e *env, name string, s *config.Settings, explicit map[string]bool,
 			return err
 		}
 		attached = append(attached, fmt.Sprintf("%s (%s)", ifc, mode))
+	}
+	if already == len(s.Interfaces) && upgraded {
+		fmt.Fprintf(e.stdout, "knockgate attached to %s (gate %s, kept with its grants): %s\n",
+			strings.Join(s.Interfaces, ", "), name, config.Summary(&have.Policy))
+		return nil
 	}
 	if already == len(s.Interfaces) {
 		return &messageError{fmt.Sprintf("knockgate is already attached to %s (run \"knockgate detach %s\" first)",
