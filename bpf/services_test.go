@@ -1284,10 +1284,8 @@ func TestServiceCounters(t *testing.T) {
 	}
 }
 
-// A service that takes the index of one removed before should start from
-// zero: its counters are its own. KNOWN BUG (reported): maps' purge of a
-// removed service's index leaves its counters, so the newcomer inherits
-// them; the test says so and skips until that is fixed.
+// A service that takes the index of one removed before starts from zero:
+// its counters are its own (maps' purge of a freed index zeroes them).
 func TestServiceCountersOfAReusedIndex(t *testing.T) {
 	netns.Require(t)
 	f := families[0]
@@ -1307,8 +1305,7 @@ func TestServiceCountersOfAReusedIndex(t *testing.T) {
 		t.Fatalf("api at index %d, want web's former %d (the lowest free)", i, web)
 	}
 	if got := g.serviceCounters()["api"]; got != (maps.ServiceCounters{}) {
-		t.Skipf("KNOWN BUG (maps): api, new at web's former index %d, starts with web's counters %+v: "+
-			"Set.purgeServices does not zero service_counters of the indices it frees", web, got)
+		t.Errorf("api, new at web's former index %d, starts with web's counters %+v", web, got)
 	}
 }
 

@@ -547,7 +547,32 @@ func (s *Set) purgeServices(mask uint32) error {
 			}
 		}
 	}
+	if err := s.zeroServiceCounters(mask); err != nil {
+		return err
+	}
 	return s.narrowKeys(^mask)
+}
+
+// zeroServiceCounters starts the counters of the services in mask afresh:
+// a service that takes a freed index must not inherit its predecessor's.
+func (s *Set) zeroServiceCounters(mask uint32) error {
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return fmt.Errorf("count CPUs: %w", err)
+	}
+	zero := make([]uint64, ncpu)
+	per := uint32(bpf.KnockgateServiceCounterSERVICE_COUNTER_MAX)
+	for i := range uint32(MaxServices) {
+		if mask&(1<<i) == 0 {
+			continue
+		}
+		for c := range per {
+			if err := s.ServiceCounters.Update(i*per+c, zero, ebpf.UpdateExist); err != nil {
+				return fmt.Errorf("reset the counters of service %d: %w", i, err)
+			}
+		}
+	}
+	return nil
 }
 
 // ConfirmConfig makes the safe-mode change in force permanent: the same

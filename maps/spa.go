@@ -55,6 +55,10 @@ type SPAKey struct {
 	// LastAccepted is the timestamp of the newest packet accepted under the
 	// key (zero: none yet); only newer ones are accepted.
 	LastAccepted time.Time
+	// Opens are the services the key opens now, by name: its scope as the
+	// gate holds it, none when every service it named has gone (Key.Services
+	// cannot say that: empty there means default).
+	Opens []string
 }
 
 // encodeKey is k in the C layout, opening the services in scope (bit i:
@@ -215,7 +219,12 @@ func (s *Set) ReadSPAKeys() ([]SPAKey, error) {
 	var raw bpf.KnockgateSpaKey
 	it := s.SPAKeys.Iterate()
 	for it.Next(&id, &raw) {
-		k := SPAKey{Key: decodeKey(id, &raw, names)}
+		k := SPAKey{Key: decodeKey(id, &raw, names), Opens: []string{}}
+		for i := range MaxServices {
+			if name, ok := names[i]; ok && raw.Services&(1<<i) != 0 {
+				k.Opens = append(k.Opens, name)
+			}
+		}
 		var last uint64
 		if err := s.SPALast.Lookup(id, &last); err == nil && last != 0 {
 			k.LastAccepted = time.UnixMilli(int64(last))

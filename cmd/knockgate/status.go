@@ -379,7 +379,7 @@ func (st *gateStatus) json() statusJSON {
 	out.SPA = spaJSON{Port: st.cfg.Policy.SPAPort, Window: st.cfg.Policy.SPAWindow.String(), Clock: stamp(st.clock),
 		ClockSkewMs: st.clock.Sub(st.now).Milliseconds(), Keys: []spaKeyJSON{}}
 	for _, k := range st.spaKeys {
-		j := spaKeyJSON{ID: k.ID, Name: k.Name, AnyAddress: k.AnyAddress, Services: k.Scope()}
+		j := spaKeyJSON{ID: k.ID, Name: k.Name, AnyAddress: k.AnyAddress, Services: k.Opens}
 		if k.Open > 0 {
 			j.Open = k.Open.String()
 		}
@@ -434,8 +434,11 @@ func (st *gateStatus) print(w io.Writer, now time.Time) {
 			if k.Open > 0 {
 				extra += ", open " + k.Open.String()
 			}
-			if len(k.Services) > 0 {
-				extra += ", services " + strings.Join(k.Services, ",")
+			switch {
+			case len(k.Opens) == 0:
+				extra += ", opens no service (every one it named is gone)"
+			case len(k.Opens) > 1 || k.Opens[0] != policy.DefaultService:
+				extra += ", services " + strings.Join(k.Opens, ",")
 			}
 			fmt.Fprintf(tw, "  \tkey %d %s%s: %s\n", k.ID, k.Name, extra, last)
 		}
