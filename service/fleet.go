@@ -2,13 +2,11 @@ package service
 
 import (
 	"encoding/json"
-	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/nats-io/nats.go"
 
 	"github.com/knockgate/knockgate/bpf"
@@ -60,20 +58,13 @@ func (l gateLocal) Replay() (map[uint32]uint64, error) {
 	return out, it.Err()
 }
 
-// ApplyReplay moves a key's replay state forward; a key this host does not
-// have is left alone.
+// ApplyReplay moves a key's replay state forward, never back, with a
+// compare-and-swap as the program's own acceptance does (a plain write
+// after a lookup could undo an acceptance made in between); a key this
+// host does not have is left alone.
 func (l gateLocal) ApplyReplay(id uint32, ms uint64) error {
-	var cur uint64
-	if err := l.g.Maps.SPALast.Lookup(id, &cur); err != nil {
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return nil
-		}
-		return err
-	}
-	if ms <= cur {
-		return nil
-	}
-	return l.g.Maps.SPALast.Update(id, ms, ebpf.UpdateExist)
+	_, err := l.g.AdvanceReplay(id, ms)
+	return err
 }
 
 // member is this host in its fleet: the embedded server (if any), the
