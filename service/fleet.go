@@ -2,9 +2,11 @@ package service
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -67,6 +69,25 @@ func (l gateLocal) ApplyReplay(id uint32, ms uint64) error {
 	return err
 }
 
+// instance names the gate's grant map as long as it lives: the kernel's
+// boot id and the map's id (a gate made anew, or a reboot, changes it).
+// "" when either cannot be read.
+func (l gateLocal) instance() string {
+	boot, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	info, err := l.g.Maps.Grants.Info()
+	if err != nil {
+		return ""
+	}
+	id, ok := info.ID()
+	if !ok {
+		return ""
+	}
+	return fmt.Sprintf("%s/%d", strings.TrimSpace(string(boot)), id)
+}
+
 // member is this host in its fleet: the embedded server (if any), the
 // connection and the membership.
 type member struct {
@@ -103,7 +124,7 @@ func joinFleet(g *loader.Gate, c config.Fleet) (*member, error) {
 		gate = g.Name
 	}
 	if m.fl, err = fleet.Join(fleet.Options{Name: c.Name, Gate: gate, Local: gateLocal{g}, Conn: m.nc, Server: m.srv,
-		Replicas: replicas}); err != nil {
+		Replicas: replicas, StateFile: filepath.Join(c.StateDir, "known-grants.json"), Instance: gateLocal{g}.instance()}); err != nil {
 		m.close()
 		return nil, err
 	}
@@ -136,6 +157,7 @@ type FleetStatus struct {
 	Pending       int    `json:"pending"`
 	LastSync      string `json:"last_sync,omitempty"`
 	LastError     string `json:"last_error,omitempty"`
+	LastRestart   string `json:"last_restart,omitempty"` // why the watch was last made again
 	Updated       string `json:"updated"`
 }
 
@@ -150,7 +172,7 @@ func (m *member) report(gate, name string) {
 	}
 	st := m.fl.Stats()
 	fs := FleetStatus{Name: name, Peers: st.Peers, Published: st.Published, Received: st.Received,
-		WatchRestarts: st.WatchRestarts, Pending: st.Pending, LastError: st.LastError,
+		WatchRestarts: st.WatchRestarts, Pending: st.Pending, LastError: st.LastError, LastRestart: st.LastRestart,
 		Updated: time.Now().UTC().Format(time.RFC3339)}
 	if !st.LastSync.IsZero() {
 		fs.LastSync = st.LastSync.UTC().Format(time.RFC3339Nano)
