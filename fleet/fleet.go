@@ -455,7 +455,7 @@ func (f *Fleet) follow(ctx context.Context, kv jetstream.KeyValue, st jetstream.
 			case behind.IsZero() || pos != behindAt:
 				behind, behindAt = time.Now(), pos
 			case time.Since(behind) >= stallAfter:
-				f.catchUp(ctx, st, &pos)
+				f.catchUp(ctx, st, next, &pos)
 				behind = time.Time{}
 				restart(fmt.Sprintf("it stopped at revision %d", behindAt))
 			}
@@ -466,7 +466,9 @@ func (f *Fleet) follow(ctx context.Context, kv jetstream.KeyValue, st jetstream.
 // after is the bucket's first record past revision rev (nil: none), by a
 // direct get.
 func (f *Fleet) after(ctx context.Context, st jetstream.Stream, rev uint64) (*jetstream.RawStreamMsg, error) {
-	ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	// A replica answers in a millisecond; none answers while the cluster
+	// elects, and the follow loop waits meanwhile.
+	ctx, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
 	defer cancel()
 	m, err := st.GetMsg(ctx, rev+1, jetstream.WithGetMsgSubject("$KV."+Bucket+".>"))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -494,16 +496,18 @@ func (f *Fleet) read(ctx context.Context, st jetstream.Stream, rev uint64, limit
 	return out, rev, nil
 }
 
-// catchUp applies the records past *pos by direct gets (at most a few
-// thousand a call: the next check goes on), moving *pos.
-func (f *Fleet) catchUp(ctx context.Context, st jetstream.Stream, pos *uint64) {
-	batch, last, err := f.read(ctx, st, *pos, 4096)
+// catchUp applies next, the first record past *pos, and those after it,
+// by direct gets (at most a few thousand a call: the next check goes on),
+// moving *pos. (next is the one a check found: another direct get may be
+// answered by another replica, which may not have it yet.)
+func (f *Fleet) catchUp(ctx context.Context, st jetstream.Stream, next *jetstream.RawStreamMsg, pos *uint64) {
+	more, last, err := f.read(ctx, st, next.Sequence, 4096)
 	if err != nil {
-		f.fail(fmt.Errorf("catch up past revision %d: %w", *pos, err))
-	} else if len(batch) < 4096 {
+		f.fail(fmt.Errorf("catch up past revision %d: %w", next.Sequence, err))
+	} else if len(more) < 4096 {
 		f.lastSync.Store(time.Now().UnixNano())
 	}
-	f.apply(batch)
+	f.apply(append([]jetstream.KeyValueEntry{rawEntry{next}}, more...))
 	*pos = last
 	f.rev.Store(last)
 }
