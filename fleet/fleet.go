@@ -450,7 +450,11 @@ func (f *Fleet) follow(ctx context.Context, kv jetstream.KeyValue, st jetstream.
 			}
 			next, err := f.after(ctx, st, pos)
 			switch {
-			case err != nil || next == nil:
+			case err != nil:
+				// No answer (a replica cut off that its peers have not
+				// noticed yet may have had the request): the next check
+				// tells.
+			case next == nil:
 				behind = time.Time{}
 			case behind.IsZero() || pos != behindAt:
 				behind, behindAt = time.Now(), pos
@@ -479,11 +483,15 @@ func (f *Fleet) after(ctx context.Context, st jetstream.Stream, rev uint64) (*je
 
 // read fetches the bucket's records past revision rev by direct gets, in
 // order, at most limit of them (0: to the end, or an error), and the
-// revision of the last.
+// revision of the last. A get without an answer is tried again twice: a
+// direct get goes to any replica, and another may answer.
 func (f *Fleet) read(ctx context.Context, st jetstream.Stream, rev uint64, limit int) ([]jetstream.KeyValueEntry, uint64, error) {
 	var out []jetstream.KeyValueEntry
 	for limit == 0 || len(out) < limit {
 		m, err := f.after(ctx, st, rev)
+		for try := 0; try < 2 && err != nil && ctx.Err() == nil; try++ {
+			m, err = f.after(ctx, st, rev)
+		}
 		if err != nil {
 			return out, rev, err
 		}
