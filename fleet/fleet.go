@@ -451,9 +451,7 @@ func (f *Fleet) follow(ctx context.Context, kv jetstream.KeyValue, st jetstream.
 			next, err := f.after(ctx, st, pos)
 			switch {
 			case err != nil:
-				// No answer (a replica cut off that its peers have not
-				// noticed yet may have had the request): the next check
-				// tells.
+				// No answer: the next check tells.
 			case next == nil:
 				behind = time.Time{}
 			case behind.IsZero() || pos != behindAt:
@@ -468,30 +466,35 @@ func (f *Fleet) follow(ctx context.Context, kv jetstream.KeyValue, st jetstream.
 }
 
 // after is the bucket's first record past revision rev (nil: none), by a
-// direct get.
+// direct get. A get goes to any replica, and one cut off, which the others
+// take a few seconds to notice (route pings), never answers: a get without
+// an answer within 250 ms is tried again twice, for another to answer.
 func (f *Fleet) after(ctx context.Context, st jetstream.Stream, rev uint64) (*jetstream.RawStreamMsg, error) {
-	// A replica answers in a millisecond; none answers while the cluster
-	// elects, and the follow loop waits meanwhile.
-	ctx, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
-	defer cancel()
-	m, err := st.GetMsg(ctx, rev+1, jetstream.WithGetMsgSubject("$KV."+Bucket+".>"))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil, nil
+	var err error
+	for range 3 {
+		try, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
+		var m *jetstream.RawStreamMsg
+		m, err = st.GetMsg(try, rev+1, jetstream.WithGetMsgSubject("$KV."+Bucket+".>"))
+		cancel()
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			return nil, nil
+		case err == nil:
+			return m, nil
+		case ctx.Err() != nil:
+			return nil, err
+		}
 	}
-	return m, err
+	return nil, err
 }
 
 // read fetches the bucket's records past revision rev by direct gets, in
 // order, at most limit of them (0: to the end, or an error), and the
-// revision of the last. A get without an answer is tried again twice: a
-// direct get goes to any replica, and another may answer.
+// revision of the last.
 func (f *Fleet) read(ctx context.Context, st jetstream.Stream, rev uint64, limit int) ([]jetstream.KeyValueEntry, uint64, error) {
 	var out []jetstream.KeyValueEntry
 	for limit == 0 || len(out) < limit {
 		m, err := f.after(ctx, st, rev)
-		for try := 0; try < 2 && err != nil && ctx.Err() == nil; try++ {
-			m, err = f.after(ctx, st, rev)
-		}
 		if err != nil {
 			return out, rev, err
 		}
