@@ -88,7 +88,9 @@ type Fleet struct {
 	// by it; prior is the file as Join found it, until reconcile.
 	seen, prior         map[netip.Addr]seen
 	stateFile, instance string
-	seenDirty           bool
+	unsaved             []netip.Addr // recorded since the file was written
+	logLines            int          // records in the file (0: write it anew)
+	rewrite             bool         // write it anew at the next save
 
 	// ready: the bucket was read whole and reconciled with the map, so
 	// this member may write.

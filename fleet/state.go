@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -19,13 +20,18 @@ type seen struct {
 	Rev     uint64 `json:"rev"`
 }
 
-// stateFile is Options.StateFile: the grants this member knew, of which
-// gate and grant map.
-type stateFile struct {
-	Version  int                 `json:"v"`
-	Gate     string              `json:"gate"`
-	Instance string              `json:"instance"`
-	Grants   map[netip.Addr]seen `json:"grants"`
+// The state file (Options.StateFile) is a log: a header line naming the
+// gate and the grant map it is about, then one line per grant recorded,
+// "ADDR EXPIRES_MS REV", the last for an address winning. A batch of
+// records is one append, so a burst of grants costs a line each; the file
+// is written anew (to a temporary file renamed into place) when it has
+// grown to twice what it holds, and after reconcile. No fsync: the grant
+// map it describes is lost with the machine anyway. A line that does not
+// read is ignored.
+type stateHeader struct {
+	Version  int    `json:"v"`
+	Gate     string `json:"gate"`
+	Instance string `json:"instance"`
 }
 
 // loadState reads the state file; one of another gate or grant map, or
@@ -42,61 +48,95 @@ func (f *Fleet) loadState() map[netip.Addr]seen {
 		}
 		return out
 	}
-	var sf stateFile
-	if err := json.Unmarshal(b, &sf); err != nil {
-		f.fail(fmt.Errorf("read %s: %w", f.stateFile, err))
+	lines := strings.Split(string(b), "\n")
+	var h stateHeader
+	if json.Unmarshal([]byte(lines[0]), &h) != nil || h.Version != 1 || h.Gate != f.gate || h.Instance != f.instance {
 		return out
 	}
-	if sf.Version != 1 || sf.Gate != f.gate || sf.Instance != f.instance || sf.Grants == nil {
-		return out
+	for _, l := range lines[1:] {
+		var a netip.Addr
+		var sn seen
+		var text string
+		if n, err := fmt.Sscanf(l, "%s %d %d", &text, &sn.Expires, &sn.Rev); n != 3 || err != nil {
+			continue
+		}
+		if a, err = netip.ParseAddr(text); err == nil {
+			out[a] = sn
+		}
 	}
-	return sf.Grants
+	return out
 }
 
 // see records that the bucket has (or is about to have) addr's grant until
 // expires; f.mu is held.
 func (f *Fleet) see(addr netip.Addr, expires int64, rev uint64) {
 	f.seen[addr] = seen{Expires: expires, Rev: rev}
-	f.seenDirty = true
+	f.unsaved = append(f.unsaved, addr)
 }
 
-// forget drops addr's record; the file loses it at the next save (an
-// entry too many only ever makes a restarted member revoke a grant the
-// bucket has deleted anyway). f.mu is held.
+// forget drops addr's record; the file loses it when it is next written
+// anew (an entry too many only ever makes a restarted member revoke a
+// grant the bucket has deleted anyway). f.mu is held.
 func (f *Fleet) forget(addr netip.Addr) {
 	delete(f.seen, addr)
 }
 
-// saveState writes what this member knows of the bucket, if it changed,
-// as a whole new file (renamed into place: a member killed in the middle
-// leaves the old one). No fsync: the grant map it describes is lost with
-// the machine anyway. f.mu is held.
+// saveState writes the records made since the last save: appended, or the
+// file written anew (rewrite, or grown). f.mu is held.
 func (f *Fleet) saveState() {
-	if !f.seenDirty || f.stateFile == "" {
+	if f.stateFile == "" || len(f.unsaved) == 0 && !f.rewrite {
 		return
 	}
-	cut := time.Now().Add(-f.ttlSlack).UnixMilli()
-	for a, s := range f.seen {
-		if s.Expires < cut {
-			delete(f.seen, a) // long expired everywhere
+	var b strings.Builder
+	grown := f.logLines+len(f.unsaved) > 2*len(f.seen)+1024
+	if f.rewrite || grown || f.logLines == 0 {
+		cut := time.Now().Add(-f.ttlSlack).UnixMilli()
+		h, _ := json.Marshal(stateHeader{Version: 1, Gate: f.gate, Instance: f.instance})
+		b.Write(h)
+		b.WriteByte('\n')
+		n := 0
+		for a, sn := range f.seen {
+			if sn.Expires < cut {
+				delete(f.seen, a) // long expired everywhere
+				continue
+			}
+			fmt.Fprintf(&b, "%s %d %d\n", a, sn.Expires, sn.Rev)
+			n++
 		}
+		err := os.MkdirAll(filepath.Dir(f.stateFile), 0o700)
+		tmp := f.stateFile + ".tmp"
+		if err == nil {
+			err = os.WriteFile(tmp, []byte(b.String()), 0o600)
+		}
+		if err == nil {
+			err = os.Rename(tmp, f.stateFile)
+		}
+		if err != nil {
+			f.fail(fmt.Errorf("write %s: %w", f.stateFile, err))
+			return
+		}
+		f.logLines, f.rewrite = n, false
+	} else {
+		for _, a := range f.unsaved {
+			if sn, ok := f.seen[a]; ok {
+				fmt.Fprintf(&b, "%s %d %d\n", a, sn.Expires, sn.Rev)
+			}
+		}
+		fd, err := os.OpenFile(f.stateFile, os.O_WRONLY|os.O_APPEND, 0o600)
+		if err == nil {
+			_, err = fd.WriteString(b.String())
+			if cerr := fd.Close(); err == nil {
+				err = cerr
+			}
+		}
+		if err != nil {
+			f.fail(fmt.Errorf("write %s: %w", f.stateFile, err))
+			f.logLines = 0 // written anew next time
+			return
+		}
+		f.logLines += len(f.unsaved)
 	}
-	b, err := json.Marshal(stateFile{Version: 1, Gate: f.gate, Instance: f.instance, Grants: f.seen})
-	if err == nil {
-		err = os.MkdirAll(filepath.Dir(f.stateFile), 0o700)
-	}
-	tmp := f.stateFile + ".tmp"
-	if err == nil {
-		err = os.WriteFile(tmp, b, 0o600)
-	}
-	if err == nil {
-		err = os.Rename(tmp, f.stateFile)
-	}
-	if err != nil {
-		f.fail(fmt.Errorf("write %s: %w", f.stateFile, err))
-		return
-	}
-	f.seenDirty = false
+	f.unsaved = f.unsaved[:0]
 }
 
 // reconcile takes the bucket as the first watch delivered it (the newest
@@ -167,7 +207,7 @@ func (f *Fleet) reconcile(first []jetstream.KeyValueEntry) {
 			f.received.Add(1)
 		}
 	}
-	f.seenDirty = true
+	f.rewrite = true // what the file knew and the bucket no longer has goes
 	f.mu.Unlock()
 	f.apply(live)
 	f.mu.Lock()
