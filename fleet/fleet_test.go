@@ -158,7 +158,7 @@ func newFleetEvery(t testing.TB, n int, interval time.Duration) []*node {
 		nodes[i] = &node{cfg: ServerConfig{Name: fmt.Sprintf("host-%c", 'a'+i), Listen: peers[i], Peers: peers,
 			StoreDir: filepath.Join(dir, fmt.Sprintf("store-%d", i)), RouteUser: "fleet", RoutePassword: "s3cret",
 			TLSCert: cert, TLSKey: key, TLSCA: ca}, local: newMemLocal(), interval: interval,
-			state: filepath.Join(dir, fmt.Sprintf("known-%d.json", i)), instance: "map-1"}
+			state: filepath.Join(dir, fmt.Sprintf("known-grants-%d", i)), instance: "map-1"}
 		if os.Getenv("KG_NO_TLS") != "" {
 			nodes[i].cfg.TLSCert, nodes[i].cfg.TLSKey, nodes[i].cfg.TLSCA = "", "", ""
 		}

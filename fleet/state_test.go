@@ -13,7 +13,7 @@ import (
 // wins, a line that does not read is skipped, a file of another gate or
 // grant map is none, and the log is written anew once it has grown.
 func TestStateFile(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "state", "known-grants.json")
+	path := filepath.Join(t.TempDir(), "state", "known-grants")
 	mk := func(instance string) *Fleet {
 		return &Fleet{gate: "edge", instance: instance, stateFile: path, ttlSlack: time.Minute, seen: map[netip.Addr]seen{}}
 	}

@@ -124,7 +124,7 @@ func joinFleet(g *loader.Gate, c config.Fleet) (*member, error) {
 		gate = g.Name
 	}
 	if m.fl, err = fleet.Join(fleet.Options{Name: c.Name, Gate: gate, Local: gateLocal{g}, Conn: m.nc, Server: m.srv,
-		Replicas: replicas, StateFile: filepath.Join(c.StateDir, "known-grants.json"), Instance: gateLocal{g}.instance()}); err != nil {
+		Replicas: replicas, StateFile: filepath.Join(c.StateDir, "known-grants"), Instance: gateLocal{g}.instance()}); err != nil {
 		m.close()
 		return nil, err
 	}
