@@ -345,7 +345,7 @@ func (f *Fleet) follow(ctx context.Context, kv jetstream.KeyValue, st jetstream.
 		pos      uint64                    // the newest revision applied here
 		behind   time.Time                 // behind the bucket since, at behindAt
 		behindAt uint64
-		seen     time.Time // when a check last found a record past pos
+		found    time.Time // when a check last found a record past pos
 	)
 	start := func() {
 		making = true
@@ -459,17 +459,17 @@ func (f *Fleet) follow(ctx context.Context, kv jetstream.KeyValue, st jetstream.
 				// Nothing past pos, or a replica that has not got it yet
 				// (one that rejoined, catching up): a record found before
 				// is forgotten only when none is found for a while.
-				if time.Since(seen) > 3*stallAfter {
+				if time.Since(found) > 3*stallAfter {
 					behind = time.Time{}
 				}
 			case behind.IsZero() || pos != behindAt:
-				behind, behindAt, seen = time.Now(), pos, time.Now()
+				behind, behindAt, found = time.Now(), pos, time.Now()
 			case time.Since(behind) >= stallAfter:
 				f.catchUp(ctx, st, next, &pos)
 				behind = time.Time{}
 				restart(fmt.Sprintf("it stopped at revision %d", behindAt))
 			default:
-				seen = time.Now()
+				found = time.Now()
 			}
 		}
 	}
