@@ -374,6 +374,18 @@ func (g *Gate) Confirm() (maps.Config, error) {
 	return g.Maps.ConfirmConfig()
 }
 
+// AdvanceReplay moves SPA key id's replay state forward to ms, never back
+// (maps.Set.AdvanceReplay: a compare-and-swap, as the program's), under
+// the gate's lock; the fleet writes other hosts' acceptances with it.
+func (g *Gate) AdvanceReplay(id uint32, ms uint64) (bool, error) {
+	unlock, err := g.lock()
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	return g.Maps.AdvanceReplay(id, ms)
+}
+
 // Detach removes the gate called name: every link comes off its interface
 // and every pin goes. The gate disappears at once (it is renamed out of the
 // way first); a Detach killed half-way is finished by the next command.
