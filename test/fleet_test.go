@@ -108,7 +108,7 @@ func newTestFleet(t *testing.T, addrs int) *testFleet {
 		t.Cleanup(func() { ln.Close() })
 		cfg := fmt.Sprintf(`interfaces = [%q]
 protect = "22"
-open = "4s"
+open = "8s"
 [fleet]
 name = %q
 gate = "edge"
@@ -279,16 +279,19 @@ func TestFleetSharesGrants(t *testing.T) {
 		}
 		return nil
 	})
+	// Each host opens while the grant's window (8s) lasts: a deadline of
+	// correctness, not of speed (make bench-fleet measures that); the time
+	// each took is logged.
 	knocked := time.Now()
 	for _, h := range hosts {
 		for !f.open(client, h, 100*time.Millisecond) {
-			if time.Since(knocked) > time.Second {
-				t.Fatalf("%s did not open within 1s of the knock on %s", h.name, hosts[0].name)
+			if time.Since(knocked) > 6*time.Second {
+				t.Fatalf("%s did not open within 6s of the knock on %s", h.name, hosts[0].name)
 			}
 		}
 		t.Logf("%s open %s after the knock on %s", h.name, time.Since(knocked).Round(time.Millisecond), hosts[0].name)
 	}
-	// The window (4s) ends everywhere.
+	// The window ends everywhere.
 	for _, h := range hosts {
 		f.waitClosed(client, h, 10*time.Second, "after the window")
 	}
