@@ -374,16 +374,27 @@ func (g *Gate) Confirm() (maps.Config, error) {
 	return g.Maps.ConfirmConfig()
 }
 
+// ExtendGrant makes addr's grant last until expires at least, never
+// shortening it (maps.Set.ExtendGrant: in place, so a renewal the program
+// makes meanwhile stands), under the gate's lock; the fleet applies other
+// hosts' grants with it.
+func (g *Gate) ExtendGrant(addr netip.Addr, expires uint64) (changed bool, err error) {
+	err = g.locked(func() error {
+		changed, err = g.Maps.ExtendGrant(addr, expires)
+		return err
+	})
+	return changed, err
+}
+
 // AdvanceReplay moves SPA key id's replay state forward to ms, never back
 // (maps.Set.AdvanceReplay: a compare-and-swap, as the program's), under
 // the gate's lock; the fleet writes other hosts' acceptances with it.
-func (g *Gate) AdvanceReplay(id uint32, ms uint64) (bool, error) {
-	unlock, err := g.lock()
-	if err != nil {
-		return false, err
-	}
-	defer unlock()
-	return g.Maps.AdvanceReplay(id, ms)
+func (g *Gate) AdvanceReplay(id uint32, ms uint64) (moved bool, err error) {
+	err = g.locked(func() error {
+		moved, err = g.Maps.AdvanceReplay(id, ms)
+		return err
+	})
+	return moved, err
 }
 
 // Detach removes the gate called name: every link comes off its interface

@@ -76,6 +76,26 @@ func (s *Set) putGrant(addr netip.Addr, value bpf.KnockgateGrant) error {
 	})
 }
 
+// insertGrant makes addr's grant unless it has one (made reports which),
+// counted as putGrant counts.
+func (s *Set) insertGrant(addr netip.Addr, value bpf.KnockgateGrant) (made bool, err error) {
+	err = s.withHintCount(addr, func(n *uint64) error {
+		atomic.AddUint64(n, 1)
+		KillPoint()
+		err := s.Grants.Update(Key(addr), value, ebpf.UpdateNoExist)
+		if err == nil {
+			made = true
+			return nil
+		}
+		atomic.AddUint64(n, ^uint64(0))
+		if errors.Is(err, ebpf.ErrKeyExist) {
+			return nil
+		}
+		return err
+	})
+	return made, err
+}
+
 // deleteGrant deletes addr's grant and uncounts it; it reports whether
 // there was one.
 func (s *Set) deleteGrant(addr netip.Addr) (bool, error) {

@@ -1,6 +1,8 @@
 package maps
 
 import (
+	"encoding/binary"
+	"net/netip"
 	"os"
 	"testing"
 
@@ -83,24 +85,25 @@ func TestAdvanceReplayKeepsANewerValue(t *testing.T) {
 
 // A swap that finds another value than it expected reports it and changes
 // nothing; a key the gate does not have is left alone, not made.
-func TestReplayCAS(t *testing.T) {
+func TestRaiserSwap(t *testing.T) {
 	s := replaySet(t)
 	if err := s.SPALast.Update(uint32(3), uint64(10), ebpf.UpdateNoExist); err != nil {
 		t.Fatal(err)
 	}
-	prog, err := newReplayCAS(s.SPALast)
+	r, err := newRaiser(s.SPALast, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer prog.Close()
-	if swapped, seen, found, err := replayCAS(prog, 3, 9, 20); err != nil || swapped || seen != 10 || !found {
-		t.Errorf("swap expecting 9 over 10: swapped %v, seen %d, found %v, %v", swapped, seen, found, err)
+	defer r.Close()
+	key := binary.NativeEndian.AppendUint32(nil, 3)
+	if seen, found, err := r.swap(key, 9, 20); err != nil || seen != 10 || !found {
+		t.Errorf("swap expecting 9 over 10: seen %d, found %v, %v", seen, found, err)
 	}
 	if got := s.replayOf(t, 3); got != 10 {
 		t.Errorf("state %d after a failed swap, want 10", got)
 	}
-	if swapped, seen, found, err := replayCAS(prog, 3, 10, 20); err != nil || !swapped || seen != 10 || !found {
-		t.Errorf("swap expecting 10 over 10: swapped %v, seen %d, found %v, %v", swapped, seen, found, err)
+	if seen, found, err := r.swap(key, 10, 20); err != nil || seen != 10 || !found {
+		t.Errorf("swap expecting 10 over 10: seen %d, found %v, %v", seen, found, err)
 	}
 	if got := s.replayOf(t, 3); got != 20 {
 		t.Errorf("state %d after a swap to 20", got)
@@ -111,5 +114,87 @@ func TestReplayCAS(t *testing.T) {
 	var v uint64
 	if err := s.SPALast.Lookup(uint32(4), &v); err == nil {
 		t.Errorf("advance made key 4 (%d)", v)
+	}
+}
+
+// grantSet is a Set with the grants and hints maps of the program's own
+// definitions.
+func grantSet(t *testing.T) *Set {
+	t.Helper()
+	s := replaySet(t)
+	spec, err := bpf.LoadKnockgate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []struct {
+		name string
+		to   **ebpf.Map
+	}{{bpf.KnockgateMapGrants, &s.Grants}, {bpf.KnockgateMapHints, &s.Hints}} {
+		spec.Maps[m.name].MaxEntries = max(spec.Maps[m.name].MaxEntries, 1)
+		made, err := ebpf.NewMap(spec.Maps[m.name])
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { made.Close() })
+		*m.to = made
+	}
+	return s
+}
+
+// The fleet's grants never shorten one, and never undo a renewal the
+// program makes between the read and the write: a grant is raised in
+// place; one that is missing is made, and counted in its hint slot.
+func TestExtendGrant(t *testing.T) {
+	s := grantSet(t)
+	a := netip.MustParseAddr("192.0.2.9")
+	lookup := func() bpf.KnockgateGrant {
+		t.Helper()
+		g, ok, err := s.LookupGrant(a)
+		if err != nil || !ok {
+			t.Fatalf("grant of %s: %v, %v", a, ok, err)
+		}
+		return g
+	}
+	if changed, err := s.ExtendGrant(a, 1000); err != nil || !changed {
+		t.Fatalf("extend a missing grant: %v, %v", changed, err)
+	}
+	if n, err := s.HintCount(a); err != nil || n != 1 {
+		t.Errorf("hint count %d (%v) after the grant was made, want 1", n, err)
+	}
+	if changed, err := s.ExtendGrant(a, 500); err != nil || changed || lookup().ExpiresNs != 1000 {
+		t.Errorf("extend to an earlier expiry: changed %v, %v, expiry %d; want 1000 kept", changed, err, lookup().ExpiresNs)
+	}
+	// An expired grant, reported: raised, it is to be reported again.
+	if err := s.Grants.Update(Key(a), bpf.KnockgateGrant{ExpiresNs: 1000, ExpiryReported: 1}, ebpf.UpdateExist); err != nil {
+		t.Fatal(err)
+	}
+	if changed, err := s.ExtendGrant(a, 2000); err != nil || !changed {
+		t.Fatalf("extend to 2000: %v, %v", changed, err)
+	}
+	if g := lookup(); g.ExpiresNs != 2000 || g.ExpiryReported != 0 {
+		t.Errorf("after the extension: %+v, want 2000 and not reported", g)
+	}
+	if n, _ := s.HintCount(a); n != 1 {
+		t.Errorf("hint count %d after extensions, want still 1", n)
+	}
+	// The program renews to 4000 between the read and the swap: 3000 does
+	// not undo it.
+	r, err := newRaiser(s.Grants, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	key := Key(a).Addr
+	renewed := false
+	moved, found, err := r.raise(key[:], 3000, func() {
+		if !renewed {
+			renewed = true
+			if err := s.Grants.Update(Key(a), bpf.KnockgateGrant{ExpiresNs: 4000}, ebpf.UpdateExist); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	if err != nil || moved || !found || lookup().ExpiresNs != 4000 {
+		t.Errorf("raise to 3000 over a racing 4000: moved %v, found %v, %v, expiry %d; want 4000", moved, found, err, lookup().ExpiresNs)
 	}
 }

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
 	"golang.org/x/sys/unix"
 
 	"github.com/knockgate/knockgate/bpf"
@@ -158,13 +157,9 @@ func (s *Set) ReadSPAKeys() ([]SPAKey, error) {
 
 // AdvanceReplay moves key id's replay state (its newest accepted timestamp,
 // Unix ms) forward to ms, never back: a compare-and-swap loop on the value
-// in place, as the program's own acceptance is (bpf/spa.h), so an
-// acceptance racing it is never undone. A plain update would be wrong
-// twice over: a newer timestamp the program accepts between a lookup and
-// the update would be overwritten with an older one, and the update
-// replaces the map element, so a compare-and-swap the program is making on
-// the element it looked up lands on one no longer in the map. It reports
-// whether it moved the state; a key the gate does not have is left alone.
+// in place (see raiser), as the program's own acceptance is (bpf/spa.h), so
+// an acceptance racing it is never undone. It reports whether it moved the
+// state; a key the gate does not have is left alone.
 func (s *Set) AdvanceReplay(id uint32, ms uint64) (bool, error) {
 	return s.advanceReplay(id, ms, nil)
 }
@@ -172,104 +167,14 @@ func (s *Set) AdvanceReplay(id uint32, ms uint64) (bool, error) {
 // advanceReplay is AdvanceReplay with a hook that tests call between the
 // read of the current value and the compare-and-swap.
 func (s *Set) advanceReplay(id uint32, ms uint64, between func()) (bool, error) {
-	prog, err := newReplayCAS(s.SPALast)
+	r, err := newRaiser(s.SPALast, false)
 	if err != nil {
 		return false, err
 	}
-	defer prog.Close()
-	var cur uint64
-	if err := s.SPALast.Lookup(id, &cur); errors.Is(err, ebpf.ErrKeyNotExist) {
-		return false, nil
-	} else if err != nil {
-		return false, fmt.Errorf("read replay state of SPA key %d: %w", id, err)
-	}
-	// Each failed swap means the program accepted a newer packet (or the
-	// fleet wrote one) meanwhile; the value only grows, so this ends.
-	for range 64 {
-		if ms <= cur {
-			return false, nil
-		}
-		if between != nil {
-			between()
-		}
-		swapped, seen, found, err := replayCAS(prog, id, cur, ms)
-		if err != nil || !found {
-			return false, err
-		}
-		if swapped {
-			return true, nil
-		}
-		cur = seen
-	}
-	return false, fmt.Errorf("replay state of SPA key %d kept changing", id)
-}
-
-// replayCASCtx is the context of the compare-and-swap program: in, the key
-// id and the value expected and wanted; out, in Old, the value found.
-type replayCASCtx struct {
-	ID       uint32
-	_        uint32
-	Old, New uint64
-}
-
-// newReplayCAS loads the compare-and-swap of one spa_last value in place,
-// a BPF_PROG_TYPE_SYSCALL program that user space runs (BPF_PROG_RUN):
-//
-//	__u64 *v = bpf_map_lookup_elem(&spa_last, &ctx->id);
-//	if (!v)
-//		return 1;
-//	ctx->old = __sync_val_compare_and_swap(v, ctx->old, ctx->new);
-//	return 0;
-//
-// It is a few instructions, so it is written here rather than in bpf/: it
-// works on the pinned map of any gate, whatever program that gate runs.
-func newReplayCAS(last *ebpf.Map) (*ebpf.Program, error) {
-	cmpxchg := asm.CmpXchg.Mem(asm.R1, asm.R2, asm.DWord, 0)
-	// cilium/ebpf v0.22 encodes an atomic's operation from Constant only
-	// (the immediate); left zero it would be an atomic add.
-	cmpxchg.Constant = int64(asm.CmpXchg >> 8)
-	spec := &ebpf.ProgramSpec{
-		Name:    "kg_replay_cas",
-		Type:    ebpf.Syscall,
-		Flags:   unix.BPF_F_SLEEPABLE, // the kernel runs syscall programs only sleepable
-		License: "Dual BSD/GPL",
-		Instructions: asm.Instructions{
-			asm.Mov.Reg(asm.R6, asm.R1), // r6 = ctx
-			asm.LoadMem(asm.R2, asm.R6, 0, asm.Word),
-			asm.StoreMem(asm.RFP, -4, asm.R2, asm.Word), // the key, on the stack
-			asm.LoadMapPtr(asm.R1, last.FD()),
-			asm.Mov.Reg(asm.R2, asm.RFP),
-			asm.Add.Imm(asm.R2, -4),
-			asm.FnMapLookupElem.Call(),
-			asm.JNE.Imm(asm.R0, 0, "found"),
-			asm.Mov.Imm(asm.R0, 1),
-			asm.Return(),
-			asm.Mov.Reg(asm.R1, asm.R0).WithSymbol("found"), // r1 = the value
-			asm.LoadMem(asm.R0, asm.R6, 8, asm.DWord),       // r0 = expected
-			asm.LoadMem(asm.R2, asm.R6, 16, asm.DWord),      // r2 = wanted
-			cmpxchg, // r0 = cmpxchg(r1, r0, r2)
-			asm.StoreMem(asm.R6, 8, asm.R0, asm.DWord),
-			asm.Mov.Imm(asm.R0, 0),
-			asm.Return(),
-		},
-	}
-	prog, err := ebpf.NewProgram(spec)
+	defer r.Close()
+	moved, _, err := r.raise(binary.NativeEndian.AppendUint32(nil, id), ms, between)
 	if err != nil {
-		return nil, fmt.Errorf("load the replay state's compare-and-swap: %w", err)
+		return false, fmt.Errorf("replay state of SPA key %d: %w", id, err)
 	}
-	return prog, nil
-}
-
-// replayCAS runs prog once: it sets key id's value to wanted if it is old,
-// and returns the value it found (found: the key is there).
-func replayCAS(prog *ebpf.Program, id uint32, old, wanted uint64) (swapped bool, seen uint64, found bool, err error) {
-	ctx := replayCASCtx{ID: id, Old: old, New: wanted}
-	ret, err := prog.Run(&ebpf.RunOptions{Context: &ctx, ContextOut: &ctx})
-	if err != nil {
-		return false, 0, false, fmt.Errorf("compare-and-swap replay state of SPA key %d: %w", id, err)
-	}
-	if ret != 0 {
-		return false, 0, false, nil
-	}
-	return ctx.Old == old, ctx.Old, true, nil
+	return moved, nil
 }

@@ -34,18 +34,15 @@ func (l gateLocal) Grants() (map[netip.Addr]time.Time, error) {
 	return out, it.Err()
 }
 
+// Apply grants a until exp at least: the later expiry wins here too, and
+// a renewal the program makes meanwhile stands (Gate.ExtendGrant).
 func (l gateLocal) Apply(a netip.Addr, exp time.Time) error {
-	boot := maps.BootAfter(time.Until(exp))
-	if cur, ok, err := l.g.Maps.LookupGrant(a); err != nil {
-		return err
-	} else if ok && cur.ExpiresNs >= boot {
-		return nil // the later expiry wins here too
-	}
-	return l.g.Maps.Grant(a, boot)
+	_, err := l.g.ExtendGrant(a, maps.BootAfter(time.Until(exp)))
+	return err
 }
 
 func (l gateLocal) Revoke(a netip.Addr) error {
-	_, err := l.g.Maps.Revoke(a)
+	_, err := l.g.Revoke(a)
 	return err
 }
 
