@@ -6,6 +6,14 @@
 // max(local, remote): a later expiry wins, at the writer (compare-and-swap
 // on the key's revision) and at the reader, so they may arrive in any
 // order, and more than once. `run` uses it; nothing below knows it exists.
+//
+// A member that starts reads the whole bucket before it writes anything,
+// and tells a grant of its map that the fleet revoked while it was away
+// from one made on its own gate meanwhile by what it last knew of the
+// bucket, which it keeps in a file (Options.StateFile; see reconcile).
+// Its watch is made again whenever it stops keeping up with the bucket, so
+// a cluster that changes under it (a host lost or back, a new leader)
+// stalls it for about a second beyond what the cluster itself takes.
 package fleet
 
 import (
@@ -55,10 +63,11 @@ type Stats struct {
 	Peers         int       // routes to other servers (embedded), or 1 when connected to a cluster
 	Published     uint64    // grants and revokes this host wrote
 	Received      uint64    // updates from other hosts applied here
-	WatchRestarts uint64    // watches made again after an error
-	LastSync      time.Time // the last time the watch was current
+	WatchRestarts uint64    // watches made again: they stopped keeping up with the bucket
+	LastSync      time.Time // the last time this member was current with the bucket
 	Pending       int       // local changes not yet written (cut off)
 	LastError     string    // the last failure to reach the bucket, if any
+	LastRestart   string    // why the watch was last made again, if it was
 }
 
 // Fleet is one host's membership.
@@ -74,12 +83,27 @@ type Fleet struct {
 	mu    sync.Mutex
 	known map[netip.Addr]time.Time // grants as the bucket has them (or this host last wrote)
 	last  map[uint32]uint64        // replay state as the bucket has it
+	// seen is what this member knows of the bucket's grants, with
+	// revisions, kept in stateFile before the map or the bucket changes
+	// by it; prior is the file as Join found it, until reconcile.
+	seen, prior         map[netip.Addr]seen
+	stateFile, instance string
+	unsaved             []netip.Addr // recorded since the file was written
+	logLines            int          // records in the file (0: write it anew)
+	rewrite             bool         // write it anew at the next save
+
+	// ready: the bucket was read whole and reconciled with the map, so
+	// this member may write.
+	ready atomic.Bool
+	// rev is the bucket's newest revision applied here.
+	rev atomic.Uint64
 
 	published, received, restarts atomic.Uint64
 	lastSync                      atomic.Int64
 	pending                       atomic.Int64
 
-	lastErr atomic.Value // string
+	lastErr       atomic.Value // string
+	restartReason atomic.Value // string: why the watch was last made again
 
 	cancel context.CancelFunc
 	done   sync.WaitGroup
@@ -97,6 +121,15 @@ type Options struct {
 	Replicas int     // the bucket's replicas
 	// Interval is how often local changes are looked for (default 100ms).
 	Interval time.Duration
+	// StateFile keeps what this member last knew of the bucket's grants,
+	// so that after a restart it tells a grant revoked meanwhile from one
+	// made here meanwhile; "" keeps nothing (a grant the bucket no longer
+	// has is then taken for this host's own, and published).
+	StateFile string
+	// Instance names Local's grants as they are now (the gate's map, on
+	// this boot): a state file of another instance is not about them, and
+	// is ignored. "" matches nothing.
+	Instance string
 }
 
 // Join starts sharing: the bucket is made if missing, a watch applies
@@ -111,7 +144,9 @@ func Join(o Options) (*Fleet, error) {
 		return nil, fmt.Errorf("fleet: jetstream: %w", err)
 	}
 	f := &Fleet{name: o.Name, gate: keyPart(o.Gate), local: o.Local, nc: o.Conn, js: js, srv: o.Server,
-		known: map[netip.Addr]time.Time{}, last: map[uint32]uint64{}, ttlSlack: time.Minute}
+		known: map[netip.Addr]time.Time{}, last: map[uint32]uint64{}, ttlSlack: time.Minute,
+		seen: map[netip.Addr]seen{}, stateFile: o.StateFile, instance: o.Instance}
+	f.prior = f.loadState()
 	ctx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel
 	f.done.Add(2)
@@ -133,6 +168,7 @@ func (f *Fleet) Stats() Stats {
 	st := Stats{Published: f.published.Load(), Received: f.received.Load(), WatchRestarts: f.restarts.Load(),
 		Pending: int(f.pending.Load())}
 	st.LastError, _ = f.lastErr.Load().(string)
+	st.LastRestart, _ = f.restartReason.Load().(string)
 	if ns := f.lastSync.Load(); ns != 0 {
 		st.LastSync = time.Unix(0, ns)
 	}
@@ -187,9 +223,9 @@ func (f *Fleet) parseKey(key string) (addr netip.Addr, id uint32, isGrant bool, 
 	return netip.Addr{}, 0, false, false
 }
 
-// bucket makes or opens the bucket, retrying until the cluster has a
-// JetStream leader.
-func (f *Fleet) bucket(ctx context.Context, replicas int) (jetstream.KeyValue, error) {
+// bucket makes or opens the bucket, and its stream, retrying until the
+// cluster has a JetStream leader.
+func (f *Fleet) bucket(ctx context.Context, replicas int) (jetstream.KeyValue, jetstream.Stream, error) {
 	if replicas < 1 {
 		replicas = 1
 	}
@@ -204,120 +240,407 @@ func (f *Fleet) bucket(ctx context.Context, replicas int) (jetstream.KeyValue, e
 				Description:    "knockgate grants shared by a fleet",
 			})
 		}
+		var st jetstream.Stream
+		if err == nil {
+			// Its configuration says direct gets may go to any replica.
+			st, err = f.js.Stream(try, "KV_"+Bucket)
+		}
 		cancel()
 		if err == nil {
-			return kv, nil
+			return kv, st, nil
 		}
 		f.fail(fmt.Errorf("make bucket: %w", err))
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(250 * time.Millisecond):
+			return nil, nil, ctx.Err()
+		case <-time.After(retryEvery):
 		}
 	}
 }
 
-// watchLoop applies the bucket's records here, watching again after any
-// error (a partition, a leader change): a new watch delivers the current
-// value of every key first, so nothing is missed.
+// How a member keeps up with the bucket: a watch delivers the bucket's
+// first values, then each change as it is made; every checkEvery a direct
+// get (answered by the nearest replica, this host's own when it has one:
+// no leader needed) asks whether the bucket holds a revision past the
+// newest applied here. One the watch has not delivered within stallAfter
+// is fetched that way and applied, and the watch is made again, whatever
+// stopped it (its consumer gone with a host, a route lost and back, a new
+// leader). A watch whose first values do not all come within firstWithin
+// is made again too. Making one gives up after createWithin (no leader to
+// make its consumer) and is tried again every retryEvery. A member that
+// starts and has no watch with all its first values within readWithin
+// (a leader lost with the host it restarts on) reads the bucket whole by
+// direct gets instead.
+const (
+	checkEvery   = 500 * time.Millisecond
+	stallAfter   = time.Second
+	firstWithin  = 10 * time.Second
+	createWithin = 5 * time.Second
+	retryEvery   = 250 * time.Millisecond
+	readWithin   = 2 * time.Second
+)
+
+// jitter is how far an expiry may move converting clocks back and forth
+// (a grant applied from the bucket reads back a millisecond or so off):
+// expiries closer than this are the same grant's.
+const jitter = 100 * time.Millisecond
+
+// watchLoop opens the bucket and follows it until the fleet closes.
 func (f *Fleet) watchLoop(ctx context.Context, replicas int) {
 	defer f.done.Done()
-	first := true
-	for ctx.Err() == nil {
-		if !first {
-			f.restarts.Add(1)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(500 * time.Millisecond):
-			}
-		}
-		first = false
-		kv, err := f.bucket(ctx, replicas)
-		if err != nil {
-			continue
-		}
-		f.kv.Store(&kv)
-		w, err := kv.WatchAll(ctx)
-		if err != nil {
-			f.fail(fmt.Errorf("watch: %w", err))
-			continue
-		}
-		f.watch(ctx, w)
-		w.Stop()
+	kv, st, err := f.bucket(ctx, replicas)
+	if err != nil {
+		return // closing
 	}
+	f.kv.Store(&kv)
+	f.follow(ctx, kv, st)
 }
 
-func (f *Fleet) watch(ctx context.Context, w jetstream.KeyWatcher) {
-	idle := time.NewTicker(2 * time.Second)
-	defer idle.Stop()
+// watching is one watch of the bucket, with the context that ends it.
+type watching struct {
+	w      jetstream.KeyWatcher
+	cancel context.CancelFunc
+	err    error
+}
+
+// makeWatch starts a watch of every key: its first values, then updates.
+func (f *Fleet) makeWatch(ctx context.Context, kv jetstream.KeyValue) watching {
+	wctx, cancel := context.WithCancel(ctx)
+	giveUp := time.AfterFunc(createWithin, cancel)
+	w, err := kv.WatchAll(wctx)
+	if !giveUp.Stop() && err == nil {
+		err = fmt.Errorf("not made within %s", createWithin)
+	}
+	if err != nil {
+		cancel()
+		return watching{err: err}
+	}
+	return watching{w: w, cancel: cancel}
+}
+
+// end stops the watch without waiting: the library deletes its consumer
+// (which takes seconds when the server that had it is gone) and closes
+// its channel, which is drained meanwhile.
+func (wa watching) end() {
+	wa.cancel()
+	go func() {
+		for range wa.w.Updates() {
+		}
+	}()
+}
+
+// follow applies the bucket's records here until ctx ends (see checkEvery).
+// The first watch to deliver all its first values is reconciled with the
+// map before this member writes anything.
+func (f *Fleet) follow(ctx context.Context, kv jetstream.KeyValue, st jetstream.Stream) {
+	var (
+		cur      watching // cur.w nil: none
+		updates  <-chan jetstream.KeyValueEntry
+		made     = make(chan watching, 1)
+		making   bool
+		retry    <-chan time.Time
+		madeAt   time.Time
+		current  bool                      // cur's first values are in
+		first    []jetstream.KeyValueEntry // until reconciled: the bucket as it is
+		pos      uint64                    // the newest revision applied here
+		behind   time.Time                 // behind the bucket since, at behindAt
+		behindAt uint64
+		found    time.Time // when a check last found a record past pos
+	)
+	start := func() {
+		making = true
+		go func() { made <- f.makeWatch(ctx, kv) }()
+	}
+	restart := func(why string) {
+		if cur.w != nil {
+			cur.end()
+			cur, updates = watching{}, nil
+			f.restarts.Add(1)
+			f.restartReason.Store(why)
+		}
+		if !making && retry == nil {
+			start()
+		}
+	}
+	defer func() {
+		if cur.w != nil {
+			cur.end()
+		}
+		if making {
+			if wa := <-made; wa.w != nil {
+				wa.end()
+			}
+		}
+	}()
+	start()
+	began := time.Now()
+	check := time.NewTicker(checkEvery)
+	defer check.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case e, ok := <-w.Updates():
-			if !ok {
-				return
-			}
-			if e == nil { // the snapshot is in: current from here on
-				f.lastSync.Store(time.Now().UnixNano())
+		case wa := <-made:
+			making = false
+			if wa.err != nil {
+				f.fail(fmt.Errorf("watch: %w", wa.err))
+				retry = time.After(retryEvery)
 				continue
 			}
-			f.apply(e)
-			f.lastSync.Store(time.Now().UnixNano())
-		case <-idle.C:
-			// A watch that stopped hearing (the connection went) is made
-			// again, and so catches up.
-			if !f.nc.IsConnected() {
-				return
+			cur, updates, madeAt, current, first = wa, wa.w.Updates(), time.Now(), false, nil
+		case <-retry:
+			retry = nil
+			start()
+		case e, ok := <-updates:
+			if !ok {
+				restart("the watch ended")
+				continue
+			}
+			// Take what else is there at once: one write of the state file
+			// and one lock for the lot.
+			batch := []jetstream.KeyValueEntry{e}
+		more:
+			for len(batch) < 1024 && e != nil {
+				select {
+				case e, ok = <-updates:
+					if !ok {
+						break more
+					}
+					batch = append(batch, e)
+				default:
+					break more
+				}
+			}
+			var live []jetstream.KeyValueEntry
+			for _, e := range batch {
+				if e == nil { // the first values are in: current from here on
+					if !f.ready.Load() {
+						f.reconcile(first)
+						first = nil
+					}
+					current = true
+					continue
+				}
+				pos = max(pos, e.Revision())
+				if f.ready.Load() {
+					live = append(live, e)
+				} else {
+					first = append(first, e)
+				}
+			}
+			f.apply(live)
+			f.rev.Store(pos)
+			if current {
+				f.lastSync.Store(time.Now().UnixNano())
+			}
+		case <-check.C:
+			if cur.w != nil && !current && time.Since(madeAt) > firstWithin {
+				restart(fmt.Sprintf("its first values did not come within %s", firstWithin))
+				continue
+			}
+			if !f.ready.Load() {
+				if time.Since(began) >= readWithin {
+					if all, last, err := f.read(ctx, st, 0, 0); err != nil {
+						f.fail(fmt.Errorf("read the bucket: %w", err))
+					} else {
+						f.reconcile(all)
+						pos, first = max(pos, last), nil
+						f.rev.Store(pos)
+						f.lastSync.Store(time.Now().UnixNano())
+					}
+				}
+				continue // nothing applied yet to be behind of
+			}
+			next, err := f.after(ctx, st, pos)
+			switch {
+			case err != nil:
+				// No answer: the next check tells.
+			case next == nil:
+				// Nothing past pos, or a replica that has not got it yet
+				// (one that rejoined, catching up): a record found before
+				// is forgotten only when none is found for a while.
+				if time.Since(found) > 3*stallAfter {
+					behind = time.Time{}
+				}
+			case behind.IsZero() || pos != behindAt:
+				behind, behindAt, found = time.Now(), pos, time.Now()
+			case time.Since(behind) >= stallAfter:
+				f.catchUp(ctx, st, next, &pos)
+				behind = time.Time{}
+				restart(fmt.Sprintf("it stopped at revision %d", behindAt))
+			default:
+				found = time.Now()
 			}
 		}
 	}
 }
 
-// apply merges one record into the local state.
-func (f *Fleet) apply(e jetstream.KeyValueEntry) {
-	addr, id, isGrant, ok := f.parseKey(e.Key())
-	if !ok {
-		return
+// after is the bucket's first record past revision rev (nil: none), by a
+// direct get. A get goes to any replica, and one cut off, which the others
+// take a few seconds to notice (route pings), never answers: a get without
+// an answer within 250 ms is tried again twice, for another to answer.
+func (f *Fleet) after(ctx context.Context, st jetstream.Stream, rev uint64) (*jetstream.RawStreamMsg, error) {
+	var err error
+	for range 3 {
+		try, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
+		var m *jetstream.RawStreamMsg
+		m, err = st.GetMsg(try, rev+1, jetstream.WithGetMsgSubject("$KV."+Bucket+".>"))
+		cancel()
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			return nil, nil
+		case err == nil:
+			return m, nil
+		case ctx.Err() != nil:
+			return nil, err
+		}
 	}
-	deleted := e.Operation() != jetstream.KeyValuePut
-	var r record
-	if !deleted && json.Unmarshal(e.Value(), &r) != nil {
+	return nil, err
+}
+
+// read fetches the bucket's records past revision rev by direct gets, in
+// order, at most limit of them (0: to the end, or an error), and the
+// revision of the last.
+func (f *Fleet) read(ctx context.Context, st jetstream.Stream, rev uint64, limit int) ([]jetstream.KeyValueEntry, uint64, error) {
+	var out []jetstream.KeyValueEntry
+	for limit == 0 || len(out) < limit {
+		m, err := f.after(ctx, st, rev)
+		if err != nil {
+			return out, rev, err
+		}
+		if m == nil {
+			break
+		}
+		out = append(out, rawEntry{m})
+		rev = m.Sequence
+	}
+	return out, rev, nil
+}
+
+// catchUp applies next, the first record past *pos, and those after it,
+// by direct gets (at most a few thousand a call: the next check goes on),
+// moving *pos. (next is the one a check found: another direct get may be
+// answered by another replica, which may not have it yet.)
+func (f *Fleet) catchUp(ctx context.Context, st jetstream.Stream, next *jetstream.RawStreamMsg, pos *uint64) {
+	more, last, err := f.read(ctx, st, next.Sequence, 4096)
+	if err != nil {
+		f.fail(fmt.Errorf("catch up past revision %d: %w", next.Sequence, err))
+	} else if len(more) < 4096 {
+		f.lastSync.Store(time.Now().UnixNano())
+	}
+	f.apply(append([]jetstream.KeyValueEntry{rawEntry{next}}, more...))
+	*pos = last
+	f.rev.Store(last)
+}
+
+// rawEntry is a bucket's message fetched by a direct get, read as a watch
+// delivers it.
+type rawEntry struct{ m *jetstream.RawStreamMsg }
+
+func (r rawEntry) Bucket() string     { return Bucket }
+func (r rawEntry) Key() string        { return strings.TrimPrefix(r.m.Subject, "$KV."+Bucket+".") }
+func (r rawEntry) Value() []byte      { return r.m.Data }
+func (r rawEntry) Revision() uint64   { return r.m.Sequence }
+func (r rawEntry) Created() time.Time { return r.m.Time }
+func (r rawEntry) Delta() uint64      { return 0 }
+
+// Operation reads the headers as the library's watch does (kv.go): the
+// KV-Operation of a delete or purge, or the reason of a marker the server
+// left.
+func (r rawEntry) Operation() jetstream.KeyValueOp {
+	switch r.m.Header.Get("KV-Operation") {
+	case "DEL":
+		return jetstream.KeyValueDelete
+	case "PURGE":
+		return jetstream.KeyValuePurge
+	}
+	switch r.m.Header.Get(jetstream.MarkerReasonHeader) {
+	case "MaxAge", "Purge":
+		return jetstream.KeyValuePurge
+	case "Remove":
+		return jetstream.KeyValueDelete
+	}
+	return jetstream.KeyValuePut
+}
+
+// apply merges records into the local state: a later expiry is written
+// to the map (after the state file has it), a grant deleted in the bucket
+// is revoked here unless the map has a later one made here since (which
+// sync then writes), and replay state moves forward.
+func (f *Fleet) apply(es []jetstream.KeyValueEntry) {
+	if len(es) == 0 {
 		return
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if !isGrant {
-		if deleted || r.Last <= f.last[id] {
-			return
+	now := time.Now()
+	type put struct {
+		addr   netip.Addr
+		exp    time.Time
+		origin string
+	}
+	var puts []put
+	var dels []netip.Addr
+	for _, e := range es {
+		addr, id, isGrant, ok := f.parseKey(e.Key())
+		if !ok {
+			continue
 		}
-		f.last[id] = r.Last
-		if f.local.ApplyReplay(id, r.Last) == nil && r.Origin != f.name {
+		deleted := e.Operation() != jetstream.KeyValuePut
+		var r record
+		if !deleted && json.Unmarshal(e.Value(), &r) != nil {
+			continue
+		}
+		if !isGrant {
+			if deleted || r.Last <= f.last[id] {
+				continue
+			}
+			f.last[id] = r.Last
+			if f.local.ApplyReplay(id, r.Last) == nil && r.Origin != f.name {
+				f.received.Add(1)
+			}
+			continue
+		}
+		if deleted {
+			if _, had := f.known[addr]; had {
+				dels = append(dels, addr)
+			}
+			continue
+		}
+		exp := time.UnixMilli(r.Expires)
+		if !exp.After(f.known[addr]) {
+			continue // not later than what is here: nothing to do
+		}
+		f.known[addr] = exp
+		f.see(addr, r.Expires, e.Revision())
+		if exp.After(now) {
+			puts = append(puts, put{addr, exp, r.Origin})
+		}
+	}
+	f.saveState()
+	for _, p := range puts {
+		if f.local.Apply(p.addr, p.exp) == nil && p.origin != f.name {
 			f.received.Add(1)
 		}
+	}
+	if len(dels) == 0 {
 		return
 	}
-	if deleted {
-		if _, had := f.known[addr]; !had {
-			return
+	grants, err := f.local.Grants()
+	if err != nil {
+		f.fail(fmt.Errorf("read the grants: %w", err))
+		return // known keeps them: the next watch deletes them again
+	}
+	for _, a := range dels {
+		known := f.known[a]
+		delete(f.known, a)
+		f.forget(a)
+		if exp, ok := grants[a]; ok && exp.Sub(known) > jitter {
+			continue // made or lengthened here since: a grant to write, not one to revoke
 		}
-		delete(f.known, addr)
-		if f.local.Revoke(addr) == nil {
+		if f.local.Revoke(a) == nil {
 			f.received.Add(1)
 		}
-		return
-	}
-	exp := time.UnixMilli(r.Expires)
-	if !exp.After(f.known[addr]) {
-		return // not later than what is here: nothing to do
-	}
-	f.known[addr] = exp
-	if !exp.After(time.Now()) {
-		return
-	}
-	if f.local.Apply(addr, exp) == nil && r.Origin != f.name {
-		f.received.Add(1)
 	}
 }
 
@@ -341,8 +664,8 @@ func (f *Fleet) syncLoop(ctx context.Context, every time.Duration) {
 
 func (f *Fleet) sync(ctx context.Context) {
 	kvp := f.kv.Load()
-	if kvp == nil {
-		return
+	if kvp == nil || !f.ready.Load() {
+		return // nothing is written before the bucket was read
 	}
 	kv := *kvp
 	// The local state is read under the lock apply takes: a grant that
@@ -364,11 +687,14 @@ func (f *Fleet) sync(ctx context.Context) {
 	var puts []netip.Addr
 	var revokes []netip.Addr
 	for a, exp := range grants {
-		// Later by more than the jitter of converting clocks back and
-		// forth (a grant applied from the bucket reads back a millisecond
-		// or so off): only a real extension is written.
-		if exp.After(now) && exp.Sub(f.known[a]) > 100*time.Millisecond {
+		// Later by more than the jitter of converting clocks: only a real
+		// extension is written. The state file has it first, so a member
+		// killed before the write still takes it for its own.
+		if exp.After(now) && exp.Sub(f.known[a]) > jitter {
 			puts = append(puts, a)
+			if exp.UnixMilli() > f.seen[a].Expires {
+				f.see(a, exp.UnixMilli(), f.rev.Load())
+			}
 		}
 	}
 	for a, exp := range f.known {
@@ -382,6 +708,7 @@ func (f *Fleet) sync(ctx context.Context) {
 			ids = append(ids, id)
 		}
 	}
+	f.saveState()
 	f.mu.Unlock()
 	for _, a := range puts {
 		if err := f.putGrant(ctx, kv, a, grants[a]); err != nil {
@@ -399,6 +726,7 @@ func (f *Fleet) sync(ctx context.Context) {
 		}
 		f.mu.Lock()
 		delete(f.known, a)
+		f.forget(a)
 		f.mu.Unlock()
 		f.published.Add(1)
 	}

@@ -81,6 +81,26 @@ func (s *Set) putGrant(key bpf.KnockgateGrantKey, value bpf.KnockgateGrant) erro
 	})
 }
 
+// insertGrant makes key's grant unless it has one (made reports which),
+// counted as putGrant counts.
+func (s *Set) insertGrant(key bpf.KnockgateGrantKey, value bpf.KnockgateGrant) (made bool, err error) {
+	err = s.withHintCount(key, func(n *uint64) error {
+		atomic.AddUint64(n, 1)
+		KillPoint()
+		err := s.Grants.Update(key, value, ebpf.UpdateNoExist)
+		if err == nil {
+			made = true
+			return nil
+		}
+		atomic.AddUint64(n, ^uint64(0))
+		if errors.Is(err, ebpf.ErrKeyExist) {
+			return nil
+		}
+		return err
+	})
+	return made, err
+}
+
 // deleteGrant deletes key's grant and uncounts it; it reports whether
 // there was one.
 func (s *Set) deleteGrant(key bpf.KnockgateGrantKey) (bool, error) {

@@ -237,3 +237,27 @@ func (s *Set) ReadSPAKeys() ([]SPAKey, error) {
 	slices.SortFunc(out, func(a, b SPAKey) int { return cmp.Compare(a.ID, b.ID) })
 	return out, nil
 }
+
+// AdvanceReplay moves key id's replay state (its newest accepted timestamp,
+// Unix ms) forward to ms, never back: a compare-and-swap loop on the value
+// in place (see raiser), as the program's own acceptance is (bpf/spa.h), so
+// an acceptance racing it is never undone. It reports whether it moved the
+// state; a key the gate does not have is left alone.
+func (s *Set) AdvanceReplay(id uint32, ms uint64) (bool, error) {
+	return s.advanceReplay(id, ms, nil)
+}
+
+// advanceReplay is AdvanceReplay with a hook that tests call between the
+// read of the current value and the compare-and-swap.
+func (s *Set) advanceReplay(id uint32, ms uint64, between func()) (bool, error) {
+	r, err := newRaiser(s.SPALast, false)
+	if err != nil {
+		return false, err
+	}
+	defer r.Close()
+	moved, _, err := r.raise(binary.NativeEndian.AppendUint32(nil, id), ms, between)
+	if err != nil {
+		return false, fmt.Errorf("replay state of SPA key %d: %w", id, err)
+	}
+	return moved, nil
+}

@@ -2,13 +2,13 @@ package service
 
 import (
 	"encoding/json"
-	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/nats-io/nats.go"
 
 	"github.com/knockgate/knockgate/bpf"
@@ -37,18 +37,15 @@ func (l gateLocal) Grants() (map[netip.Addr]time.Time, error) {
 	return out, it.Err()
 }
 
+// Apply grants a until exp at least: the later expiry wins here too, and
+// a renewal the program makes meanwhile stands (Gate.ExtendGrant).
 func (l gateLocal) Apply(a netip.Addr, exp time.Time) error {
-	boot := maps.BootAfter(time.Until(exp))
-	if cur, ok, err := l.g.Maps.LookupGrant(a, policy.DefaultService); err != nil {
-		return err
-	} else if ok && cur.ExpiresNs >= boot {
-		return nil // the later expiry wins here too
-	}
-	return l.g.Maps.Grant(a, policy.DefaultService, boot)
+	_, err := l.g.ExtendGrant(a, policy.DefaultService, maps.BootAfter(time.Until(exp)))
+	return err
 }
 
 func (l gateLocal) Revoke(a netip.Addr) error {
-	_, err := l.g.Maps.Revoke(a, policy.DefaultService)
+	_, err := l.g.Revoke(a, policy.DefaultService)
 	return err
 }
 
@@ -63,20 +60,32 @@ func (l gateLocal) Replay() (map[uint32]uint64, error) {
 	return out, it.Err()
 }
 
-// ApplyReplay moves a key's replay state forward; a key this host does not
-// have is left alone.
+// ApplyReplay moves a key's replay state forward, never back, with a
+// compare-and-swap as the program's own acceptance does (a plain write
+// after a lookup could undo an acceptance made in between); a key this
+// host does not have is left alone.
 func (l gateLocal) ApplyReplay(id uint32, ms uint64) error {
-	var cur uint64
-	if err := l.g.Maps.SPALast.Lookup(id, &cur); err != nil {
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return nil
-		}
-		return err
+	_, err := l.g.AdvanceReplay(id, ms)
+	return err
+}
+
+// instance names the gate's grant map as long as it lives: the kernel's
+// boot id and the map's id (a gate made anew, or a reboot, changes it).
+// "" when either cannot be read.
+func (l gateLocal) instance() string {
+	boot, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
 	}
-	if ms <= cur {
-		return nil
+	info, err := l.g.Maps.Grants.Info()
+	if err != nil {
+		return ""
 	}
-	return l.g.Maps.SPALast.Update(id, ms, ebpf.UpdateExist)
+	id, ok := info.ID()
+	if !ok {
+		return ""
+	}
+	return fmt.Sprintf("%s/%d", strings.TrimSpace(string(boot)), id)
 }
 
 // member is this host in its fleet: the embedded server (if any), the
@@ -115,7 +124,7 @@ func joinFleet(g *loader.Gate, c config.Fleet) (*member, error) {
 		gate = g.Name
 	}
 	if m.fl, err = fleet.Join(fleet.Options{Name: c.Name, Gate: gate, Local: gateLocal{g}, Conn: m.nc, Server: m.srv,
-		Replicas: replicas}); err != nil {
+		Replicas: replicas, StateFile: filepath.Join(c.StateDir, "known-grants"), Instance: gateLocal{g}.instance()}); err != nil {
 		m.close()
 		return nil, err
 	}
@@ -148,6 +157,7 @@ type FleetStatus struct {
 	Pending       int    `json:"pending"`
 	LastSync      string `json:"last_sync,omitempty"`
 	LastError     string `json:"last_error,omitempty"`
+	LastRestart   string `json:"last_restart,omitempty"` // why the watch was last made again
 	Updated       string `json:"updated"`
 }
 
@@ -162,7 +172,7 @@ func (m *member) report(gate, name string) {
 	}
 	st := m.fl.Stats()
 	fs := FleetStatus{Name: name, Peers: st.Peers, Published: st.Published, Received: st.Received,
-		WatchRestarts: st.WatchRestarts, Pending: st.Pending, LastError: st.LastError,
+		WatchRestarts: st.WatchRestarts, Pending: st.Pending, LastError: st.LastError, LastRestart: st.LastRestart,
 		Updated: time.Now().UTC().Format(time.RFC3339)}
 	if !st.LastSync.IsZero() {
 		fs.LastSync = st.LastSync.UTC().Format(time.RFC3339Nano)

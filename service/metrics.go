@@ -93,7 +93,7 @@ var (
 	descFleetReceived = prometheus.NewDesc("knockgate_fleet_received_total",
 		"Updates from other hosts applied here.", nil, nil)
 	descFleetRestarts = prometheus.NewDesc("knockgate_fleet_watch_restarts_total",
-		"Watches of the bucket made again after an error (a partition, a leader change).", nil, nil)
+		"Watches of the bucket made again: they stopped keeping up with it (a host lost or back, a leader change).", nil, nil)
 	descFleetPending = prometheus.NewDesc("knockgate_fleet_pending",
 		"Local changes not yet written to the bucket (cut off from the fleet).", nil, nil)
 	descFleetLastSync = prometheus.NewDesc("knockgate_fleet_last_sync_timestamp_seconds",
