@@ -83,7 +83,8 @@ struct {
 } hints SEC(".maps");
 
 /* Operator CIDRs that always pass protected ports: of every service
- * (service KG_ALLOW_ANY), or of one. */
+ * (service KG_ALLOW_ANY), or of one; each configuration's under its allow
+ * epoch. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 1024);
@@ -625,13 +626,14 @@ __attribute__((noinline)) int knock_table(const struct config *cfg, const struct
 	return XDP_DROP;
 }
 
-static __always_inline int knock(const struct config *cfg, const struct packet *pkt, struct lazy *lz)
+/* The knock state machine for a SYN or datagram whose destination's
+ * port-table entry is e. */
+static __always_inline int knock(const struct config *cfg, const struct packet *pkt, struct lazy *lz, __u8 e)
 {
 	/* Bit i set: this packet is step i of the sequence of the service its
 	 * port is a step of (the port table says which). */
 	__u32 match = 0;
 	__u32 service = 0;
-	__u8 e = port_entry(cfg, pkt->proto, pkt->dport);
 	if (e & KG_PORT_STEP) {
 		service = e & KG_PORT_SERVICE;
 		if (service >= KG_MAX_SERVICES)
@@ -669,7 +671,7 @@ static __always_inline int allowed(const struct config *cfg, const struct packet
 	__u32 own = cfg->services[service].allow_count;
 	if (!cfg->allow_count && !own)
 		return 0;
-	struct allow_key key = { .prefixlen = 8 + 128, .service = KG_ALLOW_ANY };
+	struct allow_key key = { .prefixlen = 16 + 128, .epoch = cfg->allow_epoch, .service = KG_ALLOW_ANY };
 	__builtin_memcpy(key.addr, pkt->src.addr, 16);
 	if (cfg->allow_count && bpf_map_lookup_elem(&allow, &key))
 		return 1;
@@ -806,11 +808,14 @@ int knockgate(struct xdp_md *ctx)
 
 	__u8 syn = pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST | TCP_FLAG_FIN);
 	int is_knock = pkt.proto == IPPROTO_UDP || syn == TCP_FLAG_SYN;
-	if (is_knock && (cfg->flags & CONFIG_KNOCKS) && knock(cfg, &pkt, &lz) >= 0)
+	/* One byte of the port table says what the port is: a step of a
+	 * sequence, a service's, or nobody's. */
+	__u8 e = port_entry(cfg, pkt.proto, pkt.dport);
+	if (is_knock && (cfg->flags & CONFIG_KNOCKS) && knock(cfg, &pkt, &lz, e) >= 0)
 		return verdict(ctx, VERDICT_DROPPED_KNOCK);
 
 	/* The service the port belongs to, plus one. */
-	__u32 service = protecting(cfg, pkt.proto, pkt.dport);
+	__u32 service = protector(cfg, e);
 	if (!service--)
 		return verdict(ctx, VERDICT_PASSED);
 	if (service >= KG_MAX_SERVICES) /* cannot be: the loader writes 1..KG_MAX_SERVICES */

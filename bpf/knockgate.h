@@ -206,6 +206,12 @@ struct config {
 	__u8 all_service;
 	/* Bit s: services[s] is live. */
 	__u32 live_services;
+	/* The allow trie's entries of this configuration are those under this
+	 * epoch: a copy of a configuration (a confirmation, a clock refresh)
+	 * keeps its entries, and the configuration before a change keeps its
+	 * own for a rollback, which the program itself may make. */
+	__u8 allow_epoch;
+	__u8 pad[7];
 	struct service services[KG_MAX_SERVICES];
 	/* The port table, TCP then UDP: see KG_PORT_STEP. */
 	__u8 ports[2][65536];
@@ -254,14 +260,16 @@ struct grant {
 	__u8 pad[7];
 };
 
-/* Key of the allow LPM trie: an entry for one service, or for every
- * service (service KG_ALLOW_ANY); prefixlen counts the service's 8 bits and
- * then bits of addr (v4 is +96). */
+/* Key of the allow LPM trie: an entry of the configurations of one allow
+ * epoch (see config.allow_epoch), for one service or for every service
+ * (service KG_ALLOW_ANY); prefixlen counts the epoch's and the service's 8
+ * bits each, then bits of addr (v4 is +96). */
 struct allow_key {
 	__u32 prefixlen;
+	__u8 epoch;
 	__u8 service;
 	__u8 addr[16];
-	__u8 pad[3];
+	__u8 pad[2];
 };
 
 #define KG_ALLOW_ANY 0xff

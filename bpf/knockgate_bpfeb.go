@@ -16,9 +16,10 @@ import (
 type KnockgateAllowKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
+	Epoch     uint8
 	Service   uint8
 	Addr      [16]uint8
-	Pad       [3]uint8
+	Pad       [2]uint8
 }
 
 type KnockgateConfig struct {
@@ -35,6 +36,8 @@ type KnockgateConfig struct {
 	Flags         uint8
 	AllService    uint8
 	LiveServices  uint32
+	AllowEpoch    uint8
+	Pad           [7]uint8
 	Services      [32]KnockgateService
 	Ports         [2][65536]uint8
 }

@@ -934,7 +934,8 @@ func TestServiceAllowLists(t *testing.T) {
 	})
 }
 
-// allowEntries lists the allow trie's entries by service index.
+// allowEntries lists the allow trie's entries by service index, of every
+// allow epoch.
 func (g *gate) allowEntries() map[int][]netip.Prefix {
 	g.t.Helper()
 	out := map[int][]netip.Prefix{}
@@ -943,7 +944,7 @@ func (g *gate) allowEntries() map[int][]netip.Prefix {
 	it := g.objs.Allow.Iterate()
 	for it.Next(&k, &bits) {
 		addr := netip.AddrFrom16(k.Addr)
-		n := int(k.Prefixlen) - 8
+		n := int(k.Prefixlen) - 16
 		if addr.Is4In6() && n >= 96 {
 			addr, n = addr.Unmap(), n-96
 		}

@@ -929,6 +929,9 @@ func (h *harness) compare() string {
 		var bits uint8
 		it := h.objs.Allow.Iterate()
 		for it.Next(&k, &bits) {
+			if k.Epoch != h.m.Cfg.AllowEpoch {
+				add("allow trie: an entry of epoch %d beside the configuration's %d", k.Epoch, h.m.Cfg.AllowEpoch)
+			}
 			got = append(got, fmt.Sprintf("%d %s/%d", k.Service, netip.AddrFrom16(k.Addr), k.Prefixlen))
 		}
 		if err := it.Err(); err != nil {
@@ -936,7 +939,7 @@ func (h *harness) compare() string {
 		}
 		var want []string
 		entry := func(service int, p netip.Prefix) {
-			bits := p.Bits() + 8
+			bits := p.Bits() + 16
 			if p.Addr().Is4() {
 				bits += 96
 			}
