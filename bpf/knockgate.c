@@ -64,23 +64,29 @@ struct {
 
 /*
  * A one-sided filter in front of grants: a (source, service) whose slot
- * (hint_slot, a hash of both) counts zero has no grant, so a stranger's packet to a
- * protected port costs one inlined array load instead of a hash lookup. The
- * count goes up before a grant is made and down after one is deleted, by the
- * program and by the Go side alike (maps.HintSlot hashes the same way), so it
- * never reads zero while a grant exists; it may read high (a slot two
- * sources share, a grant the LRU evicted), which only costs the lookup. Only
- * completed sequences and the operator make grants, so no flood moves these
- * counts. Mmapable, so Go can add to a count atomically instead of rewriting
- * the whole value.
+ * (hint_slot, a hash of both) counts zero has no grant, so a stranger's
+ * packet to a protected port costs one inlined array load instead of a hash
+ * lookup. The count goes up before a grant is made and down after one is
+ * deleted, by the program and by the Go side alike (maps.HintSlot hashes the
+ * same way), so it never reads zero while a grant exists; it may read high (a
+ * slot two grants share, a grant the LRU evicted), which only costs the
+ * lookup. Only completed sequences, SPA and the operator make grants, so no
+ * flood moves these counts. Sized by the loader at four slots per grant the
+ * gate holds (--max-sources), so that with the grants map full most of a
+ * stranger's slots still read zero; 32-bit counts (a gate holds fewer grants
+ * than that), atomics every architecture has. Mmapable, so Go adds to a
+ * count atomically in place.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 65536);
 	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
-	__type(value, struct hint_counts);
+	__type(value, __u32);
 } hints SEC(".maps");
+
+/* The hints map's slots less one (a power of two, set by the loader). */
+volatile const __u32 hint_mask = 65536 - 1;
 
 /* Operator CIDRs that always pass protected ports: of every service
  * (service KG_ALLOW_ANY), or of one; each configuration's under its allow
@@ -228,23 +234,20 @@ static __always_inline struct grant_key grant_key_of(const __u8 *addr, __u32 ser
 }
 
 /* The hint slot of a (source, service): a multiplicative hash of the
- * address's two halves and the service. Mirrored by maps.HintSlot; change
- * both or neither. */
+ * address's two halves and the service, its top 32 bits masked to the
+ * map's size. Mirrored by maps.HintSlot; change both or neither. */
 static __always_inline __u32 hint_slot(const struct grant_key *k)
 {
 	__u64 a, b;
 	__builtin_memcpy(&a, k->addr, 8);
 	__builtin_memcpy(&b, k->addr + 8, 8);
-	return ((a ^ b ^ ((__u64)k->service << 56)) * 0x9e3779b97f4a7c15ULL) >> (64 - 16);
+	return (((a ^ b ^ ((__u64)k->service << 56)) * 0x9e3779b97f4a7c15ULL) >> 32) & hint_mask;
 }
 
-static __always_inline __u64 *hint_count(const struct grant_key *k)
+static __always_inline __u32 *hint_count(const struct grant_key *k)
 {
-	__u32 zero = 0;
-	struct hint_counts *h = bpf_map_lookup_elem(&hints, &zero);
-	if (!h)
-		return NULL;
-	return &h->slot[hint_slot(k) & (KG_HINT_SLOTS - 1)];
+	__u32 slot = hint_slot(k);
+	return bpf_map_lookup_elem(&hints, &slot);
 }
 
 /*
@@ -254,7 +257,7 @@ static __always_inline __u64 *hint_count(const struct grant_key *k)
  */
 static __always_inline long put_grant(const struct grant_key *k, const struct grant *g)
 {
-	__u64 *n = hint_count(k);
+	__u32 *n = hint_count(k);
 	if (!n)
 		return -1;
 	/* Two tries: an entry deleted between the two updates is made anew. */
@@ -326,8 +329,8 @@ static __always_inline int holds(const struct knock_slot *k, const struct source
 static __always_inline int granted(const struct packet *pkt, __u32 service, struct lazy *lz)
 {
 	struct grant_key key = grant_key_of(pkt->src.addr, service);
-	__u64 *n = hint_count(&key);
-	if (n && !*(volatile __u64 *)n)
+	__u32 *n = hint_count(&key);
+	if (n && !*(volatile __u32 *)n)
 		return 0;
 	struct grant *g = bpf_map_lookup_elem(&grants, &key);
 	if (!g)

@@ -55,9 +55,6 @@
 #define KG_SPA_REQUESTS 4
 #define KG_SPA_KEYS 1024
 
-/* Slots of the hints map (a power of two): see hints in knockgate.c. */
-#define KG_HINT_SLOTS 65536
-
 /* Per-interface verdict counters are kept in this many slots, indexed by
  * the receiving interface's ifindex masked to the slot count (a power of
  * two): no lookup on the hot path. Two interfaces of one gate whose ifindexes
@@ -75,15 +72,6 @@
  * and expire events. */
 #define KG_EVENT_RING_BYTES (256 * 1024)
 #define KG_EVENT_RING_RESERVE (KG_EVENT_RING_BYTES / 2)
-
-/* The hints map's one value: per slot, how many grants (of a source and a
- * service) may hash there. Only
- * completed sequences and the operator make grants, so an attacker cannot
- * churn these counts; 64 bits all the same, since a grant the LRU evicts is
- * never uncounted. */
-struct hint_counts {
-	__u64 slot[KG_HINT_SLOTS];
-};
 
 /*
  * A flow the host sends on, as the host sees it: the key of a slot of the

@@ -1433,13 +1433,13 @@ func strangerOf(t *testing.T, g *gate, f family) netip.Addr {
 	t.Helper()
 	used := map[uint32]bool{}
 	for k := range g.grants() {
-		used[maps.HintSlot(k)] = true
+		used[maps.HintSlot(k, g.objs.Hints.MaxEntries())] = true
 	}
 	for n := 1000; n < 2000; n++ {
 		a := f.source(n)
 		free := true
 		for i := range maps.MaxServices {
-			free = free && !used[maps.HintSlot(maps.GrantKey(a, i))]
+			free = free && !used[maps.HintSlot(maps.GrantKey(a, i), g.objs.Hints.MaxEntries())]
 		}
 		if free {
 			return a

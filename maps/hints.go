@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 	"net/netip"
 	"sync/atomic"
 	"unsafe"
@@ -26,30 +27,42 @@ func GrantKey(addr netip.Addr, index int) bpf.KnockgateGrantKey {
 	return bpf.KnockgateGrantKey{Addr: Key(addr).Addr, Service: uint8(index)}
 }
 
-// HintSlot is the program's hint_slot: the slot of the hints map that counts
-// the grants of key's source and service.
-func HintSlot(key bpf.KnockgateGrantKey) uint32 {
+// HintSlot is the program's hint_slot: the slot, of a hints map of slots
+// slots (a power of two), that counts the grants of key's source and
+// service: a multiplicative hash's top 32 bits, masked.
+func HintSlot(key bpf.KnockgateGrantKey, slots uint32) uint32 {
 	a := binary.NativeEndian.Uint64(key.Addr[:8])
 	b := binary.NativeEndian.Uint64(key.Addr[8:])
-	return uint32(((a ^ b ^ uint64(key.Service)<<56) * 0x9e3779b97f4a7c15) >> (64 - 16))
+	return uint32(((a^b^uint64(key.Service)<<56)*0x9e3779b97f4a7c15)>>32) & (slots - 1)
+}
+
+// HintSlots is how many slots the hints map of a gate holding maxSources
+// grants has: four a grant, so that with the grants map full most of a
+// stranger's slots still count zero (about 78 %), a power of two, at least
+// 65536.
+func HintSlots(maxSources uint32) uint32 {
+	n := uint64(4 * max(maxSources, 1))
+	return uint32(max(1<<16, 1<<bits.Len64(n-1)))
 }
 
 // withHintCount runs fn on key's count, mapped shared from the map (it is
 // mmapable) so that adding to it is one atomic instruction, as in the
-// program, not a read-modify-write of the whole value racing with it.
-func (s *Set) withHintCount(key bpf.KnockgateGrantKey, fn func(n *uint64) error) error {
-	mem, err := unix.Mmap(s.Hints.FD(), 0, int(s.Hints.ValueSize()), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+// program, not a read-modify-write racing with it. An array's elements
+// are 8 bytes apart, whatever their size.
+func (s *Set) withHintCount(key bpf.KnockgateGrantKey, fn func(n *uint32) error) error {
+	slots := s.Hints.MaxEntries()
+	mem, err := unix.Mmap(s.Hints.FD(), 0, int(8*slots), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return fmt.Errorf("map hint counts: %w", err)
 	}
 	defer unix.Munmap(mem)
-	return fn((*uint64)(unsafe.Pointer(&mem[8*HintSlot(key)])))
+	return fn((*uint32)(unsafe.Pointer(&mem[8*HintSlot(key, slots)])))
 }
 
 // HintCount returns the count of the hint slot of key.
-func (s *Set) HintCount(key bpf.KnockgateGrantKey) (n uint64, err error) {
-	err = s.withHintCount(key, func(p *uint64) error {
-		n = atomic.LoadUint64(p)
+func (s *Set) HintCount(key bpf.KnockgateGrantKey) (n uint32, err error) {
+	err = s.withHintCount(key, func(p *uint32) error {
+		n = atomic.LoadUint32(p)
 		return nil
 	})
 	return n, err
@@ -59,16 +72,16 @@ func (s *Set) HintCount(key bpf.KnockgateGrantKey) (n uint64, err error) {
 // put_grant does.
 func (s *Set) putGrant(key bpf.KnockgateGrantKey, value bpf.KnockgateGrant) error {
 	m := s.Grants
-	return s.withHintCount(key, func(n *uint64) error {
+	return s.withHintCount(key, func(n *uint32) error {
 		// Two tries: an entry deleted between the two updates is made anew.
 		for range 2 {
-			atomic.AddUint64(n, 1)
+			atomic.AddUint32(n, 1)
 			KillPoint()
 			err := m.Update(key, value, ebpf.UpdateNoExist)
 			if err == nil {
 				return nil
 			}
-			atomic.AddUint64(n, ^uint64(0))
+			atomic.AddUint32(n, ^uint32(0))
 			if !errors.Is(err, ebpf.ErrKeyExist) {
 				return err
 			}
@@ -84,15 +97,15 @@ func (s *Set) putGrant(key bpf.KnockgateGrantKey, value bpf.KnockgateGrant) erro
 // insertGrant makes key's grant unless it has one (made reports which),
 // counted as putGrant counts.
 func (s *Set) insertGrant(key bpf.KnockgateGrantKey, value bpf.KnockgateGrant) (made bool, err error) {
-	err = s.withHintCount(key, func(n *uint64) error {
-		atomic.AddUint64(n, 1)
+	err = s.withHintCount(key, func(n *uint32) error {
+		atomic.AddUint32(n, 1)
 		KillPoint()
 		err := s.Grants.Update(key, value, ebpf.UpdateNoExist)
 		if err == nil {
 			made = true
 			return nil
 		}
-		atomic.AddUint64(n, ^uint64(0))
+		atomic.AddUint32(n, ^uint32(0))
 		if errors.Is(err, ebpf.ErrKeyExist) {
 			return nil
 		}
@@ -112,8 +125,8 @@ func (s *Set) deleteGrant(key bpf.KnockgateGrantKey) (bool, error) {
 		return false, err
 	}
 	KillPoint() // killed here, the count reads high: a lookup's cost, no more
-	return true, s.withHintCount(key, func(n *uint64) error {
-		atomic.AddUint64(n, ^uint64(0))
+	return true, s.withHintCount(key, func(n *uint32) error {
+		atomic.AddUint32(n, ^uint32(0))
 		return nil
 	})
 }

@@ -644,7 +644,8 @@ func newHarness(t testing.TB, sc *scenario) *harness {
 	if h.rd, err = ringbuf.NewReader(objs.Events); err != nil {
 		t.Fatal(err)
 	}
-	if h.hints, err = unix.Mmap(objs.Hints.FD(), 0, int(objs.Hints.ValueSize()), unix.PROT_READ, unix.MAP_SHARED); err != nil {
+	// An array's elements are 8 bytes apart, whatever their size.
+	if h.hints, err = unix.Mmap(objs.Hints.FD(), 0, int(8*objs.Hints.MaxEntries()), unix.PROT_READ, unix.MAP_SHARED); err != nil {
 		t.Fatal(err)
 	}
 	if h.ncpu, err = ebpf.PossibleCPU(); err != nil {
@@ -652,7 +653,7 @@ func newHarness(t testing.TB, sc *scenario) *harness {
 	}
 	for _, a := range sc.pool {
 		for s := range model.MaxServices {
-			h.poolSlots = append(h.poolSlots, maps.HintSlot(maps.GrantKey(a, s)))
+			h.poolSlots = append(h.poolSlots, maps.HintSlot(maps.GrantKey(a, s), objs.Hints.MaxEntries()))
 		}
 	}
 	h.clk = model.Clock{Boot: startBoot, Coarse: startCoarse, TAI: startTAI}
@@ -855,9 +856,9 @@ func (h *harness) compare() string {
 	for i := range n {
 		grants[model.GrantKey{Addr: gks[i].Addr, Service: gks[i].Service}] = model.Grant{Expires: gvs[i].ExpiresNs, Reported: gvs[i].ExpiryReported != 0}
 	}
-	hints := make(map[uint32]uint64, len(h.m.Grants))
+	hints := make(map[uint32]uint32, len(h.m.Grants))
 	for k, g := range h.m.Grants {
-		hints[maps.HintSlot(bpf.KnockgateGrantKey{Addr: k.Addr, Service: k.Service})]++
+		hints[maps.HintSlot(bpf.KnockgateGrantKey{Addr: k.Addr, Service: k.Service}, h.objs.Hints.MaxEntries())]++
 		if got, ok := grants[k]; !ok || got != *g {
 			add("grant %s of service %d: program %+v (%v), model %+v", netip.AddrFrom16(k.Addr).Unmap(), k.Service, got, ok, *g)
 		}
@@ -867,7 +868,7 @@ func (h *harness) compare() string {
 		add("grant %s of service %d: program %+v, model none", netip.AddrFrom16(k.Addr).Unmap(), k.Service, g)
 	}
 	for slot, want := range hints {
-		if got := binary.NativeEndian.Uint64(h.hints[8*slot:]); got != want {
+		if got := binary.NativeEndian.Uint32(h.hints[8*slot:]); got != want {
 			add("hint slot %d: program %d, model %d", slot, got, want)
 		}
 	}

@@ -202,11 +202,16 @@ func (g *Gate) SetConfig(c maps.Config) {
 	g.purge(fresh | before&^now)
 }
 
-// purge drops the grants of the services in mask and takes them out of
-// every key's scope.
+// purge drops the grants and counters of the services in mask and takes
+// them out of every key's scope.
 func (g *Gate) purge(mask uint32) {
 	if mask == 0 {
 		return
+	}
+	for i := range g.ServiceCounters {
+		if mask&(1<<i) != 0 {
+			g.ServiceCounters[i] = ServiceCounters{}
+		}
 	}
 	for k := range g.Grants {
 		if mask&(1<<k.Service) != 0 {
