@@ -85,8 +85,9 @@ struct {
 	__type(value, __u32);
 } hints SEC(".maps");
 
-/* The hints map's slots less one (a power of two, set by the loader). */
-volatile const __u32 hint_mask = 65536 - 1;
+/* 64 less the log2 of the hints map's slots (a power of two, set by the
+ * loader). */
+volatile const __u32 hint_shift = 64 - 16;
 
 /* Operator CIDRs that always pass protected ports: of every service
  * (service KG_ALLOW_ANY), or of one; each configuration's under its allow
@@ -234,14 +235,15 @@ static __always_inline struct grant_key grant_key_of(const __u8 *addr, __u32 ser
 }
 
 /* The hint slot of a (source, service): a multiplicative hash of the
- * address's two halves and the service, its top 32 bits masked to the
- * map's size. Mirrored by maps.HintSlot; change both or neither. */
+ * address's two halves and the service, its top bits (as many as the map's
+ * size, a power of two, needs: every input bit reaches them). Mirrored by
+ * maps.HintSlot; change both or neither. */
 static __always_inline __u32 hint_slot(const struct grant_key *k)
 {
 	__u64 a, b;
 	__builtin_memcpy(&a, k->addr, 8);
 	__builtin_memcpy(&b, k->addr + 8, 8);
-	return (((a ^ b ^ ((__u64)k->service << 56)) * 0x9e3779b97f4a7c15ULL) >> 32) & hint_mask;
+	return ((a ^ b ^ ((__u64)k->service << 56)) * 0x9e3779b97f4a7c15ULL) >> hint_shift;
 }
 
 static __always_inline __u32 *hint_count(const struct grant_key *k)

@@ -244,7 +244,7 @@ const (
 	KnockgateVarEventBurst           = "event_burst"
 	KnockgateVarFlowSets             = "flow_sets"
 	KnockgateVarFlowSlots            = "flow_slots"
-	KnockgateVarHintMask             = "hint_mask"
+	KnockgateVarHintShift            = "hint_shift"
 	KnockgateVarKnockSets            = "knock_sets"
 	KnockgateVarKnockSlots           = "knock_slots"
 	KnockgateVarTestBootNs           = "test_boot_ns"
@@ -335,7 +335,7 @@ type KnockgateVariableSpecs struct {
 	EventBurst           *ebpf.VariableSpec `ebpf:"event_burst"`
 	FlowSets             *ebpf.VariableSpec `ebpf:"flow_sets"`
 	FlowSlots            *ebpf.VariableSpec `ebpf:"flow_slots"`
-	HintMask             *ebpf.VariableSpec `ebpf:"hint_mask"`
+	HintShift            *ebpf.VariableSpec `ebpf:"hint_shift"`
 	KnockSets            *ebpf.VariableSpec `ebpf:"knock_sets"`
 	KnockSlots           *ebpf.VariableSpec `ebpf:"knock_slots"`
 	TestBootNs           *ebpf.VariableSpec `ebpf:"test_boot_ns"`
@@ -418,7 +418,7 @@ type KnockgateVariables struct {
 	EventBurst           *ebpf.Variable `ebpf:"event_burst"`
 	FlowSets             *ebpf.Variable `ebpf:"flow_sets"`
 	FlowSlots            *ebpf.Variable `ebpf:"flow_slots"`
-	HintMask             *ebpf.Variable `ebpf:"hint_mask"`
+	HintShift            *ebpf.Variable `ebpf:"hint_shift"`
 	KnockSets            *ebpf.Variable `ebpf:"knock_sets"`
 	KnockSlots           *ebpf.Variable `ebpf:"knock_slots"`
 	TestBootNs           *ebpf.Variable `ebpf:"test_boot_ns"`

@@ -145,8 +145,8 @@ func sizeSpec(spec *ebpf.CollectionSpec, knockSlots, grants, flowSlots uint32, t
 	spec.Maps[bpf.KnockgateMapGrants].MaxEntries = grants
 	hints := maps.HintSlots(grants)
 	spec.Maps[bpf.KnockgateMapHints].MaxEntries = hints
-	if err := spec.Variables["hint_mask"].Set(hints - 1); err != nil {
-		return fmt.Errorf("set hint mask: %w", err)
+	if err := spec.Variables["hint_shift"].Set(maps.HintShift(hints)); err != nil {
+		return fmt.Errorf("set hint shift: %w", err)
 	}
 	spec.Maps[bpf.KnockgateMapKnocks].MaxEntries = knockSlots
 	spec.Maps[bpf.KnockgateMapKnockTags].ValueSize = knockSlots // a byte a slot

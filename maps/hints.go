@@ -29,12 +29,15 @@ func GrantKey(addr netip.Addr, index int) bpf.KnockgateGrantKey {
 
 // HintSlot is the program's hint_slot: the slot, of a hints map of slots
 // slots (a power of two), that counts the grants of key's source and
-// service: a multiplicative hash's top 32 bits, masked.
+// service: a multiplicative hash's top bits.
 func HintSlot(key bpf.KnockgateGrantKey, slots uint32) uint32 {
 	a := binary.NativeEndian.Uint64(key.Addr[:8])
 	b := binary.NativeEndian.Uint64(key.Addr[8:])
-	return uint32(((a^b^uint64(key.Service)<<56)*0x9e3779b97f4a7c15)>>32) & (slots - 1)
+	return uint32(((a ^ b ^ uint64(key.Service)<<56) * 0x9e3779b97f4a7c15) >> HintShift(slots))
 }
+
+// HintShift is the program's hint_shift for a hints map of slots slots.
+func HintShift(slots uint32) uint32 { return 64 - uint32(bits.TrailingZeros32(slots)) }
 
 // HintSlots is how many slots the hints map of a gate holding maxSources
 // grants has: four a grant, so that with the grants map full most of a
