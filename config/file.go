@@ -148,8 +148,14 @@ func Parse(path string, data []byte) (*Settings, error) {
 			if verr == nil {
 				continue
 			}
-			if i > 0 {
-				key, line = svcLines[p.Services[i].Name].blame(p.Services[i].Name)
+			name := p.Services[i].Name
+			var he *policy.HashError
+			switch {
+			case errors.As(verr, &he):
+				// The name is the mistake: its table's line.
+				key, line = "services."+name, svcLines[name].table
+			case i > 0:
+				key, line = svcLines[name].blame(name)
 			}
 			err = verr
 			break
@@ -157,10 +163,6 @@ func Parse(path string, data []byte) (*Settings, error) {
 		return nil, &FileError{Path: path, Line: line, Key: key, Err: err}
 	}
 	p := s.Config()
-	if err := CheckHashes(&p); err != nil {
-		he := err.(*hashError)
-		return nil, &FileError{Path: path, Line: svcLines[he.b].table, Key: "services." + he.b, Err: err}
-	}
 	if err := CheckKeys(&p, s.SPAKeys); err != nil {
 		var ne *noKeyError
 		if errors.As(err, &ne) {

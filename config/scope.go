@@ -8,20 +8,6 @@ import (
 	"github.com/knockgate/knockgate/spa"
 )
 
-// CheckHashes refuses two services of p with one name hash (spa.ServiceHash:
-// a version-2 SPA packet asks for services by it), naming both.
-func CheckHashes(p *policy.Policy) error {
-	for i := range p.Services {
-		for j := range i {
-			a, b := p.Services[j].Name, p.Services[i].Name
-			if spa.ServiceHash(a) == spa.ServiceHash(b) {
-				return &hashError{a, b}
-			}
-		}
-	}
-	return nil
-}
-
 // CheckKeys checks SPA keys against the policy they are to serve: every
 // service a key names (services=, default without it) must be p's, and a
 // service of p other than default that has no knock sequence must be in
@@ -54,12 +40,4 @@ type noKeyError struct{ service string }
 
 func (e *noKeyError) Error() string {
 	return fmt.Sprintf("service %s: sequence is none and no SPA key names it (services=%s): nothing could ever open it", e.service, e.service)
-}
-
-// hashError: two services whose names an SPA request cannot tell apart.
-type hashError struct{ a, b string }
-
-func (e *hashError) Error() string {
-	return fmt.Sprintf("services %s and %s have the same name hash (%08x): an SPA request could not tell them apart; rename one",
-		e.a, e.b, spa.ServiceHash(e.a))
 }

@@ -109,9 +109,6 @@ func attach(e *env, s *config.Settings, explicit map[string]bool, service string
 	}
 	// The keys must fit the services, before anything is made.
 	want := s.Config()
-	if err := config.CheckHashes(&want); err != nil {
-		return &usageError{err}
-	}
 	if err := config.CheckKeys(&want, s.SPAKeys); err != nil {
 		return &usageError{err}
 	}

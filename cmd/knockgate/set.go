@@ -135,9 +135,6 @@ func setCommand() *command {
 				if err := cfg.Policy.Validate(); err != nil {
 					return &usageError{err}
 				}
-				if err := config.CheckHashes(&cfg.Policy); err != nil {
-					return &usageError{err}
-				}
 				if err := checkKeys(&cfg.Policy); err != nil {
 					return err
 				}
