@@ -133,6 +133,17 @@ func Parse(path string, data []byte) (*Settings, error) {
 		}
 	}
 	if err := s.Check(); err != nil {
+		var se *ScopeError
+		if errors.As(err, &se) {
+			// Keys that do not fit the services: a service no key opens
+			// is the service's mistake, a key naming a missing one the
+			// key file's.
+			if se.Key == nil {
+				key, line := svcLines[se.Service].blame(se.Service)
+				return nil, &FileError{Path: path, Line: line, Key: key, Err: err}
+			}
+			return nil, &FileError{Path: path, Line: lines["spa_keys"], Key: "spa_keys", Err: err}
+		}
 		// A combination the program cannot run: tied to the keys that
 		// make it (a step that is also protected), of the first service
 		// that makes it (the policy with the services before it is good).
@@ -161,15 +172,6 @@ func Parse(path string, data []byte) (*Settings, error) {
 			break
 		}
 		return nil, &FileError{Path: path, Line: line, Key: key, Err: err}
-	}
-	p := s.Config()
-	if err := CheckKeys(&p, s.SPAKeys); err != nil {
-		var ne *noKeyError
-		if errors.As(err, &ne) {
-			key, line := svcLines[ne.service].blame(ne.service)
-			return nil, &FileError{Path: path, Line: line, Key: key, Err: err}
-		}
-		return nil, &FileError{Path: path, Line: lines["spa_keys"], Key: "spa_keys", Err: err}
 	}
 	return &s, nil
 }

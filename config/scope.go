@@ -8,18 +8,20 @@ import (
 	"github.com/knockgate/knockgate/spa"
 )
 
-// CheckKeys checks SPA keys against the policy they are to serve: every
-// service a key names (services=, default without it) must be p's, and a
-// service of p other than default that has no knock sequence must be in
-// some key's scope, or nothing could ever open it. Errors name the key and
-// the service.
-func CheckKeys(p *policy.Policy, keys []spa.Key) error {
+// Check checks a policy and the SPA keys that are to serve it, as one: the
+// policy's own rules (policy.Validate), then the keys against its services
+// (a *ScopeError): every service a key names (services=, default without
+// it) must be p's, and a service of p other than default that has no knock
+// sequence must be in some key's scope, or nothing could ever open it.
+func Check(p *policy.Policy, keys []spa.Key) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
 	for i := range keys {
 		k := &keys[i]
 		for _, name := range k.Scope() {
 			if p.Service(name) == nil {
-				return fmt.Errorf("SPA key %s (id %d) names service %s, which the gate does not have (it has %s)",
-					k.Name, k.ID, name, ServiceNames(p))
+				return &ScopeError{Service: name, Key: k, has: ServiceNames(p)}
 			}
 		}
 	}
@@ -29,15 +31,25 @@ func CheckKeys(p *policy.Policy, keys []spa.Key) error {
 			continue
 		}
 		if !slices.ContainsFunc(keys, func(k spa.Key) bool { return slices.Contains(k.Scope(), svc.Name) }) {
-			return &noKeyError{svc.Name}
+			return &ScopeError{Service: svc.Name}
 		}
 	}
 	return nil
 }
 
-// noKeyError: a service without a sequence that no key may open.
-type noKeyError struct{ service string }
+// ScopeError is SPA keys that do not fit a policy's services: Key names
+// Service, which the policy does not have; or (Key nil) Service has no
+// knock sequence and no key may open it.
+type ScopeError struct {
+	Service string
+	Key     *spa.Key
+	has     string // the policy's services, for the message
+}
 
-func (e *noKeyError) Error() string {
-	return fmt.Sprintf("service %s: sequence is none and no SPA key names it (services=%s): nothing could ever open it", e.service, e.service)
+func (e *ScopeError) Error() string {
+	if e.Key == nil {
+		return fmt.Sprintf("service %s: sequence is none and no SPA key names it (services=%s): nothing could ever open it", e.Service, e.Service)
+	}
+	return fmt.Sprintf("SPA key %s (id %d) names service %s, which the gate does not have (it has %s)",
+		e.Key.Name, e.Key.ID, e.Service, e.has)
 }
