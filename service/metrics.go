@@ -213,21 +213,21 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		errs++
 	} else {
 		n := map[string]float64{"knocking": 0, "open": 0}
-		open := map[string]float64{}
-		for i := range cfg.Policy.Services {
-			open[cfg.Policy.Services[i].Name] = 0
-		}
 		for _, s := range srcs {
 			n[s.State]++
-			if s.State == "open" {
-				open[s.Service]++
-			}
 		}
 		for s, v := range n {
 			gauge(descSources, v, s)
 		}
+		open := maps.GrantsOpen(srcs)
+		for i := range cfg.Policy.Services {
+			name := cfg.Policy.Services[i].Name
+			if _, ok := open[name]; !ok {
+				open[name] = 0 // a series for every service, with none open too
+			}
+		}
 		for s, v := range open {
-			gauge(descServiceOpen, v, s)
+			gauge(descServiceOpen, float64(v), s)
 		}
 	}
 	if sc, err := c.gate.ServiceCounters(); err != nil {
