@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -111,7 +112,7 @@ func TestServiceFileErrors(t *testing.T) {
 	b.WriteString(head)
 	for i := 1; i < policy.MaxServices; i++ {
 		b.WriteString("[services.s" + strings.Repeat("x", i%3) + string(rune('a'+i%26)) + string(rune('a'+i/26)) + "]\n")
-		b.WriteString("protect = \"" + itoa(1000+i) + "\"\nsequence = \"" + itoa(2000+i) + "\"\n")
+		b.WriteString("protect = \"" + strconv.Itoa(1000+i) + "\"\nsequence = \"" + strconv.Itoa(2000+i) + "\"\n")
 	}
 	if _, err := Parse("t.toml", []byte(b.String())); err != nil {
 		t.Fatalf("%d services: %v", policy.MaxServices, err)
@@ -142,14 +143,6 @@ func rootKeyFile(t *testing.T, keys ...spa.Key) string {
 		t.Fatal(err)
 	}
 	return path
-}
-
-func itoa(n int) string {
-	var b []byte
-	for ; n > 0; n /= 10 {
-		b = append([]byte{byte('0' + n%10)}, b...)
-	}
-	return string(b)
 }
 
 // Keys must name services the policy has; a service without a sequence
