@@ -1070,27 +1070,6 @@ func TestServiceRemovedAndAdded(t *testing.T) {
 	})
 }
 
-// lapse puts the deadline of the safe-mode change in force behind both the
-// program's test clock and the real one: as if it had been waited out.
-func (g *gate) lapse() {
-	g.t.Helper()
-	var live uint32
-	if err := g.objs.ConfigSlot.Lookup(uint32(0), &live); err != nil {
-		g.t.Fatal(err)
-	}
-	var raw bpf.KnockgateConfig
-	if err := g.objs.Configs.Lookup(live, &raw); err != nil {
-		g.t.Fatal(err)
-	}
-	if raw.ConfirmByNs == 0 {
-		g.t.Fatal("no safe-mode change to lapse")
-	}
-	raw.ConfirmByNs = min(g.boot(), maps.BootNow()) - 1
-	if err := g.objs.Configs.Update(live, &raw, ebpf.UpdateExist); err != nil {
-		g.t.Fatal(err)
-	}
-}
-
 // Under safe mode a removed service's grants wait for the confirmation:
 // the change rolled back, they are good again; confirmed, they go.
 func TestServiceRemovalRollsBack(t *testing.T) {
@@ -1118,7 +1097,7 @@ func TestServiceRemovalRollsBack(t *testing.T) {
 		g.refusedSPA("contractor while web is away", f.spaFrame(f.other, spaPayload(&contractorKey, st.next(), netip.Addr{})).Bytes(),
 			f.other, "spa_bad_service")
 
-		g.lapse()
+		g.backdateConfirm()
 		g.expect("443 once the change lapsed", f.knock(f.src, https), xdpPass, "passed_granted")
 		g.expect("443 from a stranger", f.knock(f.other, https), xdpDrop, "dropped_protected")
 		if _, err := g.maps.ConfirmConfig(); !errors.Is(err, maps.ErrRolledBack) {

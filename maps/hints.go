@@ -48,18 +48,43 @@ func HintSlots(maxSources uint32) uint32 {
 	return uint32(max(1<<16, 1<<bits.Len64(n-1)))
 }
 
-// withHintCount runs fn on key's count, mapped shared from the map (it is
-// mmapable) so that adding to it is one atomic instruction, as in the
-// program, not a read-modify-write racing with it. An array's elements
-// are 8 bytes apart, whatever their size.
-func (s *Set) withHintCount(key bpf.KnockgateGrantKey, fn func(n *uint32) error) error {
-	slots := s.Hints.MaxEntries()
-	mem, err := unix.Mmap(s.Hints.FD(), 0, int(8*slots), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		return fmt.Errorf("map hint counts: %w", err)
+// hintCounts is the hints map mapped shared (it is mmapable), so that
+// adding to a count is one atomic instruction, as in the program, not a
+// read-modify-write racing with it. It is mapped on first use and kept
+// until done: an operation that touches many counts (a purge of removed
+// services' grants, a revoke of every service) maps it once.
+type hintCounts struct {
+	hints *ebpf.Map
+	mem   []byte
+}
+
+// with runs fn on key's count. An array's elements are 8 bytes apart,
+// whatever their size.
+func (h *hintCounts) with(key bpf.KnockgateGrantKey, fn func(n *uint32) error) error {
+	slots := h.hints.MaxEntries()
+	if h.mem == nil {
+		mem, err := unix.Mmap(h.hints.FD(), 0, int(8*slots), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		if err != nil {
+			return fmt.Errorf("map hint counts: %w", err)
+		}
+		h.mem = mem
 	}
-	defer unix.Munmap(mem)
-	return fn((*uint32)(unsafe.Pointer(&mem[8*HintSlot(key, slots)])))
+	return fn((*uint32)(unsafe.Pointer(&h.mem[8*HintSlot(key, slots)])))
+}
+
+// done unmaps the counts, if with mapped them.
+func (h *hintCounts) done() {
+	if h.mem != nil {
+		unix.Munmap(h.mem)
+		h.mem = nil
+	}
+}
+
+// withHintCount runs fn on key's count, mapped for this call only.
+func (s *Set) withHintCount(key bpf.KnockgateGrantKey, fn func(n *uint32) error) error {
+	h := hintCounts{hints: s.Hints}
+	defer h.done()
+	return h.with(key, fn)
 }
 
 // HintCount returns the count of the hint slot of key.
@@ -117,9 +142,9 @@ func (s *Set) insertGrant(key bpf.KnockgateGrantKey, value bpf.KnockgateGrant) (
 	return made, err
 }
 
-// deleteGrant deletes key's grant and uncounts it; it reports whether
-// there was one.
-func (s *Set) deleteGrant(key bpf.KnockgateGrantKey) (bool, error) {
+// deleteGrant deletes key's grant and uncounts it in h (mapped once for
+// every grant the caller deletes); it reports whether there was one.
+func (s *Set) deleteGrant(h *hintCounts, key bpf.KnockgateGrantKey) (bool, error) {
 	err := s.Grants.Delete(key)
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
 		return false, nil
@@ -128,7 +153,7 @@ func (s *Set) deleteGrant(key bpf.KnockgateGrantKey) (bool, error) {
 		return false, err
 	}
 	KillPoint() // killed here, the count reads high: a lookup's cost, no more
-	return true, s.withHintCount(key, func(n *uint32) error {
+	return true, h.with(key, func(n *uint32) error {
 		atomic.AddUint32(n, ^uint32(0))
 		return nil
 	})

@@ -35,6 +35,18 @@ type SourceState struct {
 	Expires time.Time
 }
 
+// GrantsOpen counts the grants among sources (Sources), by service; a
+// service without one is absent.
+func GrantsOpen(sources []SourceState) map[string]int {
+	n := map[string]int{}
+	for _, s := range sources {
+		if s.State == "open" {
+			n[s.Service]++
+		}
+	}
+	return n
+}
+
 // Sources lists every live source: each grant, and each source part-way
 // through a sequence of the configuration in force. Expired and void
 // entries (which the program ignores and replaces), and grants of services
@@ -320,8 +332,10 @@ func (s *Set) Revoke(addr netip.Addr, service string) (bool, error) {
 		indices = append(indices, i)
 	}
 	found := false
+	hints := hintCounts{hints: s.Hints}
+	defer hints.done()
 	for _, i := range indices {
-		had, err := s.deleteGrant(GrantKey(addr, i))
+		had, err := s.deleteGrant(&hints, GrantKey(addr, i))
 		if err != nil {
 			return found, fmt.Errorf("revoke %s: %w", addr, err)
 		}

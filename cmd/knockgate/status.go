@@ -248,21 +248,10 @@ func readStatus(arg string) (*gateStatus, error) {
 	return st, nil
 }
 
-// grantsOpen counts the live grants of each service.
-func (st *gateStatus) grantsOpen() map[string]int {
-	n := map[string]int{}
-	for _, s := range st.sources {
-		if s.State == "open" {
-			n[s.Service]++
-		}
-	}
-	return n
-}
-
 // encodeServices is every service of cfg, with its grants open and its
 // counters.
 func (st *gateStatus) encodeServices() []serviceJSON {
-	open := st.grantsOpen()
+	open := maps.GrantsOpen(st.sources)
 	out := []serviceJSON{}
 	for i := range st.cfg.Policy.Services {
 		svc := &st.cfg.Policy.Services[i]
@@ -536,7 +525,7 @@ func (st *gateStatus) print(w io.Writer, now time.Time) {
 // the option table) and their grants open now.
 func (st *gateStatus) printServices(w io.Writer) {
 	p := st.cfg.Policy
-	open := st.grantsOpen()
+	open := maps.GrantsOpen(st.sources)
 	fmt.Fprintln(w, "services:")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	for i := range p.Services {
