@@ -60,7 +60,7 @@ func newRaiser(m *ebpf.Map, clearNext bool) (*raiser, error) {
 	// (the immediate); left zero it would be an atomic add.
 	cmpxchg.Constant = int64(asm.CmpXchg >> 8)
 	insns := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)} // r6 = ctx
-	for w := range words { // the key, on the stack
+	for w := range words {                                 // the key, on the stack
 		insns = append(insns,
 			asm.LoadMem(asm.R2, asm.R6, int16(16+8*w), asm.DWord),
 			asm.StoreMem(asm.RFP, int16(-8*words+8*w), asm.R2, asm.DWord))
