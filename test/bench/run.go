@@ -25,6 +25,9 @@ type Options struct {
 	Knocked  int           // knocked clients per correctness check
 	MemFill  int           // entries per map for the memory reading
 	PeerNAPI PeerNAPI      // how gates without XDP get NAPI
+	// Generator is the flood's back end (auto: live frames if the kernel
+	// runs them, else AF_PACKET).
+	Generator GeneratorKind
 	// Knockgate is the knockgate binary to attach with; "" attaches
 	// in-process through loader.Create.
 	Knockgate string
@@ -163,7 +166,7 @@ func Run(o Options) (*Result, error) {
 	if err := Sweep(); err != nil {
 		return nil, err
 	}
-	gen, err := NewGenerator()
+	gen, err := openGenerator(o.Generator, o.Log)
 	if err != nil {
 		return nil, err
 	}
@@ -216,7 +219,7 @@ func logSample(w io.Writer, done, total int, s Sample) {
 
 // runOne builds a topology, installs gate, floods it, checks it, and tears
 // everything down again.
-func runOne(o Options, gen *Generator, gate Gate, f Flood, round int, res *Result) (s Sample) {
+func runOne(o Options, gen Generator, gate Gate, f Flood, round int, res *Result) (s Sample) {
 	s = Sample{Gate: gate.Name(), Flood: f.Name, Floor: gate.Floor(), Round: round, Tracked: -1}
 	st, teardown, err := setUp(o, gen, gate)
 	defer func() {
@@ -315,7 +318,7 @@ type stage struct {
 
 // setUp builds a stage for gate. teardown, to be called whatever err says,
 // takes down what was built: listener, gate, generator, topology.
-func setUp(o Options, gen *Generator, gate installable) (st stage, teardown func() error, err error) {
+func setUp(o Options, gen Generator, gate installable) (st stage, teardown func() error, err error) {
 	teardown = func() error { return nil }
 	if st.topo, err = NewTopology(); err != nil {
 		return st, teardown, err
@@ -341,7 +344,7 @@ func setUp(o Options, gen *Generator, gate installable) (st stage, teardown func
 
 // measureFlood floods the gate and reads the receiver's counters around a
 // window after the warm-up.
-func measureFlood(o Options, gen *Generator, topo *Topology, gate Gate, napi NAPI, f Flood, s *Sample) error {
+func measureFlood(o Options, gen Generator, topo *Topology, gate Gate, napi NAPI, f Flood, s *Sample) error {
 	if f.Churn > 0 {
 		// First knocks from f.Churn sources other than the flood's (they
 		// count up from churnBase), once each if the ring lets them in.

@@ -108,7 +108,7 @@ func RunSPA(o Options, so SPAOptions, gates func() []SPAGate) (*SPAResult, error
 	if err := Sweep(); err != nil {
 		return nil, err
 	}
-	gen, err := NewGenerator()
+	gen, err := openGenerator(o.Generator, o.Log)
 	if err != nil {
 		return nil, err
 	}
@@ -135,7 +135,7 @@ func RunSPA(o Options, so SPAOptions, gates func() []SPAGate) (*SPAResult, error
 	return res, nil
 }
 
-func runSPA(o Options, so SPAOptions, gen *Generator, gate SPAGate, round int) (s SPASample) {
+func runSPA(o Options, so SPAOptions, gen Generator, gate SPAGate, round int) (s SPASample) {
 	s = SPASample{Gate: gate.Name(), Round: round, Attempts: so.Attempts}
 	st, teardown, err := setUp(o, gen, gate)
 	defer func() {

@@ -41,6 +41,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		out      string
 		peerNAPI string
 		gates    []string
+		gen      string
 	)
 	fs := pflag.NewFlagSet("bench-peers", pflag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -49,6 +50,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&o.Warmup, "warmup", 500*time.Millisecond, "flood time before the measured window")
 	fs.DurationVar(&o.Prime, "prime", 300*time.Millisecond, "knock flood before the primed flood")
 	fs.IntVar(&o.CPU, "cpu", runtime.NumCPU()-1, "the core the sender and the receiver's NAPI thread share")
+	fs.StringVar(&gen, "generator", string(bench.GenAuto),
+		"the flood's back end: live (BPF_PROG_RUN live frames), afpacket (AF_PACKET sendmmsg), or auto (live if the kernel runs it)")
 	fs.Uint32Var(&o.Batch, "batch", bench.MaxBatch, "frames the generator flushes to the veth at once (1-256)")
 	fs.Uint32Var(&o.Spoofed, "spoofed", 50000, "sources of the spoofed flood")
 	fs.IntVar(&o.Latency, "latency", 100, "fresh sources per knock-to-open measurement (one per gate and round)")
@@ -99,6 +102,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	var err error
 	if o.PeerNAPI, err = bench.ParsePeerNAPI(peerNAPI); err != nil {
+		return err
+	}
+	if o.Generator, err = bench.ParseGeneratorKind(gen); err != nil {
 		return err
 	}
 	if o.Rounds < 1 || o.Duration <= 0 || o.Warmup < 0 || o.CPU < 0 || o.CPU >= runtime.NumCPU() || o.Spoofed < 2 ||
