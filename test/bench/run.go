@@ -18,13 +18,20 @@ type Options struct {
 	Warmup   time.Duration // flood time before the measured window
 	Prime    time.Duration // knock flood before a primed flood
 	Duration time.Duration // measured window
-	CPU      int           // the one core sender and receiver share
+	CPU      int           // the receiver's core: its NAPI thread is pinned there
 	Batch    uint32        // frames the generator flushes at once (1-MaxBatch)
 	Spoofed  uint32        // sources of the spoofed flood
 	Latency  int           // fresh sources per knock-to-open measurement
 	Knocked  int           // knocked clients per correctness check
 	MemFill  int           // entries per map for the memory reading
 	PeerNAPI PeerNAPI      // how gates without XDP get NAPI
+	// SenderCPU is the sending thread's core: another than CPU where the
+	// machine has one, so that the sender's work neither lands on the
+	// receiver's account nor takes its time.
+	SenderCPU int
+	// NAPIDefer: the receiver's NAPI, once idle, polls again after this
+	// long rather than at the next frame (see CoalesceNAPI); 0: at once.
+	NAPIDefer time.Duration
 	// Generator is the flood's back end (auto: live frames if the kernel
 	// runs them, else AF_PACKET).
 	Generator GeneratorKind
@@ -245,7 +252,7 @@ func runOne(o Options, gen Generator, gate Gate, f Flood, round int, res *Result
 		}
 		for _, rate := range o.FloodRates {
 			for _, gap := range o.Gaps {
-				r, err := UnderFlood(topo, gen, srcs, gap, rate, o.UnderFlood, o.CPU, o.Batch)
+				r, err := UnderFlood(topo, gen, srcs, gap, rate, o.UnderFlood, o.SenderCPU, o.Batch)
 				if err != nil {
 					return knocked, fmt.Errorf("knocks under a flood: %w", err)
 				}
@@ -338,6 +345,9 @@ func setUp(o Options, gen Generator, gate installable) (st stage, teardown func(
 	if st.napi, err = ThreadedNAPI(st.topo.RX, o.CPU); err != nil {
 		return st, teardown, err
 	}
+	if err := CoalesceNAPI(st.topo.RX, o.NAPIDefer); err != nil {
+		return st, teardown, err
+	}
 	st.ln, err = Listen(st.topo.RX)
 	return st, teardown, err
 }
@@ -370,7 +380,7 @@ func measureFlood(o Options, gen Generator, topo *Topology, gate Gate, napi NAPI
 				}
 			}
 		}()
-		fr, err := gen.Run(topo, churn, KnockPort1, o.CPU, o.Batch, stop)
+		fr, err := gen.Run(topo, churn, KnockPort1, o.SenderCPU, o.Batch, stop)
 		if err != nil {
 			return fmt.Errorf("churn: %w", err)
 		}
@@ -385,7 +395,7 @@ func measureFlood(o Options, gen Generator, topo *Topology, gate Gate, napi NAPI
 		// ring loses some): a SYN to the first knock port.
 		stop := make(chan struct{})
 		time.AfterFunc(o.Prime, func() { close(stop) })
-		if _, err := gen.Run(topo, f, KnockPort1, o.CPU, o.Batch, stop); err != nil {
+		if _, err := gen.Run(topo, f, KnockPort1, o.SenderCPU, o.Batch, stop); err != nil {
 			return fmt.Errorf("prime: %w", err)
 		}
 		time.Sleep(50 * time.Millisecond) // the ring drains
@@ -414,7 +424,7 @@ func measureFlood(o Options, gen Generator, topo *Topology, gate Gate, napi NAPI
 	}
 	resc := make(chan result, 1)
 	go func() {
-		r, err := gen.Run(topo, f, ProtectedPort, o.CPU, o.Batch, stop)
+		r, err := gen.Run(topo, f, ProtectedPort, o.SenderCPU, o.Batch, stop)
 		resc <- result{r, err}
 	}()
 	stopFlood := func() (FloodResult, error) {

@@ -165,7 +165,7 @@ func runSPA(o Options, so SPAOptions, gen Generator, gate SPAGate, round int) (s
 	var fr FloodResult
 	go func() {
 		var err error
-		fr, err = gen.Run(topo, f, SPAPort, o.CPU, o.Batch, stop)
+		fr, err = gen.Run(topo, f, SPAPort, o.SenderCPU, o.Batch, stop)
 		resc <- err
 	}()
 	stopped := false
@@ -373,7 +373,7 @@ func (g *KnockgateSPA) Close() error {
 // should. Its valid packets come from the fwknop client.
 type Fwknopd struct {
 	Dispatch, Sleep int // PCAP_DISPATCH_COUNT, PCAP_LOOP_SLEEP (µs)
-	AvoidCPU        int // the measured core: fwknopd runs on the others
+	AvoidCPU        int // the receiver's core: fwknopd runs on the others
 	napi            stackNAPI
 	dir             string
 	key, hmac       string // base64
@@ -466,8 +466,8 @@ func (g *Fwknopd) Setup(topo *Topology) error {
 	case <-time.After(10 * time.Second):
 		return errors.New("fwknopd did not start within 10s")
 	}
-	// Off the measured core, which the sender and the NAPI thread share:
-	// its CPU time is counted apart.
+	// Off the receiver's core, where the NAPI thread runs: its CPU time
+	// is counted apart.
 	var set unix.CPUSet
 	for c := range runtime.NumCPU() {
 		if c != g.AvoidCPU {

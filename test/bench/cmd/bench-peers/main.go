@@ -49,7 +49,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&o.Duration, "duration", 2*time.Second, "measured flood time per configuration")
 	fs.DurationVar(&o.Warmup, "warmup", 500*time.Millisecond, "flood time before the measured window")
 	fs.DurationVar(&o.Prime, "prime", 300*time.Millisecond, "knock flood before the primed flood")
-	fs.IntVar(&o.CPU, "cpu", runtime.NumCPU()-1, "the core the sender and the receiver's NAPI thread share")
+	fs.IntVar(&o.CPU, "cpu", runtime.NumCPU()-1, "the receiver's core: its NAPI thread is pinned there")
+	fs.IntVar(&o.SenderCPU, "sender-cpu", -1, "the sending thread's core; -1: another than --cpu (the same on a 1-CPU machine)")
+	fs.DurationVar(&o.NAPIDefer, "napi-defer", 200*time.Microsecond,
+		"the receiver's NAPI, once idle, polls again after this long instead of at the next frame (0: at once)")
 	fs.StringVar(&gen, "generator", string(bench.GenAuto),
 		"the flood's back end: live (BPF_PROG_RUN live frames), afpacket (AF_PACKET sendmmsg), or auto (live if the kernel runs it)")
 	fs.Uint32Var(&o.Batch, "batch", bench.MaxBatch, "frames the generator flushes to the veth at once (1-256)")
@@ -107,9 +110,12 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if o.Generator, err = bench.ParseGeneratorKind(gen); err != nil {
 		return err
 	}
-	if o.Rounds < 1 || o.Duration <= 0 || o.Warmup < 0 || o.CPU < 0 || o.CPU >= runtime.NumCPU() || o.Spoofed < 2 ||
-		o.Batch < 1 || o.Batch > bench.MaxBatch {
-		return errors.New("need --rounds ≥ 1, --duration > 0, --warmup ≥ 0, --spoofed ≥ 2, --batch 1-256 and an online --cpu")
+	if o.SenderCPU < 0 && o.CPU >= 0 {
+		o.SenderCPU = otherCPU(o.CPU)
+	}
+	if o.Rounds < 1 || o.Duration <= 0 || o.Warmup < 0 || o.NAPIDefer < 0 || o.CPU < 0 || o.CPU >= runtime.NumCPU() ||
+		o.SenderCPU < 0 || o.SenderCPU >= runtime.NumCPU() || o.Spoofed < 2 || o.Batch < 1 || o.Batch > bench.MaxBatch {
+		return errors.New("need --rounds ≥ 1, --duration > 0, --warmup ≥ 0, --napi-defer ≥ 0, --spoofed ≥ 2, --batch 1-256 and an online --cpu and --sender-cpu")
 	}
 	var mainGates, spaGates []string
 	for _, g := range gates {
@@ -204,6 +210,17 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("errors or failed correctness checks: %s", strings.Join(bad, ", "))
 	}
 	return nil
+}
+
+// otherCPU is the sender's default core: the highest but cpu, or cpu on a
+// machine with one.
+func otherCPU(cpu int) int {
+	for c := runtime.NumCPU() - 1; c >= 0; c-- {
+		if c != cpu {
+			return c
+		}
+	}
+	return cpu
 }
 
 func contains(list []string, s string) bool {
