@@ -145,6 +145,8 @@ type Result struct {
 	Memory  *Memory
 	Started time.Time
 	Took    time.Duration
+	// Generator names the back end that sent the floods.
+	Generator string
 }
 
 // protectsAll is a gate that closes every port (knockgate --protect all,
@@ -179,7 +181,7 @@ func Run(o Options) (*Result, error) {
 	}
 	defer gen.Close()
 
-	res := &Result{Opts: o, Started: time.Now()}
+	res := &Result{Opts: o, Started: time.Now(), Generator: gen.Name()}
 	floods := o.Floods()
 	var configs []config
 	for g, gate := range o.Gates() {
@@ -220,8 +222,8 @@ func logSample(w io.Writer, done, total int, s Sample) {
 	case s.Check == nil:
 		status = "floor"
 	}
-	fmt.Fprintf(w, "[%2d/%d] round %d %-16s %-8s %7.3f Mpps handled %7.1f ns/pkt  sent %6.3f Mpps  %5.0f frames/run  sender %3.0f%%  %s\n",
-		done, total, s.Round, s.Gate, s.Flood, s.HandledPPS/1e6, s.NsPerPacket, s.SentPPS/1e6, s.FramesPerRun, 100*s.SenderShare, status)
+	fmt.Fprintf(w, "[%2d/%d] round %d %-16s %-8s %7.1f rx ns/pkt  %5.0f frames/wake  %7.3f Mpps handled  sent %6.3f Mpps  sender %3.0f%%  %s\n",
+		done, total, s.Round, s.Gate, s.Flood, s.NsPerPacket, s.FramesPerRun, s.HandledPPS/1e6, s.SentPPS/1e6, 100*s.SenderShare, status)
 }
 
 // runOne builds a topology, installs gate, floods it, checks it, and tears

@@ -1,8 +1,8 @@
 // Command bench-peers floods knockgate and the knock gates users would pick
 // instead (nftables timeout sets, iptables' recent match), beside two floors
 // (no filter; parse-and-XDP_DROP), and prints a table and draws a chart:
-// packets handled per second and receiver CPU per packet under single-source
-// and spoofed SYN floods, knock-to-open latency, map memory per source, and
+// receiver CPU per packet (and packets handled per second) under
+// single-source and spoofed SYN floods, knock-to-open latency, map memory per source, and
 // whether every gate let exactly the knocked clients in. Run it as root:
 //
 //	go run ./test/bench/cmd/bench-peers [--smoke] [--out bench-peers.png]
@@ -193,27 +193,30 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	res.WriteTable(stdout)
-	if out != "" {
-		if err := res.WriteChart(out); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "\nchart: %s\n", out)
-	}
 	// Performance targets are reported, not enforced (a shared machine's
-	// noise is not a failure); a broken run or a misbehaving gate is.
+	// noise is not a failure); a broken run (a gate that handled no
+	// frames, say) or a misbehaving gate is.
 	for _, r := range res.Rows() {
 		if len(r.Errors) > 0 || (!r.Floor && r.Passed != r.Rounds) {
 			bad = append(bad, r.Gate+"/"+r.Flood)
 		}
 	}
+	var errs []error
 	if len(bad) > 0 {
-		return fmt.Errorf("errors or failed correctness checks: %s", strings.Join(bad, ", "))
+		errs = append(errs, fmt.Errorf("errors or failed correctness checks: %s", strings.Join(bad, ", ")))
 	}
-	return nil
+	if out != "" {
+		// Drawn even after errors (what ran is worth seeing), without
+		// hiding them behind gnuplot's complaint about empty bars.
+		if err := res.WriteChart(out); err != nil {
+			errs = append(errs, err)
+		} else {
+			fmt.Fprintf(stdout, "\nchart: %s\n", out)
+		}
+	}
+	return errors.Join(errs...)
 }
 
-// otherCPU is the sender's default core: the highest but cpu, or cpu on a
-// machine with one.
 func otherCPU(cpu int) int {
 	for c := runtime.NumCPU() - 1; c >= 0; c-- {
 		if c != cpu {
