@@ -612,6 +612,7 @@ func (res *Result) WriteChart(path string) error {
 		}
 		return strings.Join(p, ", ")
 	}
+	gen, _, _ := strings.Cut(res.Generator, " (") // "AF_PACKET", "live frames"
 	script := fmt.Sprintf(`set terminal pngcairo size 1400,600 font "sans,11" noenhanced
 set output %q
 set multiplot layout 1,2 title %q
@@ -621,7 +622,7 @@ set style fill solid 0.85 border -1
 set boxwidth 0.9
 set grid ytics
 set key outside bottom center horizontal
-set xtics nomirror
+set xtics nomirror rotate by 20 right
 set title "receiver CPU per packet (ns, lower is better)"
 set logscale y
 set yrange [10:*]
@@ -631,8 +632,8 @@ unset logscale y
 set yrange [0:*]
 plot %s
 unset multiplot
-`, abs, fmt.Sprintf("SYN flood to port %d from %s; median of %d rounds, whiskers min–max — %s",
-		ProtectedPort, res.Generator, res.Opts.Rounds, Machine()), plots(nsFile), plots(ppsFile))
+`, abs, fmt.Sprintf("SYN flood to port %d, generator %s; median of %d rounds, whiskers min–max — %s",
+		ProtectedPort, gen, res.Opts.Rounds, Machine()), plots(nsFile), plots(ppsFile))
 	cmd := exec.Command(gp)
 	cmd.Stdin = strings.NewReader(script)
 	if out, err := cmd.CombinedOutput(); err != nil {
