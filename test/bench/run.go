@@ -388,7 +388,8 @@ func measureFlood(o Options, gen Generator, topo *Topology, gate Gate, napi NAPI
 		}
 		s.ChurnSent = fr.Sent
 		if fr.Sent < uint64(f.Churn) {
-			return fmt.Errorf("churn: %d first knocks sent in %s, want %d", fr.Sent, o.ChurnTime, f.Churn)
+			return fmt.Errorf("churn: %d first knocks sent in %s, want %d (%d calls; the sender ran %s)",
+				fr.Sent, o.ChurnTime, f.Churn, fr.Calls, time.Duration(fr.SenderNS))
 		}
 		time.Sleep(50 * time.Millisecond) // the ring drains
 	}
@@ -461,7 +462,8 @@ func measureFlood(o Options, gen Generator, topo *Topology, gate Gate, napi NAPI
 	s.Window = tB.Sub(tA)
 	s.Handled = lsB.RxPackets - lsA.RxPackets
 	if s.Handled == 0 {
-		return fmt.Errorf("the receiver handled no frames (sent %d)", fr.Sent)
+		return fmt.Errorf("the receiver handled no frames (sent %d, %d lost to a full ring, its NAPI ran %s in the window)",
+			fr.Sent, lsB.RxDropped-lsA.RxDropped, time.Duration(schedB.CPU-schedA.CPU))
 	}
 	s.HandledPPS = float64(s.Handled) / s.Window.Seconds()
 	s.NsPerPacket = float64(schedB.CPU-schedA.CPU) / float64(s.Handled)

@@ -198,7 +198,8 @@ func runSPA(o Options, so SPAOptions, gen Generator, gate SPAGate, round int) (s
 	}
 	handled := lsB.RxPackets - lsA.RxPackets
 	if handled == 0 {
-		s.Err = errors.New("the receiver handled no frames")
+		s.Err = fmt.Errorf("the receiver handled no frames (%d lost to a full ring, its NAPI ran %s in the window)",
+			lsB.RxDropped-lsA.RxDropped, time.Duration(schedB.CPU-schedA.CPU))
 		return s
 	}
 	s.HandledPPS = float64(handled) / window.Seconds()
