@@ -124,7 +124,7 @@ func udpChecksumsOK(t *testing.T, frame []byte) {
 // The AF_PACKET generator rewrites its frames in place call after call, each
 // slot from whatever source it last had; the sources must walk
 // first..first+n-1 over the frames sent and wrap, with every checksum right.
-func TestFrameRingRewritesSources(t *testing.T) {
+func TestFrameBatchRewritesSources(t *testing.T) {
 	first := netip.MustParseAddr("198.19.255.252") // crosses a 16-bit word
 	base := binary.BigEndian.Uint32(first.AsSlice())
 	const n, slots = 7, 5
@@ -133,7 +133,7 @@ func TestFrameRingRewritesSources(t *testing.T) {
 		UDPFrame(macA, macB, floodBase, rxAddr, 40000, SPAPort, []byte("forged spa payload")),
 	} {
 		udp := tmpl[23] == packet.ProtoUDP
-		r := newFrameRing(tmpl, slots)
+		r := newFrameBatch(tmpl, slots)
 		var sent uint64
 		for call := range 6 {
 			for i := range r.frames {
@@ -160,7 +160,7 @@ func TestFrameRingRewritesSources(t *testing.T) {
 
 // The AF_PACKET generator's frames are the flood program's, byte for byte:
 // the same source for the same count, the same checksum arithmetic.
-func TestFrameRingMatchesFloodProgram(t *testing.T) {
+func TestFrameBatchMatchesFloodProgram(t *testing.T) {
 	netns.Require(t)
 	g, err := newLiveGenerator()
 	if err != nil {
@@ -185,7 +185,7 @@ func TestFrameRingMatchesFloodProgram(t *testing.T) {
 			t.Fatal(err)
 		}
 		frame := tmpl
-		r := newFrameRing(tmpl, 1)
+		r := newFrameBatch(tmpl, 1)
 		for i := range 2*n + 3 {
 			out := make([]byte, len(frame)+256)
 			if _, err := g.objs.Flood.Run(&ebpf.RunOptions{Data: frame, DataOut: out}); err != nil {
@@ -194,7 +194,7 @@ func TestFrameRingMatchesFloodProgram(t *testing.T) {
 			frame = out[:len(frame)]
 			r.setSource(0, base+uint32((sent+uint64(i))%n))
 			if !bytes.Equal(frame, r.frames[0]) {
-				t.Fatalf("frame %d:\nflood.c    %x\nframeRing  %x", i, frame, r.frames[0])
+				t.Fatalf("frame %d:\nflood.c    %x\nframeBatch %x", i, frame, r.frames[0])
 			}
 		}
 	}

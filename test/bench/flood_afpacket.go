@@ -145,7 +145,7 @@ func (g *packetGenerator) Run(topo *Topology, f Flood, port uint16, cpu int, bat
 	if g.fd < 0 {
 		return res, errors.New("packet generator not attached")
 	}
-	ring := newFrameRing(template(topo, f, port), int(batch))
+	frames := newFrameBatch(template(topo, f, port), int(batch))
 	base := binary.BigEndian.Uint32(f.base().AsSlice())
 	span := uint64(max(f.Sources, 1))
 	err := topo.TX.Do(func() error {
@@ -165,10 +165,10 @@ func (g *packetGenerator) Run(topo *Topology, f Flood, port uint16, cpu int, bat
 			default:
 			}
 			n := g.sent.Load()
-			for i := range ring.frames {
-				ring.setSource(i, base+uint32((n+uint64(i))%span))
+			for i := range frames.frames {
+				frames.setSource(i, base+uint32((n+uint64(i))%span))
 			}
-			k, err := ring.send(g.fd)
+			k, err := frames.send(g.fd)
 			res.Calls++
 			if err != nil && !errors.Is(err, unix.ENOBUFS) && !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EINTR) {
 				return fmt.Errorf("sendmmsg on %s: %w", idleA, err)
@@ -187,10 +187,10 @@ func (g *packetGenerator) Run(topo *Topology, f Flood, port uint16, cpu int, bat
 	return res, err
 }
 
-// frameRing is a batch of frames for one sendmmsg: copies of a template
+// frameBatch is a batch of frames for one sendmmsg: copies of a template
 // (Ethernet, a 20-byte IPv4 header, TCP or UDP) whose source address
 // setSource rewrites in place.
-type frameRing struct {
+type frameBatch struct {
 	frames [][]byte
 	iovs   []unix.Iovec
 	msgs   []unix.Mmsghdr
@@ -203,8 +203,8 @@ const (
 	offSaddr   = 14 + 12
 )
 
-func newFrameRing(tmpl []byte, n int) *frameRing {
-	r := &frameRing{
+func newFrameBatch(tmpl []byte, n int) *frameBatch {
+	r := &frameBatch{
 		frames: make([][]byte, n),
 		iovs:   make([]unix.Iovec, n),
 		msgs:   make([]unix.Mmsghdr, n),
@@ -229,7 +229,7 @@ func newFrameRing(tmpl []byte, n int) *frameRing {
 // setSource makes frame i come from addr (host byte order), patching the IPv4
 // and TCP or UDP checksums incrementally from whatever the frame holds now,
 // as flood.c does (RFC 1624).
-func (r *frameRing) setSource(i int, addr uint32) {
+func (r *frameBatch) setSource(i int, addr uint32) {
 	f := r.frames[i]
 	from := binary.BigEndian.Uint32(f[offSaddr:])
 	if from == addr {
@@ -258,7 +258,7 @@ func csumReplace4(check uint16, from, to uint32) uint16 {
 
 // send hands the kernel every frame with one sendmmsg, without blocking. It
 // returns how many the kernel took; err is why it took none.
-func (r *frameRing) send(fd int) (int, error) {
+func (r *frameBatch) send(fd int) (int, error) {
 	n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&r.msgs[0])),
 		uintptr(len(r.msgs)), unix.MSG_DONTWAIT, 0, 0)
 	runtime.KeepAlive(r)
