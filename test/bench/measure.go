@@ -108,11 +108,12 @@ func CoalesceNAPI(rx *netns.NS, timeout time.Duration) error {
 		dir, timeout.Nanoseconds(), dir))
 }
 
-// Sched is a thread's scheduler account: time on CPU in nanoseconds (kept
-// by the scheduler itself: exact, not sampled) and the number of times it
-// was switched in.
+// Sched is a thread's scheduler account: time on CPU and time runnable but
+// waiting for a CPU, in nanoseconds (kept by the scheduler itself: exact,
+// not sampled), and the number of times it was switched in.
 type Sched struct {
 	CPU  uint64
+	Wait uint64
 	Runs uint64
 }
 
@@ -132,11 +133,12 @@ func schedstat(path string) (Sched, error) {
 		return Sched{}, fmt.Errorf("read %s: %q is not a schedstat line", path, b)
 	}
 	cpu, err1 := strconv.ParseUint(f[0], 10, 64)
-	runs, err2 := strconv.ParseUint(f[2], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
+	wait, err2 := strconv.ParseUint(f[1], 10, 64)
+	runs, err3 := strconv.ParseUint(f[2], 10, 64)
+	if err := errors.Join(err1, err2, err3); err != nil {
 		return Sched{}, fmt.Errorf("parse %s: %w", path, err)
 	}
-	return Sched{CPU: cpu, Runs: runs}, nil
+	return Sched{CPU: cpu, Wait: wait, Runs: runs}, nil
 }
 
 // LinkStats are an interface's counters as the kernel reports them over

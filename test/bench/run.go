@@ -462,8 +462,8 @@ func measureFlood(o Options, gen Generator, topo *Topology, gate Gate, napi NAPI
 	s.Window = tB.Sub(tA)
 	s.Handled = lsB.RxPackets - lsA.RxPackets
 	if s.Handled == 0 {
-		return fmt.Errorf("the receiver handled no frames (sent %d, %d lost to a full ring, its NAPI ran %s in the window)",
-			fr.Sent, lsB.RxDropped-lsA.RxDropped, time.Duration(schedB.CPU-schedA.CPU))
+		return fmt.Errorf("the receiver handled no frames (sent %d, %d lost to a full ring; in the window its NAPI thread ran %s and waited %s for a CPU)",
+			fr.Sent, lsB.RxDropped-lsA.RxDropped, time.Duration(schedB.CPU-schedA.CPU), time.Duration(schedB.Wait-schedA.Wait))
 	}
 	s.HandledPPS = float64(s.Handled) / s.Window.Seconds()
 	s.NsPerPacket = float64(schedB.CPU-schedA.CPU) / float64(s.Handled)

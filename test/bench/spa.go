@@ -198,8 +198,8 @@ func runSPA(o Options, so SPAOptions, gen Generator, gate SPAGate, round int) (s
 	}
 	handled := lsB.RxPackets - lsA.RxPackets
 	if handled == 0 {
-		s.Err = fmt.Errorf("the receiver handled no frames (%d lost to a full ring, its NAPI ran %s in the window)",
-			lsB.RxDropped-lsA.RxDropped, time.Duration(schedB.CPU-schedA.CPU))
+		s.Err = fmt.Errorf("the receiver handled no frames (%d lost to a full ring; in the window its NAPI thread ran %s and waited %s for a CPU)",
+			lsB.RxDropped-lsA.RxDropped, time.Duration(schedB.CPU-schedA.CPU), time.Duration(schedB.Wait-schedA.Wait))
 		return s
 	}
 	s.HandledPPS = float64(handled) / window.Seconds()
