@@ -119,8 +119,15 @@ func RunSPA(o Options, so SPAOptions, gates func() []SPAGate) (*SPAResult, error
 	n := len(gates())
 	for round := 1; round <= so.Rounds; round++ {
 		for i := range n {
-			g := gates()[(i+round)%n] // alternate who goes first
-			s := runSPA(o, so, gen, g, round)
+			// Alternate who goes first; a flood that got nowhere once more
+			// (see stalled).
+			s := runSPA(o, so, gen, gates()[(i+round)%n], round)
+			if stalled(s.Err) {
+				if o.Log != nil {
+					fmt.Fprintf(o.Log, "[spa] round %d %-14s again, once: %v\n", round, s.Gate, s.Err)
+				}
+				s = runSPA(o, so, gen, gates()[(i+round)%n], round)
+			}
 			if o.Log != nil {
 				status := "ok"
 				if s.Err != nil {
@@ -198,8 +205,8 @@ func runSPA(o Options, so SPAOptions, gen Generator, gate SPAGate, round int) (s
 	}
 	handled := lsB.RxPackets - lsA.RxPackets
 	if handled == 0 {
-		s.Err = fmt.Errorf("the receiver handled no frames (%d lost to a full ring; in the window its NAPI thread ran %s and waited %s for a CPU)",
-			lsB.RxDropped-lsA.RxDropped, time.Duration(schedB.CPU-schedA.CPU), time.Duration(schedB.Wait-schedA.Wait))
+		s.Err = fmt.Errorf("%w (%d lost to a full ring; in the window its NAPI thread ran %s and waited %s for a CPU)",
+			errNoFrames, lsB.RxDropped-lsA.RxDropped, time.Duration(schedB.CPU-schedA.CPU), time.Duration(schedB.Wait-schedA.Wait))
 		return s
 	}
 	s.HandledPPS = float64(handled) / window.Seconds()
