@@ -109,6 +109,25 @@ func TestFloodRewritesSources(t *testing.T) {
 	}
 }
 
+// The probe's run, without live frames (which this machine may refuse):
+// accepted by the kernel, refused by the program, so a live run of it sends
+// nothing.
+func TestProbeSendsNothing(t *testing.T) {
+	netns.Require(t)
+	g, err := newLiveGenerator()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	ret, err := g.objs.Flood.Run(probeOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ret == xdpTX {
+		t.Error("the probe's frame was transmitted")
+	}
+}
+
 // udpChecksumsOK is checksumsOK for a UDPFrame-shaped frame.
 func udpChecksumsOK(t *testing.T, frame []byte) {
 	t.Helper()

@@ -57,19 +57,22 @@ func (g *liveGenerator) probe() error {
 			errc <- fmt.Errorf("probe live frames: new network namespace: %w", err)
 			return
 		}
-		frame := make([]byte, 14)
-		_, err := g.objs.Flood.Run(&ebpf.RunOptions{
-			Data:    frame,
-			Context: xdpMD{DataEnd: uint32(len(frame))},
-			Flags:   unix.BPF_F_TEST_XDP_LIVE_FRAMES,
-			Repeat:  1,
-		})
+		opts := probeOptions()
+		opts.Flags = unix.BPF_F_TEST_XDP_LIVE_FRAMES
+		_, err := g.objs.Flood.Run(opts)
 		if err != nil {
 			err = fmt.Errorf("run flood program: %w", err)
 		}
 		errc <- err
 	}()
 	return <-errc
+}
+
+// probeOptions is the probe's run: one frame, just an Ethernet header, which
+// the flood program refuses (XDP_ABORTED).
+func probeOptions() *ebpf.RunOptions {
+	frame := make([]byte, 14)
+	return &ebpf.RunOptions{Data: frame, Context: xdpMD{DataEnd: uint32(len(frame))}, Repeat: 1}
 }
 
 // Close unloads the program.
