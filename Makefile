@@ -71,7 +71,7 @@ bench-compare:
 
 # Issue 3: knockgate against an nftables knock gate, an iptables `recent` gate
 # and two floors, under floods over veth; prints a table and writes
-# bench-peers.png. About 13 minutes (BENCH_PEERS_FLAGS=--rounds=3: 8). Root.
+# bench-peers.png. About 14 minutes (BENCH_PEERS_FLAGS=--rounds=3: 9). Root.
 bench-peers: deps
 	$(GO) run ./test/bench/cmd/bench-peers $(BENCH_PEERS_FLAGS)
 
