@@ -869,7 +869,9 @@ func (f *Fleet) sync(ctx context.Context) {
 		if !grants.Services[g.Service] {
 			// The service went from this host (a reload) and its grants
 			// with it, here only: they stay the fleet's.
-			f.setAside(g, f.seen[g])
+			sn := f.seen[g]
+			sn.Expires = max(sn.Expires, exp.UnixMilli())
+			f.setAside(g, sn)
 			continue
 		}
 		revokes = append(revokes, g)
