@@ -329,9 +329,13 @@ func TestFleetSharesGrants(t *testing.T) {
 		}
 	}
 	// Knock on the first host only.
+	// Each step's connect is given 250 ms (the SYN leaves at once; the
+	// gate drops it, so the connect only times out): well before the first
+	// retransmission, and long enough on a loaded machine.
 	f.cli.Do(func() error {
 		for _, p := range []int{9000, 8000} {
-			net.DialTimeout("tcp", fmt.Sprintf("%s:%d", hosts[0].addr, p), 50*time.Millisecond)
+			d := net.Dialer{Timeout: 250 * time.Millisecond, LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(client, 0))}
+			d.Dial("tcp", netip.AddrPortFrom(hosts[0].addr, uint16(p)).String())
 		}
 		return nil
 	})
@@ -342,6 +346,9 @@ func TestFleetSharesGrants(t *testing.T) {
 	for _, h := range hosts {
 		for !f.open(client, h, 100*time.Millisecond) {
 			if time.Since(knocked) > 6*time.Second {
+				for _, h := range hosts {
+					t.Logf("%s: %s", h.name, run(t, h.ns.Cmd(h.bin, "status", h.name)))
+				}
 				t.Fatalf("%s did not open within 6s of the knock on %s", h.name, hosts[0].name)
 			}
 		}
