@@ -485,7 +485,7 @@ func measureFlood(o Options, gen Generator, topo *Topology, gate Gate, napi NAPI
 	}
 	resc := make(chan result, 1)
 	go func() {
-		r, err := gen.Run(topo, f, ProtectedPort, o.SenderCPU, o.Batch, stop)
+		r, err := gen.Run(topo, f, f.dport(), o.SenderCPU, o.Batch, stop)
 		resc <- result{r, err}
 	}()
 	stopFlood := func() (FloodResult, error) {
