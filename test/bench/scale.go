@@ -4,10 +4,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand"
 	"net/netip"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -76,6 +78,7 @@ const (
 // Gate names of the scale benchmark (the floors are bench-peers').
 const (
 	nameScaleBare    = "knockgate"
+	nameScaleSmall   = "knockgate 65536"
 	nameScaleGranted = "knockgate+grants"
 )
 
@@ -143,7 +146,13 @@ type ScaleGate struct {
 // NewScaleGate loads a gate of maxSources and services and grants n sources
 // from grantedBase, source i the service i mod services, through
 // maps.Set.Grant, checking that each is then in the grants map.
-func NewScaleGate(maxSources uint32, services int, n uint32) (_ *ScaleGate, err error) {
+func NewScaleGate(maxSources uint32, services int, n uint32) (*ScaleGate, error) {
+	return newScaleGate(maxSources, services, n, nil)
+}
+
+// newScaleGate is NewScaleGate saying on log (if not nil) how the grants
+// come along.
+func newScaleGate(maxSources uint32, services int, n uint32, log io.Writer) (_ *ScaleGate, err error) {
 	objs, err := loader.LoadTuned(loader.Sizes{MaxSources: maxSources}, loader.Tuning{})
 	if err != nil {
 		return nil, fmt.Errorf("load knockgate: %w", err)
@@ -168,7 +177,23 @@ func NewScaleGate(maxSources uint32, services int, n uint32) (_ *ScaleGate, err 
 	// 0.3 ms of CPU each.
 	workers := uint32(runtime.NumCPU())
 	errs := make([]error, workers)
+	var made atomic.Uint32
 	var wg sync.WaitGroup
+	if log != nil {
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(30 * time.Second):
+					done := made.Load()
+					fmt.Fprintf(log, "  %d of %d grants made, %s\n", done, n, time.Since(start).Round(time.Second))
+				}
+			}
+		}()
+	}
 	for w := range workers {
 		wg.Add(1)
 		go func() {
@@ -178,6 +203,7 @@ func NewScaleGate(maxSources uint32, services int, n uint32) (_ *ScaleGate, err 
 					errs[w] = err
 					return
 				}
+				made.Add(1)
 			}
 		}()
 	}
@@ -328,15 +354,16 @@ type scaleConfig struct {
 // scaleGates are the scale benchmark's gates in table order, and which
 // floods each runs: the XDP_DROP floor every one; no filter (the kernel
 // alone) the granted floods, whose packets every gate but the floor passes
-// on to the stack; knockgate with no grants the strangers' floods;
-// knockgate with Sources grants every one.
-var scaleGates = []string{nameFloor, nameNoFilter, nameScaleBare, nameScaleGranted}
+// on to the stack; knockgate with no grants, at MaxSources and at the
+// default --max-sources, the strangers' floods; knockgate with Sources
+// grants every one.
+var scaleGates = []string{nameFloor, nameNoFilter, nameScaleBare, nameScaleSmall, nameScaleGranted}
 
 func scaleRuns(gate string, f Flood) bool {
 	switch gate {
 	case nameNoFilter:
 		return scaleGranted(f)
-	case nameScaleBare:
+	case nameScaleBare, nameScaleSmall:
 		return !scaleGranted(f)
 	}
 	return true
@@ -371,15 +398,20 @@ func RunScale(o ScaleOptions) (*ScaleResult, error) {
 		return nil, err
 	}
 	defer bare.Close()
+	small, err := NewScaleGate(loader.DefaultMaxSources, o.Services, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer small.Close()
 	logf("loading knockgate (--max-sources %d, %d services), %d grants through maps.Set.Grant\n", o.MaxSources, o.Services, o.Sources)
-	granted, err := NewScaleGate(o.MaxSources, o.Services, o.Sources)
+	granted, err := newScaleGate(o.MaxSources, o.Services, o.Sources, o.Log)
 	if err != nil {
 		return nil, err
 	}
 	defer granted.Close()
 	res.GrantsTook = granted.Took
 	logf("%d grants made in %s\n", o.Sources, granted.Took.Round(time.Millisecond))
-	for _, g := range []*ScaleGate{bare, granted} {
+	for _, g := range []*ScaleGate{bare, small, granted} {
 		if err := g.Check(o); err != nil {
 			return nil, fmt.Errorf("scale gate with %d grants: %w", g.Grants, err)
 		}
@@ -408,6 +440,8 @@ func RunScale(o ScaleOptions) (*ScaleResult, error) {
 			return NewNoFilter(o.PeerNAPI)
 		case nameScaleBare:
 			return &scaleKnockgate{name: name, g: bare, verdict: v}
+		case nameScaleSmall:
+			return &scaleKnockgate{name: name, g: small, verdict: v}
 		}
 		return &scaleKnockgate{name: name, g: granted, verdict: v}
 	}

@@ -31,18 +31,33 @@ func TestAddrPlus(t *testing.T) {
 }
 
 func TestScaleBounds(t *testing.T) {
-	r := ratioOf(map[int]float64{1: 30, 2: 20, 3: 12}, map[int]float64{1: 10, 2: 20, 3: 12, 4: 99})
-	if r.PerRound.N != 3 || r.PerRound.Median != 1 || r.PerRound.Max != 3 || r.Diff.Max != 20 || r.Diff.Min != 0 {
+	r := ratioOf(map[int]float64{1: 30, 2: 20, 3: 12}, map[int]float64{1: 10, 2: 20, 3: 12, 4: 99}, 1.5)
+	if r.PerRound.N != 3 || r.PerRound.Median != 1 || r.PerRound.Max != 3 || r.Diff.Max != 20 || r.Diff.Min != 0 || r.Excess.Median != -6 {
 		t.Errorf("ratio %+v", r)
 	}
-	if !(Bound{Ratio: r, Max: 1.5}).Met() || (Bound{Ratio: ratioOf(map[int]float64{1: 2}, map[int]float64{1: 1}), Max: 1.5}).Met() {
-		t.Error("a bound on the median of the per-round ratios")
+	met := func(num, den map[int]float64, max float64) bool {
+		return Bound{Ratio: ratioOf(num, den, max), Max: max}.Met()
 	}
-	if !(Bound{Ratio: r}).Met() || (Bound{Ratio: ratioOf(map[int]float64{1: 3, 2: 4}, map[int]float64{1: 1, 2: 1})}).Met() {
-		t.Error("the same within noise: per-round differences on both sides of zero")
+	for _, c := range []struct {
+		num, den map[int]float64
+		max      float64
+		want     bool
+	}{
+		{map[int]float64{1: 30, 2: 20, 3: 12}, map[int]float64{1: 10, 2: 20, 3: 12}, 1.5, true}, // the median round within
+		{map[int]float64{1: 2}, map[int]float64{1: 1}, 1.5, false},
+		{map[int]float64{1: 10}, map[int]float64{1: -5}, 1.5, false}, // something against nothing
+		{map[int]float64{1: -3}, map[int]float64{1: -5}, 1.5, true},  // nothing against nothing
+		{map[int]float64{1: 3, 2: 4}, map[int]float64{1: 1, 2: 1}, 0, true},
+		{map[int]float64{1: 30, 2: 40}, map[int]float64{1: 10, 2: 10}, 0, false},
+		{map[int]float64{1: 230, 2: 240}, map[int]float64{1: 220, 2: 220}, 0, true}, // within a tenth
+		{nil, nil, 1.5, false},
+	} {
+		if got := met(c.num, c.den, c.max); got != c.want {
+			t.Errorf("%v against %v, bound %v: met %v, want %v", c.num, c.den, c.max, got, c.want)
+		}
 	}
-	if (Bound{Max: 1.5}).Met() || !math.IsNaN(ratioOf(nil, nil).Medians) {
-		t.Error("nothing measured: not met")
+	if r := ratioOf(map[int]float64{1: 10}, map[int]float64{1: -5}, 1.5); r.PerRound.N != 0 || !math.IsNaN(r.Medians) {
+		t.Errorf("a ratio to a cost below zero: %+v", r)
 	}
 }
 
