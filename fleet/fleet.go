@@ -2,7 +2,10 @@
 // hosts of a fleet through one NATS JetStream key-value bucket, so a knock
 // (or an SPA packet) on any host opens the protected ports on all of them.
 // Each host's own grant map enforces expiry; the bucket only carries the
-// grants, and its per-message TTL only cleans it up. Updates are merged as
+// grants, and its per-message TTL only cleans it up. A grant is of one
+// (address, service), and services are matched across hosts by name: a
+// grant of a service this host does not have stays in the bucket, and is
+// ignored here until the host has that service. Updates are merged as
 // max(local, remote): a later expiry wins, at the writer (compare-and-swap
 // on the key's revision) and at the reader, so they may arrive in any
 // order, and more than once. `run` uses it; nothing below knows it exists.
@@ -31,24 +34,63 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/knockgate/knockgate/policy"
 )
+
+// Grant names one grant: a source address and a service, by name (each
+// host numbers its services its own way; their names are what the hosts
+// share).
+type Grant struct {
+	Addr    netip.Addr
+	Service string
+}
+
+func (g Grant) String() string { return g.Addr.String() + " (" + g.Service + ")" }
+
+// Grants are a host's grants at one moment, and the services it has then.
+type Grants struct {
+	// Expires has every grant of a service the host has, live or not.
+	Expires map[Grant]time.Time
+	// Services are the services the host has, by name: a grant of another
+	// is not this host's to apply, or to revoke.
+	Services map[string]bool
+}
 
 // Local is the host's own state, as the fleet reads and writes it: grants
 // by wall-clock expiry, and SPA replay state by key id (Unix ms).
 type Local interface {
-	Grants() (map[netip.Addr]time.Time, error)
-	// Apply makes addr's grant last until at least expires (max(local,
-	// remote)); Revoke removes it.
-	Apply(addr netip.Addr, expires time.Time) error
-	Revoke(addr netip.Addr) error
+	// Grants reads the grants and the services they are of, as one.
+	Grants() (Grants, error)
+	// Apply makes g last until at least expires (max(local, remote));
+	// Revoke removes it. Both fail with ErrNoService when the host has no
+	// service g.Service.
+	Apply(g Grant, expires time.Time) error
+	Revoke(g Grant) error
 	Replay() (map[uint32]uint64, error)
 	// ApplyReplay moves key id's newest accepted timestamp to at least ms.
 	ApplyReplay(id uint32, ms uint64) error
 }
 
+// ErrNoService is Local's error for a grant of a service the host does not
+// have: the fleet keeps it in the bucket and ignores it here.
+var ErrNoService = errors.New("no such service on this host")
+
 // Bucket is the key-value bucket of a fleet's grants.
 const Bucket = "knockgate"
 
+// The bucket's keys, per gate (GATE, keyPart of Options.Gate):
+//
+//	GATE.grant.HEX          the service default's grant of an address
+//	GATE.grant.HEX.SERVICE  another service's (SERVICE: its name)
+//	GATE.spa.ID             SPA key ID's replay state
+//
+// HEX is the address as 16 bytes (IPv4 v4-mapped) in hex. The first is the
+// previous release's key of a gate's (only) grant, which had no services:
+// a host still on it reads and writes default's grants there, reads what
+// it wrote as default's, and skips the second form (its address does not
+// read as hex), so a fleet is upgraded one host at a time.
+//
 // record is a key's value: the grant's expiry (or the key's newest SPA
 // timestamp), which host made it, and the format's version.
 type record struct {
@@ -81,16 +123,22 @@ type Fleet struct {
 	ttlSlack   time.Duration
 
 	mu    sync.Mutex
-	known map[netip.Addr]time.Time // grants as the bucket has them (or this host last wrote)
-	last  map[uint32]uint64        // replay state as the bucket has it
+	known map[Grant]time.Time // grants as the bucket has them (or this host last wrote)
+	last  map[uint32]uint64   // replay state as the bucket has it
 	// seen is what this member knows of the bucket's grants, with
 	// revisions, kept in stateFile before the map or the bucket changes
 	// by it; prior is the file as Join found it, until reconcile.
-	seen, prior         map[netip.Addr]seen
+	seen, prior         map[Grant]seen
 	stateFile, instance string
-	unsaved             []netip.Addr // recorded since the file was written
-	logLines            int          // records in the file (0: write it anew)
-	rewrite             bool         // write it anew at the next save
+	unsaved             []Grant // recorded since the file was written
+	logLines            int     // records in the file (0: write it anew)
+	rewrite             bool    // write it anew at the next save
+	// foreign are the bucket's live grants of services this host does not
+	// have (their expiry and revision), kept to apply should it get one of
+	// them; absent names the services said so in the log.
+	foreign map[Grant]seen
+	absent  map[string]bool
+	log     func(msg string, args ...any)
 
 	// ready: the bucket was read whole and reconciled with the map, so
 	// this member may write.
@@ -130,6 +178,10 @@ type Options struct {
 	// this boot): a state file of another instance is not about them, and
 	// is ignored. "" matches nothing.
 	Instance string
+	// Log receives what the fleet has to say (slog's arguments): that
+	// grants of a service this host lacks are ignored here, once a
+	// service. nil: nothing is said.
+	Log func(msg string, args ...any)
 }
 
 // Join starts sharing: the bucket is made if missing, a watch applies
@@ -144,8 +196,12 @@ func Join(o Options) (*Fleet, error) {
 		return nil, fmt.Errorf("fleet: jetstream: %w", err)
 	}
 	f := &Fleet{name: o.Name, gate: keyPart(o.Gate), local: o.Local, nc: o.Conn, js: js, srv: o.Server,
-		known: map[netip.Addr]time.Time{}, last: map[uint32]uint64{}, ttlSlack: time.Minute,
-		seen: map[netip.Addr]seen{}, stateFile: o.StateFile, instance: o.Instance}
+		known: map[Grant]time.Time{}, last: map[uint32]uint64{}, ttlSlack: time.Minute,
+		seen: map[Grant]seen{}, stateFile: o.StateFile, instance: o.Instance,
+		foreign: map[Grant]seen{}, absent: map[string]bool{}, log: o.Log}
+	if f.log == nil {
+		f.log = func(string, ...any) {}
+	}
 	f.prior = f.loadState()
 	ctx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel
@@ -194,33 +250,48 @@ func keyPart(s string) string {
 	return b.String()
 }
 
-func (f *Fleet) grantKey(a netip.Addr) string {
-	k := a.Unmap().As16()
-	return f.gate + ".grant." + hex.EncodeToString(k[:])
+// grantKey is g's key: the previous release's for default's grants, the
+// service's name after the address for the others'.
+func (f *Fleet) grantKey(g Grant) string {
+	k := g.Addr.Unmap().As16()
+	key := f.gate + ".grant." + hex.EncodeToString(k[:])
+	if g.Service != policy.DefaultService {
+		key += "." + g.Service
+	}
+	return key
 }
 
 func (f *Fleet) replayKey(id uint32) string {
 	return f.gate + ".spa." + strconv.FormatUint(uint64(id), 10)
 }
 
-// parseKey reads a key of this gate: a grant's address, or an SPA key id.
-func (f *Fleet) parseKey(key string) (addr netip.Addr, id uint32, isGrant bool, ok bool) {
+// parseKey reads a key of this gate: a grant's address and service (a key
+// without a service is the service default's), or an SPA key id. A key of
+// no form grantKey makes (default's named, a name no service may have) is
+// not ok.
+func (f *Fleet) parseKey(key string) (g Grant, id uint32, isGrant bool, ok bool) {
 	rest, found := strings.CutPrefix(key, f.gate+".")
 	if !found {
-		return netip.Addr{}, 0, false, false
+		return Grant{}, 0, false, false
 	}
 	if h, found := strings.CutPrefix(rest, "grant."); found {
+		h, svc, named := strings.Cut(h, ".")
+		if !named {
+			svc = policy.DefaultService
+		} else if svc == policy.DefaultService || policy.CheckServiceName(svc) != nil {
+			return Grant{}, 0, false, false
+		}
 		b, err := hex.DecodeString(h)
 		if err != nil || len(b) != 16 {
-			return netip.Addr{}, 0, false, false
+			return Grant{}, 0, false, false
 		}
-		return netip.AddrFrom16([16]byte(b)).Unmap(), 0, true, true
+		return Grant{netip.AddrFrom16([16]byte(b)).Unmap(), svc}, 0, true, true
 	}
 	if s, found := strings.CutPrefix(rest, "spa."); found {
 		n, err := strconv.ParseUint(s, 10, 32)
-		return netip.Addr{}, uint32(n), false, err == nil
+		return Grant{}, uint32(n), false, err == nil
 	}
-	return netip.Addr{}, 0, false, false
+	return Grant{}, 0, false, false
 }
 
 // bucket makes or opens the bucket, and its stream, retrying until the
@@ -566,7 +637,8 @@ func (r rawEntry) Operation() jetstream.KeyValueOp {
 // apply merges records into the local state: a later expiry is written
 // to the map (after the state file has it), a grant deleted in the bucket
 // is revoked here unless the map has a later one made here since (which
-// sync then writes), and replay state moves forward.
+// sync then writes), and replay state moves forward. A grant of a service
+// this host does not have is kept aside (foreign), not applied.
 func (f *Fleet) apply(es []jetstream.KeyValueEntry) {
 	if len(es) == 0 {
 		return
@@ -575,14 +647,15 @@ func (f *Fleet) apply(es []jetstream.KeyValueEntry) {
 	defer f.mu.Unlock()
 	now := time.Now()
 	type put struct {
-		addr   netip.Addr
+		g      Grant
 		exp    time.Time
 		origin string
+		rev    uint64
 	}
 	var puts []put
-	var dels []netip.Addr
+	var dels []Grant
 	for _, e := range es {
-		addr, id, isGrant, ok := f.parseKey(e.Key())
+		g, id, isGrant, ok := f.parseKey(e.Key())
 		if !ok {
 			continue
 		}
@@ -602,26 +675,49 @@ func (f *Fleet) apply(es []jetstream.KeyValueEntry) {
 			continue
 		}
 		if deleted {
-			if _, had := f.known[addr]; had {
-				dels = append(dels, addr)
+			if _, had := f.known[g]; had {
+				dels = append(dels, g)
+			}
+			delete(f.foreign, g)
+			continue
+		}
+		if fs, ok := f.foreign[g]; ok {
+			// Not this host's service (as of the last try): sync applies
+			// it should the host get the service.
+			if r.Expires > fs.Expires {
+				f.foreign[g] = seen{Expires: r.Expires, Rev: e.Revision()}
 			}
 			continue
 		}
 		exp := time.UnixMilli(r.Expires)
-		if !exp.After(f.known[addr]) {
+		if !exp.After(f.known[g]) {
 			continue // not later than what is here: nothing to do
 		}
-		f.known[addr] = exp
-		f.see(addr, r.Expires, e.Revision())
+		f.known[g] = exp
+		f.see(g, r.Expires, e.Revision())
 		if exp.After(now) {
-			puts = append(puts, put{addr, exp, r.Origin})
+			puts = append(puts, put{g, exp, r.Origin, e.Revision()})
 		}
 	}
 	f.saveState()
+	moved := false
 	for _, p := range puts {
-		if f.local.Apply(p.addr, p.exp) == nil && p.origin != f.name {
-			f.received.Add(1)
+		err := f.local.Apply(p.g, p.exp)
+		switch {
+		case err == nil:
+			if p.origin != f.name {
+				f.received.Add(1)
+			}
+		case errors.Is(err, ErrNoService):
+			f.setAside(p.g, seen{Expires: p.exp.UnixMilli(), Rev: p.rev})
+			moved = true
+		default:
+			f.notApplied(p.g, err)
+			moved = true
 		}
+	}
+	if moved {
+		f.saveState() // the file forgets them
 	}
 	if len(dels) == 0 {
 		return
@@ -631,16 +727,85 @@ func (f *Fleet) apply(es []jetstream.KeyValueEntry) {
 		f.fail(fmt.Errorf("read the grants: %w", err))
 		return // known keeps them: the next watch deletes them again
 	}
-	for _, a := range dels {
-		known := f.known[a]
-		delete(f.known, a)
-		f.forget(a)
-		if exp, ok := grants[a]; ok && exp.Sub(known) > jitter {
+	for _, g := range dels {
+		known := f.known[g]
+		delete(f.known, g)
+		f.forget(g)
+		if exp, ok := grants.Expires[g]; ok && exp.Sub(known) > jitter {
 			continue // made or lengthened here since: a grant to write, not one to revoke
 		}
-		if f.local.Revoke(a) == nil {
+		if f.local.Revoke(g) == nil {
 			f.received.Add(1)
 		}
+	}
+}
+
+// setAside keeps g, a live grant in the bucket of a service this host does
+// not have, out of known and the state file: this host neither applies nor
+// revokes it, and says so once a service. f.mu is held.
+func (f *Fleet) setAside(g Grant, sn seen) {
+	delete(f.known, g)
+	f.forget(g)
+	f.rewrite = true // the file loses what it had of g
+	f.foreign[g] = sn
+	if !f.absent[g.Service] {
+		f.absent[g.Service] = true
+		f.log("fleet: grants of a service this host does not have are kept in the bucket and ignored here",
+			"service", g.Service)
+	}
+}
+
+// notApplied forgets g, which the map did not take (full, or the gate
+// gone): not being here, it must not look revoked here to sync. The next
+// record of it tries again. f.mu is held.
+func (f *Fleet) notApplied(g Grant, err error) {
+	f.fail(fmt.Errorf("apply the grant of %s: %w", g, err))
+	delete(f.known, g)
+	f.forget(g)
+	f.rewrite = true
+}
+
+// adopt applies the grants set aside of services the host has now (a
+// reload added one), and forgets the services it has among those it said
+// it lacked. f.mu is held.
+func (f *Fleet) adopt(services map[string]bool, now time.Time) {
+	for svc := range f.absent {
+		if services[svc] {
+			delete(f.absent, svc)
+		}
+	}
+	var took []Grant
+	for g, sn := range f.foreign {
+		if !services[g.Service] {
+			continue
+		}
+		delete(f.foreign, g)
+		if exp := time.UnixMilli(sn.Expires); exp.After(now) {
+			f.known[g] = exp
+			f.see(g, sn.Expires, sn.Rev)
+			took = append(took, g)
+		}
+	}
+	if len(took) == 0 {
+		return
+	}
+	f.saveState()
+	moved := false
+	for _, g := range took {
+		err := f.local.Apply(g, f.known[g])
+		switch {
+		case err == nil:
+			f.received.Add(1)
+		case errors.Is(err, ErrNoService): // gone again meanwhile
+			f.setAside(g, f.seen[g])
+			moved = true
+		default:
+			f.notApplied(g, err)
+			moved = true
+		}
+	}
+	if moved {
+		f.saveState()
 	}
 }
 
@@ -684,24 +849,34 @@ func (f *Fleet) sync(ctx context.Context) {
 	}
 	now := time.Now()
 	pending := 0
-	var puts []netip.Addr
-	var revokes []netip.Addr
-	for a, exp := range grants {
+	var puts []Grant
+	var revokes []Grant
+	for g, exp := range grants.Expires {
 		// Later by more than the jitter of converting clocks: only a real
 		// extension is written. The state file has it first, so a member
 		// killed before the write still takes it for its own.
-		if exp.After(now) && exp.Sub(f.known[a]) > jitter {
-			puts = append(puts, a)
-			if exp.UnixMilli() > f.seen[a].Expires {
-				f.see(a, exp.UnixMilli(), f.rev.Load())
+		if exp.After(now) && exp.Sub(f.known[g]) > jitter {
+			puts = append(puts, g)
+			if exp.UnixMilli() > f.seen[g].Expires {
+				f.see(g, exp.UnixMilli(), f.rev.Load())
 			}
 		}
 	}
-	for a, exp := range f.known {
-		if _, here := grants[a]; !here && exp.After(now) {
-			revokes = append(revokes, a)
+	for g, exp := range f.known {
+		if _, here := grants.Expires[g]; here || !exp.After(now) {
+			continue
 		}
+		if !grants.Services[g.Service] {
+			// The service went from this host (a reload) and its grants
+			// with it, here only: they stay the fleet's.
+			sn := f.seen[g]
+			sn.Expires = max(sn.Expires, exp.UnixMilli())
+			f.setAside(g, sn)
+			continue
+		}
+		revokes = append(revokes, g)
 	}
+	f.adopt(grants.Services, now)
 	var ids []uint32
 	for id, ms := range replay {
 		if ms > f.last[id] {
@@ -710,23 +885,23 @@ func (f *Fleet) sync(ctx context.Context) {
 	}
 	f.saveState()
 	f.mu.Unlock()
-	for _, a := range puts {
-		if err := f.putGrant(ctx, kv, a, grants[a]); err != nil {
-			f.fail(fmt.Errorf("write grant of %s: %w", a, err))
+	for _, g := range puts {
+		if err := f.putGrant(ctx, kv, g, grants.Expires[g]); err != nil {
+			f.fail(fmt.Errorf("write grant of %s: %w", g, err))
 			pending++
 		}
 	}
-	for _, a := range revokes {
+	for _, g := range revokes {
 		ctx, cancel := context.WithTimeout(ctx, time.Second)
-		err := kv.Delete(ctx, f.grantKey(a))
+		err := kv.Delete(ctx, f.grantKey(g))
 		cancel()
 		if err != nil {
 			pending++
 			continue
 		}
 		f.mu.Lock()
-		delete(f.known, a)
-		f.forget(a)
+		delete(f.known, g)
+		f.forget(g)
 		f.mu.Unlock()
 		f.published.Add(1)
 	}
@@ -738,15 +913,15 @@ func (f *Fleet) sync(ctx context.Context) {
 	f.pending.Store(int64(pending))
 }
 
-// putGrant writes addr's grant unless the bucket has a later one: a
-// compare-and-swap on the key's revision, tried again on a conflict.
-func (f *Fleet) putGrant(ctx context.Context, kv jetstream.KeyValue, a netip.Addr, exp time.Time) error {
+// putGrant writes g unless the bucket has a later one: a compare-and-swap
+// on the key's revision, tried again on a conflict.
+func (f *Fleet) putGrant(ctx context.Context, kv jetstream.KeyValue, g Grant, exp time.Time) error {
 	rec := record{Version: 1, Expires: exp.UnixMilli(), Origin: f.name}
 	ttl := time.Until(exp) + f.ttlSlack
-	return f.casPut(ctx, kv, f.grantKey(a), rec, ttl, func(cur record) bool { return cur.Expires >= rec.Expires }, func() {
+	return f.casPut(ctx, kv, f.grantKey(g), rec, ttl, func(cur record) bool { return cur.Expires >= rec.Expires }, func() {
 		f.mu.Lock()
-		if exp.After(f.known[a]) {
-			f.known[a] = exp
+		if exp.After(f.known[g]) {
+			f.known[g] = exp
 		}
 		f.mu.Unlock()
 	})

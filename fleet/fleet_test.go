@@ -14,45 +14,64 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/knockgate/knockgate/policy"
 )
 
-// memLocal is a host's grant map in memory.
+// memLocal is a host's grant map in memory, with the services it has.
 type memLocal struct {
-	mu     sync.Mutex
-	grants map[netip.Addr]time.Time
-	replay map[uint32]uint64
+	mu       sync.Mutex
+	grants   map[Grant]time.Time
+	services map[string]bool
+	replay   map[uint32]uint64
 }
 
-func newMemLocal() *memLocal {
-	return &memLocal{grants: map[netip.Addr]time.Time{}, replay: map[uint32]uint64{}}
+// newMemLocal has the service default and services.
+func newMemLocal(services ...string) *memLocal {
+	m := &memLocal{grants: map[Grant]time.Time{}, services: map[string]bool{policy.DefaultService: true},
+		replay: map[uint32]uint64{}}
+	for _, s := range services {
+		m.services[s] = true
+	}
+	return m
 }
 
-func (m *memLocal) Grants() (map[netip.Addr]time.Time, error) {
+func (m *memLocal) Grants() (Grants, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := map[netip.Addr]time.Time{}
-	for a, t := range m.grants {
-		out[a] = t
+	out := Grants{Expires: map[Grant]time.Time{}, Services: map[string]bool{}}
+	for g, t := range m.grants {
+		out.Expires[g] = t
+	}
+	for s := range m.services {
+		out.Services[s] = true
 	}
 	return out, nil
 }
 
-func (m *memLocal) Apply(a netip.Addr, exp time.Time) error {
+func (m *memLocal) Apply(g Grant, exp time.Time) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if exp.After(m.grants[a]) {
-		m.grants[a] = exp
+	if !m.services[g.Service] {
+		return fmt.Errorf("grant %s: %w", g, ErrNoService)
+	}
+	if exp.After(m.grants[g]) {
+		m.grants[g] = exp
 	}
 	return nil
 }
 
-func (m *memLocal) Revoke(a netip.Addr) error {
+func (m *memLocal) Revoke(g Grant) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	delete(m.grants, a)
+	if !m.services[g.Service] {
+		return fmt.Errorf("revoke %s: %w", g, ErrNoService)
+	}
+	delete(m.grants, g)
 	return nil
 }
 
@@ -73,17 +92,59 @@ func (m *memLocal) ApplyReplay(id uint32, ms uint64) error {
 	return nil
 }
 
+// grant grants a the service default until exp, as a knock would.
 func (m *memLocal) grant(a netip.Addr, exp time.Time) {
+	m.grantOf(Grant{a, policy.DefaultService}, exp)
+}
+
+// grantOf grants g until exp, replacing any grant it had.
+func (m *memLocal) grantOf(g Grant, exp time.Time) {
 	m.mu.Lock()
-	m.grants[a] = exp
+	m.grants[g] = exp
 	m.mu.Unlock()
 }
 
+// get is a's grant of the service default.
 func (m *memLocal) get(a netip.Addr) (time.Time, bool) {
+	return m.getOf(Grant{a, policy.DefaultService})
+}
+
+func (m *memLocal) getOf(g Grant) (time.Time, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	t, ok := m.grants[a]
+	t, ok := m.grants[g]
 	return t, ok
+}
+
+// revoke revokes a's grant of the service default.
+func (m *memLocal) revoke(a netip.Addr) { m.Revoke(Grant{a, policy.DefaultService}) }
+
+// revokeAll revokes a's grants of every service, as `knockgate revoke
+// ADDR` does.
+func (m *memLocal) revokeAll(a netip.Addr) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for g := range m.grants {
+		if g.Addr == a {
+			delete(m.grants, g)
+		}
+	}
+}
+
+// setServices makes the host's services default and services, as a reload
+// does: a service that goes takes its grants with it.
+func (m *memLocal) setServices(services ...string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.services = map[string]bool{policy.DefaultService: true}
+	for _, s := range services {
+		m.services[s] = true
+	}
+	for g := range m.grants {
+		if !m.services[g.Service] {
+			delete(m.grants, g)
+		}
+	}
 }
 
 // node is one host of a test fleet. Its state file and local map outlive
@@ -97,6 +158,28 @@ type node struct {
 	local    *memLocal
 	state    string
 	instance string
+
+	logMu  sync.Mutex
+	logged []string // what the fleet said: each message with its arguments
+}
+
+func (nd *node) log(msg string, args ...any) {
+	nd.logMu.Lock()
+	defer nd.logMu.Unlock()
+	nd.logged = append(nd.logged, fmt.Sprint(append([]any{msg}, args...)...))
+}
+
+// said counts the messages logged that contain text.
+func (nd *node) said(text string) int {
+	nd.logMu.Lock()
+	defer nd.logMu.Unlock()
+	n := 0
+	for _, l := range nd.logged {
+		if strings.Contains(l, text) {
+			n++
+		}
+	}
+	return n
 }
 
 func freePort(t testing.TB) string {
@@ -198,7 +281,7 @@ func (nd *node) start(t testing.TB, replicas int) {
 		return
 	}
 	fl, err := Join(Options{Name: nd.cfg.Name, Gate: "edge", Local: nd.local, Conn: nc, Server: srv, Replicas: replicas,
-		Interval: nd.interval, StateFile: nd.state, Instance: nd.instance})
+		Interval: nd.interval, StateFile: nd.state, Instance: nd.instance, Log: nd.log})
 	if err != nil {
 		t.Error(err)
 		return
@@ -259,7 +342,7 @@ func TestGrantReachesTheFleet(t *testing.T) {
 	}
 
 	// Revoked on another host: gone everywhere.
-	nodes[2].local.Revoke(client)
+	nodes[2].local.revoke(client)
 	for _, nd := range nodes[:2] {
 		until(t, 10*time.Second, nd.cfg.Name+" lost the revoked grant", func() bool { _, ok := nd.local.get(client); return !ok })
 	}
@@ -319,13 +402,13 @@ func TestBurstArrivesWhole(t *testing.T) {
 	for _, nd := range nodes {
 		until(t, 30*time.Second, nd.cfg.Name+" has every grant", func() bool {
 			g, _ := nd.local.Grants()
-			return len(g) == n
+			return len(g.Expires) == n
 		}, nodes...)
 	}
 	time.Sleep(500 * time.Millisecond) // any wrong revoke would be on its way
 	for _, nd := range nodes {
-		if g, _ := nd.local.Grants(); len(g) != n {
-			t.Errorf("%s: %d of %d grants after the burst settled", nd.cfg.Name, len(g), n)
+		if g, _ := nd.local.Grants(); len(g.Expires) != n {
+			t.Errorf("%s: %d of %d grants after the burst settled", nd.cfg.Name, len(g.Expires), n)
 		}
 	}
 }
@@ -372,10 +455,10 @@ func TestRestartTellsRevokesFromOwnGrants(t *testing.T) {
 		}
 	}
 	c.stop()
-	b.local.Revoke(revoked)
+	b.local.revoke(revoked)
 	until(t, 10*time.Second, "host-a lost the revoked grant", func() bool { _, ok := a.local.get(revoked); return !ok }, nodes...)
 	c.local.grant(mine, time.Now().Add(2*time.Minute)) // a knock on its gate while run was down
-	c.local.Revoke(gone)                               // knockgate revoke on its gate meanwhile
+	c.local.revoke(gone)                               // knockgate revoke on its gate meanwhile
 	c.start(t, 3)
 	for _, nd := range []*node{a, b} {
 		until(t, 20*time.Second, nd.cfg.Name+" has the grant made on host-c while it was away", func() bool { _, ok := nd.local.get(mine); return ok }, nodes...)

@@ -6,10 +6,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/knockgate/knockgate/policy"
 )
 
 // seen is what a member knew of one grant in the bucket: its expiry (Unix
@@ -22,7 +25,9 @@ type seen struct {
 
 // The state file (Options.StateFile) is a log: a header line naming the
 // gate and the grant map it is about, then one line per grant recorded,
-// "ADDR EXPIRES_MS REV", the last for an address winning. A batch of
+// "ADDR EXPIRES_MS REV SERVICE", the last for an address and service
+// winning. (Version 1 had no services: its lines, without SERVICE, are
+// read as the service default's.) A batch of
 // records is one append, so a burst of grants costs a line each; the file
 // is written anew (to a temporary file renamed into place) when it has
 // grown to twice what it holds, and after reconcile. No fsync: the grant
@@ -34,10 +39,13 @@ type stateHeader struct {
 	Instance string `json:"instance"`
 }
 
+// stateVersion is the state file's format.
+const stateVersion = 2
+
 // loadState reads the state file; one of another gate or grant map, or
 // none, is an empty one.
-func (f *Fleet) loadState() map[netip.Addr]seen {
-	out := map[netip.Addr]seen{}
+func (f *Fleet) loadState() map[Grant]seen {
+	out := map[Grant]seen{}
 	if f.stateFile == "" || f.instance == "" {
 		return out
 	}
@@ -50,35 +58,45 @@ func (f *Fleet) loadState() map[netip.Addr]seen {
 	}
 	lines := strings.Split(string(b), "\n")
 	var h stateHeader
-	if json.Unmarshal([]byte(lines[0]), &h) != nil || h.Version != 1 || h.Gate != f.gate || h.Instance != f.instance {
+	if json.Unmarshal([]byte(lines[0]), &h) != nil || h.Version < 1 || h.Version > stateVersion ||
+		h.Gate != f.gate || h.Instance != f.instance {
 		return out
 	}
+	fields := 4
+	if h.Version == 1 {
+		fields = 3
+	}
 	for _, l := range lines[1:] {
-		var a netip.Addr
-		var sn seen
-		var text string
-		if n, err := fmt.Sscanf(l, "%s %d %d", &text, &sn.Expires, &sn.Rev); n != 3 || err != nil {
+		w := strings.Fields(l)
+		if len(w) != fields {
 			continue
 		}
-		if a, err = netip.ParseAddr(text); err == nil {
-			out[a] = sn
+		a, err1 := netip.ParseAddr(w[0])
+		exp, err2 := strconv.ParseInt(w[1], 10, 64)
+		rev, err3 := strconv.ParseUint(w[2], 10, 64)
+		g := Grant{a, policy.DefaultService}
+		if fields == 4 {
+			g.Service = w[3]
+		}
+		if err1 == nil && err2 == nil && err3 == nil && policy.CheckServiceName(g.Service) == nil {
+			out[g] = seen{Expires: exp, Rev: rev}
 		}
 	}
 	return out
 }
 
-// see records that the bucket has (or is about to have) addr's grant until
+// see records that the bucket has (or is about to have) grant g until
 // expires; f.mu is held.
-func (f *Fleet) see(addr netip.Addr, expires int64, rev uint64) {
-	f.seen[addr] = seen{Expires: expires, Rev: rev}
-	f.unsaved = append(f.unsaved, addr)
+func (f *Fleet) see(g Grant, expires int64, rev uint64) {
+	f.seen[g] = seen{Expires: expires, Rev: rev}
+	f.unsaved = append(f.unsaved, g)
 }
 
-// forget drops addr's record; the file loses it when it is next written
-// anew (an entry too many only ever makes a restarted member revoke a
-// grant the bucket has deleted anyway). f.mu is held.
-func (f *Fleet) forget(addr netip.Addr) {
-	delete(f.seen, addr)
+// forget drops g's record; the file loses it when it is next written anew
+// (an entry too many only ever makes a restarted member revoke a grant the
+// bucket has deleted anyway). f.mu is held.
+func (f *Fleet) forget(g Grant) {
+	delete(f.seen, g)
 }
 
 // saveState writes the records made since the last save: appended, or the
@@ -91,16 +109,16 @@ func (f *Fleet) saveState() {
 	grown := f.logLines+len(f.unsaved) > 2*len(f.seen)+1024
 	if f.rewrite || grown || f.logLines == 0 {
 		cut := time.Now().Add(-f.ttlSlack).UnixMilli()
-		h, _ := json.Marshal(stateHeader{Version: 1, Gate: f.gate, Instance: f.instance})
+		h, _ := json.Marshal(stateHeader{Version: stateVersion, Gate: f.gate, Instance: f.instance})
 		b.Write(h)
 		b.WriteByte('\n')
 		n := 0
-		for a, sn := range f.seen {
+		for g, sn := range f.seen {
 			if sn.Expires < cut {
-				delete(f.seen, a) // long expired everywhere
+				delete(f.seen, g) // long expired everywhere
 				continue
 			}
-			fmt.Fprintf(&b, "%s %d %d\n", a, sn.Expires, sn.Rev)
+			fmt.Fprintf(&b, "%s %d %d %s\n", g.Addr, sn.Expires, sn.Rev, g.Service)
 			n++
 		}
 		err := os.MkdirAll(filepath.Dir(f.stateFile), 0o700)
@@ -117,9 +135,9 @@ func (f *Fleet) saveState() {
 		}
 		f.logLines, f.rewrite = n, false
 	} else {
-		for _, a := range f.unsaved {
-			if sn, ok := f.seen[a]; ok {
-				fmt.Fprintf(&b, "%s %d %d\n", a, sn.Expires, sn.Rev)
+		for _, g := range f.unsaved {
+			if sn, ok := f.seen[g]; ok {
+				fmt.Fprintf(&b, "%s %d %d %s\n", g.Addr, sn.Expires, sn.Rev, g.Service)
 			}
 		}
 		fd, err := os.OpenFile(f.stateFile, os.O_WRONLY|os.O_APPEND, 0o600)
@@ -142,7 +160,7 @@ func (f *Fleet) saveState() {
 // reconcile takes the bucket as the first watch delivered it (the newest
 // record of every key), with the map as it is and what this member knew
 // before (f.prior), and makes them one before this member writes anything.
-// For each address:
+// For each grant (an address and a service):
 //
 //   - The bucket has a live grant, and the map too, or this member never
 //     knew it: max(map, bucket) as always (a later one here is written by
@@ -156,35 +174,38 @@ func (f *Fleet) saveState() {
 //   - Otherwise a grant in the map is this host's own (made by a knock, SPA
 //     or `knockgate grant` while this member was away, or written before
 //     it went): sync writes it.
+//
+// A grant of a service the host does not have (now) is none of these: it
+// was not revoked here, whatever the map lacks; apply sets it aside.
 func (f *Fleet) reconcile(first []jetstream.KeyValueEntry) {
 	f.mu.Lock()
 	grants, err := f.local.Grants()
-	if err != nil {
+	read := err == nil
+	if !read {
 		// Without the map nothing can be told apart: the records are
 		// applied as they are (apply, below).
 		f.fail(fmt.Errorf("read the grants: %w", err))
-		grants = nil
 	}
 	prior := f.prior
 	f.prior = nil
-	if grants == nil {
+	if !read {
 		prior = nil
 	}
 	var live []jetstream.KeyValueEntry
-	var revokes []netip.Addr
+	var revokes []Grant
 	now := time.Now()
 	slack := jitter.Milliseconds()
 	for _, e := range first {
-		addr, _, isGrant, ok := f.parseKey(e.Key())
+		g, _, isGrant, ok := f.parseKey(e.Key())
 		if !ok || !isGrant {
 			live = append(live, e)
 			continue
 		}
-		p, knew := prior[addr]
-		mine, here := grants[addr]
+		p, knew := prior[g]
+		mine, here := grants.Expires[g]
 		if e.Operation() != jetstream.KeyValuePut {
 			if here && knew && e.Revision() > p.Rev && mine.UnixMilli() <= p.Expires+slack {
-				revokes = append(revokes, addr)
+				revokes = append(revokes, g)
 			}
 			continue
 		}
@@ -192,9 +213,10 @@ func (f *Fleet) reconcile(first []jetstream.KeyValueEntry) {
 		if json.Unmarshal(e.Value(), &r) != nil {
 			continue
 		}
-		if !here && knew && grants != nil && r.Expires <= p.Expires+slack && time.UnixMilli(r.Expires).After(now) {
-			f.known[addr] = time.UnixMilli(r.Expires)
-			f.see(addr, r.Expires, e.Revision())
+		if !here && knew && read && grants.Services[g.Service] && r.Expires <= p.Expires+slack &&
+			time.UnixMilli(r.Expires).After(now) {
+			f.known[g] = time.UnixMilli(r.Expires)
+			f.see(g, r.Expires, e.Revision())
 			continue
 		}
 		live = append(live, e)
@@ -202,8 +224,8 @@ func (f *Fleet) reconcile(first []jetstream.KeyValueEntry) {
 	// Revoked before the file forgets what it knew of them (apply below
 	// rewrites it from the bucket's records): killed in between, the next
 	// start revokes them again.
-	for _, a := range revokes {
-		if f.local.Revoke(a) == nil {
+	for _, g := range revokes {
+		if f.local.Revoke(g) == nil {
 			f.received.Add(1)
 		}
 	}

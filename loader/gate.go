@@ -54,9 +54,9 @@ type Gate struct {
 	Name string
 	Dir  string
 	// Maps are the gate's maps, for this package. Deprecated for others:
-	// use the Gate's methods. It is exported only while service/fleet.go
-	// and test/bench still reach it, and is to become unexported once they
-	// stop.
+	// use the Gate's methods. It is exported only while test/bench
+	// (memory.go, spa.go, gates.go) still reaches it, and is to become
+	// unexported once it stops.
 	Maps *maps.Set
 	Prog *ebpf.Program // XDP, on every interface's ingress
 	// Egress learns the host's flows, on every interface's egress (tcx).

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -28,6 +29,7 @@ type fleetHost struct {
 	iface string
 	addr  netip.Addr
 	conf  string // its config file
+	bin   string // its knockgate: this build's, or the previous release's
 	cmd   *exec.Cmd
 	done  chan struct{}
 }
@@ -42,11 +44,35 @@ type testFleet struct {
 // fleetSeq keeps the names of two fleets of one test process apart.
 var fleetSeq atomic.Int32
 
+// fleetSpec is what a test fleet's hosts run.
+type fleetSpec struct {
+	addrs int    // the client's addresses, 10.78.0.100 up
+	open  string // default's open window (default 8s)
+	// services are config tables appended to the config file of each host
+	// on this build ([services.NAME]...).
+	services string
+	// previous are the hosts (by index) that run the previous release's
+	// binary (with none of services: that release had none).
+	previous []int
+	// ports each host listens on beside 22 (a protected port answers
+	// only when open).
+	ports []int
+}
+
 // newTestFleet builds the bridge, the client (with addrs addresses,
 // 10.78.0.100 up) and three hosts, starts run on each and waits until
 // every host reports both peers and a current watch.
 func newTestFleet(t *testing.T, addrs int) *testFleet {
+	return newTestFleetWith(t, fleetSpec{addrs: addrs})
+}
+
+// newTestFleetWith is newTestFleet with the hosts spec says.
+func newTestFleetWith(t *testing.T, spec fleetSpec) *testFleet {
 	netns.Require(t)
+	if spec.open == "" {
+		spec.open = "8s"
+	}
+	addrs := spec.addrs
 	id := fmt.Sprintf("%s%d", token, fleetSeq.Add(1))
 	sw := netns.NewT(t, "kgf-sw-"+id)
 	if _, err := sw.Run("ip", "link", "add", "br0", "type", "bridge"); err != nil {
@@ -84,7 +110,10 @@ func newTestFleet(t *testing.T, addrs int) *testFleet {
 	}
 	var peers []string
 	for i := range 3 {
-		h := &fleetHost{name: fmt.Sprintf("kgf%s%c", id, 'a'+i), addr: netip.AddrFrom4([4]byte{10, 78, 0, byte(1 + i)})}
+		h := &fleetHost{name: fmt.Sprintf("kgf%s%c", id, 'a'+i), addr: netip.AddrFrom4([4]byte{10, 78, 0, byte(1 + i)}), bin: kgBin}
+		if slices.Contains(spec.previous, i) {
+			h.bin = prevBin(t)
+		}
 		h.ns = netns.NewT(t, "kgf-"+h.name)
 		h.iface = fmt.Sprintf("kgf-%s-%d", id, i)
 		plug(h.ns, h.iface, fmt.Sprintf("kgf-%s-%db", id, i), h.addr)
@@ -92,23 +121,25 @@ func newTestFleet(t *testing.T, addrs int) *testFleet {
 		peers = append(peers, fmt.Sprintf("%q", h.addr.String()+":6222"))
 	}
 	for _, h := range f.hosts {
-		var ln net.Listener
-		if err := h.ns.Do(func() (err error) { ln, err = net.Listen("tcp", ":22"); return }); err != nil {
-			t.Fatal(err)
-		}
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
+		for _, port := range append([]int{22}, spec.ports...) {
+			var ln net.Listener
+			if err := h.ns.Do(func() (err error) { ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port)); return }); err != nil {
+				t.Fatal(err)
 			}
-		}()
-		t.Cleanup(func() { ln.Close() })
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					c.Close()
+				}
+			}()
+			t.Cleanup(func() { ln.Close() })
+		}
 		cfg := fmt.Sprintf(`interfaces = [%q]
 protect = "22"
-open = "8s"
+open = %q
 [fleet]
 name = %q
 gate = "edge"
@@ -117,7 +148,10 @@ peers = [%s]
 route_user = "fleet"
 route_password_file = %q
 state_dir = %q
-`, h.iface, h.name, h.addr, strings.Join(peers, ", "), pw, filepath.Join(dir, h.name))
+`, h.iface, spec.open, h.name, h.addr, strings.Join(peers, ", "), pw, filepath.Join(dir, h.name))
+		if h.bin == kgBin {
+			cfg += spec.services
+		}
 		h.conf = filepath.Join(dir, h.name+".toml")
 		if err := os.WriteFile(h.conf, []byte(cfg), 0o644); err != nil {
 			t.Fatal(err)
@@ -125,7 +159,7 @@ state_dir = %q
 		f.start(h)
 		t.Cleanup(func() {
 			f.stop(h)
-			run(t, h.ns.Cmd(kgBin, "detach", h.name))
+			run(t, h.ns.Cmd(h.bin, "detach", h.name))
 		})
 	}
 	f.waitFormed(60 * time.Second)
@@ -140,7 +174,7 @@ func (f *testFleet) clientAddr(i int) netip.Addr {
 // start runs `knockgate run` on h.
 func (f *testFleet) start(h *fleetHost) {
 	f.t.Helper()
-	h.cmd = h.ns.Cmd(kgBin, "run", "--config", h.conf)
+	h.cmd = h.ns.Cmd(h.bin, "run", "--config", h.conf)
 	h.cmd.Stdout, h.cmd.Stderr = os.Stderr, os.Stderr
 	if err := h.cmd.Start(); err != nil {
 		f.t.Fatal(err)
@@ -206,14 +240,21 @@ func (f *testFleet) waitFormed(bound time.Duration) {
 	})
 }
 
-// open reports whether a connect from src to h's protected port completes
-// within wait.
+// open reports whether a connect from src to h's protected port (22,
+// default's) completes within wait.
 func (f *testFleet) open(src netip.Addr, h *fleetHost, wait time.Duration) bool {
+	f.t.Helper()
+	return f.openPort(src, h, 22, wait)
+}
+
+// openPort reports whether a connect from src to h's port completes within
+// wait.
+func (f *testFleet) openPort(src netip.Addr, h *fleetHost, port int, wait time.Duration) bool {
 	f.t.Helper()
 	ok := false
 	err := f.cli.Do(func() error {
 		d := net.Dialer{Timeout: wait, LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))}
-		c, err := d.Dial("tcp", h.addr.String()+":22")
+		c, err := d.Dial("tcp", netip.AddrPortFrom(h.addr, uint16(port)).String())
 		var nerr net.Error
 		switch {
 		case err == nil:
@@ -226,37 +267,52 @@ func (f *testFleet) open(src netip.Addr, h *fleetHost, wait time.Duration) bool 
 		return nil
 	})
 	if err != nil {
-		f.t.Fatalf("connect %s -> %s: %v", src, h.name, err)
+		f.t.Fatalf("connect %s -> %s:%d: %v", src, h.name, port, err)
 	}
 	return ok
 }
 
-// waitOpen polls until src gets through to h, failing after bound (a
-// deadline for the wait, not a claim on speed); it returns how long it took.
+// waitOpen polls until src gets through to h's port 22, failing after
+// bound (a deadline for the wait, not a claim on speed); it returns how
+// long it took.
 func (f *testFleet) waitOpen(src netip.Addr, h *fleetHost, bound time.Duration, what string) time.Duration {
 	f.t.Helper()
+	return f.waitOpenPort(src, h, 22, bound, what)
+}
+
+// waitOpenPort is waitOpen for another port.
+func (f *testFleet) waitOpenPort(src netip.Addr, h *fleetHost, port int, bound time.Duration, what string) time.Duration {
+	f.t.Helper()
 	start := time.Now()
-	for !f.open(src, h, 200*time.Millisecond) {
+	for !f.openPort(src, h, port, 200*time.Millisecond) {
 		if time.Since(start) > bound {
 			for _, h := range f.hosts {
 				f.t.Logf("%s: %+v", h.name, f.status(h))
 			}
-			f.t.Fatalf("%s: %s not open for %s within %s", what, h.name, src, bound)
+			f.t.Fatalf("%s: %s:%d not open for %s within %s", what, h.name, port, src, bound)
 		}
 	}
 	return time.Since(start)
 }
 
-// waitClosed polls until src no longer gets through to h.
+// waitClosed polls until src no longer gets through to h's port 22.
 func (f *testFleet) waitClosed(src netip.Addr, h *fleetHost, bound time.Duration, what string) {
 	f.t.Helper()
-	eventually(f.t, bound, what+": "+h.name+" closed for "+src.String(), func() bool { return !f.open(src, h, filteredWait) })
+	f.waitClosedPort(src, h, 22, bound, what)
 }
 
-// kg runs a knockgate command on h's gate (run or not).
+// waitClosedPort is waitClosed for another port.
+func (f *testFleet) waitClosedPort(src netip.Addr, h *fleetHost, port int, bound time.Duration, what string) {
+	f.t.Helper()
+	eventually(f.t, bound, fmt.Sprintf("%s: %s:%d closed for %s", what, h.name, port, src), func() bool {
+		return !f.openPort(src, h, port, filteredWait)
+	})
+}
+
+// kg runs a knockgate command on h's gate (run or not), with h's binary.
 func (f *testFleet) kg(h *fleetHost, args ...string) {
 	f.t.Helper()
-	if r := run(f.t, h.ns.Cmd(kgBin, args...)); r.code != 0 {
+	if r := run(f.t, h.ns.Cmd(h.bin, args...)); r.code != 0 {
 		f.t.Fatalf("%s on %s: %s", args, h.name, r)
 	}
 }
