@@ -78,8 +78,8 @@ bench-peers: deps
 # Floods from one source and from 10^6 (spoofed strangers; granted sources
 # over 16 services, 10^6 grants in the map), per packet above an XDP_DROP
 # gate, with bench-peers' topology and generator; prints the ratios and
-# issue 17's three bounds, met or not (reported, never enforced). About 22
-# minutes on a 2-CPU VM, 18 of them making the 10^6 grants. Root.
+# issue 17's three bounds, met or not (reported, never enforced). 12-22
+# minutes on a 2-CPU VM, 9-18 of them making the 10^6 grants. Root.
 bench-scale: deps
 	$(GO) run ./test/bench/cmd/bench-scale $(BENCH_SCALE_FLAGS)
 
