@@ -80,11 +80,20 @@ func (h *hintCounts) done() {
 	}
 }
 
-// withHintCount runs fn on key's count, mapped for this call only.
+// withHintCount runs fn on key's count, mapped for this call only: the
+// page that holds it, not the whole array, which the kernel maps at once
+// (every page, in time proportional to the array's size: some 2 ms at
+// --max-sources 2^20, which each grant then cost).
 func (s *Set) withHintCount(key bpf.KnockgateGrantKey, fn func(n *uint32) error) error {
-	h := hintCounts{hints: s.Hints}
-	defer h.done()
-	return h.with(key, fn)
+	off := 8 * int64(HintSlot(key, s.Hints.MaxEntries()))
+	page := int64(unix.Getpagesize())
+	at := off &^ (page - 1)
+	mem, err := unix.Mmap(s.Hints.FD(), at, int(page), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return fmt.Errorf("map hint count: %w", err)
+	}
+	defer unix.Munmap(mem)
+	return fn((*uint32)(unsafe.Pointer(&mem[off-at])))
 }
 
 // HintCount returns the count of the hint slot of key.

@@ -178,7 +178,8 @@ func TestFrameBatchRewritesSources(t *testing.T) {
 }
 
 // The AF_PACKET generator's frames are the flood program's, byte for byte:
-// the same source for the same count, the same checksum arithmetic.
+// the same source (and, spread over ports, the same port) for the same
+// count, the same checksum arithmetic.
 func TestFrameBatchMatchesFloodProgram(t *testing.T) {
 	netns.Require(t)
 	g, err := newLiveGenerator()
@@ -195,25 +196,46 @@ func TestFrameBatchMatchesFloodProgram(t *testing.T) {
 	if err := g.objs.Nsources.Set(uint32(n)); err != nil {
 		t.Fatal(err)
 	}
-	for _, tmpl := range [][]byte{
-		TCPFrame(macA, macB, floodBase, rxAddr, 40000, ProtectedPort, packet.ACK),
-		UDPFrame(macA, macB, floodBase, rxAddr, 40000, SPAPort, []byte("forged spa payload")),
-	} {
-		var sent uint64
-		if err := g.objs.Sent.Get(&sent); err != nil {
+	for _, ports := range []uint32{1, 3} {
+		if err := g.objs.FirstDport.Set(uint32(ProtectedPort)); err != nil {
 			t.Fatal(err)
 		}
-		frame := tmpl
-		r := newFrameBatch(tmpl, 1)
-		for i := range 2*n + 3 {
-			out := make([]byte, len(frame)+256)
-			if _, err := g.objs.Flood.Run(&ebpf.RunOptions{Data: frame, DataOut: out}); err != nil {
+		if err := g.objs.Nports.Set(ports); err != nil {
+			t.Fatal(err)
+		}
+		for _, tmpl := range [][]byte{
+			TCPFrame(macA, macB, floodBase, rxAddr, 40000, ProtectedPort, packet.ACK),
+			UDPFrame(macA, macB, floodBase, rxAddr, 40000, ProtectedPort, []byte("forged spa payload")),
+		} {
+			udp := tmpl[23] == packet.ProtoUDP
+			var sent uint64
+			if err := g.objs.Sent.Get(&sent); err != nil {
 				t.Fatal(err)
 			}
-			frame = out[:len(frame)]
-			r.setSource(0, base+uint32((sent+uint64(i))%n))
-			if !bytes.Equal(frame, r.frames[0]) {
-				t.Fatalf("frame %d:\nflood.c    %x\nframeBatch %x", i, frame, r.frames[0])
+			frame := tmpl
+			r := newFrameBatch(tmpl, 1)
+			for i := range 2*n + 3 {
+				out := make([]byte, len(frame)+256)
+				if _, err := g.objs.Flood.Run(&ebpf.RunOptions{Data: frame, DataOut: out}); err != nil {
+					t.Fatal(err)
+				}
+				frame = out[:len(frame)]
+				idx := uint32((sent + uint64(i)) % n)
+				r.setSource(0, base+idx)
+				if ports > 1 {
+					r.setPort(0, ProtectedPort+uint16(idx%ports))
+				}
+				if !bytes.Equal(frame, r.frames[0]) {
+					t.Fatalf("%d ports, frame %d:\nflood.c    %x\nframeBatch %x", ports, i, frame, r.frames[0])
+				}
+				if got, want := binary.BigEndian.Uint16(frame[36:]), ProtectedPort+uint16(idx%ports); got != want {
+					t.Fatalf("%d ports, frame %d (source index %d): port %d, want %d", ports, i, idx, got, want)
+				}
+				if udp {
+					udpChecksumsOK(t, frame)
+				} else {
+					checksumsOK(t, frame)
+				}
 			}
 		}
 	}

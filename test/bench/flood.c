@@ -24,9 +24,13 @@
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Set by the benchmark before each flood (globals in .data, written through
- * the map that backs them). Source n is first_saddr + n % nsources. */
+ * the map that backs them). Source n is first_saddr + n % nsources; with
+ * nports > 1, the frame of source index i (i = n % nsources) goes to port
+ * first_dport + i % nports (so each source always sends to the same port). */
 volatile __u32 first_saddr = 0xc6130001; /* 198.19.0.1, host byte order */
 volatile __u32 nsources = 1;
+volatile __u32 first_dport = 22; /* host byte order */
+volatile __u32 nports = 1;
 
 /* Frames built. BPF_PROG_RUN runs the program on one CPU, so a plain
  * increment is exact. */
@@ -50,6 +54,15 @@ static __always_inline __u16 csum_replace4(__u16 check, __u32 from, __u32 to)
 	return (__u16)~csum_fold(sum);
 }
 
+/* The same for a 16-bit field. */
+static __always_inline __u16 csum_replace2(__u16 check, __u16 from, __u16 to)
+{
+	__u32 sum = (__u16)~check;
+	sum += (__u16)~from;
+	sum += to;
+	return (__u16)~csum_fold(sum);
+}
+
 SEC("xdp")
 int flood(struct xdp_md *ctx)
 {
@@ -60,17 +73,19 @@ int flood(struct xdp_md *ctx)
 	/* The template is Ethernet + a 20-byte IPv4 header + TCP or UDP. */
 	if ((void *)(ip + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5)
 		return XDP_ABORTED;
-	__u16 *l4check;
+	__u16 *l4check, *dport;
 	if (ip->protocol == IPPROTO_TCP) {
 		struct tcphdr *tcp = (void *)(ip + 1);
 		if ((void *)(tcp + 1) > end)
 			return XDP_ABORTED;
 		l4check = &tcp->check;
+		dport = &tcp->dest;
 	} else if (ip->protocol == IPPROTO_UDP) {
 		struct udphdr *udp = (void *)(ip + 1);
 		if ((void *)(udp + 1) > end)
 			return XDP_ABORTED;
 		l4check = &udp->check;
+		dport = &udp->dest;
 	} else {
 		return XDP_ABORTED;
 	}
@@ -87,5 +102,15 @@ int flood(struct xdp_md *ctx)
 	/* The TCP and UDP checksums cover the pseudo-header, source address
 	 * included (the template's UDP checksum is never 0, "none"). */
 	*l4check = csum_replace4(*l4check, from, to);
+	__u32 ports = nports;
+	if (ports > 1) {
+		/* Then the port, the same way (TCP and UDP checksums cover it). */
+		__u16 pto = bpf_htons(first_dport + idx % ports);
+		__u16 pfrom = *dport;
+		if (pfrom != pto) {
+			*dport = pto;
+			*l4check = csum_replace2(*l4check, pfrom, pto);
+		}
+	}
 	return XDP_TX;
 }

@@ -159,7 +159,25 @@ type Flood struct {
 	// Payload, when set, makes the flood UDP datagrams carrying it (to the
 	// port Run is given) instead of TCP segments.
 	Payload []byte
+	// Port is the destination port (0: ProtectedPort) where the flood's
+	// runner picks it (measureFlood); a generator is given it.
+	Port uint16
+	// Ports > 1 spreads the flood over that many consecutive destination
+	// ports, from the one Run is given: source index i (the i-th source
+	// from Base) always sends to port + i % Ports.
+	Ports uint16
 }
+
+// dport is the port f floods.
+func (f Flood) dport() uint16 {
+	if f.Port != 0 {
+		return f.Port
+	}
+	return ProtectedPort
+}
+
+// nports is how many ports f's sources spread over (at least 1).
+func (f Flood) nports() uint32 { return uint32(max(f.Ports, 1)) }
 
 // base is where f's sources count up from.
 func (f Flood) base() netip.Addr {

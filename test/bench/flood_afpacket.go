@@ -148,6 +148,7 @@ func (g *packetGenerator) Run(topo *Topology, f Flood, port uint16, cpu int, bat
 	frames := newFrameBatch(template(topo, f, port), int(batch))
 	base := binary.BigEndian.Uint32(f.base().AsSlice())
 	span := uint64(max(f.Sources, 1))
+	nports := f.nports()
 	err := topo.TX.Do(func() error {
 		sched0, err := pinSender(cpu)
 		if err != nil {
@@ -166,7 +167,11 @@ func (g *packetGenerator) Run(topo *Topology, f Flood, port uint16, cpu int, bat
 			}
 			n := g.sent.Load()
 			for i := range frames.frames {
-				frames.setSource(i, base+uint32((n+uint64(i))%span))
+				idx := uint32((n + uint64(i)) % span)
+				frames.setSource(i, base+idx)
+				if nports > 1 {
+					frames.setPort(i, port+uint16(idx%nports))
+				}
 			}
 			k, err := frames.send(g.fd)
 			res.Calls++
@@ -201,6 +206,7 @@ type frameBatch struct {
 const (
 	offIPCheck = 14 + 10
 	offSaddr   = 14 + 12
+	offDport   = 14 + 20 + 2 // TCP's and UDP's alike
 )
 
 func newFrameBatch(tmpl []byte, n int) *frameBatch {
@@ -243,6 +249,30 @@ func (r *frameBatch) setSource(i int, addr uint32) {
 		l4c = 0xffff // 0 would say "no checksum"; RFC 768 sends zero as all ones
 	}
 	binary.BigEndian.PutUint16(f[r.l4:], l4c)
+}
+
+// setPort sends frame i to port, patching the TCP or UDP checksum as
+// setSource does (and after it, in the order flood.c patches).
+func (r *frameBatch) setPort(i int, port uint16) {
+	f := r.frames[i]
+	from := binary.BigEndian.Uint16(f[offDport:])
+	if from == port {
+		return
+	}
+	binary.BigEndian.PutUint16(f[offDport:], port)
+	l4c := csumReplace2(binary.BigEndian.Uint16(f[r.l4:]), from, port)
+	if r.udp && l4c == 0 {
+		l4c = 0xffff
+	}
+	binary.BigEndian.PutUint16(f[r.l4:], l4c)
+}
+
+// csumReplace2 is csumReplace4 for a 16-bit field.
+func csumReplace2(check, from, to uint16) uint16 {
+	sum := uint32(^check) + uint32(^from) + uint32(to)
+	sum = sum&0xffff + sum>>16
+	sum = sum&0xffff + sum>>16
+	return ^uint16(sum)
 }
 
 // csumReplace4 is RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), for a 32-bit

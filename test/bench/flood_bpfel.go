@@ -17,7 +17,9 @@ import (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	floodProgFlood     = "flood"
+	floodVarFirstDport = "first_dport"
 	floodVarFirstSaddr = "first_saddr"
+	floodVarNports     = "nports"
 	floodVarNsources   = "nsources"
 	floodVarSent       = "sent"
 )
@@ -77,7 +79,9 @@ type floodMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type floodVariableSpecs struct {
+	FirstDport *ebpf.VariableSpec `ebpf:"first_dport"`
 	FirstSaddr *ebpf.VariableSpec `ebpf:"first_saddr"`
+	Nports     *ebpf.VariableSpec `ebpf:"nports"`
 	Nsources   *ebpf.VariableSpec `ebpf:"nsources"`
 	Sent       *ebpf.VariableSpec `ebpf:"sent"`
 }
@@ -112,7 +116,9 @@ func (m *floodMaps) Close() error {
 //
 // It can be passed to loadFloodObjects or ebpf.CollectionSpec.LoadAndAssign.
 type floodVariables struct {
+	FirstDport *ebpf.Variable `ebpf:"first_dport"`
 	FirstSaddr *ebpf.Variable `ebpf:"first_saddr"`
+	Nports     *ebpf.Variable `ebpf:"nports"`
 	Nsources   *ebpf.Variable `ebpf:"nsources"`
 	Sent       *ebpf.Variable `ebpf:"sent"`
 }

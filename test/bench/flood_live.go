@@ -131,6 +131,12 @@ func (g *liveGenerator) Run(topo *Topology, f Flood, port uint16, cpu int, batch
 	if err := g.objs.Nsources.Set(f.Sources); err != nil {
 		return res, fmt.Errorf("set flood sources: %w", err)
 	}
+	if err := g.objs.FirstDport.Set(uint32(port)); err != nil {
+		return res, fmt.Errorf("set flood port: %w", err)
+	}
+	if err := g.objs.Nports.Set(f.nports()); err != nil {
+		return res, fmt.Errorf("set flood ports: %w", err)
+	}
 	sent0, err := g.Sent()
 	if err != nil {
 		return res, err

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 
@@ -147,7 +146,7 @@ func mapMemory(set *maps.Set) ([]MapMemory, error) {
 		count func() (int, error)
 	}{
 		{bpf.KnockgateMapKnocks, set.Knocks, func() (int, error) { return occupied(set) }},
-		{bpf.KnockgateMapGrants, set.Grants, func() (int, error) { return count(set.Grants) }},
+		{bpf.KnockgateMapGrants, set.Grants, func() (int, error) { return countGrants(set.Grants) }},
 		{bpf.KnockgateMapKnockTags, set.KnockTags, nil},
 		{bpf.KnockgateMapHints, set.Hints, nil},
 	} {
@@ -168,23 +167,6 @@ func mapMemory(set *maps.Set) ([]MapMemory, error) {
 		out = append(out, mm)
 	}
 	return out, nil
-}
-
-func count(m *ebpf.Map) (int, error) {
-	var (
-		key, next bpf.KnockgateSource
-		n         int
-	)
-	err := m.NextKey(nil, &next)
-	for err == nil {
-		n++
-		key = next
-		err = m.NextKey(&key, &next)
-	}
-	if !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return n, fmt.Errorf("count entries: %w", err)
-	}
-	return n, nil
 }
 
 // occupied counts the knock table's slots that hold a source's progress.

@@ -249,8 +249,10 @@ func logSample(w io.Writer, done, total int, s Sample) {
 		status = "error: " + s.Err.Error()
 	case s.Check != nil && !s.Check.OK():
 		status = fmt.Sprintf("FAILED correctness: %v", s.Check.Failures)
-	case s.Check == nil:
+	case s.Check == nil && s.Floor:
 		status = "floor"
+	case s.Check == nil:
+		status = "ok" // a gate measured without a correctness check (bench-scale's)
 	}
 	fmt.Fprintf(w, "[%2d/%d] round %d %-16s %-8s %7.1f rx ns/pkt  %5.0f frames/wake  %7.3f Mpps handled  sent %6.3f Mpps  sender %3.0f%%  %s\n",
 		done, total, s.Round, s.Gate, s.Flood, s.NsPerPacket, s.FramesPerRun, s.HandledPPS/1e6, s.SentPPS/1e6, 100*s.SenderShare, status)
@@ -485,7 +487,7 @@ func measureFlood(o Options, gen Generator, topo *Topology, gate Gate, napi NAPI
 	}
 	resc := make(chan result, 1)
 	go func() {
-		r, err := gen.Run(topo, f, ProtectedPort, o.SenderCPU, o.Batch, stop)
+		r, err := gen.Run(topo, f, f.dport(), o.SenderCPU, o.Batch, stop)
 		resc <- result{r, err}
 	}()
 	stopFlood := func() (FloodResult, error) {
