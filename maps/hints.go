@@ -38,6 +38,9 @@ func HintSlot(key bpf.KnockgateGrantKey) uint32 {
 // mmapable) so that adding to it is one atomic instruction, as in the
 // program, not a read-modify-write of the whole value racing with it.
 func (s *Set) withHintCount(key bpf.KnockgateGrantKey, fn func(n *uint64) error) error {
+	if err := hintAtomics(); err != nil { // 32-bit ARM: atomics.go
+		return err
+	}
 	mem, err := unix.Mmap(s.Hints.FD(), 0, int(s.Hints.ValueSize()), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return fmt.Errorf("map hint counts: %w", err)
