@@ -4,7 +4,11 @@ GO ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 BPF2GO_CC ?= clang
 BPF2GO_STRIP ?= llvm-strip
-BPF2GO_CFLAGS ?= -O2 -g -Wall -Werror
+# <asm/types.h>, which the kernel's UAPI headers include, sits in the host's
+# multiarch directory (Debian: /usr/include/x86_64-linux-gnu,
+# /usr/include/aarch64-linux-gnu, ...): ask the compiler which it is.
+MULTIARCH ?= $(shell $(BPF2GO_CC) -print-multiarch 2>/dev/null || gcc -print-multiarch 2>/dev/null || echo $$(uname -m)-linux-gnu)
+BPF2GO_CFLAGS ?= -O2 -g -Wall -Werror -I/usr/include/$(MULTIARCH)
 export BPF2GO_CC BPF2GO_STRIP BPF2GO_CFLAGS
 
 GENERATED := bpf test/bench
