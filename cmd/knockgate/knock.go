@@ -40,7 +40,8 @@ func knockCommand() *command {
 		synopsis: "HOST [PORT[/tcp|/udp]...] [--spa-key FILE|HEX [--key-id N] [--spa-port P] [--open-address ADDR] [--service NAME,...]] [--check PORT] [--delay 100ms] [-4|-6]",
 		summary:  "knock on a gate (a client, no gate needed here)",
 		help: "Knock on HOST: for each PORT in order, one TCP SYN (a connection attempt\n" +
-			"abandoned at once) or one UDP datagram. PORT:PROTO (knockd's form) is accepted too.\n" +
+			"abandoned before the SYN could be sent again) or one UDP datagram. PORT:PROTO\n" +
+			"(knockd's form) is accepted too.\n" +
 			"With --spa-key, one single-packet authorization datagram goes first: signed with\n" +
 			"the key, stamped with this machine's clock (the gate takes it within its window,\n" +
 			"30 s by default), asking to open the address it comes from as the gate sees it\n" +
