@@ -2,6 +2,9 @@
 # only Go; `make generate` (clang, llvm, libbpf-dev) rebuilds them.
 GO ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+# When the source was committed: the client refuses to stamp an SPA packet
+# with a clock earlier than that.
+BUILT_AT ?= $(shell date -u -d @$$(git log -1 --format=%ct 2>/dev/null || date +%s) +%Y-%m-%dT%H:%M:%SZ)
 BPF2GO_CC ?= clang
 BPF2GO_STRIP ?= llvm-strip
 # <asm/types.h>, which the kernel's UAPI headers include, sits in the host's
@@ -20,12 +23,13 @@ BINDIR ?= $(PREFIX)/bin
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 CONFDIR ?= /etc/knockgate
 
-.PHONY: all build generate check-generated deps test fuzz bench bench-compare bench-peers bench-smoke bench-fleet install clean
+.PHONY: all build generate check-generated deps test fuzz bench bench-compare bench-peers bench-smoke bench-fleet install clean \
+	dist deb cross vet-clients test-qemu lintian
 
 all: build
 
 build:
-	$(GO) build -ldflags "-X main.version=$(VERSION)" -o knockgate ./cmd/knockgate
+	$(GO) build -ldflags "-X main.version=$(VERSION) -X main.builtAt=$(BUILT_AT)" -o knockgate ./cmd/knockgate
 
 generate:
 	$(GO) generate ./bpf/... ./test/bench/...
@@ -102,5 +106,43 @@ install: build
 		install -m 0644 service/knockgate.toml $(DESTDIR)$(CONFDIR)/knockgate.toml; \
 	fi
 
+# Release archives for every client and server target, SHA-256 sums, and
+# .deb, .rpm and .apk packages of the Linux server targets (nfpm, run as a
+# tool), in dist/ (packaging/dist.sh says what can be narrowed).
+dist:
+	VERSION=$(VERSION) ./packaging/dist.sh
+
+# The linux/amd64 .deb alone, and what lintian says of it (no error allowed).
+deb:
+	VERSION=$(VERSION) CLIENTS= LINUX= SERVERS=amd64 PACKAGERS=deb ./packaging/dist.sh
+lintian: deb
+	lintian --fail-on error dist/*.deb
+
+# The client targets and the server targets (packaging/dist.sh's lists):
+# every one builds; the client's packages pass go vet on the client systems.
+CLIENT_TARGETS := windows/amd64 windows/arm64 darwin/arm64 darwin/amd64 freebsd/amd64 freebsd/arm64 openbsd/amd64 openbsd/arm64
+LINUX_ARCHES := amd64 arm64 arm riscv64 386 loong64 mips mipsle mips64 mips64le ppc64 ppc64le s390x
+cross:
+	@for t in $(CLIENT_TARGETS); do \
+		echo "build $$t"; GOOS=$${t%/*} GOARCH=$${t#*/} $(GO) build -o /dev/null ./cmd/knockgate || exit 1; \
+	done
+	@for a in $(LINUX_ARCHES); do \
+		echo "build linux/$$a"; GOOS=linux GOARCH=$$a GOARM=7 $(GO) build -o /dev/null ./... || exit 1; \
+	done
+vet-clients:
+	@for t in $(CLIENT_TARGETS); do \
+		echo "vet $$t"; GOOS=$${t%/*} GOARCH=$${t#*/} $(GO) vet ./cmd/knockgate ./spa ./policy || exit 1; \
+	done
+
+# The client's tests (and the BPF-free layout check) of linux/arm (ARMv7)
+# and linux/arm64 builds, under qemu-user. BPF itself is not emulated: the
+# tests that load a program are skipped by name here.
+QEMU_SKIP := TestGateLifecycle
+test-qemu:
+	GOARCH=arm GOARM=7 $(GO) test -exec qemu-arm -count=1 -skip '$(QEMU_SKIP)' ./policy/ ./spa/ ./config/ ./cmd/knockgate/
+	GOARCH=arm GOARM=7 $(GO) test -exec qemu-arm -count=1 -run 'TestSharedStructLayout|TestARMAtomics' ./bpf/ ./maps/
+	GOARCH=arm64 $(GO) test -exec qemu-aarch64 -count=1 -skip '$(QEMU_SKIP)' ./policy/ ./spa/ ./config/ ./cmd/knockgate/
+	GOARCH=arm64 $(GO) test -exec qemu-aarch64 -count=1 -run 'TestSharedStructLayout' ./bpf/
+
 clean:
-	rm -f knockgate
+	rm -rf knockgate dist

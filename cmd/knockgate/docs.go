@@ -127,7 +127,7 @@ func writeManGate(w io.Writer, cmds []*command) {
 	}
 	b.WriteString(".SH FILES\n.TP\n.I /etc/knockgate/knockgate.toml\nthe config file of \\fBknockgate run\\fR (the service knockgate.service)\n")
 	b.WriteString(".TP\n.I /sys/fs/bpf/knockgate\nthe gates' pinned programs and maps\n")
-	b.WriteString(".TP\n.I /var/lib/knockgate\nthe service's state directory\n")
+	b.WriteString(".TP\n.I /var/lib/knockgate\nthe service's state directory (a fleet's store: state_dir)\n")
 	b.WriteString(".SH SEE ALSO\n\\fBknockgate\\-knock\\fR(1), \\fBknockgate\\-keygen\\fR(1), \\fBsystemctl\\fR(1)\n")
 	io.WriteString(w, b.String())
 }
