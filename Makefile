@@ -144,10 +144,10 @@ vet-clients:
 # tests that load a program are skipped by name here.
 QEMU_SKIP := TestGateLifecycle
 test-qemu:
-	GOARCH=arm GOARM=7 $(GO) test -exec qemu-arm -count=1 -skip '$(QEMU_SKIP)' ./policy/ ./spa/ ./config/ ./cmd/knockgate/
-	GOARCH=arm GOARM=7 $(GO) test -exec qemu-arm -count=1 -run 'TestSharedStructLayout|TestARMAtomics' ./bpf/ ./maps/
-	GOARCH=arm64 $(GO) test -exec qemu-aarch64 -count=1 -skip '$(QEMU_SKIP)' ./policy/ ./spa/ ./config/ ./cmd/knockgate/
-	GOARCH=arm64 $(GO) test -exec qemu-aarch64 -count=1 -run 'TestSharedStructLayout' ./bpf/
+	GOARCH=arm GOARM=7 $(GO) test -exec qemu-arm -count=1 -timeout 5m -skip '$(QEMU_SKIP)' ./policy/ ./spa/ ./config/ ./cmd/knockgate/
+	GOARCH=arm GOARM=7 $(GO) test -exec qemu-arm -count=1 -timeout 5m -run 'TestSharedStructLayout|TestARMAtomics' ./bpf/ ./maps/
+	GOARCH=arm64 $(GO) test -exec qemu-aarch64 -count=1 -timeout 5m -skip '$(QEMU_SKIP)' ./policy/ ./spa/ ./config/ ./cmd/knockgate/
+	GOARCH=arm64 $(GO) test -exec qemu-aarch64 -count=1 -timeout 5m -run 'TestSharedStructLayout' ./bpf/
 
 clean:
 	rm -rf knockgate dist
