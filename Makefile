@@ -138,6 +138,7 @@ vet-clients:
 	@for t in $(CLIENT_TARGETS); do \
 		echo "vet $$t"; GOOS=$${t%/*} GOARCH=$${t#*/} $(GO) vet ./cmd/knockgate ./spa ./policy || exit 1; \
 	done
+	@echo "vet linux -tags knockgate_portable"; $(GO) vet -tags knockgate_portable ./cmd/knockgate
 
 # The client's tests (and the BPF-free layout check) of linux/arm (ARMv7)
 # and linux/arm64 builds, under qemu-user. BPF itself is not emulated: the
