@@ -116,7 +116,12 @@ for a in $SERVERS; do
 	nfpm_arch=${a%%/*}
 	[[ $a == arm/v7 ]] && nfpm_arch=arm7
 	for p in $PACKAGERS; do
-		STAGE=$stage NFPM_ARCH=$nfpm_arch PKG_VERSION=$PKG_VERSION \
+		v=$PKG_VERSION
+		if [[ $p == apk ]]; then
+			# Alpine's versions allow neither ~ nor +: 0.0_git20261207, 1.2.3_p3.
+			v=$(echo "$v" | sed -e 's/~git\([0-9]*\)\..*/_git\1/' -e 's/+\([0-9]*\)\.g.*/_p\1/')
+		fi
+		STAGE=$stage NFPM_ARCH=$nfpm_arch PKG_VERSION=$v \
 			"$nfpm" package --config packaging/nfpm.yaml --packager "$p" --target "$DIST/" >/dev/null
 	done
 done
