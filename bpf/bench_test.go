@@ -252,7 +252,7 @@ func BenchmarkKnockgate(b *testing.B) {
 				Open:        time.Hour,
 				Protected:   []maps.Port{ssh},
 				Flows:       true, FlowIdleTCP: 24 * time.Hour, FlowIdleUDP: 3 * time.Minute,
-				Services:    benchServices(),
+				Services: benchServices(),
 			}
 			if path.knock {
 				cfg.StepTimeout = time.Nanosecond

@@ -91,11 +91,16 @@ static __always_inline __u8 port_entry(const struct config *cfg, __u8 proto, __u
 	return cfg->ports[proto == IPPROTO_UDP][port];
 }
 
-/* The service that protects proto/port, plus one; 0: none. A step port is
- * protected (against what is no knock) only by the service that protects
- * all. */
+/* The service that protects a port whose port-table entry is e, plus one;
+ * 0: none. A step port is protected (against what is no knock) only by the
+ * service that protects all. */
+static __always_inline __u32 protector(const struct config *cfg, __u8 e)
+{
+	return e & KG_PORT_STEP ? cfg->all_service : e;
+}
+
+/* The service that protects proto/port, plus one (see protector). */
 static __always_inline __u32 protecting(const struct config *cfg, __u8 proto, __u16 port)
 {
-	__u8 e = port_entry(cfg, proto, port);
-	return e & KG_PORT_STEP ? cfg->all_service : e;
+	return protector(cfg, port_entry(cfg, proto, port));
 }

@@ -16,7 +16,9 @@ import (
 )
 
 // backdateConfirm moves the deadline of the safe-mode change in the live
-// slot into the past, the way waiting it out would.
+// slot into the past, the way waiting it out would: behind the real clock
+// and, on a gate with a clock of its own (TestClock, set: not 0), behind
+// that one too.
 func (g *gate) backdateConfirm() {
 	g.t.Helper()
 	var live uint32
@@ -31,6 +33,9 @@ func (g *gate) backdateConfirm() {
 		g.t.Fatal("no safe-mode change to back-date")
 	}
 	raw.ConfirmByNs = maps.BootNow() - uint64(time.Second)
+	if boot := g.boot(); boot != 0 {
+		raw.ConfirmByNs = min(raw.ConfirmByNs, boot-1)
+	}
 	if err := g.objs.Configs.Update(live, &raw, ebpf.UpdateExist); err != nil {
 		g.t.Fatal(err)
 	}

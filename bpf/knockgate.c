@@ -64,26 +64,34 @@ struct {
 
 /*
  * A one-sided filter in front of grants: a (source, service) whose slot
- * (hint_slot, a hash of both) counts zero has no grant, so a stranger's packet to a
- * protected port costs one inlined array load instead of a hash lookup. The
- * count goes up before a grant is made and down after one is deleted, by the
- * program and by the Go side alike (maps.HintSlot hashes the same way), so it
- * never reads zero while a grant exists; it may read high (a slot two
- * sources share, a grant the LRU evicted), which only costs the lookup. Only
- * completed sequences and the operator make grants, so no flood moves these
- * counts. Mmapable, so Go can add to a count atomically instead of rewriting
- * the whole value.
+ * (hint_slot, a hash of both) counts zero has no grant, so a stranger's
+ * packet to a protected port costs one inlined array load instead of a hash
+ * lookup. The count goes up before a grant is made and down after one is
+ * deleted, by the program and by the Go side alike (maps.HintSlot hashes the
+ * same way), so it never reads zero while a grant exists; it may read high (a
+ * slot two grants share, a grant the LRU evicted), which only costs the
+ * lookup. Only completed sequences, SPA and the operator make grants, so no
+ * flood moves these counts. Sized by the loader at four slots per grant the
+ * gate holds (--max-sources), so that with the grants map full most of a
+ * stranger's slots still read zero; 32-bit counts (a gate holds fewer grants
+ * than that), atomics every architecture has. Mmapable, so Go adds to a
+ * count atomically in place.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 65536);
 	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
-	__type(value, struct hint_counts);
+	__type(value, __u32);
 } hints SEC(".maps");
 
+/* 64 less the log2 of the hints map's slots (a power of two, set by the
+ * loader). */
+volatile const __u32 hint_shift = 64 - 16;
+
 /* Operator CIDRs that always pass protected ports: of every service
- * (service KG_ALLOW_ANY), or of one. */
+ * (service KG_ALLOW_ANY), or of one; each configuration's under its allow
+ * epoch. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 1024);
@@ -227,23 +235,21 @@ static __always_inline struct grant_key grant_key_of(const __u8 *addr, __u32 ser
 }
 
 /* The hint slot of a (source, service): a multiplicative hash of the
- * address's two halves and the service. Mirrored by maps.HintSlot; change
- * both or neither. */
+ * address's two halves and the service, its top bits (as many as the map's
+ * size, a power of two, needs: every input bit reaches them). Mirrored by
+ * maps.HintSlot; change both or neither. */
 static __always_inline __u32 hint_slot(const struct grant_key *k)
 {
 	__u64 a, b;
 	__builtin_memcpy(&a, k->addr, 8);
 	__builtin_memcpy(&b, k->addr + 8, 8);
-	return ((a ^ b ^ ((__u64)k->service << 56)) * 0x9e3779b97f4a7c15ULL) >> (64 - 16);
+	return ((a ^ b ^ ((__u64)k->service << 56)) * 0x9e3779b97f4a7c15ULL) >> hint_shift;
 }
 
-static __always_inline __u64 *hint_count(const struct grant_key *k)
+static __always_inline __u32 *hint_count(const struct grant_key *k)
 {
-	__u32 zero = 0;
-	struct hint_counts *h = bpf_map_lookup_elem(&hints, &zero);
-	if (!h)
-		return NULL;
-	return &h->slot[hint_slot(k) & (KG_HINT_SLOTS - 1)];
+	__u32 slot = hint_slot(k);
+	return bpf_map_lookup_elem(&hints, &slot);
 }
 
 /*
@@ -253,7 +259,7 @@ static __always_inline __u64 *hint_count(const struct grant_key *k)
  */
 static __always_inline long put_grant(const struct grant_key *k, const struct grant *g)
 {
-	__u64 *n = hint_count(k);
+	__u32 *n = hint_count(k);
 	if (!n)
 		return -1;
 	/* Two tries: an entry deleted between the two updates is made anew. */
@@ -325,8 +331,8 @@ static __always_inline int holds(const struct knock_slot *k, const struct source
 static __always_inline int granted(const struct packet *pkt, __u32 service, struct lazy *lz)
 {
 	struct grant_key key = grant_key_of(pkt->src.addr, service);
-	__u64 *n = hint_count(&key);
-	if (n && !*(volatile __u64 *)n)
+	__u32 *n = hint_count(&key);
+	if (n && !*(volatile __u32 *)n)
 		return 0;
 	struct grant *g = bpf_map_lookup_elem(&grants, &key);
 	if (!g)
@@ -625,13 +631,14 @@ __attribute__((noinline)) int knock_table(const struct config *cfg, const struct
 	return XDP_DROP;
 }
 
-static __always_inline int knock(const struct config *cfg, const struct packet *pkt, struct lazy *lz)
+/* The knock state machine for a SYN or datagram whose destination's
+ * port-table entry is e. */
+static __always_inline int knock(const struct config *cfg, const struct packet *pkt, struct lazy *lz, __u8 e)
 {
 	/* Bit i set: this packet is step i of the sequence of the service its
 	 * port is a step of (the port table says which). */
 	__u32 match = 0;
 	__u32 service = 0;
-	__u8 e = port_entry(cfg, pkt->proto, pkt->dport);
 	if (e & KG_PORT_STEP) {
 		service = e & KG_PORT_SERVICE;
 		if (service >= KG_MAX_SERVICES)
@@ -669,7 +676,7 @@ static __always_inline int allowed(const struct config *cfg, const struct packet
 	__u32 own = cfg->services[service].allow_count;
 	if (!cfg->allow_count && !own)
 		return 0;
-	struct allow_key key = { .prefixlen = 8 + 128, .service = KG_ALLOW_ANY };
+	struct allow_key key = { .prefixlen = 16 + 128, .epoch = cfg->allow_epoch, .service = KG_ALLOW_ANY };
 	__builtin_memcpy(key.addr, pkt->src.addr, 16);
 	if (cfg->allow_count && bpf_map_lookup_elem(&allow, &key))
 		return 1;
@@ -806,11 +813,14 @@ int knockgate(struct xdp_md *ctx)
 
 	__u8 syn = pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST | TCP_FLAG_FIN);
 	int is_knock = pkt.proto == IPPROTO_UDP || syn == TCP_FLAG_SYN;
-	if (is_knock && (cfg->flags & CONFIG_KNOCKS) && knock(cfg, &pkt, &lz) >= 0)
+	/* One byte of the port table says what the port is: a step of a
+	 * sequence, a service's, or nobody's. */
+	__u8 e = port_entry(cfg, pkt.proto, pkt.dport);
+	if (is_knock && (cfg->flags & CONFIG_KNOCKS) && knock(cfg, &pkt, &lz, e) >= 0)
 		return verdict(ctx, VERDICT_DROPPED_KNOCK);
 
 	/* The service the port belongs to, plus one. */
-	__u32 service = protecting(cfg, pkt.proto, pkt.dport);
+	__u32 service = protector(cfg, e);
 	if (!service--)
 		return verdict(ctx, VERDICT_PASSED);
 	if (service >= KG_MAX_SERVICES) /* cannot be: the loader writes 1..KG_MAX_SERVICES */

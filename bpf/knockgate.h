@@ -55,9 +55,6 @@
 #define KG_SPA_REQUESTS 4
 #define KG_SPA_KEYS 1024
 
-/* Slots of the hints map (a power of two): see hints in knockgate.c. */
-#define KG_HINT_SLOTS 65536
-
 /* Per-interface verdict counters are kept in this many slots, indexed by
  * the receiving interface's ifindex masked to the slot count (a power of
  * two): no lookup on the hot path. Two interfaces of one gate whose ifindexes
@@ -75,15 +72,6 @@
  * and expire events. */
 #define KG_EVENT_RING_BYTES (256 * 1024)
 #define KG_EVENT_RING_RESERVE (KG_EVENT_RING_BYTES / 2)
-
-/* The hints map's one value: per slot, how many grants (of a source and a
- * service) may hash there. Only
- * completed sequences and the operator make grants, so an attacker cannot
- * churn these counts; 64 bits all the same, since a grant the LRU evicts is
- * never uncounted. */
-struct hint_counts {
-	__u64 slot[KG_HINT_SLOTS];
-};
 
 /*
  * A flow the host sends on, as the host sees it: the key of a slot of the
@@ -206,6 +194,12 @@ struct config {
 	__u8 all_service;
 	/* Bit s: services[s] is live. */
 	__u32 live_services;
+	/* The allow trie's entries of this configuration are those under this
+	 * epoch: a copy of a configuration (a confirmation, a clock refresh)
+	 * keeps its entries, and the configuration before a change keeps its
+	 * own for a rollback, which the program itself may make. */
+	__u8 allow_epoch;
+	__u8 pad[7];
 	struct service services[KG_MAX_SERVICES];
 	/* The port table, TCP then UDP: see KG_PORT_STEP. */
 	__u8 ports[2][65536];
@@ -254,14 +248,16 @@ struct grant {
 	__u8 pad[7];
 };
 
-/* Key of the allow LPM trie: an entry for one service, or for every
- * service (service KG_ALLOW_ANY); prefixlen counts the service's 8 bits and
- * then bits of addr (v4 is +96). */
+/* Key of the allow LPM trie: an entry of the configurations of one allow
+ * epoch (see config.allow_epoch), for one service or for every service
+ * (service KG_ALLOW_ANY); prefixlen counts the epoch's and the service's 8
+ * bits each, then bits of addr (v4 is +96). */
 struct allow_key {
 	__u32 prefixlen;
+	__u8 epoch;
 	__u8 service;
 	__u8 addr[16];
-	__u8 pad[3];
+	__u8 pad[2];
 };
 
 #define KG_ALLOW_ANY 0xff

@@ -16,9 +16,10 @@ import (
 type KnockgateAllowKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
+	Epoch     uint8
 	Service   uint8
 	Addr      [16]uint8
-	Pad       [3]uint8
+	Pad       [2]uint8
 }
 
 type KnockgateConfig struct {
@@ -35,6 +36,8 @@ type KnockgateConfig struct {
 	Flags         uint8
 	AllService    uint8
 	LiveServices  uint32
+	AllowEpoch    uint8
+	Pad           [7]uint8
 	Services      [32]KnockgateService
 	Ports         [2][65536]uint8
 }
@@ -142,11 +145,6 @@ type KnockgateGrantKey struct {
 	Pad     [3]uint8
 }
 
-type KnockgateHintCounts struct {
-	_    structs.HostLayout
-	Slot [65536]uint64
-}
-
 type KnockgateKnockSlot struct {
 	_    structs.HostLayout
 	Lock struct {
@@ -246,6 +244,7 @@ const (
 	KnockgateVarEventBurst           = "event_burst"
 	KnockgateVarFlowSets             = "flow_sets"
 	KnockgateVarFlowSlots            = "flow_slots"
+	KnockgateVarHintShift            = "hint_shift"
 	KnockgateVarKnockSets            = "knock_sets"
 	KnockgateVarKnockSlots           = "knock_slots"
 	KnockgateVarTestBootNs           = "test_boot_ns"
@@ -336,6 +335,7 @@ type KnockgateVariableSpecs struct {
 	EventBurst           *ebpf.VariableSpec `ebpf:"event_burst"`
 	FlowSets             *ebpf.VariableSpec `ebpf:"flow_sets"`
 	FlowSlots            *ebpf.VariableSpec `ebpf:"flow_slots"`
+	HintShift            *ebpf.VariableSpec `ebpf:"hint_shift"`
 	KnockSets            *ebpf.VariableSpec `ebpf:"knock_sets"`
 	KnockSlots           *ebpf.VariableSpec `ebpf:"knock_slots"`
 	TestBootNs           *ebpf.VariableSpec `ebpf:"test_boot_ns"`
@@ -418,6 +418,7 @@ type KnockgateVariables struct {
 	EventBurst           *ebpf.Variable `ebpf:"event_burst"`
 	FlowSets             *ebpf.Variable `ebpf:"flow_sets"`
 	FlowSlots            *ebpf.Variable `ebpf:"flow_slots"`
+	HintShift            *ebpf.Variable `ebpf:"hint_shift"`
 	KnockSets            *ebpf.Variable `ebpf:"knock_sets"`
 	KnockSlots           *ebpf.Variable `ebpf:"knock_slots"`
 	TestBootNs           *ebpf.Variable `ebpf:"test_boot_ns"`

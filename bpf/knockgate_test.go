@@ -994,7 +994,7 @@ func TestHintCountsFollowGrants(t *testing.T) {
 	netns.Require(t)
 	forFamilies(t, func(t *testing.T, f family) {
 		g := newGate(t, defaultConfig())
-		count := func(what string, want uint64) {
+		count := func(what string, want uint32) {
 			t.Helper()
 			n, err := g.maps.HintCount(maps.GrantKey(f.src, 0))
 			if err != nil {

@@ -25,19 +25,18 @@ func TestSharedStructLayout(t *testing.T) {
 	}
 	// Every struct the ABI shares with Go, by its C name.
 	goTypes := map[string]any{
-		"allow_key":   bpf.KnockgateAllowKey{},
-		"config":      bpf.KnockgateConfig{},
-		"event":       bpf.KnockgateEvent{},
-		"flow":        bpf.KnockgateFlow{},
-		"flow_key":    bpf.KnockgateFlowKey{},
-		"grant":       bpf.KnockgateGrant{},
-		"grant_key":   bpf.KnockgateGrantKey{},
-		"hint_counts": bpf.KnockgateHintCounts{},
-		"knock_slot":  bpf.KnockgateKnockSlot{},
-		"service":     bpf.KnockgateService{},
-		"source":      bpf.KnockgateSource{},
-		"spa_key":     bpf.KnockgateSpaKey{},
-		"step":        bpf.KnockgateStep{},
+		"allow_key":  bpf.KnockgateAllowKey{},
+		"config":     bpf.KnockgateConfig{},
+		"event":      bpf.KnockgateEvent{},
+		"flow":       bpf.KnockgateFlow{},
+		"flow_key":   bpf.KnockgateFlowKey{},
+		"grant":      bpf.KnockgateGrant{},
+		"grant_key":  bpf.KnockgateGrantKey{},
+		"knock_slot": bpf.KnockgateKnockSlot{},
+		"service":    bpf.KnockgateService{},
+		"source":     bpf.KnockgateSource{},
+		"spa_key":    bpf.KnockgateSpaKey{},
+		"step":       bpf.KnockgateStep{},
 	}
 	// The table is complete: every named struct a map's key or value is.
 	for name, m := range spec.Maps {
@@ -48,6 +47,16 @@ func TestSharedStructLayout(t *testing.T) {
 				}
 			}
 		}
+	}
+	// The hint counts are no struct, but Go shares them too: maps adds to a
+	// slot in place, in memory mapped from the map, with sync/atomic's
+	// 32-bit operations, so each slot must be a 32-bit count here as in C.
+	hints, ok := spec.Maps["hints"]
+	if !ok {
+		t.Fatal("no hints map")
+	}
+	for _, diff := range compareLayout("hints value", hints.Value, reflect.TypeOf(uint32(0)), 0) {
+		t.Errorf("%s/%s: %s", runtime.GOOS, runtime.GOARCH, diff)
 	}
 	for name, v := range goTypes {
 		var s *btf.Struct

@@ -273,6 +273,43 @@ func TestSPAKeyRewriteKeepsReplayState(t *testing.T) {
 	}
 }
 
+// Replay state from the fleet (maps.Set.AdvanceReplay) and the program's
+// acceptances move one value forward together: an older remote timestamp
+// does not lower what the program accepted, a newer one makes the program
+// refuse packets up to it. Each packet's timestamp is taken when it is
+// sent, and every step is milliseconds from it: all inside the window.
+func TestSPAReplayStateFromTheFleet(t *testing.T) {
+	f := families[0]
+	g := newSPAGate(t, spaConfig())
+	at := func(ts time.Time) []byte {
+		return f.spaFrame(f.src, spaPayload(&plainKey, ts, netip.Addr{})).Bytes()
+	}
+	ts := time.Now()
+	g.expect("valid", at(ts), xdpDrop, "dropped_spa", "spa_accepted", "granted")
+	g.expectEvents("valid", "open")
+	if _, err := g.maps.Revoke(f.src, ""); err != nil { // refused below checks no grant appears
+		t.Fatal(err)
+	}
+	accepted := uint64(ts.UnixMilli())
+	if moved, err := g.maps.AdvanceReplay(plainKey.ID, accepted-1000); err != nil || moved {
+		t.Errorf("an older remote timestamp: moved %v, %v", moved, err)
+	}
+	if got := g.lastAccepted(plainKey.ID); got != accepted {
+		t.Errorf("replay state %d after an older remote one, want %d (the program's)", got, accepted)
+	}
+	remote := accepted + 5000
+	if moved, err := g.maps.AdvanceReplay(plainKey.ID, remote); err != nil || !moved {
+		t.Errorf("a newer remote timestamp: moved %v, %v", moved, err)
+	}
+	g.refused("older than the remote timestamp", f, f.src, at(ts.Add(2*time.Second)), "spa_replay")
+	g.refused("at the remote timestamp", f, f.src, at(time.UnixMilli(int64(remote))), "spa_replay")
+	g.expect("newer than the remote timestamp", at(time.UnixMilli(int64(remote+1))), xdpDrop, "dropped_spa", "spa_accepted", "granted")
+	g.expectEvents("newer than the remote timestamp", "open")
+	if got := g.lastAccepted(plainKey.ID); got != remote+1 {
+		t.Errorf("replay state %d, want %d", got, remote+1)
+	}
+}
+
 // The gate's Unix time is CLOCK_TAI less the TAI offset the configuration
 // recorded: recorded wrong (as if the kernel's offset had moved by an hour
 // since), every packet is outside the window; RefreshClock puts it right
@@ -280,18 +317,7 @@ func TestSPAKeyRewriteKeepsReplayState(t *testing.T) {
 func TestSPAClockFollowsTAIOffset(t *testing.T) {
 	f := families[0]
 	g := newSPAGate(t, spaConfig())
-	var live uint32
-	if err := g.maps.ConfigSlot.Lookup(uint32(0), &live); err != nil {
-		t.Fatal(err)
-	}
-	var raw bpf.KnockgateConfig
-	if err := g.maps.Configs.Lookup(live, &raw); err != nil {
-		t.Fatal(err)
-	}
-	raw.TaiOffsetNs += int64(time.Hour)
-	if err := g.maps.Configs.Update(live, &raw, ebpf.UpdateExist); err != nil {
-		t.Fatal(err)
-	}
+	g.staleTAIOffset()
 	g.refused("clock an hour off", f, f.src, f.spaFrame(f.src, spaPayload(&plainKey, time.Now(), netip.Addr{})).Bytes(), "spa_clock")
 	changed, err := g.maps.RefreshClock()
 	if err != nil || !changed {

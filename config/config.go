@@ -525,7 +525,8 @@ func (f *Flags) Apply(s *Settings) error {
 	return nil
 }
 
-// Check validates settings as a whole, naming what is wrong.
+// Check validates settings as a whole, naming what is wrong: the gate's
+// name, then the policy with the SPA keys that serve it (Check).
 func (s *Settings) Check() error {
 	if s.Gate != "" {
 		if err := loader.ValidateName(s.Gate); err != nil {
@@ -533,7 +534,7 @@ func (s *Settings) Check() error {
 		}
 	}
 	p := s.Config()
-	return p.Validate()
+	return Check(&p, s.SPAKeys)
 }
 
 // Config is the policy the settings give the gate: Policy, and what the

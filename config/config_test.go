@@ -247,3 +247,33 @@ func TestKeysDocumented(t *testing.T) {
 		t.Errorf("the example config: %v", err)
 	}
 }
+
+// A [fleet] table without state_dir keeps its state where the unit's
+// StateDirectory makes room for it, with peers or with url.
+func TestFleetStateDirDefault(t *testing.T) {
+	for _, table := range []string{
+		"[fleet]\nname = \"a\"\npeers = [\"192.0.2.1:6222\", \"192.0.2.2:6222\"]\n",
+		"[fleet]\nname = \"a\"\nurl = \"nats://192.0.2.9:4222\"\n",
+	} {
+		s, err := Parse("t.toml", []byte("interfaces = [\"eth0\"]\n"+table))
+		if err != nil {
+			t.Errorf("%q: %v", table, err)
+			continue
+		}
+		if s.Fleet.StateDir != DefaultFleetStateDir || DefaultFleetStateDir != "/var/lib/knockgate/fleet" {
+			t.Errorf("%q: state_dir %q, want %q", table, s.Fleet.StateDir, "/var/lib/knockgate/fleet")
+		}
+	}
+	// The unit makes /var/lib/knockgate, writable under ProtectSystem=strict.
+	unit, err := os.ReadFile("../service/knockgate.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(unit), "\nStateDirectory=knockgate\n") || !strings.HasPrefix(DefaultFleetStateDir, "/var/lib/knockgate/") {
+		t.Errorf("the unit has no StateDirectory=knockgate for %s", DefaultFleetStateDir)
+	}
+	s, err := Parse("t.toml", []byte("interfaces = [\"eth0\"]\n[fleet]\nname = \"a\"\npeers = [\"192.0.2.1:6222\"]\nstate_dir = \"/srv/kg\"\n"))
+	if err != nil || s.Fleet.StateDir != "/srv/kg" {
+		t.Errorf("state_dir given: %q, %v", s.Fleet.StateDir, err)
+	}
+}

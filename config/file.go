@@ -133,6 +133,17 @@ func Parse(path string, data []byte) (*Settings, error) {
 		}
 	}
 	if err := s.Check(); err != nil {
+		var se *ScopeError
+		if errors.As(err, &se) {
+			// Keys that do not fit the services: a service no key opens
+			// is the service's mistake, a key naming a missing one the
+			// key file's.
+			if se.Key == nil {
+				key, line := svcLines[se.Service].blame(se.Service)
+				return nil, &FileError{Path: path, Line: line, Key: key, Err: err}
+			}
+			return nil, &FileError{Path: path, Line: lines["spa_keys"], Key: "spa_keys", Err: err}
+		}
 		// A combination the program cannot run: tied to the keys that
 		// make it (a step that is also protected), of the first service
 		// that makes it (the policy with the services before it is good).
@@ -148,26 +159,19 @@ func Parse(path string, data []byte) (*Settings, error) {
 			if verr == nil {
 				continue
 			}
-			if i > 0 {
-				key, line = svcLines[p.Services[i].Name].blame(p.Services[i].Name)
+			name := p.Services[i].Name
+			var he *policy.HashError
+			switch {
+			case errors.As(verr, &he):
+				// The name is the mistake: its table's line.
+				key, line = "services."+name, svcLines[name].table
+			case i > 0:
+				key, line = svcLines[name].blame(name)
 			}
 			err = verr
 			break
 		}
 		return nil, &FileError{Path: path, Line: line, Key: key, Err: err}
-	}
-	p := s.Config()
-	if err := CheckHashes(&p); err != nil {
-		he := err.(*hashError)
-		return nil, &FileError{Path: path, Line: svcLines[he.b].table, Key: "services." + he.b, Err: err}
-	}
-	if err := CheckKeys(&p, s.SPAKeys); err != nil {
-		var ne *noKeyError
-		if errors.As(err, &ne) {
-			key, line := svcLines[ne.service].blame(ne.service)
-			return nil, &FileError{Path: path, Line: line, Key: key, Err: err}
-		}
-		return nil, &FileError{Path: path, Line: lines["spa_keys"], Key: "spa_keys", Err: err}
 	}
 	return &s, nil
 }

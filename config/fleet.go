@@ -35,7 +35,9 @@ type Fleet struct {
 	TLSCA             string `toml:"tls_ca"`
 	RouteUser         string `toml:"route_user"`
 	RoutePasswordFile string `toml:"route_password_file"`
-	// StateDir holds the embedded server's JetStream store.
+	// StateDir holds the embedded server's JetStream store and what this
+	// member last knew of the bucket (default DefaultFleetStateDir: the
+	// unit's StateDirectory).
 	StateDir string `toml:"state_dir"`
 	Replicas int    `toml:"replicas"` // of the bucket (default: min(3, peers))
 
@@ -45,6 +47,10 @@ type Fleet struct {
 
 // DefaultFleetListen is where the embedded server's routes listen.
 const DefaultFleetListen = "0.0.0.0:6222"
+
+// DefaultFleetStateDir is the default state_dir, under the directory the
+// unit's StateDirectory=knockgate makes.
+const DefaultFleetStateDir = "/var/lib/knockgate/fleet"
 
 func (f *Fleet) decode(md *toml.MetaData, prim toml.Primitive) error {
 	if err := md.PrimitiveDecode(prim, f); err != nil {
@@ -102,6 +108,9 @@ func (f *Fleet) check() error {
 		}
 		f.Name = h
 	}
+	if f.StateDir == "" {
+		f.StateDir = DefaultFleetStateDir
+	}
 	switch {
 	case f.URL != "" && len(f.Peers) > 0:
 		return errors.New("give peers (embedded servers) or url (an existing cluster), not both")
@@ -134,9 +143,6 @@ func (f *Fleet) check() error {
 	}
 	if (f.RouteUser == "") != (f.RoutePassword == "") {
 		return errors.New("route_user and route_password_file go together")
-	}
-	if f.StateDir == "" {
-		return errors.New("state_dir: give a directory for the embedded server's store (e.g. /var/lib/knockgate/fleet)")
 	}
 	if f.Replicas == 0 {
 		f.Replicas = min(3, len(f.Peers))

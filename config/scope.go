@@ -8,32 +8,20 @@ import (
 	"github.com/knockgate/knockgate/spa"
 )
 
-// CheckHashes refuses two services of p with one name hash (spa.ServiceHash:
-// a version-2 SPA packet asks for services by it), naming both.
-func CheckHashes(p *policy.Policy) error {
-	for i := range p.Services {
-		for j := range i {
-			a, b := p.Services[j].Name, p.Services[i].Name
-			if spa.ServiceHash(a) == spa.ServiceHash(b) {
-				return &hashError{a, b}
-			}
-		}
+// Check checks a policy and the SPA keys that are to serve it, as one: the
+// policy's own rules (policy.Validate), then the keys against its services
+// (a *ScopeError): every service a key names (services=, default without
+// it) must be p's, and a service of p other than default that has no knock
+// sequence must be in some key's scope, or nothing could ever open it.
+func Check(p *policy.Policy, keys []spa.Key) error {
+	if err := p.Validate(); err != nil {
+		return err
 	}
-	return nil
-}
-
-// CheckKeys checks SPA keys against the policy they are to serve: every
-// service a key names (services=, default without it) must be p's, and a
-// service of p other than default that has no knock sequence must be in
-// some key's scope, or nothing could ever open it. Errors name the key and
-// the service.
-func CheckKeys(p *policy.Policy, keys []spa.Key) error {
 	for i := range keys {
 		k := &keys[i]
 		for _, name := range k.Scope() {
 			if p.Service(name) == nil {
-				return fmt.Errorf("SPA key %s (id %d) names service %s, which the gate does not have (it has %s)",
-					k.Name, k.ID, name, ServiceNames(p))
+				return &ScopeError{Service: name, Key: k, has: ServiceNames(p)}
 			}
 		}
 	}
@@ -43,23 +31,25 @@ func CheckKeys(p *policy.Policy, keys []spa.Key) error {
 			continue
 		}
 		if !slices.ContainsFunc(keys, func(k spa.Key) bool { return slices.Contains(k.Scope(), svc.Name) }) {
-			return &noKeyError{svc.Name}
+			return &ScopeError{Service: svc.Name}
 		}
 	}
 	return nil
 }
 
-// noKeyError: a service without a sequence that no key may open.
-type noKeyError struct{ service string }
-
-func (e *noKeyError) Error() string {
-	return fmt.Sprintf("service %s: sequence is none and no SPA key names it (services=%s): nothing could ever open it", e.service, e.service)
+// ScopeError is SPA keys that do not fit a policy's services: Key names
+// Service, which the policy does not have; or (Key nil) Service has no
+// knock sequence and no key may open it.
+type ScopeError struct {
+	Service string
+	Key     *spa.Key
+	has     string // the policy's services, for the message
 }
 
-// hashError: two services whose names an SPA request cannot tell apart.
-type hashError struct{ a, b string }
-
-func (e *hashError) Error() string {
-	return fmt.Sprintf("services %s and %s have the same name hash (%08x): an SPA request could not tell them apart; rename one",
-		e.a, e.b, spa.ServiceHash(e.a))
+func (e *ScopeError) Error() string {
+	if e.Key == nil {
+		return fmt.Sprintf("service %s: sequence is none and no SPA key names it (services=%s): nothing could ever open it", e.Service, e.Service)
+	}
+	return fmt.Sprintf("SPA key %s (id %d) names service %s, which the gate does not have (it has %s)",
+		e.Key.Name, e.Key.ID, e.Service, e.has)
 }

@@ -1,10 +1,12 @@
 package config
 
 import (
+	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -110,7 +112,7 @@ func TestServiceFileErrors(t *testing.T) {
 	b.WriteString(head)
 	for i := 1; i < policy.MaxServices; i++ {
 		b.WriteString("[services.s" + strings.Repeat("x", i%3) + string(rune('a'+i%26)) + string(rune('a'+i/26)) + "]\n")
-		b.WriteString("protect = \"" + itoa(1000+i) + "\"\nsequence = \"" + itoa(2000+i) + "\"\n")
+		b.WriteString("protect = \"" + strconv.Itoa(1000+i) + "\"\nsequence = \"" + strconv.Itoa(2000+i) + "\"\n")
 	}
 	if _, err := Parse("t.toml", []byte(b.String())); err != nil {
 		t.Fatalf("%d services: %v", policy.MaxServices, err)
@@ -143,17 +145,9 @@ func rootKeyFile(t *testing.T, keys ...spa.Key) string {
 	return path
 }
 
-func itoa(n int) string {
-	var b []byte
-	for ; n > 0; n /= 10 {
-		b = append([]byte{byte('0' + n%10)}, b...)
-	}
-	return string(b)
-}
-
 // Keys must name services the policy has; a service without a sequence
 // needs a key that may open it.
-func TestCheckKeys(t *testing.T) {
+func TestCheck(t *testing.T) {
 	d := Defaults()
 	p := d.Config()
 	p.SPAPort = 62201
@@ -161,15 +155,21 @@ func TestCheckKeys(t *testing.T) {
 	laptop := spa.Key{ID: 1, Name: "laptop"}
 	contractor := spa.Key{ID: 7, Name: "contractor", Services: []string{"web"}}
 	stranger := spa.Key{ID: 9, Name: "stranger", Services: []string{"web", "rdp"}}
-	if err := CheckKeys(&p, []spa.Key{laptop}); err == nil || err.Error() != "service web: sequence is none and no SPA key names it (services=web): nothing could ever open it" {
+	if err := Check(&p, []spa.Key{laptop}); err == nil || err.Error() != "service web: sequence is none and no SPA key names it (services=web): nothing could ever open it" {
 		t.Errorf("no key for web: %v", err)
 	}
-	if err := CheckKeys(&p, []spa.Key{laptop, contractor}); err != nil {
+	if err := Check(&p, []spa.Key{laptop, contractor}); err != nil {
 		t.Errorf("a key for web: %v", err)
 	}
-	if err := CheckKeys(&p, []spa.Key{stranger}); err == nil ||
+	var se *ScopeError
+	if err := Check(&p, []spa.Key{stranger}); !errors.As(err, &se) || se.Service != "rdp" || se.Key.ID != 9 ||
 		err.Error() != "SPA key stranger (id 9) names service rdp, which the gate does not have (it has default, web)" {
 		t.Errorf("a key naming a service the gate lacks: %v", err)
+	}
+	// The policy's own rules come first, as they are.
+	p.Services = append(p.Services, p.Services[1])
+	if err := Check(&p, []spa.Key{stranger}); errors.As(err, &se) || err == nil || err.Error() != "service web is defined twice" {
+		t.Errorf("a policy the program cannot run: %v", err)
 	}
 }
 

@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -13,45 +14,64 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/knockgate/knockgate/policy"
 )
 
-// memLocal is a host's grant map in memory.
+// memLocal is a host's grant map in memory, with the services it has.
 type memLocal struct {
-	mu     sync.Mutex
-	grants map[netip.Addr]time.Time
-	replay map[uint32]uint64
+	mu       sync.Mutex
+	grants   map[Grant]time.Time
+	services map[string]bool
+	replay   map[uint32]uint64
 }
 
-func newMemLocal() *memLocal {
-	return &memLocal{grants: map[netip.Addr]time.Time{}, replay: map[uint32]uint64{}}
+// newMemLocal has the service default and services.
+func newMemLocal(services ...string) *memLocal {
+	m := &memLocal{grants: map[Grant]time.Time{}, services: map[string]bool{policy.DefaultService: true},
+		replay: map[uint32]uint64{}}
+	for _, s := range services {
+		m.services[s] = true
+	}
+	return m
 }
 
-func (m *memLocal) Grants() (map[netip.Addr]time.Time, error) {
+func (m *memLocal) Grants() (Grants, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := map[netip.Addr]time.Time{}
-	for a, t := range m.grants {
-		out[a] = t
+	out := Grants{Expires: map[Grant]time.Time{}, Services: map[string]bool{}}
+	for g, t := range m.grants {
+		out.Expires[g] = t
+	}
+	for s := range m.services {
+		out.Services[s] = true
 	}
 	return out, nil
 }
 
-func (m *memLocal) Apply(a netip.Addr, exp time.Time) error {
+func (m *memLocal) Apply(g Grant, exp time.Time) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if exp.After(m.grants[a]) {
-		m.grants[a] = exp
+	if !m.services[g.Service] {
+		return fmt.Errorf("grant %s: %w", g, ErrNoService)
+	}
+	if exp.After(m.grants[g]) {
+		m.grants[g] = exp
 	}
 	return nil
 }
 
-func (m *memLocal) Revoke(a netip.Addr) error {
+func (m *memLocal) Revoke(g Grant) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	delete(m.grants, a)
+	if !m.services[g.Service] {
+		return fmt.Errorf("revoke %s: %w", g, ErrNoService)
+	}
+	delete(m.grants, g)
 	return nil
 }
 
@@ -72,26 +92,94 @@ func (m *memLocal) ApplyReplay(id uint32, ms uint64) error {
 	return nil
 }
 
+// grant grants a the service default until exp, as a knock would.
 func (m *memLocal) grant(a netip.Addr, exp time.Time) {
+	m.grantOf(Grant{a, policy.DefaultService}, exp)
+}
+
+// grantOf grants g until exp, replacing any grant it had.
+func (m *memLocal) grantOf(g Grant, exp time.Time) {
 	m.mu.Lock()
-	m.grants[a] = exp
+	m.grants[g] = exp
 	m.mu.Unlock()
 }
 
+// get is a's grant of the service default.
 func (m *memLocal) get(a netip.Addr) (time.Time, bool) {
+	return m.getOf(Grant{a, policy.DefaultService})
+}
+
+func (m *memLocal) getOf(g Grant) (time.Time, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	t, ok := m.grants[a]
+	t, ok := m.grants[g]
 	return t, ok
 }
 
-// node is one host of a test fleet.
+// revoke revokes a's grant of the service default.
+func (m *memLocal) revoke(a netip.Addr) { m.Revoke(Grant{a, policy.DefaultService}) }
+
+// revokeAll revokes a's grants of every service, as `knockgate revoke
+// ADDR` does.
+func (m *memLocal) revokeAll(a netip.Addr) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for g := range m.grants {
+		if g.Addr == a {
+			delete(m.grants, g)
+		}
+	}
+}
+
+// setServices makes the host's services default and services, as a reload
+// does: a service that goes takes its grants with it.
+func (m *memLocal) setServices(services ...string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.services = map[string]bool{policy.DefaultService: true}
+	for _, s := range services {
+		m.services[s] = true
+	}
+	for g := range m.grants {
+		if !m.services[g.Service] {
+			delete(m.grants, g)
+		}
+	}
+}
+
+// node is one host of a test fleet. Its state file and local map outlive
+// a stop and start, as a gate's pinned map outlives run; instance names
+// the map (a new one when a test replaces it, as after a reboot).
 type node struct {
 	interval time.Duration
 	cfg      ServerConfig
 	srv      *Server
 	fl       *Fleet
 	local    *memLocal
+	state    string
+	instance string
+
+	logMu  sync.Mutex
+	logged []string // what the fleet said: each message with its arguments
+}
+
+func (nd *node) log(msg string, args ...any) {
+	nd.logMu.Lock()
+	defer nd.logMu.Unlock()
+	nd.logged = append(nd.logged, fmt.Sprint(append([]any{msg}, args...)...))
+}
+
+// said counts the messages logged that contain text.
+func (nd *node) said(text string) int {
+	nd.logMu.Lock()
+	defer nd.logMu.Unlock()
+	n := 0
+	for _, l := range nd.logged {
+		if strings.Contains(l, text) {
+			n++
+		}
+	}
+	return n
 }
 
 func freePort(t testing.TB) string {
@@ -152,7 +240,8 @@ func newFleetEvery(t testing.TB, n int, interval time.Duration) []*node {
 	for i := range n {
 		nodes[i] = &node{cfg: ServerConfig{Name: fmt.Sprintf("host-%c", 'a'+i), Listen: peers[i], Peers: peers,
 			StoreDir: filepath.Join(dir, fmt.Sprintf("store-%d", i)), RouteUser: "fleet", RoutePassword: "s3cret",
-			TLSCert: cert, TLSKey: key, TLSCA: ca}, local: newMemLocal(), interval: interval}
+			TLSCert: cert, TLSKey: key, TLSCA: ca}, local: newMemLocal(), interval: interval,
+			state: filepath.Join(dir, fmt.Sprintf("known-grants-%d", i)), instance: "map-1"}
 		if os.Getenv("KG_NO_TLS") != "" {
 			nodes[i].cfg.TLSCert, nodes[i].cfg.TLSKey, nodes[i].cfg.TLSCA = "", "", ""
 		}
@@ -192,7 +281,7 @@ func (nd *node) start(t testing.TB, replicas int) {
 		return
 	}
 	fl, err := Join(Options{Name: nd.cfg.Name, Gate: "edge", Local: nd.local, Conn: nc, Server: srv, Replicas: replicas,
-		Interval: nd.interval})
+		Interval: nd.interval, StateFile: nd.state, Instance: nd.instance, Log: nd.log})
 	if err != nil {
 		t.Error(err)
 		return
@@ -253,7 +342,7 @@ func TestGrantReachesTheFleet(t *testing.T) {
 	}
 
 	// Revoked on another host: gone everywhere.
-	nodes[2].local.Revoke(client)
+	nodes[2].local.revoke(client)
 	for _, nd := range nodes[:2] {
 		until(t, 10*time.Second, nd.cfg.Name+" lost the revoked grant", func() bool { _, ok := nd.local.get(client); return !ok })
 	}
@@ -285,6 +374,7 @@ func TestRestartedNodeCatchesUp(t *testing.T) {
 	nodes[0].local.grant(client, exp)
 	until(t, 10*time.Second, "host-b has the grant", func() bool { _, ok := nodes[1].local.get(client); return ok })
 	nodes[2].local = newMemLocal() // its grant map is gone too, as after a reboot
+	nodes[2].instance = "map-2"
 	nodes[2].start(t, 3)
 	until(t, 20*time.Second, "the restarted host-c has the grant", func() bool {
 		got, ok := nodes[2].local.get(client)
@@ -312,13 +402,13 @@ func TestBurstArrivesWhole(t *testing.T) {
 	for _, nd := range nodes {
 		until(t, 30*time.Second, nd.cfg.Name+" has every grant", func() bool {
 			g, _ := nd.local.Grants()
-			return len(g) == n
+			return len(g.Expires) == n
 		}, nodes...)
 	}
 	time.Sleep(500 * time.Millisecond) // any wrong revoke would be on its way
 	for _, nd := range nodes {
-		if g, _ := nd.local.Grants(); len(g) != n {
-			t.Errorf("%s: %d of %d grants after the burst settled", nd.cfg.Name, len(g), n)
+		if g, _ := nd.local.Grants(); len(g.Expires) != n {
+			t.Errorf("%s: %d of %d grants after the burst settled", nd.cfg.Name, len(g.Expires), n)
 		}
 	}
 }
@@ -346,5 +436,111 @@ func TestMemberByURL(t *testing.T) {
 	}, nodes...)
 	if st := fl.Stats(); st.Peers != 1 {
 		t.Errorf("a member by URL reports %d peers, want 1 (connected)", st.Peers)
+	}
+}
+
+// A grant revoked in the fleet while a member was away is revoked on its
+// return, and not written back; a grant made on its own map meanwhile is
+// written; so is a revoke made on its own map meanwhile.
+func TestRestartTellsRevokesFromOwnGrants(t *testing.T) {
+	nodes := newFleet(t, 3)
+	a, b, c := nodes[0], nodes[1], nodes[2]
+	revoked, mine, gone := client, netip.MustParseAddr("192.0.2.8"), netip.MustParseAddr("192.0.2.9")
+	exp := time.Now().Add(time.Minute)
+	b.local.grant(revoked, exp)
+	a.local.grant(gone, exp)
+	for _, nd := range nodes {
+		for _, addr := range []netip.Addr{revoked, gone} {
+			until(t, 10*time.Second, nd.cfg.Name+" has "+addr.String(), func() bool { _, ok := nd.local.get(addr); return ok }, nodes...)
+		}
+	}
+	c.stop()
+	b.local.revoke(revoked)
+	until(t, 10*time.Second, "host-a lost the revoked grant", func() bool { _, ok := a.local.get(revoked); return !ok }, nodes...)
+	c.local.grant(mine, time.Now().Add(2*time.Minute)) // a knock on its gate while run was down
+	c.local.revoke(gone)                               // knockgate revoke on its gate meanwhile
+	c.start(t, 3)
+	for _, nd := range []*node{a, b} {
+		until(t, 20*time.Second, nd.cfg.Name+" has the grant made on host-c while it was away", func() bool { _, ok := nd.local.get(mine); return ok }, nodes...)
+		until(t, 10*time.Second, nd.cfg.Name+" took the revoke made on host-c while it was away", func() bool { _, ok := nd.local.get(gone); return !ok }, nodes...)
+	}
+	// At once, unless its replica of the bucket was still catching up
+	// when it read it.
+	until(t, 10*time.Second, "host-c took the revoke made while it was away", func() bool { _, ok := c.local.get(revoked); return !ok }, nodes...)
+	time.Sleep(500 * time.Millisecond) // a wrong write would be on its way
+	for _, nd := range nodes {
+		if _, ok := nd.local.get(revoked); ok {
+			t.Errorf("%s has the revoked grant again", nd.cfg.Name)
+		}
+	}
+	if _, ok := c.local.get(mine); !ok {
+		t.Errorf("host-c lost its own grant")
+	}
+}
+
+// A state file about another map (the gate made anew, or a reboot) is not
+// about the map there is now: a member that comes back with an empty map
+// takes the fleet's grants, and revokes none of them.
+func TestRestartWithANewMapRevokesNothing(t *testing.T) {
+	nodes := newFleet(t, 3)
+	a, c := nodes[0], nodes[2]
+	exp := time.Now().Add(time.Minute)
+	a.local.grant(client, exp)
+	until(t, 10*time.Second, "host-c has the grant", func() bool { _, ok := c.local.get(client); return ok }, nodes...)
+	c.stop()
+	c.local, c.instance = newMemLocal(), "map-2"
+	c.start(t, 3)
+	until(t, 20*time.Second, "host-c, back with a new map, has the grant", func() bool {
+		got, ok := c.local.get(client)
+		return ok && ms(got) == ms(exp)
+	}, nodes...)
+	time.Sleep(500 * time.Millisecond) // a wrong revoke would be on its way
+	for _, nd := range nodes {
+		if _, ok := nd.local.get(client); !ok {
+			t.Errorf("%s lost the grant when host-c came back with a new map", nd.cfg.Name)
+		}
+	}
+}
+
+// A watch whose consumer goes (as with the host that served it) is made
+// again once the bucket moves on without it, and counted.
+func TestWatchRestartsWhenItStops(t *testing.T) {
+	nodes := newFleet(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	js := nodes[0].fl.js
+	st, err := js.Stream(ctx, "KV_"+Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lister := st.ConsumerNames(ctx)
+	var names []string
+	for name := range lister.Name() {
+		names = append(names, name)
+	}
+	if err := lister.Err(); err != nil || len(names) < 3 {
+		t.Fatalf("consumers of the bucket: %v, %v", names, err)
+	}
+	for _, name := range names {
+		if err := js.DeleteConsumer(ctx, "KV_"+Bucket, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exp := time.Now().Add(time.Minute)
+	nodes[0].local.grant(client, exp)
+	for _, nd := range nodes[1:] {
+		d := until(t, 5*time.Second, nd.cfg.Name+" has the grant with its watch's consumer deleted", func() bool {
+			_, ok := nd.local.get(client)
+			return ok
+		}, nodes...)
+		t.Logf("%s: %s (%+v)", nd.cfg.Name, d, nd.fl.Stats())
+	}
+	// Each watch was behind (the grant's revision, the origin's too) and
+	// is made again.
+	for _, nd := range nodes {
+		until(t, 5*time.Second, nd.cfg.Name+" counts a watch restart, with its reason", func() bool {
+			st := nd.fl.Stats()
+			return st.WatchRestarts > 0 && st.LastRestart != ""
+		}, nodes...)
 	}
 }

@@ -54,9 +54,9 @@ type Gate struct {
 	Name string
 	Dir  string
 	// Maps are the gate's maps, for this package. Deprecated for others:
-	// use the Gate's methods. It is exported only while service/fleet.go
-	// and test/bench still reach it, and is to become unexported once they
-	// stop.
+	// use the Gate's methods. It is exported only while test/bench
+	// (memory.go, spa.go, gates.go) still reaches it, and is to become
+	// unexported once it stops.
 	Maps *maps.Set
 	Prog *ebpf.Program // XDP, on every interface's ingress
 	// Egress learns the host's flows, on every interface's egress (tcx).
@@ -390,6 +390,29 @@ func (g *Gate) Confirm() (maps.Config, error) {
 	}
 	defer unlock()
 	return g.Maps.ConfirmConfig()
+}
+
+// ExtendGrant makes addr's grant of service last until expires at least, never
+// shortening it (maps.Set.ExtendGrant: in place, so a renewal the program
+// makes meanwhile stands), under the gate's lock; the fleet applies other
+// hosts' grants with it.
+func (g *Gate) ExtendGrant(addr netip.Addr, service string, expires uint64) (changed bool, err error) {
+	err = g.locked(func() error {
+		changed, err = g.Maps.ExtendGrant(addr, service, expires)
+		return err
+	})
+	return changed, err
+}
+
+// AdvanceReplay moves SPA key id's replay state forward to ms, never back
+// (maps.Set.AdvanceReplay: a compare-and-swap, as the program's), under
+// the gate's lock; the fleet writes other hosts' acceptances with it.
+func (g *Gate) AdvanceReplay(id uint32, ms uint64) (moved bool, err error) {
+	err = g.locked(func() error {
+		moved, err = g.Maps.AdvanceReplay(id, ms)
+		return err
+	})
+	return moved, err
 }
 
 // Detach removes the gate called name: every link comes off its interface

@@ -143,6 +143,11 @@ func sizeSpec(spec *ebpf.CollectionSpec, knockSlots, grants, flowSlots uint32, t
 		return fmt.Errorf("set flow slots: %w", err)
 	}
 	spec.Maps[bpf.KnockgateMapGrants].MaxEntries = grants
+	hints := maps.HintSlots(grants)
+	spec.Maps[bpf.KnockgateMapHints].MaxEntries = hints
+	if err := spec.Variables["hint_shift"].Set(maps.HintShift(hints)); err != nil {
+		return fmt.Errorf("set hint shift: %w", err)
+	}
 	spec.Maps[bpf.KnockgateMapKnocks].MaxEntries = knockSlots
 	spec.Maps[bpf.KnockgateMapKnockTags].ValueSize = knockSlots // a byte a slot
 	if err := spec.Variables["knock_sets"].Set(knockSlots / maps.KnockWays); err != nil {

@@ -38,6 +38,7 @@ func copyConfigs(old previousGate, set *maps.Set) error {
 			continue // never written
 		}
 		c := previousConfig(&raw, allow)
+		c.AllowEpoch = uint8(i + 1) // an epoch of its own for each slot
 		slots[i] = &c
 	}
 	return set.RestoreConfigs(slots, live&1)

@@ -1,6 +1,7 @@
 package loader_test
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -125,7 +126,7 @@ func prevGate(t *testing.T, name string, ifaces []string, waiting string) (count
 		dead:     {ExpiresNs: now - uint64(time.Minute), ExpiryReported: 1},
 	} {
 		must(m.Grants.Update(legacy.KnockgateSource{Addr: addr.Unmap().As16()}, &g, ebpf.UpdateAny))
-		hints.Slot[maps.HintSlot(maps.GrantKey(addr, 0))]++ // the same slot then, for service 0
+		hints.Slot[previousHintSlot(addr)]++
 	}
 	must(m.Hints.Update(uint32(0), &hints, ebpf.UpdateAny))
 
@@ -508,4 +509,13 @@ func TestUpgradeRefusesUnknownLayout(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// previousHintSlot is the previous release's hint_slot: a multiplicative
+// hash of the address's two halves, its top 16 bits.
+func previousHintSlot(addr netip.Addr) uint32 {
+	k := maps.Key(addr).Addr
+	a := binary.NativeEndian.Uint64(k[:8])
+	b := binary.NativeEndian.Uint64(k[8:])
+	return uint32(((a ^ b) * 0x9e3779b97f4a7c15) >> (64 - 16))
 }

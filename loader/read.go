@@ -1,7 +1,11 @@
 package loader
 
 import (
+	"fmt"
 	"net/netip"
+	"time"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/knockgate/knockgate/bpf"
 	"github.com/knockgate/knockgate/maps"
@@ -71,6 +75,48 @@ func (g *Gate) LookupGrant(addr netip.Addr, service string) (gr bpf.KnockgateGra
 		return err
 	})
 	return gr, ok, err
+}
+
+// GrantExpiries are the gate's grants, live or not, by address and service
+// name, with their expiries as wall-clock times, and the names of the
+// services of the configuration in force that named them, read as one
+// (maps.Set.GrantExpiries): a grant of a service not listed is none of
+// this gate's. The fleet shares them.
+func (g *Gate) GrantExpiries() (expiries map[maps.GrantID]time.Time, services []string, err error) {
+	err = g.read(func() error {
+		raw, cfg, err := g.Maps.GrantExpiries()
+		if err != nil {
+			return err
+		}
+		expiries = make(map[maps.GrantID]time.Time, len(raw))
+		for id, ns := range raw {
+			expiries[id] = maps.BootToTime(ns)
+		}
+		for _, s := range cfg.Policy.Services {
+			services = append(services, s.Name)
+		}
+		return nil
+	})
+	return expiries, services, err
+}
+
+// ReplayState is each SPA key's newest accepted timestamp (Unix ms) by key
+// id (maps.Set.ReplayState). The fleet shares it.
+func (g *Gate) ReplayState() (map[uint32]uint64, error) { return readValue(g, g.Maps.ReplayState) }
+
+// GrantMapID is the kernel's id of the gate's grant map: it names the map
+// as long as it lives (a gate made anew has another). It never changes for
+// this handle, so no lock is needed.
+func (g *Gate) GrantMapID() (ebpf.MapID, error) {
+	info, err := g.Maps.Grants.Info()
+	if err != nil {
+		return 0, fmt.Errorf("gate %s: read the grant map's info: %w", g.Name, err)
+	}
+	id, ok := info.ID()
+	if !ok {
+		return 0, fmt.Errorf("gate %s: the kernel gives no id of the grant map", g.Name)
+	}
+	return id, nil
 }
 
 // ServiceCounters are each service's counters, by name

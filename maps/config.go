@@ -73,6 +73,9 @@ type Config struct {
 	// assigned by WriteConfig (a service keeps its index as long as it
 	// exists), read back by ReadConfig.
 	Index map[string]int
+	// AllowEpoch is the epoch of the allow trie's entries this
+	// configuration has (see allow.go): set by WriteConfig.
+	AllowEpoch uint8
 }
 
 // FromPolicy is the configuration that installs p.
@@ -164,6 +167,7 @@ func (c *Config) encode() (*bpf.KnockgateConfig, error) {
 		SpaPort:       p.SPAPort,
 		SpaWindowMs:   uint64(p.SPAWindow / time.Millisecond),
 		TaiOffsetNs:   int64(c.TAIOffset),
+		AllowEpoch:    c.AllowEpoch,
 	}
 	if p.Flows {
 		raw.Flags |= uint8(bpf.KnockgateConfigFlagCONFIG_FLOWS)
@@ -233,6 +237,7 @@ func DecodeConfig(raw *bpf.KnockgateConfig) Config {
 		Generation: raw.Generation,
 		TAIOffset:  time.Duration(raw.TaiOffsetNs),
 		Index:      map[string]int{},
+		AllowEpoch: raw.AllowEpoch,
 		Policy: policy.Policy{
 			Flows:       raw.Flags&uint8(bpf.KnockgateConfigFlagCONFIG_FLOWS) != 0,
 			FlowIdleTCP: time.Duration(raw.FlowIdleTcpNs),
@@ -337,10 +342,10 @@ func (s *Set) slots() (live uint32, cfgs [2]bpf.KnockgateConfig, err error) {
 	return live, cfgs, nil
 }
 
-// readSlot decodes slot's configuration, with its allow lists.
-func (s *Set) readSlot(slot uint32, raw *bpf.KnockgateConfig) (Config, error) {
+// readSlot decodes a slot's configuration, with its allow lists.
+func (s *Set) readSlot(raw *bpf.KnockgateConfig) (Config, error) {
 	c := DecodeConfig(raw)
-	if err := s.allowOf(slot, &c); err != nil {
+	if err := s.allowOf(raw.AllowEpoch, &c); err != nil {
 		return Config{}, err
 	}
 	return c, nil
@@ -362,7 +367,7 @@ func (s *Set) ReadConfig() (Config, error) {
 		return Config{}, err
 	}
 	f := inForce(live, &cfgs)
-	return s.readSlot(f, &cfgs[f])
+	return s.readSlot(&cfgs[f])
 }
 
 // WritableConfig returns the configuration a write starts from, for a
@@ -387,7 +392,7 @@ func (s *Set) WritableConfig() (Config, error) {
 			return Config{}, err
 		}
 	}
-	return s.readSlot(live, &cfgs[live])
+	return s.readSlot(&cfgs[live])
 }
 
 // ReadSafeMode reports the safe-mode change in the live slot, if any.
@@ -401,11 +406,11 @@ func (s *Set) ReadSafeMode() (SafeMode, error) {
 		return SafeMode{}, nil
 	}
 	lapsed := BootNow() >= deadline
-	change, err := s.readSlot(live, &cfgs[live])
+	change, err := s.readSlot(&cfgs[live])
 	if err != nil {
 		return SafeMode{}, err
 	}
-	prev, err := s.readSlot(live^1, &cfgs[live^1])
+	prev, err := s.readSlot(&cfgs[live^1])
 	if err != nil {
 		return SafeMode{}, err
 	}
@@ -456,6 +461,9 @@ func (s *Set) WriteConfig(c Config) (Config, error) {
 		// Another key would move every source to another slot.
 		c.SlotKey = cfgs[live].SlotKey
 	}
+	// A new allow epoch: the list of the configuration in force stays its
+	// own (the slot about to be overwritten holds the only other).
+	c.AllowEpoch = cfgs[live].AllowEpoch + 1
 	raw, err := c.encode()
 	if err != nil {
 		return Config{}, err
@@ -469,7 +477,7 @@ func (s *Set) WriteConfig(c Config) (Config, error) {
 	if err := s.purgeServices(gone); err != nil {
 		return Config{}, err
 	}
-	if err := s.writeAllow(live^1, &c, false); err != nil {
+	if err := s.writeAllow(c.AllowEpoch, &c); err != nil {
 		return Config{}, err
 	}
 	KillPoint()
@@ -486,10 +494,10 @@ func (s *Set) WriteConfig(c Config) (Config, error) {
 
 // Tidy drops what no configuration that may still be in force uses: when
 // no safe-mode change is pending, the slot behind the live one cannot come
-// back, so its allow entries go, and so do the grants, allow entries and
-// key scopes of services the live configuration does not have. Every write
-// and settlement runs it, under the gate's lock; one that is killed is
-// finished by the next.
+// back, so the allow entries of its epoch go, and so do the grants, allow
+// entries and key scopes of services the live configuration does not have.
+// Every write and settlement runs it, under the gate's lock; one that is
+// killed is finished by the next.
 func (s *Set) Tidy() error {
 	live, cfgs, err := s.slots()
 	if err != nil {
@@ -498,17 +506,9 @@ func (s *Set) Tidy() error {
 	if cfgs[live].ConfirmByNs != 0 {
 		return nil // pending, or lapsed and not yet rolled back for good
 	}
-	have, err := s.allowEntries()
-	if err != nil {
+	epoch := cfgs[live].AllowEpoch
+	if err := s.dropAllow(func(e allowEntry) bool { return e.epoch == epoch }); err != nil {
 		return err
-	}
-	bit := uint8(1) << live
-	for e, bits := range have {
-		if bits != bit&bits {
-			if err := s.setAllowBits(e, bits&bit); err != nil {
-				return err
-			}
-		}
 	}
 	return s.purgeServices(cfgs[live^1].LiveServices &^ cfgs[live].LiveServices)
 }
@@ -531,23 +531,44 @@ func (s *Set) purgeServices(mask uint32) error {
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("iterate grants: %w", err)
 	}
+	hints := hintCounts{hints: s.Hints}
+	defer hints.done()
 	for _, k := range doomed {
-		if _, err := s.deleteGrant(k); err != nil {
+		if _, err := s.deleteGrant(&hints, k); err != nil {
 			return fmt.Errorf("remove a grant of a removed service: %w", err)
 		}
 	}
-	have, err := s.allowEntries()
-	if err != nil {
+	if err := s.dropAllow(func(e allowEntry) bool {
+		return e.service == allowAny || e.service >= MaxServices || mask&(1<<e.service) == 0
+	}); err != nil {
 		return err
 	}
-	for e := range have {
-		if e.service != allowAny && e.service < MaxServices && mask&(1<<e.service) != 0 {
-			if err := s.setAllowBits(e, 0); err != nil {
-				return err
+	if err := s.zeroServiceCounters(mask); err != nil {
+		return err
+	}
+	return s.narrowKeys(^mask)
+}
+
+// zeroServiceCounters starts the counters of the services in mask afresh:
+// a service that takes a freed index must not inherit its predecessor's.
+func (s *Set) zeroServiceCounters(mask uint32) error {
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return fmt.Errorf("count CPUs: %w", err)
+	}
+	zero := make([]uint64, ncpu)
+	per := uint32(bpf.KnockgateServiceCounterSERVICE_COUNTER_MAX)
+	for i := range uint32(MaxServices) {
+		if mask&(1<<i) == 0 {
+			continue
+		}
+		for c := range per {
+			if err := s.ServiceCounters.Update(i*per+c, zero, ebpf.UpdateExist); err != nil {
+				return fmt.Errorf("reset the counters of service %d: %w", i, err)
 			}
 		}
 	}
-	return s.narrowKeys(^mask)
+	return nil
 }
 
 // ConfirmConfig makes the safe-mode change in force permanent: the same
@@ -573,17 +594,15 @@ func (s *Set) ConfirmConfig() (Config, error) {
 		}
 		return Config{}, ErrRolledBack
 	}
-	// The change, without its deadline, goes into the other slot, over the
-	// configuration before it: its allow entries first, the services only
-	// that one had after (Tidy cannot see them once it is overwritten).
-	c, err := s.readSlot(live, &cfgs[live])
+	// The change, without its deadline (and with its allow epoch), goes
+	// into the other slot, over the configuration before it; the services
+	// only that one had go after (Tidy cannot see them once it is
+	// overwritten).
+	c, err := s.readSlot(&cfgs[live])
 	if err != nil {
 		return Config{}, err
 	}
 	c.ConfirmBy = 0
-	if err := s.writeAllow(live^1, &c, true); err != nil {
-		return Config{}, err
-	}
 	gone := cfgs[live^1].LiveServices &^ raw.LiveServices
 	raw.ConfirmByNs = 0
 	if err := s.install(live, &raw); err != nil {

@@ -103,25 +103,38 @@ func (s *Set) ReadCounters() (Counters, error) {
 // over CPUs, in one batch.
 func (s *Set) ReadVerdicts() ([IfaceSlots]VerdictCounts, error) {
 	var out [IfaceSlots]VerdictCounts
+	sums, err := sumPerCPU(s.Verdicts)
+	if err != nil {
+		return out, fmt.Errorf("read verdict counters: %w", err)
+	}
+	for idx, n := range sums {
+		out[idx/Verdicts][idx%Verdicts] += n
+	}
+	return out, nil
+}
+
+// sumPerCPU reads every entry of the per-CPU array of counters m in one
+// batch, each summed over CPUs, indexed by key.
+func sumPerCPU(m *ebpf.Map) ([]uint64, error) {
 	ncpu, err := ebpf.PossibleCPU()
 	if err != nil {
-		return out, fmt.Errorf("count CPUs: %w", err)
+		return nil, fmt.Errorf("count CPUs: %w", err)
 	}
-	n := int(s.Verdicts.MaxEntries())
+	n := int(m.MaxEntries())
 	keys := make([]uint32, n)
 	values := make([]uint64, n*ncpu)
 	var cursor ebpf.MapBatchCursor
-	got, err := s.Verdicts.BatchLookup(&cursor, keys, values, nil)
+	got, err := m.BatchLookup(&cursor, keys, values, nil)
 	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return out, fmt.Errorf("read verdict counters: %w", err)
+		return nil, err
 	}
+	sums := make([]uint64, n)
 	for k := range got {
-		idx := int(keys[k])
 		for c := range ncpu {
-			out[idx/Verdicts][idx%Verdicts] += values[k*ncpu+c]
+			sums[keys[k]] += values[k*ncpu+c]
 		}
 	}
-	return out, nil
+	return sums, nil
 }
 
 // ServiceCounters are one service's counters (enum service_counter),
@@ -138,24 +151,10 @@ func (s *Set) ReadServiceCounters() (map[string]ServiceCounters, error) {
 	if err != nil {
 		return nil, err
 	}
-	ncpu, err := ebpf.PossibleCPU()
-	if err != nil {
-		return nil, fmt.Errorf("count CPUs: %w", err)
-	}
 	per := int(bpf.KnockgateServiceCounterSERVICE_COUNTER_MAX)
-	n := int(s.ServiceCounters.MaxEntries())
-	keys := make([]uint32, n)
-	values := make([]uint64, n*ncpu)
-	var cursor ebpf.MapBatchCursor
-	got, err := s.ServiceCounters.BatchLookup(&cursor, keys, values, nil)
-	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	sums, err := sumPerCPU(s.ServiceCounters)
+	if err != nil {
 		return nil, fmt.Errorf("read service counters: %w", err)
-	}
-	sums := make([]uint64, n)
-	for k := range got {
-		for c := range ncpu {
-			sums[keys[k]] += values[k*ncpu+c]
-		}
 	}
 	out := make(map[string]ServiceCounters, len(cfg.Index))
 	for name, i := range cfg.Index {

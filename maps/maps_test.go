@@ -133,11 +133,16 @@ func TestKeys(t *testing.T) {
 	if got := AddrOf(Key(v6).Addr); got != v6 {
 		t.Errorf("AddrOf(Key(%s)) = %s", v6, got)
 	}
-	if HintSlot(GrantKey(v4, 0)) >= 1<<16 || HintSlot(GrantKey(v6, 31)) >= 1<<16 {
+	if HintSlot(GrantKey(v4, 0), 1<<16) >= 1<<16 || HintSlot(GrantKey(v6, 31), 1<<16) >= 1<<16 {
 		t.Error("hint slot out of range")
 	}
-	if HintSlot(GrantKey(v4, 0)) == HintSlot(GrantKey(v4, 1)) {
+	if HintSlot(GrantKey(v4, 0), 1<<16) == HintSlot(GrantKey(v4, 1), 1<<16) {
 		t.Error("a source's grants of two services share a hint slot")
+	}
+	for _, c := range []struct{ sources, slots uint32 }{{1, 1 << 16}, {16384, 1 << 16}, {16385, 1 << 17}, {65536, 1 << 18}, {1 << 20, 1 << 22}} {
+		if got := HintSlots(c.sources); got != c.slots {
+			t.Errorf("HintSlots(%d) = %d, want %d", c.sources, got, c.slots)
+		}
 	}
 }
 

@@ -13,7 +13,8 @@ import (
 // (knock progress made under them stays valid), slot key (every source
 // keeps its knock and flow slots), TAI offset and safe-mode deadline. Each
 // slot given is encoded with its services at its Index, its allow entries
-// written with that slot's bit; a nil slot is left as it is (a slot never
+// written under its AllowEpoch (the two slots' must differ); a nil slot is
+// left as it is (a slot never
 // written is all zeros, and stays so). Writing the same again changes
 // nothing, so an upgrade cut short may start over.
 func (s *Set) RestoreConfigs(slots [2]*Config, live uint32) error {
@@ -25,7 +26,7 @@ func (s *Set) RestoreConfigs(slots [2]*Config, live uint32) error {
 		if err != nil {
 			return fmt.Errorf("configuration slot %d: %w", i, err)
 		}
-		if err := s.writeAllow(uint32(i), c, true); err != nil {
+		if err := s.writeAllow(c.AllowEpoch, c); err != nil {
 			return err
 		}
 		KillPoint()

@@ -35,6 +35,18 @@ type SourceState struct {
 	Expires time.Time
 }
 
+// GrantsOpen counts the grants among sources (Sources), by service; a
+// service without one is absent.
+func GrantsOpen(sources []SourceState) map[string]int {
+	n := map[string]int{}
+	for _, s := range sources {
+		if s.State == "open" {
+			n[s.Service]++
+		}
+	}
+	return n
+}
+
 // Sources lists every live source: each grant, and each source part-way
 // through a sequence of the configuration in force. Expired and void
 // entries (which the program ignores and replaces), and grants of services
@@ -213,6 +225,46 @@ func (s *Set) Grant(addr netip.Addr, service string, expires uint64) error {
 	return nil
 }
 
+// ExtendGrant makes addr's grant of service last until expires at least,
+// never shortening it: a grant it has is raised in place (a
+// compare-and-swap, see raiser), so a renewal the program makes meanwhile
+// is never undone; one it lacks is made. The fleet applies other hosts'
+// grants with it. It reports whether it changed anything.
+func (s *Set) ExtendGrant(addr netip.Addr, service string, expires uint64) (bool, error) {
+	i, err := s.index(service)
+	if err != nil {
+		return false, fmt.Errorf("grant %s: %w", addr, err)
+	}
+	r, err := newRaiser(s.Grants, true)
+	if err != nil {
+		return false, err
+	}
+	defer r.Close()
+	key := GrantKey(addr, i)
+	raw := make([]byte, 0, s.Grants.KeySize())
+	raw = append(raw, key.Addr[:]...)
+	raw = append(raw, key.Service, 0, 0, 0)
+	for range 4 {
+		moved, found, err := r.raise(raw, expires, nil)
+		if err != nil {
+			return false, fmt.Errorf("extend the grant of %s: %w", addr, err)
+		}
+		if found {
+			return moved, nil
+		}
+		made, err := s.insertGrant(key, bpf.KnockgateGrant{ExpiresNs: expires})
+		if err != nil {
+			return false, fmt.Errorf("grant %s: %w", addr, err)
+		}
+		if made {
+			return true, nil
+		}
+		// Made by another writer between the look and the insert: raise
+		// that one.
+	}
+	return false, fmt.Errorf("extend the grant of %s: its entry kept changing", addr)
+}
+
 // LookupGrant returns addr's grant entry of service, live or not.
 func (s *Set) LookupGrant(addr netip.Addr, service string) (g bpf.KnockgateGrant, ok bool, err error) {
 	i, err := s.index(service)
@@ -280,8 +332,10 @@ func (s *Set) Revoke(addr netip.Addr, service string) (bool, error) {
 		indices = append(indices, i)
 	}
 	found := false
+	hints := hintCounts{hints: s.Hints}
+	defer hints.done()
 	for _, i := range indices {
-		had, err := s.deleteGrant(GrantKey(addr, i))
+		had, err := s.deleteGrant(&hints, GrantKey(addr, i))
 		if err != nil {
 			return found, fmt.Errorf("revoke %s: %w", addr, err)
 		}

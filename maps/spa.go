@@ -55,6 +55,10 @@ type SPAKey struct {
 	// LastAccepted is the timestamp of the newest packet accepted under the
 	// key (zero: none yet); only newer ones are accepted.
 	LastAccepted time.Time
+	// Opens are the services the key opens now, by name: its scope as the
+	// gate holds it, none when every service it named has gone (Key.Services
+	// cannot say that: empty there means default).
+	Opens []string
 }
 
 // encodeKey is k in the C layout, opening the services in scope (bit i:
@@ -215,7 +219,12 @@ func (s *Set) ReadSPAKeys() ([]SPAKey, error) {
 	var raw bpf.KnockgateSpaKey
 	it := s.SPAKeys.Iterate()
 	for it.Next(&id, &raw) {
-		k := SPAKey{Key: decodeKey(id, &raw, names)}
+		k := SPAKey{Key: decodeKey(id, &raw, names), Opens: []string{}}
+		for i := range MaxServices {
+			if name, ok := names[i]; ok && raw.Services&(1<<i) != 0 {
+				k.Opens = append(k.Opens, name)
+			}
+		}
 		var last uint64
 		if err := s.SPALast.Lookup(id, &last); err == nil && last != 0 {
 			k.LastAccepted = time.UnixMilli(int64(last))
@@ -227,4 +236,28 @@ func (s *Set) ReadSPAKeys() ([]SPAKey, error) {
 	}
 	slices.SortFunc(out, func(a, b SPAKey) int { return cmp.Compare(a.ID, b.ID) })
 	return out, nil
+}
+
+// AdvanceReplay moves key id's replay state (its newest accepted timestamp,
+// Unix ms) forward to ms, never back: a compare-and-swap loop on the value
+// in place (see raiser), as the program's own acceptance is (bpf/spa.h), so
+// an acceptance racing it is never undone. It reports whether it moved the
+// state; a key the gate does not have is left alone.
+func (s *Set) AdvanceReplay(id uint32, ms uint64) (bool, error) {
+	return s.advanceReplay(id, ms, nil)
+}
+
+// advanceReplay is AdvanceReplay with a hook that tests call between the
+// read of the current value and the compare-and-swap.
+func (s *Set) advanceReplay(id uint32, ms uint64, between func()) (bool, error) {
+	r, err := newRaiser(s.SPALast, false)
+	if err != nil {
+		return false, err
+	}
+	defer r.Close()
+	moved, _, err := r.raise(binary.NativeEndian.AppendUint32(nil, id), ms, between)
+	if err != nil {
+		return false, fmt.Errorf("replay state of SPA key %d: %w", id, err)
+	}
+	return moved, nil
 }

@@ -100,15 +100,6 @@ func (s *Service) clone() Service {
 	return c
 }
 
-// Protects says whether s protects port: a port it lists, or under
-// ProtectAll any TCP or UDP port.
-func (s *Service) Protects(port Port) bool {
-	if s.ProtectAll {
-		return port.Proto == TCP || port.Proto == UDP
-	}
-	return slices.Contains(s.Protect, port)
-}
-
 // Protector is the service whose grant a packet to port needs, or nil
 // when port is open to all: the service that lists it, else the one that
 // protects all (which also guards the knock steps against what is no knock).

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"reflect"
@@ -153,6 +154,9 @@ func TestServices(t *testing.T) {
 			`service name "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"`},
 		{"twice", []Service{svc(DefaultService, []uint16{1}, []uint16{2}), svc("web", []uint16{3}, []uint16{4}), svc("web", []uint16{5}, []uint16{6})}, 0,
 			"service web is defined twice"},
+		// FNV-1a makes the same 32 bits of these two names.
+		{"one name hash", []Service{svc(DefaultService, []uint16{1}, []uint16{2}), svc("s31597", []uint16{3}, []uint16{4}), svc("s618190", []uint16{5}, []uint16{6})}, 0,
+			"services s31597 and s618190 have the same name hash (" + fmt.Sprintf("%08x", ServiceHash("s31597")) + "): an SPA request could not tell them apart"},
 		{"a service's own rule", []Service{svc(DefaultService, []uint16{1}, []uint16{2}), svc("web", []uint16{3, 3}, []uint16{4})}, 0,
 			"service web: sequence step 2 (3) repeats step 1"},
 		{"SPA only without SPA", []Service{svc(DefaultService, []uint16{1}, []uint16{2}), svc("rdp", nil, []uint16{3389})}, 0,
@@ -192,6 +196,20 @@ func TestServices(t *testing.T) {
 	p.Services[0].ProtectAll = true
 	if err := p.Validate(); err != nil {
 		t.Errorf("all beside listed services: %v", err)
+	}
+}
+
+// The program finds a service by its name's hash (bpf/spa.h): two names of
+// one hash are refused, naming both, as a *HashError.
+func TestServiceHash(t *testing.T) {
+	if ServiceHash("") == 0 || ServiceHash("default") == ServiceHash("web") || ServiceHash("s31597") != ServiceHash("s618190") {
+		t.Error("service hashes: 0 for the empty name, two names alike, or FNV-1a not what it is")
+	}
+	p := Policy{Services: []Service{svc(DefaultService, []uint16{1}, []uint16{2}), svc("s618190", []uint16{3}, []uint16{4}),
+		svc("web", []uint16{5}, []uint16{6}), svc("s31597", []uint16{7}, []uint16{8})}}
+	var he *HashError
+	if err := p.Validate(); !errors.As(err, &he) || *he != (HashError{"s618190", "s31597"}) {
+		t.Errorf("Validate: %v, want the hash error of s618190 and s31597", err)
 	}
 }
 

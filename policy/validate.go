@@ -11,7 +11,8 @@ import (
 const MaxServices = 32
 
 // Validate reports the first thing wrong with p, naming the bad value, and
-// both services when two of them disagree.
+// both services when two of them disagree (two names of one ServiceHash: a
+// *HashError).
 func (p *Policy) Validate() error {
 	if len(p.Services) == 0 || p.Services[0].Name != DefaultService {
 		return fmt.Errorf("the first service must be %s", DefaultService)
@@ -27,6 +28,9 @@ func (p *Policy) Validate() error {
 		for _, t := range p.Services[:i] {
 			if t.Name == s.Name {
 				return fmt.Errorf("service %s is defined twice", s.Name)
+			}
+			if ServiceHash(t.Name) == ServiceHash(s.Name) {
+				return &HashError{t.Name, s.Name}
 			}
 		}
 	}

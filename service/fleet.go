@@ -3,80 +3,88 @@ package service
 import (
 	"encoding/json"
 	"errors"
-	"net/netip"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/nats-io/nats.go"
 
-	"github.com/knockgate/knockgate/bpf"
 	"github.com/knockgate/knockgate/config"
 	"github.com/knockgate/knockgate/fleet"
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
-	"github.com/knockgate/knockgate/policy"
 )
 
-// gateLocal is the gate's grant and replay maps as the fleet sees them:
-// wall-clock expiries, converted from and to the program's CLOCK_BOOTTIME
-// (clock skew between hosts shifts an expiry by that much).
+// gateLocal is the gate's grants and replay state as the fleet sees them,
+// read and written through the gate's methods (under its lock): grants by
+// address and service name (each host numbers its services its own way),
+// with wall-clock expiries, converted from and to the program's
+// CLOCK_BOOTTIME (clock skew between hosts shifts an expiry by that much).
 type gateLocal struct{ g *loader.Gate }
 
-func (l gateLocal) Grants() (map[netip.Addr]time.Time, error) {
-	out := map[netip.Addr]time.Time{}
-	var k bpf.KnockgateGrantKey
-	var v bpf.KnockgateGrant
-	it := l.g.Maps.Grants.Iterate()
-	for it.Next(&k, &v) {
-		if k.Service == 0 { // the fleet shares default's grants (services: to come)
-			out[maps.AddrOf(k.Addr)] = maps.BootToTime(v.ExpiresNs)
-		}
+func (l gateLocal) Grants() (fleet.Grants, error) {
+	exps, services, err := l.g.GrantExpiries()
+	if err != nil {
+		return fleet.Grants{}, err
 	}
-	return out, it.Err()
+	out := fleet.Grants{Expires: make(map[fleet.Grant]time.Time, len(exps)), Services: map[string]bool{}}
+	for id, exp := range exps {
+		out.Expires[fleet.Grant{Addr: id.Addr, Service: id.Service}] = exp
+	}
+	for _, s := range services {
+		out.Services[s] = true
+	}
+	return out, nil
 }
 
-func (l gateLocal) Apply(a netip.Addr, exp time.Time) error {
-	boot := maps.BootAfter(time.Until(exp))
-	if cur, ok, err := l.g.Maps.LookupGrant(a, policy.DefaultService); err != nil {
-		return err
-	} else if ok && cur.ExpiresNs >= boot {
-		return nil // the later expiry wins here too
-	}
-	return l.g.Maps.Grant(a, policy.DefaultService, boot)
+// Apply grants gr until exp at least: the later expiry wins here too, and
+// a renewal the program makes meanwhile stands (Gate.ExtendGrant).
+func (l gateLocal) Apply(gr fleet.Grant, exp time.Time) error {
+	_, err := l.g.ExtendGrant(gr.Addr, gr.Service, maps.BootAfter(time.Until(exp)))
+	return noService(err)
 }
 
-func (l gateLocal) Revoke(a netip.Addr) error {
-	_, err := l.g.Maps.Revoke(a, policy.DefaultService)
+// Revoke ends gr, that service's grant only.
+func (l gateLocal) Revoke(gr fleet.Grant) error {
+	_, err := l.g.Revoke(gr.Addr, gr.Service)
+	return noService(err)
+}
+
+// noService says a grant of a service this gate does not have in the
+// fleet's terms.
+func noService(err error) error {
+	if errors.Is(err, maps.ErrNoService) {
+		return fmt.Errorf("%w: %w", fleet.ErrNoService, err)
+	}
 	return err
 }
 
-func (l gateLocal) Replay() (map[uint32]uint64, error) {
-	out := map[uint32]uint64{}
-	var id uint32
-	var ms uint64
-	it := l.g.Maps.SPALast.Iterate()
-	for it.Next(&id, &ms) {
-		out[id] = ms
-	}
-	return out, it.Err()
+func (l gateLocal) Replay() (map[uint32]uint64, error) { return l.g.ReplayState() }
+
+// ApplyReplay moves a key's replay state forward, never back, with a
+// compare-and-swap as the program's own acceptance does (a plain write
+// after a lookup could undo an acceptance made in between); a key this
+// host does not have is left alone.
+func (l gateLocal) ApplyReplay(id uint32, ms uint64) error {
+	_, err := l.g.AdvanceReplay(id, ms)
+	return err
 }
 
-// ApplyReplay moves a key's replay state forward; a key this host does not
-// have is left alone.
-func (l gateLocal) ApplyReplay(id uint32, ms uint64) error {
-	var cur uint64
-	if err := l.g.Maps.SPALast.Lookup(id, &cur); err != nil {
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return nil
-		}
-		return err
+// instance names the gate's grant map as long as it lives: the kernel's
+// boot id and the map's id (a gate made anew, or a reboot, changes it).
+// "" when either cannot be read.
+func (l gateLocal) instance() string {
+	boot, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
 	}
-	if ms <= cur {
-		return nil
+	id, err := l.g.GrantMapID()
+	if err != nil {
+		return ""
 	}
-	return l.g.Maps.SPALast.Update(id, ms, ebpf.UpdateExist)
+	return fmt.Sprintf("%s/%d", strings.TrimSpace(string(boot)), id)
 }
 
 // member is this host in its fleet: the embedded server (if any), the
@@ -88,7 +96,9 @@ type member struct {
 	dir string
 }
 
-func joinFleet(g *loader.Gate, c config.Fleet) (*member, error) {
+// joinFleet makes this host a member of its fleet; log receives what the
+// fleet has to say.
+func joinFleet(g *loader.Gate, c config.Fleet, log func(msg string, args ...any)) (*member, error) {
 	m := &member{dir: c.StateDir}
 	var err error
 	if c.URL != "" {
@@ -115,7 +125,8 @@ func joinFleet(g *loader.Gate, c config.Fleet) (*member, error) {
 		gate = g.Name
 	}
 	if m.fl, err = fleet.Join(fleet.Options{Name: c.Name, Gate: gate, Local: gateLocal{g}, Conn: m.nc, Server: m.srv,
-		Replicas: replicas}); err != nil {
+		Replicas: replicas, StateFile: filepath.Join(c.StateDir, "known-grants"), Instance: gateLocal{g}.instance(),
+		Log: log}); err != nil {
 		m.close()
 		return nil, err
 	}
@@ -148,6 +159,7 @@ type FleetStatus struct {
 	Pending       int    `json:"pending"`
 	LastSync      string `json:"last_sync,omitempty"`
 	LastError     string `json:"last_error,omitempty"`
+	LastRestart   string `json:"last_restart,omitempty"` // why the watch was last made again
 	Updated       string `json:"updated"`
 }
 
@@ -162,7 +174,7 @@ func (m *member) report(gate, name string) {
 	}
 	st := m.fl.Stats()
 	fs := FleetStatus{Name: name, Peers: st.Peers, Published: st.Published, Received: st.Received,
-		WatchRestarts: st.WatchRestarts, Pending: st.Pending, LastError: st.LastError,
+		WatchRestarts: st.WatchRestarts, Pending: st.Pending, LastError: st.LastError, LastRestart: st.LastRestart,
 		Updated: time.Now().UTC().Format(time.RFC3339)}
 	if !st.LastSync.IsZero() {
 		fs.LastSync = st.LastSync.UTC().Format(time.RFC3339Nano)

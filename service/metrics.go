@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -93,7 +94,7 @@ var (
 	descFleetReceived = prometheus.NewDesc("knockgate_fleet_received_total",
 		"Updates from other hosts applied here.", nil, nil)
 	descFleetRestarts = prometheus.NewDesc("knockgate_fleet_watch_restarts_total",
-		"Watches of the bucket made again after an error (a partition, a leader change).", nil, nil)
+		"Watches of the bucket made again: they stopped keeping up with it (a host lost or back, a leader change).", nil, nil)
 	descFleetPending = prometheus.NewDesc("knockgate_fleet_pending",
 		"Local changes not yet written to the bucket (cut off from the fleet).", nil, nil)
 	descFleetLastSync = prometheus.NewDesc("knockgate_fleet_last_sync_timestamp_seconds",
@@ -121,32 +122,27 @@ type counterLabel struct {
 	label string
 }
 
-// The counters of the labelled metrics, by the C enum (a typo does not
-// compile).
+// The counters of the labelled metrics: those of CounterNames with the
+// metric's prefix, labelled with the rest of their names, so a counter the C
+// enum gains (CounterNames must name it) is in its metric without a word
+// here.
 var (
-	knockLabels = []counterLabel{
-		{bpf.KnockgateCounterCOUNTER_KNOCK_ADVANCED, "advanced"},
-		{bpf.KnockgateCounterCOUNTER_KNOCK_REPEATED, "repeated"},
-		{bpf.KnockgateCounterCOUNTER_KNOCK_RESET, "reset"},
-		{bpf.KnockgateCounterCOUNTER_KNOCK_WHILE_GRANTED, "while_granted"},
-	}
-	flowLabels = []counterLabel{
-		{bpf.KnockgateCounterCOUNTER_FLOWS_LEARNED, "learned"},
-		{bpf.KnockgateCounterCOUNTER_FLOWS_ENDED, "ended"},
-		{bpf.KnockgateCounterCOUNTER_FLOWS_FULL, "full"},
-	}
-	spaLabels = []counterLabel{
-		{bpf.KnockgateCounterCOUNTER_SPA_ACCEPTED, "accepted"},
-		{bpf.KnockgateCounterCOUNTER_SPA_BAD_LENGTH, "bad_length"},
-		{bpf.KnockgateCounterCOUNTER_SPA_BAD_VERSION, "bad_version"},
-		{bpf.KnockgateCounterCOUNTER_SPA_UNKNOWN_KEY, "unknown_key"},
-		{bpf.KnockgateCounterCOUNTER_SPA_BAD_TAG, "bad_tag"},
-		{bpf.KnockgateCounterCOUNTER_SPA_CLOCK, "clock"},
-		{bpf.KnockgateCounterCOUNTER_SPA_BAD_ADDRESS, "bad_address"},
-		{bpf.KnockgateCounterCOUNTER_SPA_BAD_SERVICE, "bad_service"},
-		{bpf.KnockgateCounterCOUNTER_SPA_REPLAY, "replay"},
-	}
+	knockLabels = counterLabels("knock_")
+	flowLabels  = counterLabels("flows_")
+	spaLabels   = counterLabels("spa_")
 )
+
+// counterLabels are the counters (enum counter) whose names start with
+// prefix, in the enum's order, each labelled with its name without prefix.
+func counterLabels(prefix string) []counterLabel {
+	var out []counterLabel
+	for k := range int(bpf.KnockgateCounterCOUNTER_MAX) {
+		if label, ok := strings.CutPrefix(maps.CounterNames[maps.Verdicts+k], prefix); ok {
+			out = append(out, counterLabel{bpf.KnockgateCounter(k), label})
+		}
+	}
+	return out
+}
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range descs {
@@ -213,21 +209,21 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		errs++
 	} else {
 		n := map[string]float64{"knocking": 0, "open": 0}
-		open := map[string]float64{}
-		for i := range cfg.Policy.Services {
-			open[cfg.Policy.Services[i].Name] = 0
-		}
 		for _, s := range srcs {
 			n[s.State]++
-			if s.State == "open" {
-				open[s.Service]++
-			}
 		}
 		for s, v := range n {
 			gauge(descSources, v, s)
 		}
+		open := maps.GrantsOpen(srcs)
+		for i := range cfg.Policy.Services {
+			name := cfg.Policy.Services[i].Name
+			if _, ok := open[name]; !ok {
+				open[name] = 0 // a series for every service, with none open too
+			}
+		}
 		for s, v := range open {
-			gauge(descServiceOpen, v, s)
+			gauge(descServiceOpen, float64(v), s)
 		}
 	}
 	if sc, err := c.gate.ServiceCounters(); err != nil {

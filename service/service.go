@@ -83,7 +83,9 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	defer svc.gate.Close()
 	if settings.Fleet.Set {
-		if svc.fleet, err = joinFleet(svc.gate, settings.Fleet); err != nil {
+		if svc.fleet, err = joinFleet(svc.gate, settings.Fleet, func(msg string, args ...any) {
+			svc.logger().Warn(msg, args...)
+		}); err != nil {
 			return err
 		}
 		defer svc.fleet.close()

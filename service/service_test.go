@@ -34,6 +34,43 @@ func TestMetricsDocumented(t *testing.T) {
 	}
 }
 
+// The labels of the counters' metrics are their counters' names without
+// the metric's prefix, each documented in README on its metric's line.
+func TestCounterLabels(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		metric string
+		labels []counterLabel
+		want   []string
+	}{
+		{"knockgate_knocks_total{outcome}", knockLabels, []string{"advanced", "repeated", "reset", "while_granted"}},
+		{"knockgate_flows_total{event}", flowLabels, []string{"learned", "full", "ended"}},
+		{"knockgate_spa_packets_total{outcome}", spaLabels, []string{"accepted", "bad_length", "bad_version",
+			"unknown_key", "bad_tag", "clock", "bad_address", "bad_service", "replay"}},
+	} {
+		var got []string
+		for _, l := range tc.labels {
+			got = append(got, l.label)
+			if name := maps.CounterNames[maps.Verdicts+int(l.c)]; !strings.HasSuffix(name, "_"+l.label) {
+				t.Errorf("%s: label %s of counter %s", tc.metric, l.label, name)
+			}
+		}
+		if strings.Join(got, " ") != strings.Join(tc.want, " ") {
+			t.Errorf("%s: labels %q, want %q", tc.metric, got, tc.want)
+		}
+		_, line, _ := strings.Cut(string(readme), "| `"+tc.metric+"` |")
+		line, _, _ = strings.Cut(line, "\n")
+		for _, l := range got {
+			if !strings.Contains(line, "`"+l+"`") {
+				t.Errorf("%s: label %s is not on its line in README", tc.metric, l)
+			}
+		}
+	}
+}
+
 // An event logged as JSON carries the fields of `events --json`, and its
 // own time.
 func TestLogEvent(t *testing.T) {

@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/knockgate/knockgate/policy"
 )
 
 // MaxKeys is how many keys a gate holds (KG_SPA_KEYS).
@@ -37,14 +39,11 @@ type Key struct {
 	Services []string
 }
 
-// DefaultService is the service every gate has, and the one a key without
-// services= opens.
-const DefaultService = "default"
-
-// Scope is the services k may open.
+// Scope is the services k may open: without services=, the service every
+// gate has, policy.DefaultService.
 func (k *Key) Scope() []string {
 	if len(k.Services) == 0 {
-		return []string{DefaultService}
+		return []string{policy.DefaultService}
 	}
 	return k.Services
 }
@@ -54,10 +53,6 @@ func (k *Key) Equal(o *Key) bool {
 	return k.ID == o.ID && k.Secret == o.Secret && k.Name == o.Name && k.AnyAddress == o.AnyAddress &&
 		k.Open == o.Open && slices.Equal(k.Services, o.Services)
 }
-
-// serviceRE is a service's name (the policy package's rule, which a key
-// file cannot import without pulling in the gate).
-var serviceRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,30}$`)
 
 // NameLen is the longest key name (the map keeps it NUL-padded in 32).
 const NameLen = 31
@@ -178,8 +173,8 @@ func ParseLine(line string) (Key, error) {
 			}
 			k.Open = d
 		case strings.HasPrefix(opt, "services="):
-			if k.Services, err = parseServices(opt[len("services="):]); err != nil {
-				return Key{}, err
+			if k.Services, err = ParseServices(opt[len("services="):]); err != nil {
+				return Key{}, fmt.Errorf("services=: %w", err)
 			}
 		default:
 			return Key{}, fmt.Errorf("unknown key option %s (any-address, open=DURATION, services=NAME,...)", quote(opt))
@@ -188,15 +183,22 @@ func ParseLine(line string) (Key, error) {
 	return k, nil
 }
 
-// parseServices reads services='s list: names, each once.
-func parseServices(list string) ([]string, error) {
+// ParseServices reads a list of service names, comma-separated (a key's
+// services=, the client's --service): each a service's name
+// (policy.CheckServiceName), once. Its errors never repeat what may be a
+// secret.
+func ParseServices(list string) ([]string, error) {
 	var out []string
 	for _, name := range strings.Split(list, ",") {
-		if !serviceRE.MatchString(name) {
-			return nil, fmt.Errorf("bad service %s in services= (a-z 0-9 _ -, 1-31, starting with a letter or digit)", quote(name))
+		name = strings.TrimSpace(name)
+		if err := policy.CheckServiceName(name); err != nil {
+			if LooksLikeSecret(name) {
+				return nil, fmt.Errorf("bad service name %s", quote(name))
+			}
+			return nil, err
 		}
 		if slices.Contains(out, name) {
-			return nil, fmt.Errorf("service %s named twice in services=", quote(name))
+			return nil, fmt.Errorf("service %s named twice", quote(name))
 		}
 		out = append(out, name)
 	}

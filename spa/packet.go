@@ -5,9 +5,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"net/netip"
 	"time"
+
+	"github.com/knockgate/knockgate/policy"
 )
 
 // The wire format (README "Single-packet authorization"): one UDP datagram,
@@ -38,16 +39,10 @@ const (
 	DefaultWindow = 30 * time.Second
 )
 
-// ServiceHash is what a version-2 packet names a service by: FNV-1a (32
-// bits) of its name, 1 in place of 0 (which marks an unused request).
-func ServiceHash(name string) uint32 {
-	h := fnv.New32a()
-	h.Write([]byte(name))
-	if v := h.Sum32(); v != 0 {
-		return v
-	}
-	return 1
-}
+// ServiceHash is what a version-2 packet names a service by:
+// policy.ServiceHash, FNV-1a (32 bits) of its name, 1 in place of 0 (which
+// marks an unused request).
+func ServiceHash(name string) uint32 { return policy.ServiceHash(name) }
 
 // Packet is what an SPA datagram says.
 type Packet struct {

@@ -140,9 +140,10 @@ func TestParseKeys(t *testing.T) {
 		{"1 000102030405060708090a0b0c0d0e0f a open=000102030405060708090a0b0c0d0e0f", "line 1: bad open= (a 32-digit hex string"},
 		{"1 000102030405060708090a0b0c0d0e0f a/b", `line 1: bad key name "a/b"`},
 		{"1 000102030405060708090a0b0c0d0e0f a\n1 000102030405060708090a0b0c0d0e0f b", "line 2: key id 1 is on line 1 already"},
-		{"1 000102030405060708090a0b0c0d0e0f a services=", `line 1: bad service "" in services=`},
-		{"1 000102030405060708090a0b0c0d0e0f a services=Web", `line 1: bad service "Web" in services=`},
-		{"1 000102030405060708090a0b0c0d0e0f a services=web,web", `line 1: service "web" named twice`},
+		{"1 000102030405060708090a0b0c0d0e0f a services=", `line 1: services=: service name "": use a-z, 0-9`},
+		{"1 000102030405060708090a0b0c0d0e0f a services=Web", `line 1: services=: service name "Web": use a-z, 0-9`},
+		{"1 000102030405060708090a0b0c0d0e0f a services=web,web", `line 1: services=: service "web" named twice`},
+		{"1 000102030405060708090a0b0c0d0e0f a services=web,000102030405060708090a0b0c0d0e0f", "line 1: services=: bad service name (a 32-digit hex string"},
 	} {
 		_, err := ParseKeys(strings.NewReader(c.in), "f")
 		if err == nil || !strings.Contains(err.Error(), c.want) {

@@ -344,9 +344,15 @@ func TestServicesCLI(t *testing.T) {
 	fails(2, "port 22 is protected by both services default and web", "--service", "web", "--protect", "22", "--sequence", "7000")
 	fails(1, "no service web to remove (the gate has default)", "--service", "web", "--remove")
 
-	out := g.mustKG(g.srv, "set", g.iface, "--service", "web", "--protect", strconv.Itoa(webPort), "--spa-keys", keyFile(t, "server2.keys", contractor))
+	serverKeys := keyFile(t, "server2.keys", contractor)
+	out := g.mustKG(g.srv, "set", g.iface, "--service", "web", "--protect", strconv.Itoa(webPort), "--spa-keys", serverKeys)
 	if !strings.Contains(out, "\n  service web: sequence none, step timeout 1m0s, open 30m0s, protecting 443\n") {
 		t.Errorf("set --service web printed %q", out)
+	}
+	// Attaching again with those keys is about the gate's own services,
+	// not the flags' (which have no web): it is refused as attached already.
+	if r := g.kg(g.srv, "attach", g.iface, "--spa-keys", serverKeys); r.code != 1 || !strings.Contains(r.stderr, "already attached") {
+		t.Errorf("attach again with the gate's keys: %s, want exit 1 and already attached", r)
 	}
 	g.expectPorts(cli4, srv4, nil, []int{protected, webPort})
 	g.mustKG(g.cli, "knock", srv4.String(), "--spa-key", contractorKey)

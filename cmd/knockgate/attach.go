@@ -62,8 +62,13 @@ func attachCommand() *command {
 					return &usageError{err}
 				}
 			}
-			// Everything is checked before anything is loaded.
-			if err := s.Check(); err != nil {
+			// Everything is checked before anything is loaded. Whether the
+			// keys fit the services the flags give matters to a new gate
+			// only: an existing one compares the keys with its own.
+			var scopeErr error
+			if err := s.Check(); errors.As(err, new(*config.ScopeError)) {
+				scopeErr = &usageError{err}
+			} else if err != nil {
 				return &usageError{err}
 			}
 			var confirmWithin time.Duration
@@ -84,15 +89,16 @@ func attachCommand() *command {
 					self = addr
 				}
 			}
-			return attach(e, &s, flags.Changed(), flags.Service(), self, confirmWithin)
+			return attach(e, &s, flags.Changed(), flags.Service(), self, confirmWithin, scopeErr)
 		},
 	}
 }
 
 // attach makes the gate s describes, or puts the existing one on the
 // interfaces it is missing from. self (when valid) is granted for the open
-// window before the program sees its first packet.
-func attach(e *env, s *config.Settings, explicit map[string]bool, service string, self netip.Addr, confirm time.Duration) error {
+// window before the program sees its first packet. scopeErr is s's keys
+// not fitting its services (Settings.Check): the refusal of a new gate.
+func attach(e *env, s *config.Settings, explicit map[string]bool, service string, self netip.Addr, confirm time.Duration, scopeErr error) error {
 	if err := checkPinAccess(); err != nil {
 		return err
 	}
@@ -110,12 +116,8 @@ func attach(e *env, s *config.Settings, explicit map[string]bool, service string
 		return reattach(e, name, s, explicit, service, upgraded)
 	}
 	// The keys must fit the services, before anything is made.
-	want := s.Config()
-	if err := config.CheckHashes(&want); err != nil {
-		return &usageError{err}
-	}
-	if err := config.CheckKeys(&want, s.SPAKeys); err != nil {
-		return &usageError{err}
+	if scopeErr != nil {
+		return scopeErr
 	}
 
 	opts, err := s.LoaderOptions()

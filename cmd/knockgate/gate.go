@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/knockgate/knockgate/config"
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/policy"
 )
@@ -53,6 +54,20 @@ func notAttached(arg string, cause error) error {
 		return &messageError{ierr.Error(), cause}
 	}
 	return &messageError{fmt.Sprintf("knockgate is not attached to %s", arg), cause}
+}
+
+// noService is what maps.ErrNoService (the cause) says to the user: the
+// gate has no service of that name, and these are the ones it has (from p
+// when the policy was read already, else read now).
+func noService(g *loader.Gate, p *policy.Policy, service string, cause error) error {
+	if p == nil {
+		held, err := g.Policy()
+		if err != nil {
+			return cause
+		}
+		p = &held
+	}
+	return &messageError{fmt.Sprintf("gate %s has no service %s (it has %s)", g.Name, service, config.ServiceNames(p)), cause}
 }
 
 // modes is how a gate's interfaces are attached, each way once: "native",

@@ -172,6 +172,12 @@ func TestGateLifecycle(t *testing.T) {
 		t.Errorf("revoke printed %q", out)
 	}
 	fails(in(srv, nil, "revoke", iface, "2001:db8::9"), 1, "knockgate: 2001:db8::9 has no grant or knock progress on kgct0\n")
+	// A service the gate lacks (with --for, found by the grant itself) is
+	// named with those it has.
+	noWeb := "knockgate: gate kgct0 has no service web (it has default)\n"
+	fails(in(srv, nil, "grant", iface, "2001:db8::9", "--service", "web"), 1, noWeb)
+	fails(in(srv, nil, "grant", iface, "2001:db8::9", "--service", "web", "--for", "1m"), 1, noWeb)
+	fails(in(srv, nil, "revoke", iface, "2001:db8::9", "--service", "web"), 1, noWeb)
 
 	evs.cancel()
 	if err := <-evs.done; err != nil {

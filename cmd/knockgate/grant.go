@@ -3,10 +3,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
-	"github.com/knockgate/knockgate/config"
 	"github.com/knockgate/knockgate/maps"
 	"github.com/knockgate/knockgate/policy"
 )
@@ -41,19 +41,26 @@ func grantCommand() *command {
 				return err
 			}
 			defer g.Close()
-			p, err := g.Policy()
-			if err != nil {
-				return err
-			}
-			svc := p.Service(service)
-			if svc == nil {
-				return fmt.Errorf("gate %s has no service %s (it has %s)", g.Name, service, config.ServiceNames(&p))
-			}
+			var p *policy.Policy
 			if d == 0 {
+				// The service's open window.
+				held, err := g.Policy()
+				if err != nil {
+					return err
+				}
+				p = &held
+				svc := p.Service(service)
+				if svc == nil {
+					return noService(g, p, service, maps.ErrNoService)
+				}
 				d = svc.Open
 			}
 			until := maps.BootAfter(d)
-			if err := g.Grant(addr, service, until); err != nil {
+			err = g.Grant(addr, service, until)
+			if errors.Is(err, maps.ErrNoService) {
+				return noService(g, p, service, err)
+			}
+			if err != nil {
 				return err
 			}
 			what := ""

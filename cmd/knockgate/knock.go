@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -92,7 +91,7 @@ func knockCommand() *command {
 			}
 			var request []string
 			if fs.Changed("service") {
-				if request, err = parseServices(services); err != nil {
+				if request, err = spa.ParseServices(services); err != nil {
 					return &usageError{fmt.Errorf("--service: %w", err)}
 				}
 			}
@@ -174,22 +173,6 @@ func clientKey(arg, idText string) (spa.Key, error) {
 		return spa.Key{}, usagef("key file %s holds %d keys: pick one with --key-id", arg, len(keys))
 	}
 	return spa.Key{}, &inputError{fmt.Errorf("key file %s holds no key with id %d", arg, id)}
-}
-
-// parseServices reads --service's list: service names, each once.
-func parseServices(list string) ([]string, error) {
-	var out []string
-	for _, name := range strings.Split(list, ",") {
-		name = strings.TrimSpace(name)
-		if err := policy.CheckServiceName(name); err != nil {
-			return nil, err
-		}
-		if slices.Contains(out, name) {
-			return nil, fmt.Errorf("service %s named twice", name)
-		}
-		out = append(out, name)
-	}
-	return out, nil
 }
 
 // sendSPA sends SPA datagrams for key to port of addr, and says when the

@@ -143,7 +143,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"knock", "127.0.0.1", "9000", "--key-id", "3"}, "--key-id, --spa-port, --open-address and --service go with --spa-key"},
 		{[]string{"knock", "127.0.0.1", "9000", "--service", "web"}, "--key-id, --spa-port, --open-address and --service go with --spa-key"},
 		{[]string{"knock", "127.0.0.1", "--spa-key", "00112233445566778899aabbccddeeff", "--key-id", "1", "--service", "web,Web"}, `--service: service name "Web"`},
-		{[]string{"knock", "127.0.0.1", "--spa-key", "00112233445566778899aabbccddeeff", "--key-id", "1", "--service", "web,web"}, "--service: service web named twice"},
+		{[]string{"knock", "127.0.0.1", "--spa-key", "00112233445566778899aabbccddeeff", "--key-id", "1", "--service", "web,web"}, `--service: service "web" named twice`},
 		{[]string{"knock", "127.0.0.1", "--spa-key", "00112233445566778899aabbccddeeff", "--key-id", "1", "--service", ""}, `--service: service name ""`},
 		{[]string{"knock", "127.0.0.1", "--spa-key", "00112233445566778899aabbccddeeff", "--key-id", "0"}, `--key-id: bad key id "0"`},
 		{[]string{"knock", "127.0.0.1", "--spa-key", "00112233445566778899aabbccddeeff", "--key-id", "1", "--open-address", "nowhere"}, `--open-address: bad address "nowhere"`},

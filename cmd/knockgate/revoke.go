@@ -3,9 +3,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 
-	"github.com/knockgate/knockgate/config"
+	"github.com/knockgate/knockgate/maps"
 )
 
 func revokeCommand() *command {
@@ -32,16 +33,10 @@ func revokeCommand() *command {
 				return err
 			}
 			defer g.Close()
-			if service != "" {
-				p, err := g.Policy()
-				if err != nil {
-					return err
-				}
-				if p.Service(service) == nil {
-					return fmt.Errorf("gate %s has no service %s (it has %s)", g.Name, service, config.ServiceNames(&p))
-				}
-			}
 			found, err := g.Revoke(addr, service)
+			if errors.Is(err, maps.ErrNoService) {
+				return noService(g, nil, service, err)
+			}
 			if err != nil {
 				return err
 			}

@@ -90,13 +90,19 @@ func setCommand() *command {
 					keys = append(keys, k.Key)
 				}
 			}
-			checkKeys := func(p *policy.Policy) error {
-				err := config.CheckKeys(p, keys)
-				if err != nil && !changed["spa-keys"] {
+			// check checks a policy with the keys: a combination the
+			// program cannot run (a step that is also protected), or keys
+			// that do not fit, is the user's mistake: nothing is written.
+			check := func(p *policy.Policy) error {
+				err := config.Check(p, keys)
+				var se *config.ScopeError
+				switch {
+				case errors.As(err, &se) && !changed["spa-keys"]:
 					return &usageError{fmt.Errorf("%w (give --spa-keys a key file that fits)", err)}
-				}
-				if err != nil {
+				case errors.As(err, &se):
 					return &usageError{fmt.Errorf("--spa-keys: %w", err)}
+				case err != nil:
+					return &usageError{err}
 				}
 				return nil
 			}
@@ -107,7 +113,7 @@ func setCommand() *command {
 					return err
 				}
 				if cur.Policy.SPAPort != 0 {
-					if err := checkKeys(&cur.Policy); err != nil {
+					if err := check(&cur.Policy); err != nil {
 						return err
 					}
 					if err := g.SetSPAKeys(upd.SPAKeys); err != nil {
@@ -132,15 +138,7 @@ func setCommand() *command {
 				} else if err := config.Merge(&cfg.Policy, &upd, changed, service); err != nil {
 					return &usageError{err}
 				}
-				// A combination the program cannot run (a step that is
-				// also protected) is the user's mistake: nothing is written.
-				if err := cfg.Policy.Validate(); err != nil {
-					return &usageError{err}
-				}
-				if err := config.CheckHashes(&cfg.Policy); err != nil {
-					return &usageError{err}
-				}
-				if err := checkKeys(&cfg.Policy); err != nil {
+				if err := check(&cfg.Policy); err != nil {
 					return err
 				}
 				cfg.ConfirmBy = 0

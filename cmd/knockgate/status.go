@@ -250,21 +250,10 @@ func readStatus(arg string) (*gateStatus, error) {
 	return st, nil
 }
 
-// grantsOpen counts the live grants of each service.
-func (st *gateStatus) grantsOpen() map[string]int {
-	n := map[string]int{}
-	for _, s := range st.sources {
-		if s.State == "open" {
-			n[s.Service]++
-		}
-	}
-	return n
-}
-
 // encodeServices is every service of cfg, with its grants open and its
 // counters.
 func (st *gateStatus) encodeServices() []serviceJSON {
-	open := st.grantsOpen()
+	open := maps.GrantsOpen(st.sources)
 	out := []serviceJSON{}
 	for i := range st.cfg.Policy.Services {
 		svc := &st.cfg.Policy.Services[i]
@@ -381,7 +370,7 @@ func (st *gateStatus) json() statusJSON {
 	out.SPA = spaJSON{Port: st.cfg.Policy.SPAPort, Window: st.cfg.Policy.SPAWindow.String(), Clock: stamp(st.clock),
 		ClockSkewMs: st.clock.Sub(st.now).Milliseconds(), Keys: []spaKeyJSON{}}
 	for _, k := range st.spaKeys {
-		j := spaKeyJSON{ID: k.ID, Name: k.Name, AnyAddress: k.AnyAddress, Services: k.Scope()}
+		j := spaKeyJSON{ID: k.ID, Name: k.Name, AnyAddress: k.AnyAddress, Services: k.Opens}
 		if k.Open > 0 {
 			j.Open = k.Open.String()
 		}
@@ -436,8 +425,11 @@ func (st *gateStatus) print(w io.Writer, now time.Time) {
 			if k.Open > 0 {
 				extra += ", open " + k.Open.String()
 			}
-			if len(k.Services) > 0 {
-				extra += ", services " + strings.Join(k.Services, ",")
+			switch {
+			case len(k.Opens) == 0:
+				extra += ", opens no service (every one it named is gone)"
+			case len(k.Opens) > 1 || k.Opens[0] != policy.DefaultService:
+				extra += ", services " + strings.Join(k.Opens, ",")
 			}
 			fmt.Fprintf(tw, "  \tkey %d %s%s: %s\n", k.ID, k.Name, extra, last)
 		}
@@ -535,7 +527,7 @@ func (st *gateStatus) print(w io.Writer, now time.Time) {
 // the option table) and their grants open now.
 func (st *gateStatus) printServices(w io.Writer) {
 	p := st.cfg.Policy
-	open := st.grantsOpen()
+	open := maps.GrantsOpen(st.sources)
 	fmt.Fprintln(w, "services:")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	for i := range p.Services {

@@ -193,7 +193,7 @@ func TestStatusServices(t *testing.T) {
 			{Addr: b, Service: "web", State: "knocking", Stage: 1, Expires: expires},
 		},
 		svcCounts: map[string]maps.ServiceCounters{"default": {Granted: 4, Expired: 1}, "rdp": {Granted: 2}},
-		spaKeys:   []maps.SPAKey{{Key: spa.Key{ID: 7, Name: "contractor", Services: []string{"web"}}}},
+		spaKeys:   []maps.SPAKey{{Key: spa.Key{ID: 7, Name: "contractor", Services: []string{"web"}}, Opens: []string{"web"}}},
 	}
 	j := st.json()
 	want := []serviceJSON{

@@ -262,7 +262,7 @@ type UnderFloodResult struct {
 // gap, knock the second, and connect, waiting 500 ms (one SYN). The no
 // filter gate's figure is the floor: how many connections the flooded link
 // lets through at all.
-func UnderFlood(topo *Topology, gen *Generator, srcs *Sources, gap time.Duration, rate float64, n, cpu int, batch uint32) (UnderFloodResult, error) {
+func UnderFlood(topo *Topology, gen Generator, srcs *Sources, gap time.Duration, rate float64, n, cpu int, batch uint32) (UnderFloodResult, error) {
 	res := UnderFloodResult{Gap: gap, Rate: rate, Of: n}
 	stop := make(chan struct{})
 	flood := make(chan error, 1)

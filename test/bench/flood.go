@@ -1,90 +1,101 @@
 package bench
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/knockgate/knockgate/test/packet"
 )
 
-// Generator floods the receiver with TCP SYNs to the protected port from the
-// kernel: BPF_PROG_RUN in live-frame mode runs the flood program on a context
-// naming the sending veth, and each XDP_TX it returns is transmitted there.
-// hping3 and AF_PACKET senders stay well under 1 Mpps on a small VM; this
-// reaches several times the rate any gate here can absorb on one core.
-type Generator struct {
-	objs floodObjects
-	idle link.Link
+// Generator floods the receiver with frames from the sending namespace. Two
+// back ends send the same frames, which reach the receiver as XDP frames
+// either way: live frames (BPF_PROG_RUN of an XDP program in live-frame
+// mode, several Mpps from one core) and, where the kernel refuses that, an
+// AF_PACKET socket whose frames an XDP relay passes on (under 1 Mpps).
+// NewGenerator picks one.
+type Generator interface {
+	// Name says which back end floods, for the progress log and the report.
+	Name() string
+	// Attach readies the generator to send on topo's measured veth; it
+	// lasts until Detach.
+	Attach(topo *Topology) error
+	Detach() error
+	// Run floods port from topo's sending namespace with f's sources until
+	// stop is closed, on a thread pinned to cpu, handing the veth batch
+	// frames at a time.
+	Run(topo *Topology, f Flood, port uint16, cpu int, batch uint32, stop <-chan struct{}) (FloodResult, error)
+	// Sent is how many frames the generator has sent since it was made.
+	Sent() (uint64, error)
+	Close() error
 }
 
-// xdpMD is struct xdp_md, the context BPF_PROG_RUN hands the program.
-type xdpMD struct {
-	Data, DataEnd, DataMeta, IngressIfindex, RxQueueIndex, EgressIfindex uint32
+// GeneratorKind names a back end of Generator, or auto.
+type GeneratorKind string
+
+const (
+	// GenAuto: live frames if the kernel runs them, else AF_PACKET.
+	GenAuto GeneratorKind = "auto"
+	// GenLive: BPF_PROG_RUN with BPF_F_TEST_XDP_LIVE_FRAMES.
+	GenLive GeneratorKind = "live"
+	// GenPacket: an AF_PACKET socket with PACKET_QDISC_BYPASS and sendmmsg.
+	GenPacket GeneratorKind = "afpacket"
+)
+
+// ParseGeneratorKind validates a GeneratorKind name.
+func ParseGeneratorKind(s string) (GeneratorKind, error) {
+	switch k := GeneratorKind(s); k {
+	case GenAuto, GenLive, GenPacket:
+		return k, nil
+	}
+	return "", fmt.Errorf("unknown generator %q (want auto, live or afpacket)", s)
 }
 
-// NewGenerator loads the flood program.
-func NewGenerator() (*Generator, error) {
-	g := &Generator{}
-	if err := loadFloodObjects(&g.objs, nil); err != nil {
-		var verr *ebpf.VerifierError
-		if errors.As(err, &verr) {
-			return nil, fmt.Errorf("load flood program: %+v", verr)
+// NewGenerator makes the generator kind names. For auto it loads the flood
+// program and probes live frames once (one run that sends nothing); if the
+// kernel refuses them (EPERM, EOPNOTSUPP) it falls back to AF_PACKET and
+// returns why in fallback, for the caller to say.
+func NewGenerator(kind GeneratorKind) (g Generator, fallback error, err error) {
+	if kind == GenPacket {
+		return newPacketGenerator(), nil, nil
+	}
+	live, err := newLiveGenerator()
+	if err != nil {
+		return nil, nil, err
+	}
+	err = live.probe()
+	switch {
+	case err == nil:
+		return live, nil, nil
+	case kind == GenAuto && refused(err):
+		live.Close()
+		return newPacketGenerator(), err, nil
+	}
+	live.Close()
+	return nil, nil, fmt.Errorf("live frames: %w", err)
+}
+
+// openGenerator is NewGenerator saying on log (if not nil) which back end
+// it chose, and why when it fell back.
+func openGenerator(kind GeneratorKind, log io.Writer) (Generator, error) {
+	g, fallback, err := NewGenerator(kind)
+	if err != nil {
+		return nil, err
+	}
+	if log != nil {
+		if fallback != nil {
+			fmt.Fprintf(log, "generator: %s (the kernel refused live frames: %v)\n", g.Name(), fallback)
+		} else {
+			fmt.Fprintf(log, "generator: %s\n", g.Name())
 		}
-		return nil, fmt.Errorf("load flood program: %w", err)
 	}
 	return g, nil
-}
-
-// Close unloads the program.
-func (g *Generator) Close() error {
-	errs := []error{g.Detach()}
-	errs = append(errs, g.objs.Close())
-	return errors.Join(errs...)
-}
-
-// Attach keeps the program attached (natively) to the idle veth of topo for
-// as long as the topology lives. Each BPF_PROG_RUN of an XDP program adds it
-// to the kernel's XDP dispatcher and removes it afterwards, and a dispatcher
-// update waits for an RCU grace period: tens of milliseconds during which
-// nothing is sent. A program already attached somewhere stays in the
-// dispatcher, so the runs only take and drop a reference.
-func (g *Generator) Attach(topo *Topology) error {
-	if err := g.Detach(); err != nil {
-		return err
-	}
-	return topo.TX.Do(func() error {
-		l, err := link.AttachXDP(link.XDPOptions{
-			Program:   g.objs.Flood,
-			Interface: topo.IdleIndex,
-			Flags:     link.XDPDriverMode,
-		})
-		if err != nil {
-			return fmt.Errorf("attach flood program to %s: %w", idleA, err)
-		}
-		g.idle = l
-		return nil
-	})
-}
-
-// Detach undoes Attach.
-func (g *Generator) Detach() error {
-	if g.idle == nil {
-		return nil
-	}
-	err := g.idle.Close()
-	g.idle = nil
-	if err != nil {
-		return fmt.Errorf("detach flood program: %w", err)
-	}
-	return nil
 }
 
 // SynFrame is the flood's template: an Ethernet frame carrying a bare TCP SYN
@@ -109,6 +120,19 @@ func UDPFrame(srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr, sport, dport
 	copy(b[0:6], dstMAC)
 	copy(b[6:12], srcMAC)
 	return b
+}
+
+// template is the frame every flood frame starts from: f's TCP segment (or
+// UDP datagram) to port, from floodBase; the generators rewrite the source.
+func template(topo *Topology, f Flood, port uint16) []byte {
+	if f.Payload != nil {
+		return UDPFrame(topo.TxMAC, topo.RxMAC, floodBase, rxAddr, 40000, port, f.Payload)
+	}
+	flags := f.Flags
+	if flags == 0 {
+		flags = packet.SYN
+	}
+	return TCPFrame(topo.TxMAC, topo.RxMAC, floodBase, rxAddr, 40000, port, flags)
 }
 
 // Flood describes one flood of SYNs to the protected port: Sources spoofed
@@ -137,121 +161,39 @@ type Flood struct {
 	Payload []byte
 }
 
+// base is where f's sources count up from.
+func (f Flood) base() netip.Addr {
+	if f.Base.IsValid() {
+		return f.Base
+	}
+	return floodBase
+}
+
 // FloodResult is what the sender did.
 type FloodResult struct {
-	Sent     uint64        // frames the program built (XDP_TX)
-	Elapsed  time.Duration // from the first run to the end of the last
+	Sent     uint64        // frames built (live) or taken by the relay (AF_PACKET)
+	Elapsed  time.Duration // from the first send to the end of the last
 	SenderNS uint64        // CPU time of the sending thread
-	Calls    int           // BPF_PROG_RUN calls
+	Calls    int           // BPF_PROG_RUN or sendmmsg calls
 }
 
 // MaxBatch is the most frames BPF_PROG_RUN builds before it flushes them to
 // the device (the kernel's limit), and the size of a veth's receive ring.
 const MaxBatch = 256
 
-// Run floods port from topo's sending namespace with f's sources until stop
-// is closed, on a thread pinned to cpu, flushing every batch frames. Each flush wakes the
-// receiver's NAPI thread: the fewer frames it finds per wake-up, the more of
-// its time goes to being switched in and out rather than to packets.
-func (g *Generator) Run(topo *Topology, f Flood, port uint16, cpu int, batch uint32, stop <-chan struct{}) (FloodResult, error) {
-	var res FloodResult
-	base := f.Base
-	if !base.IsValid() {
-		base = floodBase
-	}
-	if err := g.objs.FirstSaddr.Set(binary.BigEndian.Uint32(base.AsSlice())); err != nil {
-		return res, fmt.Errorf("set flood source: %w", err)
-	}
-	if err := g.objs.Nsources.Set(f.Sources); err != nil {
-		return res, fmt.Errorf("set flood sources: %w", err)
-	}
-	sent0, err := g.Sent()
-	if err != nil {
-		return res, err
-	}
-	flags := f.Flags
-	if flags == 0 {
-		flags = packet.SYN
-	}
-	frame := TCPFrame(topo.TxMAC, topo.RxMAC, floodBase, rxAddr, 40000, port, flags)
-	if f.Payload != nil {
-		frame = UDPFrame(topo.TxMAC, topo.RxMAC, floodBase, rxAddr, 40000, port, f.Payload)
-	}
-	opts := &ebpf.RunOptions{
-		Data: frame,
-		Context: xdpMD{
-			DataEnd:        uint32(len(frame)),
-			IngressIfindex: uint32(topo.TxIndex),
-		},
-		Flags:     unix.BPF_F_TEST_XDP_LIVE_FRAMES,
-		BatchSize: batch,
-	}
-	err = topo.TX.Do(func() error {
-		// Do's thread is never reused, so the pinning ends with it.
-		var set unix.CPUSet
-		set.Set(cpu)
-		if err := unix.SchedSetaffinity(0, &set); err != nil {
-			return fmt.Errorf("pin sender to cpu %d: %w", cpu, err)
-		}
-		sched0, err := schedstat("/proc/thread-self/schedstat")
-		if err != nil {
-			return err
-		}
-		// Each call should last about a slice: short enough to stop on
-		// time, long enough that the per-call setup (page pool, context
-		// copy) is noise. The first call sizes the rest.
-		const slice = 20 * time.Millisecond
-		repeat := uint32(1 << 14)
-		var sentSoFar uint64
-		start := time.Now()
-		for {
-			select {
-			case <-stop:
-				res.Elapsed = time.Since(start)
-				sched1, err := schedstat("/proc/thread-self/schedstat")
-				res.SenderNS = sched1.CPU - sched0.CPU
-				return err
-			default:
-			}
-			opts.Repeat = repeat
-			t0 := time.Now()
-			if _, err := g.objs.Flood.Run(opts); err != nil {
-				return fmt.Errorf("run flood program: %w", err)
-			}
-			res.Calls++
-			if f.Rate > 0 {
-				// Paced: no further than the rate allows.
-				sentSoFar += uint64(repeat)
-				if ahead := time.Duration(float64(sentSoFar)/f.Rate*float64(time.Second)) - time.Since(start); ahead > 0 {
-					time.Sleep(ahead)
-				}
-				if r := uint32(f.Rate * slice.Seconds()); r >= 1 {
-					repeat = min(repeat, r)
-				}
-				continue
-			}
-			if took := time.Since(t0); took > 0 {
-				next := float64(repeat) * float64(slice) / float64(took)
-				repeat = uint32(min(max(next, 1<<10), 1<<24))
-			}
-		}
-	})
-	if err != nil {
-		return res, err
-	}
-	sent1, err := g.Sent()
-	if err != nil {
-		return res, err
-	}
-	res.Sent = sent1 - sent0
-	return res, nil
+// refused: the kernel will not run live frames here (a policy or an old
+// kernel, not a bug of ours).
+func refused(err error) bool {
+	return errors.Is(err, unix.EPERM) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, ebpf.ErrNotSupported)
 }
 
-// Sent is how many frames the generator has built since it was loaded.
-func (g *Generator) Sent() (uint64, error) {
-	var n uint64
-	if err := g.objs.Sent.Get(&n); err != nil {
-		return 0, fmt.Errorf("read frames sent: %w", err)
+// pinSender pins the calling thread, which must be one that is never reused
+// (netns.NS.Do's), to cpu, and reads its CPU time so far.
+func pinSender(cpu int) (Sched, error) {
+	var set unix.CPUSet
+	set.Set(cpu)
+	if err := unix.SchedSetaffinity(0, &set); err != nil {
+		return Sched{}, fmt.Errorf("pin sender to cpu %d: %w", cpu, err)
 	}
-	return n, nil
+	return schedstat("/proc/thread-self/schedstat")
 }

@@ -99,10 +99,11 @@ type SPASample struct {
 
 // SPAResult is the whole SPA benchmark.
 type SPAResult struct {
-	Opts    SPAOptions
-	Base    Options
-	Samples []SPASample
-	Took    time.Duration
+	Opts      SPAOptions
+	Base      Options
+	Samples   []SPASample
+	Took      time.Duration
+	Generator string // the back end that sent the floods
 }
 
 // RunSPA runs every SPA gate under the forged flood, Rounds times.
@@ -110,25 +111,32 @@ func RunSPA(o Options, so SPAOptions, gates func() []SPAGate) (*SPAResult, error
 	if err := Sweep(); err != nil {
 		return nil, err
 	}
-	gen, err := NewGenerator()
+	gen, err := openGenerator(o.Generator, o.Log)
 	if err != nil {
 		return nil, err
 	}
 	defer gen.Close()
-	res := &SPAResult{Opts: so, Base: o}
+	res := &SPAResult{Opts: so, Base: o, Generator: gen.Name()}
 	start := time.Now()
 	n := len(gates())
 	for round := 1; round <= so.Rounds; round++ {
 		for i := range n {
-			g := gates()[(i+round)%n] // alternate who goes first
-			s := runSPA(o, so, gen, g, round)
+			// Alternate who goes first; a flood that got nowhere once more
+			// (see stalled).
+			s := runSPA(o, so, gen, gates()[(i+round)%n], round)
+			if stalled(s.Err) {
+				if o.Log != nil {
+					fmt.Fprintf(o.Log, "[spa] round %d %-14s again, once: %v\n", round, s.Gate, s.Err)
+				}
+				s = runSPA(o, so, gen, gates()[(i+round)%n], round)
+			}
 			if o.Log != nil {
 				status := "ok"
 				if s.Err != nil {
 					status = "error: " + s.Err.Error()
 				}
-				fmt.Fprintf(o.Log, "[spa] round %d %-14s %7.3f Mpps handled %8.1f ns/pkt (napi %.1f + process %.1f)  opened %d/%d  %s\n",
-					round, s.Gate, s.HandledPPS/1e6, s.TotalNs, s.NapiNs, s.DaemonNs, s.Opened, s.Attempts, status)
+				fmt.Fprintf(o.Log, "[spa] round %d %-14s %8.1f rx ns/pkt (napi %.1f + process %.1f)  %7.3f Mpps handled  opened %d/%d  %s\n",
+					round, s.Gate, s.TotalNs, s.NapiNs, s.DaemonNs, s.HandledPPS/1e6, s.Opened, s.Attempts, status)
 			}
 			res.Samples = append(res.Samples, s)
 		}
@@ -137,7 +145,7 @@ func RunSPA(o Options, so SPAOptions, gates func() []SPAGate) (*SPAResult, error
 	return res, nil
 }
 
-func runSPA(o Options, so SPAOptions, gen *Generator, gate SPAGate, round int) (s SPASample) {
+func runSPA(o Options, so SPAOptions, gen Generator, gate SPAGate, round int) (s SPASample) {
 	s = SPASample{Gate: gate.Name(), Round: round, Attempts: so.Attempts}
 	st, teardown, err := setUp(o, gen, gate)
 	defer func() {
@@ -167,7 +175,7 @@ func runSPA(o Options, so SPAOptions, gen *Generator, gate SPAGate, round int) (
 	var fr FloodResult
 	go func() {
 		var err error
-		fr, err = gen.Run(topo, f, SPAPort, o.CPU, o.Batch, stop)
+		fr, err = gen.Run(topo, f, SPAPort, o.SenderCPU, o.Batch, stop)
 		resc <- err
 	}()
 	stopped := false
@@ -199,7 +207,8 @@ func runSPA(o Options, so SPAOptions, gen *Generator, gate SPAGate, round int) (
 	}
 	handled := lsB.RxPackets - lsA.RxPackets
 	if handled == 0 {
-		s.Err = errors.New("the receiver handled no frames")
+		s.Err = fmt.Errorf("%w (%d lost to a full ring; in the window its NAPI thread ran %s and waited %s for a CPU)",
+			errNoFrames, lsB.RxDropped-lsA.RxDropped, time.Duration(schedB.CPU-schedA.CPU), time.Duration(schedB.Wait-schedA.Wait))
 		return s
 	}
 	s.HandledPPS = float64(handled) / window.Seconds()
@@ -378,7 +387,7 @@ func (g *KnockgateSPA) Close() error {
 // should. Its valid packets come from the fwknop client.
 type Fwknopd struct {
 	Dispatch, Sleep int // PCAP_DISPATCH_COUNT, PCAP_LOOP_SLEEP (µs)
-	AvoidCPU        int // the measured core: fwknopd runs on the others
+	AvoidCPU        int // the receiver's core: fwknopd runs on the others
 	napi            stackNAPI
 	dir             string
 	key, hmac       string // base64
@@ -471,8 +480,8 @@ func (g *Fwknopd) Setup(topo *Topology) error {
 	case <-time.After(10 * time.Second):
 		return errors.New("fwknopd did not start within 10s")
 	}
-	// Off the measured core, which the sender and the NAPI thread share:
-	// its CPU time is counted apart.
+	// Off the receiver's core, where the NAPI thread runs: its CPU time
+	// is counted apart.
 	var set unix.CPUSet
 	for c := range runtime.NumCPU() {
 		if c != g.AvoidCPU {
@@ -620,8 +629,13 @@ func (res *SPAResult) Failed() []string {
 func (res *SPAResult) WriteTable(w io.Writer) {
 	o, so := res.Base, res.Opts
 	fmt.Fprintf(w, "\nsingle-packet authorization under a flood of forged SPA packets to port %d/udp\n", SPAPort)
-	fmt.Fprintf(w, "%d round(s), %d spoofed sources, flood %s after %s warm-up, sender and NAPI on CPU %d as above; took %s\n",
-		so.Rounds, o.Spoofed, o.Duration, o.Warmup, o.CPU, res.Took.Round(time.Second))
+	fmt.Fprintf(w, "%d round(s), %d spoofed sources, flood %s after %s warm-up; took %s\n",
+		so.Rounds, o.Spoofed, o.Duration, o.Warmup, res.Took.Round(time.Second))
+	fmt.Fprintf(w, "generator: %s on CPU %d; the receiver's NAPI on CPU %d", res.Generator, o.SenderCPU, o.CPU)
+	if o.NAPIDefer > 0 {
+		fmt.Fprintf(w, ", once idle polling again after %s", o.NAPIDefer)
+	}
+	fmt.Fprintln(w, ";")
 	fmt.Fprintf(w, "each gate's flood is its own format refused by its full check: knockgate %d-byte packets with a wrong tag;\n", spa.Len)
 	fmt.Fprintf(w, "fwknopd (Debian fwknop-server, libpcap, iptables back end, PCAP_DISPATCH_COUNT %d, PCAP_LOOP_SLEEP %d µs,\n",
 		so.FwknopdDispatch, so.FwknopdSleep)
@@ -630,7 +644,7 @@ func (res *SPAResult) WriteTable(w io.Writer) {
 	fmt.Fprintln(w, "opened: the port answered a connect (tried every 100 ms) within 1 s of the packet.")
 	fmt.Fprintln(w)
 	var t table
-	t.add("gate", "handled Mpps (min–max)", "NAPI ns/pkt", "process ns/pkt", "receiver ns/pkt (min–max)", "examined Mpps", "process ns/examined", "ring full",
+	t.add("gate", "receiver ns/pkt (min–max)", "NAPI ns/pkt", "process ns/pkt", "handled Mpps (min–max)", "examined Mpps", "process ns/examined", "ring full",
 		"opened ≤1 s", "open p50")
 	for _, r := range res.rows() {
 		if len(r.errors) > 0 && r.handled.N == 0 {
@@ -641,22 +655,24 @@ func (res *SPAResult) WriteTable(w io.Writer) {
 		if len(r.latency) > 0 {
 			p50 = fmt.Sprintf("%.1f ms", float64(Percentile(r.latency, 50))/1e6)
 		}
-		t.add(r.gate, fmtStat(r.handled, 3), fmt.Sprintf("%.1f", r.napi.Median), fmt.Sprintf("%.1f", r.daemon.Median),
-			fmtStat(r.total, 1), fmt.Sprintf("%.3f", r.processed.Median), fmt.Sprintf("%.0f", r.perExamined.Median),
+		t.add(r.gate, fmtStat(r.total, 1), fmt.Sprintf("%.1f", r.napi.Median), fmt.Sprintf("%.1f", r.daemon.Median),
+			fmtStat(r.handled, 3), fmt.Sprintf("%.3f", r.processed.Median), fmt.Sprintf("%.0f", r.perExamined.Median),
 			fmt.Sprintf("%.0f%%", 100*r.ring.Median),
 			fmt.Sprintf("%d/%d", r.opened, r.attempts), p50)
 	}
 	t.write(w)
-	fmt.Fprintln(w, "  handled: frames the receiving NAPI took per second; NAPI ns/pkt: that thread's CPU per frame; process ns/pkt:")
-	fmt.Fprintln(w, "  the gate's user-space process (fwknopd) per frame handled; receiver: the two together; examined: SPA packets")
+	fmt.Fprintln(w, "  receiver ns/pkt: the receiver's CPU per frame handled, the figure to compare: NAPI ns/pkt (the receiving")
+	fmt.Fprintln(w, "  NAPI thread) plus process ns/pkt (the gate's user-space process, fwknopd); handled: frames the NAPI took per")
+	fmt.Fprintln(w, "  second, at most the sender's rate; examined: SPA packets")
 	fmt.Fprintln(w, "  the gate itself judged per second (knockgate: its dropped_spa counter; fwknopd: its log lines per packet), and")
 	fmt.Fprintln(w, "  the process's CPU per packet it judged; ring full: frames the sender lost to the full veth ring, which the valid")
 	fmt.Fprintln(w, "  packets and connects share with the flood (a lost valid packet is not resent: each client sends one).")
 	rows := res.rows()
 	if len(rows) == 2 && rows[0].handled.N > 0 && rows[1].handled.N > 0 {
 		k, f := rows[0], rows[1]
-		fmt.Fprintf(w, "\nheadline (medians): knockgate spa ÷ fwknopd = %.2f× packets/s handled, %.2f× less receiver CPU per packet, %.2f× SPA packets examined/s;\n",
-			k.handled.Median/f.handled.Median, f.total.Median/k.total.Median, k.processed.Median/f.processed.Median)
+		fmt.Fprintf(w, "\nheadline (medians; generator: %s):\n", res.Generator)
+		fmt.Fprintf(w, "  knockgate spa ÷ fwknopd = %.2f× less receiver CPU per packet, %.2f× packets/s handled, %.2f× SPA packets examined/s;\n",
+			f.total.Median/k.total.Median, k.handled.Median/f.handled.Median, k.processed.Median/f.processed.Median)
 		fmt.Fprintf(w, "  valid packets sent during the flood that opened the port within 1 s: knockgate %d/%d, fwknopd %d/%d\n",
 			k.opened, k.attempts, f.opened, f.attempts)
 	}

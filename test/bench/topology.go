@@ -20,8 +20,8 @@ const (
 	rxName     = "kgb-rx" // receiving namespace: the gate under test and a listener
 	TxIface    = "kgb0"   // sending end of the measured veth pair
 	RxIface    = "kgb1"   // receiving end: the gate attaches here
-	idleA      = "kgbi0"  // idle pair in the sending namespace: the generator
-	idleB      = "kgbi1"  // stays attached to it (see Generator.attach)
+	idleA      = "kgbi0"  // pair in the sending namespace: the live generator stays
+	idleB      = "kgbi1"  // attached to it, the AF_PACKET one relays through it
 	namePrefix = "kgb"
 )
 
@@ -96,8 +96,9 @@ func NewTopology() (_ *Topology, err error) {
 		ns   *netns.NS
 		args []string
 	}{
-		// The idle pair only holds the generator program; down, it carries
-		// nothing at all.
+		// The idle pair holds the live generator's program; down, it
+		// carries nothing at all. The AF_PACKET generator brings it up to
+		// carry its flood to the relay (see packetGenerator).
 		{t.TX, []string{"link", "set", idleA, "down"}},
 		{t.TX, []string{"link", "set", idleB, "down"}},
 		{t.TX, []string{"addr", "add", txAddr.String() + "/24", "dev", TxIface}},

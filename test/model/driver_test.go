@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"os"
+	"reflect"
 	"runtime"
 	"slices"
 	"strings"
@@ -33,7 +34,11 @@ import (
 // own), compared after every step. Small tables (a few sets) so that
 // sources collide, sequences complete and flows fill their sets.
 const (
-	maxSources = 32 // knock table: 96 slots in 24 sets; grants: 32 entries
+	// knock table: 480 slots in 120 sets (six of the pool's sources share
+	// one); grants: 160 entries, room for every (source, service) of the
+	// pool, 14 x 5, and the LRU's per-CPU free target (a quarter of it
+	// with 2 CPUs) beside, so that no grant is ever evicted.
+	maxSources = 160
 	maxFlows   = 16 // 4 sets
 	burst      = 3  // knock/reset events at once
 	spaPort    = 62201
@@ -47,13 +52,14 @@ var (
 // step is one thing that happens: data, so a failing run can be printed
 // and replayed.
 type step struct {
-	Kind  string        // in, out, time, set, grant, revoke, keys
-	Frame []byte        // in, out
-	What  string        // a description of the frame
-	D     time.Duration // time: how far the clocks move; grant: for how long
-	Addr  netip.Addr    // grant, revoke
-	Cfg   maps.Config   // set
-	Keys  []int         // keys: indexes into the scenario's keys
+	Kind    string        // in, out, time, set, grant, revoke, keys
+	Frame   []byte        // in, out
+	What    string        // a description of the frame
+	D       time.Duration // time: how far the clocks move; grant: for how long
+	Addr    netip.Addr    // grant, revoke
+	Service string        // grant, revoke ("": every service)
+	Cfg     maps.Config   // set
+	Keys    []int         // keys: indexes into the scenario's keys
 }
 
 func (s step) String() string {
@@ -63,15 +69,30 @@ func (s step) String() string {
 	case "time":
 		return "time +" + s.D.String()
 	case "set":
-		return fmt.Sprintf("set %+v", s.Cfg)
+		return "set " + describe(&s.Cfg.Policy)
 	case "grant":
-		return fmt.Sprintf("grant %s for %s", s.Addr, s.D)
+		return fmt.Sprintf("grant %s %s for %s", s.Addr, s.Service, s.D)
 	case "revoke":
-		return "revoke " + s.Addr.String()
+		return fmt.Sprintf("revoke %s %q", s.Addr, s.Service)
 	case "keys":
 		return fmt.Sprintf("keys %v", s.Keys)
 	}
 	return s.Kind
+}
+
+// describe is p in a line: what a failing run prints of a configuration.
+func describe(p *policy.Policy) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "allow %v flows %v (%s/%s) spa %d window %s;", p.Allow, p.Flows, p.FlowIdleTCP, p.FlowIdleUDP, p.SPAPort, p.SPAWindow)
+	for _, s := range p.Services {
+		protect := policy.FormatPorts(s.Protect)
+		if s.ProtectAll {
+			protect = "all"
+		}
+		fmt.Fprintf(&b, " [%s seq %s step %s open %s protect %s allow %v]", s.Name, policy.FormatSequence(s.Sequence),
+			s.StepTimeout, s.Open, protect, s.Allow)
+	}
+	return b.String()
 }
 
 // scenario is what a seed makes: the pool of sources, the keys, the slot
@@ -86,12 +107,30 @@ type scenario struct {
 
 // gen makes random steps.
 type gen struct {
-	r     *rand.Rand
-	sc    *scenario
-	tai   uint64 // the clock, as the generator tracks it (for SPA stamps)
-	ports []uint16
-	seq   []maps.Port    // the sequence of the last configuration made
-	sent  []packet.Frame // the last frames the gate sent: replies answer them
+	r    *rand.Rand
+	sc   *scenario
+	tai  uint64         // the clock, as the generator tracks it (for SPA stamps)
+	cfg  policy.Policy  // the last configuration made
+	sent []packet.Frame // the last frames the gate sent: replies answer them
+	// knocking is each source's way through a sequence as the generator
+	// sent it (the gate may see it otherwise: a step of another, an
+	// eviction), so that sequences of several steps complete often.
+	knocking map[netip.Addr]knocking
+	// opened are sources the generator granted something, or sent what
+	// may have: probes come from them half the time.
+	opened []netip.Addr
+}
+
+type knocking struct {
+	seq  []maps.Port
+	next int
+}
+
+// open records that src may hold a grant now.
+func (g *gen) open(src netip.Addr) {
+	if g.opened = append(g.opened, src); len(g.opened) > 6 {
+		g.opened = g.opened[1:]
+	}
 }
 
 func newScenario(seed uint64, n int) *scenario {
@@ -112,8 +151,12 @@ func newScenario(seed uint64, n int) *scenario {
 		sc.pool = append(sc.pool, netip.MustParseAddr(fmt.Sprintf("2001:db8:1::%x", 0x10+i)))
 	}
 	sc.allow = netip.PrefixFrom(sc.pool[len(sc.pool)-1], 128) // one IPv6 source is allow-listed
-	for i := range 4 {
-		k := spa.Key{ID: uint32(100 + i), Name: fmt.Sprintf("k%d", i), AnyAddress: i == 3}
+	// Keys of every scope: default alone, one other service, several
+	// (with a window of its own), any address; their services come and go
+	// with the configurations.
+	scopes := [][]string{nil, {"web"}, {"default", "web", "rdp"}, {"rdp", "api"}, {"mail", "default"}}
+	for i, scope := range scopes {
+		k := spa.Key{ID: uint32(100 + i), Name: fmt.Sprintf("k%d", i), AnyAddress: i == 3, Services: scope}
 		if i == 2 {
 			k.Open = 90 * time.Second
 		}
@@ -122,13 +165,13 @@ func newScenario(seed uint64, n int) *scenario {
 		}
 		sc.keys = append(sc.keys, k)
 	}
-	g := &gen{r: r, sc: sc, tai: startTAI, ports: []uint16{22, 53, 443, 7000, 8000, 9000, 9001, spaPort, 67, 68, 546, 40000}}
+	g := &gen{r: r, sc: sc, tai: startTAI, knocking: map[netip.Addr]knocking{}}
 	cfg := g.config()
 	for cfg.Policy.SPAPort == 0 || len(cfg.Policy.Default().Sequence) == 0 {
 		cfg = g.config() // start with both ways in
 	}
 	cfg.SlotKey = sc.slotKey
-	sc.steps = append(sc.steps, step{Kind: "set", Cfg: cfg}, step{Kind: "keys", Keys: []int{0, 1, 2, 3}})
+	sc.steps = append(sc.steps, step{Kind: "set", Cfg: cfg}, g.keys(true))
 	for len(sc.steps) < n {
 		sc.steps = append(sc.steps, g.step())
 	}
@@ -153,7 +196,29 @@ func (g *gen) dstFor(src netip.Addr) netip.Addr {
 	return gate6
 }
 
-// config is a random configuration of the few kinds the rules tell apart.
+// The services beside default a configuration may have, each with the
+// sequences it may take (nil: none, SPA and the operator open it): step
+// ports of their own, so no two sequences share one.
+var extraServices = []struct {
+	name string
+	seqs [][]maps.Port
+}{
+	{"web", [][]maps.Port{{{Num: 7100, Proto: maps.TCP}, {Num: 7101, Proto: maps.UDP}}, {{Num: 7102, Proto: maps.UDP}}, nil}},
+	{"rdp", [][]maps.Port{nil, {{Num: 7200, Proto: maps.UDP}, {Num: 7201, Proto: maps.TCP}, {Num: 7202, Proto: maps.TCP}}}},
+	{"api", [][]maps.Port{{{Num: 7300, Proto: maps.TCP}}, {{Num: 7301, Proto: maps.TCP}, {Num: 7302, Proto: maps.TCP}}, nil}},
+	{"mail", [][]maps.Port{nil, {{Num: 7400, Proto: maps.UDP}, {Num: 7401, Proto: maps.UDP}}}},
+}
+
+// protectable are the ports services protect: each at most one service.
+var protectable = []maps.Port{{Num: 22, Proto: maps.TCP}, {Num: 53, Proto: maps.UDP}, {Num: 443, Proto: maps.TCP},
+	{Num: 8443, Proto: maps.TCP}, {Num: 3389, Proto: maps.TCP}, {Num: 25, Proto: maps.TCP}, {Num: 5353, Proto: maps.UDP},
+	{Num: 80, Proto: maps.TCP}}
+
+// config is a random configuration of the kinds the rules tell apart:
+// default as before (a sequence or none, some ports or all), and 0-4 other
+// services in a random order (so they take indices in any order), each with
+// a sequence or none, ports of its own, all (when default does not), or
+// none, and an allow list of its own or not.
 func (g *gen) config() maps.Config {
 	r := g.r
 	seqs := [][]maps.Port{
@@ -175,20 +240,109 @@ func (g *gen) config() maps.Config {
 		FlowIdleUDP: time.Duration(5+r.IntN(60)) * time.Second,
 		SPAWindow:   time.Duration(1+r.IntN(30)) * time.Second,
 	}
-	if r.IntN(3) != 0 || d.Sequence == nil {
-		p.SPAPort = spaPort
+	free := slices.Clone(protectable)
+	take := func(n int) []maps.Port {
+		var out []maps.Port
+		for range n {
+			if len(free) == 0 {
+				break
+			}
+			i := r.IntN(len(free))
+			out = append(out, free[i])
+			free = slices.Delete(free, i, i+1)
+		}
+		return out
 	}
+	all := false
 	switch r.IntN(4) {
 	case 0:
-		d.ProtectAll = true
+		d.ProtectAll, all = true, true
 	case 1:
 		d.Protect = []maps.Port{{Num: 22, Proto: maps.TCP}, {Num: 53, Proto: maps.UDP}}
 	default:
 		d.Protect = []maps.Port{{Num: 22, Proto: maps.TCP}, {Num: 443, Proto: maps.TCP}}
 	}
+	free = slices.DeleteFunc(free, func(q maps.Port) bool { return slices.Contains(d.Protect, q) })
+	if r.IntN(6) == 0 {
+		d.Allow = []netip.Prefix{g.allowOf()}
+	}
 	p.Services = []policy.Service{d}
-	g.seq = d.Sequence
+	noSeq := len(d.Sequence) == 0
+	for _, i := range r.Perm(len(extraServices))[:r.IntN(len(extraServices)+1)] {
+		x := extraServices[i]
+		s := policy.Service{
+			Name:        x.name,
+			Sequence:    x.seqs[r.IntN(len(x.seqs))],
+			StepTimeout: time.Duration(1+r.IntN(20)) * time.Second,
+			Open:        time.Duration(5+r.IntN(300)) * time.Second,
+		}
+		switch n := r.IntN(6); {
+		case n == 0 && !all:
+			s.ProtectAll, all = true, true
+		case n == 1:
+			// no port of its own (the operator's grants, its allow list)
+		default:
+			s.Protect = take(1 + r.IntN(2))
+		}
+		if r.IntN(3) == 0 {
+			s.Allow = []netip.Prefix{g.allowOf()}
+		}
+		noSeq = noSeq || len(s.Sequence) == 0
+		p.Services = append(p.Services, s)
+	}
+	if r.IntN(3) != 0 || noSeq {
+		p.SPAPort = spaPort
+	}
+	g.cfg = p.Clone()
 	return maps.FromPolicy(&p)
+}
+
+// allowOf is an allow list entry of some of the pool: one source, or the
+// four IPv4 sources outside the shared knock set.
+func (g *gen) allowOf() netip.Prefix {
+	if g.r.IntN(3) == 0 {
+		return netip.MustParsePrefix("203.0.113.8/29")
+	}
+	a := g.src()
+	return netip.PrefixFrom(a, a.BitLen())
+}
+
+// names are the services of the last configuration made.
+func (g *gen) names() []string {
+	var out []string
+	for _, s := range g.cfg.Services {
+		out = append(out, s.Name)
+	}
+	return out
+}
+
+// keys is a keys step: a random subset of the scenario's keys, mostly of
+// those whose services the last configuration has (valid: always so),
+// else any (then the gate refuses the change when one lacks a service).
+func (g *gen) keys(valid bool) step {
+	names := g.names()
+	any := !valid && g.r.IntN(4) == 0
+	var keys []int
+	for i, k := range g.sc.keys {
+		ok := true
+		for _, s := range k.Scope() {
+			ok = ok && slices.Contains(names, s)
+		}
+		if (ok || any) && (valid || g.r.IntN(3) != 0) {
+			keys = append(keys, i)
+		}
+	}
+	return step{Kind: "keys", Keys: keys}
+}
+
+// service is the name of a service of the last configuration made, now and
+// then one it lacks.
+func (g *gen) service() string {
+	if g.r.IntN(20) == 0 {
+		return "nosuch"
+	}
+	names := g.names()
+	return names[g.r.IntN(len(names))]
 }
 
 func (g *gen) step() step {
@@ -207,18 +361,45 @@ func (g *gen) step() step {
 	case n < 86:
 		return step{Kind: "set", Cfg: g.config()}
 	case n < 90:
-		return step{Kind: "grant", Addr: g.src(), D: time.Duration(1+r.IntN(60)) * time.Second}
+		s := step{Kind: "grant", Addr: g.src(), Service: g.service(), D: time.Duration(1+r.IntN(60)) * time.Second}
+		g.open(s.Addr)
+		return s
 	case n < 95:
-		return step{Kind: "revoke", Addr: g.src()}
-	default:
-		var keys []int
-		for i := range g.sc.keys {
-			if r.IntN(3) != 0 {
-				keys = append(keys, i)
-			}
+		s := step{Kind: "revoke", Addr: g.src()}
+		if r.IntN(2) == 0 {
+			s.Service = g.service()
 		}
-		return step{Kind: "keys", Keys: keys}
+		return s
+	default:
+		return g.keys(false)
 	}
+}
+
+// sequences are the sequences of the last configuration made.
+func (g *gen) sequences() [][]maps.Port {
+	var out [][]maps.Port
+	for _, s := range g.cfg.Services {
+		if len(s.Sequence) > 0 {
+			out = append(out, s.Sequence)
+		}
+	}
+	return out
+}
+
+// portsToProbe are the ports that matter to the last configuration made:
+// what it and the others protect, its steps and the SPA port, DHCP's, and
+// one nobody's.
+func (g *gen) portsToProbe() []maps.Port {
+	out := slices.Clone(protectable)
+	for _, x := range extraServices {
+		for _, sq := range x.seqs {
+			out = append(out, sq...)
+		}
+	}
+	for _, n := range []uint16{7000, 8000, 9000, 9001, 40000} {
+		out = append(out, maps.Port{Num: n, Proto: maps.TCP}, maps.Port{Num: n, Proto: maps.UDP})
+	}
+	return append(out, maps.Port{Num: spaPort, Proto: maps.UDP}, maps.Port{Num: 68, Proto: maps.UDP}, maps.Port{Num: 546, Proto: maps.UDP})
 }
 
 var tcpFlags = []uint8{packet.SYN, packet.SYN, packet.ACK, packet.SYN | packet.ACK, packet.RST, packet.FIN | packet.ACK,
@@ -233,16 +414,29 @@ func (g *gen) inbound() step {
 	dst := g.dstFor(src)
 	var f packet.Frame
 	what := ""
+	seqs := g.sequences()
 	switch n := r.IntN(100); {
-	case n < 20 && len(g.seq) > 0:
-		// A knock on a step of the sequence, from one of the six sources
+	case n < 20 && len(seqs) > 0:
+		// A knock on a step of a sequence, from one of the six sources
 		// that share a knock set: sequences advance, complete, repeat,
-		// reset, and first knocks take each other's slots.
-		st := g.seq[min(r.IntN(len(g.seq)+1), len(g.seq)-1)]
-		if r.IntN(2) == 0 {
-			st = g.seq[0]
-		}
+		// reset, interleave with other services' sequences, and first
+		// knocks take each other's slots.
 		src = g.sc.pool[r.IntN(6)]
+		sq := seqs[r.IntN(len(seqs))]
+		st := sq[min(r.IntN(len(sq)+1), len(sq)-1)]
+		if k, ok := g.knocking[src]; ok && r.IntN(3) != 0 && k.next < len(k.seq) {
+			// On through the sequence it started.
+			sq, st = k.seq, k.seq[k.next]
+		} else if r.IntN(2) == 0 {
+			st = sq[0]
+		}
+		switch i := slices.Index(sq, st); {
+		case i == len(sq)-1:
+			delete(g.knocking, src)
+			g.open(src)
+		case i >= 0:
+			g.knocking[src] = knocking{seq: sq, next: i + 1}
+		}
 		dst = g.dstFor(src)
 		if st.Proto == maps.UDP {
 			f = packet.UDP(src, dst, 40000, st.Num)
@@ -262,15 +456,22 @@ func (g *gen) inbound() step {
 		what = fmt.Sprintf("reply %s:%d > %s:%d proto %d flags %#x", src, f.SrcPort, dst, f.DstPort, f.Proto, f.Flags)
 	case n < 50:
 		fl := tcpFlags[r.IntN(len(tcpFlags))]
-		f = packet.TCP(src, dst, g.pick([]uint16{40000, 40001, 22, 443}), g.pick(g.ports), fl)
+		probe := g.portsToProbe()
+		if len(g.opened) > 0 && r.IntN(2) == 0 {
+			src = g.opened[r.IntN(len(g.opened))]
+			dst = g.dstFor(src)
+		}
+		f = packet.TCP(src, dst, g.pick([]uint16{40000, 40001, 22, 443}), probe[r.IntN(len(probe))].Num, fl)
 		what = fmt.Sprintf("tcp %s:%d > %d flags %#x", src, f.SrcPort, f.DstPort, fl)
 	case n < 60:
-		f = packet.UDP(src, dst, g.pick([]uint16{40000, 53, 67, 547}), g.pick(g.ports))
+		probe := g.portsToProbe()
+		f = packet.UDP(src, dst, g.pick([]uint16{40000, 53, 67, 547}), probe[r.IntN(len(probe))].Num)
 		f.Payload = []byte("knock")
 		what = fmt.Sprintf("udp %s:%d > %d", src, f.SrcPort, f.DstPort)
 	case n < 80:
 		f = packet.UDP(src, dst, 40000, spaPort)
 		f.Payload, what = g.spaPayload(src)
+		g.open(src)
 	case n < 88:
 		// An ICMP error from a pool source quoting a packet the gate sent.
 		q := packet.TCP(dst, src, g.pick([]uint16{22, 443, 40000}), g.pick([]uint16{40000, 40001}), packet.SYN|packet.ACK)
@@ -280,7 +481,8 @@ func (g *gen) inbound() step {
 		f = packet.TooBig(src, dst, q)
 		what = fmt.Sprintf("icmp error quoting %s:%d > %d proto %d", dst, q.SrcPort, q.DstPort, q.Proto)
 	default:
-		f = packet.TCP(src, dst, 40000, g.pick(g.ports), packet.SYN)
+		probe := g.portsToProbe()
+		f = packet.TCP(src, dst, 40000, probe[r.IntN(len(probe))].Num, packet.SYN)
 		what = fmt.Sprintf("tcp syn %s > %d", src, f.DstPort)
 	}
 	// Shapes the parse tells apart.
@@ -322,7 +524,9 @@ func (g *gen) inbound() step {
 	return step{Kind: "in", Frame: b, What: what}
 }
 
-// spaPayload is an SPA payload from src: valid now, or off in one way.
+// spaPayload is an SPA payload from src: valid now, or off in one way;
+// version 1 (every service of the key) or 2 (a request: within the key's
+// scope, outside it, naming a service the gate lacks or none at all).
 func (g *gen) spaPayload(src netip.Addr) ([]byte, string) {
 	r := g.r
 	k := g.sc.keys[r.IntN(len(g.sc.keys))]
@@ -342,7 +546,43 @@ func (g *gen) spaPayload(src netip.Addr) ([]byte, string) {
 	}
 	p := spa.Packet{KeyID: k.ID, Time: time.UnixMilli(ts), Open: open}
 	binary.LittleEndian.PutUint64(p.Nonce[:], r.Uint64())
+	var words []uint32 // a request as it goes on the wire, when not made by Marshal
+	if r.IntN(2) == 0 {
+		var names []string
+		scope := k.Scope()
+		switch n := r.IntN(8); {
+		case n < 4: // some of the key's services (the gate may lack some)
+			for _, i := range r.Perm(len(scope))[:1+r.IntN(len(scope))] {
+				names = append(names, scope[i])
+			}
+		case n == 4: // one outside the key's scope
+			names = append(names, g.service())
+			if r.IntN(2) == 0 {
+				names = append(names, scope[0])
+			}
+		case n == 5: // one nobody has, beside one of the key's
+			names = append(names, scope[r.IntN(len(scope))], "nosuch")
+		case n == 6: // a service twice, and a gap before it
+			words = []uint32{0, spa.ServiceHash(scope[0]), 0, spa.ServiceHash(scope[0])}
+		default: // no service at all
+			words = []uint32{0, 0, 0, 0}
+		}
+		if words == nil {
+			r.Shuffle(len(names), func(i, j int) { names[i], names[j] = names[j], names[i] })
+			p.Request = spa.RequestOf(names[:min(len(names), spa.MaxRequest)])
+			what += fmt.Sprintf(" asks %v", names)
+		} else {
+			p.Request = []uint32{1}
+			what += fmt.Sprintf(" request words %#x", words)
+		}
+	}
 	b := p.Marshal(k.Secret)
+	if words != nil {
+		for i, w := range words {
+			binary.BigEndian.PutUint32(b[spa.Signed+4*i:], w)
+		}
+		binary.LittleEndian.PutUint64(b[spa.SignedRequest:], spa.Sum64(k.Secret, b[:spa.SignedRequest]))
+	}
 	switch r.IntN(10) {
 	case 0:
 		bit := r.IntN(len(b) * 8)
@@ -375,13 +615,22 @@ func (g *gen) outbound() step {
 
 // harness runs steps through both.
 type harness struct {
-	t    testing.TB
-	sc   *scenario
-	objs *loader.Objects
-	set  *maps.Set
-	rd   *ringbuf.Reader
-	m    *model.Gate
-	clk  model.Clock
+	t     testing.TB
+	sc    *scenario
+	objs  *loader.Objects
+	set   *maps.Set
+	rd    *ringbuf.Reader
+	m     *model.Gate
+	clk   model.Clock
+	hints []byte // the hints map, mapped (it is mmapable): read in place
+	// poolSlots are the hint slots of every (source, service) of the pool.
+	poolSlots []uint32
+	ncpu      int
+	// checkKeys, checkAllow: the step may have changed the SPA keys or the
+	// allow trie, which only the Go side writes (or cleared a knock slot
+	// from Go: a revoke).
+	checkKeys, checkAllow, checkSlots bool
+	steps                             int
 }
 
 func newHarness(t testing.TB, sc *scenario) *harness {
@@ -395,13 +644,25 @@ func newHarness(t testing.TB, sc *scenario) *harness {
 	if h.rd, err = ringbuf.NewReader(objs.Events); err != nil {
 		t.Fatal(err)
 	}
-	h.m.Allow = []netip.Prefix{sc.allow}
+	// An array's elements are 8 bytes apart, whatever their size.
+	if h.hints, err = unix.Mmap(objs.Hints.FD(), 0, int(8*objs.Hints.MaxEntries()), unix.PROT_READ, unix.MAP_SHARED); err != nil {
+		t.Fatal(err)
+	}
+	if h.ncpu, err = ebpf.PossibleCPU(); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range sc.pool {
+		for s := range model.MaxServices {
+			h.poolSlots = append(h.poolSlots, maps.HintSlot(maps.GrantKey(a, s), objs.Hints.MaxEntries()))
+		}
+	}
 	h.clk = model.Clock{Boot: startBoot, Coarse: startCoarse, TAI: startTAI}
 	h.setClock()
 	return h
 }
 
 func (h *harness) close() {
+	unix.Munmap(h.hints)
 	h.rd.Close()
 	h.objs.Close()
 }
@@ -418,8 +679,19 @@ func (h *harness) setClock() {
 	}
 }
 
-// apply runs one step on both; for a packet, it returns both verdicts.
+// apply runs one step on both; for a packet, it returns both verdicts. A
+// step the Go side refuses must be one the model refuses, and the other way
+// round.
 func (h *harness) apply(s step) (got, want uint32, err error) {
+	h.steps++
+	h.checkKeys, h.checkAllow = s.Kind == "keys" || s.Kind == "set", s.Kind == "set"
+	h.checkSlots = s.Kind == "revoke"
+	agree := func(prog, mod error) error {
+		if (prog == nil) != (mod == nil) {
+			return fmt.Errorf("program side: %v; model: %v", prog, mod)
+		}
+		return nil
+	}
 	switch s.Kind {
 	case "in":
 		want = h.m.Ingress(s.Frame)
@@ -437,31 +709,34 @@ func (h *harness) apply(s step) (got, want uint32, err error) {
 		err = h.writeConfig(s.Cfg)
 	case "grant":
 		exp := h.clk.Boot + uint64(s.D)
-		h.m.GrantFor(s.Addr, exp)
-		err = h.set.Grant(s.Addr, policy.DefaultService, exp)
+		err = agree(h.set.Grant(s.Addr, s.Service, exp), h.m.GrantFor(s.Addr, s.Service, exp))
 	case "revoke":
-		h.m.Revoke(s.Addr)
-		_, err = h.set.Revoke(s.Addr, "")
+		_, perr := h.set.Revoke(s.Addr, s.Service)
+		err = agree(perr, h.m.Revoke(s.Addr, s.Service))
 	case "keys":
 		var keys []spa.Key
 		for _, i := range s.Keys {
 			keys = append(keys, h.sc.keys[i])
 		}
-		h.m.SetKeys(keys)
-		err = h.set.SetSPAKeys(keys)
+		err = agree(h.set.SetSPAKeys(keys), h.m.SetKeys(keys))
 	}
 	return got, want, err
 }
 
 // writeConfig installs cfg (without waiting for RCU grace periods: see
-// maps.Set.NoGraceWait), and gives the model what was installed.
+// maps.Set.NoGraceWait), checks the indices the services got against the
+// model's rule, and gives the model what was installed.
 func (h *harness) writeConfig(cfg maps.Config) error {
 	cfg.SlotKey = h.sc.slotKey
+	want, werr := model.AssignIndices(&h.m.Cfg, &cfg.Policy)
 	installed, err := h.set.WriteConfig(cfg)
-	if err != nil {
-		return err
+	if err != nil || werr != nil {
+		return fmt.Errorf("program side: %v; model: %v", err, werr)
 	}
-	h.m.Cfg = installed
+	if !reflect.DeepEqual(installed.Index, want) {
+		return fmt.Errorf("service indices: program %v, model %v", installed.Index, want)
+	}
+	h.m.SetConfig(installed)
 	return nil
 }
 
@@ -471,23 +746,39 @@ func (h *harness) compare() string {
 	var diffs []string
 	add := func(format string, args ...any) { diffs = append(diffs, fmt.Sprintf(format, args...)) }
 
-	// The counters, and the verdicts of the interface slot test runs count
-	// in (loopback's): read one by one, cheaper than every slot's batch.
+	// The counters (one batch), and the verdicts of the interface slot
+	// test runs count in (loopback's): a batch of the slots up to it,
+	// cheaper than every slot's.
+	counters, err := h.perCPU(h.objs.Counters, int(bpf.KnockgateCounterCOUNTER_MAX))
+	if err != nil {
+		return err.Error()
+	}
+	verdicts, err := h.perCPU(h.objs.Verdicts, (maps.IfaceSlot(1)+1)*maps.Verdicts)
+	if err != nil {
+		return err.Error()
+	}
 	for i, name := range maps.CounterNames {
-		m, idx := h.objs.Counters, uint32(i-maps.Verdicts)
-		if i < maps.Verdicts {
-			m, idx = h.objs.Verdicts, uint32(maps.IfaceSlot(1)*maps.Verdicts+i)
-		}
-		var perCPU []uint64
-		if err := m.Lookup(idx, &perCPU); err != nil {
-			return err.Error()
-		}
 		var n uint64
-		for _, v := range perCPU {
-			n += v
+		if i < maps.Verdicts {
+			n = verdicts[maps.IfaceSlot(1)*maps.Verdicts+i]
+		} else {
+			n = counters[i-maps.Verdicts]
 		}
 		if n != h.m.Counters[name] {
 			add("counter %s: program %d, model %d", name, n, h.m.Counters[name])
+		}
+	}
+	perService, err := h.perCPU(h.objs.ServiceCounters, int(h.objs.ServiceCounters.MaxEntries()))
+	if err != nil {
+		return err.Error()
+	}
+	for s := range model.MaxServices {
+		got := model.ServiceCounters{
+			Granted: perService[s*int(bpf.KnockgateServiceCounterSERVICE_COUNTER_MAX)+int(bpf.KnockgateServiceCounterSERVICE_GRANTED)],
+			Expired: perService[s*int(bpf.KnockgateServiceCounterSERVICE_COUNTER_MAX)+int(bpf.KnockgateServiceCounterSERVICE_GRANT_EXPIRED)],
+		}
+		if got != h.m.ServiceCounters[s] {
+			add("counters of service %d: program %+v, model %+v", s, got, h.m.ServiceCounters[s])
 		}
 	}
 	var evs []model.Event
@@ -505,7 +796,7 @@ func (h *harness) compare() string {
 			return err.Error()
 		}
 		evs = append(evs, model.Event{Type: maps.EventTypeNames[bpf.KnockgateEventType(raw.Type)], Addr: raw.Addr, Port: raw.Port,
-			Proto: raw.Proto, Stage: raw.Stage, KeyID: raw.KeyId, Time: raw.TimeNs, Expires: raw.ExpiresNs})
+			Proto: raw.Proto, Stage: raw.Stage, Service: raw.Service, KeyID: raw.KeyId, Time: raw.TimeNs, Expires: raw.ExpiresNs})
 	}
 	if want := h.m.TakeEvents(); !slices.Equal(evs, want) {
 		add("events: program %+v, model %+v", evs, want)
@@ -515,45 +806,78 @@ func (h *harness) compare() string {
 	if err := h.objs.KnockTags.Lookup(uint32(0), &tags); err != nil {
 		return err.Error()
 	}
-	slots := make([]bpf.KnockgateKnockSlot, len(h.m.Knocks))
-	if err := batch(h.objs.Knocks, slots); err != nil {
-		return err.Error()
+	// The knock table: every slot whose tag either side says is taken, and
+	// now and then (and after the steps that clear slots from Go) every
+	// slot, the free ones included (a free slot's address and stage are
+	// zero): reading the whole table each step would be most of a step's
+	// time.
+	whole := h.steps%64 == 0 || h.checkSlots
+	var slots []bpf.KnockgateKnockSlot
+	if whole {
+		slots = make([]bpf.KnockgateKnockSlot, len(h.m.Knocks))
+		if err := batch(h.objs.Knocks, slots); err != nil {
+			return err.Error()
+		}
 	}
 	for i := range h.m.Knocks {
-		s := &slots[i]
-		got := model.Slot{Addr: s.Addr, Gen: s.Generation, Stage: s.Stage, Deadline: s.DeadlineNs, Tag: tags[i]}
 		want := h.m.Knocks[i]
+		if !whole && want.Tag == 0 && tags[i] == 0 {
+			continue
+		}
+		var s *bpf.KnockgateKnockSlot
+		if whole {
+			s = &slots[i]
+		} else {
+			s = new(bpf.KnockgateKnockSlot)
+			if err := h.objs.Knocks.Lookup(uint32(i), s); err != nil {
+				return err.Error()
+			}
+		}
+		got := model.Slot{Addr: s.Addr, Gen: s.Generation, Stage: s.Stage, Service: s.Service, Deadline: s.DeadlineNs, Tag: tags[i]}
 		if want.Tag == 0 && got.Tag == 0 {
 			// A free slot: its leftovers are nobody's.
-			got.Gen, got.Deadline, want.Gen, want.Deadline = 0, 0, 0, 0
+			got.Gen, got.Deadline, got.Service, want.Gen, want.Deadline, want.Service = 0, 0, 0, 0, 0, 0
 		}
 		if got != want {
 			add("knock slot %d: program %+v, model %+v", i, got, want)
 		}
 	}
 
-	grants := map[model.Addr]model.Grant{}
-	var gk bpf.KnockgateGrantKey
-	var gv bpf.KnockgateGrant
-	it := h.objs.Grants.Iterate()
-	for it.Next(&gk, &gv) {
-		if gk.Service != 0 {
-			add("grant %s of service %d: the model has default's only", netip.AddrFrom16(gk.Addr).Unmap(), gk.Service)
-			continue
-		}
-		grants[gk.Addr] = model.Grant{Expires: gv.ExpiresNs, Reported: gv.ExpiryReported != 0}
-	}
-	if err := it.Err(); err != nil {
+	// Grants, by (source, service), in one batch; and the hint count of
+	// each (source, service) of the pool and of each grant: exactly the
+	// grants hashing there (no grant is ever evicted here).
+	gks := make([]bpf.KnockgateGrantKey, maxSources)
+	gvs := make([]bpf.KnockgateGrant, maxSources)
+	n, err := batchAll(h.objs.Grants, gks, gvs)
+	if err != nil {
 		return err.Error()
 	}
-	for a, g := range h.m.Grants {
-		if got, ok := grants[a]; !ok || got != *g {
-			add("grant %s: program %+v (%v), model %+v", netip.AddrFrom16(a).Unmap(), got, ok, *g)
-		}
-		delete(grants, a)
+	grants := map[model.GrantKey]model.Grant{}
+	for i := range n {
+		grants[model.GrantKey{Addr: gks[i].Addr, Service: gks[i].Service}] = model.Grant{Expires: gvs[i].ExpiresNs, Reported: gvs[i].ExpiryReported != 0}
 	}
-	for a, g := range grants {
-		add("grant %s: program %+v, model none", netip.AddrFrom16(a).Unmap(), g)
+	hints := make(map[uint32]uint32, len(h.m.Grants))
+	for k, g := range h.m.Grants {
+		hints[maps.HintSlot(bpf.KnockgateGrantKey{Addr: k.Addr, Service: k.Service}, h.objs.Hints.MaxEntries())]++
+		if got, ok := grants[k]; !ok || got != *g {
+			add("grant %s of service %d: program %+v (%v), model %+v", netip.AddrFrom16(k.Addr).Unmap(), k.Service, got, ok, *g)
+		}
+		delete(grants, k)
+	}
+	for k, g := range grants {
+		add("grant %s of service %d: program %+v, model none", netip.AddrFrom16(k.Addr).Unmap(), k.Service, g)
+	}
+	for slot, want := range hints {
+		if got := binary.NativeEndian.Uint32(h.hints[8*slot:]); got != want {
+			add("hint slot %d: program %d, model %d", slot, got, want)
+		}
+	}
+	for _, slot := range h.poolSlots {
+		if _, ok := hints[slot]; !ok {
+			if got := binary.NativeEndian.Uint64(h.hints[8*slot:]); got != 0 {
+				add("hint slot %d: program %d, model 0", slot, got)
+			}
+		}
 	}
 
 	if err := h.objs.FlowTags.Lookup(uint32(0), &tags); err != nil {
@@ -571,25 +895,124 @@ func (h *harness) compare() string {
 		}
 	}
 
-	last := map[uint32]uint64{}
-	var id uint32
-	var ts uint64
-	it = h.objs.SpaLast.Iterate()
-	for it.Next(&id, &ts) {
-		last[id] = ts
-	}
-	if err := it.Err(); err != nil {
+	ids := make([]uint32, spa.MaxKeys)
+	stamps := make([]uint64, spa.MaxKeys)
+	if n, err = batchAll(h.objs.SpaLast, ids, stamps); err != nil {
 		return err.Error()
+	}
+	last := map[uint32]uint64{}
+	for i := range n {
+		last[ids[i]] = stamps[i]
 	}
 	if fmt.Sprint(last) != fmt.Sprint(h.m.Last) {
 		add("spa replay state: program %v, model %v", last, h.m.Last)
 	}
+
+	// What only the Go side writes, after the steps that write it: each
+	// key's scope, and the allow trie (an entry per prefix of the gate's
+	// list and of each service's own, under its index).
+	if h.checkKeys {
+		keys := make([]bpf.KnockgateSpaKey, spa.MaxKeys)
+		if n, err = batchAll(h.objs.SpaKeys, ids, keys); err != nil {
+			return err.Error()
+		}
+		scopes := map[uint32]uint32{}
+		for i := range n {
+			scopes[ids[i]] = keys[i].Services
+		}
+		if fmt.Sprint(scopes) != fmt.Sprint(h.m.Scopes) {
+			add("spa key scopes: program %v, model %v", scopes, h.m.Scopes)
+		}
+	}
+	if h.checkAllow {
+		var got []string
+		var k bpf.KnockgateAllowKey
+		var bits uint8
+		it := h.objs.Allow.Iterate()
+		for it.Next(&k, &bits) {
+			if k.Epoch != h.m.Cfg.AllowEpoch {
+				add("allow trie: an entry of epoch %d beside the configuration's %d", k.Epoch, h.m.Cfg.AllowEpoch)
+			}
+			got = append(got, fmt.Sprintf("%d %s/%d", k.Service, netip.AddrFrom16(k.Addr), k.Prefixlen))
+		}
+		if err := it.Err(); err != nil {
+			return err.Error()
+		}
+		var want []string
+		entry := func(service int, p netip.Prefix) {
+			bits := p.Bits() + 16
+			if p.Addr().Is4() {
+				bits += 96
+			}
+			e := fmt.Sprintf("%d %s/%d", service, netip.AddrFrom16(p.Masked().Addr().As16()), bits)
+			if !slices.Contains(want, e) {
+				want = append(want, e)
+			}
+		}
+		for _, p := range h.m.Cfg.Policy.Allow {
+			entry(0xff, p)
+		}
+		for _, s := range h.m.Cfg.Policy.Services {
+			for _, p := range s.Allow {
+				entry(h.m.Cfg.Index[s.Name], p)
+			}
+		}
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			add("allow trie: program %v, model %v", got, want)
+		}
+	}
 	return strings.Join(diffs, "\n")
 }
 
-// seen sums, over every scenario run, how often each counter moved: what
-// the random steps reached.
-var seen = map[string]uint64{}
+// perCPU reads the first n values of the per-CPU array m, summed over
+// CPUs, in one batch.
+func (h *harness) perCPU(m *ebpf.Map, n int) ([]uint64, error) {
+	keys := make([]uint32, n)
+	values := make([]uint64, n*h.ncpu)
+	var cursor ebpf.MapBatchCursor
+	got, err := m.BatchLookup(&cursor, keys, values, nil)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil, err
+	}
+	if got != n {
+		return nil, fmt.Errorf("batch read %d of %d", got, n)
+	}
+	out := make([]uint64, n)
+	for k := range n {
+		for c := range h.ncpu {
+			out[keys[k]] += values[k*h.ncpu+c]
+		}
+	}
+	return out, nil
+}
+
+// batchAll reads every entry of the hash map m into keys and values (each
+// long enough for all of them) and returns how many there are.
+func batchAll[K, V any](m *ebpf.Map, keys []K, values []V) (int, error) {
+	var cursor ebpf.MapBatchCursor
+	total := 0
+	for {
+		n, err := m.BatchLookup(&cursor, keys[total:], values[total:], nil)
+		total += n
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+// seen sums, over every scenario run, how often each counter moved, each
+// service's counters (by index) and each rule about services decided:
+// what the random steps reached.
+var (
+	seen        = map[string]uint64{}
+	seenService [model.MaxServices]model.ServiceCounters
+	seenPaths   = map[string]uint64{}
+)
 
 // batch reads every value of the array m into out, in one call.
 func batch[T any](m *ebpf.Map, out []T) error {
@@ -613,6 +1036,13 @@ func run(t testing.TB, sc *scenario) (int, string) {
 	defer func() {
 		for k, v := range h.m.Counters {
 			seen[k] += v
+		}
+		for i, c := range h.m.ServiceCounters {
+			seenService[i].Granted += c.Granted
+			seenService[i].Expired += c.Expired
+		}
+		for k, v := range h.m.Paths {
+			seenPaths[k] += v
 		}
 	}()
 	for i, s := range sc.steps {
@@ -718,6 +1148,19 @@ func TestDatapathAgainstModel(t *testing.T) {
 	if len(missed) > 0 {
 		t.Logf("never reached: %s", strings.Join(missed, ", "))
 	}
+	var per []string
+	for i, c := range seenService {
+		if c != (model.ServiceCounters{}) {
+			per = append(per, fmt.Sprintf("%d: granted %d expired %d", i, c.Granted, c.Expired))
+		}
+	}
+	t.Logf("service counters reached (by index): %s", strings.Join(per, "; "))
+	var paths []string
+	for k, v := range seenPaths {
+		paths = append(paths, fmt.Sprintf("%s %d", k, v))
+	}
+	slices.Sort(paths)
+	t.Logf("service rules reached:\n  %s", strings.Join(paths, "\n  "))
 }
 
 // FuzzDatapath: the same, for as long as `make fuzz` runs, each input a

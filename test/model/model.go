@@ -2,7 +2,11 @@ package model
 
 import (
 	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/bits"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/knockgate/knockgate/bpf"
@@ -23,18 +27,26 @@ type Addr = [16]byte
 func key(a netip.Addr) Addr { return maps.Key(a).Addr }
 
 // Slot is one slot of the knock table (README: "Knock progress under a
-// flood"): a source's progress, or free (Tag 0; a freed slot keeps its
-// generation and deadline, which nothing reads while it is free).
+// flood"): a source's progress through one service's sequence, or free (Tag
+// 0; a freed slot keeps its generation, deadline and service, which nothing
+// reads while it is free).
 type Slot struct {
 	Addr     Addr
 	Gen      uint16 // the low 16 bits of the configuration's generation
 	Stage    uint8
+	Service  uint8 // whose sequence: a source follows one at a time
 	Deadline uint64
 	Tag      uint8
 }
 
-// Grant is a source's grant: until Expires; Reported once its expire event
-// went out.
+// GrantKey is what a grant is of: a source and a service (its index).
+type GrantKey struct {
+	Addr    Addr
+	Service uint8
+}
+
+// Grant is a grant of a source and service: until Expires; Reported once
+// its expire event went out.
 type Grant struct {
 	Expires  uint64
 	Reported bool
@@ -55,6 +67,7 @@ type Event struct {
 	Port          uint16
 	Proto         uint8
 	Stage         uint8
+	Service       uint8 // granted, expired, or whose sequence is knocked
 	KeyID         uint32
 	Time, Expires uint64
 }
@@ -63,21 +76,42 @@ type Event struct {
 // coarse monotonic clock (flows), CLOCK_TAI (SPA).
 type Clock struct{ Boot, Coarse, TAI uint64 }
 
+// MaxServices is how many services a gate holds (an SPA key's scope is a
+// 32-bit mask of their indices).
+const MaxServices = maps.MaxServices
+
+// ServiceCounters are one service's counters: grants made (sequences, SPA
+// packets; never the operator's) and expired grants found.
+type ServiceCounters struct{ Granted, Expired uint64 }
+
 // Gate is the whole state the datapath decides by and changes.
 type Gate struct {
-	Cfg        maps.Config // the configuration in force, as written
-	Knocks     []Slot      // len: knock slots, sets of maps.KnockWays
-	Flows      []Flow      // len: flow slots, sets of maps.FlowWays
-	Grants     map[Addr]*Grant
-	Allow      []netip.Prefix
-	Keys       map[uint32]spa.Key
-	Last       map[uint32]uint64 // per key: newest SPA timestamp accepted
-	Counters   map[string]uint64 // by maps.CounterNames
-	Events     []Event           // not yet read
-	Clock      Clock
-	EventBurst uint64
-	budgetNext uint64 // the knock/reset event budget (one CPU)
+	// Cfg is the configuration in force, as written: its policy (the
+	// allow lists included) and each service's index (Cfg.Index).
+	Cfg    maps.Config
+	Knocks []Slot // len: knock slots, sets of maps.KnockWays
+	Flows  []Flow // len: flow slots, sets of maps.FlowWays
+	Grants map[GrantKey]*Grant
+	Keys   map[uint32]spa.Key
+	// Scopes are each key's services (bit i: the service at index i), as
+	// resolved when the keys were set, less every service a configuration
+	// has removed since.
+	Scopes          map[uint32]uint32
+	Last            map[uint32]uint64 // per key: newest SPA timestamp accepted
+	Counters        map[string]uint64 // by maps.CounterNames
+	ServiceCounters [MaxServices]ServiceCounters
+	Events          []Event // not yet read
+	Clock           Clock
+	EventBurst      uint64
+	budgetNext      uint64 // the knock/reset event budget (one CPU)
+	// byIndex are Cfg's services by index.
+	byIndex [MaxServices]*policy.Service
+	// Paths counts how often each rule about services decided something:
+	// what a run of random steps reached.
+	Paths map[string]uint64
 }
+
+func (g *Gate) path(name string) { g.Paths[name]++ }
 
 // New is an empty gate: no configuration written yet (nothing protected,
 // no sequence), tables of the given sizes.
@@ -85,13 +119,129 @@ func New(knockSlots, flowSlots uint32, burst uint32) *Gate {
 	return &Gate{
 		Knocks:     make([]Slot, knockSlots),
 		Flows:      make([]Flow, flowSlots),
-		Grants:     map[Addr]*Grant{},
+		Grants:     map[GrantKey]*Grant{},
 		Keys:       map[uint32]spa.Key{},
+		Scopes:     map[uint32]uint32{},
 		Last:       map[uint32]uint64{},
 		Counters:   map[string]uint64{},
 		EventBurst: uint64(burst),
+		Paths:      map[string]uint64{},
 	}
 }
+
+// liveMask is the mask of the indices of Cfg's services.
+func (g *Gate) liveMask() uint32 {
+	var m uint32
+	for _, i := range g.Cfg.Index {
+		m |= 1 << i
+	}
+	return m
+}
+
+// AssignIndices is the rule that places a configuration's services in the
+// program's tables: default at 0; a service the configuration in force
+// (cur) has keeps its index; a new one takes the lowest index cur does not
+// use (so a service removed by this very write leaves its index unused
+// until the next). An error when none is left.
+func AssignIndices(cur *maps.Config, p *policy.Policy) (map[string]int, error) {
+	used := uint32(1)
+	for _, i := range cur.Index {
+		used |= 1 << i
+	}
+	out := map[string]int{}
+	for _, s := range p.Services {
+		if s.Name == policy.DefaultService {
+			out[s.Name] = 0
+			continue
+		}
+		if i, ok := cur.Index[s.Name]; ok {
+			out[s.Name] = i
+			continue
+		}
+		i := bits.TrailingZeros32(^used)
+		if i >= MaxServices {
+			return nil, fmt.Errorf("service %s: no free index", s.Name)
+		}
+		used |= 1 << i
+		out[s.Name] = i
+	}
+	return out, nil
+}
+
+// SetConfig is a configuration write (no safe mode): c, as installed, is
+// in force; a service new to the gate starts with nothing of whatever held
+// its index before, and a service c no longer has goes with its grants and
+// its place in every key's scope.
+func (g *Gate) SetConfig(c maps.Config) {
+	before := g.liveMask()
+	var now uint32
+	for _, i := range c.Index {
+		now |= 1 << i
+	}
+	fresh := now &^ before &^ 1 // default's grants are default's, whenever made
+	if before&^now != 0 {
+		g.path("config: a service removed")
+	}
+	if fresh&^1 != 0 && len(g.Cfg.Index) > 0 {
+		g.path("config: a service added")
+	}
+	for name, i := range c.Index {
+		if j, ok := g.Cfg.Index[name]; ok && i == j && i != 0 {
+			g.path("config: a service kept its index")
+		}
+	}
+	if len(c.Index) >= 5 {
+		g.path("config: five services at once")
+	}
+	g.Cfg = c
+	g.byIndex = [MaxServices]*policy.Service{}
+	for i := range c.Policy.Services {
+		s := &c.Policy.Services[i]
+		g.byIndex[c.Index[s.Name]] = s
+	}
+	g.purge(fresh | before&^now)
+}
+
+// purge drops the grants and counters of the services in mask and takes
+// them out of every key's scope.
+func (g *Gate) purge(mask uint32) {
+	if mask == 0 {
+		return
+	}
+	for i := range g.ServiceCounters {
+		if mask&(1<<i) != 0 {
+			g.ServiceCounters[i] = ServiceCounters{}
+		}
+	}
+	for k := range g.Grants {
+		if mask&(1<<k.Service) != 0 {
+			delete(g.Grants, k)
+			g.path("config: a grant of a service removed (or of an index reused) dropped")
+		}
+	}
+	for id := range g.Scopes {
+		if g.Scopes[id]&mask != 0 {
+			g.path("config: a key's scope narrowed")
+		}
+		g.Scopes[id] &^= mask
+	}
+}
+
+// index is the index of service name in the configuration in force
+// (default's is 0, configured or not).
+func (g *Gate) index(name string) (int, error) {
+	if name == policy.DefaultService {
+		return 0, nil
+	}
+	i, ok := g.Cfg.Index[name]
+	if !ok {
+		return 0, fmt.Errorf("service %s: %w", name, ErrNoService)
+	}
+	return i, nil
+}
+
+// ErrNoService: the gate has no service of that name.
+var ErrNoService = errors.New("no such service")
 
 func (g *Gate) count(name string) { g.Counters[name]++ }
 
@@ -105,14 +255,52 @@ func (g *Gate) verdict(name string) uint32 {
 	return XDPDrop
 }
 
-func (g *Gate) protected(proto uint8, port uint16) bool {
-	return g.Cfg.Policy.Protects(policy.Port{Num: port, Proto: policy.Proto(proto)})
+// protector is the index of the service whose grant a packet to proto/port
+// needs (the one that lists the port, else the one that protects all; a
+// knock step is listed by none), or -1 when nobody protects it.
+func (g *Gate) protector(proto uint8, port uint16) int {
+	s := g.Cfg.Policy.Protector(policy.Port{Num: port, Proto: policy.Proto(proto)})
+	if s == nil {
+		return -1
+	}
+	return g.Cfg.Index[s.Name]
 }
 
-// def is the configuration's service default (an empty one before any).
-func (g *Gate) def() *policy.Service {
-	if d := g.Cfg.Policy.Default(); d != nil {
-		return d
+func (g *Gate) protected(proto uint8, port uint16) bool { return g.protector(proto, port) >= 0 }
+
+// step says which service's sequence proto/port is a step of (its index)
+// and which steps (bit i: step i); match 0 when none.
+func (g *Gate) step(proto uint8, port uint16) (service int, match uint32) {
+	for i, s := range g.byIndex {
+		if s == nil {
+			continue
+		}
+		for k, st := range s.Sequence {
+			if st.Num == port && uint8(st.Proto) == proto {
+				service, match = i, match|1<<k
+			}
+		}
+		if match != 0 {
+			return service, match
+		}
+	}
+	return 0, 0
+}
+
+// knocks: some service has a sequence. protectAll: some service protects
+// all ports.
+func (g *Gate) knocks() bool {
+	return slices.ContainsFunc(g.Cfg.Policy.Services, func(s policy.Service) bool { return len(s.Sequence) > 0 })
+}
+
+func (g *Gate) protectAll() bool {
+	return slices.ContainsFunc(g.Cfg.Policy.Services, func(s policy.Service) bool { return s.ProtectAll })
+}
+
+// svc is the service at index i, or an empty one.
+func (g *Gate) svc(i int) *policy.Service {
+	if i >= 0 && i < MaxServices && g.byIndex[i] != nil {
+		return g.byIndex[i]
 	}
 	return &policy.Service{}
 }
@@ -144,22 +332,35 @@ func (g *Gate) Ingress(frame []byte) uint32 {
 	}
 	bare := p.Flags & (tcpSYN | tcpACK | tcpRST | tcpFIN)
 	isKnock := p.Proto == protoUDP || bare == tcpSYN
-	if isKnock && len(g.def().Sequence) > 0 && g.knock(&p) {
+	if isKnock && g.knocks() && g.knock(&p) {
 		return g.verdict("dropped_knock")
 	}
-	if !g.protected(p.Proto, p.Dport) {
+	s := g.protector(p.Proto, p.Dport)
+	if s < 0 {
 		return g.verdict("passed")
 	}
 	if cfg.Policy.Flows && !(p.Proto == protoTCP && bare == tcpSYN) && g.flowIn(&p, true) {
 		return g.verdict("passed_flow")
 	}
-	if g.granted(&p) {
+	if s != 0 && g.svc(s).ProtectAll {
+		g.path("protected: by another service's protect all")
+	}
+	if _, match := g.step(p.Proto, p.Dport); match != 0 {
+		g.path("protected: a knock step, by the service that protects all")
+	}
+	if g.granted(&p, s) {
+		if s != 0 {
+			g.path("passed_granted: another service than default")
+		}
 		return g.verdict("passed_granted")
 	}
-	if len(g.Allow) > 0 && g.allowed(p.Src) {
+	if g.allowed(p.Src, s) {
 		return g.verdict("passed_allowed")
 	}
-	if g.def().ProtectAll && p.Proto == protoUDP && (p.Sport == 67 && p.Dport == 68 || p.Sport == 547 && p.Dport == 546) {
+	if g.grantedElsewhere(p.Src, s) {
+		g.path("dropped_protected: a live grant of another service")
+	}
+	if g.protectAll() && p.Proto == protoUDP && (p.Sport == 67 && p.Dport == 68 || p.Sport == 547 && p.Dport == 546) {
 		return g.verdict("passed")
 	}
 	return g.verdict("dropped_protected")
@@ -172,9 +373,32 @@ const (
 	tcpACK = 0x10
 )
 
-func (g *Gate) allowed(a netip.Addr) bool {
-	for _, p := range g.Allow {
-		if p.Contains(a.Unmap()) {
+// allowed: is a on the gate's allow list (every service's) or on service
+// s's own?
+func (g *Gate) allowed(a netip.Addr, s int) bool {
+	a = a.Unmap()
+	for i, list := range [][]netip.Prefix{g.Cfg.Policy.Allow, g.svc(s).Allow} {
+		for _, p := range list {
+			if p.Contains(a) {
+				g.path([]string{"passed_allowed: the gate's list", "passed_allowed: the service's own list"}[i])
+				return true
+			}
+		}
+	}
+	for i := range g.byIndex {
+		if i != s && slices.ContainsFunc(g.svc(i).Allow, func(p netip.Prefix) bool { return p.Contains(a) }) {
+			g.path("not allowed: on another service's list")
+			break
+		}
+	}
+	return false
+}
+
+// grantedElsewhere: has a a live grant of a service other than s? (For the
+// paths reached only.)
+func (g *Gate) grantedElsewhere(a netip.Addr, s int) bool {
+	for k, gr := range g.Grants {
+		if k.Addr == key(a) && int(k.Service) != s && g.Clock.Boot < gr.Expires {
 			return true
 		}
 	}
@@ -197,9 +421,10 @@ func (g *Gate) budgeted(now uint64) bool {
 
 func (g *Gate) emit(ev Event) { g.Events = append(g.Events, ev) }
 
-// granted: a live grant? An expired one is reported once and kept.
-func (g *Gate) granted(p *Packet) bool {
-	gr, ok := g.Grants[key(p.Src)]
+// granted: a live grant of service s? An expired one is reported once
+// (counted for the gate and for s) and kept.
+func (g *Gate) granted(p *Packet, s int) bool {
+	gr, ok := g.Grants[GrantKey{key(p.Src), uint8(s)}]
 	if !ok {
 		return false
 	}
@@ -210,21 +435,28 @@ func (g *Gate) granted(p *Packet) bool {
 	if !gr.Reported {
 		gr.Reported = true
 		g.count("grant_expired")
-		g.emit(Event{Type: "expire", Addr: key(p.Src), Port: p.Dport, Proto: p.Proto, Time: now, Expires: gr.Expires})
+		g.ServiceCounters[s].Expired++
+		if s != 0 {
+			g.path("grant_expired: another service than default")
+		}
+		g.emit(Event{Type: "expire", Addr: key(p.Src), Port: p.Dport, Proto: p.Proto, Service: uint8(s), Time: now, Expires: gr.Expires})
 	}
 	return false
 }
 
-// grant opens addr for open from now, never shortening a grant it has.
-func (g *Gate) grant(addr Addr, open uint64, about Event) {
+// grant opens service s to addr for open from now, never shortening a
+// grant of s it has.
+func (g *Gate) grant(addr Addr, s int, open uint64, about Event) {
 	now := g.Clock.Boot
 	exp := now + open
-	if old, ok := g.Grants[addr]; ok && old.Expires > exp {
+	k := GrantKey{addr, uint8(s)}
+	if old, ok := g.Grants[k]; ok && old.Expires > exp {
 		exp = old.Expires
 	}
-	g.Grants[addr] = &Grant{Expires: exp}
+	g.Grants[k] = &Grant{Expires: exp}
 	g.count("granted")
-	about.Type, about.Addr, about.Time, about.Expires = "open", addr, now, exp
+	g.ServiceCounters[s].Granted++
+	about.Type, about.Addr, about.Service, about.Time, about.Expires = "open", addr, uint8(s), now, exp
 	g.emit(about)
 }
 
@@ -267,16 +499,12 @@ func (s *Slot) free() { s.Addr, s.Stage, s.Tag = Addr{}, 0, 0 }
 
 // knock is the knock state machine (README: "A knock"); true when the
 // packet was a knock (dropped), false when the protected-port rules judge
-// it.
+// it. A source follows one sequence at a time: its progress records the
+// service, and a step of another service's sequence is, to it, a wrong
+// knock (a reset), after which that sequence's first step starts that one.
 func (g *Gate) knock(p *Packet) bool {
 	cfg := &g.Cfg
-	def := g.def()
-	var match uint32
-	for i, s := range def.Sequence {
-		if s.Num == p.Dport && uint8(s.Proto) == p.Proto {
-			match |= 1 << i
-		}
-	}
+	service, match := g.step(p.Proto, p.Dport)
 	src := key(p.Src)
 	base, tag := g.place(src)
 	maybe := false
@@ -289,7 +517,6 @@ func (g *Gate) knock(p *Packet) bool {
 	if !maybe && match&1 == 0 {
 		return true // a later step out of order: still a knock port
 	}
-	nsteps := uint8(len(def.Sequence))
 	found, victim, free := -1, 0, false
 	searched := false
 	if maybe {
@@ -300,37 +527,59 @@ func (g *Gate) knock(p *Packet) bool {
 	if found >= 0 {
 		s := &g.Knocks[base+found]
 		stage := s.Stage
+		held := int(s.Service)
+		hs := g.svc(held)
+		nsteps := uint8(len(hs.Sequence))
+		m := uint32(0) // a step of another sequence matches none of this one's
+		if held == service {
+			m = match
+		}
 		if s.Gen == uint16(cfg.Generation) && now < s.Deadline && stage > 0 && stage < nsteps {
 			switch {
-			case match&(1<<stage) != 0:
+			case m&(1<<stage) != 0:
 				g.count("knock_advanced")
 				stage++
 				if stage == nsteps {
 					s.free()
-					g.grant(src, uint64(def.Open), Event{Port: p.Dport, Proto: p.Proto, Stage: nsteps})
+					if held != 0 {
+						g.path("knock: another service's sequence completed")
+					}
+					g.grant(src, held, uint64(hs.Open), Event{Port: p.Dport, Proto: p.Proto, Stage: nsteps})
 					return true
 				}
-				s.Stage, s.Deadline = stage, now+uint64(def.StepTimeout)
+				s.Stage, s.Deadline = stage, now+uint64(hs.StepTimeout)
 				if g.budgeted(now) {
-					g.emit(Event{Type: "knock", Addr: src, Port: p.Dport, Proto: p.Proto, Stage: stage, Time: now, Expires: s.Deadline})
+					g.emit(Event{Type: "knock", Addr: src, Port: p.Dport, Proto: p.Proto, Stage: stage, Service: uint8(held), Time: now, Expires: s.Deadline})
 				}
 				return true
-			case match&(1<<stage-1) != 0:
+			case m&(1<<stage-1) != 0:
 				g.count("knock_repeated") // a retransmission of a step taken
 				return true
 			default:
 				s.free()
 				g.count("knock_reset")
-				if g.budgeted(now) {
-					g.emit(Event{Type: "reset", Addr: src, Port: p.Dport, Proto: p.Proto, Stage: stage, Time: now})
+				if match != 0 && held != service {
+					g.path("knock: progress reset by a step of another service's sequence")
+					if match&1 != 0 {
+						g.path("knock: another service's first step starts its sequence after the reset")
+					}
 				}
-				return match != 0
+				if g.budgeted(now) {
+					g.emit(Event{Type: "reset", Addr: src, Port: p.Dport, Proto: p.Proto, Stage: stage, Service: uint8(held), Time: now})
+				}
+				if match&1 == 0 {
+					return match != 0
+				}
+				// The first step of another sequence: on to start it, in
+				// the slot just freed.
 			}
+		} else {
+			// Expired, or made under another configuration: no progress,
+			// and the slot is free again.
+			s.free()
 		}
-		// Expired, or made under another configuration: no progress, and
-		// the slot is free again: the first free one, unless the look
-		// passed one before it.
-		s.free()
+		// The slot freed is the first free one, unless the look passed one
+		// before it.
 		if !free {
 			victim = found
 		}
@@ -341,42 +590,73 @@ func (g *Gate) knock(p *Packet) bool {
 	if match&1 == 0 {
 		return true
 	}
-	if g.granted(p) {
+	if g.granted(p, service) {
 		g.count("knock_while_granted")
+		if g.grantedElsewhere(p.Src, -1) && service != 0 {
+			g.path("knock_while_granted: another service than default")
+		}
 		return true
 	}
+	if g.grantedElsewhere(p.Src, service) {
+		g.path("knock: a first step while granted another service")
+	}
+	svc := g.svc(service)
+	nsteps := uint8(len(svc.Sequence))
 	g.count("knock_advanced")
 	if nsteps == 1 {
-		g.grant(src, uint64(def.Open), Event{Port: p.Dport, Proto: p.Proto, Stage: nsteps})
+		g.grant(src, service, uint64(svc.Open), Event{Port: p.Dport, Proto: p.Proto, Stage: nsteps})
 		return true
 	}
 	if !searched {
 		_, victim, _ = g.search(base, tag, src)
 	}
 	s := &g.Knocks[base+victim]
-	*s = Slot{Addr: src, Gen: uint16(cfg.Generation), Stage: 1, Deadline: now + uint64(def.StepTimeout), Tag: tag}
+	*s = Slot{Addr: src, Gen: uint16(cfg.Generation), Stage: 1, Service: uint8(service), Deadline: now + uint64(svc.StepTimeout), Tag: tag}
 	if g.budgeted(now) {
-		g.emit(Event{Type: "knock", Addr: src, Port: p.Dport, Proto: p.Proto, Stage: 1, Time: now, Expires: s.Deadline})
+		g.emit(Event{Type: "knock", Addr: src, Port: p.Dport, Proto: p.Proto, Stage: 1, Service: uint8(service), Time: now, Expires: s.Deadline})
 	}
 	return true
 }
 
-// Revoke is `knockgate revoke`: the grant and the knock progress go.
-func (g *Gate) Revoke(a netip.Addr) {
+// Revoke is `knockgate revoke [--service S]`: the grant of service ("":
+// of every service) goes, and the knock progress of a source following
+// that service's sequence (any sequence, for every service).
+func (g *Gate) Revoke(a netip.Addr, service string) error {
 	k := key(a)
-	delete(g.Grants, k)
-	base, _ := g.place(k)
-	for w := range maps.KnockWays {
-		if g.Knocks[base+w].Addr == k {
-			g.Knocks[base+w] = Slot{}
-			return
+	only := -1
+	if service != "" {
+		i, err := g.index(service)
+		if err != nil {
+			return err
+		}
+		only = i
+	}
+	for s := range MaxServices {
+		if only < 0 || s == only {
+			delete(g.Grants, GrantKey{k, uint8(s)})
 		}
 	}
+	base, _ := g.place(k)
+	for w := range maps.KnockWays {
+		if sl := &g.Knocks[base+w]; sl.Addr == k {
+			if only < 0 || int(sl.Service) == only {
+				*sl = Slot{}
+			}
+			return nil
+		}
+	}
+	return nil
 }
 
-// GrantFor is `knockgate grant`: a grant until expires, reported anew.
-func (g *Gate) GrantFor(a netip.Addr, expires uint64) {
-	g.Grants[key(a)] = &Grant{Expires: expires}
+// GrantFor is `knockgate grant [--service S]`: a grant until expires,
+// reported anew; not counted as the program's grants are.
+func (g *Gate) GrantFor(a netip.Addr, service string, expires uint64) error {
+	i, err := g.index(service)
+	if err != nil {
+		return err
+	}
+	g.Grants[GrantKey{key(a), uint8(i)}] = &Grant{Expires: expires}
+	return nil
 }
 
 // flowKey is p's flow as the host sees it: reverse for an inbound packet.
@@ -498,79 +778,156 @@ func (g *Gate) Egress(frame []byte) {
 }
 
 // spa judges an SPA datagram (README: "The checks", in their order) and
-// grants its address when it passes; the packet is dropped either way.
+// grants its address each service it opens when it passes (each for the
+// key's window, else the service's own; one open event each, in index
+// order); the packet is dropped either way.
 func (g *Gate) spa(p *Packet) {
-	outcome, addr, k := g.spaCheck(p)
+	outcome, addr, k, services := g.spaCheck(p)
 	g.count(outcome)
 	if outcome != "spa_accepted" {
 		return
 	}
-	open := uint64(k.Open)
-	if open == 0 {
-		open = uint64(g.def().Open)
+	if len(p.Payload) == spa.LenRequest {
+		g.path("spa: a version-2 packet accepted")
 	}
-	g.grant(addr, open, Event{Port: p.Dport, Proto: protoUDP, KeyID: k.ID})
+	if bits.OnesCount32(services) > 1 {
+		g.path("spa: one packet opened several services")
+	}
+	if services&^1 != 0 {
+		g.path("spa: opened another service than default")
+	}
+	for s := range MaxServices {
+		if services&(1<<s) == 0 {
+			continue
+		}
+		open := uint64(k.Open)
+		if open == 0 {
+			open = uint64(g.svc(s).Open)
+		}
+		g.grant(addr, s, open, Event{Port: p.Dport, Proto: protoUDP, KeyID: k.ID})
+	}
 }
 
-func (g *Gate) spaCheck(p *Packet) (string, Addr, spa.Key) {
+// spaCheck: the outcome, and for an accepted packet the address it opens,
+// its key and the services it opens (bit i: index i).
+func (g *Gate) spaCheck(p *Packet) (string, Addr, spa.Key, uint32) {
 	b := p.Payload
-	if !p.LenValid || len(b) != spa.Len {
-		return "spa_bad_length", Addr{}, spa.Key{}
+	if !p.LenValid || len(b) != spa.Len && len(b) != spa.LenRequest {
+		return "spa_bad_length", Addr{}, spa.Key{}, 0
 	}
-	if b[0] != spa.Version || b[1] != 0 || b[2] != 0 || b[3] != 0 {
-		return "spa_bad_version", Addr{}, spa.Key{}
+	request := len(b) == spa.LenRequest
+	version, signed := byte(spa.Version), spa.Signed
+	if request {
+		version, signed = spa.VersionRequest, spa.SignedRequest
+	}
+	if b[0] != version || b[1] != 0 || b[2] != 0 || b[3] != 0 {
+		return "spa_bad_version", Addr{}, spa.Key{}, 0
 	}
 	id := binary.BigEndian.Uint32(b[4:])
 	k, ok := g.Keys[id]
 	if !ok {
-		return "spa_unknown_key", Addr{}, spa.Key{}
+		return "spa_unknown_key", Addr{}, spa.Key{}, 0
 	}
-	if spa.Sum64(k.Secret, b[:spa.Signed]) != binary.LittleEndian.Uint64(b[spa.Signed:]) {
-		return "spa_bad_tag", Addr{}, spa.Key{}
+	if spa.Sum64(k.Secret, b[:signed]) != binary.LittleEndian.Uint64(b[signed:]) {
+		return "spa_bad_tag", Addr{}, spa.Key{}, 0
 	}
 	ts := binary.BigEndian.Uint64(b[8:])
 	now := uint64(int64(g.Clock.TAI)-int64(g.Cfg.TAIOffset)) / 1e6
 	window := uint64(g.Cfg.Policy.SPAWindow / time.Millisecond)
 	if ts > now+window || ts+window < now {
-		return "spa_clock", Addr{}, spa.Key{}
+		return "spa_clock", Addr{}, spa.Key{}, 0
 	}
 	addr := key(p.Src)
 	if want := Addr(b[32:48]); want != (Addr{}) {
 		if want != addr && !k.AnyAddress {
-			return "spa_bad_address", Addr{}, spa.Key{}
+			return "spa_bad_address", Addr{}, spa.Key{}, 0
 		}
 		addr = want
 	}
+	// The key's services the gate has, or the ones the packet asks for:
+	// every one of those the key's and the gate's, and at least one.
+	scope := g.Scopes[id] & g.liveMask()
+	if request {
+		var want uint32
+		for i := range spa.MaxRequest {
+			h := binary.BigEndian.Uint32(b[spa.Signed+4*i:])
+			if h == 0 {
+				continue
+			}
+			s := g.byHash(h)
+			if s < 0 {
+				g.path("spa_bad_service: a request for a service the gate lacks")
+				return "spa_bad_service", Addr{}, spa.Key{}, 0
+			}
+			want |= 1 << s
+		}
+		if want == 0 {
+			g.path("spa_bad_service: an empty request")
+			return "spa_bad_service", Addr{}, spa.Key{}, 0
+		}
+		if want&^scope != 0 {
+			g.path("spa_bad_service: a request outside the key's scope")
+			return "spa_bad_service", Addr{}, spa.Key{}, 0
+		}
+		scope = want
+	}
+	if scope == 0 {
+		g.path("spa_bad_service: a key left without services")
+		return "spa_bad_service", Addr{}, spa.Key{}, 0
+	}
 	last, ok := g.Last[id]
 	if !ok {
-		return "spa_unknown_key", Addr{}, spa.Key{}
+		return "spa_unknown_key", Addr{}, spa.Key{}, 0
 	}
 	if ts <= last {
-		return "spa_replay", Addr{}, spa.Key{}
+		return "spa_replay", Addr{}, spa.Key{}, 0
 	}
 	g.Last[id] = ts
-	return "spa_accepted", addr, k
+	return "spa_accepted", addr, k, scope
 }
 
-// SetKeys is `set --spa-keys`: exactly these keys; a kept key keeps its
-// replay state, a removed one loses it.
-func (g *Gate) SetKeys(keys []spa.Key) {
-	want := map[uint32]spa.Key{}
+// byHash is the index of the service whose name hashes to h, or -1.
+func (g *Gate) byHash(h uint32) int {
+	for i, s := range g.byIndex {
+		if s != nil && spa.ServiceHash(s.Name) == h {
+			return i
+		}
+	}
+	return -1
+}
+
+// SetKeys is `set --spa-keys`: exactly these keys, each scoped to its
+// services under the configuration in force (a service it lacks: an error,
+// and nothing changes); a kept key keeps its replay state, a removed one
+// loses it.
+func (g *Gate) SetKeys(keys []spa.Key) error {
+	scopes := map[uint32]uint32{}
 	for _, k := range keys {
-		want[k.ID] = k
+		var m uint32
+		for _, name := range k.Scope() {
+			i, err := g.index(name)
+			if err != nil {
+				return fmt.Errorf("SPA key %s: %w", k.Name, err)
+			}
+			m |= 1 << i
+		}
+		scopes[k.ID] = m
 	}
 	for id := range g.Keys {
-		if _, ok := want[id]; !ok {
+		if _, ok := scopes[id]; !ok {
 			delete(g.Keys, id)
+			delete(g.Scopes, id)
 			delete(g.Last, id)
 		}
 	}
-	for id, k := range want {
-		g.Keys[id] = k
-		if _, ok := g.Last[id]; !ok {
-			g.Last[id] = 0
+	for _, k := range keys {
+		g.Keys[k.ID] = k
+		g.Scopes[k.ID] = scopes[k.ID]
+		if _, ok := g.Last[k.ID]; !ok {
+			g.Last[k.ID] = 0
 		}
 	}
+	return nil
 }
 
 // TakeEvents returns the events not yet read.

@@ -1,8 +1,8 @@
 // Command bench-peers floods knockgate and the knock gates users would pick
 // instead (nftables timeout sets, iptables' recent match), beside two floors
 // (no filter; parse-and-XDP_DROP), and prints a table and draws a chart:
-// packets handled per second and receiver CPU per packet under single-source
-// and spoofed SYN floods, knock-to-open latency, map memory per source, and
+// receiver CPU per packet (and packets handled per second) under
+// single-source and spoofed SYN floods, knock-to-open latency, map memory per source, and
 // whether every gate let exactly the knocked clients in. Run it as root:
 //
 //	go run ./test/bench/cmd/bench-peers [--smoke] [--out bench-peers.png]
@@ -41,6 +41,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		out      string
 		peerNAPI string
 		gates    []string
+		gen      string
 	)
 	fs := pflag.NewFlagSet("bench-peers", pflag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -48,7 +49,12 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&o.Duration, "duration", 2*time.Second, "measured flood time per configuration")
 	fs.DurationVar(&o.Warmup, "warmup", 500*time.Millisecond, "flood time before the measured window")
 	fs.DurationVar(&o.Prime, "prime", 300*time.Millisecond, "knock flood before the primed flood")
-	fs.IntVar(&o.CPU, "cpu", runtime.NumCPU()-1, "the core the sender and the receiver's NAPI thread share")
+	fs.IntVar(&o.CPU, "cpu", runtime.NumCPU()-1, "the receiver's core: its NAPI thread is pinned there")
+	fs.IntVar(&o.SenderCPU, "sender-cpu", -1, "the sending thread's core; -1: another than --cpu (the same on a 1-CPU machine)")
+	fs.DurationVar(&o.NAPIDefer, "napi-defer", 200*time.Microsecond,
+		"the receiver's NAPI, once idle, polls again after this long instead of at the next frame (0: at once)")
+	fs.StringVar(&gen, "generator", string(bench.GenAuto),
+		"the flood's back end: live (BPF_PROG_RUN live frames), afpacket (AF_PACKET sendmmsg), or auto (live if the kernel runs it)")
 	fs.Uint32Var(&o.Batch, "batch", bench.MaxBatch, "frames the generator flushes to the veth at once (1-256)")
 	fs.Uint32Var(&o.Spoofed, "spoofed", 50000, "sources of the spoofed flood")
 	fs.IntVar(&o.Latency, "latency", 100, "fresh sources per knock-to-open measurement (one per gate and round)")
@@ -101,9 +107,15 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if o.PeerNAPI, err = bench.ParsePeerNAPI(peerNAPI); err != nil {
 		return err
 	}
-	if o.Rounds < 1 || o.Duration <= 0 || o.Warmup < 0 || o.CPU < 0 || o.CPU >= runtime.NumCPU() || o.Spoofed < 2 ||
-		o.Batch < 1 || o.Batch > bench.MaxBatch {
-		return errors.New("need --rounds ≥ 1, --duration > 0, --warmup ≥ 0, --spoofed ≥ 2, --batch 1-256 and an online --cpu")
+	if o.Generator, err = bench.ParseGeneratorKind(gen); err != nil {
+		return err
+	}
+	if o.SenderCPU < 0 && o.CPU >= 0 {
+		o.SenderCPU = otherCPU(o.CPU)
+	}
+	if o.Rounds < 1 || o.Duration <= 0 || o.Warmup < 0 || o.NAPIDefer < 0 || o.CPU < 0 || o.CPU >= runtime.NumCPU() ||
+		o.SenderCPU < 0 || o.SenderCPU >= runtime.NumCPU() || o.Spoofed < 2 || o.Batch < 1 || o.Batch > bench.MaxBatch {
+		return errors.New("need --rounds ≥ 1, --duration > 0, --warmup ≥ 0, --napi-defer ≥ 0, --spoofed ≥ 2, --batch 1-256 and an online --cpu and --sender-cpu")
 	}
 	var mainGates, spaGates []string
 	for _, g := range gates {
@@ -181,23 +193,37 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	res.WriteTable(stdout)
-	if out != "" {
-		if err := res.WriteChart(out); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "\nchart: %s\n", out)
-	}
 	// Performance targets are reported, not enforced (a shared machine's
-	// noise is not a failure); a broken run or a misbehaving gate is.
+	// noise is not a failure); a broken run (a gate that handled no
+	// frames, say) or a misbehaving gate is.
 	for _, r := range res.Rows() {
 		if len(r.Errors) > 0 || (!r.Floor && r.Passed != r.Rounds) {
 			bad = append(bad, r.Gate+"/"+r.Flood)
 		}
 	}
+	var errs []error
 	if len(bad) > 0 {
-		return fmt.Errorf("errors or failed correctness checks: %s", strings.Join(bad, ", "))
+		errs = append(errs, fmt.Errorf("errors or failed correctness checks: %s", strings.Join(bad, ", ")))
 	}
-	return nil
+	if out != "" {
+		// Drawn even after errors (what ran is worth seeing), without
+		// hiding them behind gnuplot's complaint about empty bars.
+		if err := res.WriteChart(out); err != nil {
+			errs = append(errs, err)
+		} else {
+			fmt.Fprintf(stdout, "\nchart: %s\n", out)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func otherCPU(cpu int) int {
+	for c := runtime.NumCPU() - 1; c >= 0; c-- {
+		if c != cpu {
+			return c
+		}
+	}
+	return cpu
 }
 
 func contains(list []string, s string) bool {
