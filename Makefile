@@ -24,7 +24,7 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 CONFDIR ?= /etc/knockgate
 
 .PHONY: all build generate check-generated deps test fuzz bench bench-compare bench-peers bench-smoke bench-fleet install clean \
-	dist deb cross vet-clients test-qemu lintian
+	dist deb cross vet-clients test-qemu lintian check-deb
 
 all: build
 
@@ -117,6 +117,11 @@ deb:
 	VERSION=$(VERSION) CLIENTS= LINUX= SERVERS=amd64 PACKAGERS=deb ./packaging/dist.sh
 lintian: deb
 	lintian --fail-on error dist/*.deb
+# And what it does when installed: dpkg in a scratch root (this machine's
+# packages untouched) installs, upgrades keeping an edited config, removes
+# and purges it (packaging/check-deb.sh).
+check-deb: lintian
+	./packaging/check-deb.sh dist/*_amd64.deb
 
 # The client targets and the server targets (packaging/dist.sh's lists):
 # every one builds; the client's packages pass go vet on the client systems.
