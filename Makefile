@@ -139,9 +139,14 @@ cross:
 	@for a in $(OTHER_LINUX_ARCHES) arm; do \
 		echo "build linux/$$a"; GOOS=linux GOARCH=$$a GOARM=6 $(GO) build -o /dev/null ./cmd/knockgate || exit 1; \
 	done
+# The client elsewhere is portable code: nothing of cilium/ebpf, netlink or
+# x/sys/unix (nor the fleet's NATS) may be among its imports.
+CLIENT_FORBIDDEN := github.com/cilium/ebpf|github.com/vishvananda/netlink|golang.org/x/sys/unix|github.com/nats-io
 vet-clients:
 	@for t in $(CLIENT_TARGETS); do \
 		echo "vet $$t"; GOOS=$${t%/*} GOARCH=$${t#*/} $(GO) vet ./cmd/knockgate ./spa ./policy || exit 1; \
+		bad=$$(GOOS=$${t%/*} GOARCH=$${t#*/} $(GO) list -deps ./cmd/knockgate | grep -E '^($(CLIENT_FORBIDDEN))(/|$$)'); \
+		[ -z "$$bad" ] || { echo "the client for $$t imports $$bad" >&2; exit 1; }; \
 	done
 	@echo "vet linux -tags knockgate_portable"; $(GO) vet -tags knockgate_portable ./cmd/knockgate
 
