@@ -24,14 +24,16 @@ PACKAGERS=${PACKAGERS-deb rpm apk}
 # The version the binary prints, when it was committed (a clock earlier than
 # that is wrong: the client says so), and a package version, which must
 # start with a digit: the tag's (v1.2.3 -> 1.2.3, 3 commits on: 1.2.3+3.gHASH),
-# or 0.0~gitDATE.HASH before the first tag.
+# or 0.0~gitDATETIME.HASH before the first tag (the commit's UTC time to the
+# second, so that two snapshots of one day upgrade in the order they were
+# committed).
 VERSION=${VERSION:-$(git describe --always --dirty 2>/dev/null || echo dev)}
 COMMIT_EPOCH=$(git log -1 --format=%ct 2>/dev/null || date +%s)
 BUILT_AT=$(date -u -d "@$COMMIT_EPOCH" +%Y-%m-%dT%H:%M:%SZ)
 if tag=$(git describe --tags --match 'v[0-9]*' 2>/dev/null); then
 	PKG_VERSION=$(echo "${tag#v}" | sed 's/-\([0-9]*\)-g/+\1.g/')
 else
-	PKG_VERSION=0.0~git$(date -u -d "@$COMMIT_EPOCH" +%Y%m%d).$(git rev-parse --short HEAD 2>/dev/null || echo 0)
+	PKG_VERSION=0.0~git$(date -u -d "@$COMMIT_EPOCH" +%Y%m%d%H%M%S).$(git rev-parse --short HEAD 2>/dev/null || echo 0)
 fi
 LDFLAGS="-s -w -X main.version=$VERSION -X main.builtAt=$BUILT_AT"
 
@@ -118,7 +120,8 @@ for a in $SERVERS; do
 	for p in $PACKAGERS; do
 		v=$PKG_VERSION
 		if [[ $p == apk ]]; then
-			# Alpine's versions allow neither ~ nor +: 0.0_git20261207, 1.2.3_p3.
+			# Alpine's versions allow neither ~ nor + (nor a hash):
+			# 0.0_git20261207143022, 1.2.3_p3.
 			v=$(echo "$v" | sed -e 's/~git\([0-9]*\)\..*/_git\1/' -e 's/+\([0-9]*\)\.g.*/_p\1/')
 		fi
 		STAGE=$stage NFPM_ARCH=$nfpm_arch PKG_VERSION=$v \
