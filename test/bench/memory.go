@@ -170,9 +170,10 @@ func mapMemory(set *maps.Set) ([]MapMemory, error) {
 	return out, nil
 }
 
+// count counts the grants map's entries (keyed by source and service).
 func count(m *ebpf.Map) (int, error) {
 	var (
-		key, next bpf.KnockgateSource
+		key, next bpf.KnockgateGrantKey
 		n         int
 	)
 	err := m.NextKey(nil, &next)
