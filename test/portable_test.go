@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -16,12 +15,9 @@ import (
 	"github.com/knockgate/knockgate/test/netns"
 )
 
+// portableBin is knockgate built with its portable TCP knock, beside kgBin.
 var portableBin = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "kgt-portable-")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "knockgate")
+	bin := filepath.Join(binDir, "knockgate-portable")
 	out, err := exec.Command("go", "build", "-tags", "knockgate_portable", "-o", bin, "github.com/knockgate/knockgate/cmd/knockgate").CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("build with -tags knockgate_portable: %v\n%s", err, out)
