@@ -2,9 +2,16 @@
 # only Go; `make generate` (clang, llvm, libbpf-dev) rebuilds them.
 GO ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+# When the source was committed: the client refuses to stamp an SPA packet
+# with a clock earlier than that.
+BUILT_AT ?= $(shell date -u -d @$$(git log -1 --format=%ct 2>/dev/null || date +%s) +%Y-%m-%dT%H:%M:%SZ)
 BPF2GO_CC ?= clang
 BPF2GO_STRIP ?= llvm-strip
-BPF2GO_CFLAGS ?= -O2 -g -Wall -Werror
+# <asm/types.h>, which the kernel's UAPI headers include, sits in the host's
+# multiarch directory (Debian: /usr/include/x86_64-linux-gnu,
+# /usr/include/aarch64-linux-gnu, ...): ask the compiler which it is.
+MULTIARCH ?= $(shell $(BPF2GO_CC) -print-multiarch 2>/dev/null || gcc -print-multiarch 2>/dev/null || echo $$(uname -m)-linux-gnu)
+BPF2GO_CFLAGS ?= -O2 -g -Wall -Werror -I/usr/include/$(MULTIARCH)
 export BPF2GO_CC BPF2GO_STRIP BPF2GO_CFLAGS
 
 GENERATED := bpf test/bench
@@ -16,12 +23,13 @@ BINDIR ?= $(PREFIX)/bin
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 CONFDIR ?= /etc/knockgate
 
-.PHONY: all build generate check-generated deps test fuzz bench bench-compare bench-peers bench-scale bench-smoke bench-fleet install clean
+.PHONY: all build generate check-generated deps test fuzz bench bench-compare bench-peers bench-scale bench-smoke bench-fleet install clean \
+	dist deb cross vet-clients test-qemu lintian check-deb
 
 all: build
 
 build:
-	$(GO) build -ldflags "-X main.version=$(VERSION)" -o knockgate ./cmd/knockgate
+	$(GO) build -ldflags "-X main.version=$(VERSION) -X main.builtAt=$(BUILT_AT)" -o knockgate ./cmd/knockgate
 
 generate:
 	$(GO) generate ./bpf/... ./test/bench/...
@@ -108,5 +116,61 @@ install: build
 		install -m 0644 service/knockgate.toml $(DESTDIR)$(CONFDIR)/knockgate.toml; \
 	fi
 
+# Release archives for every client and server target, SHA-256 sums, and
+# .deb, .rpm and .apk packages of the Linux server targets (nfpm, run as a
+# tool), in dist/ (packaging/dist.sh says what can be narrowed).
+dist:
+	VERSION=$(VERSION) ./packaging/dist.sh
+
+# The linux/amd64 .deb alone, and what lintian says of it (no error allowed).
+deb:
+	VERSION=$(VERSION) CLIENTS= LINUX= SERVERS=amd64 PACKAGERS=deb ./packaging/dist.sh
+lintian: deb
+	lintian --fail-on error dist/*.deb
+# And what it does when installed: dpkg in a scratch root (this machine's
+# packages untouched) installs, upgrades keeping an edited config, removes
+# and purges it (packaging/check-deb.sh).
+check-deb: lintian
+	./packaging/check-deb.sh dist/*_amd64.deb
+
+# The client targets and the server targets (packaging/dist.sh's lists):
+# every one builds; the client's packages pass go vet on the client systems.
+# (The server targets build the whole tree; the other Linux ones the binary.)
+CLIENT_TARGETS := windows/amd64 windows/arm64 darwin/arm64 darwin/amd64 freebsd/amd64 freebsd/arm64 openbsd/amd64 openbsd/arm64
+SERVER_ARCHES := amd64 arm64 arm riscv64 386
+OTHER_LINUX_ARCHES := loong64 mips mipsle mips64 mips64le ppc64 ppc64le s390x
+cross:
+	@for t in $(CLIENT_TARGETS); do \
+		echo "build $$t"; GOOS=$${t%/*} GOARCH=$${t#*/} $(GO) build -o /dev/null ./cmd/knockgate || exit 1; \
+	done
+	@for a in $(SERVER_ARCHES); do \
+		echo "build linux/$$a ./..."; GOOS=linux GOARCH=$$a GOARM=7 $(GO) build -o /dev/null ./... || exit 1; \
+	done
+	@for a in $(OTHER_LINUX_ARCHES) arm; do \
+		echo "build linux/$$a"; GOOS=linux GOARCH=$$a GOARM=6 $(GO) build -o /dev/null ./cmd/knockgate || exit 1; \
+	done
+# The client elsewhere is portable code: nothing of cilium/ebpf, netlink or
+# x/sys/unix (nor the fleet's NATS) may be among its imports.
+CLIENT_FORBIDDEN := github.com/cilium/ebpf|github.com/vishvananda/netlink|golang.org/x/sys/unix|github.com/nats-io
+vet-clients:
+	@for t in $(CLIENT_TARGETS); do \
+		echo "vet $$t"; GOOS=$${t%/*} GOARCH=$${t#*/} $(GO) vet ./cmd/knockgate ./spa ./policy || exit 1; \
+		bad=$$(GOOS=$${t%/*} GOARCH=$${t#*/} $(GO) list -deps ./cmd/knockgate | grep -E '^($(CLIENT_FORBIDDEN))(/|$$)'); \
+		[ -z "$$bad" ] || { echo "the client for $$t imports $$bad" >&2; exit 1; }; \
+	done
+	@echo "vet linux -tags knockgate_portable"; $(GO) vet -tags knockgate_portable ./cmd/knockgate
+
+# The client's tests (and the BPF-free layout check) of linux/arm (ARMv7)
+# and linux/arm64 builds, under qemu-user. BPF itself is not emulated: the
+# tests that load a program are skipped by name here. The layout check of
+# linux/386 (32-bit, uint64 aligned to 4, like arm) runs natively on amd64.
+QEMU_SKIP := TestGateLifecycle
+test-qemu:
+	GOARCH=arm GOARM=7 $(GO) test -exec qemu-arm -count=1 -timeout 5m -skip '$(QEMU_SKIP)' ./policy/ ./spa/ ./config/ ./cmd/knockgate/
+	GOARCH=arm GOARM=7 $(GO) test -exec qemu-arm -count=1 -timeout 5m -run 'TestSharedStructLayout' ./bpf/
+	GOARCH=arm64 $(GO) test -exec qemu-aarch64 -count=1 -timeout 5m -skip '$(QEMU_SKIP)' ./policy/ ./spa/ ./config/ ./cmd/knockgate/
+	GOARCH=arm64 $(GO) test -exec qemu-aarch64 -count=1 -timeout 5m -run 'TestSharedStructLayout' ./bpf/
+	if [ "$$($(GO) env GOHOSTARCH)" = amd64 ]; then GOARCH=386 $(GO) test -count=1 -run 'TestSharedStructLayout' ./bpf/; fi
+
 clean:
-	rm -f knockgate
+	rm -rf knockgate dist

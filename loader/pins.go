@@ -273,7 +273,9 @@ func owners(iface string) ([]string, error) {
 // mountBPFFS mounts the bpf filesystem at BPFFS unless it is there already.
 func mountBPFFS() error {
 	var st unix.Statfs_t
-	if err := unix.Statfs(BPFFS, &st); err == nil && st.Type == unix.BPF_FS_MAGIC {
+	// Statfs_t.Type is int32 on 32-bit ARM and 386: compare the magic's
+	// 32 bits (uint32 of it is the same value on every architecture).
+	if err := unix.Statfs(BPFFS, &st); err == nil && uint32(st.Type) == unix.BPF_FS_MAGIC {
 		return nil
 	}
 	if err := os.MkdirAll(BPFFS, 0o755); err != nil {

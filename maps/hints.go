@@ -52,7 +52,11 @@ func HintSlots(maxSources uint32) uint32 {
 // adding to a count is one atomic instruction, as in the program, not a
 // read-modify-write racing with it. It is mapped on first use and kept
 // until done: an operation that touches many counts (a purge of removed
-// services' grants, a revoke of every service) maps it once.
+// services' grants, a revoke of every service) maps it once. The counts
+// are 32-bit because the kernel's 32-bit atomic add and sync/atomic's are
+// one kind of operation on every CPU Linux runs, 32-bit ARM included
+// (LDREX/STREX on both sides; README, 32-bit ARM): 64-bit ones are not
+// there, and Go and the kernel could each take a lock the other ignores.
 type hintCounts struct {
 	hints *ebpf.Map
 	mem   []byte

@@ -269,13 +269,7 @@ func checkAccess(f *os.File, path string, access Access) error {
 	if !st.Mode().IsRegular() {
 		return fmt.Errorf("key file %s is not a regular file", path)
 	}
-	if perm := st.Mode().Perm(); perm&0o077 != 0 {
-		return fmt.Errorf("key file %s is open to group or others (mode %04o): its keys would open the gate to them; chmod 600 it", path, perm)
-	}
-	if access == RootOnly {
-		if uid, ok := ownerUID(st); ok && uid != 0 {
-			return fmt.Errorf("key file %s is owned by uid %d, not root: that user can read its keys; chown root it", path, uid)
-		}
-	}
-	return nil
+	// Each system says who may read a file its own way: mode bits and an
+	// owner's uid on Unix, an ACL on Windows (access_*.go).
+	return checkOwnerOnly(f, st, path, access)
 }

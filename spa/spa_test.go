@@ -178,6 +178,10 @@ func TestReadKeyFileAccess(t *testing.T) {
 		if _, err := ReadKeyFile(path, RootOnly); err == nil || !strings.Contains(err.Error(), "owned by uid 1000, not root") {
 			t.Errorf("file of uid 1000: %v", err)
 		}
+		// Not the reader's: its owner could read or change the key.
+		if _, err := ReadKeyFile(path, OwnerOnly); err == nil || !strings.Contains(err.Error(), "is not yours: it belongs to uid 1000 and you are uid 0") {
+			t.Errorf("uid 1000's file read by root: %v", err)
+		}
 		os.Chown(path, 0, 0)
 	}
 	for _, mode := range []os.FileMode{0o640, 0o604, 0o644} {

@@ -15,8 +15,9 @@ import (
 	"testing"
 )
 
-// kgBin is the knockgate binary built for this run.
-var kgBin string
+// kgBin is the knockgate binary built for this run, in binDir, which the
+// run removes when it ends (other builds of the run go there too).
+var kgBin, binDir string
 
 func TestMain(m *testing.M) {
 	os.Exit(runMain(m))
@@ -34,6 +35,7 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	binDir = dir
 	kgBin = filepath.Join(dir, "knockgate")
 	build := exec.Command("go", "build", "-o", kgBin, "github.com/knockgate/knockgate/cmd/knockgate")
 	if out, err := build.CombinedOutput(); err != nil {

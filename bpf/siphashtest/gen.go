@@ -3,4 +3,4 @@
 // reference vectors and the Go one. Nothing but tests loads it.
 package siphashtest
 
-//go:generate go tool bpf2go -tags linux -target bpfel,bpfeb Siphash siphash.c -- -I/usr/include/x86_64-linux-gnu -Wall -Werror
+//go:generate go tool bpf2go -tags linux -target bpfel,bpfeb Siphash siphash.c -- -Wall -Werror

@@ -2,16 +2,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/knockgate/knockgate/policy"
 	"github.com/knockgate/knockgate/spa"
@@ -43,7 +39,8 @@ func knockCommand() *command {
 		synopsis: "HOST [PORT[/tcp|/udp]...] [--spa-key FILE|HEX [--key-id N] [--spa-port P] [--open-address ADDR] [--service NAME,...]] [--check PORT] [--delay 100ms] [-4|-6]",
 		summary:  "knock on a gate (a client, no gate needed here)",
 		help: "Knock on HOST: for each PORT in order, one TCP SYN (a connection attempt\n" +
-			"abandoned at once) or one UDP datagram. PORT:PROTO (knockd's form) is accepted too.\n" +
+			"abandoned before the SYN could be sent again) or one UDP datagram. PORT:PROTO\n" +
+			"(knockd's form) is accepted too.\n" +
 			"With --spa-key, one single-packet authorization datagram goes first: signed with\n" +
 			"the key, stamped with this machine's clock (the gate takes it within its window,\n" +
 			"30 s by default), asking to open the address it comes from as the gate sees it\n" +
@@ -122,7 +119,7 @@ func knockCommand() *command {
 						return err
 					}
 				}
-				if err := knock(addr, p); err != nil {
+				if err := knock(e.ctx, addr, p); err != nil {
 					return err
 				}
 				fmt.Fprintf(e.stdout, "knock %s %d/%s\n", addr, p.Num, p.Proto)
@@ -184,9 +181,12 @@ func clientKey(arg, idText string) (spa.Key, error) {
 // 2), each stamped 1 ms after the one before (the gate accepts a key's
 // packets in increasing time only) and sent once that time has come.
 func sendSPA(e *env, addr netip.Addr, port uint16, key *spa.Key, open netip.Addr, request []string) (time.Time, error) {
+	if err := checkClock(time.Now()); err != nil {
+		return time.Time{}, err
+	}
 	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, port)))
 	if err != nil {
-		return time.Time{}, fmt.Errorf("send SPA to %s port %d: %w", addr, port, err)
+		return time.Time{}, fmt.Errorf("send SPA to %s port %d: %w", addr, port, explainSend(addr, err))
 	}
 	defer conn.Close()
 	var first, last time.Time
@@ -210,7 +210,7 @@ func sendSPA(e *env, addr netip.Addr, port uint16, key *spa.Key, open netip.Addr
 			asked = " services " + strings.Join(names, ",")
 		}
 		if _, err := conn.Write(p.Marshal(key.Secret)); err != nil {
-			return time.Time{}, fmt.Errorf("send SPA to %s port %d: %w", addr, port, err)
+			return time.Time{}, fmt.Errorf("send SPA to %s port %d: %w", addr, port, explainSend(addr, err))
 		}
 		fmt.Fprintf(e.stdout, "spa %s %d/udp key %d (%s)%s\n", addr, port, key.ID, key.Name, asked)
 		if first.IsZero() {
@@ -244,15 +244,15 @@ func checkOpen(ctx context.Context, addr netip.Addr, port uint16, viaSPA bool, s
 			return err
 		}
 	}
+	last = explainSend(addr, last)
 	if !viaSPA {
 		return fmt.Errorf("port %d of %s did not open within %s: %w", port, addr, within, last)
 	}
-	return fmt.Errorf("port %d of %s did not open within %s of the SPA packet (%w). The gate drops an SPA packet "+
-		"whose timestamp is more than its window (30s unless --spa-window says otherwise) from its own clock, either way: "+
-		"this packet said %s (UTC), this machine's clock; compare the gate's (\"knockgate status\" there shows it, and "+
-		"counts refusals by reason: spa_clock, spa_bad_tag, spa_unknown_key, spa_replay, spa_bad_address, spa_bad_service). "+
-		"Also check the key, its id, --spa-port, and that the port is a service's the key may open (and --service asks for it)",
-		port, addr, within, last, sent.UTC().Format("2006-01-02T15:04:05.000"))
+	return fmt.Errorf("port %d of %s did not open within %s of the SPA packet (%w). %s "+
+		"Otherwise check the key, its id, --spa-port, and that the port is a service's the key may open (and --service asks for it). "+
+		"The gate's operator can tell which: \"knockgate status\" there shows the gate's clock and counts refused packets by reason "+
+		"(spa_clock, spa_bad_tag, spa_unknown_key, spa_replay, spa_bad_address, spa_bad_service)",
+		port, addr, within, last, clockHelp(sent))
 }
 
 // resolve turns HOST into one address, once, so that every knock goes to
@@ -278,7 +278,7 @@ func resolve(ctx context.Context, host string, v4, v6 bool) (netip.Addr, error) 
 	}
 	addrs, err := net.DefaultResolver.LookupNetIP(ctx, network, host)
 	if err != nil {
-		return netip.Addr{}, fmt.Errorf("resolve %q: %w", host, err)
+		return netip.Addr{}, explainLookup(host, err)
 	}
 	if len(addrs) == 0 {
 		return netip.Addr{}, fmt.Errorf("resolve %q: no %s address", host, network)
@@ -297,62 +297,19 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// knock sends one knock to port p of addr.
-func knock(addr netip.Addr, p policy.Port) error {
+// knock sends one knock to port p of addr: a datagram, or exactly one SYN
+// (knock_tcp_*.go: how differs by system).
+func knock(ctx context.Context, addr netip.Addr, p policy.Port) error {
 	var err error
 	if p.Proto == policy.UDP {
 		err = knockUDP(addr, p.Num)
 	} else {
-		err = knockTCP(addr, p.Num)
+		err = knockTCP(ctx, addr, p.Num)
 	}
 	if err != nil {
-		return fmt.Errorf("knock %s %d/%s: %w", addr, p.Num, p.Proto, err)
+		return fmt.Errorf("knock %s %d/%s: %w", addr, p.Num, p.Proto, explainSend(addr, err))
 	}
 	return nil
-}
-
-// knockTCP sends exactly one SYN. A non-blocking connect transmits the SYN
-// before it returns EINPROGRESS; closing the socket in SYN_SENT then moves it
-// straight to CLOSE without a FIN or RST, and nothing is left to retransmit.
-// (A blocking net.Dial would retransmit the SYN, which the gate counts as a
-// repeat, and wait for a reply that never comes: knock ports are dropped.)
-func knockTCP(addr netip.Addr, port uint16) error {
-	family, sa, err := sockaddr(addr, port)
-	if err != nil {
-		return err
-	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
-	if err != nil {
-		return os.NewSyscallError("socket", err)
-	}
-	defer unix.Close(fd)
-	err = unix.Connect(fd, sa)
-	switch {
-	case err == nil, errors.Is(err, unix.EINPROGRESS):
-		return nil
-	case errors.Is(err, unix.ECONNREFUSED):
-		// Only on a local destination, whose RST can arrive inside
-		// connect: the SYN was sent all the same.
-		return nil
-	}
-	return os.NewSyscallError("connect", err)
-}
-
-func sockaddr(addr netip.Addr, port uint16) (int, unix.Sockaddr, error) {
-	if addr.Is4() {
-		return unix.AF_INET, &unix.SockaddrInet4{Port: int(port), Addr: addr.As4()}, nil
-	}
-	sa := &unix.SockaddrInet6{Port: int(port), Addr: addr.As16()}
-	if zone := addr.Zone(); zone != "" {
-		if n, err := strconv.ParseUint(zone, 10, 32); err == nil {
-			sa.ZoneId = uint32(n)
-		} else if ifc, err := net.InterfaceByName(zone); err == nil {
-			sa.ZoneId = uint32(ifc.Index)
-		} else {
-			return 0, nil, fmt.Errorf("zone of %s: unknown interface %q", addr, zone)
-		}
-	}
-	return unix.AF_INET6, sa, nil
 }
 
 // knockUDP sends one small datagram.

@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -71,7 +73,7 @@ func TestKnockListener(t *testing.T) {
 	}
 	defer l.Close()
 	port := netip.MustParseAddrPort(l.Addr().String()).Port()
-	if err := knock(netip.MustParseAddr("127.0.0.1"), policy.Port{Num: port, Proto: policy.TCP}); err != nil {
+	if err := knock(t.Context(), netip.MustParseAddr("127.0.0.1"), policy.Port{Num: port, Proto: policy.TCP}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -120,12 +122,12 @@ func TestKnockSendsOneSYN(t *testing.T) {
 		// Closed ports: the RSTs they answer with go the other way
 		// (source port knockPort), so a packet *to* knockPort can only
 		// come from the knocking socket.
-		if err := knock(lo, policy.Port{Num: knockPort, Proto: policy.TCP}); err != nil {
+		if err := knock(t.Context(), lo, policy.Port{Num: knockPort, Proto: policy.TCP}); err != nil {
 			return err
 		}
 		// The marker: once it is seen, everything the first knock sent
 		// before it has been seen too.
-		if err := knock(lo, policy.Port{Num: markPort, Proto: policy.TCP}); err != nil {
+		if err := knock(t.Context(), lo, policy.Port{Num: markPort, Proto: policy.TCP}); err != nil {
 			return err
 		}
 		var toKnock []string
@@ -212,5 +214,51 @@ func TestKnockSPAServices(t *testing.T) {
 	}
 	if p := read(1)[0]; p.Request != nil {
 		t.Errorf("without --service, a request %v", p.Request)
+	}
+}
+
+// From a namespace with only a loopback, no address outside it has a
+// route: every kind of packet the client sends says so in the user's terms.
+func TestKnockNoRoute(t *testing.T) {
+	netns.Require(t, "ip")
+	ns := netns.NewT(t, fmt.Sprintf("kgc-nr-%d", os.Getpid()))
+	for _, args := range [][]string{
+		{"knock", "192.0.2.1", "9000"},
+		{"knock", "192.0.2.1", "9000/udp"},
+		{"knock", "2001:db8::1", "9000"},
+		{"knock", "192.0.2.1", "--spa-key", "00112233445566778899aabbccddeeff", "--key-id", "7"},
+	} {
+		var r result
+		if err := ns.Do(func() error { r = invoke(t, nil, args...); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		addr := args[1]
+		if r.code != 1 || !strings.Contains(r.stderr, "no route from this machine to "+addr+" (") ||
+			!strings.Contains(r.stderr, "is this machine on a network that reaches the gate") {
+			t.Errorf("%q: exit %d, stderr %q", args, r.code, r.stderr)
+		}
+	}
+}
+
+// A key file of another user's is refused before anything is sent, saying
+// whose it is.
+func TestKnockKeyNotYours(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give a file away")
+	}
+	k, err := spa.NewKey(9, "laptop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := t.TempDir() + "/laptop.key"
+	if err := os.WriteFile(path, []byte(k.Line()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(path, 1000, 1000); err != nil {
+		t.Fatal(err)
+	}
+	r := invoke(t, nil, "knock", "127.0.0.1", "--spa-key", path)
+	if r.code != 2 || !strings.Contains(r.stderr, "is not yours: it belongs to uid 1000 and you are uid 0") || r.stdout != "" {
+		t.Errorf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
+	"slices"
 	"strings"
 
 	"github.com/spf13/pflag"
@@ -50,21 +52,29 @@ func (c *command) usage() string {
 	return strings.TrimSpace("knockgate " + c.name + " " + c.synopsis)
 }
 
+// commands is the command table: the gate's commands, which exist on Linux
+// only (server_linux.go), then the client's, which build everywhere.
 func commands() []*command {
+	return append(serverCommands(), clientCommands()...)
+}
+
+func clientCommands() []*command {
 	return []*command{
-		attachCommand(),
-		setCommand(),
-		confirmCommand(),
-		statusCommand(),
-		eventsCommand(),
-		grantCommand(),
-		revokeCommand(),
-		detachCommand(),
-		runCommand(),
 		knockCommand(),
 		keygenCommand(),
 		versionCommand(),
 	}
+}
+
+// serverNames names the gate's commands on every system, so that a build
+// without them can say where they are (a test on Linux keeps the list in
+// step with serverCommands).
+var serverNames = []string{"attach", "set", "confirm", "status", "events", "grant", "revoke", "detach", "run"}
+
+// linuxOnly is the error for a gate's command in a build without them.
+func linuxOnly(name string) error {
+	return usagef("%s works on the gate, which runs on Linux only (this is knockgate for %s/%s, a client: knock, keygen, version)",
+		name, runtime.GOOS, runtime.GOARCH)
 }
 
 // newFlags makes a flag set that neither prints nor exits: run reports
@@ -142,6 +152,9 @@ func run(e env, args []string) (err error) {
 	case "help", "-h", "--help":
 		if len(args) > 1 && args[0] == "help" {
 			if cmd = find(cmds, args[1]); cmd == nil {
+				if slices.Contains(serverNames, args[1]) {
+					return linuxOnly(args[1])
+				}
 				return usagef("unknown command %q", args[1])
 			}
 			printHelp(e.stdout, cmd)
@@ -151,6 +164,9 @@ func run(e env, args []string) (err error) {
 		return nil
 	}
 	if cmd = find(cmds, args[0]); cmd == nil {
+		if slices.Contains(serverNames, args[0]) {
+			return linuxOnly(args[0])
+		}
 		return usagef("unknown command %q", args[0])
 	}
 	if err := cmd.flags.Parse(args[1:]); errors.Is(err, pflag.ErrHelp) {
@@ -204,6 +220,9 @@ func printTopHelp(w io.Writer, cmds []*command) {
 	b.WriteString("Commands:\n")
 	for _, c := range cmds {
 		fmt.Fprintf(&b, "  %-8s %s\n", c.name, c.summary)
+	}
+	if len(serverCommands()) == 0 {
+		fmt.Fprintf(&b, "\nOn Linux, where the gate runs, also: %s.\n", strings.Join(serverNames, ", "))
 	}
 	b.WriteString("\nRun \"knockgate COMMAND -h\" for a command's arguments and flags.\n")
 	io.WriteString(w, b.String())

@@ -1,8 +1,8 @@
+//go:build linux
+
 package main
 
 import (
-	"bytes"
-	"context"
 	"errors"
 	"flag"
 	"io/fs"
@@ -15,27 +15,6 @@ import (
 )
 
 var update = flag.Bool("update", false, "rewrite the golden help files in testdata/help")
-
-// result is what one in-process invocation printed and would exit with.
-type result struct {
-	stdout, stderr string
-	code           int
-	err            error
-}
-
-// invoke runs one command line in-process, with environ as the environment.
-func invoke(t testing.TB, environ map[string]string, args ...string) result {
-	t.Helper()
-	var stdout, stderr bytes.Buffer
-	e := env{
-		stdout: &stdout,
-		stderr: &stderr,
-		getenv: func(k string) string { return environ[k] },
-		ctx:    context.Background(),
-	}
-	err := run(e, args)
-	return result{stdout.String(), stderr.String(), exitCode(err), err}
-}
 
 func TestHelpIsPinned(t *testing.T) {
 	check := func(t *testing.T, golden string, args ...string) {
