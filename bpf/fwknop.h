@@ -62,13 +62,16 @@ struct {
  * its tag. Per CPU: too big for the stack, and XDP does not migrate. */
 struct fwknop_scratch {
 	struct sha256_block blocks[KG_FWKNOP_BLOCKS];
+	/* Their schedules: made once a datagram, whatever the keys. */
+	struct sha256_sched sched[KG_FWKNOP_BLOCKS];
 	__u32 want[8]; /* the tag as words */
 	struct fwknop_digest digest; /* the tag as bytes */
 	__u8 tag[KG_FWKNOP_TAG_LEN + 5];
 	/* A key's hash in the making: here rather than on the stack, which
 	 * the compression function needs. */
 	struct sha256_state st;
-	struct sha256_block w; /* the block being compressed (overwritten) */
+	struct sha256_block outer; /* the outer hash's block, and its schedule */
+	struct sha256_sched osched;
 };
 
 struct {
@@ -149,18 +152,18 @@ static long fwknop_try_key(__u64 i, void *data)
 	for (int b = 0; b < KG_FWKNOP_BLOCKS; b++) {
 		if (b >= lc->nblocks)
 			break;
-		s->w = s->blocks[b];
-		sha256_compress(&s->st, &s->w);
+		sha256_rounds(&s->st, &s->sched[b]);
 	}
 	/* The outer hash: the inner digest, padded, after key ^ opad. */
-	__builtin_memcpy(s->w.w, s->st.h, sizeof(s->st.h));
-	s->w.w[8] = 0x80000000;
+	__builtin_memcpy(s->outer.w, s->st.h, sizeof(s->st.h));
+	s->outer.w[8] = 0x80000000;
 #pragma unroll
 	for (int j = 9; j < 15; j++)
-		s->w.w[j] = 0;
-	s->w.w[15] = (64 + 32) * 8;
+		s->outer.w[j] = 0;
+	s->outer.w[15] = (64 + 32) * 8;
+	sha256_schedule(&s->outer, &s->osched);
 	__builtin_memcpy(s->st.h, k->outer, sizeof(s->st.h));
-	sha256_compress(&s->st, &s->w);
+	sha256_rounds(&s->st, &s->osched);
 	__u32 diff = 0;
 #pragma unroll
 	for (int j = 0; j < 8; j++)
@@ -225,6 +228,11 @@ __attribute__((noinline)) int fwknop(struct xdp_md *ctx, const struct packet *pk
 	if (last >= KG_FWKNOP_BLOCKS * 16)
 		return 0;
 	w[last] = (64 + n) * 8;
+	for (int b = 0; b < KG_FWKNOP_BLOCKS; b++) {
+		if (b >= lc.nblocks)
+			break;
+		sha256_schedule(&s->blocks[b], &s->sched[b]);
+	}
 	__u32 keys = *nkeys < KG_FWKNOP_KEYS ? *nkeys : KG_FWKNOP_KEYS;
 	bpf_loop(keys, fwknop_try_key, &lc, 0);
 	if (!lc.found) {

@@ -188,6 +188,10 @@ type KnockgateFwknopScratch struct {
 		_ structs.HostLayout
 		W [16]uint32
 	}
+	Sched [6]struct {
+		_  structs.HostLayout
+		Kw [64]uint32
+	}
 	Want   [8]uint32
 	Digest KnockgateFwknopDigest
 	Tag    [48]uint8
@@ -195,9 +199,13 @@ type KnockgateFwknopScratch struct {
 		_ structs.HostLayout
 		H [8]uint32
 	}
-	W struct {
+	Outer struct {
 		_ structs.HostLayout
 		W [16]uint32
+	}
+	Osched struct {
+		_  structs.HostLayout
+		Kw [64]uint32
 	}
 }
 

@@ -3,11 +3,11 @@
  * The SHA-256 compression function (FIPS 180-4, 6.2.2) for BPF: one
  * 64-byte block, given as 16 words already in host order (the caller turns
  * a message's big-endian bytes into words once, however many keys it
- * hashes them under), into a chaining state. The block is the caller's
- * copy, which the schedule overwrites: its 64 bytes stay off this
- * function's stack, the deepest frame of the XDP program's. It is a BPF global function:
- * the verifier checks it once, whoever calls it. Its Go twin is fwknop.Block; both are
- * checked against FIPS 180-4's vectors (sha256test).
+ * hashes them under), into a chaining state: its message schedule
+ * (sha256_schedule), then its 64 rounds (sha256_rounds). Both are BPF
+ * global functions: the verifier checks each once, whoever calls it. The
+ * Go twin is fwknop.Block; both are checked against FIPS 180-4's vectors
+ * (sha256test).
  */
 #pragma once
 
@@ -35,39 +35,80 @@ static const __u32 sha256_k[64] = {
 
 #define SHA256_ROTR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
 
-/* Compress w into st, overwriting w. Returns 0; a BPF global function
- * must return a scalar. */
-__attribute__((noinline)) int sha256_compress(struct sha256_state *st, struct sha256_block *blk)
+/* A block's message schedule with the round constants added: kw[i] =
+ * K[i] + W[i]. It depends on the block alone, so a message hashed under
+ * many keys (HMAC) has it made once a block, and each key pays only for
+ * the rounds. */
+struct sha256_sched {
+	__u32 kw[64];
+};
+
+/* The schedule of blk into out. A BPF global function. */
+__attribute__((noinline)) int sha256_schedule(const struct sha256_block *blk, struct sha256_sched *out)
 {
-	if (!st || !blk)
+	if (!blk || !out)
 		return 0;
-	__u32 *w = blk->w;
+	__u32 w[16];
+#pragma unroll
+	for (int i = 0; i < 16; i++) {
+		w[i] = blk->w[i];
+		out->kw[i] = sha256_k[i] + w[i];
+	}
+	/* In a loop (the window of 16 at offsets the verifier follows):
+	 * unrolled, it spills past what the stack allows below it. */
+#pragma clang loop unroll(disable)
+	for (int i = 16; i < 64; i++) {
+		__u32 x = w[(i + 1) & 15], y = w[(i + 14) & 15];
+		__u32 wi = w[i & 15] + (SHA256_ROTR(x, 7) ^ SHA256_ROTR(x, 18) ^ (x >> 3)) + w[(i + 9) & 15] +
+			   (SHA256_ROTR(y, 17) ^ SHA256_ROTR(y, 19) ^ (y >> 10));
+		w[i & 15] = wi;
+		out->kw[i] = sha256_k[i] + wi;
+	}
+	return 0;
+}
+
+/* Σ0, Σ1 of a 32-bit word kept in a 64-bit register: the word doubled
+ * into both halves makes each rotation one shift. */
+static __always_inline __u32 sha256_S0(__u32 a)
+{
+	__u64 y = (__u64)a << 32 | a;
+	return (y >> 2) ^ (y >> 13) ^ (y >> 22);
+}
+
+static __always_inline __u32 sha256_S1(__u32 e)
+{
+	__u64 y = (__u64)e << 32 | e;
+	return (y >> 6) ^ (y >> 11) ^ (y >> 25);
+}
+
+#define SHA256_ROUND(a, b, c, d, e, f, g, h, j)                                                                    \
+	do {                                                                                                       \
+		__u32 t1 = h + sha256_S1(e) + (g ^ (e & (f ^ g))) + kw[j];                                         \
+		__u32 t2 = sha256_S0(a) + ((a & b) | (c & (a | b)));                                               \
+		d += t1;                                                                                           \
+		h = t1 + t2;                                                                                       \
+	} while (0)
+
+/* The 64 rounds of a block whose schedule is sc, into st. A BPF global
+ * function: eight rounds unrolled (the working variables renamed, not
+ * moved), eight times. */
+__attribute__((noinline)) int sha256_rounds(struct sha256_state *st, const struct sha256_sched *sc)
+{
+	if (!st || !sc)
+		return 0;
 	__u32 a = st->h[0], b = st->h[1], c = st->h[2], d = st->h[3];
 	__u32 e = st->h[4], f = st->h[5], g = st->h[6], h = st->h[7];
-	/* A loop of 64 rounds, not unrolled: BPF has ten registers, and the
-	 * eight working variables with an unrolled schedule spill past the
-	 * stack's 512 bytes. The schedule is a window of 16 words, each made
-	 * as it is used. */
 #pragma clang loop unroll(disable)
-	for (int i = 0; i < 64; i++) {
-		__u32 wi = w[i & 15];
-		if (i >= 16) {
-			__u32 x = w[(i + 1) & 15], y = w[(i + 14) & 15];
-			wi += (SHA256_ROTR(x, 7) ^ SHA256_ROTR(x, 18) ^ (x >> 3)) + w[(i + 9) & 15] +
-			      (SHA256_ROTR(y, 17) ^ SHA256_ROTR(y, 19) ^ (y >> 10));
-			w[i & 15] = wi;
-		}
-		__u32 t1 = h + (SHA256_ROTR(e, 6) ^ SHA256_ROTR(e, 11) ^ SHA256_ROTR(e, 25)) + ((e & f) ^ (~e & g)) +
-			   sha256_k[i] + wi;
-		__u32 t2 = (SHA256_ROTR(a, 2) ^ SHA256_ROTR(a, 13) ^ SHA256_ROTR(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
-		h = g;
-		g = f;
-		f = e;
-		e = d + t1;
-		d = c;
-		c = b;
-		b = a;
-		a = t1 + t2;
+	for (int r = 0; r < 8; r++) {
+		const __u32 *kw = &sc->kw[r * 8];
+		SHA256_ROUND(a, b, c, d, e, f, g, h, 0);
+		SHA256_ROUND(h, a, b, c, d, e, f, g, 1);
+		SHA256_ROUND(g, h, a, b, c, d, e, f, 2);
+		SHA256_ROUND(f, g, h, a, b, c, d, e, 3);
+		SHA256_ROUND(e, f, g, h, a, b, c, d, 4);
+		SHA256_ROUND(d, e, f, g, h, a, b, c, 5);
+		SHA256_ROUND(c, d, e, f, g, h, a, b, 6);
+		SHA256_ROUND(b, c, d, e, f, g, h, a, 7);
 	}
 	st->h[0] += a;
 	st->h[1] += b;

@@ -8,14 +8,21 @@ import (
 	_ "embed"
 	"fmt"
 	"io"
+	"structs"
 
 	"github.com/cilium/ebpf"
 )
+
+type Sha256Sha256Sched struct {
+	_  structs.HostLayout
+	Kw [64]uint32
+}
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	Sha256MapSched   = "sched"
 	Sha256ProgSha256 = "sha256"
 )
 
@@ -68,6 +75,7 @@ type Sha256ProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type Sha256MapSpecs struct {
+	Sched *ebpf.MapSpec `ebpf:"sched"`
 }
 
 // Sha256VariableSpecs contains global variables before they are loaded into the kernel.
@@ -96,10 +104,13 @@ func (o *Sha256Objects) Close() error {
 //
 // It can be passed to LoadSha256Objects or ebpf.CollectionSpec.LoadAndAssign.
 type Sha256Maps struct {
+	Sched *ebpf.Map `ebpf:"sched"`
 }
 
 func (m *Sha256Maps) Close() error {
-	return _Sha256Close()
+	return _Sha256Close(
+		m.Sched,
+	)
 }
 
 // Sha256Variables contains all global variables after they have been loaded into the kernel.
