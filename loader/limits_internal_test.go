@@ -35,7 +35,7 @@ var verifierBudgets = map[string]struct{ insns, stack int }{
 	// (64) and rounds (168); the deepest chains, main, fwknop and the
 	// schedule (336), and the callback and the rounds (208), are well
 	// within the kernel's 512.
-	bpf.KnockgateProgKnockgate: {insns: 200_000, stack: 1024},
+	bpf.KnockgateProgKnockgate:   {insns: 200_000, stack: 1024},
 	bpf.EgressProgEgress:         {insns: 30_000, stack: 300}, // 26 932 and 256
 	bpf.KnockgateProgFwknopGrant: {insns: 4_000, stack: 160},  // 2 995 and 104
 }
