@@ -40,8 +40,8 @@ struct {
 
 /* The HMACs of the datagrams handed to run: a datagram is handed over once,
  * ever. Inserted here (BPF_NOEXIST: of two CPUs with one datagram, one
- * wins); run stamps each with the datagram's timestamp and forgets it once
- * that is out of the window for good; a fleet's members add each other's.
+ * wins); run marks each with when it may forget it, once its timestamp is
+ * out of the window for good; a fleet's members add each other's.
  * A plain hash, preallocated: when it is full a datagram is refused, never
  * an entry forgotten early. */
 struct {

@@ -139,7 +139,7 @@ func TestFwknopRealClientVerifies(t *testing.T) {
 			if len(got) != 1 || got[0].Src != f.src || got[0].Dst != f.dst || got[0].Key != 0 || !bytes.Equal(got[0].Payload, pkt) {
 				t.Fatalf("%s: handed over %+v", what, got)
 			}
-			if v, ok := g.seen(pkt); !ok || v.Seen == 0 || !v.Stamp.IsZero() {
+			if v, ok := g.seen(pkt); !ok || v.Seen == 0 || !v.KeepUntil.IsZero() {
 				t.Errorf("%s: replay entry %+v %v", what, v, ok)
 			}
 			g.expect(what+" again", frame, xdpDrop, "dropped_spa", "fwknop_replay")

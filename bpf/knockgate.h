@@ -390,9 +390,10 @@ struct fwknop_digest {
 /* What the replay map remembers of a datagram handed over. */
 struct fwknop_seen {
 	__u64 seen_ns; /* CLOCK_BOOTTIME when it came (0: learned from a fleet) */
-	/* Its timestamp (Unix seconds), once run decrypted it; 0 until then.
-	 * run forgets the entry once it is out of the window for good. */
-	__s64 stamp;
+	/* Unix seconds after which run forgets it: once run decided it, its
+	 * timestamp's window and a minute (no window can take a copy then);
+	 * 0 until run decided it. */
+	__s64 keep_until;
 };
 
 /* A verified datagram, handed to run on the fwknop_ring ring buffer. */

@@ -210,9 +210,9 @@ type KnockgateFwknopScratch struct {
 }
 
 type KnockgateFwknopSeen struct {
-	_      structs.HostLayout
-	SeenNs uint64
-	Stamp  int64
+	_         structs.HostLayout
+	SeenNs    uint64
+	KeepUntil int64
 }
 
 type KnockgateGrant struct {

@@ -30,24 +30,25 @@ func (g *Gate) FwknopSeen() (map[maps.FwknopDigest]maps.FwknopSeen, error) {
 	return readValue(g, g.Maps.FwknopSeenAll)
 }
 
-// FwknopStamp records the timestamp of a datagram run decrypted.
-func (g *Gate) FwknopStamp(d maps.FwknopDigest, stamp time.Time) error {
-	return g.locked(func() error { return g.Maps.FwknopStamp(d, stamp) })
+// FwknopKeepUntil records until when a datagram run decided is
+// remembered.
+func (g *Gate) FwknopKeepUntil(d maps.FwknopDigest, until time.Time) error {
+	return g.locked(func() error { return g.Maps.FwknopKeepUntil(d, until) })
 }
 
-// FwknopRemember takes d as seen (the fleet's).
-func (g *Gate) FwknopRemember(d maps.FwknopDigest, stamp time.Time) (added bool, err error) {
+// FwknopRemember takes d as seen until until (the fleet's).
+func (g *Gate) FwknopRemember(d maps.FwknopDigest, until time.Time) (added bool, err error) {
 	err = g.locked(func() error {
-		added, err = g.Maps.FwknopRemember(d, stamp)
+		added, err = g.Maps.FwknopRemember(d, until)
 		return err
 	})
 	return added, err
 }
 
 // FwknopForget forgets the replay entries no window can take any more.
-func (g *Gate) FwknopForget(now time.Time, window time.Duration) (n int, err error) {
+func (g *Gate) FwknopForget(now time.Time) (n int, err error) {
 	err = g.locked(func() error {
-		n, err = g.Maps.FwknopForget(now, window)
+		n, err = g.Maps.FwknopForget(now)
 		return err
 	})
 	return n, err

@@ -105,47 +105,38 @@ func (d FwknopDigest) String() string { return fmt.Sprintf("%x", d[:]) }
 type FwknopSeen struct {
 	// Seen is when it came (CLOCK_BOOTTIME ns; 0: learned from the fleet).
 	Seen uint64
-	// Stamp is its timestamp, once run decrypted it (zero until then).
-	Stamp time.Time
-}
-
-func encodeSeen(v FwknopSeen) bpf.KnockgateFwknopSeen {
-	raw := bpf.KnockgateFwknopSeen{SeenNs: v.Seen}
-	if !v.Stamp.IsZero() {
-		raw.Stamp = v.Stamp.Unix()
-	}
-	return raw
+	// KeepUntil is when run may forget it (zero: not decided yet).
+	KeepUntil time.Time
 }
 
 func decodeSeen(raw *bpf.KnockgateFwknopSeen) FwknopSeen {
 	v := FwknopSeen{Seen: raw.SeenNs}
-	if raw.Stamp != 0 {
-		v.Stamp = time.Unix(raw.Stamp, 0)
+	if raw.KeepUntil != 0 {
+		v.KeepUntil = time.Unix(raw.KeepUntil, 0)
 	}
 	return v
 }
 
-// FwknopStamp records the timestamp of the datagram d run decrypted: from
-// it, the entry is forgotten once that is out of the window for good. An
-// entry the program did not make (a key removed meanwhile? never: the
-// program makes it before handing the datagram over) is made.
-func (s *Set) FwknopStamp(d FwknopDigest, stamp time.Time) error {
+// FwknopKeepUntil records until when the datagram d, which run decided,
+// is remembered. An entry the program did not make is made.
+func (s *Set) FwknopKeepUntil(d FwknopDigest, until time.Time) error {
 	var raw bpf.KnockgateFwknopSeen
 	if err := s.FwknopReplay.Lookup(&d, &raw); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("read fwknop replay entry: %w", err)
 	}
-	raw.Stamp = stamp.Unix()
+	raw.KeepUntil = until.Unix()
 	if err := s.FwknopReplay.Update(&d, &raw, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write fwknop replay entry: %w", err)
 	}
 	return nil
 }
 
-// FwknopRemember makes the gate take d as seen, stamped: the fleet's
-// datagrams, accepted on another host. An entry already there is kept
-// (the program's, or an earlier copy). added says whether it was new.
-func (s *Set) FwknopRemember(d FwknopDigest, stamp time.Time) (added bool, err error) {
-	raw := encodeSeen(FwknopSeen{Stamp: stamp})
+// FwknopRemember makes the gate take d as seen until until: the fleet's
+// datagrams, handed over on another host. An entry already there is
+// kept (the program's, or an earlier copy). added says whether it was
+// new.
+func (s *Set) FwknopRemember(d FwknopDigest, until time.Time) (added bool, err error) {
+	raw := bpf.KnockgateFwknopSeen{KeepUntil: until.Unix()}
 	err = s.FwknopReplay.Update(&d, &raw, ebpf.UpdateNoExist)
 	switch {
 	case err == nil:
@@ -171,17 +162,15 @@ func (s *Set) FwknopSeenAll() (map[FwknopDigest]FwknopSeen, error) {
 	return out, nil
 }
 
-// FwknopUnstampedFor is how long an entry run never stamped (its datagram
-// lost on the way, or run down meanwhile) is kept: its timestamp is
-// unknown, and no client's is an hour off.
-const FwknopUnstampedFor = time.Hour
+// FwknopUndecidedFor is how long an entry run never decided (its datagram
+// lost on the way to run) is kept: its timestamp is unknown, and no
+// client's clock is an hour off.
+const FwknopUndecidedFor = time.Hour
 
 // FwknopForget removes the entries that no window can take any more: those
-// whose timestamp is more than window (and a minute) from now, either way
-// past, and those never stamped that came more than FwknopUnstampedFor
-// ago. A replay of one is refused by its timestamp. It returns how many
-// went.
-func (s *Set) FwknopForget(now time.Time, window time.Duration) (int, error) {
+// past their KeepUntil at now, and those never decided that came more than
+// FwknopUndecidedFor ago. It returns how many went.
+func (s *Set) FwknopForget(now time.Time) (int, error) {
 	all, err := s.FwknopSeenAll()
 	if err != nil {
 		return 0, err
@@ -190,10 +179,10 @@ func (s *Set) FwknopForget(now time.Time, window time.Duration) (int, error) {
 	n := 0
 	for d, v := range all {
 		var stale bool
-		if v.Stamp.IsZero() {
-			stale = v.Seen != 0 && boot > v.Seen && time.Duration(boot-v.Seen) > FwknopUnstampedFor
+		if v.KeepUntil.IsZero() {
+			stale = boot > v.Seen && time.Duration(boot-v.Seen) > FwknopUndecidedFor
 		} else {
-			stale = now.Sub(v.Stamp) > window+time.Minute
+			stale = now.After(v.KeepUntil)
 		}
 		if !stale {
 			continue
