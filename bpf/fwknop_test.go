@@ -409,7 +409,7 @@ func TestFwknopGrantProgram(t *testing.T) {
 	}
 	within(t, "expiry", gr.ExpiresNs, start+45e9, maps.BootNow()+45e9)
 	evs := g.expectEvents("grant", "open")
-	if len(evs) == 1 && (evs[0].raw.Fwknop != 1 || evs[0].KeyID != 3 || evs[0].Port != ssh || evs[0].Src != f.src) {
+	if len(evs) == 1 && (evs[0].raw.Fwknop != 1 || evs[0].Stanza != 3 || evs[0].KeyID != 0 || evs[0].Port != ssh || evs[0].Src != f.src) {
 		t.Errorf("open event %+v", evs[0])
 	}
 	g.expect("ssh after", f.tcp(f.src, ssh.Num, packet.SYN), xdpPass, "passed_granted")
