@@ -1,18 +1,23 @@
 package test
 
 import (
+	"bytes"
 	"encoding/base64"
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/knockgate/knockgate/fwknop"
 	"github.com/knockgate/knockgate/test/netns"
+	"github.com/knockgate/knockgate/test/packet"
 )
 
 // fwknop's clients against `knockgate run`: Debian's fwknop client, run in
@@ -200,5 +205,166 @@ func TestFwknopRealClient(t *testing.T) {
 	g.fwknopSend("-A", "tcp/22", "-a", cli4.String())
 	g.waitCounter("fwknop_accepted", accepted+1)
 	g.ports("a new datagram after the restart", cli4, open, filtered)
+	s.stop(unix.SIGTERM)
+}
+
+// The outcomes of a datagram the gate counts, one of which each datagram
+// to the SPA port gets in the end (in XDP, or in run).
+var fwknopOutcomes = []string{"fwknop_bad_hmac", "fwknop_gpg", "fwknop_replay", "fwknop_replay_full", "fwknop_lost",
+	"fwknop_accepted", "fwknop_no_stanza", "fwknop_undecryptable", "fwknop_clock", "fwknop_source_required",
+	"fwknop_username", "fwknop_unsupported", "fwknop_ports", "fwknop_no_service"}
+
+// oracleCase is one datagram of the oracle test: made by the real client
+// with keys and args, sent from src.
+type oracleCase struct {
+	what    string
+	keys    *fwknop.Client
+	args    []string
+	src     netip.Addr
+	again   int    // >0: the datagram of case again-1, sent again
+	want    string // "open ADDR" or "refused"
+	payload []byte
+}
+
+// fwknopdDecides runs Debian's fwknopd (not in test mode: its replay
+// cache is only kept when it changes the firewall) on one datagram sent
+// from src, with access and its digest cache in dir, in ns (a namespace
+// of the test's: the firewall it changes is that namespace's, flushed as
+// it exits; it stops after the one datagram). It says "open ADDR" when it added a rule for ADDR,
+// "refused" when it did not, and returns its log.
+func fwknopdDecides(t *testing.T, ns *netns.NS, dir, access string, n int, src netip.Addr, payload []byte) (string, string) {
+	t.Helper()
+	f := packet.UDP(src, srv4, 40000+uint16(n), spaPort)
+	f.Payload = payload
+	frame := f.Bytes()
+	var pcap bytes.Buffer
+	// The pcap file header (microseconds, Ethernet), then one record.
+	binary.Write(&pcap, binary.LittleEndian, []uint32{0xa1b2c3d4, 2 | 4<<16, 0, 0, 65535, 1})
+	binary.Write(&pcap, binary.LittleEndian, []uint32{uint32(time.Now().Unix()), 0, uint32(len(frame)), uint32(len(frame))})
+	pcap.Write(frame)
+	file := filepath.Join(dir, fmt.Sprintf("datagram%d.pcap", n))
+	if err := os.WriteFile(file, pcap.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, ns.Cmd("fwknopd", "--foreground", "--config-file", filepath.Join(dir, "fwknopd.conf"), "--access-file", access,
+		"--digest-file", filepath.Join(dir, "digest.cache"), "--pid-file", filepath.Join(dir, "fwknopd.pid"),
+		"--run-dir", dir, "--pcap-file", file, "--packet-limit", "1"))
+	out := r.stdout + r.stderr
+	if r.code != 0 || !strings.Contains(out, "Starting fwknopd main event loop") {
+		t.Fatalf("fwknopd on datagram %d: %s", n, r)
+	}
+	m := regexp.MustCompile(`Added access rule to FWKNOP_INPUT for (\S+) -> `).FindStringSubmatch(out)
+	if m == nil {
+		return "refused", out
+	}
+	return "open " + m[1], out
+}
+
+// knockgateDecides sends payload from src to run's gate and waits for its
+// outcome: "open ADDR" when run accepted it (ADDR as its log says),
+// "refused" when anything else became of it.
+func (g *gate) knockgateDecides(s *service, src netip.Addr, payload []byte) string {
+	g.t.Helper()
+	counts := func() (sum uint64, accepted uint64) {
+		st := g.status()
+		for _, c := range fwknopOutcomes {
+			sum += st.Counters[c]
+		}
+		return sum, st.Counters["fwknop_accepted"]
+	}
+	sum0, acc0 := counts()
+	g.sendUDP(src, srv4, spaPort, payload)
+	var sum, acc uint64
+	eventually(g.t, 5*time.Second, "an outcome of the datagram", func() bool {
+		sum, acc = counts()
+		return sum > sum0
+	})
+	if sum != sum0+1 {
+		g.t.Fatalf("one datagram, %d outcomes", sum-sum0)
+	}
+	if acc == acc0 {
+		return "refused"
+	}
+	var lines []string
+	for _, l := range s.out.all() {
+		if strings.Contains(l, "fwknop datagram accepted") {
+			lines = append(lines, l)
+		}
+	}
+	m := regexp.MustCompile(` open=(\S+)`).FindStringSubmatch(lines[len(lines)-1])
+	if m == nil {
+		g.t.Fatalf("accepted, but no address in %q", lines[len(lines)-1])
+	}
+	return "open " + m[1]
+}
+
+// fwknopd is the oracle: one access.conf of two stanzas, and a set of
+// datagrams made by Debian's fwknop client, each sent from a source, drive
+// Debian's fwknopd and knockgate's run to the same decisions (open which
+// address, or refuse), in the same order — the replays included, which
+// each remembers across its restarts (fwknopd runs once a datagram, on
+// its digest cache).
+func TestFwknopdOracle(t *testing.T) {
+	netns.Require(t, "fwknop", "fwknopd", "iptables")
+	g := newGate(t)
+	dir := t.TempDir()
+	key2 := base64.StdEncoding.EncodeToString([]byte("the second stanza's rijndael key"))
+	hmac2 := base64.StdEncoding.EncodeToString([]byte(strings.Repeat("second's", 8)))
+	access := filepath.Join(dir, "access.conf")
+	writeAccess(t, access, fmt.Sprintf("SOURCE ANY\nOPEN_PORTS tcp/22\nKEY_BASE64 %s\nHMAC_KEY_BASE64 %s\n"+
+		"FW_ACCESS_TIMEOUT 60\nREQUIRE_SOURCE_ADDRESS Y\n\n"+
+		"SOURCE %s/32\nRESTRICT_PORTS tcp/%d\nKEY_BASE64 %s\nHMAC_KEY_BASE64 %s\nREQUIRE_SOURCE_ADDRESS N\n",
+		fwkKey64, fwkHMAC64, alt4, fwkOther, key2, hmac2))
+	// fwknopd's defaults, but for one: reading a pcap file, it leaves the
+	// timestamps unchecked unless its config says otherwise.
+	writeAccess(t, filepath.Join(dir, "fwknopd.conf"), "ENABLE_SPA_PACKET_AGING Y\n")
+	path, err := fwknop.FindClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := &fwknop.Client{Path: path, Key: fwkKey64, HMACKey: fwkHMAC64}
+	second := &fwknop.Client{Path: path, Key: key2, HMACKey: hmac2}
+	wrongKey := &fwknop.Client{Path: path, Key: key2, HMACKey: fwkHMAC64}
+	wrongHMAC := &fwknop.Client{Path: path, Key: fwkKey64, HMACKey: hmac2}
+	a := []string{"-a", cli4.String()}
+	cases := []oracleCase{
+		{what: "-A tcp/22 -a CLIENT", keys: first, args: append([]string{"-A", "tcp/22"}, a...), src: cli4, want: "open " + cli4.String()},
+		{what: "the first again", again: 1, src: cli4, want: "refused"},
+		{what: "the first again, from another source", again: 1, src: alt4, want: "refused"},
+		{what: "-s under REQUIRE_SOURCE_ADDRESS Y", keys: first, args: []string{"-A", "tcp/22", "-s"}, src: cli4, want: "refused"},
+		{what: "-a another address", keys: first, args: []string{"-A", "tcp/22", "-a", alt4.String()}, src: cli4, want: "open " + alt4.String()},
+		{what: "a port outside OPEN_PORTS", keys: first, args: append([]string{"-A", fmt.Sprintf("tcp/%d", fwkOther)}, a...), src: cli4, want: "refused"},
+		{what: "22 and a port outside", keys: first, args: append([]string{"-A", fmt.Sprintf("tcp/22,tcp/%d", fwkOther)}, a...), src: cli4, want: "refused"},
+		{what: "udp/22, outside OPEN_PORTS", keys: first, args: append([]string{"-A", "udp/22"}, a...), src: cli4, want: "refused"},
+		{what: "the client's timeout (-f 90)", keys: first, args: append([]string{"-A", "tcp/22", "-f", "90"}, a...), src: cli4, want: "open " + cli4.String()},
+		{what: "another user (-U)", keys: first, args: append([]string{"-A", "tcp/22", "-U", "someone"}, a...), src: cli4, want: "open " + cli4.String()},
+		{what: "a timestamp 10 minutes old", keys: first, args: append([]string{"-A", "tcp/22", "--time-offset-minus", "10min"}, a...), src: cli4, want: "refused"},
+		{what: "a command (-C)", keys: first, args: append([]string{"-C", "uptime"}, a...), src: cli4, want: "refused"},
+		{what: "the wrong Rijndael key", keys: wrongKey, args: append([]string{"-A", "tcp/22"}, a...), src: cli4, want: "refused"},
+		{what: "the wrong HMAC key", keys: wrongHMAC, args: append([]string{"-A", "tcp/22"}, a...), src: cli4, want: "refused"},
+		{what: "stanza 2 from its source, -s under N", keys: second, args: []string{"-A", "tcp/22", "-s"}, src: alt4, want: "open " + alt4.String()},
+		{what: "stanza 2's keys from another source", keys: second, args: []string{"-A", "tcp/22", "-s"}, src: cli4, want: "refused"},
+		{what: "stanza 2, its RESTRICT_PORTS", keys: second, args: []string{"-A", fmt.Sprintf("tcp/%d", fwkOther), "-s"}, src: alt4, want: "refused"},
+	}
+	for i := range cases {
+		c := &cases[i]
+		if c.again > 0 {
+			c.payload = cases[c.again-1].payload
+			continue
+		}
+		if c.payload, err = c.keys.Make(c.args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	oracle := netns.NewT(t, "kgt-fwkd-"+token)
+	s := g.startRun(g.fwknopRunConfig(access))
+	for i, c := range cases {
+		fwknopd, log := fwknopdDecides(t, oracle, dir, access, i, c.src, c.payload)
+		kg := g.knockgateDecides(s, c.src, c.payload)
+		if fwknopd != c.want || kg != c.want {
+			t.Errorf("%d, %s (from %s): fwknopd %s, knockgate %s, want %s\nfwknopd's log:\n%s", i, c.what, c.src, fwknopd, kg, c.want, log)
+		}
+	}
 	s.stop(unix.SIGTERM)
 }
