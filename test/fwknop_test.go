@@ -121,7 +121,8 @@ func (g *gate) ports(what string, src netip.Addr, want22, wantOther string) {
 // (not the port the stanza does not hold, not another address); a request
 // for a port outside the stanza opens nothing; `-a` another address opens
 // that address; `-s` is refused under REQUIRE_SOURCE_ADDRESS Y and opens
-// the datagram's source under N (the file changed, run reloaded); a
+// the datagram's source under N (the file changed, run reloaded), over
+// IPv6 too; a
 // captured datagram sent again, from its source or another, before and
 // after run is restarted, opens nothing, while the client's next datagram
 // after the restart does.
@@ -184,6 +185,26 @@ func TestFwknopRealClient(t *testing.T) {
 	g.ports("-s under REQUIRE_SOURCE_ADDRESS N", cli4, open, filtered)
 	g.ports("-s under N, another address", alt4, filtered, filtered)
 	g.mustKG(g.srv, "revoke", g.iface, cli4.String())
+	// Over IPv6 (which fwknopd does not sniff), -s opens the IPv6 source.
+	// Debian's client (2.6) cannot send over IPv6 ("Address family for
+	// hostname not supported"): it makes the datagram, the test sends it.
+	path, err := fwknop.FindClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkt, err := (&fwknop.Client{Path: path, Key: fwkKey64, HMACKey: fwkHMAC64}).Make("-A", "tcp/22", "-s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.sendUDP(cli6, srv6, spaPort, pkt)
+	g.waitCounter("fwknop_accepted", 4)
+	if got := g.dial(cli6, srv6, protected, openWait); got != open {
+		t.Fatalf("-s over IPv6: %s -> %d: %s, want open", cli6, protected, got)
+	}
+	if got := g.dial(alt6, srv6, protected, filteredWait); got != filtered {
+		t.Fatalf("-s over IPv6, another address: %s -> %d: %s, want filtered", alt6, protected, got)
+	}
+	g.mustKG(g.srv, "revoke", g.iface, cli6.String())
 
 	// The captured datagram again, from its source and from another.
 	replays := g.spaCounter("fwknop_replay")
