@@ -244,7 +244,13 @@ type oracleCase struct {
 	src     netip.Addr
 	again   int    // >0: the datagram of case again-1, sent again
 	want    string // "open ADDR" or "refused"
+	length  int    // >0: the datagram's length, which the case is about
 	payload []byte
+}
+
+// repeatPort is tcp/22 asked for n times: a longer datagram.
+func repeatPort(n int) string {
+	return strings.TrimSuffix(strings.Repeat("tcp/22,", n), ",")
 }
 
 // fwknopdDecides runs Debian's fwknopd (not in test mode: its replay
@@ -366,6 +372,11 @@ func TestFwknopdOracle(t *testing.T) {
 		{what: "stanza 2 from its source, -s under N", keys: second, args: []string{"-A", "tcp/22", "-s"}, src: alt4, want: "open " + alt4.String()},
 		{what: "stanza 2's keys from another source", keys: second, args: []string{"-A", "tcp/22", "-s"}, src: cli4, want: "refused"},
 		{what: "stanza 2, its RESTRICT_PORTS", keys: second, args: []string{"-A", fmt.Sprintf("tcp/%d", fwkOther), "-s"}, src: alt4, want: "refused"},
+		// Lengths: fwknopd takes 400 bytes or more (the tag counted) for
+		// GnuPG's and tries no Rijndael key on them (the user named: the
+		// length depends on it).
+		{what: "396 bytes", keys: first, args: append([]string{"-A", repeatPort(16), "-U", "root"}, a...), src: cli4, want: "open " + cli4.String(), length: 396},
+		{what: "417 bytes, GnuPG's length", keys: first, args: append([]string{"-A", repeatPort(18), "-U", "root"}, a...), src: cli4, want: "refused", length: 417},
 	}
 	for i := range cases {
 		c := &cases[i]
@@ -375,6 +386,9 @@ func TestFwknopdOracle(t *testing.T) {
 		}
 		if c.payload, err = c.keys.Make(c.args...); err != nil {
 			t.Fatal(err)
+		}
+		if c.length > 0 && len(c.payload) != c.length {
+			t.Fatalf("%s: the client made %d bytes", c.what, len(c.payload))
 		}
 	}
 
