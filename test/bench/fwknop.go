@@ -84,6 +84,8 @@ func (g *KnockgateFwknop) Setup(topo *Topology) error {
 		return err
 	}
 	g.cmd = topo.RX.Cmd(g.Binary, "run", "--config", config)
+	// nsenter execs run in its place: should the benchmark die, so does run.
+	g.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	out, err := g.cmd.StdoutPipe()
 	if err != nil {
 		return err
@@ -121,7 +123,7 @@ func (g *KnockgateFwknop) clientArgs(extra ...string) []string {
 		"--key-base64-rijndael", g.key, "--key-base64-hmac", g.hmac, "--use-hmac"}, extra...)
 }
 
-// Forged is a real fwknop datagram with its last (HMAC) character
+// Forged is a real fwknop datagram with one character of its HMAC
 // changed, as fwknopd's flood.
 func (g *KnockgateFwknop) Forged() ([]byte, error) {
 	path := filepath.Join(g.dir, "forged.spa")
@@ -138,12 +140,7 @@ func (g *KnockgateFwknop) Forged() ([]byte, error) {
 	if len(p) == 0 {
 		return nil, errors.New("fwknop -T saved no packet")
 	}
-	if p[len(p)-1] == 'A' {
-		p[len(p)-1] = 'B'
-	} else {
-		p[len(p)-1] = 'A'
-	}
-	return p, nil
+	return forgeTag(p)
 }
 
 func (g *KnockgateFwknop) Open(topo *Topology) error {

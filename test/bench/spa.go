@@ -498,7 +498,7 @@ func (g *Fwknopd) Setup(topo *Topology) error {
 	return nil
 }
 
-// Forged is a real fwknop packet with its last (HMAC) character changed.
+// Forged is a real fwknop packet with one character of its HMAC changed.
 func (g *Fwknopd) Forged() ([]byte, error) {
 	path := filepath.Join(g.dir, "forged.spa")
 	if out, err := exec.Command("fwknop", g.clientArgs("-T", "--save-packet", path)...).CombinedOutput(); err != nil {
@@ -512,10 +512,23 @@ func (g *Fwknopd) Forged() ([]byte, error) {
 	if len(p) == 0 {
 		return nil, errors.New("fwknop -T saved no packet")
 	}
-	if p[len(p)-1] == 'A' {
-		p[len(p)-1] = 'B'
+	return forgeTag(p)
+}
+
+// forgeTag changes the first character of an fwknop datagram's tag (its
+// last 43) to another base64 character: the tag still decodes (the
+// last character's spare bits, which knockgate checks before any hash,
+// are left as they were), so a gate must compute the HMAC to refuse it.
+func forgeTag(p []byte) ([]byte, error) {
+	const tagLen = 43
+	if len(p) <= tagLen {
+		return nil, fmt.Errorf("a datagram of %d bytes has no tag", len(p))
+	}
+	i := len(p) - tagLen
+	if p[i] == 'A' {
+		p[i] = 'B'
 	} else {
-		p[len(p)-1] = 'A'
+		p[i] = 'A'
 	}
 	return p, nil
 }
