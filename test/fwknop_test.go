@@ -61,9 +61,10 @@ func writeAccess(t *testing.T, path, text string) {
 // opened by fwknop's clients only; the service other protects fwkOther
 // (a grant opens a whole service: the port must be another's to stay
 // shut).
-func (g *gate) fwknopRunConfig(access string) string {
-	return fmt.Sprintf("interfaces = [%q]\nsequence = \"none\"\nprotect = \"%d\"\nfwknop_access = %q\n"+
-		"[services.other]\nprotect = \"%d\"\nsequence = \"7000,7001\"\n", g.iface, protected, access, fwkOther)
+// top are more top-level lines.
+func (g *gate) fwknopRunConfig(access string, top ...string) string {
+	return fmt.Sprintf("interfaces = [%q]\nsequence = \"none\"\nprotect = \"%d\"\nfwknop_access = %q\n%s"+
+		"[services.other]\nprotect = \"%d\"\nsequence = \"7000,7001\"\n", g.iface, protected, access, strings.Join(top, ""), fwkOther)
 }
 
 // fwknopSend runs Debian's fwknop client in the client namespace: it
@@ -330,7 +331,8 @@ func (g *gate) knockgateDecides(s *service, src netip.Addr, payload []byte) stri
 // Debian's fwknopd and knockgate's run to the same decisions (open which
 // address, or refuse), in the same order — the replays included, which
 // each remembers across its restarts (fwknopd runs once a datagram, on
-// its digest cache).
+// its digest cache); the counters of each outcome, in status and the
+// metric, are what the datagrams make them.
 func TestFwknopdOracle(t *testing.T) {
 	netns.Require(t, "fwknop", "fwknopd", "iptables")
 	g := newGate(t)
@@ -352,7 +354,8 @@ func TestFwknopdOracle(t *testing.T) {
 	first := &fwknop.Client{Path: path, Key: fwkKey64, HMACKey: fwkHMAC64}
 	second := &fwknop.Client{Path: path, Key: key2, HMACKey: hmac2}
 	wrongKey := &fwknop.Client{Path: path, Key: key2, HMACKey: fwkHMAC64}
-	wrongHMAC := &fwknop.Client{Path: path, Key: fwkKey64, HMACKey: hmac2}
+	// An HMAC key no stanza has: refused in XDP.
+	wrongHMAC := &fwknop.Client{Path: path, Key: fwkKey64, HMACKey: base64.StdEncoding.EncodeToString([]byte(strings.Repeat("nobody's", 8)))}
 	a := []string{"-a", cli4.String()}
 	cases := []oracleCase{
 		{what: "-A tcp/22 -a CLIENT", keys: first, args: append([]string{"-A", "tcp/22"}, a...), src: cli4, want: "open " + cli4.String()},
@@ -393,12 +396,27 @@ func TestFwknopdOracle(t *testing.T) {
 	}
 
 	oracle := netns.NewT(t, "kgt-fwkd-"+token)
-	s := g.startRun(g.fwknopRunConfig(access))
+	s := g.startRun(g.fwknopRunConfig(access, "metrics = \"127.0.0.1:9746\"\n"))
 	for i, c := range cases {
 		fwknopd, log := fwknopdDecides(t, oracle, dir, access, i, c.src, c.payload)
 		kg := g.knockgateDecides(s, c.src, c.payload)
 		if fwknopd != c.want || kg != c.want {
 			t.Errorf("%d, %s (from %s): fwknopd %s, knockgate %s, want %s\nfwknopd's log:\n%s", i, c.what, c.src, fwknopd, kg, c.want, log)
+		}
+	}
+	// The metric says what status does, outcome by outcome.
+	st, m := g.status(), g.scrape("127.0.0.1:9746")
+	for _, c := range fwknopOutcomes {
+		series := fmt.Sprintf(`knockgate_fwknop_packets_total{outcome=%q}`, strings.TrimPrefix(c, "fwknop_"))
+		if got := metric(m, series); got != float64(st.Counters[c]) {
+			t.Errorf("%s = %v, status %s = %d", series, got, c, st.Counters[c])
+		}
+	}
+	want := map[string]uint64{"fwknop_accepted": 6, "fwknop_replay": 2, "fwknop_bad_hmac": 1, "fwknop_gpg": 1, "fwknop_clock": 1,
+		"fwknop_no_stanza": 1, "fwknop_ports": 4, "fwknop_source_required": 1, "fwknop_undecryptable": 1, "fwknop_unsupported": 1}
+	for _, c := range fwknopOutcomes {
+		if st.Counters[c] != want[c] {
+			t.Errorf("%s %d, want %d", c, st.Counters[c], want[c])
 		}
 	}
 	s.stop(unix.SIGTERM)
