@@ -4,6 +4,8 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
+	"fmt"
+	"net/netip"
 )
 
 // fwknop's clients (README: "fwknop clients"), as the XDP program must
@@ -37,6 +39,10 @@ type FwknopRecord struct {
 	Src, Dst Addr
 	Key      int // the index of the HMAC key that verified it
 	Data     []byte
+}
+
+func (r FwknopRecord) String() string {
+	return fmt.Sprintf("{time %d src %s dst %s key %d %q}", r.Time, netip.AddrFrom16(r.Src).Unmap(), netip.AddrFrom16(r.Dst).Unmap(), r.Key, r.Data)
 }
 
 // SetFwknopKeys is run writing the HMAC keys of its access.conf, in order

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/knockgate/knockgate/fwknop"
@@ -126,11 +127,18 @@ func (g *gen) fwknopPayload(src netip.Addr) ([]byte, string) {
 	switch r.IntN(8) {
 	case 0:
 		// A character of the tag changed to another of base64's (or, one
-		// time in eight, to one outside it).
+		// time in eight, to one outside it); one time in four the last,
+		// to one that differs only in the two bits past the HMAC's 256,
+		// which a lax decoder ignores.
 		i := body + r.IntN(fwknop.TagLen)
 		c := b64chars[r.IntN(64)]
-		if r.IntN(8) == 0 {
+		switch r.IntN(8) {
+		case 0:
 			c = "=.-_ \x00\xff"[r.IntN(7)]
+		case 1, 2:
+			i = len(b) - 1
+			v := strings.IndexByte(b64chars, b[i])
+			c = b64chars[v&^3|(v+1+r.IntN(3))&3]
 		}
 		if c != b[i] {
 			what += fmt.Sprintf(" tag char %d %q->%q", i-body, b[i], c)
