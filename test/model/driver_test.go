@@ -66,6 +66,7 @@ type step struct {
 	Stanza uint32
 	Grants []fwknopGrantOf
 	Stale  bool
+	Until  time.Time // fwknop-fleet: until when the fleet keeps the datagram (in Frame)
 }
 
 func (s step) String() string {
@@ -82,6 +83,8 @@ func (s step) String() string {
 		return fmt.Sprintf("revoke %s %q", s.Addr, s.Service)
 	case "keys", "fwknop-keys":
 		return fmt.Sprintf("%s %v", s.Kind, s.Keys)
+	case "fwknop-fleet":
+		return fmt.Sprintf("fwknop-fleet %q until %d", s.Frame, s.Until.Unix())
 	case "fwknop-grant":
 		return fmt.Sprintf("fwknop-grant %s stanza %d for %s %+v stale %v", s.Addr, s.Stanza, s.D, s.Grants, s.Stale)
 	}
@@ -392,8 +395,10 @@ func (g *gen) step() step {
 		return s
 	case n < 98:
 		return g.keys(false)
-	default:
+	case n < 99:
 		return g.fwknopKeysStep()
+	default:
+		return g.fwknopFleet()
 	}
 }
 
@@ -718,7 +723,7 @@ func (h *harness) apply(s step) (got, want uint32, err error) {
 	h.steps++
 	h.checkKeys, h.checkAllow = s.Kind == "keys" || s.Kind == "set", s.Kind == "set"
 	h.checkSlots = s.Kind == "revoke"
-	h.checkFwknop = s.Kind == "in" || h.steps%64 == 0
+	h.checkFwknop = s.Kind == "in" || s.Kind == "fwknop-fleet" || h.steps%64 == 0
 	agree := func(prog, mod error) error {
 		if (prog == nil) != (mod == nil) {
 			return fmt.Errorf("program side: %v; model: %v", prog, mod)
@@ -763,6 +768,20 @@ func (h *harness) apply(s step) (got, want uint32, err error) {
 		h.m.SetFwknopKeys(macs)
 	case "fwknop-grant":
 		got, want, err = h.fwknopGrant(s)
+	case "fwknop-fleet":
+		// The digest from the datagram's text, by the standard library.
+		tag := string(s.Frame[len(s.Frame)-43:])
+		var d maps.FwknopDigest
+		if _, err := base64.RawStdEncoding.Decode(d[:], []byte(tag)); err != nil {
+			return 0, 0, err
+		}
+		added, perr := h.set.FwknopRemember(d, s.Until)
+		if perr != nil {
+			return 0, 0, perr
+		}
+		if madded := h.m.FwknopRemember(tag, s.Until.Unix()); added != madded {
+			err = fmt.Errorf("fwknop-fleet: the program's map added %v, the model's %v", added, madded)
+		}
 	}
 	return got, want, err
 }
@@ -1300,22 +1319,20 @@ func (h *harness) compareFwknop() string {
 	if !h.checkFwknop {
 		return strings.Join(diffs, "\n")
 	}
-	seen := map[string]uint64{}
+	seen := map[string]model.FwknopSeen{}
 	var d bpf.KnockgateFwknopDigest
 	var v bpf.KnockgateFwknopSeen
 	it := h.objs.FwknopReplay.Iterate()
 	for it.Next(&d, &v) {
-		if v.KeepUntil != 0 {
-			add("fwknop replay entry %x: kept until %d, which only run writes", d.B, v.KeepUntil)
-		}
-		seen[base64.RawStdEncoding.EncodeToString(d.B[:])] = v.SeenNs
+		seen[base64.RawStdEncoding.EncodeToString(d.B[:])] = model.FwknopSeen{At: v.SeenNs, KeepUntil: v.KeepUntil}
 	}
 	if err := it.Err(); err != nil {
 		return err.Error()
 	}
-	wantSeen := map[string]uint64{}
+	wantSeen := map[string]model.FwknopSeen{}
 	for tag, s := range h.m.FwknopSeen {
-		wantSeen[tag] = s.At
+		s.Src = model.Addr{} // the map does not hold it
+		wantSeen[tag] = s
 	}
 	if !reflect.DeepEqual(seen, wantSeen) {
 		add("fwknop replay map: program %v, model %v", seen, wantSeen)

@@ -27,10 +27,12 @@ const (
 )
 
 // FwknopSeen is a datagram handed over, remembered by its HMAC: whence
-// and when it came.
+// and when it came (zero: the fleet shared it), and until when run keeps
+// it (Unix seconds; 0: run has not said).
 type FwknopSeen struct {
-	Src Addr
-	At  uint64 // CLOCK_BOOTTIME
+	Src       Addr
+	At        uint64 // CLOCK_BOOTTIME
+	KeepUntil int64
 }
 
 // FwknopRecord is a datagram handed over to run.
@@ -92,7 +94,10 @@ func (g *Gate) fwknop(p *Packet) {
 		g.path("fwknop: verified under a key after the first")
 	}
 	if seen, ok := g.FwknopSeen[tag]; ok {
-		if seen.Src != key(p.Src) {
+		switch {
+		case seen.At == 0:
+			g.path("fwknop_replay: of a datagram the fleet shared")
+		case seen.Src != key(p.Src):
 			g.path("fwknop_replay: from another source")
 		}
 		g.count("fwknop_replay")
@@ -108,6 +113,18 @@ func (g *Gate) fwknop(p *Packet) {
 	}
 	g.FwknopOut = append(g.FwknopOut, FwknopRecord{Time: g.Clock.Boot, Src: key(p.Src), Dst: key(p.Dst), Key: found, Data: append([]byte(nil), b...)})
 	g.count("fwknop_passed")
+}
+
+// FwknopRemember is run taking a datagram another member of its fleet
+// handed over (by its HMAC's text): remembered until until, unless the
+// gate remembers it already. added: it was new.
+func (g *Gate) FwknopRemember(tag string, until int64) (added bool) {
+	if _, ok := g.FwknopSeen[tag]; ok {
+		g.path("fwknop: the fleet shared a datagram the gate had")
+		return false
+	}
+	g.FwknopSeen[tag] = FwknopSeen{KeepUntil: until}
+	return true
 }
 
 // FwknopGrantReq is what run asks of the fwknop_grant program for a

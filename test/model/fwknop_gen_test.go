@@ -13,6 +13,7 @@ import (
 
 	"github.com/knockgate/knockgate/fwknop"
 	"github.com/knockgate/knockgate/maps"
+	"github.com/knockgate/knockgate/test/packet"
 )
 
 // fwknop's clients in the random scenarios: datagrams of fwknop's form to
@@ -184,6 +185,31 @@ func (g *gen) fwknopGrant(src netip.Addr) step {
 		s.Grants = append(s.Grants, fwknopGrantOf{Index: 5 + r.IntN(maps.MaxServices-5), Port: probe[0]})
 	}
 	g.open(s.Addr)
+	return s
+}
+
+// fwknopFleet is a datagram the fleet shares (step fwknop-fleet, its
+// payload in Frame): one sent before, or (then sent next, from anywhere)
+// a new one, which the gate must then take for a replay.
+func (g *gen) fwknopFleet() step {
+	r := g.r
+	s := step{Kind: "fwknop-fleet", Until: time.Unix(0, int64(g.tai)).Add(time.Duration(r.IntN(600)) * time.Second)}
+	if len(g.fwknopSent) > 0 && r.IntN(3) == 0 {
+		s.Frame = slices.Clone(g.fwknopSent[r.IntN(len(g.fwknopSent))])
+		return s
+	}
+	src := g.src()
+	k := g.sc.fwknop[r.IntN(fwknopKeys-1)]
+	msg := &fwknop.Message{Rand: fmt.Sprintf("%016d", r.Uint64()%1e16), User: "carol", Timestamp: int64(g.tai / 1e9),
+		Version: "3.0.0", Type: fwknop.AccessMsg, Allow: netip.IPv4Unspecified(), Access: []string{"tcp/22"}}
+	b, err := fwknop.Seal(msg, k.enc, k.mac, fwknop.CBC, randReader{r})
+	if err != nil {
+		panic(err)
+	}
+	s.Frame = b
+	f := packet.UDP(src, g.dstFor(src), 40000, spaPort)
+	f.Payload = b
+	g.pending = append(g.pending, step{Kind: "in", Frame: f.Bytes(), What: fmt.Sprintf("fwknop datagram the fleet shared, from %s", src)})
 	return s
 }
 
