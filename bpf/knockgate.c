@@ -193,7 +193,8 @@ struct event_about {
 	__u8 proto;
 	__u8 stage;
 	__u8 service;
-	__u8 pad[7];
+	__u8 fwknop; /* see struct event */
+	__u8 pad[6];
 };
 
 static __always_inline void emit_about(__u8 type, const struct event_about *a, __u64 now, __u64 expires)
@@ -213,6 +214,7 @@ static __always_inline void emit_about(__u8 type, const struct event_about *a, _
 	ev->type = type;
 	ev->stage = a->stage;
 	ev->service = a->service;
+	ev->fwknop = a->fwknop;
 	__builtin_memset(ev->pad, 0, sizeof(ev->pad));
 	bpf_ringbuf_submit(ev, 0);
 }
@@ -767,6 +769,8 @@ __attribute__((noinline)) int spa(struct xdp_md *ctx, const struct config *cfg, 
 	return 1;
 }
 
+#include "fwknop.h"
+
 /* Under --protect all, the replies a DHCP or DHCPv6 client needs: they come
  * from a server that was asked by broadcast or multicast, which no flow
  * records. */
@@ -807,7 +811,12 @@ int knockgate(struct xdp_md *ctx)
 	}
 
 	if (pkt.proto == IPPROTO_UDP && pkt.dport == cfg->spa_port && cfg->spa_port) {
-		spa(ctx, cfg, &pkt);
+		/* Two forms on one port: knockgate's binary datagrams, fwknop's
+		 * base64 text (fwknop.h). */
+		if (fwknop_form(&pkt))
+			fwknop(ctx, &pkt);
+		else
+			spa(ctx, cfg, &pkt);
 		return verdict(ctx, VERDICT_DROPPED_SPA);
 	}
 

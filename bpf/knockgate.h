@@ -301,6 +301,23 @@ enum counter {
 	COUNTER_SPA_BAD_ADDRESS, /* names another address, and the key may not */
 	COUNTER_SPA_BAD_SERVICE, /* asks for a service the key may not open, or none the gate has */
 	COUNTER_SPA_REPLAY, /* timestamp not newer than the key's last accepted */
+	/* fwknop datagrams (fwknop.h): what the program made of each, then
+	 * what run made of those it handed over. */
+	COUNTER_FWKNOP_PASSED, /* HMAC verified under a key: handed to run */
+	COUNTER_FWKNOP_BAD_HMAC, /* no key's HMAC matches: forged, corrupt, or not fwknop's */
+	COUNTER_FWKNOP_GPG, /* KG_FWKNOP_GPG_LEN bytes or more: GnuPG-encrypted, not taken */
+	COUNTER_FWKNOP_REPLAY, /* its HMAC was seen before: a replay */
+	COUNTER_FWKNOP_REPLAY_FULL, /* no room to remember it: refused */
+	COUNTER_FWKNOP_LOST, /* the ring to run was full: never decided */
+	COUNTER_FWKNOP_ACCEPTED, /* run: granted */
+	COUNTER_FWKNOP_NO_STANZA, /* run: no stanza holds its source with that key */
+	COUNTER_FWKNOP_UNDECRYPTABLE, /* run: no such stanza's key decrypts it to a message */
+	COUNTER_FWKNOP_CLOCK, /* run: timestamp outside the window */
+	COUNTER_FWKNOP_SOURCE_REQUIRED, /* run: 0.0.0.0 (fwknop -s) under REQUIRE_SOURCE_ADDRESS */
+	COUNTER_FWKNOP_USERNAME, /* run: not REQUIRE_USERNAME's user */
+	COUNTER_FWKNOP_UNSUPPORTED, /* run: a command or NAT message */
+	COUNTER_FWKNOP_PORTS, /* run: a port asked for is outside the stanza's */
+	COUNTER_FWKNOP_NO_SERVICE, /* run: no port asked for is protected by a service */
 	COUNTER_MAX,
 };
 
@@ -329,5 +346,79 @@ struct event {
 	__u8 type; /* enum event_type */
 	__u8 stage;
 	__u8 service; /* the service granted, or whose sequence is knocked */
-	__u8 pad[6];
+	/* 1: an open by an fwknop datagram, and key_id is the number of the
+	 * access.conf stanza that accepted it (fwknopd's "stanza #N"). */
+	__u8 fwknop;
+	__u8 pad[5];
+};
+
+/*
+ * fwknop's clients (fwknop.h): datagrams to the SPA port of fwknop's form,
+ * base64 text of KG_FWKNOP_MIN_LEN to KG_FWKNOP_MAX_LEN bytes (knockgate's
+ * own are KG_SPA_LEN or KG_SPA_LEN_REQUEST binary bytes). Those of
+ * KG_FWKNOP_GPG_LEN bytes or more are GnuPG's by fwknop's rule. The last
+ * KG_FWKNOP_TAG_LEN characters are the HMAC-SHA256, in base64, of
+ * "U2FsdGVkX1" (KG_FWKNOP_PREFIX_LEN characters) and the rest.
+ */
+#define KG_FWKNOP_MIN_LEN 140
+#define KG_FWKNOP_MAX_LEN 1500
+#define KG_FWKNOP_GPG_LEN 400
+#define KG_FWKNOP_TAG_LEN 43
+#define KG_FWKNOP_PREFIX_LEN 10
+#define KG_FWKNOP_MAX_BODY (KG_FWKNOP_GPG_LEN - 1 - KG_FWKNOP_TAG_LEN)
+/* SHA-256 blocks of the longest message the HMAC covers, padded. */
+#define KG_FWKNOP_BLOCKS 6
+/* Distinct HMAC keys the program tries, in turn. */
+#define KG_FWKNOP_KEYS 64
+/* HMACs of datagrams handed over, remembered against replays (fwknop_replay). */
+#define KG_FWKNOP_SEEN 16384
+#define KG_FWKNOP_RING_BYTES (64 * 1024)
+
+/* An HMAC key, as SHA-256 states after its first block: the key never
+ * needs reading per packet. Words in host order. */
+struct fwknop_key {
+	__u32 inner[8]; /* after key ^ ipad */
+	__u32 outer[8]; /* after key ^ opad */
+	__u8 name[32]; /* the stanzas that use it ("1,3"), NUL-padded: for status */
+};
+
+/* A datagram's HMAC: the key of the fwknop_replay map. */
+struct fwknop_digest {
+	__u8 b[32];
+};
+
+/* What the replay map remembers of a datagram handed over. */
+struct fwknop_seen {
+	__u64 seen_ns; /* CLOCK_BOOTTIME when it came (0: learned from a fleet) */
+	/* Unix seconds after which run forgets it: once run decided it, its
+	 * timestamp's window and a minute (no window can take a copy then);
+	 * 0 until run decided it. */
+	__s64 keep_until;
+};
+
+/* A verified datagram, handed to run on the fwknop_ring ring buffer. */
+struct fwknop_record {
+	__u64 time_ns; /* CLOCK_BOOTTIME */
+	__u8 src[16]; /* addresses as everywhere (v4-mapped) */
+	__u8 dst[16];
+	__u32 ifindex;
+	__u16 len; /* bytes of data */
+	__u16 key; /* index of the HMAC key that verified it */
+	__u8 data[KG_FWKNOP_GPG_LEN];
+};
+
+/* What run asks the fwknop_grant program for (its BPF_PROG_TEST_RUN
+ * frame): grant addr each service of services (bit s: service s) for
+ * open_ns, as an SPA packet would, with an open event naming the stanza;
+ * refused whole unless the configuration in force is generation. The
+ * program writes back how many it granted. */
+struct fwknop_grant_req {
+	__u64 open_ns;
+	__u8 addr[16];
+	__u32 stanza;
+	__u32 services;
+	__u32 generation;
+	__u32 granted; /* out */
+	__u16 port[KG_MAX_SERVICES]; /* each service's port asked for, for its event */
+	__u8 proto[KG_MAX_SERVICES];
 };

@@ -53,28 +53,43 @@ const (
 type KnockgateCounter uint32
 
 const (
-	KnockgateCounterCOUNTER_KNOCK_ADVANCED      KnockgateCounter = 0
-	KnockgateCounterCOUNTER_KNOCK_REPEATED      KnockgateCounter = 1
-	KnockgateCounterCOUNTER_KNOCK_RESET         KnockgateCounter = 2
-	KnockgateCounterCOUNTER_KNOCK_WHILE_GRANTED KnockgateCounter = 3
-	KnockgateCounterCOUNTER_GRANTED             KnockgateCounter = 4
-	KnockgateCounterCOUNTER_GRANT_EXPIRED       KnockgateCounter = 5
-	KnockgateCounterCOUNTER_GRANT_FAILED        KnockgateCounter = 6
-	KnockgateCounterCOUNTER_EVENTS_LOST         KnockgateCounter = 7
-	KnockgateCounterCOUNTER_EVENTS_SUPPRESSED   KnockgateCounter = 8
-	KnockgateCounterCOUNTER_FLOWS_LEARNED       KnockgateCounter = 9
-	KnockgateCounterCOUNTER_FLOWS_FULL          KnockgateCounter = 10
-	KnockgateCounterCOUNTER_FLOWS_ENDED         KnockgateCounter = 11
-	KnockgateCounterCOUNTER_SPA_ACCEPTED        KnockgateCounter = 12
-	KnockgateCounterCOUNTER_SPA_BAD_LENGTH      KnockgateCounter = 13
-	KnockgateCounterCOUNTER_SPA_BAD_VERSION     KnockgateCounter = 14
-	KnockgateCounterCOUNTER_SPA_UNKNOWN_KEY     KnockgateCounter = 15
-	KnockgateCounterCOUNTER_SPA_BAD_TAG         KnockgateCounter = 16
-	KnockgateCounterCOUNTER_SPA_CLOCK           KnockgateCounter = 17
-	KnockgateCounterCOUNTER_SPA_BAD_ADDRESS     KnockgateCounter = 18
-	KnockgateCounterCOUNTER_SPA_BAD_SERVICE     KnockgateCounter = 19
-	KnockgateCounterCOUNTER_SPA_REPLAY          KnockgateCounter = 20
-	KnockgateCounterCOUNTER_MAX                 KnockgateCounter = 21
+	KnockgateCounterCOUNTER_KNOCK_ADVANCED         KnockgateCounter = 0
+	KnockgateCounterCOUNTER_KNOCK_REPEATED         KnockgateCounter = 1
+	KnockgateCounterCOUNTER_KNOCK_RESET            KnockgateCounter = 2
+	KnockgateCounterCOUNTER_KNOCK_WHILE_GRANTED    KnockgateCounter = 3
+	KnockgateCounterCOUNTER_GRANTED                KnockgateCounter = 4
+	KnockgateCounterCOUNTER_GRANT_EXPIRED          KnockgateCounter = 5
+	KnockgateCounterCOUNTER_GRANT_FAILED           KnockgateCounter = 6
+	KnockgateCounterCOUNTER_EVENTS_LOST            KnockgateCounter = 7
+	KnockgateCounterCOUNTER_EVENTS_SUPPRESSED      KnockgateCounter = 8
+	KnockgateCounterCOUNTER_FLOWS_LEARNED          KnockgateCounter = 9
+	KnockgateCounterCOUNTER_FLOWS_FULL             KnockgateCounter = 10
+	KnockgateCounterCOUNTER_FLOWS_ENDED            KnockgateCounter = 11
+	KnockgateCounterCOUNTER_SPA_ACCEPTED           KnockgateCounter = 12
+	KnockgateCounterCOUNTER_SPA_BAD_LENGTH         KnockgateCounter = 13
+	KnockgateCounterCOUNTER_SPA_BAD_VERSION        KnockgateCounter = 14
+	KnockgateCounterCOUNTER_SPA_UNKNOWN_KEY        KnockgateCounter = 15
+	KnockgateCounterCOUNTER_SPA_BAD_TAG            KnockgateCounter = 16
+	KnockgateCounterCOUNTER_SPA_CLOCK              KnockgateCounter = 17
+	KnockgateCounterCOUNTER_SPA_BAD_ADDRESS        KnockgateCounter = 18
+	KnockgateCounterCOUNTER_SPA_BAD_SERVICE        KnockgateCounter = 19
+	KnockgateCounterCOUNTER_SPA_REPLAY             KnockgateCounter = 20
+	KnockgateCounterCOUNTER_FWKNOP_PASSED          KnockgateCounter = 21
+	KnockgateCounterCOUNTER_FWKNOP_BAD_HMAC        KnockgateCounter = 22
+	KnockgateCounterCOUNTER_FWKNOP_GPG             KnockgateCounter = 23
+	KnockgateCounterCOUNTER_FWKNOP_REPLAY          KnockgateCounter = 24
+	KnockgateCounterCOUNTER_FWKNOP_REPLAY_FULL     KnockgateCounter = 25
+	KnockgateCounterCOUNTER_FWKNOP_LOST            KnockgateCounter = 26
+	KnockgateCounterCOUNTER_FWKNOP_ACCEPTED        KnockgateCounter = 27
+	KnockgateCounterCOUNTER_FWKNOP_NO_STANZA       KnockgateCounter = 28
+	KnockgateCounterCOUNTER_FWKNOP_UNDECRYPTABLE   KnockgateCounter = 29
+	KnockgateCounterCOUNTER_FWKNOP_CLOCK           KnockgateCounter = 30
+	KnockgateCounterCOUNTER_FWKNOP_SOURCE_REQUIRED KnockgateCounter = 31
+	KnockgateCounterCOUNTER_FWKNOP_USERNAME        KnockgateCounter = 32
+	KnockgateCounterCOUNTER_FWKNOP_UNSUPPORTED     KnockgateCounter = 33
+	KnockgateCounterCOUNTER_FWKNOP_PORTS           KnockgateCounter = 34
+	KnockgateCounterCOUNTER_FWKNOP_NO_SERVICE      KnockgateCounter = 35
+	KnockgateCounterCOUNTER_MAX                    KnockgateCounter = 36
 )
 
 type KnockgateEvent struct {
@@ -88,7 +103,8 @@ type KnockgateEvent struct {
 	Type      uint8
 	Stage     uint8
 	Service   uint8
-	Pad       [6]uint8
+	Fwknop    uint8
+	Pad       [5]uint8
 }
 
 type KnockgateEventType uint32
@@ -129,6 +145,74 @@ type KnockgateFlowKey struct {
 	RemotePort uint16
 	Proto      uint8
 	Pad        [3]uint8
+}
+
+type KnockgateFwknopDigest struct {
+	_ structs.HostLayout
+	B [32]uint8
+}
+
+type KnockgateFwknopGrantReq struct {
+	_          structs.HostLayout
+	OpenNs     uint64
+	Addr       [16]uint8
+	Stanza     uint32
+	Services   uint32
+	Generation uint32
+	Granted    uint32
+	Port       [32]uint16
+	Proto      [32]uint8
+}
+
+type KnockgateFwknopKey struct {
+	_     structs.HostLayout
+	Inner [8]uint32
+	Outer [8]uint32
+	Name  [32]uint8
+}
+
+type KnockgateFwknopRecord struct {
+	_       structs.HostLayout
+	TimeNs  uint64
+	Src     [16]uint8
+	Dst     [16]uint8
+	Ifindex uint32
+	Len     uint16
+	Key     uint16
+	Data    [400]uint8
+}
+
+type KnockgateFwknopScratch struct {
+	_      structs.HostLayout
+	Blocks [6]struct {
+		_ structs.HostLayout
+		W [16]uint32
+	}
+	Sched [6]struct {
+		_  structs.HostLayout
+		Kw [64]uint32
+	}
+	Want   [8]uint32
+	Digest KnockgateFwknopDigest
+	Tag    [48]uint8
+	St     struct {
+		_ structs.HostLayout
+		H [8]uint32
+	}
+	Outer struct {
+		_ structs.HostLayout
+		W [16]uint32
+	}
+	Osched struct {
+		_  structs.HostLayout
+		Kw [64]uint32
+	}
+}
+
+type KnockgateFwknopSeen struct {
+	_         structs.HostLayout
+	SeenNs    uint64
+	KeepUntil int64
 }
 
 type KnockgateGrant struct {
@@ -232,6 +316,11 @@ const (
 	KnockgateMapEvents               = "events"
 	KnockgateMapFlowTags             = "flow_tags"
 	KnockgateMapFlows                = "flows"
+	KnockgateMapFwknopCount          = "fwknop_count"
+	KnockgateMapFwknopKeys           = "fwknop_keys"
+	KnockgateMapFwknopReplay         = "fwknop_replay"
+	KnockgateMapFwknopRing           = "fwknop_ring"
+	KnockgateMapFwknopScratch        = "fwknop_scratch"
 	KnockgateMapGrants               = "grants"
 	KnockgateMapHints                = "hints"
 	KnockgateMapKnockTags            = "knock_tags"
@@ -240,6 +329,7 @@ const (
 	KnockgateMapSpaKeys              = "spa_keys"
 	KnockgateMapSpaLast              = "spa_last"
 	KnockgateMapVerdicts             = "verdicts"
+	KnockgateProgFwknopGrant         = "fwknop_grant"
 	KnockgateProgKnockgate           = "knockgate"
 	KnockgateVarEventBurst           = "event_burst"
 	KnockgateVarFlowSets             = "flow_sets"
@@ -256,6 +346,8 @@ const (
 	KnockgateVarUnusedEvent          = "unused_event"
 	KnockgateVarUnusedEventType      = "unused_event_type"
 	KnockgateVarUnusedFlowFlag       = "unused_flow_flag"
+	KnockgateVarUnusedFwknopGrantReq = "unused_fwknop_grant_req"
+	KnockgateVarUnusedFwknopRecord   = "unused_fwknop_record"
 	KnockgateVarUnusedServiceCounter = "unused_service_counter"
 	KnockgateVarUnusedSpaKeyFlag     = "unused_spa_key_flag"
 	KnockgateVarUnusedVerdict        = "unused_verdict"
@@ -303,7 +395,8 @@ type KnockgateSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type KnockgateProgramSpecs struct {
-	Knockgate *ebpf.ProgramSpec `ebpf:"knockgate"`
+	FwknopGrant *ebpf.ProgramSpec `ebpf:"fwknop_grant"`
+	Knockgate   *ebpf.ProgramSpec `ebpf:"knockgate"`
 }
 
 // KnockgateMapSpecs contains maps before they are loaded into the kernel.
@@ -318,6 +411,11 @@ type KnockgateMapSpecs struct {
 	Events          *ebpf.MapSpec `ebpf:"events"`
 	FlowTags        *ebpf.MapSpec `ebpf:"flow_tags"`
 	Flows           *ebpf.MapSpec `ebpf:"flows"`
+	FwknopCount     *ebpf.MapSpec `ebpf:"fwknop_count"`
+	FwknopKeys      *ebpf.MapSpec `ebpf:"fwknop_keys"`
+	FwknopReplay    *ebpf.MapSpec `ebpf:"fwknop_replay"`
+	FwknopRing      *ebpf.MapSpec `ebpf:"fwknop_ring"`
+	FwknopScratch   *ebpf.MapSpec `ebpf:"fwknop_scratch"`
 	Grants          *ebpf.MapSpec `ebpf:"grants"`
 	Hints           *ebpf.MapSpec `ebpf:"hints"`
 	KnockTags       *ebpf.MapSpec `ebpf:"knock_tags"`
@@ -347,6 +445,8 @@ type KnockgateVariableSpecs struct {
 	UnusedEvent          *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedEventType      *ebpf.VariableSpec `ebpf:"unused_event_type"`
 	UnusedFlowFlag       *ebpf.VariableSpec `ebpf:"unused_flow_flag"`
+	UnusedFwknopGrantReq *ebpf.VariableSpec `ebpf:"unused_fwknop_grant_req"`
+	UnusedFwknopRecord   *ebpf.VariableSpec `ebpf:"unused_fwknop_record"`
 	UnusedServiceCounter *ebpf.VariableSpec `ebpf:"unused_service_counter"`
 	UnusedSpaKeyFlag     *ebpf.VariableSpec `ebpf:"unused_spa_key_flag"`
 	UnusedVerdict        *ebpf.VariableSpec `ebpf:"unused_verdict"`
@@ -380,6 +480,11 @@ type KnockgateMaps struct {
 	Events          *ebpf.Map `ebpf:"events"`
 	FlowTags        *ebpf.Map `ebpf:"flow_tags"`
 	Flows           *ebpf.Map `ebpf:"flows"`
+	FwknopCount     *ebpf.Map `ebpf:"fwknop_count"`
+	FwknopKeys      *ebpf.Map `ebpf:"fwknop_keys"`
+	FwknopReplay    *ebpf.Map `ebpf:"fwknop_replay"`
+	FwknopRing      *ebpf.Map `ebpf:"fwknop_ring"`
+	FwknopScratch   *ebpf.Map `ebpf:"fwknop_scratch"`
 	Grants          *ebpf.Map `ebpf:"grants"`
 	Hints           *ebpf.Map `ebpf:"hints"`
 	KnockTags       *ebpf.Map `ebpf:"knock_tags"`
@@ -400,6 +505,11 @@ func (m *KnockgateMaps) Close() error {
 		m.Events,
 		m.FlowTags,
 		m.Flows,
+		m.FwknopCount,
+		m.FwknopKeys,
+		m.FwknopReplay,
+		m.FwknopRing,
+		m.FwknopScratch,
 		m.Grants,
 		m.Hints,
 		m.KnockTags,
@@ -430,6 +540,8 @@ type KnockgateVariables struct {
 	UnusedEvent          *ebpf.Variable `ebpf:"unused_event"`
 	UnusedEventType      *ebpf.Variable `ebpf:"unused_event_type"`
 	UnusedFlowFlag       *ebpf.Variable `ebpf:"unused_flow_flag"`
+	UnusedFwknopGrantReq *ebpf.Variable `ebpf:"unused_fwknop_grant_req"`
+	UnusedFwknopRecord   *ebpf.Variable `ebpf:"unused_fwknop_record"`
 	UnusedServiceCounter *ebpf.Variable `ebpf:"unused_service_counter"`
 	UnusedSpaKeyFlag     *ebpf.Variable `ebpf:"unused_spa_key_flag"`
 	UnusedVerdict        *ebpf.Variable `ebpf:"unused_verdict"`
@@ -439,11 +551,13 @@ type KnockgateVariables struct {
 //
 // It can be passed to LoadKnockgateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KnockgatePrograms struct {
-	Knockgate *ebpf.Program `ebpf:"knockgate"`
+	FwknopGrant *ebpf.Program `ebpf:"fwknop_grant"`
+	Knockgate   *ebpf.Program `ebpf:"knockgate"`
 }
 
 func (p *KnockgatePrograms) Close() error {
 	return _KnockgateClose(
+		p.FwknopGrant,
 		p.Knockgate,
 	)
 }

@@ -18,9 +18,11 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/knockgate/knockgate/fwknop"
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
 	"github.com/knockgate/knockgate/policy"
@@ -50,6 +52,12 @@ type Settings struct {
 	Metrics   string // host:port to serve Prometheus metrics on; "": none
 	LogFormat string // "text" or "json"
 	Fleet     Fleet  // the [fleet] table; zero: one host, no fleet
+	// fwknop's clients (fwknop.go): fwknopd's access.conf as read from
+	// FwknopAccessFile (nil: none), and how far a datagram's timestamp may
+	// be from the gate's clock.
+	FwknopAccessFile string
+	Fwknop           *fwknop.Access
+	FwknopWindow     time.Duration
 }
 
 // service is the service the top-level options configure, default; made
@@ -301,6 +309,16 @@ var Options = []Option{
 	{Name: "spa-window", Arg: "D", In: Attach | Set | File, Default: "30s", Usage: "an SPA datagram's timestamp may be `DURATION` off the gate's clock, either way",
 		scope: gateScope,
 		value: func(s *Settings, _ *policy.Service) value { return &durationValue{&s.Policy.SPAWindow} }},
+	{Name: "fwknop-access", In: File, Usage: "take fwknop clients' datagrams on the SPA port as fwknopd would with `FILE`, its access.conf (root's, mode 600; default SPA port once given); a change applies on reload",
+		value: func(s *Settings, _ *policy.Service) value { return &accessFileValue{&s.FwknopAccessFile, &s.Fwknop} },
+		derive: func(s *Settings, p *policy.Policy) {
+			if s.FwknopAccessFile != "" && p.SPAPort == 0 {
+				p.SPAPort = spa.DefaultPort
+			}
+		},
+		derives: "spa-port"},
+	{Name: "fwknop-window", In: File, Default: DefaultFwknopWindow, Usage: "an fwknop datagram's timestamp may be `DURATION` off the gate's clock, either way (fwknopd's MAX_SPA_PACKET_AGE)",
+		value: func(s *Settings, _ *policy.Service) value { return &durationValue{&s.FwknopWindow} }},
 	{Name: "mode", Arg: "auto|native|generic", In: Attach | File, Reload: Kept, Default: string(loader.ModeAuto), Usage: "XDP `MODE`: auto (native, else generic), native or generic",
 		value: func(s *Settings, _ *policy.Service) value { return &modeValue{&s.Mode} }},
 	{Name: "metrics", In: File, Usage: "serve Prometheus metrics on `HOST:PORT` (empty: off)",
@@ -534,7 +552,7 @@ func (s *Settings) Check() error {
 		}
 	}
 	p := s.Config()
-	return Check(&p, s.SPAKeys)
+	return CheckWith(&p, s.SPAKeys, func(service string) bool { return fwknopMayOpen(s.Fwknop, &p, service) })
 }
 
 // Config is the policy the settings give the gate: Policy, and what the

@@ -13,7 +13,11 @@ import (
 // (a *ScopeError): every service a key names (services=, default without
 // it) must be p's, and a service of p other than default that has no knock
 // sequence must be in some key's scope, or nothing could ever open it.
-func Check(p *policy.Policy, keys []spa.Key) error {
+func Check(p *policy.Policy, keys []spa.Key) error { return CheckWith(p, keys, nil) }
+
+// CheckWith is Check where a service without a sequence that opens(its
+// name) (an fwknop stanza may open it) needs no key either.
+func CheckWith(p *policy.Policy, keys []spa.Key, opens func(service string) bool) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
@@ -28,6 +32,9 @@ func Check(p *policy.Policy, keys []spa.Key) error {
 	for i := range p.Services {
 		svc := &p.Services[i]
 		if svc.Name == policy.DefaultService || len(svc.Sequence) > 0 {
+			continue
+		}
+		if opens != nil && opens(svc.Name) {
 			continue
 		}
 		if !slices.ContainsFunc(keys, func(k spa.Key) bool { return slices.Contains(k.Scope(), svc.Name) }) {

@@ -155,6 +155,8 @@ type Fleet struct {
 
 	cancel context.CancelFunc
 	done   sync.WaitGroup
+
+	fwknop fwknopQueue // fwknop datagrams to write (fwknop.go)
 }
 
 // Options of Join.
@@ -655,6 +657,9 @@ func (f *Fleet) apply(es []jetstream.KeyValueEntry) {
 	var puts []put
 	var dels []Grant
 	for _, e := range es {
+		if f.applyFwknop(e) {
+			continue
+		}
 		g, id, isGrant, ok := f.parseKey(e.Key())
 		if !ok {
 			continue
@@ -910,6 +915,7 @@ func (f *Fleet) sync(ctx context.Context) {
 			pending++
 		}
 	}
+	pending += f.syncFwknop(ctx, kv)
 	f.pending.Store(int64(pending))
 }
 

@@ -62,10 +62,17 @@ type Gate struct {
 	// Egress learns the host's flows, on every interface's egress (tcx).
 	Egress *ebpf.Program
 	objs   *Objects // set when this process loaded the programs
+	// fwknopGrant is run's grant program for fwknop datagrams, loaded
+	// onto a reopened gate's maps when first needed (fwknop.go).
+	fwknopGrant *ebpf.Program
 }
 
 // Close releases this process's handles; the pinned gate keeps running.
 func (g *Gate) Close() error {
+	if g.fwknopGrant != nil {
+		g.fwknopGrant.Close()
+		g.fwknopGrant = nil
+	}
 	if g.objs != nil {
 		return g.objs.Close()
 	}

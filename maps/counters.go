@@ -50,6 +50,22 @@ var CounterNames = [...]string{
 	Verdicts + int(bpf.KnockgateCounterCOUNTER_SPA_BAD_ADDRESS):     "spa_bad_address",
 	Verdicts + int(bpf.KnockgateCounterCOUNTER_SPA_BAD_SERVICE):     "spa_bad_service",
 	Verdicts + int(bpf.KnockgateCounterCOUNTER_SPA_REPLAY):          "spa_replay",
+
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_FWKNOP_PASSED):          "fwknop_passed",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_FWKNOP_BAD_HMAC):        "fwknop_bad_hmac",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_FWKNOP_GPG):             "fwknop_gpg",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_FWKNOP_REPLAY):          "fwknop_replay",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_FWKNOP_REPLAY_FULL):     "fwknop_replay_full",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_FWKNOP_LOST):            "fwknop_lost",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_FWKNOP_ACCEPTED):        "fwknop_accepted",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_FWKNOP_NO_STANZA):       "fwknop_no_stanza",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_FWKNOP_UNDECRYPTABLE):   "fwknop_undecryptable",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_FWKNOP_CLOCK):           "fwknop_clock",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_FWKNOP_SOURCE_REQUIRED): "fwknop_source_required",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_FWKNOP_USERNAME):        "fwknop_username",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_FWKNOP_UNSUPPORTED):     "fwknop_unsupported",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_FWKNOP_PORTS):           "fwknop_ports",
+	Verdicts + int(bpf.KnockgateCounterCOUNTER_FWKNOP_NO_SERVICE):      "fwknop_no_service",
 }
 
 // A new enum value without a name fails to compile here.
@@ -164,4 +180,19 @@ func (s *Set) ReadServiceCounters() (map[string]ServiceCounters, error) {
 		}
 	}
 	return out, nil
+}
+
+// AddCounter adds n to counter k (in the first CPU's slot: the sum is
+// what is read). For counters the program never writes (run's own
+// outcomes), so that nothing races the read and the write.
+func (s *Set) AddCounter(k bpf.KnockgateCounter, n uint64) error {
+	var perCPU []uint64
+	if err := s.Counters.Lookup(uint32(k), &perCPU); err != nil {
+		return fmt.Errorf("read counter %s: %w", CounterNames[Verdicts+int(k)], err)
+	}
+	perCPU[0] += n
+	if err := s.Counters.Update(uint32(k), perCPU, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write counter %s: %w", CounterNames[Verdicts+int(k)], err)
+	}
+	return nil
 }

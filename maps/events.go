@@ -30,7 +30,11 @@ type Event struct {
 	Port  policy.Port
 	Stage int
 	// KeyID is the SPA key that opened (an open by SPA), else 0.
-	KeyID   uint32
+	KeyID uint32
+	// Stanza is the access.conf stanza that accepted the fwknop datagram
+	// that opened (by its number, as fwknopd names it: "stanza #2"), else
+	// 0.
+	Stanza  int
 	Expires time.Time // next step's deadline (knock), grant expiry (open, expire)
 	// Service is the service granted, expired, or whose sequence was
 	// knocked; ServiceIndex its index in the program's tables.
@@ -110,6 +114,9 @@ func DecodeEvent(raw *bpf.KnockgateEvent) Event {
 		KeyID: raw.KeyId,
 
 		ServiceIndex: int(raw.Service),
+	}
+	if raw.Fwknop != 0 {
+		ev.KeyID, ev.Stanza = 0, int(raw.KeyId)
 	}
 	if ev.Type == "" {
 		ev.Type = fmt.Sprintf("type(%d)", raw.Type)

@@ -36,6 +36,12 @@ type Set struct {
 	SPALast     *ebpf.Map
 	// ServiceCounters are each service's counters (ReadServiceCounters).
 	ServiceCounters *ebpf.Map
+	// fwknop's clients (fwknop.go).
+	FwknopKeys    *ebpf.Map
+	FwknopCount   *ebpf.Map
+	FwknopReplay  *ebpf.Map
+	FwknopRing    *ebpf.Map
+	FwknopScratch *ebpf.Map
 
 	// NoGraceWait: configuration writes do not wait for RCU grace periods.
 	// Only for a program that nothing but BPF_PROG_TEST_RUN runs, one run
@@ -65,6 +71,11 @@ func FromObjects(m *bpf.KnockgateMaps) *Set {
 		SPALast:     m.SpaLast,
 
 		ServiceCounters: m.ServiceCounters,
+		FwknopKeys:      m.FwknopKeys,
+		FwknopCount:     m.FwknopCount,
+		FwknopReplay:    m.FwknopReplay,
+		FwknopRing:      m.FwknopRing,
+		FwknopScratch:   m.FwknopScratch,
 	}
 }
 
@@ -93,6 +104,11 @@ func (s *Set) named() []struct {
 		{bpf.KnockgateMapSpaKeys, &s.SPAKeys},
 		{bpf.KnockgateMapSpaLast, &s.SPALast},
 		{bpf.KnockgateMapServiceCounters, &s.ServiceCounters},
+		{bpf.KnockgateMapFwknopKeys, &s.FwknopKeys},
+		{bpf.KnockgateMapFwknopCount, &s.FwknopCount},
+		{bpf.KnockgateMapFwknopReplay, &s.FwknopReplay},
+		{bpf.KnockgateMapFwknopRing, &s.FwknopRing},
+		{bpf.KnockgateMapFwknopScratch, &s.FwknopScratch},
 	}
 }
 

@@ -33,6 +33,9 @@ func logEvent(log *slog.Logger, ev maps.Event) {
 	if ev.KeyID != 0 {
 		r.AddAttrs(slog.Uint64("key_id", uint64(ev.KeyID)))
 	}
+	if ev.Stanza != 0 {
+		r.AddAttrs(slog.Int("stanza", ev.Stanza))
+	}
 	if !ev.Expires.IsZero() {
 		r.AddAttrs(slog.String("expires", ev.Expires.UTC().Format(time.RFC3339)))
 	}

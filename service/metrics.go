@@ -71,6 +71,8 @@ var (
 		"Flows of the host's: learned on egress, ended by the host's RST, not recorded for want of room.", []string{"event"}, nil)
 	descSPA = prometheus.NewDesc("knockgate_spa_packets_total",
 		"Single-packet authorization datagrams, by outcome (accepted, or the first check failed).", []string{"outcome"}, nil)
+	descFwknop = prometheus.NewDesc("knockgate_fwknop_packets_total",
+		"fwknop clients' datagrams, by outcome: the program's (verified and handed to run, or refused), then run's (accepted, or why refused).", []string{"outcome"}, nil)
 	descSources = prometheus.NewDesc("knockgate_sources",
 		"Sources tracked now, by state.", []string{"state"}, nil)
 	descIfaces = prometheus.NewDesc("knockgate_interfaces",
@@ -111,7 +113,7 @@ var (
 
 // descs is every metric the collector makes.
 var descs = []*prometheus.Desc{descPackets, descIfacePackets, descKnocks, descGrants, descExpired,
-	descGrantFailed, descEventsLost, descEventsSuppressed, descFlows, descSPA, descSources, descIfaces, descGeneration,
+	descGrantFailed, descEventsLost, descEventsSuppressed, descFlows, descSPA, descFwknop, descSources, descIfaces, descGeneration,
 	descPending, descSettleErrors, descReloads, descLastReload, descLastReloadOK, descScrapeErrors,
 	descServiceOpen, descServiceGrants, descServiceExpired,
 	descFleetPeers, descFleetPublished, descFleetReceived, descFleetRestarts, descFleetPending, descFleetLastSync}
@@ -127,9 +129,10 @@ type counterLabel struct {
 // enum gains (CounterNames must name it) is in its metric without a word
 // here.
 var (
-	knockLabels = counterLabels("knock_")
-	flowLabels  = counterLabels("flows_")
-	spaLabels   = counterLabels("spa_")
+	knockLabels  = counterLabels("knock_")
+	flowLabels   = counterLabels("flows_")
+	spaLabels    = counterLabels("spa_")
+	fwknopLabels = counterLabels("fwknop_")
 )
 
 // counterLabels are the counters (enum counter) whose names start with
@@ -178,6 +181,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		for _, l := range spaLabels {
 			counter(descSPA, cs.Counter(l.c), l.label)
+		}
+		for _, l := range fwknopLabels {
+			counter(descFwknop, cs.Counter(l.c), l.label)
 		}
 	}
 	states := map[loader.IfaceState]float64{loader.Attached: 0, loader.Missing: 0, loader.Waiting: 0}

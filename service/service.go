@@ -56,6 +56,7 @@ type service struct {
 	fleet       *member // nil: no [fleet]
 	// settleErrors counts steps of settling a safe-mode change that failed.
 	settleErrors atomic.Uint64
+	fwknop       fwknopState // fwknop's clients (fwknop.go)
 }
 
 // Run serves the gate the config file describes until ctx ends (SIGTERM,
@@ -111,6 +112,11 @@ func Run(ctx context.Context, opts Options) error {
 		svc.logEvents(events)
 	}()
 	defer func() { events.Close(); <-readerDone }()
+	stopFwknop, err := svc.serveFwknop()
+	if err != nil {
+		return err
+	}
+	defer stopFwknop()
 
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
@@ -193,6 +199,10 @@ func (svc *service) start() error {
 		}
 		svc.gate = g
 		svc.logger().Info("gate made", "gate", g.Name)
+		if err := svc.applyFwknop(s); err != nil {
+			g.Close()
+			return err
+		}
 		svc.reconcileAll()
 		return nil
 	}
@@ -291,7 +301,10 @@ func (svc *service) apply(s *config.Settings, confirm time.Duration) (*pendingRe
 	// part of the configuration, so a key change alone neither voids knock
 	// progress nor waits for a confirmation.
 	if cur.Same(&next) && len(p.addedIfaces)+len(p.droppedIfaces) == 0 {
-		return nil, changes, g.SetSPAKeys(s.SPAKeys)
+		if err := g.SetSPAKeys(s.SPAKeys); err != nil {
+			return nil, nil, err
+		}
+		return nil, changes, svc.applyFwknop(s)
 	}
 	if safe {
 		next.ConfirmBy = maps.BootAfter(confirm)
@@ -305,6 +318,9 @@ func (svc *service) apply(s *config.Settings, confirm time.Duration) (*pendingRe
 		p.gen = installed.Generation
 	}
 	if err := g.SetSPAKeys(s.SPAKeys); err != nil {
+		return nil, nil, err
+	}
+	if err := svc.applyFwknop(s); err != nil {
 		return nil, nil, err
 	}
 	if !safe {

@@ -50,6 +50,9 @@ func TestCounterLabels(t *testing.T) {
 		{"knockgate_flows_total{event}", flowLabels, []string{"learned", "full", "ended"}},
 		{"knockgate_spa_packets_total{outcome}", spaLabels, []string{"accepted", "bad_length", "bad_version",
 			"unknown_key", "bad_tag", "clock", "bad_address", "bad_service", "replay"}},
+		{"knockgate_fwknop_packets_total{outcome}", fwknopLabels, []string{"passed", "bad_hmac", "gpg", "replay",
+			"replay_full", "lost", "accepted", "no_stanza", "undecryptable", "clock", "source_required", "username",
+			"unsupported", "ports", "no_service"}},
 	} {
 		var got []string
 		for _, l := range tc.labels {

@@ -28,6 +28,7 @@ type eventJSON struct {
 	Proto   string `json:"proto"`
 	Stage   int    `json:"stage"`
 	KeyID   uint32 `json:"key_id,omitempty"`  // an open by SPA: the key`
+	Stanza  int    `json:"stanza,omitempty"`  // an open by an fwknop client: its access.conf stanza's number
 	Expires string `json:"expires,omitempty"` // RFC 3339; absent for reset
 	// Service is the service granted or expired, or whose sequence was
 	// knocked or reset.
@@ -157,6 +158,7 @@ func encodeEvent(ev maps.Event) eventJSON {
 		Proto:   ev.Port.Proto.String(),
 		Stage:   ev.Stage,
 		KeyID:   ev.KeyID,
+		Stanza:  ev.Stanza,
 		Service: ev.Service,
 	}
 	if !ev.Expires.IsZero() {
@@ -182,6 +184,9 @@ func formatEvent(ev maps.Event, steps int) string {
 	case "open":
 		if ev.KeyID != 0 {
 			return fmt.Sprintf("%s by SPA key %d, granted until %s", head, ev.KeyID, stamp(ev.Expires))
+		}
+		if ev.Stanza != 0 {
+			return fmt.Sprintf("%s by fwknop, access.conf stanza #%d, granted until %s", head, ev.Stanza, stamp(ev.Expires))
 		}
 		return fmt.Sprintf("%s granted until %s", head, stamp(ev.Expires))
 	case "expire":

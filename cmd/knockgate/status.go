@@ -31,7 +31,8 @@ type statusJSON struct {
 	SafeMode   *safeModeJSON     `json:"safe_mode,omitempty"`
 	Flows      flowsJSON         `json:"flows"`
 	SPA        spaJSON           `json:"spa"`
-	Fleet      json.RawMessage   `json:"fleet,omitempty"` // as run writes it: with [fleet] only
+	Fwknop     *fwknopJSON       `json:"fwknop,omitempty"` // with fwknop_access only
+	Fleet      json.RawMessage   `json:"fleet,omitempty"`  // as run writes it: with [fleet] only
 	Counters   map[string]uint64 `json:"counters"`
 	// Services are the gate's services, default first; Config is
 	// default's too, as status showed it before services.
@@ -110,6 +111,14 @@ type spaKeyJSON struct {
 	Services []string `json:"services"`
 }
 
+// fwknopJSON is fwknop's clients: the HMAC keys the program tries, each
+// named by the access.conf stanzas that use it ("1,3"), and how many
+// datagrams the gate remembers against replays.
+type fwknopJSON struct {
+	Keys       []string `json:"keys"`
+	Remembered int      `json:"remembered"`
+}
+
 type configJSON struct {
 	Sequence    []string `json:"sequence"`     // "9000/tcp": protocol always given
 	StepTimeout string   `json:"step_timeout"` // Go duration syntax
@@ -151,9 +160,13 @@ type gateStatus struct {
 	maxFlows  int
 	listFlows bool
 	spaKeys   []maps.SPAKey
-	clock     time.Time // the gate's Unix time, read with now
-	now       time.Time
-	fleet     json.RawMessage // run's fleet figures, if it serves a fleet
+	// fwknopKeys name the program's fwknop HMAC keys by their stanzas;
+	// fwknopSeen is how many datagrams it remembers.
+	fwknopKeys []string
+	fwknopSeen int
+	clock      time.Time // the gate's Unix time, read with now
+	now        time.Time
+	fleet      json.RawMessage // run's fleet figures, if it serves a fleet
 }
 
 func statusCommand() *command {
@@ -243,6 +256,14 @@ func readStatus(arg string) (*gateStatus, error) {
 	if st.spaKeys, err = g.SPAKeys(); err != nil {
 		return nil, err
 	}
+	if st.fwknopKeys, err = g.FwknopKeyNames(); err != nil {
+		return nil, err
+	}
+	seen, err := g.FwknopSeen()
+	if err != nil {
+		return nil, err
+	}
+	st.fwknopSeen = len(seen)
 	st.clock, st.now = maps.GateUnixTime(&st.cfg), time.Now()
 	if b, err := os.ReadFile(service.FleetStatusFile(g.Name)); err == nil && json.Valid(b) {
 		st.fleet = b
@@ -379,6 +400,9 @@ func (st *gateStatus) json() statusJSON {
 		}
 		out.SPA.Keys = append(out.SPA.Keys, j)
 	}
+	if len(st.fwknopKeys) > 0 || st.fwknopSeen > 0 {
+		out.Fwknop = &fwknopJSON{Keys: append([]string{}, st.fwknopKeys...), Remembered: st.fwknopSeen}
+	}
 	for _, s := range st.sources {
 		out.Sources = append(out.Sources, sourceJSON{
 			Addr: s.Addr.String(), Service: s.Service, State: s.State, Stage: s.Stage, Expires: stamp(s.Expires),
@@ -435,6 +459,10 @@ func (st *gateStatus) print(w io.Writer, now time.Time) {
 		}
 	} else {
 		fmt.Fprintf(tw, "  spa:\toff\n")
+	}
+	if len(st.fwknopKeys) > 0 || st.fwknopSeen > 0 {
+		fmt.Fprintf(tw, "  fwknop:\t%d HMAC keys (access.conf stanzas %s), %d datagrams remembered against replays\n",
+			len(st.fwknopKeys), strings.Join(st.fwknopKeys, "; "), st.fwknopSeen)
 	}
 	if st.fleet != nil {
 		var f service.FleetStatus

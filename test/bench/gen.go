@@ -5,5 +5,5 @@
 // the kernel refuses that, sent from an AF_PACKET socket.
 package bench
 
-//go:generate go tool bpf2go -tags linux -target bpfel flood flood.c -- -I/usr/include/x86_64-linux-gnu -Wall -Werror
-//go:generate go tool bpf2go -tags linux -target bpfel -type parse_result floor floor.c -- -I/usr/include/x86_64-linux-gnu -Wall -Werror
+//go:generate go tool bpf2go -tags linux -target bpfel flood flood.c -- -Wall -Werror
+//go:generate go tool bpf2go -tags linux -target bpfel -type parse_result floor floor.c -- -Wall -Werror

@@ -78,7 +78,9 @@ type SPAOptions struct {
 }
 
 // SPAGateNames names the SPA benchmark's gates.
-func SPAGateNames() []string { return []string{nameKnockgateSPA, nameFwknopd} }
+func SPAGateNames() []string {
+	return []string{nameKnockgateSPA, nameFwknopd, nameKnockgateFwknop1, nameKnockgateFwknop16}
+}
 
 // SPASample is one flood of one SPA gate.
 type SPASample struct {
@@ -496,7 +498,7 @@ func (g *Fwknopd) Setup(topo *Topology) error {
 	return nil
 }
 
-// Forged is a real fwknop packet with its last (HMAC) character changed.
+// Forged is a real fwknop packet with one character of its HMAC changed.
 func (g *Fwknopd) Forged() ([]byte, error) {
 	path := filepath.Join(g.dir, "forged.spa")
 	if out, err := exec.Command("fwknop", g.clientArgs("-T", "--save-packet", path)...).CombinedOutput(); err != nil {
@@ -510,10 +512,23 @@ func (g *Fwknopd) Forged() ([]byte, error) {
 	if len(p) == 0 {
 		return nil, errors.New("fwknop -T saved no packet")
 	}
-	if p[len(p)-1] == 'A' {
-		p[len(p)-1] = 'B'
+	return forgeTag(p)
+}
+
+// forgeTag changes the first character of an fwknop datagram's tag (its
+// last 43) to another base64 character: the tag still decodes (the
+// last character's spare bits, which knockgate checks before any hash,
+// are left as they were), so a gate must compute the HMAC to refuse it.
+func forgeTag(p []byte) ([]byte, error) {
+	const tagLen = 43
+	if len(p) <= tagLen {
+		return nil, fmt.Errorf("a datagram of %d bytes has no tag", len(p))
+	}
+	i := len(p) - tagLen
+	if p[i] == 'A' {
+		p[i] = 'B'
 	} else {
-		p[len(p)-1] = 'A'
+		p[i] = 'A'
 	}
 	return p, nil
 }
@@ -566,7 +581,8 @@ func (g *Fwknopd) Close() error {
 func SPAGates(o Options, so SPAOptions) func() []SPAGate {
 	return func() []SPAGate {
 		var out []SPAGate
-		for _, g := range []SPAGate{NewKnockgateSPA(o.Knockgate), NewFwknopd(o.PeerNAPI, so.FwknopdDispatch, so.FwknopdSleep, o.CPU)} {
+		for _, g := range []SPAGate{NewKnockgateSPA(o.Knockgate), NewFwknopd(o.PeerNAPI, so.FwknopdDispatch, so.FwknopdSleep, o.CPU),
+			NewKnockgateFwknop(o.Knockgate, 1), NewKnockgateFwknop(o.Knockgate, 16)} {
 			if len(so.Only) == 0 || slices.Contains(so.Only, g.Name()) {
 				out = append(out, g)
 			}
@@ -587,7 +603,7 @@ type spaRow struct {
 
 func (res *SPAResult) rows() []spaRow {
 	var out []spaRow
-	for _, name := range []string{nameKnockgateSPA, nameFwknopd} {
+	for _, name := range SPAGateNames() {
 		r := spaRow{gate: name}
 		var h, n, d, t, p, rf, pe []float64
 		for _, s := range res.Samples {
@@ -636,7 +652,8 @@ func (res *SPAResult) WriteTable(w io.Writer) {
 		fmt.Fprintf(w, ", once idle polling again after %s", o.NAPIDefer)
 	}
 	fmt.Fprintln(w, ";")
-	fmt.Fprintf(w, "each gate's flood is its own format refused by its full check: knockgate %d-byte packets with a wrong tag;\n", spa.Len)
+	fmt.Fprintf(w, "each gate's flood is its own format refused by its full check: knockgate spa %d-byte packets with a wrong tag;\n", spa.Len)
+	fmt.Fprintln(w, "knockgate fwknop (run reading an access.conf of 1 or 16 stanzas, the client's last) the same forged fwknop packets as fwknopd;")
 	fmt.Fprintf(w, "fwknopd (Debian fwknop-server, libpcap, iptables back end, PCAP_DISPATCH_COUNT %d, PCAP_LOOP_SLEEP %d µs,\n",
 		so.FwknopdDispatch, so.FwknopdSleep)
 	fmt.Fprintf(w, "pinned off CPU %d) real fwknop packets (Rijndael + HMAC-SHA256) with one HMAC character changed.\n", o.CPU)
@@ -667,13 +684,23 @@ func (res *SPAResult) WriteTable(w io.Writer) {
 	fmt.Fprintln(w, "  the gate itself judged per second (knockgate: its dropped_spa counter; fwknopd: its log lines per packet), and")
 	fmt.Fprintln(w, "  the process's CPU per packet it judged; ring full: frames the sender lost to the full veth ring, which the valid")
 	fmt.Fprintln(w, "  packets and connects share with the flood (a lost valid packet is not resent: each client sends one).")
+	var f *spaRow
 	rows := res.rows()
-	if len(rows) == 2 && rows[0].handled.N > 0 && rows[1].handled.N > 0 {
-		k, f := rows[0], rows[1]
-		fmt.Fprintf(w, "\nheadline (medians; generator: %s):\n", res.Generator)
-		fmt.Fprintf(w, "  knockgate spa ÷ fwknopd = %.2f× less receiver CPU per packet, %.2f× packets/s handled, %.2f× SPA packets examined/s;\n",
-			f.total.Median/k.total.Median, k.handled.Median/f.handled.Median, k.processed.Median/f.processed.Median)
-		fmt.Fprintf(w, "  valid packets sent during the flood that opened the port within 1 s: knockgate %d/%d, fwknopd %d/%d\n",
-			k.opened, k.attempts, f.opened, f.attempts)
+	for i := range rows {
+		if rows[i].gate == nameFwknopd && rows[i].handled.N > 0 {
+			f = &rows[i]
+		}
+	}
+	if f == nil {
+		return
+	}
+	fmt.Fprintf(w, "\nheadline (medians; generator: %s), each gate beside fwknopd (%d/%d valid packets opened within 1 s):\n",
+		res.Generator, f.opened, f.attempts)
+	for _, k := range rows {
+		if k.gate == nameFwknopd || k.handled.N == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "  %s: %.2f× less receiver CPU per packet than fwknopd, %.2f× packets/s handled, %.2f× SPA packets examined/s; opened within 1 s %d/%d\n",
+			k.gate, f.total.Median/k.total.Median, k.handled.Median/f.handled.Median, k.processed.Median/f.processed.Median, k.opened, k.attempts)
 	}
 }

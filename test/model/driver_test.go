@@ -2,6 +2,7 @@ package model_test
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -52,14 +53,20 @@ var (
 // step is one thing that happens: data, so a failing run can be printed
 // and replayed.
 type step struct {
-	Kind    string        // in, out, time, set, grant, revoke, keys
+	Kind    string        // in, out, time, set, grant, revoke, keys, fwknop-keys, fwknop-grant
 	Frame   []byte        // in, out
 	What    string        // a description of the frame
-	D       time.Duration // time: how far the clocks move; grant: for how long
-	Addr    netip.Addr    // grant, revoke
+	D       time.Duration // time: how far the clocks move; grant, fwknop-grant: for how long
+	Addr    netip.Addr    // grant, revoke, fwknop-grant
 	Service string        // grant, revoke ("": every service)
 	Cfg     maps.Config   // set
-	Keys    []int         // keys: indexes into the scenario's keys
+	Keys    []int         // keys, fwknop-keys: indexes into the scenario's keys
+	// fwknop-grant: the stanza, the services with their ports, and
+	// whether run read a configuration older than the one in force.
+	Stanza uint32
+	Grants []fwknopGrantOf
+	Stale  bool
+	Until  time.Time // fwknop-fleet: until when the fleet keeps the datagram (in Frame)
 }
 
 func (s step) String() string {
@@ -74,8 +81,12 @@ func (s step) String() string {
 		return fmt.Sprintf("grant %s %s for %s", s.Addr, s.Service, s.D)
 	case "revoke":
 		return fmt.Sprintf("revoke %s %q", s.Addr, s.Service)
-	case "keys":
-		return fmt.Sprintf("keys %v", s.Keys)
+	case "keys", "fwknop-keys":
+		return fmt.Sprintf("%s %v", s.Kind, s.Keys)
+	case "fwknop-fleet":
+		return fmt.Sprintf("fwknop-fleet %q until %d", s.Frame, s.Until.Unix())
+	case "fwknop-grant":
+		return fmt.Sprintf("fwknop-grant %s stanza %d for %s %+v stale %v", s.Addr, s.Stanza, s.D, s.Grants, s.Stale)
 	}
 	return s.Kind
 }
@@ -101,6 +112,7 @@ type scenario struct {
 	slotKey [2]uint64
 	pool    []netip.Addr
 	keys    []spa.Key
+	fwknop  []fwknopKey
 	allow   netip.Prefix
 	steps   []step
 }
@@ -119,6 +131,11 @@ type gen struct {
 	// opened are sources the generator granted something, or sent what
 	// may have: probes come from them half the time.
 	opened []netip.Addr
+	// fwknopSent are the last fwknop datagrams sent that a key of the
+	// gate's may have verified: replays are made of them.
+	fwknopSent [][]byte
+	// pending are steps to come next (run's grant after a datagram).
+	pending []step
 }
 
 type knocking struct {
@@ -165,13 +182,14 @@ func newScenario(seed uint64, n int) *scenario {
 		}
 		sc.keys = append(sc.keys, k)
 	}
+	sc.fwknop = newFwknopKeys(r)
 	g := &gen{r: r, sc: sc, tai: startTAI, knocking: map[netip.Addr]knocking{}}
 	cfg := g.config()
 	for cfg.Policy.SPAPort == 0 || len(cfg.Policy.Default().Sequence) == 0 {
 		cfg = g.config() // start with both ways in
 	}
 	cfg.SlotKey = sc.slotKey
-	sc.steps = append(sc.steps, step{Kind: "set", Cfg: cfg}, g.keys(true))
+	sc.steps = append(sc.steps, step{Kind: "set", Cfg: cfg}, g.keys(true), step{Kind: "fwknop-keys", Keys: r.Perm(fwknopKeys - 1)})
 	for len(sc.steps) < n {
 		sc.steps = append(sc.steps, g.step())
 	}
@@ -347,6 +365,11 @@ func (g *gen) service() string {
 
 func (g *gen) step() step {
 	r := g.r
+	if len(g.pending) > 0 {
+		s := g.pending[0]
+		g.pending = g.pending[1:]
+		return s
+	}
 	switch n := r.IntN(100); {
 	case n < 50:
 		return g.inbound()
@@ -370,8 +393,12 @@ func (g *gen) step() step {
 			s.Service = g.service()
 		}
 		return s
-	default:
+	case n < 98:
 		return g.keys(false)
+	case n < 99:
+		return g.fwknopKeysStep()
+	default:
+		return g.fwknopFleet()
 	}
 }
 
@@ -468,10 +495,13 @@ func (g *gen) inbound() step {
 		f = packet.UDP(src, dst, g.pick([]uint16{40000, 53, 67, 547}), probe[r.IntN(len(probe))].Num)
 		f.Payload = []byte("knock")
 		what = fmt.Sprintf("udp %s:%d > %d", src, f.SrcPort, f.DstPort)
-	case n < 80:
+	case n < 71:
 		f = packet.UDP(src, dst, 40000, spaPort)
 		f.Payload, what = g.spaPayload(src)
 		g.open(src)
+	case n < 80:
+		f = packet.UDP(src, dst, 40000, spaPort)
+		f.Payload, what = g.fwknopPayload(src)
 	case n < 88:
 		// An ICMP error from a pool source quoting a packet the gate sent.
 		q := packet.TCP(dst, src, g.pick([]uint16{22, 443, 40000}), g.pick([]uint16{40000, 40001}), packet.SYN|packet.ACK)
@@ -620,6 +650,7 @@ type harness struct {
 	objs  *loader.Objects
 	set   *maps.Set
 	rd    *ringbuf.Reader
+	fwrd  *ringbuf.Reader // the fwknop ring: what run would read
 	m     *model.Gate
 	clk   model.Clock
 	hints []byte // the hints map, mapped (it is mmapable): read in place
@@ -630,7 +661,9 @@ type harness struct {
 	// allow trie, which only the Go side writes (or cleared a knock slot
 	// from Go: a revoke).
 	checkKeys, checkAllow, checkSlots bool
-	steps                             int
+	// checkFwknop: the step may have added to the fwknop replay map.
+	checkFwknop bool
+	steps       int
 }
 
 func newHarness(t testing.TB, sc *scenario) *harness {
@@ -642,6 +675,9 @@ func newHarness(t testing.TB, sc *scenario) *harness {
 	h.set.NoGraceWait = true
 	h.m = model.New(objs.Knocks.MaxEntries(), objs.Flows.MaxEntries(), burst)
 	if h.rd, err = ringbuf.NewReader(objs.Events); err != nil {
+		t.Fatal(err)
+	}
+	if h.fwrd, err = ringbuf.NewReader(objs.FwknopRing); err != nil {
 		t.Fatal(err)
 	}
 	// An array's elements are 8 bytes apart, whatever their size.
@@ -664,6 +700,7 @@ func newHarness(t testing.TB, sc *scenario) *harness {
 func (h *harness) close() {
 	unix.Munmap(h.hints)
 	h.rd.Close()
+	h.fwrd.Close()
 	h.objs.Close()
 }
 
@@ -686,6 +723,7 @@ func (h *harness) apply(s step) (got, want uint32, err error) {
 	h.steps++
 	h.checkKeys, h.checkAllow = s.Kind == "keys" || s.Kind == "set", s.Kind == "set"
 	h.checkSlots = s.Kind == "revoke"
+	h.checkFwknop = s.Kind == "in" || s.Kind == "fwknop-fleet" || h.steps%64 == 0
 	agree := func(prog, mod error) error {
 		if (prog == nil) != (mod == nil) {
 			return fmt.Errorf("program side: %v; model: %v", prog, mod)
@@ -719,8 +757,75 @@ func (h *harness) apply(s step) (got, want uint32, err error) {
 			keys = append(keys, h.sc.keys[i])
 		}
 		err = agree(h.set.SetSPAKeys(keys), h.m.SetKeys(keys))
+	case "fwknop-keys":
+		var keys []maps.FwknopKey
+		var macs [][]byte
+		for _, i := range s.Keys {
+			keys = append(keys, maps.FwknopKey{HMACKey: h.sc.fwknop[i].mac, Name: fmt.Sprint(i + 1)})
+			macs = append(macs, h.sc.fwknop[i].mac)
+		}
+		err = h.set.SetFwknopKeys(keys)
+		h.m.SetFwknopKeys(macs)
+	case "fwknop-grant":
+		got, want, err = h.fwknopGrant(s)
+	case "fwknop-fleet":
+		// The digest from the datagram's text, by the standard library.
+		tag := string(s.Frame[len(s.Frame)-43:])
+		var d maps.FwknopDigest
+		if _, err := base64.RawStdEncoding.Decode(d[:], []byte(tag)); err != nil {
+			return 0, 0, err
+		}
+		added, perr := h.set.FwknopRemember(d, s.Until)
+		if perr != nil {
+			return 0, 0, perr
+		}
+		if madded := h.m.FwknopRemember(tag, s.Until.Unix()); added != madded {
+			err = fmt.Errorf("fwknop-fleet: the program's map added %v, the model's %v", added, madded)
+		}
 	}
 	return got, want, err
+}
+
+// fwknopGrant asks both for the grant run would ask of fwknop_grant: the
+// services by their indices under the configuration in force (a name it
+// lacks skipped, as run skips it), under its generation or, stale, another.
+// The verdicts are how many each granted, or 1000 when it refused the
+// generation.
+func (h *harness) fwknopGrant(s step) (got, want uint32, err error) {
+	fg := &maps.FwknopGrant{Addr: s.Addr, Stanza: int(s.Stanza), Open: s.D, Generation: h.m.Cfg.Generation, Services: map[int]maps.Port{}}
+	req := model.FwknopGrantReq{Addr: maps.Key(s.Addr).Addr, Stanza: s.Stanza, Open: uint64(s.D), Generation: fg.Generation,
+		Services: map[int]model.FwknopPort{}}
+	if s.Stale {
+		fg.Generation--
+		req.Generation--
+	}
+	for _, x := range s.Grants {
+		i := x.Index
+		if x.Service != "" {
+			var ok bool
+			if i, ok = h.m.Cfg.Index[x.Service]; !ok {
+				continue
+			}
+		}
+		fg.Services[i] = x.Port
+		req.Services[i] = model.FwknopPort{Num: x.Port.Num, Proto: uint8(x.Port.Proto)}
+	}
+	const refused = 1000
+	n, perr := maps.RunFwknopGrant(h.objs.FwknopGrant, fg)
+	switch {
+	case errors.Is(perr, maps.ErrStaleGeneration):
+		got = refused
+	case perr != nil:
+		return 0, 0, perr
+	default:
+		got = uint32(n)
+	}
+	m, stale := h.m.FwknopGrant(req)
+	want = uint32(m)
+	if stale {
+		want = refused
+	}
+	return got, want, nil
 }
 
 // writeConfig installs cfg (without waiting for RCU grace periods: see
@@ -796,10 +901,13 @@ func (h *harness) compare() string {
 			return err.Error()
 		}
 		evs = append(evs, model.Event{Type: maps.EventTypeNames[bpf.KnockgateEventType(raw.Type)], Addr: raw.Addr, Port: raw.Port,
-			Proto: raw.Proto, Stage: raw.Stage, Service: raw.Service, KeyID: raw.KeyId, Time: raw.TimeNs, Expires: raw.ExpiresNs})
+			Proto: raw.Proto, Stage: raw.Stage, Service: raw.Service, KeyID: raw.KeyId, Fwknop: raw.Fwknop != 0, Time: raw.TimeNs, Expires: raw.ExpiresNs})
 	}
 	if want := h.m.TakeEvents(); !slices.Equal(evs, want) {
 		add("events: program %+v, model %+v", evs, want)
+	}
+	if d := h.compareFwknop(); d != "" {
+		add("%s", d)
 	}
 
 	var tags []byte
@@ -1083,7 +1191,7 @@ func shrink(t testing.TB, sc *scenario, at int) *scenario {
 	cur := *sc
 	cur.steps = slices.Clone(sc.steps[:at+1])
 	deadline := time.Now().Add(time.Minute)
-	const keep = 2 // the first two steps make the gate
+	const keep = 3 // the first three steps make the gate
 	for size := (len(cur.steps) - keep) / 2; size >= 1 && time.Now().Before(deadline); size /= 2 {
 		for i := keep; i+size <= len(cur.steps)-1 && time.Now().Before(deadline); {
 			cand := cur
@@ -1176,4 +1284,58 @@ func FuzzDatapath(f *testing.F) {
 			report(t, seed, sc, at, diff)
 		}
 	})
+}
+
+// compareFwknop says how the fwknop datagrams the program handed over on
+// its ring, and (after the steps that may add to it) its replay map,
+// differ from the model's.
+func (h *harness) compareFwknop() string {
+	var diffs []string
+	add := func(format string, args ...any) { diffs = append(diffs, fmt.Sprintf(format, args...)) }
+	var got []model.FwknopRecord
+	h.fwrd.SetDeadline(time.Now())
+	for {
+		rec, err := h.fwrd.Read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			break
+		}
+		if err != nil {
+			return err.Error()
+		}
+		var raw bpf.KnockgateFwknopRecord
+		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &raw); err != nil {
+			return err.Error()
+		}
+		if raw.Ifindex != 1 || int(raw.Len) > len(raw.Data) {
+			add("fwknop record: ifindex %d (test runs come in on loopback), %d bytes", raw.Ifindex, raw.Len)
+			continue
+		}
+		got = append(got, model.FwknopRecord{Time: raw.TimeNs, Src: raw.Src, Dst: raw.Dst, Key: int(raw.Key), Data: raw.Data[:raw.Len]})
+	}
+	want := h.m.TakeFwknop()
+	if !reflect.DeepEqual(got, want) && (len(got) > 0 || len(want) > 0) {
+		add("fwknop records: program %+v, model %+v", got, want)
+	}
+	if !h.checkFwknop {
+		return strings.Join(diffs, "\n")
+	}
+	seen := map[string]model.FwknopSeen{}
+	var d bpf.KnockgateFwknopDigest
+	var v bpf.KnockgateFwknopSeen
+	it := h.objs.FwknopReplay.Iterate()
+	for it.Next(&d, &v) {
+		seen[base64.RawStdEncoding.EncodeToString(d.B[:])] = model.FwknopSeen{At: v.SeenNs, KeepUntil: v.KeepUntil}
+	}
+	if err := it.Err(); err != nil {
+		return err.Error()
+	}
+	wantSeen := map[string]model.FwknopSeen{}
+	for tag, s := range h.m.FwknopSeen {
+		s.Src = model.Addr{} // the map does not hold it
+		wantSeen[tag] = s
+	}
+	if !reflect.DeepEqual(seen, wantSeen) {
+		add("fwknop replay map: program %v, model %v", seen, wantSeen)
+	}
+	return strings.Join(diffs, "\n")
 }

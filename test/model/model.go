@@ -67,8 +67,9 @@ type Event struct {
 	Port          uint16
 	Proto         uint8
 	Stage         uint8
-	Service       uint8 // granted, expired, or whose sequence is knocked
-	KeyID         uint32
+	Service       uint8  // granted, expired, or whose sequence is knocked
+	KeyID         uint32 // an SPA key's id, or an fwknop stanza's number
+	Fwknop        bool   // an open by an fwknop datagram
 	Time, Expires uint64
 }
 
@@ -106,6 +107,13 @@ type Gate struct {
 	budgetNext      uint64 // the knock/reset event budget (one CPU)
 	// byIndex are Cfg's services by index.
 	byIndex [MaxServices]*policy.Service
+	// FwknopKeys are the fwknop HMAC keys the program tries, in order;
+	// FwknopSeen the datagrams it handed over, by their HMAC's text (a
+	// datagram goes once, ever); FwknopOut those on their way to run, not
+	// yet read.
+	FwknopKeys [][]byte
+	FwknopSeen map[string]FwknopSeen
+	FwknopOut  []FwknopRecord
 	// Paths counts how often each rule about services decided something:
 	// what a run of random steps reached.
 	Paths map[string]uint64
@@ -125,6 +133,7 @@ func New(knockSlots, flowSlots uint32, burst uint32) *Gate {
 		Last:       map[uint32]uint64{},
 		Counters:   map[string]uint64{},
 		EventBurst: uint64(burst),
+		FwknopSeen: map[string]FwknopSeen{},
 		Paths:      map[string]uint64{},
 	}
 }
@@ -327,7 +336,13 @@ func (g *Gate) Ingress(frame []byte) uint32 {
 		return g.verdict("dropped_protected")
 	}
 	if p.Proto == protoUDP && cfg.Policy.SPAPort != 0 && p.Dport == cfg.Policy.SPAPort {
-		g.spa(&p)
+		// Two forms on one port, told apart by length: knockgate's
+		// binary datagrams, fwknop's base64 text.
+		if fwknopForm(&p) {
+			g.fwknop(&p)
+		} else {
+			g.spa(&p)
+		}
 		return g.verdict("dropped_spa")
 	}
 	bare := p.Flags & (tcpSYN | tcpACK | tcpRST | tcpFIN)

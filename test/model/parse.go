@@ -1,8 +1,9 @@
 // Package model is the reference model of knockgate's datapath: what the
 // XDP and egress programs must do with each packet, written from README's
 // rules ("How the gate behaves", "Flows and --protect all", "Single-packet
-// authorization") as plain Go over plain state, so that it reads as their
-// specification. It is used only by tests, which run the same scenarios
+// authorization", "fwknop clients": what the program decides in XDP and
+// the fwknop_grant program run grants through) as plain Go over plain
+// state, so that it reads as their specification. It is used only by tests, which run the same scenarios
 // through the model and the real program and compare verdicts, counters,
 // events and map contents after every step.
 package model

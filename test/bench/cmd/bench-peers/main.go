@@ -73,7 +73,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.UnderFlood, "under-flood", 30, "clients per gap that knock during a first-knock flood")
 	fs.Float64SliceVar(&o.FloodRates, "flood-rates", []float64{0, 500_000},
 		"rates of that first-knock flood, frames a second (0: as fast as the sender goes)")
-	fs.IntVar(&so.Rounds, "spa-rounds", -1, "rounds of the SPA benchmark (knockgate spa, fwknopd under forged SPA floods); -1: --rounds; 0: none")
+	fs.IntVar(&so.Rounds, "spa-rounds", -1, "rounds of the SPA benchmark (knockgate spa, knockgate fwknop 1 key and 16 keys, fwknopd under forged SPA floods); -1: --rounds; 0: none")
 	fs.IntVar(&so.Attempts, "spa-attempts", 10, "valid SPA packets sent during each forged flood")
 	fs.IntVar(&so.FwknopdDispatch, "fwknopd-dispatch", 10000, "fwknopd's PCAP_DISPATCH_COUNT (Debian's default: 100)")
 	fs.IntVar(&so.FwknopdSleep, "fwknopd-sleep", 1000, "fwknopd's PCAP_LOOP_SLEEP in µs (Debian's default: 100000)")
