@@ -872,10 +872,7 @@ func (f *Fleet) syncLoop(ctx context.Context, every time.Duration) {
 		case <-t.C:
 			f.sync(ctx)
 		case <-f.wake:
-			f.pubMu.Lock()
-			pubs, ask := f.pubs, f.syncAsk
-			f.pubs, f.syncAsk = map[Grant]time.Time{}, false
-			f.pubMu.Unlock()
+			pubs, ask := f.takePubs()
 			if ask {
 				f.sync(ctx) // (what pubs has is in the map it reads)
 			} else {
@@ -916,14 +913,49 @@ func (f *Fleet) poke() {
 	}
 }
 
+// takePubs takes what Publish and Sync asked for since the last take.
+func (f *Fleet) takePubs() (pubs map[Grant]time.Time, sync bool) {
+	f.pubMu.Lock()
+	defer f.pubMu.Unlock()
+	pubs, sync = f.pubs, f.syncAsk
+	if len(pubs) > 0 {
+		f.pubs = map[Grant]time.Time{}
+	}
+	f.syncAsk = false
+	return pubs, sync
+}
+
 // publishNow writes the grants Publish was told of that the bucket does
-// not have yet (as far as this member knows), the state file first.
+// not have yet (as far as this member knows), the state file first, and
+// those it is told of while they are on their way: a burst of events keeps
+// the pipeline full. A Sync asked for meanwhile is left for the loop.
 func (f *Fleet) publishNow(ctx context.Context, pubs map[Grant]time.Time) {
 	kvp := f.kv.Load()
 	if kvp == nil || !f.ready.Load() || len(pubs) == 0 {
 		return
 	}
+	more := func() map[Grant]time.Time {
+		f.pubMu.Lock()
+		pubs := f.pubs
+		if len(pubs) > 0 {
+			f.pubs = map[Grant]time.Time{}
+		}
+		f.pubMu.Unlock()
+		return f.unwritten(pubs)
+	}
+	if n := f.putGrants(ctx, *kvp, f.unwritten(pubs), more); n > 0 {
+		f.pending.Store(int64(n)) // the next round tries them again
+	}
+}
+
+// unwritten are the grants of pubs the bucket does not have as late, as
+// far as this member knows; the state file has them first.
+func (f *Fleet) unwritten(pubs map[Grant]time.Time) map[Grant]time.Time {
+	if len(pubs) == 0 {
+		return nil
+	}
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	now := time.Now()
 	puts := make(map[Grant]time.Time, len(pubs))
 	for g, exp := range pubs {
@@ -935,10 +967,7 @@ func (f *Fleet) publishNow(ctx context.Context, pubs map[Grant]time.Time) {
 		}
 	}
 	f.saveState()
-	f.mu.Unlock()
-	if n := f.putGrants(ctx, *kvp, puts); n > 0 {
-		f.pending.Store(int64(n)) // the next round tries them again
-	}
+	return puts
 }
 
 func (f *Fleet) sync(ctx context.Context) {
@@ -1012,7 +1041,7 @@ func (f *Fleet) sync(ctx context.Context) {
 	for _, g := range puts {
 		writes[g] = grants.Expires[g]
 	}
-	pending += f.putGrants(ctx, kv, writes)
+	pending += f.putGrants(ctx, kv, writes, nil)
 	for _, g := range revokes {
 		ctx, cancel := context.WithTimeout(ctx, time.Second)
 		err := kv.Delete(ctx, f.grantKey(g))
@@ -1036,12 +1065,14 @@ func (f *Fleet) sync(ctx context.Context) {
 }
 
 // putGrants writes grants, each until its expiry, in a pipeline of
-// pubWindow writes at once: each expects the key's revision as last seen
-// (none: a key never written), so that none overwrites a later expiry
-// another host wrote meanwhile; one that finds the key moved on is
-// written again by putGrant, which reads it first. It returns how many
-// could not be written (the next round tries them again).
-func (f *Fleet) putGrants(ctx context.Context, kv jetstream.KeyValue, grants map[Grant]time.Time) (pending int) {
+// pubWindow writes at once, and what more (if not nil) gives while they
+// are on their way: each expects the key's revision as last seen (none: a
+// key never written), so that none overwrites a later expiry another host
+// wrote meanwhile; one that finds the key moved on is written again by
+// putGrant, which reads it first. It returns how many could not be
+// written (the next round tries them again).
+func (f *Fleet) putGrants(ctx context.Context, kv jetstream.KeyValue, grants map[Grant]time.Time,
+	more func() map[Grant]time.Time) (pending int) {
 	if len(grants) == 0 {
 		return 0
 	}
@@ -1050,13 +1081,22 @@ func (f *Fleet) putGrants(ctx context.Context, kv jetstream.KeyValue, grants map
 		exp time.Time
 		fut jetstream.PubAckFuture
 	}
-	f.mu.Lock()
-	revs := make(map[Grant]uint64, len(grants))
-	for g := range grants {
-		revs[g] = f.revs[g]
+	type put struct {
+		g   Grant
+		exp time.Time
+		rev uint64
 	}
-	f.mu.Unlock()
-	var again []Grant
+	queue := func(grants map[Grant]time.Time) []put {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		out := make([]put, 0, len(grants))
+		for g, exp := range grants {
+			out = append(out, put{g, exp, f.revs[g]})
+		}
+		return out
+	}
+	todo := queue(grants)
+	var again []put
 	done := func(w write) {
 		select {
 		case ack := <-w.fut.Ok():
@@ -1070,7 +1110,7 @@ func (f *Fleet) putGrants(ctx context.Context, kv jetstream.KeyValue, grants map
 		case err := <-w.fut.Err():
 			var apiErr *jetstream.APIError
 			if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
-				again = append(again, w.g)
+				again = append(again, put{g: w.g, exp: w.exp})
 				return
 			}
 			f.fail(fmt.Errorf("write grant of %s: %w", w.g, err))
@@ -1080,31 +1120,37 @@ func (f *Fleet) putGrants(ctx context.Context, kv jetstream.KeyValue, grants map
 		}
 	}
 	var flight []write
-	for g, exp := range grants {
-		data, err := json.Marshal(record{Version: 1, Expires: exp.UnixMilli(), Origin: f.name})
-		if err != nil {
-			pending++
-			continue
+	for len(todo) > 0 || len(flight) > 0 {
+		if len(todo) == 0 && more != nil {
+			if m := more(); len(m) > 0 {
+				todo = queue(m)
+				continue
+			}
 		}
-		fut, err := f.js.PublishAsync("$KV."+Bucket+"."+f.grantKey(g), data,
-			jetstream.WithExpectLastSequencePerSubject(revs[g]), jetstream.WithMsgTTL(time.Until(exp)+f.ttlSlack))
-		if err != nil {
-			f.fail(fmt.Errorf("write grant of %s: %w", g, err))
-			pending++
-			continue
-		}
-		flight = append(flight, write{g, exp, fut})
-		if len(flight) >= pubWindow {
+		if len(todo) == 0 || len(flight) >= pubWindow {
 			done(flight[0])
 			flight = flight[1:]
+			continue
 		}
+		p := todo[0]
+		todo = todo[1:]
+		data, err := json.Marshal(record{Version: 1, Expires: p.exp.UnixMilli(), Origin: f.name})
+		if err != nil {
+			pending++
+			continue
+		}
+		fut, err := f.js.PublishAsync("$KV."+Bucket+"."+f.grantKey(p.g), data,
+			jetstream.WithExpectLastSequencePerSubject(p.rev), jetstream.WithMsgTTL(time.Until(p.exp)+f.ttlSlack))
+		if err != nil {
+			f.fail(fmt.Errorf("write grant of %s: %w", p.g, err))
+			pending++
+			continue
+		}
+		flight = append(flight, write{p.g, p.exp, fut})
 	}
-	for _, w := range flight {
-		done(w)
-	}
-	for _, g := range again {
-		if err := f.putGrant(ctx, kv, g, grants[g]); err != nil {
-			f.fail(fmt.Errorf("write grant of %s: %w", g, err))
+	for _, p := range again {
+		if err := f.putGrant(ctx, kv, p.g, p.exp); err != nil {
+			f.fail(fmt.Errorf("write grant of %s: %w", p.g, err))
 			pending++
 		}
 	}
