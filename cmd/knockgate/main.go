@@ -61,6 +61,7 @@ func commands() []*command {
 		revokeCommand(),
 		detachCommand(),
 		runCommand(),
+		importCommand(),
 		knockCommand(),
 		keygenCommand(),
 		versionCommand(),

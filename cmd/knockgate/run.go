@@ -103,8 +103,11 @@ func printHooks(e *env, s *config.Settings, p *policy.Policy) {
 			argv []string
 		}{{"on_open", h.OnOpen}, {"on_close", h.OnClose}} {
 			if len(c.argv) > 0 {
-				b, _ := json.Marshal(c.argv)
-				parts = append(parts, c.name+" "+string(b))
+				var b strings.Builder
+				enc := json.NewEncoder(&b)
+				enc.SetEscapeHTML(false)
+				enc.Encode(c.argv)
+				parts = append(parts, c.name+" "+strings.TrimSpace(b.String()))
 			}
 		}
 		if h.Fleet {
