@@ -105,19 +105,26 @@ func TestAllowListFollowsTheConfiguration(t *testing.T) {
 // it (maps.Set.RefreshClock), as run does when the kernel's offset moves.
 func refreshClock(t *testing.T, g *gate) {
 	t.Helper()
+	g.staleTAIOffset()
+	if changed, err := g.maps.RefreshClock(); err != nil || !changed {
+		t.Fatalf("RefreshClock: %v, %v; want a change", changed, err)
+	}
+}
+
+// staleTAIOffset records in the live configuration a TAI offset an hour
+// off the kernel's, as if the kernel's had moved since it was written.
+func (g *gate) staleTAIOffset() {
+	g.t.Helper()
 	var live uint32
 	if err := g.objs.ConfigSlot.Lookup(uint32(0), &live); err != nil {
-		t.Fatal(err)
+		g.t.Fatal(err)
 	}
 	var raw bpf.KnockgateConfig
 	if err := g.objs.Configs.Lookup(live, &raw); err != nil {
-		t.Fatal(err)
+		g.t.Fatal(err)
 	}
 	raw.TaiOffsetNs += int64(time.Hour)
 	if err := g.objs.Configs.Update(live, &raw, ebpf.UpdateExist); err != nil {
-		t.Fatal(err)
-	}
-	if changed, err := g.maps.RefreshClock(); err != nil || !changed {
-		t.Fatalf("RefreshClock: %v, %v; want a change", changed, err)
+		g.t.Fatal(err)
 	}
 }

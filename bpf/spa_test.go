@@ -317,18 +317,7 @@ func TestSPAReplayStateFromTheFleet(t *testing.T) {
 func TestSPAClockFollowsTAIOffset(t *testing.T) {
 	f := families[0]
 	g := newSPAGate(t, spaConfig())
-	var live uint32
-	if err := g.maps.ConfigSlot.Lookup(uint32(0), &live); err != nil {
-		t.Fatal(err)
-	}
-	var raw bpf.KnockgateConfig
-	if err := g.maps.Configs.Lookup(live, &raw); err != nil {
-		t.Fatal(err)
-	}
-	raw.TaiOffsetNs += int64(time.Hour)
-	if err := g.maps.Configs.Update(live, &raw, ebpf.UpdateExist); err != nil {
-		t.Fatal(err)
-	}
+	g.staleTAIOffset()
 	g.refused("clock an hour off", f, f.src, f.spaFrame(f.src, spaPayload(&plainKey, time.Now(), netip.Addr{})).Bytes(), "spa_clock")
 	changed, err := g.maps.RefreshClock()
 	if err != nil || !changed {
