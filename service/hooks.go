@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/knockgate/knockgate/config"
 )
 
@@ -111,6 +113,38 @@ func lookupHookUser(name string) (hookUser, error) {
 	return hu, nil
 }
 
+// hookCaps are the capabilities run needs to run hooks as another user:
+// to become it, and to kill its commands at hook_timeout.
+var hookCaps = []struct {
+	bit  int
+	name string
+}{{unix.CAP_SETUID, "CAP_SETUID"}, {unix.CAP_SETGID, "CAP_SETGID"}, {unix.CAP_KILL, "CAP_KILL"}}
+
+// checkHookCaps says which of hookCaps run lacks to run hooks as u: every
+// hook would otherwise fail, one by one, long after the start. (A user
+// that is run's own needs none.)
+func checkHookCaps(u hookUser) error {
+	if u.cred == nil {
+		return nil
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("hook_user %s: read run's capabilities: %w", u.name, err)
+	}
+	var missing []string
+	for _, c := range hookCaps {
+		if data[c.bit/32].Effective&(1<<(c.bit%32)) == 0 {
+			missing = append(missing, c.name)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("hook_user %s: running hooks as another user needs %s, which run lacks (the unit's CapabilityBoundingSet keeps them)",
+			u.name, strings.Join(missing, ", "))
+	}
+	return nil
+}
+
 // hookLimits are the runner's settings in force.
 type hookLimits struct {
 	user                   hookUser
@@ -151,6 +185,9 @@ func (r *hookRunner) configure(s *config.Settings) error {
 		// package (and its user) is not installed.
 		var err error
 		if u, err = lookupHookUser(s.HookUser); err != nil {
+			return err
+		}
+		if err := checkHookCaps(u); err != nil {
 			return err
 		}
 	}

@@ -365,7 +365,11 @@ func (svc *service) reload() error {
 		return errors.New("the [fleet] table changed: restart run to apply it")
 	}
 	if next.AnyHooks() {
-		if _, err := lookupHookUser(next.HookUser); err != nil {
+		u, err := lookupHookUser(next.HookUser)
+		if err != nil {
+			return err
+		}
+		if err := checkHookCaps(u); err != nil {
 			return err
 		}
 	}

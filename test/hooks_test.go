@@ -585,3 +585,92 @@ on_close = [%q, "close", "{gate}", "{service}", "{source}", "{reason}"]
 		t.Errorf("%d hook runs, want 7 (2 on_open on host a, web's on 2 hosts, web's on_close on 3): %v", n, rec.records())
 	}
 }
+
+// unitCaps are the capabilities service/knockgate.service keeps
+// (CapabilityBoundingSet), as setpriv names them: "bpf", "setuid", ...
+func unitCaps(t *testing.T) []string {
+	t.Helper()
+	b, err := os.ReadFile("../service/knockgate.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "CapabilityBoundingSet="); ok {
+			var caps []string
+			for _, c := range strings.Fields(v) {
+				caps = append(caps, strings.ToLower(strings.TrimPrefix(c, "CAP_")))
+			}
+			return caps
+		}
+	}
+	t.Fatal("service/knockgate.service has no CapabilityBoundingSet")
+	return nil
+}
+
+// setprivWith is the setpriv command line that keeps only caps, as the
+// unit does.
+func setprivWith(caps []string) []string {
+	return []string{"setpriv", "--bounding-set", "-all,+" + strings.Join(caps, ",+"), "--inh-caps", "-all", "--no-new-privs"}
+}
+
+// With only the capabilities the unit keeps, the hooks run as hook_user
+// and one that hangs is killed at its timeout; without CAP_SETUID, run
+// refuses to start, saying so, before it touches anything.
+func TestHooksWithUnitCapabilities(t *testing.T) {
+	netns.Require(t, "ip", "nsenter", "setpriv")
+	t.Parallel()
+	g := newGate(t)
+	rec := newHookRecorder(t)
+	dir := hookDir(t)
+	pidFile := filepath.Join(dir, "sleeper")
+	path := g.configPath()
+	os.WriteFile(path, []byte(fmt.Sprintf(`interfaces = [%q]
+protect = "22"
+metrics = "127.0.0.1:9746"
+hook_user = %q
+hook_timeout = "1s"
+on_open = [%q, "open", "{source}"]
+on_close = ["/bin/sh", "-c", "sleep 300 & echo $! > %s; wait"]
+`, g.iface, hookUser, rec.script, pidFile)), 0o644)
+	caps := unitCaps(t)
+
+	var less []string
+	for _, c := range caps {
+		if c != "setuid" {
+			less = append(less, c)
+		}
+	}
+	cmdline := append(setprivWith(less), kgBin, "run", "--config", path)
+	r := run(t, g.srv.Cmd(cmdline[0], cmdline[1:]...))
+	if r.code != 1 || !strings.Contains(r.stderr, "hook_user "+hookUser+": running hooks as another user needs CAP_SETUID, which run lacks") {
+		t.Errorf("run without CAP_SETUID: %s, want exit 1 saying what is missing", r)
+	}
+	if g.xdpProg() != 0 {
+		t.Error("run without CAP_SETUID attached a program")
+	}
+	g.assertNoPins(g.iface)
+
+	s := g.startRunAt(path, setprivWith(caps))
+	g.mustKG(g.srv, "grant", g.iface, cli4.String())
+	if r := rec.waitRecord(10*time.Second, "open", cli4.String()); r.uid != uidOf(t, hookUser) {
+		t.Errorf("on_open under the unit's capabilities: %s, want uid %s", r, uidOf(t, hookUser))
+	}
+	g.mustKG(g.srv, "revoke", g.iface, cli4.String())
+	s.waitLog(30*time.Second, `msg="hook killed: it ran past hook_timeout"`, "event=close", "src="+cli4.String())
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	eventually(t, 10*time.Second, "the hook's child killed with it", func() bool { return syscall.Kill(pid, 0) == syscall.ESRCH })
+	scrape := g.scrape("127.0.0.1:9746")
+	for series, want := range map[string]float64{
+		`knockgate_hook_runs_total{event="open",service="default"}`:      1,
+		`knockgate_hook_failures_total{event="open",service="default"}`:  0,
+		`knockgate_hook_timeouts_total{event="close",service="default"}`: 1,
+	} {
+		if got := metric(scrape, series); got != want {
+			t.Errorf("%s = %v, want %v", series, got, want)
+		}
+	}
+}
