@@ -347,6 +347,10 @@ on_open = [%q]
 		frames[i] = packet.UDP(src, srv4, uint16(20000+i%20000), 9000).Bytes()
 	}
 	g.sendFrames(frames)
+	// A reload while the hooks are full goes through (its bound is
+	// reload's own: 10 s to READY=1).
+	s.reload(strings.Replace(cfg, "hook_max_waiting = 8", "hook_max_waiting = 8\nhook_timeout = \"20s\"", 1))
+	s.waitLog(10*time.Second, "reloaded")
 	var runs, dropped float64
 	eventually(t, 120*time.Second, "every grant's on_open run or dropped", func() bool {
 		scrape := g.scrape("127.0.0.1:9746")
