@@ -79,7 +79,7 @@ bench-peers: deps
 # latency p50/p99, grants a second of a burst of 10 000, CPU and heap per
 # server at rest; of FLEET_BASE (default: the fleet before grants were
 # published on events) and of this tree, in turn, FLEET_ROUNDS rounds:
-# before/after figures from one session. About 1.5 minutes a round.
+# before/after figures from one session. About 40 s a round here.
 FLEET_BASE ?= b63c966
 FLEET_ROUNDS ?= 3
 bench-fleet:
