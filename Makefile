@@ -92,9 +92,14 @@ bench-scale: deps
 	$(GO) run ./test/bench/cmd/bench-scale $(BENCH_SCALE_FLAGS)
 
 # A fleet of three embedded NATS servers on 127.0.0.1: grant propagation
-# latency p50/p99, grants a second, CPU and heap per server at rest.
+# latency p50/p99, grants a second of a burst of 10 000, CPU and heap per
+# server at rest; of FLEET_BASE (default: the fleet before grants were
+# published on events) and of this tree, in turn, FLEET_ROUNDS rounds:
+# before/after figures from one session. About 40 s a round here.
+FLEET_BASE ?= b63c966
+FLEET_ROUNDS ?= 3
 bench-fleet:
-	$(GO) test -run '^$$' -bench Fleet -benchtime 1x -count 3 ./fleet/
+	./fleet/bench.sh $(FLEET_BASE) $(FLEET_ROUNDS)
 
 # Seconds-long runs of bench-peers and bench-scale, for CI: they must keep
 # building and working.

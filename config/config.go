@@ -58,6 +58,16 @@ type Settings struct {
 	FwknopAccessFile string
 	Fwknop           *fwknop.Access
 	FwknopWindow     time.Duration
+	// Hooks are each service's commands on its grants, by service name
+	// (the top level's are default's); run's alone, not the gate's.
+	Hooks map[string]*Hooks
+	// HookUser runs the hooks; HookTimeout ends each that runs longer;
+	// at most HookMaxRunning run at once and HookMaxWaiting wait for
+	// their turn (the rest are dropped, logged and counted).
+	HookUser       string
+	HookTimeout    time.Duration
+	HookMaxRunning uint32
+	HookMaxWaiting uint32
 }
 
 // service is the service the top-level options configure, default; made
@@ -89,7 +99,7 @@ func NewService(name string) policy.Service {
 	svc := policy.Service{Name: name}
 	for i := range Options {
 		if o := &Options[i]; o.In&Named != 0 && o.ServiceDefault != "" {
-			if err := o.own(&svc).Set(o.ServiceDefault); err != nil {
+			if err := o.own(nil, &svc).Set(o.ServiceDefault); err != nil {
 				panic(fmt.Sprintf("service default of --%s: %v", o.Name, err))
 			}
 		}
@@ -160,10 +170,11 @@ type Option struct {
 	// service it configures.
 	value func(s *Settings, svc *policy.Service) value
 	// own binds the parser of an option In Named to its place in a named
-	// service (set by init from value for the service's own options; allow
-	// sets it: in a service it is the service's own list, not the gate's),
-	// and ownSetting is the policy's setting it sets there.
-	own        func(svc *policy.Service) value
+	// service (set by init from value for the service's own options and
+	// run's options of a service, the hooks; allow sets it: in a service it
+	// is the service's own list, not the gate's), and ownSetting is the
+	// policy's setting it sets there (nil for run's options).
+	own        func(s *Settings, svc *policy.Service) value
 	ownSetting *policy.Setting[policy.Service]
 	// repeat: as a flag, the option may be given again, each value adding
 	// to the list.
@@ -234,17 +245,17 @@ var Options = []Option{
 		value: func(_ *Settings, svc *policy.Service) value { return &durationValue{&svc.Open} },
 		show: &show{label: "open", status: true,
 			text: func(_ *policy.Policy, svc *policy.Service) string { return svc.Open.String() }}},
-	{Name: "protect", Arg: "PORTS|all", In: Attach | Set | File | Named, Default: "22", ServiceRequired: true, Usage: "`PORTS` closed to sources without a grant (all: every TCP and UDP port)",
+	{Name: "protect", Arg: "PORTS|all", In: Attach | Set | File | Named, Default: "22", ServiceRequired: true, Usage: "`PORTS` closed to sources without a grant (all: every TCP and UDP port; none: no port, the grants only run the service's hooks)",
 		scope: serviceScope,
 		value: func(_ *Settings, svc *policy.Service) value { return &protectValue{&svc.Protect, &svc.ProtectAll} },
 		show: &show{label: "protecting", status: true,
 			text: func(_ *policy.Policy, svc *policy.Service) string {
-				return policy.FormatProtect(svc.Protect, svc.ProtectAll)
+				return formatProtect(svc.Protect, svc.ProtectAll)
 			}}},
 	{Name: "allow", Arg: "CIDR,...", In: Attach | Set | File | Named, Usage: "`CIDRS` that may always reach protected ports, of every service (repeatable; with --service: of that service only)",
 		scope: gateScope, repeat: true,
 		value: func(s *Settings, _ *policy.Service) value { return &prefixesValue{&s.Policy.Allow} },
-		own:   func(svc *policy.Service) value { return &prefixesValue{&svc.Allow} },
+		own:   func(_ *Settings, svc *policy.Service) value { return &prefixesValue{&svc.Allow} },
 		show: &show{label: "allowing", status: true,
 			text: func(p *policy.Policy, _ *policy.Service) string { return policy.FormatCIDRs(p.Allow) },
 			own:  func(svc *policy.Service) string { return policy.FormatCIDRs(svc.Allow) }}},
@@ -327,6 +338,20 @@ var Options = []Option{
 		value: func(s *Settings, _ *policy.Service) value {
 			return &choiceValue{&s.LogFormat, []string{"text", "json"}}
 		}},
+	{Name: "on-open", In: File | Named, Usage: "run `ARGV` (an array: the command, then its arguments; no shell) when a grant of the service is made",
+		value: func(s *Settings, svc *policy.Service) value { return &argvValue{&s.hooksOf(svc.Name).OnOpen} }},
+	{Name: "on-close", In: File | Named, Usage: "run `ARGV` when a grant of the service ends (it expired, or was revoked)",
+		value: func(s *Settings, svc *policy.Service) value { return &argvValue{&s.hooksOf(svc.Name).OnClose} }},
+	{Name: "fleet-hooks", In: File | Named, Usage: "run on_open and on_close for the grants other hosts of the fleet make too",
+		value: func(s *Settings, svc *policy.Service) value { return &boolValue{&s.hooksOf(svc.Name).Fleet} }},
+	{Name: "hook-user", In: File, Default: DefaultHookUser, Usage: "run the hooks as `USER` (the package makes the system user knockgate)",
+		value: func(s *Settings, _ *policy.Service) value { return &userValue{&s.HookUser} }},
+	{Name: "hook-timeout", In: File, Default: "30s", Usage: "kill a hook still running after `DURATION`",
+		value: func(s *Settings, _ *policy.Service) value { return &durationValue{&s.HookTimeout} }},
+	{Name: "hook-max-running", In: File, Default: "4", Usage: "run at most `N` hooks at once",
+		value: func(s *Settings, _ *policy.Service) value { return &countValue{&s.HookMaxRunning, 1, 256} }},
+	{Name: "hook-max-waiting", In: File, Default: "256", Usage: "let at most `N` hooks wait for their turn; more are dropped (logged, counted)",
+		value: func(s *Settings, _ *policy.Service) value { return &countValue{&s.HookMaxWaiting, 0, 100000} }},
 }
 
 // Each option of the policy finds its setting there, by name: a name
@@ -344,12 +369,21 @@ func init() {
 			panic("config: option " + o.Name + " names no setting of the policy")
 		}
 		if o.In&Named != 0 {
-			if o.own == nil && o.scope == serviceScope {
-				bind := o.value
-				o.own = func(svc *policy.Service) value { return bind(nil, svc) }
+			bind := o.value
+			switch {
+			case o.own == nil && o.scope == serviceScope:
+				o.own = func(_ *Settings, svc *policy.Service) value { return bind(nil, svc) }
+			case o.own == nil && o.scope == noScope:
+				// run's own setting of each service (its hooks): kept
+				// in the settings by the service's name.
+				o.own = bind
 			}
-			if o.ownSetting = policy.SettingOf(policy.ServiceSettings, o.Name); o.own == nil || o.ownSetting == nil {
+			o.ownSetting = policy.SettingOf(policy.ServiceSettings, o.Name)
+			if o.own == nil || (o.scope != noScope && o.ownSetting == nil) {
 				panic("config: option " + o.Name + " is a named service's, with no setting of a service")
+			}
+			if o.scope == noScope && (o.ownSetting != nil || o.In&(Attach|Set) != 0) {
+				panic("config: option " + o.Name + " is run's, of each service: a file key only, no setting of the policy")
 			}
 		}
 		if o.In&(Attach|Set) != 0 && o.Arg == "" {
@@ -525,7 +559,7 @@ func (f *Flags) Apply(s *Settings) error {
 		}
 		v := o.bind(s)
 		if name != "" && o.In&Named != 0 {
-			v = o.own(s.Service(name))
+			v = o.own(s, s.Service(name))
 		}
 		if vals, ok := f.arrays[o.Name]; ok {
 			// Repeatable: each value adds to the list.

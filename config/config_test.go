@@ -41,7 +41,8 @@ func TestDefaults(t *testing.T) {
 			StepTimeout: time.Minute, Open: 30 * time.Minute, Protect: []policy.Port{tcp(22)}}},
 		Flows: true, FlowIdleTCP: 24 * time.Hour, FlowIdleUDP: 3 * time.Minute, SPAWindow: 30 * time.Second},
 		MaxSources: loader.DefaultMaxSources, Mode: loader.ModeAuto, LogFormat: "text", MaxFlows: loader.DefaultMaxFlows,
-		FwknopWindow: 2 * time.Minute}
+		FwknopWindow: 2 * time.Minute,
+		HookUser:     "knockgate", HookTimeout: 30 * time.Second, HookMaxRunning: 4, HookMaxWaiting: 256}
 	if !reflect.DeepEqual(s, want) {
 		t.Errorf("defaults %+v, want %+v", s, want)
 	}
@@ -160,7 +161,8 @@ log_format = "json"
 		Allow: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")},
 		Flows: true, FlowIdleTCP: 24 * time.Hour, FlowIdleUDP: 3 * time.Minute, SPAWindow: 30 * time.Second},
 		MaxSources: 65536, Mode: loader.ModeAuto, Metrics: "127.0.0.1:9746", LogFormat: "json", MaxFlows: loader.DefaultMaxFlows,
-		FwknopWindow: 2 * time.Minute}
+		FwknopWindow: 2 * time.Minute,
+		HookUser:     "knockgate", HookTimeout: 30 * time.Second, HookMaxRunning: 4, HookMaxWaiting: 256}
 	if !reflect.DeepEqual(s, want) {
 		t.Errorf("parsed %+v\nwant %+v", s, want)
 	}
@@ -175,7 +177,7 @@ func TestFileErrorsNameKeyAndLine(t *testing.T) {
 	for _, tc := range []struct{ file, want string }{
 		{"interfaces = [\"eth0\"]\n\nprotect = \"70000\"\n", "t.toml:3: protect: port 70000 out of range (1-65535)"},
 		{"interfaces = [\"eth0\"]\nsequnce = \"1,2\"\n", "t.toml:2: sequnce: unknown key (did you mean sequence?)"},
-		{"interfaces = [\"eth0\"]\nwhatever = 1\n", "t.toml:2: whatever: unknown key (known: allow, flow_idle_tcp, flow_idle_udp, flows, fwknop_access, fwknop_window, gate, interfaces"},
+		{"interfaces = [\"eth0\"]\nwhatever = 1\n", "t.toml:2: whatever: unknown key (known: allow, fleet_hooks, flow_idle_tcp, flow_idle_udp, flows, fwknop_access, fwknop_window, gate, hook_max_running"},
 		{"interfaces = [\"eth0\"]\nstep-timeout = \"1m\"\n", "t.toml:2: step-timeout: unknown key (did you mean step_timeout?)"},
 		{"interfaces = [\"eth0\"]\nno_grant_self = true\n", "t.toml:2: no_grant_self: unknown key"},
 		{"interfaces = [\"eth0\"]\nmax_sources = -3\n", "t.toml:2: max_sources: -3 out of range"},
@@ -193,7 +195,7 @@ func TestFileErrorsNameKeyAndLine(t *testing.T) {
 		{"interfaces = [\"eth0\"]\n[fleet]\npeers = []\n", "t.toml:2: fleet: give peers (the embedded servers' route addresses) or url"},
 		{"interfaces = [\"eth0\"]\n[fleet]\npeer = [\"a:1\"]\n", "t.toml:2: fleet: unknown key peer"},
 		// Tables and keys the schema does not have, at any depth.
-		{"interfaces = [\"eth0\"]\n\n[services.web.x]\nprotect = \"443\"\n", "t.toml:3: services.web.x: unknown table (a service's keys: sequence, step_timeout, open, protect, allow)"},
+		{"interfaces = [\"eth0\"]\n\n[services.web.x]\nprotect = \"443\"\n", "t.toml:3: services.web.x: unknown table (a service's keys: sequence, step_timeout, open, protect, allow, on_open, on_close, fleet_hooks)"},
 		{"interfaces = [\"eth0\"]\n[foo.bar]\n", "t.toml:2: foo.bar: unknown table (the tables are [services.NAME] and [fleet])"},
 		{"interfaces = [\"eth0\"]\nfoo.bar = 1\n", "t.toml:2: foo.bar: unknown key"},
 		{"interfaces = [\"eth0\"]\n[foo]\nbar = 1\n", "t.toml:2: foo: unknown key"},

@@ -251,7 +251,7 @@ func (s *Settings) decodeServices(path string, md *toml.MetaData, raw map[string
 		}
 		prim := keys[k]
 		out[name].keys[k] = lineOf(md, prim)
-		if err := md.PrimitiveDecode(prim, &decoder{o.own(s.Service(name))}); err != nil {
+		if err := md.PrimitiveDecode(prim, &decoder{o.own(s, s.Service(name))}); err != nil {
 			var pe toml.ParseError
 			if errors.As(err, &pe) {
 				return nil, &FileError{Path: path, Line: pe.Position.Line, Key: key.String(), Err: errors.New(pe.Message)}

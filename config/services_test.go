@@ -82,7 +82,7 @@ func TestServiceFileErrors(t *testing.T) {
 		{head + "[services.web]\nsequence = \"7000\"\n", "t.toml:3: services.web: protect missing: a service needs it"},
 		{head + "[services.web]\nprotect = \"443\"\nsequence = \"7000\"\nopen = \"soon\"\n", `t.toml:6: services.web.open: bad duration "soon"`},
 		{head + "[services.web]\nprotect = \"443\"\nspa_keys = \"/x\"\n", "t.toml:5: services.web.spa_keys: spa_keys is the gate's, not a service's: give it at the top level"},
-		{head + "[services.web]\nprotect = \"443\"\nprotec = \"1\"\n", "t.toml:5: services.web.protec: unknown key (a service's keys: sequence, step_timeout, open, protect, allow)"},
+		{head + "[services.web]\nprotect = \"443\"\nprotec = \"1\"\n", "t.toml:5: services.web.protec: unknown key (a service's keys: sequence, step_timeout, open, protect, allow, on_open, on_close, fleet_hooks)"},
 		{head + "[services.web]\nprotect = \"443\"\n[services.web.open]\nx = 1\n", "t.toml:5: services.web.open: open is a setting, not a table"},
 		{head + "[services.default]\nprotect = \"443\"\n", "t.toml:3: services.default: the service default is the top level"},
 		{head + "[services.Web]\nprotect = \"443\"\n", `t.toml:3: services.Web: service name "Web": use a-z, 0-9`},

@@ -53,7 +53,7 @@ func Merge(p *policy.Policy, s *Settings, given map[string]bool, service string)
 			}
 			svc := policy.Service{Name: service}
 			for i := range Options {
-				if o := &Options[i]; o.In&Named != 0 {
+				if o := &Options[i]; o.In&Named != 0 && o.ownSetting != nil {
 					o.ownSetting.Copy(&svc, src)
 				}
 			}
@@ -67,7 +67,7 @@ func Merge(p *policy.Policy, s *Settings, given map[string]bool, service string)
 			continue
 		}
 		switch {
-		case dst != nil && o.In&Named != 0:
+		case dst != nil && o.In&Named != 0 && o.ownSetting != nil:
 			o.ownSetting.Copy(dst, src)
 		case o.gate != nil:
 			o.gate.Copy(p, &s.Policy)
@@ -143,7 +143,7 @@ func Compare(s *Settings, have *Held, given map[string]bool, service string) []s
 			continue
 		}
 		if ws != nil && o.In&Named != 0 {
-			if hs != nil {
+			if hs != nil && o.ownSetting != nil {
 				if h := o.ownSetting.Text(hs); h != o.ownSetting.Text(ws) {
 					diff = append(diff, "--service "+service+" "+o.flag(h))
 				}

@@ -89,10 +89,24 @@ type protectValue struct {
 }
 
 func (v *protectValue) Type() string   { return "ports" }
-func (v *protectValue) String() string { return policy.FormatProtect(*v.p, *v.all) }
+func (v *protectValue) String() string { return formatProtect(*v.p, *v.all) }
 func (v *protectValue) Set(s string) (err error) {
+	if strings.EqualFold(strings.TrimSpace(s), "none") {
+		// No port: the service's grants only run its hooks (knockd's
+		// sections that wake a host or post a message).
+		*v.p, *v.all = nil, false
+		return nil
+	}
 	*v.p, *v.all, err = policy.ParseProtect(s)
 	return err
+}
+
+// formatProtect is policy.FormatProtect, with "none" for no port.
+func formatProtect(ports []policy.Port, all bool) string {
+	if !all && len(ports) == 0 {
+		return "none"
+	}
+	return policy.FormatProtect(ports, all)
 }
 func (v *protectValue) setTOML(x any) error { return setText(v, x) }
 

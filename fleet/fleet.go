@@ -139,6 +139,20 @@ type Fleet struct {
 	foreign map[Grant]seen
 	absent  map[string]bool
 	log     func(msg string, args ...any)
+	// revs are the keys' revisions as last seen (the watch's records, this
+	// host's own writes): a write made at once expects it, so that a later
+	// expiry written meanwhile is never overwritten.
+	revs map[Grant]uint64
+
+	// What to write at once, taken by the sync loop when woken: grants
+	// (Publish), and a comparison of the whole map (Sync).
+	pubMu   sync.Mutex
+	pubs    map[Grant]time.Time
+	syncAsk bool
+	wake    chan struct{}
+
+	applied func(g Grant, expires time.Time, origin string)
+	revoked func(g Grant)
 
 	// ready: the bucket was read whole and reconciled with the map, so
 	// this member may write.
@@ -169,7 +183,9 @@ type Options struct {
 	Conn     *nats.Conn
 	Server   *Server // the embedded server behind Conn, if any (for its peers)
 	Replicas int     // the bucket's replicas
-	// Interval is how often local changes are looked for (default 100ms).
+	// Interval is how often the whole map is compared with the bucket
+	// (default DefaultInterval): the safety net for what Publish and Sync
+	// are not told of.
 	Interval time.Duration
 	// StateFile keeps what this member last knew of the bucket's grants,
 	// so that after a restart it tells a grant revoked meanwhile from one
@@ -184,23 +200,43 @@ type Options struct {
 	// grants of a service this host lacks are ignored here, once a
 	// service. nil: nothing is said.
 	Log func(msg string, args ...any)
+	// Applied, if set, is told of each grant applied here from the bucket
+	// (origin: the host that wrote it), Revoked of each grant revoked here
+	// because the bucket deleted it. They are called with the member's
+	// lock held: they must not block, or call the member.
+	Applied func(g Grant, expires time.Time, origin string)
+	Revoked func(g Grant)
 }
+
+// DefaultInterval is how often a member compares the whole map with the
+// bucket unless told otherwise. What the host's events show (grants made,
+// revokes made) is written at once, through Publish and Sync: the
+// comparison is there for what they cannot show (an event lost to a full
+// ring buffer, a grant made while run was down).
+const DefaultInterval = time.Second
+
+// pubWindow is how many writes are on their way at once (each waits for
+// the bucket's acknowledgement, which a replicated bucket gives once a
+// quorum has the record): a burst goes out in a pipeline, not one round
+// trip after another.
+const pubWindow = 256
 
 // Join starts sharing: the bucket is made if missing, a watch applies
 // every other host's records here (a snapshot first, then updates), and a
 // loop writes this host's changes.
 func Join(o Options) (*Fleet, error) {
 	if o.Interval == 0 {
-		o.Interval = 100 * time.Millisecond
+		o.Interval = DefaultInterval
 	}
-	js, err := jetstream.New(o.Conn)
+	js, err := jetstream.New(o.Conn, jetstream.WithPublishAsyncMaxPending(4*pubWindow), jetstream.WithPublishAsyncTimeout(5*time.Second))
 	if err != nil {
 		return nil, fmt.Errorf("fleet: jetstream: %w", err)
 	}
 	f := &Fleet{name: o.Name, gate: keyPart(o.Gate), local: o.Local, nc: o.Conn, js: js, srv: o.Server,
 		known: map[Grant]time.Time{}, last: map[uint32]uint64{}, ttlSlack: time.Minute,
 		seen: map[Grant]seen{}, stateFile: o.StateFile, instance: o.Instance,
-		foreign: map[Grant]seen{}, absent: map[string]bool{}, log: o.Log}
+		foreign: map[Grant]seen{}, absent: map[string]bool{}, log: o.Log, revs: map[Grant]uint64{},
+		pubs: map[Grant]time.Time{}, wake: make(chan struct{}, 1), applied: o.Applied, revoked: o.Revoked}
 	if f.log == nil {
 		f.log = func(string, ...any) {}
 	}
@@ -679,6 +715,7 @@ func (f *Fleet) apply(es []jetstream.KeyValueEntry) {
 			}
 			continue
 		}
+		f.revs[g] = e.Revision()
 		if deleted {
 			if _, had := f.known[g]; had {
 				dels = append(dels, g)
@@ -713,6 +750,9 @@ func (f *Fleet) apply(es []jetstream.KeyValueEntry) {
 			if p.origin != f.name {
 				f.received.Add(1)
 			}
+			if f.applied != nil {
+				f.applied(p.g, p.exp, p.origin)
+			}
 		case errors.Is(err, ErrNoService):
 			f.setAside(p.g, seen{Expires: p.exp.UnixMilli(), Rev: p.rev})
 			moved = true
@@ -741,6 +781,9 @@ func (f *Fleet) apply(es []jetstream.KeyValueEntry) {
 		}
 		if f.local.Revoke(g) == nil {
 			f.received.Add(1)
+			if f.revoked != nil {
+				f.revoked(g)
+			}
 		}
 	}
 }
@@ -801,6 +844,9 @@ func (f *Fleet) adopt(services map[string]bool, now time.Time) {
 		switch {
 		case err == nil:
 			f.received.Add(1)
+			if f.applied != nil {
+				f.applied(g, f.known[g], "")
+			}
 		case errors.Is(err, ErrNoService): // gone again meanwhile
 			f.setAside(g, f.seen[g])
 			moved = true
@@ -815,9 +861,11 @@ func (f *Fleet) adopt(services map[string]bool, now time.Time) {
 }
 
 // syncLoop writes this host's changes: grants made or lengthened here,
-// grants revoked here, SPA timestamps accepted here. A write that fails
-// (cut off from the cluster) is tried again on the next round: the local
-// state is the queue.
+// grants revoked here, SPA timestamps accepted here — those it is told of
+// (Publish, Sync) at once, all of them by comparing the whole map with
+// what the bucket has every round. A write that fails (cut off from the
+// cluster) is tried again on the next round: the local state is the queue.
+// One goroutine does both, so a grant is never written twice at once.
 func (f *Fleet) syncLoop(ctx context.Context, every time.Duration) {
 	defer f.done.Done()
 	t := time.NewTicker(every)
@@ -828,8 +876,103 @@ func (f *Fleet) syncLoop(ctx context.Context, every time.Duration) {
 			return
 		case <-t.C:
 			f.sync(ctx)
+		case <-f.wake:
+			pubs, ask := f.takePubs()
+			if ask {
+				f.sync(ctx) // (what pubs has is in the map it reads)
+			} else {
+				f.publishNow(ctx, pubs)
+			}
 		}
 	}
+}
+
+// Publish writes g, made or lengthened on this host until expires (an
+// open event, `knockgate grant`), to the bucket at once, with whatever
+// else is waiting then: a burst is written in a pipeline. It never blocks.
+// Before the member has read the bucket, it writes nothing: the
+// comparison that follows the first read writes what the map has.
+func (f *Fleet) Publish(g Grant, expires time.Time) {
+	f.pubMu.Lock()
+	if exp, ok := f.pubs[g]; !ok || expires.After(exp) {
+		f.pubs[g] = expires
+	}
+	f.pubMu.Unlock()
+	f.poke()
+}
+
+// Sync compares the whole map with the bucket now rather than at the next
+// round: a revoke made here (`knockgate revoke`), an SPA packet's replay
+// state. It never blocks.
+func (f *Fleet) Sync() {
+	f.pubMu.Lock()
+	f.syncAsk = true
+	f.pubMu.Unlock()
+	f.poke()
+}
+
+func (f *Fleet) poke() {
+	select {
+	case f.wake <- struct{}{}:
+	default:
+	}
+}
+
+// takePubs takes what Publish and Sync asked for since the last take.
+func (f *Fleet) takePubs() (pubs map[Grant]time.Time, sync bool) {
+	f.pubMu.Lock()
+	defer f.pubMu.Unlock()
+	pubs, sync = f.pubs, f.syncAsk
+	if len(pubs) > 0 {
+		f.pubs = map[Grant]time.Time{}
+	}
+	f.syncAsk = false
+	return pubs, sync
+}
+
+// publishNow writes the grants Publish was told of that the bucket does
+// not have yet (as far as this member knows), the state file first, and
+// those it is told of while they are on their way: a burst of events keeps
+// the pipeline full. A Sync asked for meanwhile is left for the loop.
+func (f *Fleet) publishNow(ctx context.Context, pubs map[Grant]time.Time) {
+	kvp := f.kv.Load()
+	if kvp == nil || !f.ready.Load() || len(pubs) == 0 {
+		return
+	}
+	more := func() map[Grant]time.Time {
+		f.pubMu.Lock()
+		pubs := f.pubs
+		if len(pubs) > 0 {
+			f.pubs = map[Grant]time.Time{}
+		}
+		f.pubMu.Unlock()
+		return f.unwritten(pubs)
+	}
+	if n := f.putGrants(ctx, *kvp, f.unwritten(pubs), more); n > 0 {
+		f.pending.Store(int64(n)) // the next round tries them again
+	}
+}
+
+// unwritten are the grants of pubs the bucket does not have as late, as
+// far as this member knows; the state file has them first.
+func (f *Fleet) unwritten(pubs map[Grant]time.Time) map[Grant]time.Time {
+	if len(pubs) == 0 {
+		return nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := time.Now()
+	puts := make(map[Grant]time.Time, len(pubs))
+	for g, exp := range pubs {
+		if exp.After(now) && exp.Sub(f.known[g]) > jitter {
+			puts[g] = exp
+			if exp.UnixMilli() > f.seen[g].Expires {
+				f.see(g, exp.UnixMilli(), f.rev.Load())
+			}
+		}
+	}
+	f.saveState()
+	return puts
 }
 
 func (f *Fleet) sync(ctx context.Context) {
@@ -882,6 +1025,15 @@ func (f *Fleet) sync(ctx context.Context) {
 		revokes = append(revokes, g)
 	}
 	f.adopt(grants.Services, now)
+	if len(f.revs) > 2*len(f.known)+4096 {
+		// Keys gone long ago: a write without their revision reads it
+		// first (putGrant), so forgetting one costs a round trip.
+		for g := range f.revs {
+			if _, ok := f.known[g]; !ok {
+				delete(f.revs, g)
+			}
+		}
+	}
 	var ids []uint32
 	for id, ms := range replay {
 		if ms > f.last[id] {
@@ -890,12 +1042,11 @@ func (f *Fleet) sync(ctx context.Context) {
 	}
 	f.saveState()
 	f.mu.Unlock()
+	writes := make(map[Grant]time.Time, len(puts))
 	for _, g := range puts {
-		if err := f.putGrant(ctx, kv, g, grants.Expires[g]); err != nil {
-			f.fail(fmt.Errorf("write grant of %s: %w", g, err))
-			pending++
-		}
+		writes[g] = grants.Expires[g]
 	}
+	pending += f.putGrants(ctx, kv, writes, nil)
 	for _, g := range revokes {
 		ctx, cancel := context.WithTimeout(ctx, time.Second)
 		err := kv.Delete(ctx, f.grantKey(g))
@@ -919,23 +1070,117 @@ func (f *Fleet) sync(ctx context.Context) {
 	f.pending.Store(int64(pending))
 }
 
+// putGrants writes grants, each until its expiry, in a pipeline of
+// pubWindow writes at once, and what more (if not nil) gives while they
+// are on their way: each expects the key's revision as last seen (none: a
+// key never written), so that none overwrites a later expiry another host
+// wrote meanwhile; one that finds the key moved on is written again by
+// putGrant, which reads it first. It returns how many could not be
+// written (the next round tries them again).
+func (f *Fleet) putGrants(ctx context.Context, kv jetstream.KeyValue, grants map[Grant]time.Time,
+	more func() map[Grant]time.Time) (pending int) {
+	if len(grants) == 0 {
+		return 0
+	}
+	type write struct {
+		g   Grant
+		exp time.Time
+		fut jetstream.PubAckFuture
+	}
+	type put struct {
+		g   Grant
+		exp time.Time
+		rev uint64
+	}
+	queue := func(grants map[Grant]time.Time) []put {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		out := make([]put, 0, len(grants))
+		for g, exp := range grants {
+			out = append(out, put{g, exp, f.revs[g]})
+		}
+		return out
+	}
+	todo := queue(grants)
+	var again []put
+	done := func(w write) {
+		select {
+		case ack := <-w.fut.Ok():
+			f.mu.Lock()
+			if w.exp.After(f.known[w.g]) {
+				f.known[w.g] = w.exp
+			}
+			f.revs[w.g] = max(f.revs[w.g], ack.Sequence)
+			f.mu.Unlock()
+			f.published.Add(1)
+		case err := <-w.fut.Err():
+			var apiErr *jetstream.APIError
+			if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+				again = append(again, put{g: w.g, exp: w.exp})
+				return
+			}
+			f.fail(fmt.Errorf("write grant of %s: %w", w.g, err))
+			pending++
+		case <-ctx.Done():
+			pending++
+		}
+	}
+	var flight []write
+	for len(todo) > 0 || len(flight) > 0 {
+		if len(todo) == 0 && more != nil {
+			if m := more(); len(m) > 0 {
+				todo = queue(m)
+				continue
+			}
+		}
+		if len(todo) == 0 || len(flight) >= pubWindow {
+			done(flight[0])
+			flight = flight[1:]
+			continue
+		}
+		p := todo[0]
+		todo = todo[1:]
+		data, err := json.Marshal(record{Version: 1, Expires: p.exp.UnixMilli(), Origin: f.name})
+		if err != nil {
+			pending++
+			continue
+		}
+		fut, err := f.js.PublishAsync("$KV."+Bucket+"."+f.grantKey(p.g), data,
+			jetstream.WithExpectLastSequencePerSubject(p.rev), jetstream.WithMsgTTL(time.Until(p.exp)+f.ttlSlack))
+		if err != nil {
+			f.fail(fmt.Errorf("write grant of %s: %w", p.g, err))
+			pending++
+			continue
+		}
+		flight = append(flight, write{p.g, p.exp, fut})
+	}
+	for _, p := range again {
+		if err := f.putGrant(ctx, kv, p.g, p.exp); err != nil {
+			f.fail(fmt.Errorf("write grant of %s: %w", p.g, err))
+			pending++
+		}
+	}
+	return pending
+}
+
 // putGrant writes g unless the bucket has a later one: a compare-and-swap
 // on the key's revision, tried again on a conflict.
 func (f *Fleet) putGrant(ctx context.Context, kv jetstream.KeyValue, g Grant, exp time.Time) error {
 	rec := record{Version: 1, Expires: exp.UnixMilli(), Origin: f.name}
 	ttl := time.Until(exp) + f.ttlSlack
-	return f.casPut(ctx, kv, f.grantKey(g), rec, ttl, func(cur record) bool { return cur.Expires >= rec.Expires }, func() {
+	return f.casPut(ctx, kv, f.grantKey(g), rec, ttl, func(cur record) bool { return cur.Expires >= rec.Expires }, func(rev uint64) {
 		f.mu.Lock()
 		if exp.After(f.known[g]) {
 			f.known[g] = exp
 		}
+		f.revs[g] = max(f.revs[g], rev)
 		f.mu.Unlock()
 	})
 }
 
 func (f *Fleet) putReplay(ctx context.Context, kv jetstream.KeyValue, id uint32, ms uint64) error {
 	rec := record{Version: 1, Last: ms, Origin: f.name}
-	return f.casPut(ctx, kv, f.replayKey(id), rec, 0, func(cur record) bool { return cur.Last >= ms }, func() {
+	return f.casPut(ctx, kv, f.replayKey(id), rec, 0, func(cur record) bool { return cur.Last >= ms }, func(uint64) {
 		f.mu.Lock()
 		if ms > f.last[id] {
 			f.last[id] = ms
@@ -946,9 +1191,9 @@ func (f *Fleet) putReplay(ctx context.Context, kv jetstream.KeyValue, id uint32,
 
 // casPut writes rec at key unless newer(the current record) says the
 // bucket's is as new: created if missing, else updated at the revision it
-// was read at; a conflict reads again.
+// was read at; a conflict reads again. done is told the key's revision.
 func (f *Fleet) casPut(ctx context.Context, kv jetstream.KeyValue, key string, rec record, ttl time.Duration,
-	newer func(record) bool, done func()) error {
+	newer func(record) bool, done func(rev uint64)) error {
 	data, err := json.Marshal(rec)
 	if err != nil {
 		return err
@@ -962,7 +1207,7 @@ func (f *Fleet) casPut(ctx context.Context, kv jetstream.KeyValue, key string, r
 			var c record
 			if json.Unmarshal(cur.Value(), &c) == nil && newer(c) {
 				cancel()
-				done()
+				done(cur.Revision())
 				return nil
 			}
 			rev = cur.Revision()
@@ -972,11 +1217,12 @@ func (f *Fleet) casPut(ctx context.Context, kv jetstream.KeyValue, key string, r
 			cancel()
 			return err
 		}
-		err = f.publish(ctx, kv, key, data, rev, ttl)
+		var wrote uint64
+		wrote, err = f.publish(ctx, kv, key, data, rev, ttl)
 		cancel()
 		if err == nil {
 			f.published.Add(1)
-			done()
+			done(wrote)
 			return nil
 		}
 		var apiErr *jetstream.APIError
@@ -989,23 +1235,27 @@ func (f *Fleet) casPut(ctx context.Context, kv jetstream.KeyValue, key string, r
 
 // publish writes one record: made anew when rev is 0 (KeyValue.Create,
 // which also takes a deleted key), else at expected last revision rev with
-// a TTL (what KeyValue.Update does, with the TTL it does not take).
-func (f *Fleet) publish(ctx context.Context, kv jetstream.KeyValue, key string, data []byte, rev uint64, ttl time.Duration) error {
+// a TTL (what KeyValue.Update does, with the TTL it does not take). It
+// returns the record's revision.
+func (f *Fleet) publish(ctx context.Context, kv jetstream.KeyValue, key string, data []byte, rev uint64, ttl time.Duration) (uint64, error) {
 	if rev == 0 {
 		opts := []jetstream.KVCreateOpt{}
 		if ttl > 0 {
 			opts = append(opts, jetstream.KeyTTL(ttl))
 		}
-		_, err := kv.Create(ctx, key, data, opts...)
+		wrote, err := kv.Create(ctx, key, data, opts...)
 		if errors.Is(err, jetstream.ErrKeyExists) {
-			return &jetstream.APIError{ErrorCode: jetstream.JSErrCodeStreamWrongLastSequence}
+			return 0, &jetstream.APIError{ErrorCode: jetstream.JSErrCodeStreamWrongLastSequence}
 		}
-		return err
+		return wrote, err
 	}
 	opts := []jetstream.PublishOpt{jetstream.WithExpectLastSequencePerSubject(rev)}
 	if ttl > 0 {
 		opts = append(opts, jetstream.WithMsgTTL(ttl))
 	}
-	_, err := f.js.Publish(ctx, "$KV."+Bucket+"."+key, data, opts...)
-	return err
+	ack, err := f.js.Publish(ctx, "$KV."+Bucket+"."+key, data, opts...)
+	if err != nil {
+		return 0, err
+	}
+	return ack.Sequence, nil
 }

@@ -161,6 +161,9 @@ type node struct {
 
 	logMu  sync.Mutex
 	logged []string // what the fleet said: each message with its arguments
+
+	// options, if set, changes the options the member joins with.
+	options func(*Options)
 }
 
 func (nd *node) log(msg string, args ...any) {
@@ -230,6 +233,12 @@ func newFleet(t testing.TB, n int) []*node { return newFleetEvery(t, n, 20*time.
 // newFleetEvery is newFleet with members looking for local changes every
 // interval.
 func newFleetEvery(t testing.TB, n int, interval time.Duration) []*node {
+	return newFleetWith(t, n, interval, nil)
+}
+
+// newFleetWith is newFleetEvery with the options of member i changed by
+// options (if not nil).
+func newFleetWith(t testing.TB, n int, interval time.Duration, options func(i int, o *Options)) []*node {
 	dir := t.TempDir()
 	cert, key, ca := certs(t, dir)
 	var peers []string
@@ -242,6 +251,9 @@ func newFleetEvery(t testing.TB, n int, interval time.Duration) []*node {
 			StoreDir: filepath.Join(dir, fmt.Sprintf("store-%d", i)), RouteUser: "fleet", RoutePassword: "s3cret",
 			TLSCert: cert, TLSKey: key, TLSCA: ca}, local: newMemLocal(), interval: interval,
 			state: filepath.Join(dir, fmt.Sprintf("known-grants-%d", i)), instance: "map-1"}
+		if options != nil {
+			nodes[i].options = func(o *Options) { options(i, o) }
+		}
 		if os.Getenv("KG_NO_TLS") != "" {
 			nodes[i].cfg.TLSCert, nodes[i].cfg.TLSKey, nodes[i].cfg.TLSCA = "", "", ""
 		}
@@ -280,8 +292,12 @@ func (nd *node) start(t testing.TB, replicas int) {
 		t.Error(err)
 		return
 	}
-	fl, err := Join(Options{Name: nd.cfg.Name, Gate: "edge", Local: nd.local, Conn: nc, Server: srv, Replicas: replicas,
-		Interval: nd.interval, StateFile: nd.state, Instance: nd.instance, Log: nd.log})
+	o := Options{Name: nd.cfg.Name, Gate: "edge", Local: nd.local, Conn: nc, Server: srv, Replicas: replicas,
+		Interval: nd.interval, StateFile: nd.state, Instance: nd.instance, Log: nd.log}
+	if nd.options != nil {
+		nd.options(&o)
+	}
+	fl, err := Join(o)
 	if err != nil {
 		t.Error(err)
 		return

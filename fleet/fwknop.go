@@ -90,7 +90,7 @@ func (f *Fleet) syncFwknop(ctx context.Context, kv jetstream.KeyValue) int {
 			continue
 		}
 		c, cancel := context.WithTimeout(ctx, time.Second)
-		err = f.publish(c, kv, f.fwknopKey(d), data, 0, ttl)
+		_, err = f.publish(c, kv, f.fwknopKey(d), data, 0, ttl)
 		cancel()
 		switch {
 		case err == nil:

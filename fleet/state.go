@@ -227,6 +227,9 @@ func (f *Fleet) reconcile(first []jetstream.KeyValueEntry) {
 	for _, g := range revokes {
 		if f.local.Revoke(g) == nil {
 			f.received.Add(1)
+			if f.revoked != nil {
+				f.revoked(g)
+			}
 		}
 	}
 	f.rewrite = true // what the file knew and the bucket no longer has goes

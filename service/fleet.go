@@ -98,7 +98,7 @@ type member struct {
 
 // joinFleet makes this host a member of its fleet; log receives what the
 // fleet has to say.
-func joinFleet(g *loader.Gate, c config.Fleet, log func(msg string, args ...any)) (*member, error) {
+func joinFleet(g *loader.Gate, c config.Fleet, log func(msg string, args ...any), hooks *grantHooks) (*member, error) {
 	m := &member{dir: c.StateDir}
 	var err error
 	if c.URL != "" {
@@ -126,7 +126,12 @@ func joinFleet(g *loader.Gate, c config.Fleet, log func(msg string, args ...any)
 	}
 	if m.fl, err = fleet.Join(fleet.Options{Name: c.Name, Gate: gate, Local: gateLocal{g}, Conn: m.nc, Server: m.srv,
 		Replicas: replicas, StateFile: filepath.Join(c.StateDir, "known-grants"), Instance: gateLocal{g}.instance(),
-		Log: log}); err != nil {
+		Log: log,
+		Applied: func(gr fleet.Grant, exp time.Time, origin string) {
+			hooks.fleetApplied(maps.GrantID{Addr: gr.Addr, Service: gr.Service}, exp, origin)
+		},
+		Revoked: func(gr fleet.Grant) { hooks.revoked(gr.Addr, gr.Service) },
+	}); err != nil {
 		m.close()
 		return nil, err
 	}
@@ -165,7 +170,37 @@ type FleetStatus struct {
 
 // FleetStatusFile is where run writes the fleet's figures for gate.
 func FleetStatusFile(gate string) string {
-	return filepath.Join("/run/knockgate", "fleet-"+gate+".json")
+	return filepath.Join(runDir, "fleet-"+gate+".json")
+}
+
+// opened is an open event: a grant made (or lengthened) here by a knock or
+// an SPA packet, written to the fleet at once; an SPA packet's key's
+// replay state with it.
+func (m *member) opened(ev maps.Event) {
+	if m == nil {
+		return
+	}
+	m.fl.Publish(fleet.Grant{Addr: ev.Src.Unmap(), Service: ev.Service}, ev.Expires)
+	if ev.KeyID != 0 {
+		m.fl.Sync()
+	}
+}
+
+// granted is `knockgate grant`'s notice: written to the fleet at once.
+func (m *member) granted(id maps.GrantID, exp time.Time) {
+	if m == nil {
+		return
+	}
+	m.fl.Publish(fleet.Grant{Addr: id.Addr, Service: id.Service}, exp)
+}
+
+// revoked is `knockgate revoke`'s notice: the member compares its map
+// with the fleet now, not at its next round, and deletes what was revoked.
+func (m *member) revoked() {
+	if m == nil {
+		return
+	}
+	m.fl.Sync()
 }
 
 func (m *member) report(gate, name string) {

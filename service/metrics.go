@@ -26,6 +26,8 @@ type collector struct {
 	// settleErrors: steps of settling a safe-mode change that failed.
 	settleErrors *atomic.Uint64
 	fleet        *member // nil: no fleet
+	runner       *hookRunner
+	hooks        *grantHooks
 }
 
 // reloadStats are the service's reload outcomes, for metrics.
@@ -107,6 +109,18 @@ var (
 		"Grants made by the program (sequences completed, SPA packets), by service.", []string{"service"}, nil)
 	descServiceExpired = prometheus.NewDesc("knockgate_service_grants_expired_total",
 		"Grants found expired, by service.", []string{"service"}, nil)
+	descHookRuns = prometheus.NewDesc("knockgate_hook_runs_total",
+		"Hook commands started, by service and event (open, close).", []string{"service", "event"}, nil)
+	descHookFailures = prometheus.NewDesc("knockgate_hook_failures_total",
+		"Hook commands that failed to start or exited with an error, by service and event.", []string{"service", "event"}, nil)
+	descHookTimeouts = prometheus.NewDesc("knockgate_hook_timeouts_total",
+		"Hook commands killed at hook_timeout, by service and event.", []string{"service", "event"}, nil)
+	descHookDropped = prometheus.NewDesc("knockgate_hook_dropped_total",
+		"Hook commands dropped, by service and event: hook_max_running ran and hook_max_waiting waited already (or run was stopping).", []string{"service", "event"}, nil)
+	descHooksRunning = prometheus.NewDesc("knockgate_hooks_running",
+		"Hook commands running now.", nil, nil)
+	descHooksWaiting = prometheus.NewDesc("knockgate_hooks_waiting",
+		"Hook commands waiting for their turn now.", nil, nil)
 	descScrapeErrors = prometheus.NewDesc("knockgate_scrape_errors",
 		"Maps that could not be read during this scrape.", nil, nil)
 )
@@ -116,7 +130,8 @@ var descs = []*prometheus.Desc{descPackets, descIfacePackets, descKnocks, descGr
 	descGrantFailed, descEventsLost, descEventsSuppressed, descFlows, descSPA, descFwknop, descSources, descIfaces, descGeneration,
 	descPending, descSettleErrors, descReloads, descLastReload, descLastReloadOK, descScrapeErrors,
 	descServiceOpen, descServiceGrants, descServiceExpired,
-	descFleetPeers, descFleetPublished, descFleetReceived, descFleetRestarts, descFleetPending, descFleetLastSync}
+	descFleetPeers, descFleetPublished, descFleetReceived, descFleetRestarts, descFleetPending, descFleetLastSync,
+	descHookRuns, descHookFailures, descHookTimeouts, descHookDropped, descHooksRunning, descHooksWaiting}
 
 // counterLabel is a counter and the label value its metric carries.
 type counterLabel struct {
@@ -263,6 +278,26 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		if !st.LastSync.IsZero() {
 			gauge(descFleetLastSync, float64(st.LastSync.UnixNano())/1e9)
 		}
+	}
+	if c.runner != nil {
+		counts, running, waiting := c.runner.stats()
+		// A series for each service with a hook, and event, 0 included.
+		for _, name := range c.hooks.servicesWithHooks() {
+			for _, ev := range []string{"open", "close"} {
+				if _, ok := counts[hookLabel{name, ev}]; !ok {
+					counts[hookLabel{name, ev}] = hookCounts{}
+				}
+			}
+		}
+		for _, l := range sortedLabels(counts) {
+			n := counts[l]
+			counter(descHookRuns, n.runs, l.service, l.event)
+			counter(descHookFailures, n.failures, l.service, l.event)
+			counter(descHookTimeouts, n.timeouts, l.service, l.event)
+			counter(descHookDropped, n.dropped, l.service, l.event)
+		}
+		gauge(descHooksRunning, float64(running))
+		gauge(descHooksWaiting, float64(waiting))
 	}
 	gauge(descScrapeErrors, errs)
 }

@@ -57,6 +57,9 @@ type service struct {
 	// settleErrors counts steps of settling a safe-mode change that failed.
 	settleErrors atomic.Uint64
 	fwknop       fwknopState // fwknop's clients (fwknop.go)
+	// runner runs the services' hooks; hooks follows the grants for them.
+	runner *hookRunner
+	hooks  *grantHooks
 }
 
 // Run serves the gate the config file describes until ctx ends (SIGTERM,
@@ -70,6 +73,12 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	svc := &service{opts: opts, cur: settings, links: make(chan linkChange, 64)}
 	svc.log.Store(newLogger(opts.Log, settings.LogFormat))
+	// Hooks need their user: refused before the gate is touched.
+	svc.runner = newHookRunner(svc.logger)
+	if err := svc.runner.configure(settings); err != nil {
+		return err
+	}
+	defer svc.runner.stop()
 	var ln net.Listener
 	if settings.Metrics != "" {
 		if ln, err = listenMetrics(settings.Metrics); err != nil {
@@ -83,10 +92,13 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	defer svc.gate.Close()
+	svc.hooks = newGrantHooks(svc.gate, svc.runner, svc.logger)
+	svc.hooks.configure(svc.gate.Name, settings)
+	defer svc.hooks.stop()
 	if settings.Fleet.Set {
 		if svc.fleet, err = joinFleet(svc.gate, settings.Fleet, func(msg string, args ...any) {
 			svc.logger().Warn(msg, args...)
-		}); err != nil {
+		}, svc.hooks); err != nil {
 			return err
 		}
 		defer svc.fleet.close()
@@ -94,13 +106,20 @@ func Run(ctx context.Context, opts Options) error {
 		svc.logger().Info("fleet joined", "name", settings.Fleet.Name, "peers", strings.Join(settings.Fleet.Peers, ","), "url", settings.Fleet.URL)
 	}
 	svc.reloads.record(nil)
-	svc.coll = &collector{gate: svc.gate, reload: &svc.reloads, settleErrors: &svc.settleErrors, fleet: svc.fleet}
+	svc.coll = &collector{gate: svc.gate, reload: &svc.reloads, settleErrors: &svc.settleErrors, fleet: svc.fleet,
+		runner: svc.runner, hooks: svc.hooks}
 	if ln != nil {
 		if svc.metrics, err = serveMetrics(ln, svc.coll); err != nil {
 			return err
 		}
 	}
 	defer func() { svc.metrics.close() }()
+
+	notices, err := listenNotices(svc.gate.Name, svc.notice)
+	if err != nil {
+		svc.logger().Warn("grant and revoke cannot tell run what they do: the periodic check of the grants sees it later", "error", err)
+	}
+	defer notices.close()
 
 	events, err := svc.gate.OpenEvents()
 	if err != nil {
@@ -155,6 +174,7 @@ func Run(ctx context.Context, opts Options) error {
 			svc.checkPending()
 			svc.checkClock()
 			svc.fleet.report(svc.gate.Name, settings.Fleet.Name)
+			svc.runner.report()
 			report.tick(svc)
 		}
 	}
@@ -360,6 +380,15 @@ func (svc *service) reload() error {
 	if !reflect.DeepEqual(next.Fleet, svc.cur.Fleet) {
 		return errors.New("the [fleet] table changed: restart run to apply it")
 	}
+	if next.AnyHooks() {
+		u, err := lookupHookUser(next.HookUser)
+		if err != nil {
+			return err
+		}
+		if err := checkHookCaps(u); err != nil {
+			return err
+		}
+	}
 	if len(kept) > 0 {
 		svc.logger().Warn("changed settings that apply when the gate is made or an interface attached: the running gate keeps them",
 			"settings", strings.Join(kept, ","))
@@ -374,6 +403,7 @@ func (svc *service) reload() error {
 	}
 	prev := svc.cur
 	svc.cur = next
+	svc.configureHooks(next)
 	if next.LogFormat != prev.LogFormat {
 		svc.log.Store(newLogger(svc.opts.Log, next.LogFormat))
 	}
@@ -453,6 +483,7 @@ func (svc *service) checkPending() {
 		return
 	}
 	svc.cur = p.prev
+	svc.configureHooks(p.prev)
 	svc.reconcileAll()
 	svc.logger().Warn("reload not confirmed in time: rolled back", "gate", g.Name,
 		"deadline", maps.BootToTime(p.deadline).UTC().Format(time.RFC3339))
@@ -527,6 +558,45 @@ func (svc *service) logEvents(rd *maps.EventReader) {
 			return
 		}
 		logEvent(svc.logger(), ev)
+		switch ev.Type {
+		case "open":
+			svc.hooks.opened(ev)
+			svc.fleet.opened(ev)
+		case "expire":
+			svc.hooks.expired(ev)
+		}
+	}
+}
+
+// configureHooks makes the hooks those of s (a reload's, or the settings a
+// rollback went back to).
+func (svc *service) configureHooks(s *config.Settings) {
+	if err := svc.runner.configure(s); err != nil {
+		// Checked before the reload was applied; a user deleted since
+		// keeps the hooks' settings as they were.
+		svc.logger().Error("hooks: keeping their settings as they were", "error", err)
+	}
+	svc.hooks.configure(svc.gate.Name, s)
+}
+
+// notice takes what `knockgate grant` or `knockgate revoke` tells run of a
+// change it made: the hooks learn who made it, and the fleet writes it at
+// once.
+func (svc *service) notice(n Notice) {
+	id, exp, err := n.grantOf()
+	if err != nil {
+		return
+	}
+	switch n.Op {
+	case "grant":
+		if n.Service == "" || exp.IsZero() {
+			return
+		}
+		svc.hooks.operatorGranted(id, exp, n.Operator)
+		svc.fleet.granted(id, exp)
+	case "revoke":
+		svc.hooks.revoked(id.Addr, n.Service)
+		svc.fleet.revoked()
 	}
 }
 

@@ -57,6 +57,9 @@ type fleetSpec struct {
 	// ports each host listens on beside 22 (a protected port answers
 	// only when open).
 	ports []int
+	// top are top-level keys for each host on this build (default's
+	// hooks, hook_user).
+	top string
 }
 
 // newTestFleet builds the bridge, the client (with addrs addresses,
@@ -137,9 +140,14 @@ func newTestFleetWith(t *testing.T, spec fleetSpec) *testFleet {
 			}()
 			t.Cleanup(func() { ln.Close() })
 		}
+		top := ""
+		if h.bin == kgBin {
+			top = spec.top
+		}
 		cfg := fmt.Sprintf(`interfaces = [%q]
 protect = "22"
 open = %q
+%s
 [fleet]
 name = %q
 gate = "edge"
@@ -148,7 +156,7 @@ peers = [%s]
 route_user = "fleet"
 route_password_file = %q
 state_dir = %q
-`, h.iface, spec.open, h.name, h.addr, strings.Join(peers, ", "), pw, filepath.Join(dir, h.name))
+`, h.iface, spec.open, top, h.name, h.addr, strings.Join(peers, ", "), pw, filepath.Join(dir, h.name))
 		if h.bin == kgBin {
 			cfg += spec.services
 		}

@@ -63,6 +63,7 @@ func grantCommand() *command {
 			if err != nil {
 				return err
 			}
+			tellRun(e, g.Name, "grant", addr, service, until)
 			what := ""
 			if service != policy.DefaultService {
 				what = " " + service

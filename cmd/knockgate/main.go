@@ -69,7 +69,7 @@ func clientCommands() []*command {
 // serverNames names the gate's commands on every system, so that a build
 // without them can say where they are (a test on Linux keeps the list in
 // step with serverCommands).
-var serverNames = []string{"attach", "set", "confirm", "status", "events", "grant", "revoke", "detach", "run"}
+var serverNames = []string{"attach", "set", "confirm", "status", "events", "grant", "revoke", "detach", "run", "import"}
 
 // linuxOnly is the error for a gate's command in a build without them.
 func linuxOnly(name string) error {

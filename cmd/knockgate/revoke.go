@@ -40,6 +40,9 @@ func revokeCommand() *command {
 			if err != nil {
 				return err
 			}
+			if found {
+				tellRun(e, g.Name, "revoke", addr, service, 0)
+			}
 			what := ""
 			if service != "" {
 				what = " " + service

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/knockgate/knockgate/config"
+	"github.com/knockgate/knockgate/policy"
 	"github.com/knockgate/knockgate/service"
 )
 
@@ -35,7 +37,8 @@ func runCommand() *command {
 			"they appear, SIGHUP applies the file again (a broken file changes nothing),\n" +
 			"events are logged to stdout, metrics served. SIGTERM and SIGINT stop the\n" +
 			"service and leave the gate pinned and enforcing: \"knockgate detach\" removes\n" +
-			"it. With --check, only check the file.",
+			"it. With --check, only check the file (and that hook_user exists, if a\n" +
+			"service has a hook).",
 		minArgs: 0, maxArgs: 0,
 		flags: fs,
 		run: func(e *env, args []string) error {
@@ -55,7 +58,10 @@ func runCommand() *command {
 				p := s.Config()
 				fmt.Fprintf(e.stdout, "%s: gate %s on %s: %s\n", path, s.Gate, strings.Join(s.Interfaces, ", "), config.Summary(&p))
 				printServices(e, &p)
-				return nil
+				printHooks(e, s, &p)
+				// The file is good; a hook's user must be there too, or
+				// run would refuse to start.
+				return service.CheckHookUser(s)
 			}
 			if err := checkPinAccess(); err != nil {
 				return err
@@ -80,4 +86,37 @@ func configError(err error) error {
 		return &inputError{err}
 	}
 	return err
+}
+
+// printHooks prints, for run --check, each service's hooks and who runs
+// them.
+func printHooks(e *env, s *config.Settings, p *policy.Policy) {
+	if !s.AnyHooks() {
+		return
+	}
+	for _, svc := range p.Services {
+		h := s.HooksOf(svc.Name)
+		if h == nil {
+			continue
+		}
+		var parts []string
+		for _, c := range []struct {
+			name string
+			argv []string
+		}{{"on_open", h.OnOpen}, {"on_close", h.OnClose}} {
+			if len(c.argv) > 0 {
+				var b strings.Builder
+				enc := json.NewEncoder(&b)
+				enc.SetEscapeHTML(false)
+				enc.Encode(c.argv)
+				parts = append(parts, c.name+" "+strings.TrimSpace(b.String()))
+			}
+		}
+		if h.Fleet {
+			parts = append(parts, "fleet grants too")
+		}
+		fmt.Fprintf(e.stdout, "  hooks of %s: %s\n", svc.Name, strings.Join(parts, ", "))
+	}
+	fmt.Fprintf(e.stdout, "  hooks run as %s, killed after %s, at most %d at once and %d waiting\n",
+		s.HookUser, s.HookTimeout, s.HookMaxRunning, s.HookMaxWaiting)
 }

@@ -13,5 +13,6 @@ func serverCommands() []*command {
 		revokeCommand(),
 		detachCommand(),
 		runCommand(),
+		importCommand(),
 	}
 }
