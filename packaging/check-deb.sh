@@ -15,7 +15,9 @@ fail() { echo "check-deb: $*" >&2; exit 1; }
 
 mkdir -p "$root/var/lib/dpkg/info" "$root/var/lib/dpkg/updates"
 touch "$root/var/lib/dpkg/status"
-dpkg() { command dpkg --root="$root" "$@"; }
+# The maintainer script runs outside a chroot (the scratch root has no
+# shell); it honours DPKG_ROOT, so the user it makes is the scratch root's.
+dpkg() { command dpkg --root="$root" --force-script-chrootless "$@"; }
 
 dpkg -i "$deb" >/dev/null
 
@@ -23,10 +25,16 @@ for f in usr/bin/knockgate lib/systemd/system/knockgate.service etc/knockgate/kn
 	usr/share/man/man8/knockgate.8.gz usr/share/man/man1/knockgate-knock.1.gz usr/share/man/man1/knockgate-keygen.1.gz \
 	usr/share/bash-completion/completions/knockgate usr/share/zsh/vendor-completions/_knockgate \
 	usr/share/fish/vendor_completions.d/knockgate.fish usr/share/knockgate/grafana-dashboard.json \
-	usr/share/doc/knockgate/copyright; do
+	usr/share/doc/knockgate/copyright usr/lib/sysusers.d/knockgate.conf; do
 	[[ -f $root/$f ]] || fail "the package installs no /$f"
 done
 [[ -d $root/var/lib/knockgate ]] || fail "the package makes no /var/lib/knockgate"
+# The hooks' user (hook_user's default) is made, as a system user that
+# cannot log in.
+grep -q '^knockgate:[^:]*:[0-9]*:[0-9]*:[^:]*:[^:]*:/usr/sbin/nologin$' "$root/etc/passwd" 2>/dev/null ||
+	fail "the package made no system user knockgate: $(cat "$root/etc/passwd" 2>&1)"
+uid=$(awk -F: '$1 == "knockgate" {print $3}' "$root/etc/passwd")
+(( uid < 1000 )) || fail "the user knockgate has uid $uid, not a system user's"
 [[ $(stat -c %a "$root/var/lib/knockgate") == 700 ]] ||
 	fail "/var/lib/knockgate is mode $(stat -c %a "$root/var/lib/knockgate"), want 700 (the fleet's store is root's)"
 grep -qx /etc/knockgate/knockgate.toml "$root/var/lib/dpkg/info/knockgate.conffiles" ||
