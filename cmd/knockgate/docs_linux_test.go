@@ -40,7 +40,7 @@ func TestOperands(t *testing.T) {
 	want := map[string]operand{
 		"attach": operandIfaces, "set": operandGate, "confirm": operandGate, "status": operandGate,
 		"events": operandGate, "grant": operandGate, "revoke": operandGate, "detach": operandGate,
-		"run": operandNone, "knock": operandHost, "keygen": operandNone, "version": operandNone,
+		"run": operandNone, "import": operandNone, "knock": operandHost, "keygen": operandNone, "version": operandNone,
 	}
 	for _, c := range commands() {
 		got, ok := want[c.name]

@@ -8,12 +8,12 @@ _knockgate() {
 		case ${COMP_WORDS[i]} in -*) ;; *) cmd=${COMP_WORDS[i]}; break ;; esac
 	done
 	if [[ -z $cmd ]]; then
-		COMPREPLY=($(compgen -W 'help attach set confirm status events grant revoke detach run knock keygen version' -- "$cur"))
+		COMPREPLY=($(compgen -W 'help attach set confirm status events grant revoke detach run import knock keygen version' -- "$cur"))
 		return
 	fi
 	case $cmd in
 	help)
-		COMPREPLY=($(compgen -W 'attach set confirm status events grant revoke detach run knock keygen version' -- "$cur"))
+		COMPREPLY=($(compgen -W 'attach set confirm status events grant revoke detach run import knock keygen version' -- "$cur"))
 		return
 		;;
 	attach)
@@ -83,6 +83,13 @@ _knockgate() {
 		case $prev in --config|--confirm) return ;; esac
 		if [[ $cur == -* ]]; then
 			COMPREPLY=($(compgen -W '--config --check --confirm --help' -- "$cur"))
+			return
+		fi
+		;;
+	import)
+		case $prev in --interface|--hook-user) return ;; esac
+		if [[ $cur == -* ]]; then
+			COMPREPLY=($(compgen -W '--interface -i --hook-user --help' -- "$cur"))
 			return
 		fi
 		;;
