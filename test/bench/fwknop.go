@@ -12,7 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/knockgate/knockgate/bpf"
 	"github.com/knockgate/knockgate/loader"
 )
 
@@ -152,27 +151,11 @@ func (g *KnockgateFwknop) Open(topo *Topology) error {
 	return nil
 }
 
-func (g *KnockgateFwknop) Revoke(*Topology) error {
-	gate, err := loader.Open(RxIface)
-	if err != nil {
-		return err
-	}
-	defer gate.Close()
-	_, err = gate.Maps.Revoke(txAddr, "")
-	return err
-}
+func (g *KnockgateFwknop) Revoke(*Topology) error { return revokeClient() }
 
 // Processed counts every datagram to the SPA port the program dropped
 // (each fwknop datagram, verified or not).
-func (g *KnockgateFwknop) Processed() (uint64, error) {
-	gate, err := loader.Open(RxIface)
-	if err != nil {
-		return 0, err
-	}
-	defer gate.Close()
-	c, err := gate.Maps.ReadCounters()
-	return c.Verdict(bpf.KnockgateVerdictVERDICT_DROPPED_SPA), err
-}
+func (g *KnockgateFwknop) Processed() (uint64, error) { return droppedSPA() }
 
 // DaemonCPU is run's: what the verified datagrams cost it (none of the
 // forged ones reach it).

@@ -75,7 +75,7 @@ func KnockgateMemory(fill int) (Memory, error) {
 	defer func() {
 		// Leave the gate as it was: these sources never knocked.
 		for _, a := range added {
-			gate.Maps.Revoke(a, "")
+			gate.Revoke(a, "")
 		}
 	}()
 	addr := netip.MustParseAddr("198.18.64.0")
@@ -86,7 +86,7 @@ func KnockgateMemory(fill int) (Memory, error) {
 		if err := gate.Maps.PutKnock(addr, p); err != nil {
 			return res, err
 		}
-		if err := gate.Maps.Grant(addr, policy.DefaultService, maps.BootAfter(Open)); err != nil {
+		if err := gate.Grant(addr, policy.DefaultService, maps.BootAfter(Open)); err != nil {
 			return res, err
 		}
 	}

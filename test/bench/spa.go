@@ -350,18 +350,26 @@ func (g *KnockgateSPA) Open(topo *Topology) error {
 	})
 }
 
-func (g *KnockgateSPA) Revoke(*Topology) error {
+func (g *KnockgateSPA) Revoke(*Topology) error { return revokeClient() }
+
+// Processed counts every SPA outcome the program counted.
+func (g *KnockgateSPA) Processed() (uint64, error) { return droppedSPA() }
+
+// revokeClient revokes every service of the client's grant, through the
+// measured gate (under its lock).
+func revokeClient() error {
 	gate, err := loader.Open(RxIface)
 	if err != nil {
 		return err
 	}
 	defer gate.Close()
-	_, err = gate.Maps.Revoke(txAddr, "")
+	_, err = gate.Revoke(txAddr, "")
 	return err
 }
 
-// Processed counts every SPA outcome the program counted.
-func (g *KnockgateSPA) Processed() (uint64, error) {
+// droppedSPA is how many datagrams to the SPA port the measured gate
+// dropped: every one it judged, in either format.
+func droppedSPA() (uint64, error) {
 	gate, err := loader.Open(RxIface)
 	if err != nil {
 		return 0, err
