@@ -52,7 +52,10 @@ func TestPublishBurst(t *testing.T) {
 			return len(g.Expires) == n
 		}, nodes...)
 	}
-	if st := nodes[0].fl.Stats(); st.Published != n {
+	// Never twice: a write the server stored but whose answer came after
+	// its deadline (a loaded machine) is found there when tried again and
+	// not counted, so fewer than n may be counted, never more.
+	if st := nodes[0].fl.Stats(); st.Published > n || st.Published == 0 {
 		t.Errorf("published %d for %d grants", st.Published, n)
 	}
 }
