@@ -102,30 +102,42 @@ static __always_inline int fwknop_form(const struct packet *pkt)
 	return pkt->payload_len >= KG_FWKNOP_MIN_LEN && pkt->payload_len <= KG_FWKNOP_MAX_LEN;
 }
 
+/* A base64 character's 6 bits, or 0xff (not base64). */
+static __always_inline __u32 fwknop_b64_bits(__u8 c)
+{
+	return (__u8)(fwknop_b64[c] - 1);
+}
+
 /*
  * Decode the tag's KG_FWKNOP_TAG_LEN characters into s->digest and
  * s->want: 0 unless each is base64's and the two bits the last one has
  * beyond the HMAC's 256 are zero (fwknopd compares the text: no other
- * spelling of an HMAC verifies).
+ * spelling of an HMAC verifies). Four characters to three bytes a turn,
+ * with no branch; not unrolled, which would hoist every load and spill
+ * past the stack the hash needs below it. A BPF global function.
  */
-static __always_inline int fwknop_decode_tag(struct fwknop_scratch *s)
+__attribute__((noinline)) int fwknop_decode_tag(struct fwknop_scratch *s)
 {
-	__u32 acc = 0, bits = 0, pos = 0, bad = 0;
-	/* Not unrolled: an unrolled decode spills past the stack the hash
-	 * needs below it. */
+	if (!s)
+		return 0;
+	__u32 bad = 0;
 #pragma clang loop unroll(disable)
-	for (int i = 0; i < KG_FWKNOP_TAG_LEN; i++) {
-		__u8 x = fwknop_b64[s->tag[i]] - 1; /* 0xff: not base64 */
-		bad |= x;
-		acc = acc << 6 | (x & 63);
-		bits += 6;
-		if (bits >= 8) {
-			bits -= 8;
-			if (pos < sizeof(s->digest.b))
-				s->digest.b[pos++] = acc >> bits;
-		}
+	for (int g = 0; g < KG_FWKNOP_TAG_LEN / 4; g++) {
+		__u32 c0 = fwknop_b64_bits(s->tag[4 * g]), c1 = fwknop_b64_bits(s->tag[4 * g + 1]);
+		__u32 c2 = fwknop_b64_bits(s->tag[4 * g + 2]), c3 = fwknop_b64_bits(s->tag[4 * g + 3]);
+		bad |= c0 | c1 | c2 | c3;
+		__u32 v = c0 << 18 | c1 << 12 | c2 << 6 | c3;
+		s->digest.b[3 * g] = v >> 16;
+		s->digest.b[3 * g + 1] = v >> 8;
+		s->digest.b[3 * g + 2] = v;
 	}
-	if (acc & ((1u << bits) - 1)) /* the spare bits */
+	/* The last three characters: 18 bits, two bytes and the spare two. */
+	__u32 c0 = fwknop_b64_bits(s->tag[40]), c1 = fwknop_b64_bits(s->tag[41]), c2 = fwknop_b64_bits(s->tag[42]);
+	bad |= c0 | c1 | c2;
+	__u32 v = c0 << 12 | c1 << 6 | c2;
+	s->digest.b[30] = v >> 10;
+	s->digest.b[31] = v >> 2;
+	if (v & 3)
 		bad |= 0x80;
 #pragma unroll
 	for (int i = 0; i < 8; i++)
@@ -207,9 +219,15 @@ __attribute__((noinline)) int fwknop(struct xdp_md *ctx, const struct packet *pk
 	/* The text the HMAC covers, "U2FsdGVkX1" and the body, padded: zeros,
 	 * then the prefix, the body, 0x80, and the length in bits (the key's
 	 * block before it included) in the last word. */
-	__u64 *z = (__u64 *)s->blocks;
+	__u32 n = KG_FWKNOP_PREFIX_LEN + body;
+	struct fwknop_loop lc = { .nblocks = (n + 9 + 63) / 64 };
+	if (lc.nblocks < 2 || lc.nblocks > KG_FWKNOP_BLOCKS)
+		return 0;
+	/* Only the blocks the text takes: the last two zeroed (its padding
+	 * lies in them), the text loaded over them, each word byte-swapped. */
+	__u64 *z = (__u64 *)&s->blocks[lc.nblocks - 2];
 #pragma unroll
-	for (int i = 0; i < KG_FWKNOP_BLOCKS * 8; i++)
+	for (int i = 0; i < 16; i++)
 		z[i] = 0;
 	__u8 *m = (__u8 *)s->blocks;
 	__builtin_memcpy(m, "U2FsdGVkX1", KG_FWKNOP_PREFIX_LEN);
@@ -217,17 +235,16 @@ __attribute__((noinline)) int fwknop(struct xdp_md *ctx, const struct packet *pk
 		count(COUNTER_FWKNOP_BAD_HMAC);
 		return 0;
 	}
-	__u32 n = KG_FWKNOP_PREFIX_LEN + body;
 	m[n] = 0x80;
-	__u32 *w = (__u32 *)s->blocks;
+	for (int b = 0; b < KG_FWKNOP_BLOCKS; b++) {
+		if (b >= lc.nblocks)
+			break;
+		__u32 *w = s->blocks[b].w;
 #pragma unroll
-	for (int i = 0; i < KG_FWKNOP_BLOCKS * 16; i++)
-		w[i] = bpf_ntohl(w[i]);
-	struct fwknop_loop lc = { .nblocks = (n + 9 + 63) / 64 };
-	__u32 last = lc.nblocks * 16 - 1;
-	if (last >= KG_FWKNOP_BLOCKS * 16)
-		return 0;
-	w[last] = (64 + n) * 8;
+		for (int i = 0; i < 16; i++)
+			w[i] = bpf_ntohl(w[i]);
+	}
+	s->blocks[lc.nblocks - 1].w[15] = (64 + n) * 8;
 	for (int b = 0; b < KG_FWKNOP_BLOCKS; b++) {
 		if (b >= lc.nblocks)
 			break;

@@ -191,6 +191,7 @@ type KnockgateFwknopScratch struct {
 	Sched [6]struct {
 		_  structs.HostLayout
 		Kw [64]uint32
+		W  [64]uint32
 	}
 	Want   [8]uint32
 	Digest KnockgateFwknopDigest
@@ -206,6 +207,7 @@ type KnockgateFwknopScratch struct {
 	Osched struct {
 		_  structs.HostLayout
 		Kw [64]uint32
+		W  [64]uint32
 	}
 }
 

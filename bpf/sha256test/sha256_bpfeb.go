@@ -16,6 +16,7 @@ import (
 type Sha256Sha256Sched struct {
 	_  structs.HostLayout
 	Kw [64]uint32
+	W  [64]uint32
 }
 
 // Names of all BPF objects in the ELF.
