@@ -5,5 +5,5 @@
 // types of their own.
 package bpf
 
-//go:generate go tool bpf2go -tags linux -target bpfel,bpfeb -type source -type grant_key -type step -type service -type config -type grant -type allow_key -type event -type counter -type service_counter -type event_type -type verdict -type config_flag -type flow_flag -type flow_key -type spa_key -type spa_key_flag -type fwknop_key -type fwknop_digest -type fwknop_seen -type fwknop_record -type fwknop_grant_req Knockgate knockgate.c -- -Wall -Werror
+//go:generate go tool bpf2go -tags linux -target bpfel,bpfeb -type source -type grant_key -type step -type service -type config -type grant -type allow_key -type event -type counter -type service_counter -type event_type -type verdict -type config_flag -type flow_flag -type flow_key -type spa_key -type spa_key_flag -type fwknop_key -type fwknop_digest -type fwknop_seen -type fwknop_record -type fwknop_grant_req Knockgate knockgate.c -- -mcpu=v3 -Wall -Werror
 //go:generate go tool bpf2go -tags linux -target bpfel,bpfeb -no-global-types Egress egress.c -- -Wall -Werror
