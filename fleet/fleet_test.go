@@ -10,10 +10,12 @@ import (
 	"encoding/pem"
 	"fmt"
 	"math/big"
+	mrand "math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -185,13 +187,29 @@ func (nd *node) said(text string) int {
 	return n
 }
 
+// freePort is a port for a server's routes, free when asked: from below
+// the kernel's ephemeral range, never from it (a port the kernel hands out
+// with :0 is also what it gives the next outgoing connection — the routes'
+// own, the suite's other packages' — which can take it before the server
+// binds it: the server then never starts).
 func freePort(t testing.TB) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > 11000 {
+				low = n
+			}
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
+	for range 100 {
+		addr := fmt.Sprintf("127.0.0.1:%d", 10000+mrand.IntN(low-10000))
+		if l, err := net.Listen("tcp", addr); err == nil {
+			l.Close()
+			return addr
+		}
+	}
+	t.Fatalf("no free port below %d", low)
+	return ""
 }
 
 // certs makes a CA and, signed by it, a certificate for 127.0.0.1 every

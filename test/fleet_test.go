@@ -437,7 +437,7 @@ func TestFleetRevokeWhileDownStaysRevoked(t *testing.T) {
 // on this 2-CPU machine). The times are logged.
 func TestFleetRecoversFromFailures(t *testing.T) {
 	const (
-		followBound   = 6 * time.Second // 1.5 s to notice a stalled watch, then a busy machine's slack (4.2 s seen at load 13)
+		followBound   = 10 * time.Second // 1.5 s to notice a stalled watch, then a busy machine's slack (4.2 s seen at load 13; 6.3 s with the whole suite and two busy loops on 2 CPUs)
 		electionBound = 30 * time.Second
 		backBound     = 10 * time.Second
 	)
