@@ -33,8 +33,6 @@ static const __u32 sha256_k[64] = {
 	0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
 };
 
-#define SHA256_ROTR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
-
 /* A block's message schedule (FIPS 180-4, 6.2.2 step 1), w, and the same
  * with the round constants added, kw[i] = K[i] + W[i]. It depends on the
  * block alone, so a message hashed under many keys (HMAC) has it made once
