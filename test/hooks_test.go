@@ -457,12 +457,7 @@ func TestImportDebianKnockdConf(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stderr, "[closeSSH] line 13: not imported: its command only undoes [openSSH]'s") {
 		t.Fatalf("import knockd: %s", r)
 	}
-	path := g.configPath()
-	os.WriteFile(path, []byte(r.stdout), 0o644)
-	if c := g.kg(g.srv, "run", "--check", "--config", path); c.code != 0 {
-		t.Fatalf("run --check on the imported file: %s\n%s", c, r.stdout)
-	}
-	g.startRunAt(path, nil)
+	g.runImported(r.stdout)
 	g.expect(filtered, cli4, srv4)
 	if got := g.dial(cli4, srv4, 443, filteredWait); got != filtered {
 		t.Fatalf("443 before openHTTPS's knock: %s", got)
@@ -528,12 +523,7 @@ func TestImportRicherKnockdConf(t *testing.T) {
 			t.Errorf("stderr lacks %q: %s", line, r.stderr)
 		}
 	}
-	path := g.configPath()
-	os.WriteFile(path, []byte(r.stdout), 0o644)
-	if c := g.kg(g.srv, "run", "--check", "--config", path); c.code != 0 {
-		t.Fatalf("run --check on the imported file: %s\n%s", c, r.stdout)
-	}
-	g.startRunAt(path, nil)
+	g.runImported(r.stdout)
 	g.expect(filtered, cli4, srv4)
 	g.mustRun(g.cli, "knock", "-v", srv4.String(), "2222:udp", "3333:tcp", "4444:udp")
 	g.expect(open, cli4, srv4)
@@ -677,4 +667,16 @@ on_close = ["/bin/sh", "-c", "sleep 300 & echo $! > %s; wait"]
 			t.Errorf("%s = %v, want %v", series, got, want)
 		}
 	}
+}
+
+// runImported writes a configuration `import` printed to the gate's config
+// file, which `run --check` must take, and starts run on it.
+func (g *gate) runImported(conf string) {
+	g.t.Helper()
+	path := g.configPath()
+	os.WriteFile(path, []byte(conf), 0o644)
+	if c := g.kg(g.srv, "run", "--check", "--config", path); c.code != 0 {
+		g.t.Fatalf("run --check on the imported file: %s\n%s", c, conf)
+	}
+	g.startRunAt(path, nil)
 }
