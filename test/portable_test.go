@@ -3,7 +3,6 @@ package test
 import (
 	"encoding/binary"
 	"fmt"
-	"net"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -87,26 +86,8 @@ type tcpPacket struct {
 // a UDP datagram to port marker goes out; the channel is closed then.
 func captureTCP(t *testing.T, ns *netns.NS, iface string, marker uint16) (<-chan tcpPacket, func()) {
 	t.Helper()
-	var fd int
-	err := ns.Do(func() error {
-		ifc, err := net.InterfaceByName(iface)
-		if err != nil {
-			return err
-		}
-		// ETH_P_ALL: only such sockets see outgoing frames.
-		if fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(htons(unix.ETH_P_ALL))); err != nil {
-			return err
-		}
-		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifc.Index})
-	})
-	if err != nil {
-		t.Fatalf("capture on %s: %v", iface, err)
-	}
 	// Only a safety net against a hang: the marker ends the capture.
-	tv := unix.Timeval{Sec: 30}
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		t.Fatal(err)
-	}
+	fd := packetSocket(t, ns, iface, unix.Timeval{Sec: 30})
 	out := make(chan tcpPacket, 64)
 	go func() {
 		defer close(out)

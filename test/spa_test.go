@@ -192,9 +192,10 @@ func TestSPAWrongKeySaysWhy(t *testing.T) {
 	}
 }
 
-// capture reads, in ns, the UDP payloads sent to port on iface (outgoing
-// frames included), until stop.
-func capture(t *testing.T, ns *netns.NS, iface string, port uint16) (payloads chan []byte, stop func()) {
+// packetSocket is an AF_PACKET socket in ns bound to iface, seeing every
+// frame (ETH_P_ALL: only such sockets see outgoing frames too), whose reads
+// time out after timeout.
+func packetSocket(t *testing.T, ns *netns.NS, iface string, timeout unix.Timeval) int {
 	t.Helper()
 	var fd int
 	err := ns.Do(func() error {
@@ -202,8 +203,7 @@ func capture(t *testing.T, ns *netns.NS, iface string, port uint16) (payloads ch
 		if err != nil {
 			return err
 		}
-		proto := int(htons(unix.ETH_P_ALL))
-		if fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, proto); err != nil {
+		if fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(htons(unix.ETH_P_ALL))); err != nil {
 			return err
 		}
 		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifc.Index})
@@ -211,11 +211,19 @@ func capture(t *testing.T, ns *netns.NS, iface string, port uint16) (payloads ch
 	if err != nil {
 		t.Fatalf("capture on %s: %v", iface, err)
 	}
-	// A read times out now and then, so the reader sees stop.
-	tv := unix.Timeval{Usec: 100000}
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &timeout); err != nil {
+		unix.Close(fd)
 		t.Fatal(err)
 	}
+	return fd
+}
+
+// capture reads, in ns, the UDP payloads sent to port on iface (outgoing
+// frames included), until stop.
+func capture(t *testing.T, ns *netns.NS, iface string, port uint16) (payloads chan []byte, stop func()) {
+	t.Helper()
+	// A read times out now and then, so the reader sees stop.
+	fd := packetSocket(t, ns, iface, unix.Timeval{Usec: 100000})
 	payloads = make(chan []byte, 16)
 	var stopped atomic.Bool
 	done := make(chan struct{})
