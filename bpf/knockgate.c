@@ -63,31 +63,35 @@ struct {
 } grants SEC(".maps");
 
 /*
- * A one-sided filter in front of grants: a (source, service) whose slot
- * (hint_slot, a hash of both) counts zero has no grant, so a stranger's
- * packet to a protected port costs one inlined array load instead of a hash
- * lookup. The count goes up before a grant is made and down after one is
- * deleted, by the program and by the Go side alike (maps.HintSlot hashes the
- * same way), so it never reads zero while a grant exists; it may read high (a
- * slot two grants share, a grant the LRU evicted), which only costs the
- * lookup. Only completed sequences, SPA and the operator make grants, so no
- * flood moves these counts. Sized by the loader at four slots per grant the
- * gate holds (--max-sources), so that with the grants map full most of a
- * stranger's slots still read zero; 32-bit counts (a gate holds fewer grants
- * than that), atomics every architecture has. Mmapable, so Go adds to a
- * count atomically in place.
+ * A one-sided filter in front of grants (a Bloom filter, blocked to one
+ * 64-bit word): a (source, service) whose HINT_BITS bits of its word
+ * (hint_of, a hash of both) are not all set has no grant, so a stranger's
+ * packet to a protected port costs one load from a bitmap of 2 bytes a
+ * --max-sources instead of a hash lookup: 2 MiB at 2^20 sources, where a
+ * stranger's line is likely still in cache (at 10^6 grants, 0.5 % of
+ * strangers find their bits set and look). Two halves: the program reads
+ * the active one (hint_active, the value's first word); every writer of a
+ * grant sets its bits in both, before the grant exists and again after
+ * (put_grant, maps.Set.putGrant). Bits are never cleared in the active half,
+ * so they never miss a grant; they go stale as grants go (a revoke, the
+ * LRU), which only costs the lookup, until the Go side rebuilds the
+ * inactive half from the grants map and makes it the active one
+ * (maps.Set.RebuildHints: why the second setting makes that safe). One
+ * value, HINT_HEADER bytes and the two halves of hint_words words, sized
+ * by the loader; mmapable, so Go sets bits atomically in place.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 1);
 	__uint(map_flags, BPF_F_MMAPABLE);
-	__type(key, __u32);
-	__type(value, __u32);
-} hints SEC(".maps");
+	__uint(key_size, 4);
+	__uint(value_size, HINT_HEADER + 2 * 8 * 1024);
+} hint_bits SEC(".maps");
 
-/* 64 less the log2 of the hints map's slots (a power of two, set by the
- * loader). */
-volatile const __u32 hint_shift = 64 - 16;
+/* Words in each half of hint_bits (a power of two), and 64 less its log2:
+ * set by the loader. */
+volatile const __u32 hint_words = 1024;
+volatile const __u32 hint_shift = 64 - 10;
 
 /* Operator CIDRs that always pass protected ports: of every service
  * (service KG_ALLOW_ANY), or of one; each configuration's under its allow
@@ -236,48 +240,72 @@ static __always_inline struct grant_key grant_key_of(const __u8 *addr, __u32 ser
 	return k;
 }
 
-/* The hint slot of a (source, service): a multiplicative hash of the
- * address's two halves and the service, its top bits (as many as the map's
- * size, a power of two, needs: every input bit reaches them). Mirrored by
- * maps.HintSlot; change both or neither. */
-static __always_inline __u32 hint_slot(const struct grant_key *k)
+/* The hint of a (source, service): the word of a half of hint_bits its
+ * bits are in (a multiplicative hash's top bits, as many as hint_words
+ * needs), and its HINT_BITS bits, 6 bits of another product each (the same
+ * bit twice is one bit less). Mirrored by maps.HintOf; change both or
+ * neither. */
+struct hint {
+	__u64 mask;
+	__u32 word;
+};
+
+static __always_inline struct hint hint_of(const struct grant_key *k)
 {
 	__u64 a, b;
 	__builtin_memcpy(&a, k->addr, 8);
 	__builtin_memcpy(&b, k->addr + 8, 8);
-	return ((a ^ b ^ ((__u64)k->service << 56)) * 0x9e3779b97f4a7c15ULL) >> hint_shift;
+	__u64 h = (a ^ ((__u64)k->service << 56)) * 0x9e3779b97f4a7c15ULL + b * 0xbf58476d1ce4e5b9ULL;
+	__u64 m = h * 0x94d049bb133111ebULL;
+	struct hint ht = { .word = h >> hint_shift };
+	ht.mask = 1ULL << (m >> 58) | 1ULL << ((m >> 52) & 63) | 1ULL << ((m >> 46) & 63) | 1ULL << ((m >> 40) & 63);
+	return ht;
 }
 
-static __always_inline __u32 *hint_count(const struct grant_key *k)
+/* Might k have a grant? Its bits in the active half: all set, or no word
+ * to read (cannot be: the loader sizes the value). */
+static __always_inline int hinted(const struct grant_key *k)
 {
-	__u32 slot = hint_slot(k);
-	return bpf_map_lookup_elem(&hints, &slot);
+	__u32 zero = 0;
+	__u8 *bits = bpf_map_lookup_elem(&hint_bits, &zero);
+	if (!bits)
+		return 1;
+	struct hint h = hint_of(k);
+	if (h.word >= hint_words)
+		return 1;
+	__u32 half = *(volatile __u32 *)bits & 1;
+	__u64 w = *(volatile __u64 *)(bits + HINT_HEADER + 8 * (half * hint_words + h.word));
+	return (w & h.mask) == h.mask;
+}
+
+/* Set k's bits in both halves. Returns 0, or -1 without the map. */
+static __always_inline long hint_set(const struct grant_key *k)
+{
+	__u32 zero = 0;
+	__u8 *bits = bpf_map_lookup_elem(&hint_bits, &zero);
+	if (!bits)
+		return -1;
+	struct hint h = hint_of(k);
+	if (h.word >= hint_words)
+		return -1;
+	__sync_fetch_and_or((__u64 *)(bits + HINT_HEADER + 8 * h.word), h.mask);
+	__sync_fetch_and_or((__u64 *)(bits + HINT_HEADER + 8 * (hint_words + h.word)), h.mask);
+	return 0;
 }
 
 /*
- * Insert or replace a grant, keeping its hint count exact: counted before a
- * new entry exists; a replaced entry is not counted again. Returns 0 or the
- * map's error.
+ * Insert or replace a grant, its hint bits set before it exists (so no
+ * reader misses it) and again after (so a rebuild of the inactive half that
+ * cleared them before the grant was there keeps them: maps.RebuildHints).
+ * Returns 0 or the map's error.
  */
 static __always_inline long put_grant(const struct grant_key *k, const struct grant *g)
 {
-	__u32 *n = hint_count(k);
-	if (!n)
+	if (hint_set(k))
 		return -1;
-	/* Two tries: an entry deleted between the two updates is made anew. */
-	for (int i = 0; i < 2; i++) {
-		__sync_fetch_and_add(n, 1);
-		long err = bpf_map_update_elem(&grants, k, g, BPF_NOEXIST);
-		if (!err)
-			return 0;
-		__sync_fetch_and_add(n, -1);
-		if (err != -17 /* EEXIST */)
-			return err;
-		err = bpf_map_update_elem(&grants, k, g, BPF_EXIST);
-		if (err != -2 /* ENOENT */)
-			return err;
-	}
-	return -2;
+	long err = bpf_map_update_elem(&grants, k, g, BPF_ANY);
+	hint_set(k);
+	return err;
 }
 
 /* Where a source's progress lives: its set, and the tag the byte of its
@@ -333,8 +361,7 @@ static __always_inline int holds(const struct knock_slot *k, const struct source
 static __always_inline int granted(const struct packet *pkt, __u32 service, struct lazy *lz)
 {
 	struct grant_key key = grant_key_of(pkt->src.addr, service);
-	__u32 *n = hint_count(&key);
-	if (n && !*(volatile __u32 *)n)
+	if (!hinted(&key))
 		return 0;
 	struct grant *g = bpf_map_lookup_elem(&grants, &key);
 	if (!g)

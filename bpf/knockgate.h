@@ -34,6 +34,12 @@
  * any of the 4 slots of the set its address hashes to. */
 #define KG_KNOCK_WAYS 4
 
+/* The hint bitmap (hint_bits in knockgate.c): a header of a cache line,
+ * whose first 32-bit word says which half is active, then the two halves;
+ * each (source, service) has HINT_BITS bits in one word of a half. */
+#define HINT_HEADER 64
+#define HINT_BITS 4
+
 /* The flow table is 4-way set-associative too (see struct flow). */
 #define KG_FLOW_WAYS 4
 /* How long a flow lasts once closing (FIN both ways, an RST) or while a

@@ -324,7 +324,7 @@ const (
 	KnockgateMapFwknopRing           = "fwknop_ring"
 	KnockgateMapFwknopScratch        = "fwknop_scratch"
 	KnockgateMapGrants               = "grants"
-	KnockgateMapHints                = "hints"
+	KnockgateMapHintBits             = "hint_bits"
 	KnockgateMapKnockTags            = "knock_tags"
 	KnockgateMapKnocks               = "knocks"
 	KnockgateMapServiceCounters      = "service_counters"
@@ -337,6 +337,7 @@ const (
 	KnockgateVarFlowSets             = "flow_sets"
 	KnockgateVarFlowSlots            = "flow_slots"
 	KnockgateVarHintShift            = "hint_shift"
+	KnockgateVarHintWords            = "hint_words"
 	KnockgateVarKnockSets            = "knock_sets"
 	KnockgateVarKnockSlots           = "knock_slots"
 	KnockgateVarTestBootNs           = "test_boot_ns"
@@ -419,7 +420,7 @@ type KnockgateMapSpecs struct {
 	FwknopRing      *ebpf.MapSpec `ebpf:"fwknop_ring"`
 	FwknopScratch   *ebpf.MapSpec `ebpf:"fwknop_scratch"`
 	Grants          *ebpf.MapSpec `ebpf:"grants"`
-	Hints           *ebpf.MapSpec `ebpf:"hints"`
+	HintBits        *ebpf.MapSpec `ebpf:"hint_bits"`
 	KnockTags       *ebpf.MapSpec `ebpf:"knock_tags"`
 	Knocks          *ebpf.MapSpec `ebpf:"knocks"`
 	ServiceCounters *ebpf.MapSpec `ebpf:"service_counters"`
@@ -436,6 +437,7 @@ type KnockgateVariableSpecs struct {
 	FlowSets             *ebpf.VariableSpec `ebpf:"flow_sets"`
 	FlowSlots            *ebpf.VariableSpec `ebpf:"flow_slots"`
 	HintShift            *ebpf.VariableSpec `ebpf:"hint_shift"`
+	HintWords            *ebpf.VariableSpec `ebpf:"hint_words"`
 	KnockSets            *ebpf.VariableSpec `ebpf:"knock_sets"`
 	KnockSlots           *ebpf.VariableSpec `ebpf:"knock_slots"`
 	TestBootNs           *ebpf.VariableSpec `ebpf:"test_boot_ns"`
@@ -488,7 +490,7 @@ type KnockgateMaps struct {
 	FwknopRing      *ebpf.Map `ebpf:"fwknop_ring"`
 	FwknopScratch   *ebpf.Map `ebpf:"fwknop_scratch"`
 	Grants          *ebpf.Map `ebpf:"grants"`
-	Hints           *ebpf.Map `ebpf:"hints"`
+	HintBits        *ebpf.Map `ebpf:"hint_bits"`
 	KnockTags       *ebpf.Map `ebpf:"knock_tags"`
 	Knocks          *ebpf.Map `ebpf:"knocks"`
 	ServiceCounters *ebpf.Map `ebpf:"service_counters"`
@@ -513,7 +515,7 @@ func (m *KnockgateMaps) Close() error {
 		m.FwknopRing,
 		m.FwknopScratch,
 		m.Grants,
-		m.Hints,
+		m.HintBits,
 		m.KnockTags,
 		m.Knocks,
 		m.ServiceCounters,
@@ -531,6 +533,7 @@ type KnockgateVariables struct {
 	FlowSets             *ebpf.Variable `ebpf:"flow_sets"`
 	FlowSlots            *ebpf.Variable `ebpf:"flow_slots"`
 	HintShift            *ebpf.Variable `ebpf:"hint_shift"`
+	HintWords            *ebpf.Variable `ebpf:"hint_words"`
 	KnockSets            *ebpf.Variable `ebpf:"knock_sets"`
 	KnockSlots           *ebpf.Variable `ebpf:"knock_slots"`
 	TestBootNs           *ebpf.Variable `ebpf:"test_boot_ns"`

@@ -985,54 +985,94 @@ func TestVerdictCounters(t *testing.T) {
 	})
 }
 
-// The hint count of a source's slot must follow its grants exactly: never
-// zero while one exists (its packets would skip the lookup that finds it),
-// and back to zero once none does (or sources that were once granted would
-// stay on the slow path). Knock progress never counts: the knock table
-// answers for itself.
-func TestHintCountsFollowGrants(t *testing.T) {
+// A source's hint bits must be set in the active half while it has a grant
+// (or its packets would skip the lookup that finds it), whoever made it,
+// through every rebuild; once no grant is left, a rebuild clears them (or
+// sources that were once granted would stay on the slow path forever).
+// Knock progress sets none: the knock table answers for itself.
+func TestHintBitsFollowGrants(t *testing.T) {
 	netns.Require(t)
 	forFamilies(t, func(t *testing.T, f family) {
 		g := newGate(t, defaultConfig())
-		count := func(what string, want uint32) {
+		key := maps.GrantKey(f.src, 0)
+		hinted := func(what string, want bool) {
 			t.Helper()
-			n, err := g.maps.HintCount(maps.GrantKey(f.src, 0))
+			got, err := g.maps.Hinted(key)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if n != want {
-				t.Errorf("%s: hint count %d, want %d", what, n, want)
+			if got != want {
+				t.Errorf("%s: hinted %v, want %v", what, got, want)
 			}
 		}
-		count("stranger", 0)
+		rebuild := func(what string, grants int) {
+			t.Helper()
+			st, err := g.maps.RebuildHints()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Grants != grants {
+				t.Errorf("%s: rebuilt from %d grants, want %d", what, st.Grants, grants)
+			}
+		}
+		revoke := func() {
+			t.Helper()
+			if _, err := g.maps.Revoke(f.src, ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+		hinted("stranger", false)
 		g.knockSteps(f, f.src, 1)
-		count("knocking", 0)
+		hinted("knocking", false)
 		g.expect("a wrong knock", f.knock(f.src, ssh), xdpDrop, "dropped_protected", "knock_reset")
 		g.noProgress("after reset", f.src)
-		count("after reset", 0)
+		hinted("after reset", false)
 		g.events()
 
-		g.knockSteps(f, f.src, len(seq)) // progress deleted, grant made
-		count("granted", 1)
-		if _, err := g.maps.Revoke(f.src, ""); err != nil {
-			t.Fatal(err)
+		// Made by the program; both halves: it survives each rebuild.
+		g.knockSteps(f, f.src, len(seq))
+		hinted("granted", true)
+		for i := range 3 {
+			rebuild(fmt.Sprintf("rebuild %d", i), 1)
+			hinted(fmt.Sprintf("granted, rebuild %d", i), true)
+			g.expect(fmt.Sprintf("SYN to 22, granted, rebuild %d", i), f.knock(f.src, ssh), xdpPass, "passed_granted")
 		}
-		count("revoked", 0)
+		revoke()
+		hinted("revoked: stale until a rebuild", true)
+		g.expect("SYN to 22, revoked, bits stale", f.knock(f.src, ssh), xdpDrop, "dropped_protected")
+		rebuild("after the revoke", 0)
+		hinted("revoked, rebuilt", false)
+		g.expect("SYN to 22, revoked, rebuilt", f.knock(f.src, ssh), xdpDrop, "dropped_protected")
 
-		if err := g.maps.Grant(f.src, "default", maps.BootNow()-1); err != nil {
-			t.Fatal(err)
+		// Made by Go, replaced; an expired grant stays in the map, and so
+		// do its bits (the program reports its expiry on the next packet).
+		for range 2 {
+			if err := g.maps.Grant(f.src, "default", maps.BootNow()-1); err != nil {
+				t.Fatal(err)
+			}
 		}
-		if err := g.maps.Grant(f.src, "default", maps.BootNow()-1); err != nil { // replaced, not added
-			t.Fatal(err)
-		}
-		count("granted from Go", 1)
+		hinted("granted from Go", true)
+		rebuild("an expired grant", 1)
+		hinted("expired grant, rebuilt", true)
 		g.expect("SYN to 22, grant expired", f.knock(f.src, ssh), xdpDrop, "dropped_protected", "grant_expired")
-		count("expired grant, left in place", 1)
+		revoke()
+		rebuild("after the expired grant's revoke", 0)
+		hinted("expired grant revoked, rebuilt", false)
+		g.expectEvents("expired grant", "expire")
+
+		// Granted in the half that became inactive: after the next flip
+		// it is still there.
+		if err := g.maps.Grant(f.src, "default", maps.BootAfter(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
 		if _, err := g.maps.Revoke(f.src, ""); err != nil {
 			t.Fatal(err)
 		}
-		count("expired grant revoked", 0)
-		g.expectEvents("expired grant", "expire")
+		if err := g.maps.Grant(f.src, "default", maps.BootAfter(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		rebuild("granted again", 1)
+		g.expect("SYN to 22, granted again, rebuilt", f.knock(f.src, ssh), xdpPass, "passed_granted")
 	})
 }
 

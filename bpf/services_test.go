@@ -418,9 +418,12 @@ func TestServiceGrantOpensOnlyItsPorts(t *testing.T) {
 		}
 		g.expectOpenTo("all revoked", f, both)
 		g.expectGrants("all revoked", both, map[int]uint64{})
+		if _, err := g.maps.RebuildHints(); err != nil {
+			t.Fatal(err)
+		}
 		for _, i := range []int{0, g.index("web"), g.index("rdp")} {
-			if n, err := g.maps.HintCount(maps.GrantKey(both, i)); err != nil || n != 0 {
-				t.Errorf("hint count of service %d after revoking all: %d (%v), want 0", i, n, err)
+			if hinted, err := g.maps.Hinted(maps.GrantKey(both, i)); err != nil || hinted {
+				t.Errorf("service %d hinted after revoking all and a rebuild: %v (%v)", i, hinted, err)
 			}
 		}
 	})
@@ -1010,9 +1013,12 @@ func TestServiceRemovedAndAdded(t *testing.T) {
 				t.Errorf("grant of %s of the removed web (index %d) still there", maps.AddrOf(k.Addr), web)
 			}
 		}
+		if _, err := g.maps.RebuildHints(); err != nil {
+			t.Fatal(err)
+		}
 		for _, a := range []netip.Addr{f.src, f.other} {
-			if n, err := g.maps.HintCount(maps.GrantKey(a, web)); err != nil || n != 0 {
-				t.Errorf("hint count of %s's web grant after the removal: %d (%v), want 0", a, n, err)
+			if hinted, err := g.maps.Hinted(maps.GrantKey(a, web)); err != nil || hinted {
+				t.Errorf("%s's web grant hinted after the removal and a rebuild: %v (%v)", a, hinted, err)
 			}
 		}
 		if e := g.allowEntries(); len(e[web]) != 0 {
@@ -1377,16 +1383,16 @@ func TestThirtyTwoServices(t *testing.T) {
 		g.events()
 		expectOnly("a request for four", f.source(1), names[27:]...)
 
-		// The hint filter: a stranger's (source, service) slot counts zero,
-		// and the program then never looks in the grants map. A grant put
-		// there behind the hints' back is not seen; the same grant made the
-		// proper way is.
+		// The hint filter: a stranger's (source, service) bits are not all
+		// set, and the program then never looks in the grants map. A grant
+		// put there behind the hints' back is not seen; the same grant made
+		// the proper way is.
 		stranger := strangerOf(t, g, f)
 		for name, p := range ports {
 			i := installed.Index[name]
 			k := maps.GrantKey(stranger, i)
-			if n, err := g.maps.HintCount(k); err != nil || n != 0 {
-				t.Fatalf("hint count of a stranger's %s: %d (%v)", name, n, err)
+			if hinted, err := g.maps.Hinted(k); err != nil || hinted {
+				t.Fatalf("a stranger's %s hinted: %v (%v)", name, hinted, err)
 			}
 			if err := g.objs.Grants.Update(k, bpf.KnockgateGrant{ExpiresNs: g.boot() + uint64(time.Hour)}, ebpf.UpdateNoExist); err != nil {
 				t.Fatal(err)
@@ -1402,28 +1408,31 @@ func TestThirtyTwoServices(t *testing.T) {
 			if _, err := g.maps.Revoke(stranger, name); err != nil {
 				t.Fatal(err)
 			}
+			if _, err := g.maps.RebuildHints(); err != nil {
+				t.Fatal(err)
+			}
 		}
 	})
 }
 
-// strangerOf is a source none of whose (source, service) hint slots any
-// grant of g's counts.
+// strangerOf is a source none of whose (source, service) hints the grants
+// of g set.
 func strangerOf(t *testing.T, g *gate, f family) netip.Addr {
 	t.Helper()
-	used := map[uint32]bool{}
-	for k := range g.grants() {
-		used[maps.HintSlot(k, g.objs.Hints.MaxEntries())] = true
-	}
 	for n := 1000; n < 2000; n++ {
 		a := f.source(n)
 		free := true
 		for i := range maps.MaxServices {
-			free = free && !used[maps.HintSlot(maps.GrantKey(a, i), g.objs.Hints.MaxEntries())]
+			hinted, err := g.maps.Hinted(maps.GrantKey(a, i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			free = free && !hinted
 		}
 		if free {
 			return a
 		}
 	}
-	t.Fatal("no stranger clear of every grant's hint slot")
+	t.Fatal("no stranger clear of every grant's hint bits")
 	return netip.Addr{}
 }

@@ -238,6 +238,9 @@ func Open(name string) (_ *Gate, err error) {
 				"(the detach drops its grants and knock progress)", name, ErrOldLayout, name)
 		}
 	}
+	if isHintCounts(dir) {
+		return nil, hintCountsError(name, dir)
+	}
 	set, err := maps.OpenPinned(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		// A map this build expects was never pinned: an older layout,

@@ -143,9 +143,12 @@ func sizeSpec(spec *ebpf.CollectionSpec, knockSlots, grants, flowSlots uint32, t
 		return fmt.Errorf("set flow slots: %w", err)
 	}
 	spec.Maps[bpf.KnockgateMapGrants].MaxEntries = grants
-	hints := maps.HintSlots(grants)
-	spec.Maps[bpf.KnockgateMapHints].MaxEntries = hints
-	if err := spec.Variables["hint_shift"].Set(maps.HintShift(hints)); err != nil {
+	words := maps.HintWords(grants)
+	spec.Maps[bpf.KnockgateMapHintBits].ValueSize = maps.HintBitsSize(words)
+	if err := spec.Variables["hint_words"].Set(words); err != nil {
+		return fmt.Errorf("set hint words: %w", err)
+	}
+	if err := spec.Variables["hint_shift"].Set(maps.HintShift(words)); err != nil {
 		return fmt.Errorf("set hint shift: %w", err)
 	}
 	spec.Maps[bpf.KnockgateMapKnocks].MaxEntries = knockSlots

@@ -32,10 +32,12 @@ import (
 //	               entry is an entry for every service, in the slots whose
 //	               configuration consulted it (allow_count > 0).
 //	grants         keyed by address: the address's grant of default, with
-//	               its expiry, through maps.Set.Grant (so the new hints
-//	               count it exactly as the program would); grants expired
+//	               its expiry, through maps.Set.Grant (which sets its
+//	               hint bits as the program would); grants expired
 //	               and reported already are dead and left behind.
-//	hints          made anew by those grants.
+//	hints          gone: hint_bits, this build's filter, is made anew by
+//	               those grants (and the previous release's counts freed
+//	               with its program).
 //	spa_keys       a pad where the services mask now is: each key opens
 //	               default (the scope of a key file line without services=).
 //	counters       20 then, 21 now (COUNTER_SPA_BAD_SERVICE came before
@@ -109,6 +111,13 @@ const newMapPin = bpf.KnockgateMapServiceCounters
 // (by this call or by another command at the same time).
 func Adopt(name string) (g *Gate, upgraded bool, err error) {
 	g, err = Open(name)
+	if errors.Is(err, ErrHintCounts) {
+		if err := upgradeHintBits(name); err != nil {
+			return nil, false, err
+		}
+		g, err = Open(name)
+		return g, false, err
+	}
 	if !errors.Is(err, ErrPreviousRelease) {
 		return g, false, err
 	}
@@ -121,20 +130,30 @@ func Adopt(name string) (g *Gate, upgraded bool, err error) {
 
 // previousReleaseError says what to do with a gate of the previous release.
 func previousReleaseError(name, dir string) error {
-	entries, _ := os.ReadDir(filepath.Join(dir, ifacesDir))
 	cmd := "knockgate attach --gate " + name + " IFACE"
-	if len(entries) > 0 {
-		var ifaces []string
-		for _, e := range entries {
-			ifaces = append(ifaces, unpinName(e.Name()))
-		}
-		cmd = "knockgate attach " + strings.Join(ifaces, " ")
-		if ifaces[0] != name {
-			cmd = "knockgate attach --gate " + name + " " + strings.Join(ifaces, " ")
-		}
+	if ifaces := pinnedIfaceNames(dir); len(ifaces) > 0 {
+		cmd = attachCommand(name, ifaces)
 	}
 	return fmt.Errorf("gate %s: %w: run %q (or \"knockgate run\" on its config file) to upgrade it in place; "+
 		"its grants move into the service default, and its keys, allow list and open sessions are kept", name, ErrPreviousRelease, cmd)
+}
+
+// pinnedIfaceNames are the interfaces of the gate pinned at dir.
+func pinnedIfaceNames(dir string) []string {
+	entries, _ := os.ReadDir(filepath.Join(dir, ifacesDir))
+	var ifaces []string
+	for _, e := range entries {
+		ifaces = append(ifaces, unpinName(e.Name()))
+	}
+	return ifaces
+}
+
+// attachCommand is the attach that adopts the gate called name on ifaces.
+func attachCommand(name string, ifaces []string) string {
+	if ifaces[0] != name {
+		return "knockgate attach --gate " + name + " " + strings.Join(ifaces, " ")
+	}
+	return "knockgate attach " + strings.Join(ifaces, " ")
 }
 
 // previousGate is a gate the previous release pinned: its maps by pin name.

@@ -143,8 +143,8 @@ func copyKeys(old previousGate, set *maps.Set) error {
 // that lasts as long already: so copying twice is copying once, and a grant
 // the new program made or extended is kept. Grants that expired and were
 // reported as such (which the program ignores, and status does not show)
-// are left behind. maps.Set.Grant counts each in the hints, as the program
-// does.
+// are left behind. maps.Set.Grant sets each one's hint bits, as the
+// program does.
 func copyGrants(old previousGate, set *maps.Set) error {
 	now := maps.BootNow()
 	type grant struct {

@@ -53,6 +53,11 @@ func (g *Gate) Upgrade() (replaced bool, err error) {
 		return false, err
 	}
 	defer unlock()
+	return g.upgrade()
+}
+
+// upgrade is Upgrade for a caller that holds the gate's lock.
+func (g *Gate) upgrade() (replaced bool, err error) {
 	spec, err := pinnedSpec(g.Maps)
 	if err != nil {
 		return false, err

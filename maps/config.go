@@ -531,10 +531,8 @@ func (s *Set) purgeServices(mask uint32) error {
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("iterate grants: %w", err)
 	}
-	hints := hintCounts{hints: s.Hints}
-	defer hints.done()
 	for _, k := range doomed {
-		if _, err := s.deleteGrant(&hints, k); err != nil {
+		if _, err := s.deleteGrant(k); err != nil {
 			return fmt.Errorf("remove a grant of a removed service: %w", err)
 		}
 	}

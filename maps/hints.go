@@ -15,11 +15,26 @@ import (
 	"github.com/knockgate/knockgate/bpf"
 )
 
-// The hints map counts, per slot, the grants whose source hashes there; the
-// program skips the grant lookup for a source whose count is zero (see
-// hints in bpf/knockgate.c). Every grant this package makes or deletes keeps
-// that count exact, in the same order the program does: up before a grant
-// exists, down after it is gone.
+// The hint bitmap (hint_bits in bpf/knockgate.c) is a Bloom filter in front
+// of the grants map, blocked to one 64-bit word per (source, service): the
+// program skips the grant lookup for a source whose bits are not all set in
+// the active half. Every grant this package makes sets its bits in both
+// halves, before the grant exists and again after, as the program does; a
+// grant deleted leaves its bits until RebuildHints clears what no grant
+// holds.
+
+// The bitmap's layout: the header (its first 32-bit word the active half),
+// then two halves of a power of two of words each.
+const (
+	HintHeader = 64 // bytes, the program's HINT_HEADER
+	hintBits   = 4  // bits a (source, service) sets, the program's HINT_BITS
+	// HintBitsPerSource sizes the bitmap: 16 bits of each half a grant
+	// the gate can hold. With HintBits bits a word, a full grants map sets
+	// about a third of them: 0.5 % of strangers find their bits set and
+	// look in the grants map for nothing.
+	HintBitsPerSource = 16
+	minHintWords      = 1024
+)
 
 // GrantKey is the grants map's key of addr's grant of the service at
 // index: IPv6 as is, IPv4 v4-mapped.
@@ -27,126 +42,228 @@ func GrantKey(addr netip.Addr, index int) bpf.KnockgateGrantKey {
 	return bpf.KnockgateGrantKey{Addr: Key(addr).Addr, Service: uint8(index)}
 }
 
-// HintSlot is the program's hint_slot: the slot, of a hints map of slots
-// slots (a power of two), that counts the grants of key's source and
-// service: a multiplicative hash's top bits.
-func HintSlot(key bpf.KnockgateGrantKey, slots uint32) uint32 {
+// HintWords is how many 64-bit words each half of the hint bitmap of a gate
+// holding maxSources grants has: HintBitsPerSource bits a grant, a power of
+// two, at least minHintWords.
+func HintWords(maxSources uint32) uint32 {
+	n := (uint64(max(maxSources, 1))*HintBitsPerSource + 63) / 64
+	return uint32(max(minHintWords, 1<<bits.Len64(n-1)))
+}
+
+// HintBitsSize is the size of the hint bitmap's value for words words a
+// half.
+func HintBitsSize(words uint32) uint32 { return HintHeader + 2*8*words }
+
+// HintWordsOf is the words a half of a hint bitmap whose value is size
+// bytes has (HintBitsSize's inverse).
+func HintWordsOf(size uint32) uint32 { return (size - HintHeader) / 16 }
+
+// HintShift is the program's hint_shift for halves of words words.
+func HintShift(words uint32) uint32 { return 64 - uint32(bits.TrailingZeros32(words)) }
+
+// HintOf is the program's hint_of: the word, of halves of words words, that
+// holds key's bits, and the bits.
+func HintOf(key bpf.KnockgateGrantKey, words uint32) (word uint32, mask uint64) {
 	a := binary.NativeEndian.Uint64(key.Addr[:8])
 	b := binary.NativeEndian.Uint64(key.Addr[8:])
-	return uint32(((a ^ b ^ uint64(key.Service)<<56) * 0x9e3779b97f4a7c15) >> HintShift(slots))
+	h := (a^uint64(key.Service)<<56)*0x9e3779b97f4a7c15 + b*0xbf58476d1ce4e5b9
+	m := h * 0x94d049bb133111eb
+	word = uint32(h >> HintShift(words))
+	mask = 1<<(m>>58) | 1<<(m>>52&63) | 1<<(m>>46&63) | 1<<(m>>40&63)
+	return word, mask
 }
 
-// HintShift is the program's hint_shift for a hints map of slots slots.
-func HintShift(slots uint32) uint32 { return 64 - uint32(bits.TrailingZeros32(slots)) }
-
-// HintSlots is how many slots the hints map of a gate holding maxSources
-// grants has: four a grant, so that with the grants map full most of a
-// stranger's slots still count zero (about 78 %), a power of two, at least
-// 65536.
-func HintSlots(maxSources uint32) uint32 {
-	n := uint64(4 * max(maxSources, 1))
-	return uint32(max(1<<16, 1<<bits.Len64(n-1)))
-}
-
-// hintCounts is the hints map mapped shared (it is mmapable), so that
-// adding to a count is one atomic instruction, as in the program, not a
-// read-modify-write racing with it. It is mapped on first use and kept
-// until done: an operation that touches many counts (a purge of removed
-// services' grants, a revoke of every service) maps it once. The counts
-// are 32-bit because the kernel's 32-bit atomic add and sync/atomic's are
-// one kind of operation on every CPU Linux runs, 32-bit ARM included
-// (LDREX/STREX on both sides; README, 32-bit ARM): 64-bit ones are not
-// there, and Go and the kernel could each take a lock the other ignores.
-type hintCounts struct {
-	hints *ebpf.Map
+// hintMem is the hint bitmap mapped shared (it is mmapable), so that bits
+// are set with one atomic instruction, as in the program, not a
+// read-modify-write racing with it.
+type hintMem struct {
 	mem   []byte
+	words uint32
 }
 
-// with runs fn on key's count. An array's elements are 8 bytes apart,
-// whatever their size.
-func (h *hintCounts) with(key bpf.KnockgateGrantKey, fn func(n *uint32) error) error {
-	slots := h.hints.MaxEntries()
-	if h.mem == nil {
-		mem, err := unix.Mmap(h.hints.FD(), 0, int(8*slots), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-		if err != nil {
-			return fmt.Errorf("map hint counts: %w", err)
-		}
-		h.mem = mem
-	}
-	return fn((*uint32)(unsafe.Pointer(&h.mem[8*HintSlot(key, slots)])))
-}
-
-// done unmaps the counts, if with mapped them.
-func (h *hintCounts) done() {
-	if h.mem != nil {
-		unix.Munmap(h.mem)
-		h.mem = nil
-	}
-}
-
-// withHintCount runs fn on key's count, mapped for this call only: the
-// page that holds it, not the whole array, which the kernel maps at once
-// (every page, in time proportional to the array's size: some 2 ms at
-// --max-sources 2^20, which each grant then cost).
-func (s *Set) withHintCount(key bpf.KnockgateGrantKey, fn func(n *uint32) error) error {
-	off := 8 * int64(HintSlot(key, s.Hints.MaxEntries()))
-	page := int64(unix.Getpagesize())
-	at := off &^ (page - 1)
-	mem, err := unix.Mmap(s.Hints.FD(), at, int(page), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+// mapHints maps the whole bitmap; the caller unmaps it (done).
+func (s *Set) mapHints() (*hintMem, error) {
+	size := s.HintBits.ValueSize()
+	mem, err := unix.Mmap(s.HintBits.FD(), 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
-		return fmt.Errorf("map hint count: %w", err)
+		return nil, fmt.Errorf("map hint bits: %w", err)
 	}
-	defer unix.Munmap(mem)
-	return fn((*uint32)(unsafe.Pointer(&mem[off-at])))
+	return &hintMem{mem: mem, words: HintWordsOf(size)}, nil
 }
 
-// HintCount returns the count of the hint slot of key.
-func (s *Set) HintCount(key bpf.KnockgateGrantKey) (n uint32, err error) {
-	err = s.withHintCount(key, func(p *uint32) error {
-		n = atomic.LoadUint32(p)
+func (h *hintMem) done() { unix.Munmap(h.mem) }
+
+// active is the header's word that says which half the program reads.
+func (h *hintMem) active() *uint32 { return (*uint32)(unsafe.Pointer(&h.mem[0])) }
+
+// half is half i's words.
+func (h *hintMem) half(i uint32) []uint64 {
+	return unsafe.Slice((*uint64)(unsafe.Pointer(&h.mem[HintHeader+8*uint64(i&1)*uint64(h.words)])), h.words)
+}
+
+// withHints runs fn on the bitmap, mapped for this call only.
+func (s *Set) withHints(fn func(h *hintMem) error) error {
+	h, err := s.mapHints()
+	if err != nil {
+		return err
+	}
+	defer h.done()
+	return fn(h)
+}
+
+// Hinted reports whether key's bits are all set in the active half: the
+// program would look for its grant.
+func (s *Set) Hinted(key bpf.KnockgateGrantKey) (hinted bool, err error) {
+	err = s.withHints(func(h *hintMem) error {
+		w, m := HintOf(key, h.words)
+		hinted = atomic.LoadUint64(&h.half(atomic.LoadUint32(h.active()))[w])&m == m
 		return nil
 	})
-	return n, err
+	return hinted, err
+}
+
+// FillHints sets every bit of both halves: a filter that lets every
+// lookup through, for a bitmap made beside grants whose bits nobody set
+// (the loader's upgrade of a gate from hint counts), until RebuildHints.
+func (s *Set) FillHints() error {
+	return s.withHints(func(h *hintMem) error {
+		for i := range uint32(2) {
+			for j := range h.half(i) {
+				atomic.StoreUint64(&h.half(i)[j], ^uint64(0))
+			}
+		}
+		return nil
+	})
+}
+
+// HintStats is what a rebuild of the hint bitmap did.
+type HintStats struct {
+	Grants      int     // grants whose bits the new half holds
+	BitsBefore  float64 // share of the active half's bits set before
+	BitsAfter   float64 // and of the new one's
+	ActiveAfter uint32  // the half now active
+}
+
+// RebuildHints clears the bits no grant holds: it rebuilds the inactive
+// half from the grants map and makes it the active one. The caller holds
+// the gate's lock (no Go writer runs meanwhile) and no program of an
+// earlier layout, which would make grants without bits, runs the gate. The
+// program makes grants meanwhile; each sets its bits in both halves before
+// its entry exists and again after (put_grant). A grant the program makes
+// during the rebuild is therefore in the new half: made before the walk
+// starts, the walk finds it (a hash map's batch walk sees every entry there
+// from its start to its end); made after, its second setting came after
+// the clearing ended. Readers of the old half meanwhile see every bit ever
+// set in it.
+func (s *Set) RebuildHints() (st HintStats, err error) {
+	err = s.withHints(func(h *hintMem) error {
+		old := atomic.LoadUint32(h.active()) & 1
+		next := old ^ 1
+		st.BitsBefore = fill(h.half(old))
+		half := h.half(next)
+		for i := range half {
+			atomic.StoreUint64(&half[i], 0)
+		}
+		KillPoint()
+		n, err := s.eachGrantKey(func(k bpf.KnockgateGrantKey) {
+			w, m := HintOf(k, h.words)
+			atomic.OrUint64(&half[w], m)
+		})
+		if err != nil {
+			return err
+		}
+		KillPoint()
+		atomic.StoreUint32(h.active(), next)
+		st.Grants, st.BitsAfter, st.ActiveAfter = n, fill(half), next
+		return nil
+	})
+	if err != nil {
+		return st, fmt.Errorf("rebuild hint bits: %w", err)
+	}
+	return st, nil
+}
+
+// fill is the share of half's bits that are set.
+func fill(half []uint64) float64 {
+	n := 0
+	for i := range half {
+		n += bits.OnesCount64(atomic.LoadUint64(&half[i]))
+	}
+	return float64(n) / float64(64*len(half))
+}
+
+// eachGrantKey calls fn with the key of every entry of the grants map, in
+// batches (bucket by bucket: an entry there throughout is seen).
+func (s *Set) eachGrantKey(fn func(bpf.KnockgateGrantKey)) (int, error) {
+	const batch = 4096
+	keys := make([]bpf.KnockgateGrantKey, batch)
+	vals := make([]bpf.KnockgateGrant, batch)
+	var cursor ebpf.MapBatchCursor
+	total := 0
+	for {
+		got, err := s.Grants.BatchLookup(&cursor, keys, vals, nil)
+		for _, k := range keys[:got] {
+			fn(k)
+		}
+		total += got
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return total, nil
+		}
+		if err != nil {
+			return total, fmt.Errorf("read grants: %w", err)
+		}
+	}
+}
+
+// withHintWords runs fn on key's two words (one a half), each mapped for
+// this call only: the page that holds it, not the whole bitmap, which the
+// kernel would map page by page at once (a grant made at a time must not
+// cost time in proportion to --max-sources).
+func (s *Set) withHintWords(key bpf.KnockgateGrantKey, fn func(set func()) error) error {
+	words := HintWordsOf(s.HintBits.ValueSize())
+	w, m := HintOf(key, words)
+	page := int64(unix.Getpagesize())
+	var ptrs [2]*uint64
+	for i := range int64(2) {
+		off := HintHeader + 8*(i*int64(words)+int64(w))
+		at := off &^ (page - 1)
+		mem, err := unix.Mmap(s.HintBits.FD(), at, int(page), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		if err != nil {
+			return fmt.Errorf("map hint bits: %w", err)
+		}
+		defer unix.Munmap(mem)
+		ptrs[i] = (*uint64)(unsafe.Pointer(&mem[off-at]))
+	}
+	return fn(func() {
+		atomic.OrUint64(ptrs[0], m)
+		atomic.OrUint64(ptrs[1], m)
+	})
 }
 
 // putGrant inserts or replaces key's grant, the way the program's
-// put_grant does.
+// put_grant does: its bits set before the entry exists and after.
 func (s *Set) putGrant(key bpf.KnockgateGrantKey, value bpf.KnockgateGrant) error {
-	m := s.Grants
-	return s.withHintCount(key, func(n *uint32) error {
-		// Two tries: an entry deleted between the two updates is made anew.
-		for range 2 {
-			atomic.AddUint32(n, 1)
-			KillPoint()
-			err := m.Update(key, value, ebpf.UpdateNoExist)
-			if err == nil {
-				return nil
-			}
-			atomic.AddUint32(n, ^uint32(0))
-			if !errors.Is(err, ebpf.ErrKeyExist) {
-				return err
-			}
-			err = m.Update(key, value, ebpf.UpdateExist)
-			if !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return err
-			}
-		}
-		return fmt.Errorf("entry of %s kept changing", AddrOf(key.Addr))
+	return s.withHintWords(key, func(set func()) error {
+		set()
+		KillPoint()
+		err := s.Grants.Update(key, value, ebpf.UpdateAny)
+		set()
+		return err
 	})
 }
 
 // insertGrant makes key's grant unless it has one (made reports which),
-// counted as putGrant counts.
+// its bits set as putGrant sets them.
 func (s *Set) insertGrant(key bpf.KnockgateGrantKey, value bpf.KnockgateGrant) (made bool, err error) {
-	err = s.withHintCount(key, func(n *uint32) error {
-		atomic.AddUint32(n, 1)
+	err = s.withHintWords(key, func(set func()) error {
+		set()
 		KillPoint()
 		err := s.Grants.Update(key, value, ebpf.UpdateNoExist)
+		set()
 		if err == nil {
 			made = true
 			return nil
 		}
-		atomic.AddUint32(n, ^uint32(0))
 		if errors.Is(err, ebpf.ErrKeyExist) {
 			return nil
 		}
@@ -155,19 +272,12 @@ func (s *Set) insertGrant(key bpf.KnockgateGrantKey, value bpf.KnockgateGrant) (
 	return made, err
 }
 
-// deleteGrant deletes key's grant and uncounts it in h (mapped once for
-// every grant the caller deletes); it reports whether there was one.
-func (s *Set) deleteGrant(h *hintCounts, key bpf.KnockgateGrantKey) (bool, error) {
+// deleteGrant deletes key's grant; it reports whether there was one. Its
+// bits stay until RebuildHints.
+func (s *Set) deleteGrant(key bpf.KnockgateGrantKey) (bool, error) {
 	err := s.Grants.Delete(key)
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
 		return false, nil
 	}
-	if err != nil {
-		return false, err
-	}
-	KillPoint() // killed here, the count reads high: a lookup's cost, no more
-	return true, h.with(key, func(n *uint32) error {
-		atomic.AddUint32(n, ^uint32(0))
-		return nil
-	})
+	return err == nil, err
 }

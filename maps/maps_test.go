@@ -1,14 +1,18 @@
 package maps
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
+	"math/bits"
+	"math/rand/v2"
 	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/knockgate/knockgate/bpf"
 	"github.com/knockgate/knockgate/policy"
 	"github.com/knockgate/knockgate/spa"
 )
@@ -133,17 +137,77 @@ func TestKeys(t *testing.T) {
 	if got := AddrOf(Key(v6).Addr); got != v6 {
 		t.Errorf("AddrOf(Key(%s)) = %s", v6, got)
 	}
-	if HintSlot(GrantKey(v4, 0), 1<<16) >= 1<<16 || HintSlot(GrantKey(v6, 31), 1<<16) >= 1<<16 {
-		t.Error("hint slot out of range")
-	}
-	if HintSlot(GrantKey(v4, 0), 1<<16) == HintSlot(GrantKey(v4, 1), 1<<16) {
-		t.Error("a source's grants of two services share a hint slot")
-	}
-	for _, c := range []struct{ sources, slots uint32 }{{1, 1 << 16}, {16384, 1 << 16}, {16385, 1 << 17}, {65536, 1 << 18}, {1 << 20, 1 << 22}} {
-		if got := HintSlots(c.sources); got != c.slots {
-			t.Errorf("HintSlots(%d) = %d, want %d", c.sources, got, c.slots)
+	for _, k := range []bpf.KnockgateGrantKey{GrantKey(v4, 0), GrantKey(v6, 31)} {
+		if w, m := HintOf(k, 1<<16); w >= 1<<16 || m == 0 || bits.OnesCount64(m) > hintBits {
+			t.Errorf("hint of %v: word %d, mask %#x", k, w, m)
 		}
 	}
+	w0, m0 := HintOf(GrantKey(v4, 0), 1<<16)
+	if w1, m1 := HintOf(GrantKey(v4, 1), 1<<16); w0 == w1 && m0 == m1 {
+		t.Error("a source's grants of two services have one hint")
+	}
+	for _, c := range []struct{ sources, words uint32 }{{1, 1024}, {4096, 1024}, {4097, 2048}, {65536, 1 << 14}, {1 << 20, 1 << 18}} {
+		if got := HintWords(c.sources); got != c.words {
+			t.Errorf("HintWords(%d) = %d, want %d", c.sources, got, c.words)
+		}
+	}
+}
+
+// The hint bitmap's point: with as many grants as --max-sources, strangers
+// rarely find their bits set. Sequential IPv4 strangers (a scan, a spoofed
+// flood's counter) against random grants of 16 services, and the other way
+// round.
+func TestHintFalsePositives(t *testing.T) {
+	const n = 1 << 16
+	words := HintWords(n)
+	r := rand.New(rand.NewPCG(1, 2))
+	for _, c := range []struct {
+		name            string
+		grant, stranger func(i int) bpf.KnockgateGrantKey
+	}{
+		{"random grants, sequential strangers",
+			func(int) bpf.KnockgateGrantKey { return GrantKey(netip.AddrFrom4(randV4(r)), r.IntN(16)) },
+			func(i int) bpf.KnockgateGrantKey { return GrantKey(v4Plus(0xc6336400, i), i%16) }},
+		{"sequential grants, random IPv6 strangers",
+			func(i int) bpf.KnockgateGrantKey { return GrantKey(v4Plus(0x0a000001, i), i%16) },
+			func(int) bpf.KnockgateGrantKey {
+				var a [16]byte
+				binary.NativeEndian.PutUint64(a[:8], r.Uint64())
+				binary.NativeEndian.PutUint64(a[8:], r.Uint64())
+				return GrantKey(netip.AddrFrom16(a), 0)
+			}},
+	} {
+		half := make([]uint64, words)
+		for i := range n {
+			w, m := HintOf(c.grant(i), words)
+			half[w] |= m
+		}
+		fp := 0
+		const tries = 1 << 18
+		for i := range tries {
+			w, m := HintOf(c.stranger(i), words)
+			if half[w]&m == m {
+				fp++
+			}
+		}
+		if rate := float64(fp) / tries; rate > 0.01 {
+			t.Errorf("%s: %.2f %% of strangers hinted, want under 1 %%", c.name, 100*rate)
+		} else {
+			t.Logf("%s: %.3f %% of strangers hinted", c.name, 100*rate)
+		}
+	}
+}
+
+func randV4(r *rand.Rand) [4]byte {
+	var a [4]byte
+	binary.BigEndian.PutUint32(a[:], r.Uint32())
+	return a
+}
+
+func v4Plus(base uint32, i int) netip.Addr {
+	var a [4]byte
+	binary.BigEndian.PutUint32(a[:], base+uint32(i))
+	return netip.AddrFrom4(a)
 }
 
 func TestBootClock(t *testing.T) {

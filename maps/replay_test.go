@@ -117,8 +117,8 @@ func TestRaiserSwap(t *testing.T) {
 	}
 }
 
-// grantSet is a Set with the grants and hints maps of the program's own
-// definitions.
+// grantSet is a Set with the grants map and hint bitmap of the program's
+// own definitions.
 func grantSet(t *testing.T) *Set {
 	t.Helper()
 	s := replaySet(t)
@@ -129,7 +129,7 @@ func grantSet(t *testing.T) *Set {
 	for _, m := range []struct {
 		name string
 		to   **ebpf.Map
-	}{{bpf.KnockgateMapGrants, &s.Grants}, {bpf.KnockgateMapHints, &s.Hints}} {
+	}{{bpf.KnockgateMapGrants, &s.Grants}, {bpf.KnockgateMapHintBits, &s.HintBits}} {
 		spec.Maps[m.name].MaxEntries = max(spec.Maps[m.name].MaxEntries, 1)
 		made, err := ebpf.NewMap(spec.Maps[m.name])
 		if err != nil {
@@ -143,7 +143,7 @@ func grantSet(t *testing.T) *Set {
 
 // The fleet's grants never shorten one, and never undo a renewal the
 // program makes between the read and the write: a grant is raised in
-// place; one that is missing is made, and counted in its hint slot.
+// place; one that is missing is made, its hint bits set.
 func TestExtendGrant(t *testing.T) {
 	s := grantSet(t)
 	a := netip.MustParseAddr("192.0.2.9")
@@ -158,8 +158,8 @@ func TestExtendGrant(t *testing.T) {
 	if changed, err := s.ExtendGrant(a, "default", 1000); err != nil || !changed {
 		t.Fatalf("extend a missing grant: %v, %v", changed, err)
 	}
-	if n, err := s.HintCount(GrantKey(a, 0)); err != nil || n != 1 {
-		t.Errorf("hint count %d (%v) after the grant was made, want 1", n, err)
+	if hinted, err := s.Hinted(GrantKey(a, 0)); err != nil || !hinted {
+		t.Errorf("hinted %v (%v) after the grant was made, want true", hinted, err)
 	}
 	if changed, err := s.ExtendGrant(a, "default", 500); err != nil || changed || lookup().ExpiresNs != 1000 {
 		t.Errorf("extend to an earlier expiry: changed %v, %v, expiry %d; want 1000 kept", changed, err, lookup().ExpiresNs)
@@ -174,8 +174,8 @@ func TestExtendGrant(t *testing.T) {
 	if g := lookup(); g.ExpiresNs != 2000 || g.ExpiryReported != 0 {
 		t.Errorf("after the extension: %+v, want 2000 and not reported", g)
 	}
-	if n, _ := s.HintCount(GrantKey(a, 0)); n != 1 {
-		t.Errorf("hint count %d after extensions, want still 1", n)
+	if hinted, _ := s.Hinted(GrantKey(a, 0)); !hinted {
+		t.Error("not hinted after extensions")
 	}
 	// The program renews to 4000 between the read and the swap: 3000 does
 	// not undo it.

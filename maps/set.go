@@ -31,7 +31,7 @@ type Set struct {
 	Verdicts    *ebpf.Map
 	Events      *ebpf.Map
 	EventBudget *ebpf.Map
-	Hints       *ebpf.Map
+	HintBits    *ebpf.Map
 	SPAKeys     *ebpf.Map
 	SPALast     *ebpf.Map
 	// ServiceCounters are each service's counters (ReadServiceCounters).
@@ -66,7 +66,7 @@ func FromObjects(m *bpf.KnockgateMaps) *Set {
 		Verdicts:    m.Verdicts,
 		Events:      m.Events,
 		EventBudget: m.EventBudget,
-		Hints:       m.Hints,
+		HintBits:    m.HintBits,
 		SPAKeys:     m.SpaKeys,
 		SPALast:     m.SpaLast,
 
@@ -100,7 +100,7 @@ func (s *Set) named() []struct {
 		{bpf.KnockgateMapVerdicts, &s.Verdicts},
 		{bpf.KnockgateMapEvents, &s.Events},
 		{bpf.KnockgateMapEventBudget, &s.EventBudget},
-		{bpf.KnockgateMapHints, &s.Hints},
+		{bpf.KnockgateMapHintBits, &s.HintBits},
 		{bpf.KnockgateMapSpaKeys, &s.SPAKeys},
 		{bpf.KnockgateMapSpaLast, &s.SPALast},
 		{bpf.KnockgateMapServiceCounters, &s.ServiceCounters},

@@ -332,10 +332,8 @@ func (s *Set) Revoke(addr netip.Addr, service string) (bool, error) {
 		indices = append(indices, i)
 	}
 	found := false
-	hints := hintCounts{hints: s.Hints}
-	defer hints.done()
 	for _, i := range indices {
-		had, err := s.deleteGrant(&hints, GrantKey(addr, i))
+		had, err := s.deleteGrant(GrantKey(addr, i))
 		if err != nil {
 			return found, fmt.Errorf("revoke %s: %w", addr, err)
 		}

@@ -99,7 +99,7 @@ func KnockgateMemory(fill int) (Memory, error) {
 		return res, fmt.Errorf("load program spec: %w", err)
 	}
 	for _, mm := range res.After {
-		if mm.Name == bpf.KnockgateMapHints || mm.Name == bpf.KnockgateMapKnockTags {
+		if mm.Name == bpf.KnockgateMapHintBits || mm.Name == bpf.KnockgateMapKnockTags {
 			continue
 		}
 		small, err := memlockAt(spec.Maps[mm.Name], mm.MaxEntries)
@@ -148,7 +148,7 @@ func mapMemory(set *maps.Set) ([]MapMemory, error) {
 		{bpf.KnockgateMapKnocks, set.Knocks, func() (int, error) { return occupied(set) }},
 		{bpf.KnockgateMapGrants, set.Grants, func() (int, error) { return countGrants(set.Grants) }},
 		{bpf.KnockgateMapKnockTags, set.KnockTags, nil},
-		{bpf.KnockgateMapHints, set.Hints, nil},
+		{bpf.KnockgateMapHintBits, set.HintBits, nil},
 	} {
 		info, err := m.m.Info()
 		if err != nil {

@@ -498,16 +498,16 @@ func runScaleOne(o ScaleOptions, gen Generator, gate Gate, f Flood, round int) (
 // decides whether a flood from many sources finds them in cache.
 type ScaleMaps struct {
 	KnockTags  uint64 // knock_tags: one byte a knock slot; a SYN reads its set's 4
-	Hints      uint64 // hints: 4-byte counts 8 bytes apart (an array's stride); reads one
-	HintSlots  uint32
+	HintBits   uint64 // hint_bits: the active half (two in memory); reads one 8-byte word
+	HintWords  uint32 // words of a half
 	FlowTags   uint64 // flow_tags: one byte a flow slot; a non-SYN reads its set's 4
 	Grants     uint64 // grants (memlock): a hint that counts something costs a lookup
 	GrantSlots uint32
 	// PerGrant is what one more grant costs the grants map (memlock of the
 	// map made at two sizes, as bench-peers measures), and GrantsPer the
 	// grants map's memlock over its entries (as loader's
-	// TestMaxSourcesLimits measures); HintsPer the hints array's over
-	// --max-sources.
+	// TestMaxSourcesLimits measures); HintsPer the hint bitmap's (both
+	// halves) over --max-sources.
 	PerGrant, GrantsPer, HintsPer float64
 }
 
@@ -515,8 +515,8 @@ func scaleMaps(g *ScaleGate, maxSources uint32) (ScaleMaps, error) {
 	m := g.Objs.KnockgateMaps
 	sm := ScaleMaps{
 		KnockTags:  uint64(m.KnockTags.ValueSize()),
-		HintSlots:  m.Hints.MaxEntries(),
-		Hints:      8 * uint64(m.Hints.MaxEntries()),
+		HintWords:  maps.HintWordsOf(m.HintBits.ValueSize()),
+		HintBits:   8 * uint64(maps.HintWordsOf(m.HintBits.ValueSize())),
 		FlowTags:   uint64(m.FlowTags.ValueSize()),
 		GrantSlots: m.Grants.MaxEntries(),
 	}
@@ -535,9 +535,9 @@ func scaleMaps(g *ScaleGate, maxSources uint32) (ScaleMaps, error) {
 	if sm.Grants, err = mem(m.Grants); err != nil {
 		return sm, fmt.Errorf("grants map memory: %w", err)
 	}
-	hints, err := mem(m.Hints)
+	hints, err := mem(m.HintBits)
 	if err != nil {
-		return sm, fmt.Errorf("hints map memory: %w", err)
+		return sm, fmt.Errorf("hint bits memory: %w", err)
 	}
 	sm.GrantsPer = float64(sm.Grants) / float64(maxSources)
 	sm.HintsPer = float64(hints) / float64(maxSources)

@@ -227,13 +227,13 @@ func (res *ScaleResult) WriteTable(w io.Writer) {
 
 	m := res.Maps
 	fmt.Fprintf(w, "\nwhat a packet reads beyond the configuration's line (--max-sources %d):\n", o.MaxSources)
-	fmt.Fprintf(w, "  a stranger's SYN: 4 bytes of knock_tags (its set; %s, one byte a knock slot) and one hint slot\n", fmtBytes(m.KnockTags))
-	fmt.Fprintf(w, "    (a 4-byte count 8 bytes apart: %d slots, %s); each at a place hashed from the source: a line each;\n", m.HintSlots, fmtBytes(m.Hints))
-	fmt.Fprintln(w, "    with the hint's count not zero (another grant shares the slot), a lookup in grants besides.")
-	fmt.Fprintf(w, "  a granted source's ACK: 4 bytes of flow_tags (%s), the hint slot, the grant (a hash lookup in grants,\n", fmtBytes(m.FlowTags))
+	fmt.Fprintf(w, "  a stranger's SYN: 4 bytes of knock_tags (its set; %s, one byte a knock slot) and one word of hint bits\n", fmtBytes(m.KnockTags))
+	fmt.Fprintf(w, "    (the active half: %d words, %s); each at a place hashed from the source: a line each;\n", m.HintWords, fmtBytes(m.HintBits))
+	fmt.Fprintln(w, "    with the word's 4 bits of the source all set (other grants set them), a lookup in grants besides.")
+	fmt.Fprintf(w, "  a granted source's ACK: 4 bytes of flow_tags (%s), the hint word, the grant (a hash lookup in grants,\n", fmtBytes(m.FlowTags))
 	fmt.Fprintf(w, "    %d entries, %s) and the clock.\n", m.GrantSlots, fmtBytes(m.Grants))
 	fmt.Fprintf(w, "memory per grant: grants map %.1f B per --max-sources (memlock ÷ entries, as loader's TestMaxSourcesLimits),\n", m.GrantsPer)
-	fmt.Fprintf(w, "  %.1f B per added entry (the map made at two sizes); the hints array %.1f B more per --max-sources.\n", m.PerGrant, m.HintsPer)
+	fmt.Fprintf(w, "  %.1f B per added entry (the map made at two sizes); the hint bitmap %.1f B more per --max-sources.\n", m.PerGrant, m.HintsPer)
 }
 
 // fmtRatio says a ratio: the median per round (range, rounds), and the

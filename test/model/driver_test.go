@@ -653,9 +653,10 @@ type harness struct {
 	fwrd  *ringbuf.Reader // the fwknop ring: what run would read
 	m     *model.Gate
 	clk   model.Clock
-	hints []byte // the hints map, mapped (it is mmapable): read in place
-	// poolSlots are the hint slots of every (source, service) of the pool.
-	poolSlots []uint32
+	hints []byte // the hint bitmap, mapped (it is mmapable): read in place
+	// hinted are the (source, service)s whose bits the active half may
+	// hold: each grant the model has held since the last rebuild.
+	hinted map[model.GrantKey]bool
 	ncpu      int
 	// checkKeys, checkAllow: the step may have changed the SPA keys or the
 	// allow trie, which only the Go side writes (or cleared a knock slot
@@ -680,17 +681,12 @@ func newHarness(t testing.TB, sc *scenario) *harness {
 	if h.fwrd, err = ringbuf.NewReader(objs.FwknopRing); err != nil {
 		t.Fatal(err)
 	}
-	// An array's elements are 8 bytes apart, whatever their size.
-	if h.hints, err = unix.Mmap(objs.Hints.FD(), 0, int(8*objs.Hints.MaxEntries()), unix.PROT_READ, unix.MAP_SHARED); err != nil {
+	if h.hints, err = unix.Mmap(objs.HintBits.FD(), 0, int(objs.HintBits.ValueSize()), unix.PROT_READ, unix.MAP_SHARED); err != nil {
 		t.Fatal(err)
 	}
+	h.hinted = map[model.GrantKey]bool{}
 	if h.ncpu, err = ebpf.PossibleCPU(); err != nil {
 		t.Fatal(err)
-	}
-	for _, a := range sc.pool {
-		for s := range model.MaxServices {
-			h.poolSlots = append(h.poolSlots, maps.HintSlot(maps.GrantKey(a, s), objs.Hints.MaxEntries()))
-		}
 	}
 	h.clk = model.Clock{Boot: startBoot, Coarse: startCoarse, TAI: startTAI}
 	h.setClock()
@@ -721,6 +717,18 @@ func (h *harness) setClock() {
 // round.
 func (h *harness) apply(s step) (got, want uint32, err error) {
 	h.steps++
+	if h.steps%50 == 0 {
+		// As run does now and then: the bits of grants gone cleared.
+		defer func() {
+			if _, rerr := h.set.RebuildHints(); rerr != nil && err == nil {
+				err = rerr
+			}
+			clear(h.hinted)
+			for k := range h.m.Grants {
+				h.hinted[k] = true
+			}
+		}()
+	}
 	h.checkKeys, h.checkAllow = s.Kind == "keys" || s.Kind == "set", s.Kind == "set"
 	h.checkSlots = s.Kind == "revoke"
 	h.checkFwknop = s.Kind == "in" || s.Kind == "fwknop-fleet" || h.steps%64 == 0
@@ -951,9 +959,9 @@ func (h *harness) compare() string {
 		}
 	}
 
-	// Grants, by (source, service), in one batch; and the hint count of
-	// each (source, service) of the pool and of each grant: exactly the
-	// grants hashing there (no grant is ever evicted here).
+	// Grants, by (source, service), in one batch; and the hint bitmap's
+	// active half: every grant's bits set, and no bit set that no grant
+	// held since the last rebuild set (no grant is ever evicted here).
 	gks := make([]bpf.KnockgateGrantKey, maxSources)
 	gvs := make([]bpf.KnockgateGrant, maxSources)
 	n, err := batchAll(h.objs.Grants, gks, gvs)
@@ -964,9 +972,18 @@ func (h *harness) compare() string {
 	for i := range n {
 		grants[model.GrantKey{Addr: gks[i].Addr, Service: gks[i].Service}] = model.Grant{Expires: gvs[i].ExpiresNs, Reported: gvs[i].ExpiryReported != 0}
 	}
-	hints := make(map[uint32]uint32, len(h.m.Grants))
+	words := maps.HintWordsOf(uint32(len(h.hints)))
+	active := binary.NativeEndian.Uint32(h.hints) & 1
+	half := func(w uint32) uint64 {
+		return binary.NativeEndian.Uint64(h.hints[maps.HintHeader+8*(active*words+w):])
+	}
+	may := make([]uint64, words)
 	for k, g := range h.m.Grants {
-		hints[maps.HintSlot(bpf.KnockgateGrantKey{Addr: k.Addr, Service: k.Service}, h.objs.Hints.MaxEntries())]++
+		h.hinted[k] = true
+		w, m := maps.HintOf(bpf.KnockgateGrantKey{Addr: k.Addr, Service: k.Service}, words)
+		if half(w)&m != m {
+			add("grant %s of service %d: hint bits %#x of word %d not set (%#x)", netip.AddrFrom16(k.Addr).Unmap(), k.Service, m, w, half(w))
+		}
 		if got, ok := grants[k]; !ok || got != *g {
 			add("grant %s of service %d: program %+v (%v), model %+v", netip.AddrFrom16(k.Addr).Unmap(), k.Service, got, ok, *g)
 		}
@@ -975,16 +992,13 @@ func (h *harness) compare() string {
 	for k, g := range grants {
 		add("grant %s of service %d: program %+v, model none", netip.AddrFrom16(k.Addr).Unmap(), k.Service, g)
 	}
-	for slot, want := range hints {
-		if got := binary.NativeEndian.Uint32(h.hints[8*slot:]); got != want {
-			add("hint slot %d: program %d, model %d", slot, got, want)
-		}
+	for k := range h.hinted {
+		w, m := maps.HintOf(bpf.KnockgateGrantKey{Addr: k.Addr, Service: k.Service}, words)
+		may[w] |= m
 	}
-	for _, slot := range h.poolSlots {
-		if _, ok := hints[slot]; !ok {
-			if got := binary.NativeEndian.Uint64(h.hints[8*slot:]); got != 0 {
-				add("hint slot %d: program %d, model 0", slot, got)
-			}
+	for w := range words {
+		if extra := half(w) &^ may[w]; extra != 0 {
+			add("hint word %d: bits %#x set that no grant since the last rebuild sets", w, extra)
 		}
 	}
 
