@@ -657,7 +657,7 @@ type harness struct {
 	// hinted are the (source, service)s whose bits the active half may
 	// hold: each grant the model has held since the last rebuild.
 	hinted map[model.GrantKey]bool
-	ncpu      int
+	ncpu   int
 	// checkKeys, checkAllow: the step may have changed the SPA keys or the
 	// allow trie, which only the Go side writes (or cleared a knock slot
 	// from Go: a revoke).
