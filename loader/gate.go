@@ -382,6 +382,18 @@ func (g *Gate) SeedFlows() (n int, err error) {
 	return n, err
 }
 
+// RebuildHints clears the hint bits no grant holds any more (revoked,
+// recycled by the LRU: maps.Set.RebuildHints), under the gate's lock; run
+// does it now and then, so that the filter in front of the grants map stays
+// as tight as the grants it holds.
+func (g *Gate) RebuildHints() (st maps.HintStats, err error) {
+	err = g.locked(func() error {
+		st, err = g.Maps.RebuildHints()
+		return err
+	})
+	return st, err
+}
+
 // locked runs change under the gate's lock.
 func (g *Gate) locked(change func() error) error {
 	unlock, err := g.lock()

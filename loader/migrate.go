@@ -104,28 +104,45 @@ var sharedMaps = []string{
 // upgraded directory from the one it replaced.
 const newMapPin = bpf.KnockgateMapServiceCounters
 
+// Upgraded says what Adopt upgraded, in words for the operator: nothing
+// (""), or one of these.
+type Upgraded string
+
+const (
+	UpgradedRelease Upgraded = "upgraded from the previous release: its grants are the service default's now; " +
+		"its keys, allow list and open sessions are kept"
+	UpgradedHintBits Upgraded = "upgraded in place from hint counts to the hint bitmap: its grants, keys, allow list, " +
+		"knock progress and open sessions are kept"
+)
+
 // Adopt is Open for the commands that take a gate over, run and attach: a
 // gate the previous release pinned is first upgraded in place to this
 // build's layout, its grants moved into the service default, its keys,
-// allow list, knock progress and flows kept. upgraded says whether it was
-// (by this call or by another command at the same time).
-func Adopt(name string) (g *Gate, upgraded bool, err error) {
+// allow list, knock progress and flows kept; a gate of hint counts gets the
+// hint bitmap (upgradeHintBits). upgraded says whether it was, and how (by
+// this call or by another command at the same time).
+func Adopt(name string) (g *Gate, upgraded Upgraded, err error) {
 	g, err = Open(name)
 	if errors.Is(err, ErrHintCounts) {
 		if err := upgradeHintBits(name); err != nil {
-			return nil, false, err
+			return nil, "", err
 		}
 		g, err = Open(name)
-		return g, false, err
+		if err != nil {
+			return nil, "", err
+		}
+		return g, UpgradedHintBits, nil
 	}
 	if !errors.Is(err, ErrPreviousRelease) {
-		return g, false, err
+		return g, "", err
 	}
 	if err := migrate(name); err != nil {
-		return nil, false, err
+		return nil, "", err
 	}
-	g, err = Open(name)
-	return g, err == nil, err
+	if g, err = Open(name); err != nil {
+		return nil, "", err
+	}
+	return g, UpgradedRelease, nil
 }
 
 // previousReleaseError says what to do with a gate of the previous release.

@@ -283,7 +283,7 @@ func TestUpgradeFromPreviousRelease(t *testing.T) {
 			return err
 		}
 		defer g.Close()
-		if !upgraded {
+		if upgraded != loader.UpgradedRelease {
 			t.Error("Adopt did not report the upgrade")
 		}
 
@@ -467,7 +467,7 @@ func TestUpgradeFromPreviousRelease(t *testing.T) {
 			return err
 		}
 		g2.Close()
-		if upgraded {
+		if upgraded != "" {
 			t.Error("a second Adopt upgraded again")
 		}
 		return nil

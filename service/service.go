@@ -60,7 +60,15 @@ type service struct {
 	// runner runs the services' hooks; hooks follows the grants for them.
 	runner *hookRunner
 	hooks  *grantHooks
+	// hintsDue is when the hint bits are next rebuilt (rebuildHints).
+	hintsDue time.Time
 }
+
+// hintRebuildEvery is how often run clears the hint bits of grants gone:
+// often enough that a gate whose grants churn keeps a tight filter, rarely
+// enough that the walk of the grants map (under a second at 10^6 grants)
+// costs nothing that matters.
+const hintRebuildEvery = 10 * time.Minute
 
 // Run serves the gate the config file describes until ctx ends (SIGTERM,
 // SIGINT), then returns nil and leaves the gate pinned and enforcing. A
@@ -173,6 +181,7 @@ func Run(ctx context.Context, opts Options) error {
 			}
 			svc.checkPending()
 			svc.checkClock()
+			svc.rebuildHints()
 			svc.fleet.report(svc.gate.Name, settings.Fleet.Name)
 			svc.runner.report()
 			report.tick(svc)
@@ -181,6 +190,25 @@ func Run(ctx context.Context, opts Options) error {
 }
 
 func (svc *service) logger() *slog.Logger { return svc.log.Load() }
+
+// rebuildHints clears the hint bits of grants gone, every hintRebuildEvery
+// (loader.Gate.RebuildHints).
+func (svc *service) rebuildHints() {
+	now := time.Now()
+	if svc.hintsDue.IsZero() {
+		svc.hintsDue = now.Add(hintRebuildEvery)
+	}
+	if now.Before(svc.hintsDue) {
+		return
+	}
+	svc.hintsDue = now.Add(hintRebuildEvery)
+	st, err := svc.gate.RebuildHints()
+	if err != nil {
+		svc.logger().Warn("rebuild the hint bits: the filter in front of the grants stays as it was", "error", err)
+		return
+	}
+	svc.logger().Debug("hint bits rebuilt", "grants", st.Grants, "bits_before", st.BitsBefore, "bits_after", st.BitsAfter)
+}
 
 // checkClock makes the gate's SPA clock follow a change of the kernel's TAI
 // offset (a leap second, a time daemon setting it): the program reads Unix
@@ -230,8 +258,12 @@ func (svc *service) start() error {
 		return err
 	}
 	svc.gate = g
-	if upgraded {
+	switch upgraded {
+	case loader.UpgradedRelease:
 		svc.logger().Info("gate upgraded from the previous release: its grants are the service default's, its keys, allow list, flows and knock progress kept",
+			"gate", g.Name)
+	case loader.UpgradedHintBits:
+		svc.logger().Info("gate upgraded from hint counts to the hint bitmap: its grants, keys, allow list, flows and knock progress kept",
 			"gate", g.Name)
 	}
 	replaced, err := g.Upgrade()

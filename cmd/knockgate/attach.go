@@ -106,14 +106,14 @@ func attach(e *env, s *config.Settings, explicit map[string]bool, service string
 	if err != nil {
 		return err
 	}
-	if upgraded {
-		fmt.Fprintf(e.stdout, "gate %s upgraded from the previous release: its grants are the service default's now; its keys, allow list and open sessions are kept\n", name)
+	if upgraded != "" {
+		fmt.Fprintf(e.stdout, "gate %s %s\n", name, upgraded)
 	}
 	if exists {
 		if confirm > 0 {
 			return usagef("--confirm undoes the making of a gate; gate %s exists already (use set --confirm to change it safely)", name)
 		}
-		return reattach(e, name, s, explicit, service, upgraded)
+		return reattach(e, name, s, explicit, service, upgraded != "")
 	}
 	// The keys must fit the services, before anything is made.
 	if scopeErr != nil {
@@ -165,7 +165,7 @@ func attach(e *env, s *config.Settings, explicit map[string]bool, service string
 // back); else a new gate named after the first interface. A lapsed
 // safe-mode attach is removed on the way, so attaching again starts afresh;
 // a gate of the previous release is upgraded (upgraded).
-func attachTarget(s *config.Settings) (name string, exists, upgraded bool, err error) {
+func attachTarget(s *config.Settings) (name string, exists bool, upgraded loader.Upgraded, err error) {
 	name = s.Gate
 	if name == "" {
 		name = s.Interfaces[0]
@@ -176,10 +176,10 @@ func attachTarget(s *config.Settings) (name string, exists, upgraded bool, err e
 				continue
 			}
 			if err != nil {
-				return "", false, false, err
+				return "", false, "", err
 			}
 			if owner != "" && g != owner {
-				return "", false, false, fmt.Errorf("interfaces %s belong to different gates (%s and %s)",
+				return "", false, "", fmt.Errorf("interfaces %s belong to different gates (%s and %s)",
 					strings.Join(s.Interfaces, ", "), owner, g)
 			}
 			owner = g
@@ -190,10 +190,10 @@ func attachTarget(s *config.Settings) (name string, exists, upgraded bool, err e
 	}
 	g, upgraded, err := loader.Adopt(name)
 	if errors.Is(err, loader.ErrNotAttached) {
-		return name, false, false, nil
+		return name, false, "", nil
 	}
 	if err != nil {
-		return "", false, false, err
+		return "", false, "", err
 	}
 	defer g.Close()
 	if undone, err := finishUndoneAttach(g); err != nil || undone {
