@@ -2,6 +2,7 @@ package test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -26,63 +27,82 @@ import (
 // previousRelease is the last release before services.
 const previousRelease = "2f4d40fd30b4beb28a8b5fd796a3bb1fe3e6348d"
 
+// hintCountsBuild is the last build whose grant filter is hint counts.
+const hintCountsBuild = "13eab3530e71ccfb0235a82a7b20dc62d3393348"
+
+// oldBuild is a knockgate binary built from a commit of git history.
+type oldBuild struct {
+	once sync.Once
+	path string
+	skip string // why there is none, when git history lacks the commit
+	err  error
+}
+
 var (
-	prevBuild   sync.Once
-	prevBinPath string
-	prevSkip    string // why there is no previous binary, when git history lacks it
-	prevErr     error
+	oldBuildsMu sync.Mutex
+	oldBuilds   = map[string]*oldBuild{}
 )
 
-// prevBin is the previous release's knockgate binary, built once per run
-// from git history (git archive of its commit; the module cache is shared,
-// so it is quick after the first time) beside this build's.
-func prevBin(t *testing.T) string {
+// prevBin is the previous release's knockgate binary.
+func prevBin(t *testing.T) string { return binAt(t, previousRelease) }
+
+// binAt is the knockgate binary of commit, built once per run from git
+// history (git archive of the commit; the module cache is shared, so it is
+// quick after the first time) beside this build's.
+func binAt(t *testing.T, commit string) string {
 	t.Helper()
-	prevBuild.Do(func() {
+	oldBuildsMu.Lock()
+	b := oldBuilds[commit]
+	if b == nil {
+		b = &oldBuild{}
+		oldBuilds[commit] = b
+	}
+	oldBuildsMu.Unlock()
+	b.once.Do(func() {
 		out, err := exec.Command("git", "rev-parse", "--show-toplevel").Output()
 		if err != nil {
-			prevSkip = "not in a git checkout"
+			b.skip = "not in a git checkout"
 			return
 		}
 		root := strings.TrimSpace(string(out))
-		if err := exec.Command("git", "-C", root, "cat-file", "-e", previousRelease+"^{commit}").Run(); err != nil {
-			prevSkip = "commit " + previousRelease[:7] + " is not in this clone's history (a shallow clone?)"
+		if err := exec.Command("git", "-C", root, "cat-file", "-e", commit+"^{commit}").Run(); err != nil {
+			b.skip = "commit " + commit[:7] + " is not in this clone's history (a shallow clone?)"
 			return
 		}
-		dir := filepath.Join(filepath.Dir(kgBin), "previous")
+		dir := filepath.Join(filepath.Dir(kgBin), "build-"+commit[:7])
 		src := filepath.Join(dir, "src")
 		if err := os.MkdirAll(src, 0o755); err != nil {
-			prevErr = err
+			b.err = err
 			return
 		}
 		tarball := filepath.Join(dir, "src.tar")
 		for _, c := range []*exec.Cmd{
-			exec.Command("git", "-C", root, "archive", "-o", tarball, previousRelease),
+			exec.Command("git", "-C", root, "archive", "-o", tarball, commit),
 			exec.Command("tar", "-x", "-f", tarball, "-C", src),
 		} {
 			if out, err := c.CombinedOutput(); err != nil {
-				prevErr = fmt.Errorf("%s: %v\n%s", c, err, out)
+				b.err = fmt.Errorf("%s: %v\n%s", c, err, out)
 				return
 			}
 		}
-		prevBinPath = filepath.Join(dir, "knockgate-prev")
-		build := exec.Command("go", "build", "-o", prevBinPath, "./cmd/knockgate")
+		b.path = filepath.Join(dir, "knockgate-"+commit[:7])
+		build := exec.Command("go", "build", "-o", b.path, "./cmd/knockgate")
 		build.Dir = src
 		if out, err := build.CombinedOutput(); err != nil {
-			prevErr = fmt.Errorf("build the previous release: %v\n%s", err, out)
+			b.err = fmt.Errorf("build knockgate at %s: %v\n%s", commit[:7], err, out)
 		}
 		os.RemoveAll(src)
 		os.Remove(tarball)
 	})
 	switch {
-	case prevErr != nil:
-		t.Fatal(prevErr)
-	case prevSkip != "" && os.Getenv("CI") == "true":
-		t.Fatalf("no previous release to upgrade from: %s (CI runs on a full clone)", prevSkip)
-	case prevSkip != "":
-		t.Skip("no previous release to upgrade from: " + prevSkip)
+	case b.err != nil:
+		t.Fatal(b.err)
+	case b.skip != "" && os.Getenv("CI") == "true":
+		t.Fatalf("no build of %s: %s (CI runs on a full clone)", commit[:7], b.skip)
+	case b.skip != "":
+		t.Skip("no build of " + commit[:7] + ": " + b.skip)
 	}
-	return prevBinPath
+	return b.path
 }
 
 // prev runs the previous release's binary in ns and fails the test unless
@@ -413,5 +433,86 @@ func TestKillUpgradeAnywhere(t *testing.T) {
 	t.Logf("the upgrade killed at each of its %d points: %d before its mark, %d after", n-1, unmarked, marked)
 	if marked < 5 || unmarked < 5 {
 		t.Errorf("the upgrade passed only %d points before its mark and %d after", unmarked, marked)
+	}
+}
+
+// A gate of hint counts, made by the last build that had them, is adopted
+// by this build's attach or run: the hint bitmap made and the counts' pin
+// gone, every grant (made by a knock, by the operator) and the session
+// going on kept, and the gate working as before afterwards.
+func TestUpgradeFromHintCounts(t *testing.T) {
+	netns.Require(t, "ip", "nsenter", "socat", "git", "tar")
+	old := binAt(t, hintCountsBuild)
+	for _, via := range []string{"attach", "run"} {
+		t.Run(via, func(t *testing.T) {
+			t.Parallel()
+			g := newGate(t)
+			echo(t, g.srv, sessionPort)
+			ports := fmt.Sprintf("%d,%d", protected, sessionPort)
+			args := []string{"attach", g.iface, "--sequence", "9000,8000", "--step-timeout", "1m", "--open", "10m",
+				"--protect", ports, "--no-grant-self"}
+			oldKG := func(args ...string) {
+				t.Helper()
+				if r := run(t, g.srv.Cmd(old, args...)); r.code != 0 {
+					t.Fatalf("knockgate %s %s: %s", hintCountsBuild[:7], strings.Join(args, " "), r)
+				}
+			}
+			oldKG(args...)
+			prog := g.xdpProg()
+			g.expect(filtered, cli4, srv4)
+			g.knockTCP(cli4, srv4, 9000, 8000)
+			g.expect(open, cli4, srv4)
+			sess := openSession(t, g.cli, srv4, sessionPort)
+			sess.exchange("before the upgrade", "hello")
+			oldKG("grant", g.iface, cli6.String())
+			g.expect(open, cli6, srv6)
+			g.expect(filtered, alt4, srv4)
+
+			// Any other command says what to do.
+			r := g.kg(g.srv, "status", g.iface)
+			if r.code != 1 || !strings.Contains(r.stderr, "hint counts") || !strings.Contains(r.stderr, "knockgate attach "+g.iface) {
+				t.Fatalf("status of a gate of hint counts: %s; want a refusal saying to run attach", r)
+			}
+			var s *service
+			if via == "attach" {
+				if out := g.mustKG(g.srv, args...); !strings.Contains(out, "upgraded in place from hint counts") {
+					t.Errorf("attach printed %q, want it to say it upgraded the gate", out)
+				}
+			} else {
+				s = g.startRun(fmt.Sprintf("interfaces = [%q]\nsequence = \"9000,8000\"\nstep_timeout = \"1m\"\nopen = \"10m\"\n"+
+					"protect = %q\n", g.iface, ports))
+				s.waitLog(5*time.Second, "gate upgraded from hint counts to the hint bitmap")
+			}
+
+			dir := filepath.Join(pinRoot, g.iface)
+			if _, err := os.Stat(filepath.Join(dir, "hint_bits")); err != nil {
+				t.Errorf("no hint bitmap after the upgrade: %v", err)
+			}
+			if _, err := os.Stat(filepath.Join(dir, "hints")); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("the hint counts' pin is still there: %v", err)
+			}
+			if got, want := g.xdpProg(), int(g.pinnedProgID("prog")); got == prog || got != want {
+				t.Errorf("XDP program %d on %s, want the pinned %d, not the old %d", got, g.iface, want, prog)
+			}
+			sess.exchange("after the upgrade", "world")
+			g.expect(open, cli4, srv4)
+			g.expect(open, cli6, srv6)
+			g.expect(filtered, alt4, srv4)
+			// Grants made and ended after it, from the program and from Go.
+			g.knockTCP(alt4, srv4, 9000, 8000)
+			g.expect(open, alt4, srv4)
+			g.mustKG(g.srv, "revoke", g.iface, cli6.String())
+			g.expect(filtered, cli6, srv6)
+			g.mustKG(g.srv, "grant", g.iface, cli6.String())
+			g.expect(open, cli6, srv6)
+			sess.exchange("at the end", "bye")
+			if s != nil {
+				if code := s.stop(os.Interrupt); code != 0 {
+					t.Errorf("run exited %d", code)
+				}
+			} else if r := g.kg(g.srv, args...); r.code != 1 || !strings.Contains(r.stderr, "already attached") {
+				t.Errorf("attach again: %s, want already attached", r)
+			}
+		})
 	}
 }
