@@ -278,7 +278,8 @@ static __always_inline int hinted(const struct grant_key *k)
 	return (w & h.mask) == h.mask;
 }
 
-/* Set k's bits in both halves. Returns 0, or -1 without the map. */
+/* Set k's bits in both halves, 32 bits at a time: the atomics Go and every
+ * kernel share (README, 32-bit ARM). Returns 0, or -1 without the map. */
 static __always_inline long hint_set(const struct grant_key *k)
 {
 	__u32 zero = 0;
@@ -288,8 +289,20 @@ static __always_inline long hint_set(const struct grant_key *k)
 	struct hint h = hint_of(k);
 	if (h.word >= hint_words)
 		return -1;
-	__sync_fetch_and_or((__u64 *)(bits + HINT_HEADER + 8 * h.word), h.mask);
-	__sync_fetch_and_or((__u64 *)(bits + HINT_HEADER + 8 * (hint_words + h.word)), h.mask);
+	union {
+		__u64 w;
+		__u32 half[2];
+	} m = { .w = h.mask };
+	__u32 *w0 = (__u32 *)(bits + HINT_HEADER + 8 * h.word);
+	__u32 *w1 = (__u32 *)(bits + HINT_HEADER + 8 * (hint_words + h.word));
+	if (m.half[0]) {
+		__sync_fetch_and_or(w0, m.half[0]);
+		__sync_fetch_and_or(w1, m.half[0]);
+	}
+	if (m.half[1]) {
+		__sync_fetch_and_or(w0 + 1, m.half[1]);
+		__sync_fetch_and_or(w1 + 1, m.half[1]);
+	}
 	return 0;
 }
 

@@ -74,8 +74,10 @@ func HintOf(key bpf.KnockgateGrantKey, words uint32) (word uint32, mask uint64) 
 }
 
 // hintMem is the hint bitmap mapped shared (it is mmapable), so that bits
-// are set with one atomic instruction, as in the program, not a
-// read-modify-write racing with it.
+// are set with atomic instructions, as in the program, not a
+// read-modify-write racing with it: 32-bit ones, each 64-bit word as its
+// two halves, the atomics Go and the kernel share on every CPU Linux runs,
+// 32-bit ARM included (README, 32-bit ARM).
 type hintMem struct {
 	mem   []byte
 	words uint32
@@ -96,9 +98,31 @@ func (h *hintMem) done() { unix.Munmap(h.mem) }
 // active is the header's word that says which half the program reads.
 func (h *hintMem) active() *uint32 { return (*uint32)(unsafe.Pointer(&h.mem[0])) }
 
-// half is half i's words.
-func (h *hintMem) half(i uint32) []uint64 {
-	return unsafe.Slice((*uint64)(unsafe.Pointer(&h.mem[HintHeader+8*uint64(i&1)*uint64(h.words)])), h.words)
+// half is half i's words, as 32-bit halves (word w is [2w] and [2w+1]).
+func (h *hintMem) half(i uint32) []uint32 {
+	return unsafe.Slice((*uint32)(unsafe.Pointer(&h.mem[HintHeader+8*uint64(i&1)*uint64(h.words)])), 2*h.words)
+}
+
+// halves is mask as the two 32-bit halves of its word in memory, in order.
+func halves(mask uint64) [2]uint32 {
+	var b [8]byte
+	binary.NativeEndian.PutUint64(b[:], mask)
+	return [2]uint32{binary.NativeEndian.Uint32(b[:4]), binary.NativeEndian.Uint32(b[4:])}
+}
+
+// orWord sets mask's bits in the word whose halves are at p[0] and p[1].
+func orWord(p []uint32, mask uint64) {
+	for i, m := range halves(mask) {
+		if m != 0 {
+			atomic.OrUint32(&p[i], m)
+		}
+	}
+}
+
+// hasWord reports whether every bit of mask is set in the word at p.
+func hasWord(p []uint32, mask uint64) bool {
+	m := halves(mask)
+	return atomic.LoadUint32(&p[0])&m[0] == m[0] && atomic.LoadUint32(&p[1])&m[1] == m[1]
 }
 
 // withHints runs fn on the bitmap, mapped for this call only.
@@ -116,7 +140,7 @@ func (s *Set) withHints(fn func(h *hintMem) error) error {
 func (s *Set) Hinted(key bpf.KnockgateGrantKey) (hinted bool, err error) {
 	err = s.withHints(func(h *hintMem) error {
 		w, m := HintOf(key, h.words)
-		hinted = atomic.LoadUint64(&h.half(atomic.LoadUint32(h.active()))[w])&m == m
+		hinted = hasWord(h.half(atomic.LoadUint32(h.active()))[2*w:], m)
 		return nil
 	})
 	return hinted, err
@@ -129,7 +153,7 @@ func (s *Set) FillHints() error {
 	return s.withHints(func(h *hintMem) error {
 		for i := range uint32(2) {
 			for j := range h.half(i) {
-				atomic.StoreUint64(&h.half(i)[j], ^uint64(0))
+				atomic.StoreUint32(&h.half(i)[j], ^uint32(0))
 			}
 		}
 		return nil
@@ -162,12 +186,12 @@ func (s *Set) RebuildHints() (st HintStats, err error) {
 		st.BitsBefore = fill(h.half(old))
 		half := h.half(next)
 		for i := range half {
-			atomic.StoreUint64(&half[i], 0)
+			atomic.StoreUint32(&half[i], 0)
 		}
 		KillPoint()
 		n, err := s.eachGrantKey(func(k bpf.KnockgateGrantKey) {
 			w, m := HintOf(k, h.words)
-			atomic.OrUint64(&half[w], m)
+			orWord(half[2*w:], m)
 		})
 		if err != nil {
 			return err
@@ -184,12 +208,12 @@ func (s *Set) RebuildHints() (st HintStats, err error) {
 }
 
 // fill is the share of half's bits that are set.
-func fill(half []uint64) float64 {
+func fill(half []uint32) float64 {
 	n := 0
 	for i := range half {
-		n += bits.OnesCount64(atomic.LoadUint64(&half[i]))
+		n += bits.OnesCount32(atomic.LoadUint32(&half[i]))
 	}
-	return float64(n) / float64(64*len(half))
+	return float64(n) / float64(32*len(half))
 }
 
 // eachGrantKey calls fn with the key of every entry of the grants map, in
@@ -223,7 +247,7 @@ func (s *Set) withHintWords(key bpf.KnockgateGrantKey, fn func(set func()) error
 	words := HintWordsOf(s.HintBits.ValueSize())
 	w, m := HintOf(key, words)
 	page := int64(unix.Getpagesize())
-	var ptrs [2]*uint64
+	var words2 [2][]uint32
 	for i := range int64(2) {
 		off := HintHeader + 8*(i*int64(words)+int64(w))
 		at := off &^ (page - 1)
@@ -232,11 +256,11 @@ func (s *Set) withHintWords(key bpf.KnockgateGrantKey, fn func(set func()) error
 			return fmt.Errorf("map hint bits: %w", err)
 		}
 		defer unix.Munmap(mem)
-		ptrs[i] = (*uint64)(unsafe.Pointer(&mem[off-at]))
+		words2[i] = unsafe.Slice((*uint32)(unsafe.Pointer(&mem[off-at])), 2)
 	}
 	return fn(func() {
-		atomic.OrUint64(ptrs[0], m)
-		atomic.OrUint64(ptrs[1], m)
+		orWord(words2[0], m)
+		orWord(words2[1], m)
 	})
 }
 
