@@ -70,7 +70,7 @@ struct {
  * --max-sources instead of a hash lookup: 2 MiB at 2^20 sources, where a
  * stranger's line is likely still in cache (at 10^6 grants, 0.5 % of
  * strangers find their bits set and look). Two halves: the program reads
- * the active one (hint_active, the value's first word); every writer of a
+ * the active one (the value's first 32-bit word says which); every writer of a
  * grant sets its bits in both, before the grant exists and again after
  * (put_grant, maps.Set.putGrant). Bits are never cleared in the active half,
  * so they never miss a grant; they go stale as grants go (a revoke, the

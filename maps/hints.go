@@ -29,9 +29,9 @@ const (
 	HintHeader = 64 // bytes, the program's HINT_HEADER
 	hintBits   = 4  // bits a (source, service) sets, the program's HINT_BITS
 	// HintBitsPerSource sizes the bitmap: 16 bits of each half a grant
-	// the gate can hold. With HintBits bits a word, a full grants map sets
-	// about a third of them: 0.5 % of strangers find their bits set and
-	// look in the grants map for nothing.
+	// the gate can hold. With hintBits bits a grant, a full grants map sets
+	// about a fifth of them: 0.5 % of strangers (TestHintFalsePositives)
+	// find their bits set and look in the grants map for nothing.
 	HintBitsPerSource = 16
 	minHintWords      = 1024
 )
@@ -178,13 +178,17 @@ type HintStats struct {
 // starts, the walk finds it (a hash map's batch walk sees every entry there
 // from its start to its end); made after, its second setting came after
 // the clearing ended. Readers of the old half meanwhile see every bit ever
-// set in it.
+// set in it. The half cleared was the active one until the last rebuild: a
+// program that read which half is active before that flip may be reading
+// it still (a vCPU the host holds up), so the clearing waits for an RCU
+// grace period first, after which every program running then is done.
 func (s *Set) RebuildHints() (st HintStats, err error) {
 	err = s.withHints(func(h *hintMem) error {
 		old := atomic.LoadUint32(h.active()) & 1
 		next := old ^ 1
 		st.BitsBefore = fill(h.half(old))
 		half := h.half(next)
+		s.syncRCU()
 		for i := range half {
 			atomic.StoreUint32(&half[i], 0)
 		}
