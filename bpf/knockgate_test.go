@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -1074,6 +1075,103 @@ func TestHintBitsFollowGrants(t *testing.T) {
 		rebuild("granted again", 1)
 		g.expect("SYN to 22, granted again, rebuilt", f.knock(f.src, ssh), xdpPass, "passed_granted")
 	})
+}
+
+// Rebuilds of the hint bits while the program makes grants on other CPUs
+// lose none of them: put_grant sets a grant's bits, makes its entry and
+// sets them again; RebuildHints clears the inactive half, walks the grants
+// and flips. Grants are made by a one-step sequence from four goroutines
+// (BPF_PROG_TEST_RUN runs each on its own CPU's thread) while rebuilds run
+// back to back; then every grant's bits are set in the active half, and
+// every granted source's SYN passes, after one more rebuild too. (The
+// narrowest moment, a whole rebuild between a grant's bits and its entry,
+// rarely comes up here: maps' TestHintRebuildBetweenBitsAndEntry plays it
+// out.)
+func TestHintRebuildRacesGrants(t *testing.T) {
+	netns.Require(t)
+	f := families[0]
+	objs, err := loader.LoadTuned(loader.Sizes{MaxSources: 1 << 15}, loader.Tuning{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { objs.Close() })
+	g := &gate{t: t, objs: objs, maps: maps.FromObjects(&objs.KnockgateMaps)}
+	cfg := defaultConfig()
+	cfg.Sequence = seq[:1] // a knock is a grant
+	g.configure(cfg)
+	// Flips back to back: no packet reads the hints while they run (the
+	// grace period only guards a reader of the half a rebuild clears).
+	g.maps.NoGraceWait = true
+
+	const workers, each = 4, 4000
+	stop := make(chan struct{})
+	rebuilt := make(chan error, 1)
+	rebuilds := 0
+	go func() {
+		for {
+			select {
+			case <-stop:
+				rebuilt <- nil
+				return
+			default:
+			}
+			if _, err := g.maps.RebuildHints(); err != nil {
+				rebuilt <- err
+				return
+			}
+			rebuilds++
+		}
+	}()
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				v, err := objs.Knockgate.Run(&ebpf.RunOptions{Data: f.knock(f.source(w*each+i), seq[0])})
+				if err != nil || v != xdpDrop {
+					errs <- fmt.Errorf("knock %d of worker %d: %s, %v", i, w, verdictName(v), err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	if err := <-rebuilt; err != nil {
+		t.Fatal(err)
+	}
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	t.Logf("%d grants made during %d rebuilds", workers*each, rebuilds)
+	check := func(when string) {
+		t.Helper()
+		missing := 0
+		for n := range workers * each {
+			src := f.source(n)
+			if _, ok, err := g.maps.LookupGrant(src, policy.DefaultService); err != nil || !ok {
+				t.Fatalf("%s: no grant of %s (%v)", when, src, err)
+			}
+			hinted, err := g.maps.Hinted(maps.GrantKey(src, 0))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !hinted || g.run(f.knock(src, ssh)) != xdpPass {
+				missing++
+			}
+		}
+		if missing > 0 {
+			t.Errorf("%s: %d of %d granted sources not hinted, or their SYN to 22 dropped", when, missing, workers*each)
+		}
+	}
+	check("after the rebuilds")
+	if _, err := g.maps.RebuildHints(); err != nil {
+		t.Fatal(err)
+	}
+	check("after one more")
 }
 
 // Bytes after the IP packet (Ethernet padding, or bytes an attacker on the

@@ -13,6 +13,9 @@ import (
 // the environment, the Nth point reached sends the process SIGKILL, as a
 // crash or the OOM killer would. Without it, a point costs a comparison.
 func KillPoint() {
+	if pointHook != nil {
+		pointHook()
+	}
 	killOnce.Do(func() {
 		killAt, _ = strconv.Atoi(os.Getenv("KNOCKGATE_TEST_KILL_AT"))
 	})
@@ -26,6 +29,11 @@ func KillPoint() {
 		select {} // the signal is on its way
 	}
 }
+
+// pointHook, when set (by this package's tests, before anything else
+// runs), runs at every point: a test plays out there what another writer
+// could do at that moment.
+var pointHook func()
 
 var (
 	killOnce sync.Once
