@@ -101,12 +101,7 @@ func isHintCounts(dir string) bool {
 
 // hintCountsError says what to do with such a gate.
 func hintCountsError(name, dir string) error {
-	cmd := "knockgate attach --gate " + name + " IFACE"
-	if ifaces := pinnedIfaceNames(dir); len(ifaces) > 0 {
-		cmd = attachCommand(name, ifaces)
-	}
-	return fmt.Errorf("gate %s: %w: run %q (or \"knockgate run\" on its config file) to upgrade it in place; "+
-		"its grants, keys, allow list, knock progress and open sessions are kept", name, ErrHintCounts, cmd)
+	return adoptError(name, dir, ErrHintCounts, "its grants, keys, allow list, knock progress and open sessions are kept")
 }
 
 // upgradeHintBits upgrades the gate called name from hint counts to hint
@@ -114,12 +109,9 @@ func hintCountsError(name, dir string) error {
 // counts (another command upgraded it meanwhile).
 func upgradeHintBits(name string) (err error) {
 	dir := GateDir(name)
-	lock, err := flock(dir, unix.LOCK_EX)
-	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("knockgate on %s: %w", name, ErrNotAttached)
-	}
+	lock, err := lockGateDir(name)
 	if err != nil {
-		return fmt.Errorf("lock %s: %w", dir, err)
+		return err
 	}
 	defer lock.Close()
 	if !isHintCounts(dir) {

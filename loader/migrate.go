@@ -147,27 +147,29 @@ func Adopt(name string) (g *Gate, upgraded Upgraded, err error) {
 
 // previousReleaseError says what to do with a gate of the previous release.
 func previousReleaseError(name, dir string) error {
-	cmd := "knockgate attach --gate " + name + " IFACE"
-	if ifaces := pinnedIfaceNames(dir); len(ifaces) > 0 {
-		cmd = attachCommand(name, ifaces)
-	}
-	return fmt.Errorf("gate %s: %w: run %q (or \"knockgate run\" on its config file) to upgrade it in place; "+
-		"its grants move into the service default, and its keys, allow list and open sessions are kept", name, ErrPreviousRelease, cmd)
+	return adoptError(name, dir, ErrPreviousRelease,
+		"its grants move into the service default, and its keys, allow list and open sessions are kept")
 }
 
-// pinnedIfaceNames are the interfaces of the gate pinned at dir.
-func pinnedIfaceNames(dir string) []string {
+// adoptError says that the gate called name, pinned at dir, is of a layout
+// (why) that run or attach upgrades in place, keeping what keeps says.
+func adoptError(name, dir string, why error, keeps string) error {
+	return fmt.Errorf("gate %s: %w: run %q (or \"knockgate run\" on its config file) to upgrade it in place; %s",
+		name, why, attachCommand(name, dir), keeps)
+}
+
+// attachCommand is the attach that adopts the gate called name, pinned at
+// dir, on its interfaces.
+func attachCommand(name, dir string) string {
 	entries, _ := os.ReadDir(filepath.Join(dir, ifacesDir))
 	var ifaces []string
 	for _, e := range entries {
 		ifaces = append(ifaces, unpinName(e.Name()))
 	}
-	return ifaces
-}
-
-// attachCommand is the attach that adopts the gate called name on ifaces.
-func attachCommand(name string, ifaces []string) string {
-	if ifaces[0] != name {
+	switch {
+	case len(ifaces) == 0:
+		return "knockgate attach --gate " + name + " IFACE"
+	case ifaces[0] != name:
 		return "knockgate attach --gate " + name + " " + strings.Join(ifaces, " ")
 	}
 	return "knockgate attach " + strings.Join(ifaces, " ")
@@ -254,12 +256,9 @@ func migrate(name string) (err error) {
 	}
 	defer unlock()
 	dir := GateDir(name)
-	gateLock, err := flock(dir, unix.LOCK_EX)
-	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("knockgate on %s: %w", name, ErrNotAttached)
-	}
+	gateLock, err := lockGateDir(name)
 	if err != nil {
-		return fmt.Errorf("lock %s: %w", dir, err)
+		return err
 	}
 	defer gateLock.Close()
 	old, ok, err := openPrevious(dir)

@@ -94,6 +94,20 @@ func linkPinMode(file string) (Mode, bool) {
 // flock opens path and takes an flock on it (how: unix.LOCK_EX, with
 // unix.LOCK_NB to fail rather than wait). Closing the file releases it; so
 // does the process's death.
+// lockGateDir takes the lock of the gate called name, exclusive, from
+// outside a Gate (which has lock): ErrNotAttached when there is none.
+func lockGateDir(name string) (*os.File, error) {
+	dir := GateDir(name)
+	f, err := flock(dir, unix.LOCK_EX)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("knockgate on %s: %w", name, ErrNotAttached)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	return f, nil
+}
+
 func flock(path string, how int) (*os.File, error) {
 	f, err := os.Open(path)
 	if err != nil {

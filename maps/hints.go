@@ -268,6 +268,11 @@ func (s *Set) withHintWords(key bpf.KnockgateGrantKey, fn func(set func()) error
 	})
 }
 
+// CountGrants counts the grants map's entries (live or not), in batches.
+func (s *Set) CountGrants() (int, error) {
+	return s.eachGrantKey(func(bpf.KnockgateGrantKey) {})
+}
+
 // putGrant inserts or replaces key's grant, the way the program's
 // put_grant does: its bits set before the entry exists and after.
 func (s *Set) putGrant(key bpf.KnockgateGrantKey, value bpf.KnockgateGrant) error {

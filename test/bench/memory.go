@@ -146,7 +146,7 @@ func mapMemory(set *maps.Set) ([]MapMemory, error) {
 		count func() (int, error)
 	}{
 		{bpf.KnockgateMapKnocks, set.Knocks, func() (int, error) { return occupied(set) }},
-		{bpf.KnockgateMapGrants, set.Grants, func() (int, error) { return countGrants(set.Grants) }},
+		{bpf.KnockgateMapGrants, set.Grants, set.CountGrants},
 		{bpf.KnockgateMapKnockTags, set.KnockTags, nil},
 		{bpf.KnockgateMapHintBits, set.HintBits, nil},
 	} {

@@ -212,7 +212,7 @@ func newScaleGate(maxSources uint32, services int, n uint32, log io.Writer) (_ *
 		return nil, err
 	}
 	g.Took = time.Since(start)
-	got, err := countGrants(g.Set.Grants)
+	got, err := g.Set.CountGrants()
 	if err != nil {
 		return nil, err
 	}
@@ -224,25 +224,6 @@ func newScaleGate(maxSources uint32, services int, n uint32, log io.Writer) (_ *
 }
 
 func ptr[T any](v T) *T { return &v }
-
-// countGrants counts the grants map's entries, in batches.
-func countGrants(m *ebpf.Map) (int, error) {
-	const batch = 4096
-	keys := make([]bpf.KnockgateGrantKey, batch)
-	vals := make([]bpf.KnockgateGrant, batch)
-	var cursor ebpf.MapBatchCursor
-	n := 0
-	for {
-		got, err := m.BatchLookup(&cursor, keys, vals, nil)
-		n += got
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return n, nil
-		}
-		if err != nil {
-			return n, fmt.Errorf("count grants: %w", err)
-		}
-	}
-}
 
 // Close unloads the gate.
 func (g *ScaleGate) Close() error { return g.Objs.Close() }
