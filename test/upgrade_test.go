@@ -516,3 +516,73 @@ func TestUpgradeFromHintCounts(t *testing.T) {
 		})
 	}
 }
+
+// The upgrade from hint counts killed anywhere (SIGKILL at its 1st, 2nd, ...
+// kill point): at every moment the gate judges with the grant in force and
+// the session going on; until the upgrade is done other commands say to run
+// attach, which finishes it.
+func TestKillHintUpgradeAnywhere(t *testing.T) {
+	netns.Require(t, "ip", "nsenter", "socat", "git", "tar")
+	old := binAt(t, hintCountsBuild)
+	g := newGate(t)
+	echo(t, g.srv, sessionPort)
+	args := []string{"attach", g.iface, "--sequence", "9000,8000", "--open", "10m",
+		"--protect", fmt.Sprintf("%d,%d", protected, sessionPort), "--no-grant-self"}
+	oldKG := func(args ...string) {
+		t.Helper()
+		if r := run(t, g.srv.Cmd(old, args...)); r.code != 0 {
+			t.Fatalf("knockgate %s %s: %s", hintCountsBuild[:7], strings.Join(args, " "), r)
+		}
+	}
+	// A session opened before any gate: each attach seeds it as a flow.
+	sess := openSession(t, g.cli, srv6, sessionPort)
+	sess.exchange("before any gate", "0")
+	dir := filepath.Join(pinRoot, g.iface)
+	n := 1
+	unfinished, finished := 0, 0
+	for ; ; n++ {
+		oldKG(args...)
+		oldKG("grant", g.iface, cli4.String())
+		killed, r := g.killedAt(g.srv, n, args...)
+		if !killed && r.code != 0 {
+			t.Fatalf("attach with kill point %d unreached: %s", n, r)
+		}
+		// Whatever the kill left, some program judges, with the grant.
+		g.expect(open, cli4, srv4)
+		g.expect(filtered, alt4, srv4)
+		sess.exchange(fmt.Sprintf("killed at point %d", n), fmt.Sprint(n))
+		if killed {
+			st := g.kg(g.srv, "status", g.iface)
+			switch {
+			case st.code == 1 && strings.Contains(st.stderr, "hint counts"):
+				unfinished++
+				g.mustKG(g.srv, args...)
+			case st.code == 0:
+				finished++
+			default:
+				t.Fatalf("status after the upgrade killed at point %d: %s", n, st)
+			}
+		}
+		if _, err := os.Stat(filepath.Join(dir, "hints")); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("killed at point %d: the hint counts' pin after the upgrade: %v", n, err)
+		}
+		if got, want := g.xdpProg(), int(g.pinnedProgID("prog")); got != want {
+			t.Fatalf("killed at point %d: XDP program %d on %s, want the pinned %d", n, got, g.iface, want)
+		}
+		if _, ok := g.sourcesOf()[cli4.String()+" open"]; !ok {
+			t.Fatalf("upgrade killed at point %d: the grant of %s is gone", n, cli4)
+		}
+		g.expect(open, cli4, srv4)
+		g.expect(filtered, alt4, srv4)
+		sess.exchange(fmt.Sprintf("after point %d", n), "+"+fmt.Sprint(n))
+		g.mustKG(g.srv, "detach", g.iface)
+		g.assertNoPins(g.iface)
+		if !killed {
+			break
+		}
+	}
+	t.Logf("the upgrade killed at each of its %d points: %d left it to the next attach, %d after it was done", n-1, unfinished, finished)
+	if unfinished < 3 {
+		t.Errorf("the upgrade passed only %d points before it was done", unfinished)
+	}
+}
