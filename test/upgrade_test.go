@@ -382,6 +382,35 @@ func TestKillUpgradeAnywhere(t *testing.T) {
 	netns.Require(t, "ip", "nsenter", "socat", "git", "tar")
 	prevBin(t)
 	g := newGate(t)
+	k := g.killUpgradeAnywhere(func(args ...string) { g.prev(g.srv, args...) }, "previous knockgate release",
+		func(n int) {
+			if got := g.xdpProg(); got != 0 && g.pinnedProgID("prog") != ebpf.ProgramID(got) {
+				t.Fatalf("killed at point %d before the mark: XDP program %d is not the pinned one", n, got)
+			}
+		},
+		func(int) { g.assertUpgraded() })
+	t.Logf("the upgrade killed at each of its %d points: %d before its mark, %d after", k.points, k.unfinished, k.finished)
+	if k.finished < 5 || k.unfinished < 5 {
+		t.Errorf("the upgrade passed only %d points before its mark and %d after", k.unfinished, k.finished)
+	}
+}
+
+// killedUpgrades is what killUpgradeAnywhere saw: the upgrade's kill
+// points, and how many kills left it to the next attach (other commands
+// refusing the gate) and how many found it done.
+type killedUpgrades struct{ points, unfinished, finished int }
+
+// killUpgradeAnywhere makes a gate with old (an earlier build's knockgate,
+// run with its arguments in the server's namespace), grants cli4, and runs
+// this build's attach of it killed at its 1st, 2nd, ... kill point, until
+// one runs through. After each kill, whatever it left judges with the grant
+// in force and a session going on; status refuses the gate saying refusal
+// (then refused runs, and attach finishes the upgrade) or answers; upgraded
+// checks the gate then, which must still hold the grant. Each round ends
+// with a detach that leaves no pin.
+func (g *gate) killUpgradeAnywhere(old func(args ...string), refusal string, refused, upgraded func(n int)) killedUpgrades {
+	t := g.t
+	t.Helper()
 	echo(t, g.srv, sessionPort)
 	args := []string{"attach", g.iface, "--sequence", "9000,8000", "--open", "10m",
 		"--protect", fmt.Sprintf("%d,%d", protected, sessionPort), "--no-grant-self"}
@@ -389,11 +418,10 @@ func TestKillUpgradeAnywhere(t *testing.T) {
 	// and only the flow lets it through (cli6 is never granted).
 	sess := openSession(t, g.cli, srv6, sessionPort)
 	sess.exchange("before any gate", "0")
-	n := 1
-	marked, unmarked := 0, 0
-	for ; ; n++ {
-		g.prev(g.srv, args...)
-		g.prev(g.srv, "grant", g.iface, cli4.String())
+	var k killedUpgrades
+	for n := 1; ; n++ {
+		old(args...)
+		old("grant", g.iface, cli4.String())
 		killed, r := g.killedAt(g.srv, n, args...)
 		if !killed && r.code != 0 {
 			t.Fatalf("attach with kill point %d unreached: %s", n, r)
@@ -405,19 +433,17 @@ func TestKillUpgradeAnywhere(t *testing.T) {
 		if killed {
 			st := g.kg(g.srv, "status", g.iface)
 			switch {
-			case st.code == 1 && strings.Contains(st.stderr, "previous knockgate release"):
-				unmarked++
-				if got := g.xdpProg(); got != 0 && g.pinnedProgID("prog") != ebpf.ProgramID(got) {
-					t.Fatalf("killed at point %d before the mark: XDP program %d is not the pinned one", n, got)
-				}
+			case st.code == 1 && strings.Contains(st.stderr, refusal):
+				k.unfinished++
+				refused(n)
 				g.mustKG(g.srv, args...)
 			case st.code == 0:
-				marked++
+				k.finished++
 			default:
 				t.Fatalf("status after the upgrade killed at point %d: %s", n, st)
 			}
 		}
-		g.assertUpgraded()
+		upgraded(n)
 		if _, ok := g.sourcesOf()[cli4.String()+" open"]; !ok {
 			t.Fatalf("upgrade killed at point %d: the grant of %s is gone", n, cli4)
 		}
@@ -427,12 +453,9 @@ func TestKillUpgradeAnywhere(t *testing.T) {
 		g.mustKG(g.srv, "detach", g.iface)
 		g.assertNoPins(g.iface)
 		if !killed {
-			break
+			k.points = n - 1
+			return k
 		}
-	}
-	t.Logf("the upgrade killed at each of its %d points: %d before its mark, %d after", n-1, unmarked, marked)
-	if marked < 5 || unmarked < 5 {
-		t.Errorf("the upgrade passed only %d points before its mark and %d after", unmarked, marked)
 	}
 }
 
@@ -525,64 +548,22 @@ func TestKillHintUpgradeAnywhere(t *testing.T) {
 	netns.Require(t, "ip", "nsenter", "socat", "git", "tar")
 	old := binAt(t, hintCountsBuild)
 	g := newGate(t)
-	echo(t, g.srv, sessionPort)
-	args := []string{"attach", g.iface, "--sequence", "9000,8000", "--open", "10m",
-		"--protect", fmt.Sprintf("%d,%d", protected, sessionPort), "--no-grant-self"}
-	oldKG := func(args ...string) {
+	dir := filepath.Join(pinRoot, g.iface)
+	k := g.killUpgradeAnywhere(func(args ...string) {
 		t.Helper()
 		if r := run(t, g.srv.Cmd(old, args...)); r.code != 0 {
 			t.Fatalf("knockgate %s %s: %s", hintCountsBuild[:7], strings.Join(args, " "), r)
 		}
-	}
-	// A session opened before any gate: each attach seeds it as a flow.
-	sess := openSession(t, g.cli, srv6, sessionPort)
-	sess.exchange("before any gate", "0")
-	dir := filepath.Join(pinRoot, g.iface)
-	n := 1
-	unfinished, finished := 0, 0
-	for ; ; n++ {
-		oldKG(args...)
-		oldKG("grant", g.iface, cli4.String())
-		killed, r := g.killedAt(g.srv, n, args...)
-		if !killed && r.code != 0 {
-			t.Fatalf("attach with kill point %d unreached: %s", n, r)
-		}
-		// Whatever the kill left, some program judges, with the grant.
-		g.expect(open, cli4, srv4)
-		g.expect(filtered, alt4, srv4)
-		sess.exchange(fmt.Sprintf("killed at point %d", n), fmt.Sprint(n))
-		if killed {
-			st := g.kg(g.srv, "status", g.iface)
-			switch {
-			case st.code == 1 && strings.Contains(st.stderr, "hint counts"):
-				unfinished++
-				g.mustKG(g.srv, args...)
-			case st.code == 0:
-				finished++
-			default:
-				t.Fatalf("status after the upgrade killed at point %d: %s", n, st)
-			}
-		}
+	}, "hint counts", func(int) {}, func(n int) {
 		if _, err := os.Stat(filepath.Join(dir, "hints")); !errors.Is(err, os.ErrNotExist) {
 			t.Fatalf("killed at point %d: the hint counts' pin after the upgrade: %v", n, err)
 		}
 		if got, want := g.xdpProg(), int(g.pinnedProgID("prog")); got != want {
 			t.Fatalf("killed at point %d: XDP program %d on %s, want the pinned %d", n, got, g.iface, want)
 		}
-		if _, ok := g.sourcesOf()[cli4.String()+" open"]; !ok {
-			t.Fatalf("upgrade killed at point %d: the grant of %s is gone", n, cli4)
-		}
-		g.expect(open, cli4, srv4)
-		g.expect(filtered, alt4, srv4)
-		sess.exchange(fmt.Sprintf("after point %d", n), "+"+fmt.Sprint(n))
-		g.mustKG(g.srv, "detach", g.iface)
-		g.assertNoPins(g.iface)
-		if !killed {
-			break
-		}
-	}
-	t.Logf("the upgrade killed at each of its %d points: %d left it to the next attach, %d after it was done", n-1, unfinished, finished)
-	if unfinished < 3 {
-		t.Errorf("the upgrade passed only %d points before it was done", unfinished)
+	})
+	t.Logf("the upgrade killed at each of its %d points: %d left it to the next attach, %d after it was done", k.points, k.unfinished, k.finished)
+	if k.unfinished < 3 {
+		t.Errorf("the upgrade passed only %d points before it was done", k.unfinished)
 	}
 }
