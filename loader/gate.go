@@ -253,6 +253,13 @@ func Open(name string) (_ *Gate, err error) {
 	if err != nil {
 		return nil, err
 	}
+	return gateOf(name, dir, set)
+}
+
+// gateOf is the gate called name pinned at dir, whose maps set holds (and
+// closes on an error): the maps checked against this build's layout, and
+// both programs opened.
+func gateOf(name, dir string, set *maps.Set) (_ *Gate, err error) {
 	g := &Gate{Name: name, Dir: dir, Maps: set}
 	defer func() {
 		if err != nil {

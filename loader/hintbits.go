@@ -135,24 +135,18 @@ func upgradeHintBits(name string) (err error) {
 	if err != nil {
 		return err
 	}
-	g := &Gate{Name: name, Dir: dir, Maps: set}
-	defer g.Close()
-	if err := checkCompatible(set); err != nil {
+	g, err := gateOf(name, dir, set)
+	if err != nil {
 		return err
 	}
-	if g.Prog, err = ebpf.LoadPinnedProgram(filepath.Join(dir, progPin), nil); err != nil {
-		return fmt.Errorf("open pinned program: %w", err)
-	}
-	if g.Egress, err = ebpf.LoadPinnedProgram(filepath.Join(dir, egressProgPin), nil); err != nil {
-		return fmt.Errorf("open pinned egress program: %w", err)
-	}
+	defer g.Close()
 	if _, err := g.upgrade(); err != nil {
 		return err
 	}
 	maps.KillPoint()
 
-	// 3. No old program runs: the bits only the grants set.
-	set.SyncRCU()
+	// 3. The bits only the grants set: the rebuild waits for a grace
+	// period before it clears anything, after which no old program runs.
 	if _, err := set.RebuildHints(); err != nil {
 		return err
 	}

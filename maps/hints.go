@@ -162,10 +162,9 @@ func (s *Set) FillHints() error {
 
 // HintStats is what a rebuild of the hint bitmap did.
 type HintStats struct {
-	Grants      int     // grants whose bits the new half holds
-	BitsBefore  float64 // share of the active half's bits set before
-	BitsAfter   float64 // and of the new one's
-	ActiveAfter uint32  // the half now active
+	Grants     int     // grants whose bits the new half holds
+	BitsBefore float64 // share of the active half's bits set before
+	BitsAfter  float64 // and of the new one's
 }
 
 // RebuildHints clears the bits no grant holds: it rebuilds the inactive
@@ -202,7 +201,7 @@ func (s *Set) RebuildHints() (st HintStats, err error) {
 		}
 		KillPoint()
 		atomic.StoreUint32(h.active(), next)
-		st.Grants, st.BitsAfter, st.ActiveAfter = n, fill(half), next
+		st.Grants, st.BitsAfter = n, fill(half)
 		return nil
 	})
 	if err != nil {
