@@ -262,16 +262,25 @@ static __always_inline struct hint hint_of(const struct grant_key *k)
 	return ht;
 }
 
-/* Might k have a grant? Its bits in the active half: all set, or no word
- * to read (cannot be: the loader sizes the value). */
-static __always_inline int hinted(const struct grant_key *k)
+/* The hint bitmap and k's hint in it, or NULL without the map or the word
+ * (cannot be: the loader sizes the value). */
+static __always_inline __u8 *hint_place(const struct grant_key *k, struct hint *h)
 {
 	__u32 zero = 0;
 	__u8 *bits = bpf_map_lookup_elem(&hint_bits, &zero);
+	*h = hint_of(k);
+	if (!bits || h->word >= hint_words)
+		return NULL;
+	return bits;
+}
+
+/* Might k have a grant? Its bits in the active half: all set, or no word
+ * to read. */
+static __always_inline int hinted(const struct grant_key *k)
+{
+	struct hint h;
+	__u8 *bits = hint_place(k, &h);
 	if (!bits)
-		return 1;
-	struct hint h = hint_of(k);
-	if (h.word >= hint_words)
 		return 1;
 	__u32 half = *(volatile __u32 *)bits & 1;
 	__u64 w = *(volatile __u64 *)(bits + HINT_HEADER + 8 * (half * hint_words + h.word));
@@ -282,12 +291,9 @@ static __always_inline int hinted(const struct grant_key *k)
  * kernel share (README, 32-bit ARM). Returns 0, or -1 without the map. */
 static __always_inline long hint_set(const struct grant_key *k)
 {
-	__u32 zero = 0;
-	__u8 *bits = bpf_map_lookup_elem(&hint_bits, &zero);
+	struct hint h;
+	__u8 *bits = hint_place(k, &h);
 	if (!bits)
-		return -1;
-	struct hint h = hint_of(k);
-	if (h.word >= hint_words)
 		return -1;
 	union {
 		__u64 w;
@@ -309,7 +315,9 @@ static __always_inline long hint_set(const struct grant_key *k)
 /*
  * Insert or replace a grant, its hint bits set before it exists (so no
  * reader misses it) and again after (so a rebuild of the inactive half that
- * cleared them before the grant was there keeps them: maps.RebuildHints).
+ * cleared them before the grant was there keeps them: maps.RebuildHints);
+ * the hint is hashed anew for the second rather than kept across the
+ * update, which would take stack a global function's frame cannot spare.
  * Returns 0 or the map's error.
  */
 static __always_inline long put_grant(const struct grant_key *k, const struct grant *g)
