@@ -7,3 +7,4 @@ package bench
 
 //go:generate go tool bpf2go -tags linux -target bpfel flood flood.c -- -Wall -Werror
 //go:generate go tool bpf2go -tags linux -target bpfel -type parse_result floor floor.c -- -Wall -Werror
+//go:generate go tool bpf2go -tags linux -target bpfel -type parse_result probe probe.c -- -Wall -Werror

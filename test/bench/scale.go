@@ -80,6 +80,20 @@ const (
 	nameScaleBare    = "knockgate"
 	nameScaleSmall   = "knockgate 65536"
 	nameScaleGranted = "knockgate+grants"
+	// The memory floors (Probe): one line a packet of a table of
+	// probeStrangerBytes (dropped) or probeGrantBytes (passed) per
+	// --max-sources.
+	nameProbeStranger = "one line, 4 B/src"
+	nameProbeGrant    = "one line, 64 B/src"
+)
+
+// The probes' tables, per --max-sources: 4 bytes, what the hint bits take
+// (a stranger's least: a filter as tight as theirs, with the knock tags in
+// the same line); 64 bytes, a set-associative grant table of 32-byte slots
+// at half load, which one line answers (a granted source's least).
+const (
+	probeStrangerBytes = 4
+	probeGrantBytes    = 64
 )
 
 // ScaleFloods are the floods of every round.
@@ -337,15 +351,20 @@ type scaleConfig struct {
 // alone) the granted floods, whose packets every gate but the floor passes
 // on to the stack; knockgate with no grants, at MaxSources and at the
 // default --max-sources, the strangers' floods; knockgate with Sources
-// grants every one.
-var scaleGates = []string{nameFloor, nameNoFilter, nameScaleBare, nameScaleSmall, nameScaleGranted}
+// grants every one; the memory floors (Probe at MaxSources), the stranger's
+// the strangers' floods, dropping them, the granted source's the granted
+// floods, passing them.
+var scaleGates = []string{nameFloor, nameNoFilter, nameScaleBare, nameScaleSmall, nameScaleGranted,
+	nameProbeStranger, nameProbeGrant}
 
 func scaleRuns(gate string, f Flood) bool {
 	switch gate {
 	case nameNoFilter:
 		return scaleGranted(f)
-	case nameScaleBare, nameScaleSmall:
+	case nameScaleBare, nameScaleSmall, nameProbeStranger:
 		return !scaleGranted(f)
+	case nameProbeGrant:
+		return scaleGranted(f)
 	}
 	return true
 }
@@ -423,6 +442,10 @@ func RunScale(o ScaleOptions) (*ScaleResult, error) {
 			return &scaleKnockgate{name: name, g: bare, verdict: v}
 		case nameScaleSmall:
 			return &scaleKnockgate{name: name, g: small, verdict: v}
+		case nameProbeStranger:
+			return NewProbe(name, probeBytes(o.MaxSources, probeStrangerBytes), false)
+		case nameProbeGrant:
+			return NewProbe(name, probeBytes(o.MaxSources, probeGrantBytes), true)
 		}
 		return &scaleKnockgate{name: name, g: granted, verdict: v}
 	}
@@ -445,6 +468,17 @@ func RunScale(o ScaleOptions) (*ScaleResult, error) {
 	res.Load = append(res.Load, LoadAvg())
 	res.Took = time.Since(res.Started)
 	return res, nil
+}
+
+// probeBytes is a probe's table for maxSources at perSource bytes each,
+// rounded up to a power of two.
+func probeBytes(maxSources uint32, perSource uint64) uint64 {
+	n := uint64(maxSources) * perSource
+	b := uint64(128)
+	for b < n {
+		b <<= 1
+	}
+	return b
 }
 
 // runScaleOne builds a topology, attaches gate, floods it and tears

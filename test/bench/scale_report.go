@@ -225,6 +225,8 @@ func (res *ScaleResult) WriteTable(w io.Writer) {
 	fmt.Fprintln(w, "  ratios: the median of the per-round ratios (their range; rounds whose single-source cost was above zero),")
 	fmt.Fprintln(w, "  and the ratio of the medians; a bound holds when many − 1.5 × one is at most zero in the median round.")
 
+	res.writeProbes(w)
+
 	m := res.Maps
 	fmt.Fprintf(w, "\nwhat a packet reads beyond the configuration's line (--max-sources %d):\n", o.MaxSources)
 	fmt.Fprintf(w, "  a stranger's SYN: 4 bytes of knock_tags (its set; %s, one byte a knock slot) and one word of hint bits\n", fmtBytes(m.KnockTags))
@@ -234,6 +236,40 @@ func (res *ScaleResult) WriteTable(w io.Writer) {
 	fmt.Fprintf(w, "    %d entries, %s) and the clock.\n", m.GrantSlots, fmtBytes(m.Grants))
 	fmt.Fprintf(w, "memory per grant: grants map %.1f B per --max-sources (memlock ÷ entries, as loader's TestMaxSourcesLimits),\n", m.GrantsPer)
 	fmt.Fprintf(w, "  %.1f B per added entry (the map made at two sizes); the hint bitmap %.1f B more per --max-sources.\n", m.PerGrant, m.HintsPer)
+}
+
+// ProbeBounds hold the memory floors (Probe) to the first and third
+// bounds: a probe's many-source flood against 1.5 × knockgate's
+// single-source one, each above the XDP_DROP floor of its round. Where a
+// probe, which reads one line and decides nothing, is over the bound, no
+// design reading a table of that size per packet meets it here.
+func (res *ScaleResult) ProbeBounds() []Bound {
+	above := func(gate, flood string) map[int]float64 { return res.Above(gate, nameFloor, flood) }
+	return []Bound{
+		{Goal: fmt.Sprintf("one line of %s a stranger's SYN, %d sources, ≤ 1.5× %s's from one",
+			fmtBytes(probeBytes(res.Opts.MaxSources, probeStrangerBytes)), res.Opts.Sources, nameScaleBare),
+			Ratio: ratioOf(above(nameProbeStranger, floodStrangerN), above(nameScaleBare, floodStranger1), 1.5), Max: 1.5},
+		{Goal: fmt.Sprintf("one line of %s a granted ACK, %d sources, ≤ 1.5× %s's from one",
+			fmtBytes(probeBytes(res.Opts.MaxSources, probeGrantBytes)), res.Opts.Sources, nameScaleGranted),
+			Ratio: ratioOf(above(nameProbeGrant, floodGrantedN), above(nameScaleGranted, floodGranted1), 1.5), Max: 1.5},
+	}
+}
+
+// writeProbes prints the memory floors against the bounds they bear on.
+func (res *ScaleResult) writeProbes(w io.Writer) {
+	fmt.Fprintf(w, "\nthe memory floor: a gate that parses, reads one line of a table hashed from the source and decides\n")
+	fmt.Fprintf(w, "nothing (%s: %d B per --max-sources, the hint bits' size, dropping; %s: %d B, a set-associative\n",
+		nameProbeStranger, probeStrangerBytes, nameProbeGrant, probeGrantBytes)
+	fmt.Fprintln(w, "grant table of 32-byte slots at half load, passing); over a bound, no design reading such a table per packet meets it:")
+	for _, b := range res.ProbeBounds() {
+		status := "over"
+		if b.Met() {
+			status = "within"
+		}
+		r := b.Ratio
+		fmt.Fprintf(w, "  %-8s %s: %.1f vs %.1f ns above the floor; many − %.1f × one: %+.1f ns (per round %+.1f to %+.1f)\n",
+			status, b.Goal, r.Num.Median, r.Den.Median, b.Max, r.Excess.Median, r.Excess.Min, r.Excess.Max)
+	}
 }
 
 // fmtRatio says a ratio: the median per round (range, rounds), and the

@@ -1,0 +1,91 @@
+package bench
+
+import (
+	"errors"
+	"fmt"
+	"math/bits"
+
+	"github.com/cilium/ebpf/link"
+)
+
+// Probe is a gate that only reads memory: knockgate's parser, then one
+// 8-byte read from a table of Bytes at a line hashed from the source (one
+// line a packet, the least a gate keeping per-source state can touch), then
+// XDP_PASS (Pass) or XDP_DROP. Beside knockgate in the same round it says
+// what reading one line of a table that size costs under a flood, and so
+// whether a design reading one line per packet could meet a bound there.
+type Probe struct {
+	name  string
+	Bytes uint64 // the table's size: a power of two, 128 bytes at least
+	Pass  bool
+	objs  probeObjects
+	link  link.Link
+}
+
+// NewProbe is a probe of a table of bytes, named name.
+func NewProbe(name string, bytes uint64, pass bool) *Probe {
+	return &Probe{name: name, Bytes: bytes, Pass: pass}
+}
+
+func (g *Probe) Name() string { return g.name }
+func (g *Probe) Floor() bool  { return false }
+
+func (g *Probe) Setup(topo *Topology) error {
+	if err := g.load(); err != nil {
+		return err
+	}
+	return topo.RX.Do(func() (err error) {
+		g.link, err = attachXDP(g.objs.Probe)
+		return err
+	})
+}
+
+// load loads the probe's program and table.
+func (g *Probe) load() error {
+	if g.Bytes < 128 || g.Bytes&(g.Bytes-1) != 0 || g.Bytes > 1<<34 {
+		return fmt.Errorf("probe table of %d bytes: need a power of two from 128 bytes to 16 GiB", g.Bytes)
+	}
+	spec, err := loadProbe()
+	if err != nil {
+		return fmt.Errorf("load probe spec: %w", err)
+	}
+	lines := g.Bytes / 64
+	spec.Maps["lines"].MaxEntries = uint32(g.Bytes / 8)
+	pass := uint32(0)
+	if g.Pass {
+		pass = 1
+	}
+	if err := spec.Variables["line_bits"].Set(uint32(bits.TrailingZeros64(lines))); err != nil {
+		return fmt.Errorf("probe line bits: %w", err)
+	}
+	if err := spec.Variables["pass"].Set(pass); err != nil {
+		return fmt.Errorf("probe verdict: %w", err)
+	}
+	if err := spec.LoadAndAssign(&g.objs, nil); err != nil {
+		return fmt.Errorf("load probe program: %w", err)
+	}
+	return nil
+}
+
+// Seen is the frames the probe parsed as TCP or UDP.
+func (g *Probe) Seen() (uint64, error) {
+	var perCPU []uint64
+	if err := g.objs.Parsed.Lookup(uint32(probeParseResultPARSE_L4), &perCPU); err != nil {
+		return 0, fmt.Errorf("read probe counter: %w", err)
+	}
+	var n uint64
+	for _, v := range perCPU {
+		n += v
+	}
+	return n, nil
+}
+
+func (g *Probe) Close() error {
+	var errs []error
+	if g.link != nil {
+		errs = append(errs, g.link.Close())
+		g.link = nil
+	}
+	errs = append(errs, g.objs.Close())
+	return errors.Join(errs...)
+}
