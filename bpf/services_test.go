@@ -1097,6 +1097,10 @@ func TestServiceRemovalRollsBack(t *testing.T) {
 		g.configure(without())
 		g.expect("443 while the removal awaits confirmation", f.knock(f.src, https), xdpPass, "passed")
 		g.expect("443 from a stranger meanwhile", f.knock(f.other, https), xdpPass, "passed")
+		// The operator grants by the configuration in force.
+		if err := g.maps.Grant(f.source(7), "web", far); !errors.Is(err, maps.ErrNoService) {
+			t.Errorf("grant of web while its removal is in force: %v, want ErrNoService", err)
+		}
 		if _, ok := g.grantAt(f.src, web); !ok {
 			t.Fatal("web's grant went before the change was confirmed")
 		}
@@ -1104,6 +1108,9 @@ func TestServiceRemovalRollsBack(t *testing.T) {
 			f.other, "spa_bad_service")
 
 		g.backdateConfirm()
+		if err := g.maps.Grant(f.source(7), "web", far); err != nil {
+			t.Errorf("grant of web once its removal lapsed: %v", err)
+		}
 		g.expect("443 once the change lapsed", f.knock(f.src, https), xdpPass, "passed_granted")
 		g.expect("443 from a stranger", f.knock(f.other, https), xdpDrop, "dropped_protected")
 		if _, err := g.maps.ConfirmConfig(); !errors.Is(err, maps.ErrRolledBack) {

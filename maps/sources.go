@@ -114,15 +114,19 @@ func (s *Set) index(name string) (int, error) {
 	if name == policy.DefaultService {
 		return 0, nil
 	}
-	cfg, err := s.ReadConfig()
+	// The raw slot's names only: decoding the whole configuration (its
+	// port tables, its allow trie) took most of a grant's time.
+	live, cfgs, err := s.slots()
 	if err != nil {
 		return 0, err
 	}
-	i, ok := cfg.Index[name]
-	if !ok {
-		return 0, fmt.Errorf("service %s: %w", name, ErrNoService)
+	raw := &cfgs[inForce(live, &cfgs)]
+	for i := range raw.Services {
+		if raw.LiveServices&(1<<i) != 0 && cString(raw.Services[i].Name[:]) == name {
+			return i, nil
+		}
 	}
-	return i, nil
+	return 0, fmt.Errorf("service %s: %w", name, ErrNoService)
 }
 
 // KnockSlots reads the whole knock table, each slot under its lock, in
