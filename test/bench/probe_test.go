@@ -67,10 +67,10 @@ func TestProbeSize(t *testing.T) {
 			t.Errorf("%d bytes: %v, want a power-of-two error", b, err)
 		}
 	}
-	if got := probeBytes(1<<20, probeGrantBytes); got != 64<<20 {
+	if got := probeBytes(1<<20, 64); got != 64<<20 {
 		t.Errorf("probe table of 2^20 sources at 64 B: %d bytes", got)
 	}
-	if got := probeBytes(1_000_000, probeStrangerBytes); got != 4<<20 {
+	if got := probeBytes(1_000_000, 4); got != 4<<20 {
 		t.Errorf("probe table of 10^6 sources at 4 B: %d bytes", got)
 	}
 }

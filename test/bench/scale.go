@@ -80,21 +80,36 @@ const (
 	nameScaleBare    = "knockgate"
 	nameScaleSmall   = "knockgate 65536"
 	nameScaleGranted = "knockgate+grants"
-	// The memory floors (Probe): one line a packet of a table of
-	// probeStrangerBytes (dropped) or probeGrantBytes (passed) per
-	// --max-sources.
-	nameProbeStranger = "one line, 4 B/src"
-	nameProbeGrant    = "one line, 64 B/src"
 )
 
-// The probes' tables, per --max-sources: 4 bytes, what the hint bits take
-// (a stranger's least: a filter as tight as theirs, with the knock tags in
-// the same line); 64 bytes, a set-associative grant table of 32-byte slots
-// at half load, which one line answers (a granted source's least).
-const (
-	probeStrangerBytes = 4
-	probeGrantBytes    = 64
-)
+// scaleProbe is one memory floor of the scale benchmark (Probe): one line
+// a packet of a table of perSource bytes per --max-sources, its size
+// rounded up to a power of two.
+type scaleProbe struct {
+	name      string
+	perSource uint64
+	// granted: the granted floods, passed; else the strangers', dropped.
+	granted bool
+	what    string // the design whose least it is
+}
+
+// scaleProbes: a stranger's least (a filter's one line, at 1 and 4 bytes a
+// source) and a granted source's (one line of a grant table).
+var scaleProbes = []scaleProbe{
+	{name: "one line, 1 B/src", perSource: 1, what: "a filter of 8 bits a source holding knock progress too"},
+	{name: "one line, 4 B/src", perSource: 4, what: "the hint bits' size, knock tags in the same line"},
+	{name: "one line, 64 B/src", perSource: 64, granted: true,
+		what: "a set-associative grant table, 32-byte slots at half load"},
+}
+
+func probeNamed(name string) (scaleProbe, bool) {
+	for _, p := range scaleProbes {
+		if p.name == name {
+			return p, true
+		}
+	}
+	return scaleProbe{}, false
+}
 
 // ScaleFloods are the floods of every round.
 func (o ScaleOptions) ScaleFloods() []Flood {
@@ -354,17 +369,23 @@ type scaleConfig struct {
 // grants every one; the memory floors (Probe at MaxSources), the stranger's
 // the strangers' floods, dropping them, the granted source's the granted
 // floods, passing them.
-var scaleGates = []string{nameFloor, nameNoFilter, nameScaleBare, nameScaleSmall, nameScaleGranted,
-	nameProbeStranger, nameProbeGrant}
+var scaleGates = append([]string{nameFloor, nameNoFilter, nameScaleBare, nameScaleSmall, nameScaleGranted},
+	func() (names []string) {
+		for _, p := range scaleProbes {
+			names = append(names, p.name)
+		}
+		return names
+	}()...)
 
 func scaleRuns(gate string, f Flood) bool {
 	switch gate {
 	case nameNoFilter:
 		return scaleGranted(f)
-	case nameScaleBare, nameScaleSmall, nameProbeStranger:
+	case nameScaleBare, nameScaleSmall:
 		return !scaleGranted(f)
-	case nameProbeGrant:
-		return scaleGranted(f)
+	}
+	if p, ok := probeNamed(gate); ok {
+		return p.granted == scaleGranted(f)
 	}
 	return true
 }
@@ -442,10 +463,9 @@ func RunScale(o ScaleOptions) (*ScaleResult, error) {
 			return &scaleKnockgate{name: name, g: bare, verdict: v}
 		case nameScaleSmall:
 			return &scaleKnockgate{name: name, g: small, verdict: v}
-		case nameProbeStranger:
-			return NewProbe(name, probeBytes(o.MaxSources, probeStrangerBytes), false)
-		case nameProbeGrant:
-			return NewProbe(name, probeBytes(o.MaxSources, probeGrantBytes), true)
+		}
+		if p, ok := probeNamed(name); ok {
+			return NewProbe(name, probeBytes(o.MaxSources, p.perSource), p.granted)
 		}
 		return &scaleKnockgate{name: name, g: granted, verdict: v}
 	}

@@ -240,34 +240,38 @@ func (res *ScaleResult) WriteTable(w io.Writer) {
 
 // ProbeBounds hold the memory floors (Probe) to the first and third
 // bounds: a probe's many-source flood against 1.5 × knockgate's
-// single-source one, each above the XDP_DROP floor of its round. Where a
+// single-source one (without grants for the strangers' probes, with them
+// for the granted one), each above the XDP_DROP floor of its round. Where a
 // probe, which reads one line and decides nothing, is over the bound, no
 // design reading a table of that size per packet meets it here.
 func (res *ScaleResult) ProbeBounds() []Bound {
 	above := func(gate, flood string) map[int]float64 { return res.Above(gate, nameFloor, flood) }
-	return []Bound{
-		{Goal: fmt.Sprintf("one line of %s a stranger's SYN, %d sources, ≤ 1.5× %s's from one",
-			fmtBytes(probeBytes(res.Opts.MaxSources, probeStrangerBytes)), res.Opts.Sources, nameScaleBare),
-			Ratio: ratioOf(above(nameProbeStranger, floodStrangerN), above(nameScaleBare, floodStranger1), 1.5), Max: 1.5},
-		{Goal: fmt.Sprintf("one line of %s a granted ACK, %d sources, ≤ 1.5× %s's from one",
-			fmtBytes(probeBytes(res.Opts.MaxSources, probeGrantBytes)), res.Opts.Sources, nameScaleGranted),
-			Ratio: ratioOf(above(nameProbeGrant, floodGrantedN), above(nameScaleGranted, floodGranted1), 1.5), Max: 1.5},
+	var out []Bound
+	for _, p := range scaleProbes {
+		gate, many, one, what := nameScaleBare, floodStrangerN, floodStranger1, "a stranger's SYN"
+		if p.granted {
+			gate, many, one, what = nameScaleGranted, floodGrantedN, floodGranted1, "a granted ACK"
+		}
+		out = append(out, Bound{
+			Goal: fmt.Sprintf("%s: one line of %s (%s) %s, %d sources, ≤ 1.5× %s's from one", p.name,
+				fmtBytes(probeBytes(res.Opts.MaxSources, p.perSource)), p.what, what, res.Opts.Sources, gate),
+			Ratio: ratioOf(above(p.name, many), above(gate, one), 1.5), Max: 1.5})
 	}
+	return out
 }
 
 // writeProbes prints the memory floors against the bounds they bear on.
 func (res *ScaleResult) writeProbes(w io.Writer) {
-	fmt.Fprintf(w, "\nthe memory floor: a gate that parses, reads one line of a table hashed from the source and decides\n")
-	fmt.Fprintf(w, "nothing (%s: %d B per --max-sources, the hint bits' size, dropping; %s: %d B, a set-associative\n",
-		nameProbeStranger, probeStrangerBytes, nameProbeGrant, probeGrantBytes)
-	fmt.Fprintln(w, "grant table of 32-byte slots at half load, passing); over a bound, no design reading such a table per packet meets it:")
+	fmt.Fprintln(w, "\nthe memory floors: gates that parse, read one line of a table at a place hashed from the source, and")
+	fmt.Fprintln(w, "decide nothing (the strangers' dropping, the granted one's passing); over a bound, no design that reads")
+	fmt.Fprintln(w, "a table of that size per packet meets it on this machine:")
 	for _, b := range res.ProbeBounds() {
 		status := "over"
 		if b.Met() {
 			status = "within"
 		}
 		r := b.Ratio
-		fmt.Fprintf(w, "  %-8s %s: %.1f vs %.1f ns above the floor; many − %.1f × one: %+.1f ns (per round %+.1f to %+.1f)\n",
+		fmt.Fprintf(w, "  %-7s %s: %.1f vs %.1f ns above the floor; many − %.1f × one: %+.1f ns (per round %+.1f to %+.1f)\n",
 			status, b.Goal, r.Num.Median, r.Den.Median, b.Max, r.Excess.Median, r.Excess.Min, r.Excess.Max)
 	}
 }

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"math"
+	"slices"
 	"net/netip"
 	"testing"
 
@@ -75,6 +76,28 @@ func TestScaleGate(t *testing.T) {
 		g.Close()
 		if err != nil {
 			t.Fatalf("%d grants: %v", grants, err)
+		}
+	}
+}
+
+// Each memory floor runs the two floods of its kind, and nothing else.
+func TestScaleProbesRun(t *testing.T) {
+	o := ScaleOptions{Sources: 10, Services: 2}
+	for _, p := range scaleProbes {
+		var ran []string
+		for _, f := range o.ScaleFloods() {
+			if scaleRuns(p.name, f) {
+				if scaleGranted(f) != p.granted {
+					t.Errorf("%s runs %s", p.name, f.Name)
+				}
+				ran = append(ran, f.Name)
+			}
+		}
+		if len(ran) != 2 {
+			t.Errorf("%s runs %v, want the two floods of its kind", p.name, ran)
+		}
+		if !slices.Contains(scaleGates, p.name) {
+			t.Errorf("%s is not among the scale gates", p.name)
 		}
 	}
 }
