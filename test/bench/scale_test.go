@@ -2,8 +2,8 @@ package bench
 
 import (
 	"math"
-	"slices"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/knockgate/knockgate/test/netns"
