@@ -9,6 +9,7 @@ import (
 	"math/bits"
 	"net/netip"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -354,10 +355,43 @@ func (s *Set) readSlot(raw *bpf.KnockgateConfig) (Config, error) {
 // inForce is the slot whose configuration the program runs: the live one,
 // or, once a safe-mode change there has lapsed, the one before it.
 func inForce(live uint32, cfgs *[2]bpf.KnockgateConfig) uint32 {
-	if d := cfgs[live].ConfirmByNs; d != 0 && BootNow() >= d {
+	if lapsed(&cfgs[live]) {
 		return live ^ 1
 	}
 	return live
+}
+
+// lapsed: raw is a safe-mode change whose deadline has passed.
+func lapsed(raw *bpf.KnockgateConfig) bool {
+	d := raw.ConfirmByNs
+	return d != 0 && BootNow() >= d
+}
+
+// rawPool recycles the buffers of readInForce: a configuration is 131 KiB,
+// and every grant of a named service reads one.
+var rawPool = sync.Pool{New: func() any { return new(bpf.KnockgateConfig) }}
+
+// readInForce reads the raw configuration in force (inForce's slot) into a
+// buffer of rawPool, which the caller puts back: one slot read, a second
+// only when the live slot's safe-mode change has lapsed.
+func (s *Set) readInForce() (*bpf.KnockgateConfig, error) {
+	var live uint32
+	if err := s.ConfigSlot.Lookup(uint32(0), &live); err != nil {
+		return nil, fmt.Errorf("read config slot: %w", err)
+	}
+	live &= 1
+	raw := rawPool.Get().(*bpf.KnockgateConfig)
+	if err := s.Configs.Lookup(live, raw); err != nil {
+		rawPool.Put(raw)
+		return nil, fmt.Errorf("read config slot %d: %w", live, err)
+	}
+	if lapsed(raw) {
+		if err := s.Configs.Lookup(live^1, raw); err != nil {
+			rawPool.Put(raw)
+			return nil, fmt.Errorf("read config slot %d: %w", live^1, err)
+		}
+	}
+	return raw, nil
 }
 
 // ReadConfig returns the configuration in force.

@@ -116,11 +116,11 @@ func (s *Set) index(name string) (int, error) {
 	}
 	// The raw slot's names only: decoding the whole configuration (its
 	// port tables, its allow trie) took most of a grant's time.
-	live, cfgs, err := s.slots()
+	raw, err := s.readInForce()
 	if err != nil {
 		return 0, err
 	}
-	raw := &cfgs[inForce(live, &cfgs)]
+	defer rawPool.Put(raw)
 	for i := range raw.Services {
 		if raw.LiveServices&(1<<i) != 0 && cString(raw.Services[i].Name[:]) == name {
 			return i, nil

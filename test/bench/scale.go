@@ -202,8 +202,8 @@ func newScaleGate(maxSources uint32, services int, n uint32, log io.Writer) (_ *
 	start := time.Now()
 	expires := maps.BootAfter(24 * time.Hour)
 	// One worker a CPU: a grant of a service other than default reads the
-	// whole configuration back (maps.Set.Grant resolves the name), some
-	// 0.3 ms of CPU each.
+	// configuration in force back (maps.Set.Grant resolves the name), some
+	// 30 µs each.
 	workers := uint32(runtime.NumCPU())
 	errs := make([]error, workers)
 	var made atomic.Uint32
