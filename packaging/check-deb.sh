@@ -15,10 +15,17 @@ fail() { echo "check-deb: $*" >&2; exit 1; }
 
 mkdir -p "$root/var/lib/dpkg/info" "$root/var/lib/dpkg/updates"
 touch "$root/var/lib/dpkg/status"
+# The scratch root has no procps: the package's one dependency (the unit's
+# ExecReload runs /bin/kill), checked here and forced below.
+[[ $(command dpkg-deb -f "$deb" Depends) == procps ]] ||
+	fail "the package depends on '$(command dpkg-deb -f "$deb" Depends)', want procps (for the unit's /bin/kill)"
 # The maintainer script runs outside a chroot (the scratch root has no
 # shell); it honours DPKG_ROOT, so the user it makes is the scratch root's.
-dpkg() { command dpkg --root="$root" --force-script-chrootless "$@"; }
-
+# dpkg's warning about the dependency goes to a file, shown if dpkg fails.
+dpkg() {
+	command dpkg --root="$root" --force-script-chrootless --force-depends "$@" 2>"$work/dpkg.err" ||
+		fail "dpkg $*: $(cat "$work/dpkg.err")"
+}
 dpkg -i "$deb" >/dev/null
 
 for f in usr/bin/knockgate lib/systemd/system/knockgate.service etc/knockgate/knockgate.toml \
