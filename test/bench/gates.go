@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"regexp"
 	"strconv"
 	"strings"
@@ -165,10 +166,16 @@ func (g *XDPDrop) Setup(topo *Topology) error {
 	})
 }
 
-func (g *XDPDrop) Seen() (uint64, error) {
+func (g *XDPDrop) Seen() (uint64, error) { return parsedL4(g.objs.Parsed) }
+
+func (g *XDPDrop) Close() error { return detachXDP(&g.link, &g.objs) }
+
+// parsedL4 is the frames a parse-then-verdict program (the floor, a probe:
+// parsed.h) counted as TCP or UDP, over every CPU.
+func parsedL4(parsed *ebpf.Map) (uint64, error) {
 	var perCPU []uint64
-	if err := g.objs.Parsed.Lookup(uint32(floorParseResultPARSE_L4), &perCPU); err != nil {
-		return 0, fmt.Errorf("read floor counter: %w", err)
+	if err := parsed.Lookup(uint32(floorParseResultPARSE_L4), &perCPU); err != nil {
+		return 0, fmt.Errorf("read parsed frames: %w", err)
 	}
 	var n uint64
 	for _, v := range perCPU {
@@ -177,13 +184,14 @@ func (g *XDPDrop) Seen() (uint64, error) {
 	return n, nil
 }
 
-func (g *XDPDrop) Close() error {
+// detachXDP closes *l, if attached, and then objs.
+func detachXDP(l *link.Link, objs io.Closer) error {
 	var errs []error
-	if g.link != nil {
-		errs = append(errs, g.link.Close())
-		g.link = nil
+	if *l != nil {
+		errs = append(errs, (*l).Close())
+		*l = nil
 	}
-	errs = append(errs, g.objs.Close())
+	errs = append(errs, objs.Close())
 	return errors.Join(errs...)
 }
 

@@ -8,7 +8,7 @@
  * it beside knockgate to say which of the issue's scale bounds any design
  * reading one line per packet could meet on the machine at hand.
  */
-#include "../../bpf/parsing.h"
+#include "parsed.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -25,16 +25,6 @@ struct {
 	__type(value, __u64);
 } lines SEC(".maps");
 
-/* Frames seen, by enum parse_result, as the floor's. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 3);
-	__type(key, __u32);
-	__type(value, __u64);
-} parsed SEC(".maps");
-
-const enum parse_result *unused_parse_result __attribute__((unused));
-
 SEC("xdp")
 int probe(struct xdp_md *ctx)
 {
@@ -42,9 +32,7 @@ int probe(struct xdp_md *ctx)
 	 * returned PARSE_L4 wrote. */
 	struct packet pkt = {};
 	__u32 res = parse_packet(ctx, &pkt);
-	__u64 *n = bpf_map_lookup_elem(&parsed, &res);
-	if (n)
-		*n += 1;
+	count_parsed(res);
 	if (res == PARSE_L4) {
 		/* Multiplicative hashing of the address's last word (an IPv4
 		 * source's whole address), its top bits the line. */

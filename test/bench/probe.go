@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"errors"
 	"fmt"
 	"math/bits"
 
@@ -68,24 +67,6 @@ func (g *Probe) load() error {
 }
 
 // Seen is the frames the probe parsed as TCP or UDP.
-func (g *Probe) Seen() (uint64, error) {
-	var perCPU []uint64
-	if err := g.objs.Parsed.Lookup(uint32(probeParseResultPARSE_L4), &perCPU); err != nil {
-		return 0, fmt.Errorf("read probe counter: %w", err)
-	}
-	var n uint64
-	for _, v := range perCPU {
-		n += v
-	}
-	return n, nil
-}
+func (g *Probe) Seen() (uint64, error) { return parsedL4(g.objs.Parsed) }
 
-func (g *Probe) Close() error {
-	var errs []error
-	if g.link != nil {
-		errs = append(errs, g.link.Close())
-		g.link = nil
-	}
-	errs = append(errs, g.objs.Close())
-	return errors.Join(errs...)
-}
+func (g *Probe) Close() error { return detachXDP(&g.link, &g.objs) }

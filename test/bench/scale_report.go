@@ -103,6 +103,14 @@ func (b Bound) Met() bool {
 	return b.Ratio.Excess.Median <= 0
 }
 
+// says is met when the bound is met, not otherwise.
+func (b Bound) says(met, not string) string {
+	if b.Met() {
+		return met
+	}
+	return not
+}
+
 // Bounds are the three scale bounds, each per packet above the
 // XDP_DROP floor of the same round and flood; the first for both sizes of
 // gate.
@@ -209,10 +217,7 @@ func (res *ScaleResult) WriteTable(w io.Writer) {
 
 	fmt.Fprintf(w, "\nbounds (per packet above the XDP_DROP floor of the same flood and round):\n")
 	for _, b := range res.Bounds() {
-		status := "NOT MET"
-		if b.Met() {
-			status = "met"
-		}
+		status := b.says("met", "NOT MET")
 		r := b.Ratio
 		if b.Max == 0 {
 			fmt.Fprintf(w, "  %-8s %s: %+.1f ns/pkt (per round %+.1f to %+.1f; the same: within %.1f); %.1f vs %.1f ns above the floor, %s\n",
@@ -266,10 +271,7 @@ func (res *ScaleResult) writeProbes(w io.Writer) {
 	fmt.Fprintln(w, "decide nothing (the strangers' dropping, the granted one's passing); over a bound, no design that reads")
 	fmt.Fprintln(w, "a table of that size per packet meets it on this machine:")
 	for _, b := range res.ProbeBounds() {
-		status := "over"
-		if b.Met() {
-			status = "within"
-		}
+		status := b.says("within", "over")
 		r := b.Ratio
 		fmt.Fprintf(w, "  %-7s %s: %.1f vs %.1f ns above the floor; many − %.1f × one: %+.1f ns (per round %+.1f to %+.1f)\n",
 			status, b.Goal, r.Num.Median, r.Den.Median, b.Max, r.Excess.Median, r.Excess.Min, r.Excess.Max)
