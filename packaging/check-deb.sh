@@ -79,6 +79,6 @@ tail -n1 "$root/etc/knockgate/knockgate.toml" | grep -qx '# edited by the operat
 # Removal keeps the config (a conffile), purge removes it.
 dpkg -r knockgate >/dev/null
 [[ ! -e $root/usr/bin/knockgate && -f $root/etc/knockgate/knockgate.toml ]] || fail "remove: the binary stays or the config went"
-dpkg -P knockgate >/dev/null 2>&1
+dpkg -P knockgate >/dev/null
 [[ ! -e $root/etc/knockgate/knockgate.toml ]] || fail "purge left /etc/knockgate/knockgate.toml"
 echo "check-deb: $(basename "$deb"): installs, upgrades keeping the operator's config, removes and purges"

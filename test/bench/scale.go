@@ -366,9 +366,9 @@ type scaleConfig struct {
 // alone) the granted floods, whose packets every gate but the floor passes
 // on to the stack; knockgate with no grants, at MaxSources and at the
 // default --max-sources, the strangers' floods; knockgate with Sources
-// grants every one; the memory floors (Probe at MaxSources), the stranger's
-// the strangers' floods, dropping them, the granted source's the granted
-// floods, passing them.
+// grants every one; the memory floors (Probe at MaxSources, scaleProbes)
+// the floods of their kind: a stranger's probe the strangers' floods,
+// dropping them, the granted one the granted floods, passing them.
 var scaleGates = append([]string{nameFloor, nameNoFilter, nameScaleBare, nameScaleSmall, nameScaleGranted},
 	func() (names []string) {
 		for _, p := range scaleProbes {

@@ -243,8 +243,8 @@ func (res *ScaleResult) WriteTable(w io.Writer) {
 	fmt.Fprintf(w, "  %.1f B per added entry (the map made at two sizes); the hint bitmap %.1f B more per --max-sources.\n", m.PerGrant, m.HintsPer)
 }
 
-// ProbeBounds hold the memory floors (Probe) to the first and third
-// bounds: a probe's many-source flood against 1.5 × knockgate's
+// ProbeBounds hold the memory floors (Probe) to the stranger's SYN bound
+// and the granted ACKs' bound: a probe's many-source flood against 1.5 × knockgate's
 // single-source one (without grants for the strangers' probes, with them
 // for the granted one), each above the XDP_DROP floor of its round. Where a
 // probe, which reads one line and decides nothing, is over the bound, no
