@@ -352,15 +352,6 @@ func (s *Set) readSlot(raw *bpf.KnockgateConfig) (Config, error) {
 	return c, nil
 }
 
-// inForce is the slot whose configuration the program runs: the live one,
-// or, once a safe-mode change there has lapsed, the one before it.
-func inForce(live uint32, cfgs *[2]bpf.KnockgateConfig) uint32 {
-	if lapsed(&cfgs[live]) {
-		return live ^ 1
-	}
-	return live
-}
-
 // lapsed: raw is a safe-mode change whose deadline has passed.
 func lapsed(raw *bpf.KnockgateConfig) bool {
 	d := raw.ConfirmByNs
@@ -371,9 +362,10 @@ func lapsed(raw *bpf.KnockgateConfig) bool {
 // and every grant of a named service reads one.
 var rawPool = sync.Pool{New: func() any { return new(bpf.KnockgateConfig) }}
 
-// readInForce reads the raw configuration in force (inForce's slot) into a
-// buffer of rawPool, which the caller puts back: one slot read, a second
-// only when the live slot's safe-mode change has lapsed.
+// readInForce reads the raw configuration in force, the one the program
+// runs (the live slot's, or, once a safe-mode change there has lapsed, the
+// one before it), into a buffer of rawPool, which the caller puts back: one
+// slot read, a second only when the live slot's change has lapsed.
 func (s *Set) readInForce() (*bpf.KnockgateConfig, error) {
 	var live uint32
 	if err := s.ConfigSlot.Lookup(uint32(0), &live); err != nil {
@@ -396,12 +388,12 @@ func (s *Set) readInForce() (*bpf.KnockgateConfig, error) {
 
 // ReadConfig returns the configuration in force.
 func (s *Set) ReadConfig() (Config, error) {
-	live, cfgs, err := s.slots()
+	raw, err := s.readInForce()
 	if err != nil {
 		return Config{}, err
 	}
-	f := inForce(live, &cfgs)
-	return s.readSlot(&cfgs[f])
+	defer rawPool.Put(raw)
+	return s.readSlot(raw)
 }
 
 // WritableConfig returns the configuration a write starts from, for a

@@ -83,18 +83,6 @@ type hintMem struct {
 	words uint32
 }
 
-// mapHints maps the whole bitmap; the caller unmaps it (done).
-func (s *Set) mapHints() (*hintMem, error) {
-	size := s.HintBits.ValueSize()
-	mem, err := unix.Mmap(s.HintBits.FD(), 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		return nil, fmt.Errorf("map hint bits: %w", err)
-	}
-	return &hintMem{mem: mem, words: HintWordsOf(size)}, nil
-}
-
-func (h *hintMem) done() { unix.Munmap(h.mem) }
-
 // active is the header's word that says which half the program reads.
 func (h *hintMem) active() *uint32 { return (*uint32)(unsafe.Pointer(&h.mem[0])) }
 
@@ -125,14 +113,15 @@ func hasWord(p []uint32, mask uint64) bool {
 	return atomic.LoadUint32(&p[0])&m[0] == m[0] && atomic.LoadUint32(&p[1])&m[1] == m[1]
 }
 
-// withHints runs fn on the bitmap, mapped for this call only.
+// withHints runs fn on the whole bitmap, mapped for this call only.
 func (s *Set) withHints(fn func(h *hintMem) error) error {
-	h, err := s.mapHints()
+	size := s.HintBits.ValueSize()
+	mem, err := unix.Mmap(s.HintBits.FD(), 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
-		return err
+		return fmt.Errorf("map hint bits: %w", err)
 	}
-	defer h.done()
-	return fn(h)
+	defer unix.Munmap(mem)
+	return fn(&hintMem{mem: mem, words: HintWordsOf(size)})
 }
 
 // Hinted reports whether key's bits are all set in the active half: the
