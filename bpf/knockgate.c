@@ -93,6 +93,35 @@ struct {
 volatile const __u32 hint_words = 1024;
 volatile const __u32 hint_shift = 64 - 10;
 
+/*
+ * The grant cache: what a granted source's packet reads instead of the
+ * grants map. A lookup in that LRU hash reads a bucket head in one table
+ * and an element in another (at 2^20 sources, 16 and some 90 MiB), each a
+ * cache miss under traffic from many sources; an entry here is 16 bytes in
+ * a set of KG_CACHE_WAYS that is one cache line, so a granted packet
+ * touches one line beyond the hint filter. It only mirrors the grants map:
+ * an entry is made by a packet that found a live grant there, holds that
+ * grant's expiry, and is valid in the epoch it was made in (the Go side
+ * bumps the epoch after it removes or shortens any grant: revoke, a
+ * service's removal, an operator's grant), so it can say no more than the
+ * grants map said in this epoch. A renewal needs no bump: the entry
+ * lapses at the older expiry and the next packet reads the map again. The
+ * entries' checks are keyed (SipHash), so no address can be chosen whose
+ * fingerprint is another's. One line of header, then grant_cache_sets
+ * lines, sized by the loader (64 bytes a --max-sources); mmapable, for
+ * line alignment and for the Go side's bump of the epoch.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1 + 1024);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct grant_cache_line);
+} grant_cache SEC(".maps");
+
+/* Sets of grant_cache (a power of two): set by the loader. */
+volatile const __u32 grant_cache_sets = 1024;
+
 /* Operator CIDRs that always pass protected ports: of every service
  * (service KG_ALLOW_ANY), or of one; each configuration's under its allow
  * epoch. */
@@ -372,24 +401,116 @@ static __always_inline int holds(const struct knock_slot *k, const struct source
 	return x[0] == y[0] && x[1] == y[1];
 }
 
+/* What an entry's check xors its expiry times: any odd constant (a
+ * bijection), so that a check read with another entry's expiry (a torn read
+ * of an entry being rewritten) is not its fingerprint's. */
+#define CACHE_MIX 0x9e3779b97f4a7c15ULL
+
+/* The cache's header, or NULL without the map. */
+static __always_inline struct grant_cache_line *cache_header(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&grant_cache, &zero);
+}
+
+/* The fingerprint of k in the header's epoch: SipHash-2-4 under the
+ * header's key of the address, the service's byte and the epoch (21 bytes,
+ * little-endian as SipHash reads them). */
+static __always_inline __u64 cache_fingerprint(const struct grant_cache_line *hdr, const struct grant_key *k)
+{
+	__u64 a, b;
+	__builtin_memcpy(&a, k->addr, 8);
+	__builtin_memcpy(&b, k->addr + 8, 8);
+	__u64 epoch = *(volatile const __u32 *)&hdr->w[2];
+	struct sip_state s;
+	sip_init(&s, hdr->w[0], hdr->w[1]);
+	sip_word(&s, sip_le64(a));
+	sip_word(&s, sip_le64(b));
+	return sip_final(&s, 21ULL << 56 | epoch << 8 | k->service);
+}
+
+/* The set of fingerprint fp, or NULL. */
+static __always_inline struct grant_cache_line *cache_set(__u64 fp)
+{
+	__u32 idx = 1 + ((__u32)fp & (grant_cache_sets - 1));
+	return bpf_map_lookup_elem(&grant_cache, &idx);
+}
+
+/* The expiry of fp's live entry in set, or 0: an entry whose check is fp
+ * xor its expiry times CACHE_MIX. Entries are read and written without a
+ * lock: a torn read is one whose check does not match. */
+static __always_inline __u64 cache_find(const struct grant_cache_line *set, __u64 fp, __u64 now)
+{
+#pragma unroll
+	for (int i = 0; i < KG_CACHE_WAYS; i++) {
+		__u64 expires = set->w[2 * i + 1];
+		if ((set->w[2 * i] ^ expires * CACHE_MIX) == fp && now < expires)
+			return expires;
+	}
+	return 0;
+}
+
+/* Record fp's live grant until expires in set: in the way holding fp's
+ * entry, else an expired one, else the way fp's top bits pick (the cache
+ * may forget; the grants map answers then). */
+static __always_inline void cache_put(struct grant_cache_line *set, __u64 fp, __u64 expires, __u64 now)
+{
+	__u32 way = fp >> 62, spare = KG_CACHE_WAYS;
+#pragma unroll
+	for (int i = 0; i < KG_CACHE_WAYS; i++) {
+		__u64 e = set->w[2 * i + 1];
+		if ((set->w[2 * i] ^ e * CACHE_MIX) == fp) {
+			spare = i;
+			break;
+		}
+		if (e <= now && spare == KG_CACHE_WAYS)
+			spare = i;
+	}
+	if (spare < KG_CACHE_WAYS)
+		way = spare;
+	way &= KG_CACHE_WAYS - 1;
+	set->w[2 * way + 1] = expires;
+	set->w[2 * way] = fp ^ expires * CACHE_MIX;
+}
+
 /*
- * Has pkt's source a live grant of service? An expired grant is reported
- * once and left in place: deleting it here could race with another CPU
- * renewing it (a sequence completed at that moment) and delete the renewal.
- * It stays until a new grant replaces it, `revoke` removes it, or the LRU
- * recycles it.
+ * Has pkt's source a live grant of service? The grant cache answers for a
+ * source it holds; otherwise the grants map does, and a live grant found
+ * there goes into the cache. An expired grant is reported once and left in
+ * place: deleting it here could race with another CPU renewing it (a
+ * sequence completed at that moment) and delete the renewal. It stays until
+ * a new grant replaces it, `revoke` removes it, or the LRU recycles it.
  */
 static __always_inline int granted(const struct packet *pkt, __u32 service, struct lazy *lz)
 {
 	struct grant_key key = grant_key_of(pkt->src.addr, service);
 	if (!hinted(&key))
 		return 0;
+	struct grant_cache_line *hdr = cache_header(), *set = NULL;
+	__u64 fp = 0;
+	if (hdr) {
+		fp = cache_fingerprint(hdr, &key);
+		set = cache_set(fp);
+		if (set && cache_find(set, fp, now_ns(lz)))
+			return 1;
+		/* The map is read after the epoch: the key's padding is made
+		 * of the fingerprint (and zero), so that even a CPU that
+		 * reorders loads reads the map after the epoch it caches the
+		 * answer under (an address dependency), never a grant that a
+		 * bump has since voided. */
+		__u64 z = fp;
+		asm volatile("%[z] &= 0" : [z] "+r"(z));
+		key.pad[0] = z;
+	}
 	struct grant *g = bpf_map_lookup_elem(&grants, &key);
 	if (!g)
 		return 0;
 	__u64 expires = g->expires_ns;
-	if (now_ns(lz) < expires)
+	if (now_ns(lz) < expires) {
+		if (set)
+			cache_put(set, fp, expires, lz->now);
 		return 1;
+	}
 	if (!g->expiry_reported) {
 		/* A racing store here can at worst repeat or skip an event. */
 		g->expiry_reported = 1;

@@ -40,6 +40,10 @@
 #define HINT_HEADER 64
 #define HINT_BITS 4
 
+/* The grant cache (grant_cache in knockgate.c): lines of KG_CACHE_WAYS
+ * entries of 16 bytes, one cache line each; line 0 is its header. */
+#define KG_CACHE_WAYS 4
+
 /* The flow table is 4-way set-associative too (see struct flow). */
 #define KG_FLOW_WAYS 4
 /* How long a flow lasts once closing (FIN both ways, an RST) or while a
@@ -252,6 +256,20 @@ struct grant {
 	/* Set once the expire event went out; never read for a verdict. */
 	__u8 expiry_reported;
 	__u8 pad[7];
+};
+
+/*
+ * A line of the grant cache. Line 0 is the header: w[0] and w[1] the key
+ * of the fingerprints (random, made with the cache), the first 32-bit
+ * word of w[2] the epoch, which the Go side bumps after every change that removes
+ * or shortens a grant. Every other line is a set of KG_CACHE_WAYS entries,
+ * entry i in w[2i] (its check) and w[2i+1] (the grant's expiry): a live
+ * grant of a (source, service) as the grants map held it in this epoch,
+ * valid while its check is the fingerprint of (source, service, epoch)
+ * xor the expiry times CACHE_MIX (see cache_find).
+ */
+struct grant_cache_line {
+	__u64 w[2 * KG_CACHE_WAYS];
 };
 
 /* Key of the allow LPM trie: an entry of the configurations of one allow

@@ -224,6 +224,11 @@ type KnockgateGrant struct {
 	Pad            [7]uint8
 }
 
+type KnockgateGrantCacheLine struct {
+	_ structs.HostLayout
+	W [8]uint64
+}
+
 type KnockgateGrantKey struct {
 	_       structs.HostLayout
 	Addr    [16]uint8
@@ -323,6 +328,7 @@ const (
 	KnockgateMapFwknopReplay         = "fwknop_replay"
 	KnockgateMapFwknopRing           = "fwknop_ring"
 	KnockgateMapFwknopScratch        = "fwknop_scratch"
+	KnockgateMapGrantCache           = "grant_cache"
 	KnockgateMapGrants               = "grants"
 	KnockgateMapHintBits             = "hint_bits"
 	KnockgateMapKnockTags            = "knock_tags"
@@ -336,6 +342,7 @@ const (
 	KnockgateVarEventBurst           = "event_burst"
 	KnockgateVarFlowSets             = "flow_sets"
 	KnockgateVarFlowSlots            = "flow_slots"
+	KnockgateVarGrantCacheSets       = "grant_cache_sets"
 	KnockgateVarHintShift            = "hint_shift"
 	KnockgateVarHintWords            = "hint_words"
 	KnockgateVarKnockSets            = "knock_sets"
@@ -419,6 +426,7 @@ type KnockgateMapSpecs struct {
 	FwknopReplay    *ebpf.MapSpec `ebpf:"fwknop_replay"`
 	FwknopRing      *ebpf.MapSpec `ebpf:"fwknop_ring"`
 	FwknopScratch   *ebpf.MapSpec `ebpf:"fwknop_scratch"`
+	GrantCache      *ebpf.MapSpec `ebpf:"grant_cache"`
 	Grants          *ebpf.MapSpec `ebpf:"grants"`
 	HintBits        *ebpf.MapSpec `ebpf:"hint_bits"`
 	KnockTags       *ebpf.MapSpec `ebpf:"knock_tags"`
@@ -436,6 +444,7 @@ type KnockgateVariableSpecs struct {
 	EventBurst           *ebpf.VariableSpec `ebpf:"event_burst"`
 	FlowSets             *ebpf.VariableSpec `ebpf:"flow_sets"`
 	FlowSlots            *ebpf.VariableSpec `ebpf:"flow_slots"`
+	GrantCacheSets       *ebpf.VariableSpec `ebpf:"grant_cache_sets"`
 	HintShift            *ebpf.VariableSpec `ebpf:"hint_shift"`
 	HintWords            *ebpf.VariableSpec `ebpf:"hint_words"`
 	KnockSets            *ebpf.VariableSpec `ebpf:"knock_sets"`
@@ -489,6 +498,7 @@ type KnockgateMaps struct {
 	FwknopReplay    *ebpf.Map `ebpf:"fwknop_replay"`
 	FwknopRing      *ebpf.Map `ebpf:"fwknop_ring"`
 	FwknopScratch   *ebpf.Map `ebpf:"fwknop_scratch"`
+	GrantCache      *ebpf.Map `ebpf:"grant_cache"`
 	Grants          *ebpf.Map `ebpf:"grants"`
 	HintBits        *ebpf.Map `ebpf:"hint_bits"`
 	KnockTags       *ebpf.Map `ebpf:"knock_tags"`
@@ -514,6 +524,7 @@ func (m *KnockgateMaps) Close() error {
 		m.FwknopReplay,
 		m.FwknopRing,
 		m.FwknopScratch,
+		m.GrantCache,
 		m.Grants,
 		m.HintBits,
 		m.KnockTags,
@@ -532,6 +543,7 @@ type KnockgateVariables struct {
 	EventBurst           *ebpf.Variable `ebpf:"event_burst"`
 	FlowSets             *ebpf.Variable `ebpf:"flow_sets"`
 	FlowSlots            *ebpf.Variable `ebpf:"flow_slots"`
+	GrantCacheSets       *ebpf.Variable `ebpf:"grant_cache_sets"`
 	HintShift            *ebpf.Variable `ebpf:"hint_shift"`
 	HintWords            *ebpf.Variable `ebpf:"hint_words"`
 	KnockSets            *ebpf.Variable `ebpf:"knock_sets"`

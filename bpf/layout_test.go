@@ -39,6 +39,7 @@ func TestSharedStructLayout(t *testing.T) {
 		"fwknop_seen":      bpf.KnockgateFwknopSeen{},
 		"flow_key":         bpf.KnockgateFlowKey{},
 		"grant":            bpf.KnockgateGrant{},
+		"grant_cache_line": bpf.KnockgateGrantCacheLine{},
 		"grant_key":        bpf.KnockgateGrantKey{},
 		"knock_slot":       bpf.KnockgateKnockSlot{},
 		"service":          bpf.KnockgateService{},

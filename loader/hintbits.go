@@ -54,8 +54,8 @@ func hasHintCounts(dir string) bool {
 // isHintCounts reports whether the gate at dir is one of hint counts:
 // both programs pinned, a hints map of the counts' layout at the size the
 // grants map gave it, and every map of this build pinned and matching its
-// spec at the gate's sizes, hint_bits aside (which step 1 makes). Any other
-// layout is not upgraded this way.
+// spec at the gate's sizes, hint_bits and grant_cache aside (which step 1
+// and step 2 make). Any other layout is not upgraded this way.
 func isHintCounts(dir string) bool {
 	if !hasHintCounts(dir) {
 		return false
@@ -74,8 +74,8 @@ func isHintCounts(dir string) bool {
 	for _, name := range append(maps.PinNames(), hintCountsPin) {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
 		if err != nil {
-			if name == bpf.KnockgateMapHintBits && errors.Is(err, fs.ErrNotExist) {
-				continue
+			if (name == bpf.KnockgateMapHintBits || name == bpf.KnockgateMapGrantCache) && errors.Is(err, fs.ErrNotExist) {
+				continue // made by the upgrade (and grant_cache by its program swap)
 			}
 			return false
 		}

@@ -151,6 +151,11 @@ func sizeSpec(spec *ebpf.CollectionSpec, knockSlots, grants, flowSlots uint32, t
 	if err := spec.Variables["hint_shift"].Set(maps.HintShift(words)); err != nil {
 		return fmt.Errorf("set hint shift: %w", err)
 	}
+	sets := maps.CacheSets(grants)
+	spec.Maps[bpf.KnockgateMapGrantCache].MaxEntries = maps.CacheLines(sets)
+	if err := spec.Variables["grant_cache_sets"].Set(sets); err != nil {
+		return fmt.Errorf("set grant cache sets: %w", err)
+	}
 	spec.Maps[bpf.KnockgateMapKnocks].MaxEntries = knockSlots
 	spec.Maps[bpf.KnockgateMapKnockTags].ValueSize = knockSlots // a byte a slot
 	if err := spec.Variables["knock_sets"].Set(knockSlots / maps.KnockWays); err != nil {
@@ -258,6 +263,10 @@ func LoadTuned(sz Sizes, t Tuning) (*Objects, error) {
 	if err := coll.Assign(&objs.KnockgateObjects); err != nil {
 		objs.Egress.Close()
 		return nil, fmt.Errorf("load program: %w", err)
+	}
+	if err := maps.FromObjects(&objs.KnockgateMaps).InitGrantCache(); err != nil {
+		objs.Close()
+		return nil, err
 	}
 	return objs, nil
 }

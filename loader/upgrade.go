@@ -58,6 +58,9 @@ func (g *Gate) Upgrade() (replaced bool, err error) {
 
 // upgrade is Upgrade for a caller that holds the gate's lock.
 func (g *Gate) upgrade() (replaced bool, err error) {
+	if err := g.ensureGrantCache(); err != nil {
+		return false, err
+	}
 	spec, err := pinnedSpec(g.Maps)
 	if err != nil {
 		return false, err

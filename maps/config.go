@@ -562,6 +562,9 @@ func (s *Set) purgeServices(mask uint32) error {
 			return fmt.Errorf("remove a grant of a removed service: %w", err)
 		}
 	}
+	if err := s.VoidCache(); err != nil {
+		return fmt.Errorf("remove the grants of a removed service: %w", err)
+	}
 	if err := s.dropAllow(func(e allowEntry) bool {
 		return e.service == allowAny || e.service >= MaxServices || mask&(1<<e.service) == 0
 	}); err != nil {

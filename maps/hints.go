@@ -262,15 +262,20 @@ func (s *Set) CountGrants() (int, error) {
 }
 
 // putGrant inserts or replaces key's grant, the way the program's
-// put_grant does: its bits set before the entry exists and after.
+// put_grant does: its bits set before the entry exists and after. Unlike
+// the program's, it may shorten a grant, so the grant cache is voided after.
 func (s *Set) putGrant(key bpf.KnockgateGrantKey, value bpf.KnockgateGrant) error {
-	return s.withHintWords(key, func(set func()) error {
+	err := s.withHintWords(key, func(set func()) error {
 		set()
 		KillPoint()
 		err := s.Grants.Update(key, value, ebpf.UpdateAny)
 		set()
 		return err
 	})
+	if err != nil {
+		return err
+	}
+	return s.VoidCache()
 }
 
 // insertGrant makes key's grant unless it has one (made reports which),
@@ -294,7 +299,8 @@ func (s *Set) insertGrant(key bpf.KnockgateGrantKey, value bpf.KnockgateGrant) (
 }
 
 // deleteGrant deletes key's grant; it reports whether there was one. Its
-// bits stay until RebuildHints.
+// bits stay until RebuildHints. The caller voids the grant cache after its
+// deletes (VoidCache).
 func (s *Set) deleteGrant(key bpf.KnockgateGrantKey) (bool, error) {
 	err := s.Grants.Delete(key)
 	if errors.Is(err, ebpf.ErrKeyNotExist) {

@@ -9,6 +9,7 @@ package maps
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"path/filepath"
 
 	"github.com/cilium/ebpf"
@@ -32,8 +33,11 @@ type Set struct {
 	Events      *ebpf.Map
 	EventBudget *ebpf.Map
 	HintBits    *ebpf.Map
-	SPAKeys     *ebpf.Map
-	SPALast     *ebpf.Map
+	// GrantCache is nil on a gate pinned by a build without it, until the
+	// loader's upgrade makes one (cache.go).
+	GrantCache *ebpf.Map
+	SPAKeys    *ebpf.Map
+	SPALast    *ebpf.Map
 	// ServiceCounters are each service's counters (ReadServiceCounters).
 	ServiceCounters *ebpf.Map
 	// fwknop's clients (fwknop.go).
@@ -67,6 +71,7 @@ func FromObjects(m *bpf.KnockgateMaps) *Set {
 		Events:      m.Events,
 		EventBudget: m.EventBudget,
 		HintBits:    m.HintBits,
+		GrantCache:  m.GrantCache,
 		SPAKeys:     m.SpaKeys,
 		SPALast:     m.SpaLast,
 
@@ -101,6 +106,7 @@ func (s *Set) named() []struct {
 		{bpf.KnockgateMapEvents, &s.Events},
 		{bpf.KnockgateMapEventBudget, &s.EventBudget},
 		{bpf.KnockgateMapHintBits, &s.HintBits},
+		{bpf.KnockgateMapGrantCache, &s.GrantCache},
 		{bpf.KnockgateMapSpaKeys, &s.SPAKeys},
 		{bpf.KnockgateMapSpaLast, &s.SPALast},
 		{bpf.KnockgateMapServiceCounters, &s.ServiceCounters},
@@ -121,11 +127,14 @@ func PinNames() []string {
 	return names
 }
 
-// ByName returns every map under its pin name.
+// ByName returns every map the set has under its pin name (a gate without
+// a grant cache has none).
 func (s *Set) ByName() map[string]*ebpf.Map {
 	byName := make(map[string]*ebpf.Map)
 	for _, n := range s.named() {
-		byName[n.name] = *n.m
+		if *n.m != nil {
+			byName[n.name] = *n.m
+		}
 	}
 	return byName
 }
@@ -150,6 +159,9 @@ func OpenPinned(dir string) (_ *Set, err error) {
 	}()
 	for _, n := range s.named() {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, n.name), nil)
+		if err != nil && n.m == &s.GrantCache && errors.Is(err, fs.ErrNotExist) {
+			continue // pinned by a build without it: the loader's upgrade makes it
+		}
 		if err != nil {
 			return nil, fmt.Errorf("open pinned map %s: %w", n.name, err)
 		}

@@ -343,6 +343,11 @@ func (s *Set) Revoke(addr netip.Addr, service string) (bool, error) {
 		}
 		found = found || had
 	}
+	// Whether or not the map had the grant (the LRU may have recycled an
+	// entry the cache still holds), the cache must forget it.
+	if err := s.VoidCache(); err != nil {
+		return found, fmt.Errorf("revoke %s: %w", addr, err)
+	}
 	KillPoint()
 	idx, _, slots, ok, err := s.knockWay(addr)
 	if err != nil {

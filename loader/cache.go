@@ -1,0 +1,91 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/knockgate/knockgate/bpf"
+	"github.com/knockgate/knockgate/maps"
+)
+
+// Upgrading a gate without a grant cache.
+//
+// Builds up to a1423c6 had no grant cache (maps/cache.go); every other map
+// is the same. Such a gate opens as it is (its Set's GrantCache nil: the
+// program it runs never reads one), and the upgrade that swaps this build's
+// program in (upgrade) first makes the cache, writes its header and pins
+// it beside the other maps: a rename, so the pin is there whole or not at
+// all, and always before a program that reads it runs. Killed anywhere,
+// the next run or attach finds the cache pinned, or makes it, and swaps
+// the programs in.
+
+// ensureGrantCache gives g a grant cache if it has none: the pinned one
+// (another command made it), else a new one, pinned. The caller holds the
+// gate's lock.
+func (g *Gate) ensureGrantCache() error {
+	if g.Maps.GrantCache != nil {
+		return nil
+	}
+	if err := g.loadPinnedCache(); err != nil || g.Maps.GrantCache != nil {
+		return err
+	}
+	spec, err := pinnedSpec(g.Maps)
+	if err != nil {
+		return err
+	}
+	m, err := ebpf.NewMap(spec.Maps[bpf.KnockgateMapGrantCache])
+	if err != nil {
+		return fmt.Errorf("create map %s: %w", bpf.KnockgateMapGrantCache, err)
+	}
+	if err := (&maps.Set{GrantCache: m}).InitGrantCache(); err != nil {
+		m.Close()
+		return err
+	}
+	pin := filepath.Join(g.Dir, bpf.KnockgateMapGrantCache)
+	next := pin + "-new"
+	os.Remove(next)
+	if err := m.Pin(next); err != nil {
+		m.Close()
+		return fmt.Errorf("pin map %s: %w", bpf.KnockgateMapGrantCache, err)
+	}
+	maps.KillPoint()
+	if err := os.Rename(next, pin); err != nil {
+		os.Remove(next)
+		m.Close()
+		return fmt.Errorf("pin map %s: %w", bpf.KnockgateMapGrantCache, err)
+	}
+	g.Maps.GrantCache = m
+	return nil
+}
+
+// loadPinnedCache opens the gate's pinned grant cache into g.Maps if it
+// has none open and one is pinned: one made by another command's upgrade
+// since g was opened, which g's changes must void from now on. Called with
+// the gate's lock held.
+func (g *Gate) loadPinnedCache() error {
+	if g.Maps.GrantCache != nil {
+		return nil
+	}
+	m, err := ebpf.LoadPinnedMap(filepath.Join(g.Dir, bpf.KnockgateMapGrantCache), nil)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open pinned map %s: %w", bpf.KnockgateMapGrantCache, err)
+	}
+	spec, err := pinnedSpec(g.Maps)
+	if err == nil {
+		err = spec.Maps[bpf.KnockgateMapGrantCache].Compatible(m)
+	}
+	if err != nil {
+		m.Close()
+		return fmt.Errorf("gate %s: map %s: %w: %w (detach and attach again)", g.Name, bpf.KnockgateMapGrantCache, ErrIncompatible, err)
+	}
+	g.Maps.GrantCache = m
+	return nil
+}
