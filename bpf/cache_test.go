@@ -13,15 +13,15 @@ import (
 )
 
 // cacheEntry is an entry of the grant cache as the map holds it: its line
-// (a set, 1 and up) and way, its check and expiry.
+// (a set) and way, its check and expiry.
 type cacheEntry struct {
 	line, way      uint32
 	check, expires uint64
 }
 
 // cacheEntries lists the grant cache's entries in use (check or expiry
-// not zero), and the header's line.
-func (g *gate) cacheEntries() (entries []cacheEntry, hdr bpf.KnockgateGrantCacheLine) {
+// not zero).
+func (g *gate) cacheEntries() (entries []cacheEntry) {
 	g.t.Helper()
 	m := g.objs.GrantCache
 	for line := range m.MaxEntries() {
@@ -29,17 +29,13 @@ func (g *gate) cacheEntries() (entries []cacheEntry, hdr bpf.KnockgateGrantCache
 		if err := m.Lookup(line, &l); err != nil {
 			g.t.Fatalf("read grant cache line %d: %v", line, err)
 		}
-		if line == 0 {
-			hdr = l
-			continue
-		}
 		for w := range uint32(maps.CacheWays) {
 			if l.W[2*w] != 0 || l.W[2*w+1] != 0 {
 				entries = append(entries, cacheEntry{line, w, l.W[2*w], l.W[2*w+1]})
 			}
 		}
 	}
-	return entries, hdr
+	return entries
 }
 
 // putCacheLine writes line of the grant cache whole.
@@ -66,22 +62,29 @@ func TestGrantCacheAnswersGrantedSources(t *testing.T) {
 	netns.Require(t)
 	forFamilies(t, func(t *testing.T, f family) {
 		g := newGate(t, defaultConfig())
-		if got, hdr := g.cacheEntries(); len(got) != 0 || hdr.W[0]|hdr.W[1] == 0 {
-			t.Fatalf("fresh cache: entries %+v, key %x %x; want none and a key", got, hdr.W[0], hdr.W[1])
+		var k0, k1 uint64
+		if err := g.objs.CacheKey0.Get(&k0); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.objs.CacheKey1.Get(&k1); err != nil {
+			t.Fatal(err)
+		}
+		if got := g.cacheEntries(); len(got) != 0 || k0|k1 == 0 {
+			t.Fatalf("fresh cache: entries %+v, key %x %x; want none and a key", got, k0, k1)
 		}
 		expires := maps.BootAfter(time.Hour)
 		if err := g.maps.Grant(f.src, "default", expires); err != nil {
 			t.Fatal(err)
 		}
 		g.expect("granted SYN", f.knock(f.src, ssh), xdpPass, "passed_granted")
-		got, _ := g.cacheEntries()
+		got := g.cacheEntries()
 		if len(got) != 1 || got[0].expires != expires {
 			t.Fatalf("cache after a granted packet: %+v, want one entry until %d", got, expires)
 		}
 
 		g.dropFromMap(f.src, 0)
 		g.expect("granted SYN, the grant in the cache alone", f.knock(f.src, ssh), xdpPass, "passed_granted")
-		if again, _ := g.cacheEntries(); len(again) != 1 || again[0] != got[0] {
+		if again := g.cacheEntries(); len(again) != 1 || again[0] != got[0] {
 			t.Errorf("cache after a cached answer: %+v, want %+v unchanged", again, got)
 		}
 		// Another source, or this one for another service, finds nothing.
@@ -123,14 +126,14 @@ func TestGrantCacheFollowsExpiries(t *testing.T) {
 		if moved, err := g.maps.ExtendGrant(f.src, "default", renewed); err != nil || !moved {
 			t.Fatalf("extend: %v %v", moved, err)
 		}
-		if got, _ := g.cacheEntries(); len(got) != 1 || got[0].expires != first {
+		if got := g.cacheEntries(); len(got) != 1 || got[0].expires != first {
 			t.Fatalf("cache after a renewal: %+v, want its entry until %d still", got, first)
 		}
 		if err := g.objs.TestBootNs.Set(first); err != nil {
 			t.Fatal(err)
 		}
 		g.expect("SYN past the entry's expiry, renewed in the map", f.knock(f.src, ssh), xdpPass, "passed_granted")
-		if got, _ := g.cacheEntries(); len(got) != 1 || got[0].expires != renewed {
+		if got := g.cacheEntries(); len(got) != 1 || got[0].expires != renewed {
 			t.Errorf("cache after the renewal was read: %+v, want its entry until %d", got, renewed)
 		}
 
@@ -162,7 +165,7 @@ func TestGrantCacheRefusesOthersEntries(t *testing.T) {
 			t.Fatal(err)
 		}
 		g.expect("granted SYN", f.knock(f.src, ssh), xdpPass, "passed_granted")
-		got, _ := g.cacheEntries()
+		got := g.cacheEntries()
 		if len(got) != 1 {
 			t.Fatalf("cache: %+v, want one entry", got)
 		}
@@ -180,7 +183,7 @@ func TestGrantCacheRefusesOthersEntries(t *testing.T) {
 		for w := range uint32(maps.CacheWays) {
 			l.W[2*w], l.W[2*w+1] = e.check, e.expires
 		}
-		for line := uint32(1); line < g.objs.GrantCache.MaxEntries(); line++ {
+		for line := range g.objs.GrantCache.MaxEntries() {
 			g.putCacheLine(line, l)
 		}
 		if err := g.maps.FillHints(); err != nil {

@@ -101,26 +101,30 @@ volatile const __u32 hint_shift = 64 - 10;
  * a set of KG_CACHE_WAYS that is one cache line, so a granted packet
  * touches one line beyond the hint filter. It only mirrors the grants map:
  * an entry is made by a packet that found a live grant there, holds that
- * grant's expiry, and is valid in the epoch it was made in (the Go side
- * bumps the epoch after it removes or shortens any grant: revoke, a
- * service's removal, an operator's grant), so it can say no more than the
- * grants map said in this epoch. A renewal needs no bump: the entry
- * lapses at the older expiry and the next packet reads the map again. The
- * entries' checks are keyed (SipHash), so no address can be chosen whose
- * fingerprint is another's. One line of header, then grant_cache_sets
- * lines, sized by the loader (64 bytes a --max-sources); mmapable, for
- * line alignment and for the Go side's bump of the epoch.
+ * grant's expiry, and is valid in the epoch it was made in (the hint
+ * header's HINT_EPOCH word, which the Go side bumps after it removes or
+ * shortens any grant: revoke, a service's removal, an operator's grant), so
+ * it can say no more than the grants map said in this epoch. A renewal
+ * needs no bump: the entry lapses at the older expiry and the next packet
+ * reads the map again. Fingerprints are keyed (SipHash-1-3 under
+ * cache_key, random at each load: a program loaded anew starts from an
+ * empty cache in effect), so no address can be chosen whose fingerprint is
+ * another's. grant_cache_sets lines, sized by the loader (64 bytes a
+ * --max-sources); mmapable, so that lines are page-, hence line-aligned.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1 + 1024);
+	__uint(max_entries, 1024);
 	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct grant_cache_line);
 } grant_cache SEC(".maps");
 
-/* Sets of grant_cache (a power of two): set by the loader. */
+/* Sets of grant_cache (a power of two), and the fingerprints' key: set by
+ * the loader. */
 volatile const __u32 grant_cache_sets = 1024;
+volatile const __u64 cache_key0 = 0;
+volatile const __u64 cache_key1 = 0;
 
 /* Operator CIDRs that always pass protected ports: of every service
  * (service KG_ALLOW_ANY), or of one; each configuration's under its allow
@@ -304,13 +308,15 @@ static __always_inline __u8 *hint_place(const struct grant_key *k, struct hint *
 }
 
 /* Might k have a grant? Its bits in the active half: all set, or no word
- * to read. */
-static __always_inline int hinted(const struct grant_key *k)
+ * to read. *epoch is the grant cache's (0 without the map). */
+static __always_inline int hinted(const struct grant_key *k, __u32 *epoch)
 {
 	struct hint h;
 	__u8 *bits = hint_place(k, &h);
+	*epoch = 0;
 	if (!bits)
 		return 1;
+	*epoch = *(volatile __u32 *)(bits + HINT_EPOCH);
 	__u32 half = *(volatile __u32 *)bits & 1;
 	__u64 w = *(volatile __u64 *)(bits + HINT_HEADER + 8 * (half * hint_words + h.word));
 	return (w & h.mask) == h.mask;
@@ -406,33 +412,25 @@ static __always_inline int holds(const struct knock_slot *k, const struct source
  * of an entry being rewritten) is not its fingerprint's. */
 #define CACHE_MIX 0x9e3779b97f4a7c15ULL
 
-/* The cache's header, or NULL without the map. */
-static __always_inline struct grant_cache_line *cache_header(void)
-{
-	__u32 zero = 0;
-	return bpf_map_lookup_elem(&grant_cache, &zero);
-}
-
-/* The fingerprint of k in the header's epoch: SipHash-2-4 under the
- * header's key of the address, the service's byte and the epoch (21 bytes,
- * little-endian as SipHash reads them). */
-static __always_inline __u64 cache_fingerprint(const struct grant_cache_line *hdr, const struct grant_key *k)
+/* The fingerprint of k in epoch: SipHash-1-3 under cache_key of the
+ * address, the service's byte and the epoch (21 bytes, little-endian as
+ * SipHash reads them). */
+static __always_inline __u64 cache_fingerprint(const struct grant_key *k, __u32 epoch)
 {
 	__u64 a, b;
 	__builtin_memcpy(&a, k->addr, 8);
 	__builtin_memcpy(&b, k->addr + 8, 8);
-	__u64 epoch = *(volatile const __u32 *)&hdr->w[2];
 	struct sip_state s;
-	sip_init(&s, hdr->w[0], hdr->w[1]);
-	sip_word(&s, sip_le64(a));
-	sip_word(&s, sip_le64(b));
-	return sip_final(&s, 21ULL << 56 | epoch << 8 | k->service);
+	sip_init(&s, cache_key0, cache_key1);
+	sip13_word(&s, sip_le64(a));
+	sip13_word(&s, sip_le64(b));
+	return sip13_final(&s, 21ULL << 56 | (__u64)epoch << 8 | k->service);
 }
 
 /* The set of fingerprint fp, or NULL. */
 static __always_inline struct grant_cache_line *cache_set(__u64 fp)
 {
-	__u32 idx = 1 + ((__u32)fp & (grant_cache_sets - 1));
+	__u32 idx = (__u32)fp & (grant_cache_sets - 1);
 	return bpf_map_lookup_elem(&grant_cache, &idx);
 }
 
@@ -484,24 +482,20 @@ static __always_inline void cache_put(struct grant_cache_line *set, __u64 fp, __
 static __always_inline int granted(const struct packet *pkt, __u32 service, struct lazy *lz)
 {
 	struct grant_key key = grant_key_of(pkt->src.addr, service);
-	if (!hinted(&key))
+	__u32 epoch;
+	if (!hinted(&key, &epoch))
 		return 0;
-	struct grant_cache_line *hdr = cache_header(), *set = NULL;
-	__u64 fp = 0;
-	if (hdr) {
-		fp = cache_fingerprint(hdr, &key);
-		set = cache_set(fp);
-		if (set && cache_find(set, fp, now_ns(lz)))
-			return 1;
-		/* The map is read after the epoch: the key's padding is made
-		 * of the fingerprint (and zero), so that even a CPU that
-		 * reorders loads reads the map after the epoch it caches the
-		 * answer under (an address dependency), never a grant that a
-		 * bump has since voided. */
-		__u64 z = fp;
-		asm volatile("%[z] &= 0" : [z] "+r"(z));
-		key.pad[0] = z;
-	}
+	__u64 fp = cache_fingerprint(&key, epoch);
+	struct grant_cache_line *set = cache_set(fp);
+	if (set && cache_find(set, fp, now_ns(lz)))
+		return 1;
+	/* The map is read after the epoch: the key's padding is made of the
+	 * fingerprint (and zero), so that even a CPU that reorders loads
+	 * reads the map after the epoch it caches the answer under (an
+	 * address dependency), never a grant that a bump has since voided. */
+	__u64 z = fp;
+	asm volatile("%[z] &= 0" : [z] "+r"(z));
+	key.pad[0] = z;
 	struct grant *g = bpf_map_lookup_elem(&grants, &key);
 	if (!g)
 		return 0;

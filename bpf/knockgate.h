@@ -39,9 +39,12 @@
  * each (source, service) has HINT_BITS bits in one word of a half. */
 #define HINT_HEADER 64
 #define HINT_BITS 4
+/* The header's second 32-bit word: the grant cache's epoch, which the Go
+ * side bumps after every change that removes or shortens a grant. */
+#define HINT_EPOCH 4
 
 /* The grant cache (grant_cache in knockgate.c): lines of KG_CACHE_WAYS
- * entries of 16 bytes, one cache line each; line 0 is its header. */
+ * entries of 16 bytes, one cache line each. */
 #define KG_CACHE_WAYS 4
 
 /* The flow table is 4-way set-associative too (see struct flow). */
@@ -259,14 +262,11 @@ struct grant {
 };
 
 /*
- * A line of the grant cache. Line 0 is the header: w[0] and w[1] the key
- * of the fingerprints (random, made with the cache), the first 32-bit
- * word of w[2] the epoch, which the Go side bumps after every change that removes
- * or shortens a grant. Every other line is a set of KG_CACHE_WAYS entries,
- * entry i in w[2i] (its check) and w[2i+1] (the grant's expiry): a live
- * grant of a (source, service) as the grants map held it in this epoch,
- * valid while its check is the fingerprint of (source, service, epoch)
- * xor the expiry times CACHE_MIX (see cache_find).
+ * A line of the grant cache: a set of KG_CACHE_WAYS entries, entry i in
+ * w[2i] (its check) and w[2i+1] (the grant's expiry): a live grant of a
+ * (source, service) as the grants map held it in the epoch (HINT_EPOCH)
+ * the entry was made in, valid while its check is the fingerprint of
+ * (source, service, epoch) xor the expiry times CACHE_MIX (see cache_find).
  */
 struct grant_cache_line {
 	__u64 w[2 * KG_CACHE_WAYS];

@@ -339,6 +339,8 @@ const (
 	KnockgateMapVerdicts             = "verdicts"
 	KnockgateProgFwknopGrant         = "fwknop_grant"
 	KnockgateProgKnockgate           = "knockgate"
+	KnockgateVarCacheKey0            = "cache_key0"
+	KnockgateVarCacheKey1            = "cache_key1"
 	KnockgateVarEventBurst           = "event_burst"
 	KnockgateVarFlowSets             = "flow_sets"
 	KnockgateVarFlowSlots            = "flow_slots"
@@ -441,6 +443,8 @@ type KnockgateMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type KnockgateVariableSpecs struct {
+	CacheKey0            *ebpf.VariableSpec `ebpf:"cache_key0"`
+	CacheKey1            *ebpf.VariableSpec `ebpf:"cache_key1"`
 	EventBurst           *ebpf.VariableSpec `ebpf:"event_burst"`
 	FlowSets             *ebpf.VariableSpec `ebpf:"flow_sets"`
 	FlowSlots            *ebpf.VariableSpec `ebpf:"flow_slots"`
@@ -540,6 +544,8 @@ func (m *KnockgateMaps) Close() error {
 //
 // It can be passed to LoadKnockgateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KnockgateVariables struct {
+	CacheKey0            *ebpf.Variable `ebpf:"cache_key0"`
+	CacheKey1            *ebpf.Variable `ebpf:"cache_key1"`
 	EventBurst           *ebpf.Variable `ebpf:"event_burst"`
 	FlowSets             *ebpf.Variable `ebpf:"flow_sets"`
 	FlowSlots            *ebpf.Variable `ebpf:"flow_slots"`

@@ -18,8 +18,8 @@ import (
 // Builds up to a1423c6 had no grant cache (maps/cache.go); every other map
 // is the same. Such a gate opens as it is (its Set's GrantCache nil: the
 // program it runs never reads one), and the upgrade that swaps this build's
-// program in (upgrade) first makes the cache, writes its header and pins
-// it beside the other maps: a rename, so the pin is there whole or not at
+// program in (upgrade) first makes the cache and pins it beside the other
+// maps: a rename, so the pin is there whole or not at
 // all, and always before a program that reads it runs. Killed anywhere,
 // the next run or attach finds the cache pinned, or makes it, and swaps
 // the programs in.
@@ -41,10 +41,6 @@ func (g *Gate) ensureGrantCache() error {
 	m, err := ebpf.NewMap(spec.Maps[bpf.KnockgateMapGrantCache])
 	if err != nil {
 		return fmt.Errorf("create map %s: %w", bpf.KnockgateMapGrantCache, err)
-	}
-	if err := (&maps.Set{GrantCache: m}).InitGrantCache(); err != nil {
-		m.Close()
-		return err
 	}
 	pin := filepath.Join(g.Dir, bpf.KnockgateMapGrantCache)
 	next := pin + "-new"

@@ -121,14 +121,19 @@ func TestMaxSourcesLimits(t *testing.T) {
 			t.Fatalf("--max-sources %d: %v", n, err)
 		}
 		knocks, grants := memlock(t, objs.Knocks), memlock(t, objs.Grants)
-		tags := memlock(t, objs.KnockTags)
+		tags, cache := memlock(t, objs.KnockTags), memlock(t, objs.GrantCache)
 		objs.Close()
 		if n < 1<<20 {
 			continue
 		}
 		perSource := float64(knocks+tags) / float64(n)
 		perGrant := float64(grants) / float64(n)
-		t.Logf("--max-sources %d: knock table %.1f B per source (3 slots), grants %.1f B per grant", n, perSource, perGrant)
+		perCache := float64(cache) / float64(n)
+		t.Logf("--max-sources %d: knock table %.1f B per source (3 slots), grants %.1f B per grant, grant cache %.1f B",
+			n, perSource, perGrant, perCache)
+		if perCache < 64 || perCache > 1.05*64 {
+			t.Errorf("the grant cache takes %.1f B per grant, README says 64", perCache)
+		}
 		if perSource < 0.95*99 || perSource > 1.05*99 {
 			t.Errorf("knock table takes %.1f B per source, README says 99", perSource)
 		}

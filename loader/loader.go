@@ -7,6 +7,8 @@
 package loader
 
 import (
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -152,9 +154,22 @@ func sizeSpec(spec *ebpf.CollectionSpec, knockSlots, grants, flowSlots uint32, t
 		return fmt.Errorf("set hint shift: %w", err)
 	}
 	sets := maps.CacheSets(grants)
-	spec.Maps[bpf.KnockgateMapGrantCache].MaxEntries = maps.CacheLines(sets)
+	spec.Maps[bpf.KnockgateMapGrantCache].MaxEntries = sets
 	if err := spec.Variables["grant_cache_sets"].Set(sets); err != nil {
 		return fmt.Errorf("set grant cache sets: %w", err)
+	}
+	// The fingerprints' key, fresh for each program loaded: entries another
+	// load made match nothing (an upgrade starts from an empty cache, in
+	// effect), and nobody outside can pick an address whose fingerprint is
+	// another's.
+	var key [16]byte
+	if _, err := rand.Read(key[:]); err != nil {
+		return fmt.Errorf("make the grant cache's key: %w", err)
+	}
+	for i, name := range []string{"cache_key0", "cache_key1"} {
+		if err := spec.Variables[name].Set(binary.NativeEndian.Uint64(key[8*i:])); err != nil {
+			return fmt.Errorf("set the grant cache's key: %w", err)
+		}
 	}
 	spec.Maps[bpf.KnockgateMapKnocks].MaxEntries = knockSlots
 	spec.Maps[bpf.KnockgateMapKnockTags].ValueSize = knockSlots // a byte a slot
@@ -263,10 +278,6 @@ func LoadTuned(sz Sizes, t Tuning) (*Objects, error) {
 	if err := coll.Assign(&objs.KnockgateObjects); err != nil {
 		objs.Egress.Close()
 		return nil, fmt.Errorf("load program: %w", err)
-	}
-	if err := maps.FromObjects(&objs.KnockgateMaps).InitGrantCache(); err != nil {
-		objs.Close()
-		return nil, err
 	}
 	return objs, nil
 }

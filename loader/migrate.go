@@ -113,16 +113,28 @@ const (
 		"its keys, allow list and open sessions are kept"
 	UpgradedHintBits Upgraded = "upgraded in place from hint counts to the hint bitmap: its grants, keys, allow list, " +
 		"knock progress and open sessions are kept"
+	UpgradedGrantCache Upgraded = "upgraded in place: a grant cache added in front of its grants; its grants, keys, " +
+		"allow list, knock progress and open sessions are kept"
 )
 
 // Adopt is Open for the commands that take a gate over, run and attach: a
 // gate the previous release pinned is first upgraded in place to this
 // build's layout, its grants moved into the service default, its keys,
 // allow list, knock progress and flows kept; a gate of hint counts gets the
-// hint bitmap (upgradeHintBits). upgraded says whether it was, and how (by
+// hint bitmap (upgradeHintBits); a gate without a grant cache gets one
+// (cache.go). upgraded says whether it was, and how (by
 // this call or by another command at the same time).
 func Adopt(name string) (g *Gate, upgraded Upgraded, err error) {
 	g, err = Open(name)
+	if err == nil && g.Maps.GrantCache == nil {
+		// A gate of a build without the grant cache (cache.go): the
+		// upgrade makes it and swaps this build's programs in.
+		if _, err := g.Upgrade(); err != nil {
+			g.Close()
+			return nil, "", fmt.Errorf("upgrade gate %s: %w (the gate enforces as it did; run this again once the cause is fixed)", name, err)
+		}
+		return g, UpgradedGrantCache, nil
+	}
 	if errors.Is(err, ErrHintCounts) {
 		if err := upgradeHintBits(name); err != nil {
 			return nil, "", err

@@ -265,6 +265,9 @@ func (svc *service) start() error {
 	case loader.UpgradedHintBits:
 		svc.logger().Info("gate upgraded from hint counts to the hint bitmap: its grants, keys, allow list, flows and knock progress kept",
 			"gate", g.Name)
+	case loader.UpgradedGrantCache:
+		svc.logger().Info("gate upgraded in place with a grant cache: its grants, keys, allow list, flows and knock progress kept",
+			"gate", g.Name)
 	}
 	replaced, err := g.Upgrade()
 	if err != nil {

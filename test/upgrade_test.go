@@ -567,3 +567,144 @@ func TestKillHintUpgradeAnywhere(t *testing.T) {
 		t.Errorf("the upgrade passed only %d points before it was done", k.unfinished)
 	}
 }
+
+// cachelessBuild is the last build without the grant cache.
+const cachelessBuild = "a1423c670e16d7576ca543959a36e87658253cb8"
+
+// A gate made by the last build without the grant cache works as it is
+// with this build's commands, and this build's attach or run adds the
+// cache and swaps its programs in: every grant (a knock's, the operator's)
+// and the session going on kept. Afterwards a grant the cache answers for
+// is revoked at once, and one renewed lasts.
+func TestUpgradeAddsGrantCache(t *testing.T) {
+	netns.Require(t, "ip", "nsenter", "socat", "git", "tar")
+	old := binAt(t, cachelessBuild)
+	for _, via := range []string{"attach", "run"} {
+		t.Run(via, func(t *testing.T) {
+			t.Parallel()
+			g := newGate(t)
+			echo(t, g.srv, sessionPort)
+			ports := fmt.Sprintf("%d,%d", protected, sessionPort)
+			args := []string{"attach", g.iface, "--sequence", "9000,8000", "--step-timeout", "1m", "--open", "10m",
+				"--protect", ports, "--no-grant-self"}
+			oldKG := func(args ...string) {
+				t.Helper()
+				if r := run(t, g.srv.Cmd(old, args...)); r.code != 0 {
+					t.Fatalf("knockgate %s %s: %s", cachelessBuild[:7], strings.Join(args, " "), r)
+				}
+			}
+			oldKG(args...)
+			prog := g.xdpProg()
+			dir := filepath.Join(pinRoot, g.iface)
+			g.knockTCP(cli4, srv4, 9000, 8000)
+			g.expect(open, cli4, srv4)
+			sess := openSession(t, g.cli, srv4, sessionPort)
+			sess.exchange("before the upgrade", "hello")
+			oldKG("grant", g.iface, cli6.String())
+
+			// This build's commands work on it as it is.
+			if out := g.mustKG(g.srv, "status", g.iface); !strings.Contains(out, cli6.String()) {
+				t.Errorf("status before the upgrade does not list %s:\n%s", cli6, out)
+			}
+			g.mustKG(g.srv, "revoke", g.iface, cli6.String())
+			g.expect(filtered, cli6, srv6)
+			g.mustKG(g.srv, "grant", g.iface, cli6.String())
+			g.expect(open, cli6, srv6)
+			if _, err := os.Stat(filepath.Join(dir, "grant_cache")); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("a grant cache before the upgrade: %v", err)
+			}
+
+			var s *service
+			if via == "attach" {
+				if out := g.mustKG(g.srv, args...); !strings.Contains(out, "grant cache added") {
+					t.Errorf("attach printed %q, want it to say it upgraded the gate", out)
+				}
+			} else {
+				s = g.startRun(fmt.Sprintf("interfaces = [%q]\nsequence = \"9000,8000\"\nstep_timeout = \"1m\"\nopen = \"10m\"\n"+
+					"protect = %q\n", g.iface, ports))
+				s.waitLog(5*time.Second, "gate upgraded in place with a grant cache")
+			}
+			if _, err := os.Stat(filepath.Join(dir, "grant_cache")); err != nil {
+				t.Errorf("no grant cache after the upgrade: %v", err)
+			}
+			if got, want := g.xdpProg(), int(g.pinnedProgID("prog")); got == prog || got != want {
+				t.Errorf("XDP program %d on %s, want the pinned %d, not the old %d", got, g.iface, want, prog)
+			}
+			sess.exchange("after the upgrade", "world")
+			g.expect(open, cli4, srv4)
+			g.expect(open, cli6, srv6)
+			g.expect(filtered, alt4, srv4)
+
+			// Grants the cache answers for (each has passed since the
+			// upgrade), revoked: cut at once.
+			g.expect(open, cli4, srv4)
+			g.mustKG(g.srv, "revoke", g.iface, cli4.String())
+			g.expect(filtered, cli4, srv4)
+			g.mustKG(g.srv, "revoke", g.iface, cli6.String())
+			g.expect(filtered, cli6, srv6)
+			g.knockTCP(alt4, srv4, 9000, 8000)
+			g.expect(open, alt4, srv4)
+			g.expect(open, alt4, srv4)
+			sess.exchange("at the end", "bye")
+			if s != nil {
+				if code := s.stop(os.Interrupt); code != 0 {
+					t.Errorf("run exited %d", code)
+				}
+			}
+		})
+	}
+}
+
+// The upgrade that adds the grant cache killed anywhere (SIGKILL at its
+// 1st, 2nd, ... kill point): at every moment the gate judges with the
+// grant in force and the session going on, other commands work, and the
+// next attach finishes the upgrade.
+func TestKillCacheUpgradeAnywhere(t *testing.T) {
+	netns.Require(t, "ip", "nsenter", "socat", "git", "tar")
+	old := binAt(t, cachelessBuild)
+	g := newGate(t)
+	dir := filepath.Join(pinRoot, g.iface)
+	args := []string{"attach", g.iface, "--sequence", "9000,8000", "--open", "10m",
+		"--protect", fmt.Sprintf("%d,%d", protected, sessionPort), "--no-grant-self"}
+	cut, oldProg := 0, 0
+	k := g.killUpgradeAnywhere(func(args ...string) {
+		t.Helper()
+		if r := run(t, g.srv.Cmd(old, args...)); r.code != 0 {
+			t.Fatalf("knockgate %s %s: %s", cachelessBuild[:7], strings.Join(args, " "), r)
+		}
+		if args[0] == "attach" {
+			oldProg = g.xdpProg()
+		}
+	}, "grant cache", func(n int) {
+		t.Fatalf("killed at point %d: status refused the gate", n)
+	}, func(n int) {
+		// A cut upgrade leaves the old program, with or without the
+		// cache pinned; the next attach finishes it.
+		if p := g.xdpProg(); p == oldProg || p != int(g.pinnedProgID("prog")) || !exists(filepath.Join(dir, "grant_cache")) {
+			cut++
+			if r := g.kg(g.srv, args...); r.code != 0 && !strings.Contains(r.stderr, "already attached") {
+				t.Fatalf("killed at point %d: attach again: %s", n, r)
+			}
+		}
+		if !exists(filepath.Join(dir, "grant_cache")) {
+			t.Fatalf("killed at point %d: no grant cache after the next attach", n)
+		}
+		if got, want := g.xdpProg(), int(g.pinnedProgID("prog")); got != want || got == oldProg {
+			t.Fatalf("killed at point %d: XDP program %d on %s, want the pinned %d, not the old %d", n, got, g.iface, want, oldProg)
+		}
+		g.expect(open, cli4, srv4)
+		g.mustKG(g.srv, "revoke", g.iface, cli4.String())
+		g.expect(filtered, cli4, srv4)
+		g.mustKG(g.srv, "grant", g.iface, cli4.String())
+	})
+	t.Logf("the upgrade killed at each of its %d points: %d left it to the next attach", k.points, cut)
+	if cut < 2 {
+		t.Errorf("only %d kills left the upgrade cut short", cut)
+	}
+}
+
+// exists reports whether path exists.
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}

@@ -23,8 +23,9 @@ type MapMemory struct {
 
 // Memory is knockgate's map memory for tracking sources.
 type Memory struct {
-	// Before and After are the live gate's knocks, grants and hints maps,
-	// before and after Fill more entries went into knocks and grants.
+	// Before and After are the live gate's knocks, grants, knock tags, hint
+	// bits and grant cache, before and after Fill more entries went into
+	// knocks and grants.
 	Before, After []MapMemory
 	Fill          int
 	// PerEntry is what one more entry of knocks and of grants costs:
@@ -42,9 +43,9 @@ func (m Memory) PerSource() float64 {
 	return max(m.PerEntry[bpf.KnockgateMapKnocks], m.PerEntry[bpf.KnockgateMapGrants])
 }
 
-// Reserved is the memory of all three maps divided by --max-sources (the
-// grants map's size): they are preallocated (the knock table at twice that
-// many slots) and the hints array is fixed.
+// Reserved is the memory of all these maps divided by --max-sources (the
+// grants map's size): they are preallocated (the knock table at three times
+// that many slots) and the hint bitmap and grant cache are fixed arrays.
 func (m Memory) Reserved() (float64, uint32) {
 	var sum uint64
 	var n uint32
@@ -99,7 +100,7 @@ func KnockgateMemory(fill int) (Memory, error) {
 		return res, fmt.Errorf("load program spec: %w", err)
 	}
 	for _, mm := range res.After {
-		if mm.Name == bpf.KnockgateMapHintBits || mm.Name == bpf.KnockgateMapKnockTags {
+		if mm.Name == bpf.KnockgateMapHintBits || mm.Name == bpf.KnockgateMapKnockTags || mm.Name == bpf.KnockgateMapGrantCache {
 			continue
 		}
 		small, err := memlockAt(spec.Maps[mm.Name], mm.MaxEntries)
@@ -149,6 +150,7 @@ func mapMemory(set *maps.Set) ([]MapMemory, error) {
 		{bpf.KnockgateMapGrants, set.Grants, set.CountGrants},
 		{bpf.KnockgateMapKnockTags, set.KnockTags, nil},
 		{bpf.KnockgateMapHintBits, set.HintBits, nil},
+		{bpf.KnockgateMapGrantCache, set.GrantCache, nil},
 	} {
 		info, err := m.m.Info()
 		if err != nil {

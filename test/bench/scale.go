@@ -538,12 +538,14 @@ type ScaleMaps struct {
 	FlowTags   uint64 // flow_tags: one byte a flow slot; a non-SYN reads its set's 4
 	Grants     uint64 // grants (memlock): a hint that counts something costs a lookup
 	GrantSlots uint32
+	GrantCache uint64 // grant_cache (memlock): a granted packet reads its set's line
+	CacheSets  uint32
 	// PerGrant is what one more grant costs the grants map (memlock of the
 	// map made at two sizes, as bench-peers measures), and GrantsPer the
 	// grants map's memlock over its entries (as loader's
 	// TestMaxSourcesLimits measures); HintsPer the hint bitmap's (both
-	// halves) over --max-sources.
-	PerGrant, GrantsPer, HintsPer float64
+	// halves) over --max-sources, CachePer the grant cache's.
+	PerGrant, GrantsPer, HintsPer, CachePer float64
 }
 
 func scaleMaps(g *ScaleGate, maxSources uint32) (ScaleMaps, error) {
@@ -554,6 +556,7 @@ func scaleMaps(g *ScaleGate, maxSources uint32) (ScaleMaps, error) {
 		HintBits:   8 * uint64(maps.HintWordsOf(m.HintBits.ValueSize())),
 		FlowTags:   uint64(m.FlowTags.ValueSize()),
 		GrantSlots: m.Grants.MaxEntries(),
+		CacheSets:  m.GrantCache.MaxEntries(),
 	}
 	mem := func(em *ebpf.Map) (uint64, error) {
 		info, err := em.Info()
@@ -574,6 +577,10 @@ func scaleMaps(g *ScaleGate, maxSources uint32) (ScaleMaps, error) {
 	if err != nil {
 		return sm, fmt.Errorf("hint bits memory: %w", err)
 	}
+	if sm.GrantCache, err = mem(m.GrantCache); err != nil {
+		return sm, fmt.Errorf("grant cache memory: %w", err)
+	}
+	sm.CachePer = float64(sm.GrantCache) / float64(maxSources)
 	sm.GrantsPer = float64(sm.Grants) / float64(maxSources)
 	sm.HintsPer = float64(hints) / float64(maxSources)
 	spec, err := bpf.LoadKnockgate()

@@ -237,10 +237,13 @@ func (res *ScaleResult) WriteTable(w io.Writer) {
 	fmt.Fprintf(w, "  a stranger's SYN: 4 bytes of knock_tags (its set; %s, one byte a knock slot) and one word of hint bits\n", fmtBytes(m.KnockTags))
 	fmt.Fprintf(w, "    (the active half: %d words, %s); each at a place hashed from the source: a line each;\n", m.HintWords, fmtBytes(m.HintBits))
 	fmt.Fprintln(w, "    with the word's 4 bits of the source all set (other grants set them), a lookup in grants besides.")
-	fmt.Fprintf(w, "  a granted source's ACK: 4 bytes of flow_tags (%s), the hint word, the grant (a hash lookup in grants,\n", fmtBytes(m.FlowTags))
-	fmt.Fprintf(w, "    %d entries, %s) and the clock.\n", m.GrantSlots, fmtBytes(m.Grants))
+	fmt.Fprintf(w, "  a granted source's ACK: 4 bytes of flow_tags (%s), the hint word, one line of grant_cache (its set of 4\n", fmtBytes(m.FlowTags))
+	fmt.Fprintf(w, "    entries; %d sets, %s) and the clock; the grant itself (a hash lookup in grants, %d entries, %s)\n",
+		m.CacheSets, fmtBytes(m.GrantCache), m.GrantSlots, fmtBytes(m.Grants))
+	fmt.Fprintln(w, "    only when the cache has no entry for it (its first packet, or one forgotten).")
 	fmt.Fprintf(w, "memory per grant: grants map %.1f B per --max-sources (memlock ÷ entries, as loader's TestMaxSourcesLimits),\n", m.GrantsPer)
-	fmt.Fprintf(w, "  %.1f B per added entry (the map made at two sizes); the hint bitmap %.1f B more per --max-sources.\n", m.PerGrant, m.HintsPer)
+	fmt.Fprintf(w, "  %.1f B per added entry (the map made at two sizes); the hint bitmap %.1f B and the grant cache %.1f B\n", m.PerGrant, m.HintsPer, m.CachePer)
+	fmt.Fprintln(w, "  more per --max-sources.")
 }
 
 // ProbeBounds hold the memory floors (Probe) to the stranger's SYN bound
