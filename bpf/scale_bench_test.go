@@ -13,6 +13,7 @@ import (
 	"github.com/knockgate/knockgate/loader"
 	"github.com/knockgate/knockgate/maps"
 	"github.com/knockgate/knockgate/policy"
+	"github.com/knockgate/knockgate/test/bench"
 	"github.com/knockgate/knockgate/test/netns"
 	"github.com/knockgate/knockgate/test/packet"
 )
@@ -28,7 +29,8 @@ import (
 // services (but small):
 //
 //	bare        no grants
-//	granted     10⁶ grants of default (source grantBase+i), through maps.Set.Grant
+//	granted     10⁶ grants of default (source grantBase+i), through maps.Set.Grant,
+//	            in a scattered order (bench.Stride)
 //	nosequence  no grants, and no service has a knock sequence (a SYN skips
 //	            the knock code and its tag bytes)
 //	small       bare at the default --max-sources, 65536 (maps 16 times smaller)
@@ -87,7 +89,11 @@ func BenchmarkScale(b *testing.B) {
 		if name == "granted" {
 			start := time.Now()
 			expires := maps.BootAfter(24 * time.Hour)
-			for i := range uint32(grants) {
+			// In a scattered order, as bench-scale makes them: see
+			// bench.NewScaleGate.
+			stride := bench.Stride(grants)
+			for j := range uint32(grants) {
+				i := uint32(uint64(j) * uint64(stride) % grants)
 				if err := set.Grant(plus(grantBase, i), policy.DefaultService, expires); err != nil {
 					b.Fatal(err)
 				}

@@ -174,7 +174,11 @@ type ScaleGate struct {
 
 // NewScaleGate loads a gate of maxSources and services and grants n sources
 // from grantedBase, source i the service i mod services, through
-// maps.Set.Grant, checking that each is then in the grants map.
+// maps.Set.Grant, checking that each is then in the grants map. The grants
+// are made in a scattered order (Stride), not the floods' order: no gate's
+// grants are made in the order their sources then send, and in that order
+// the grants map's entries, which the kernel hands out one after another,
+// would be read one after another too, which the prefetcher makes cheap.
 func NewScaleGate(maxSources uint32, services int, n uint32) (*ScaleGate, error) {
 	return newScaleGate(maxSources, services, n, nil)
 }
@@ -223,11 +227,13 @@ func newScaleGate(maxSources uint32, services int, n uint32, log io.Writer) (_ *
 			}
 		}()
 	}
+	stride := Stride(n)
 	for w := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := w; i < n; i += workers {
+			for j := w; j < n; j += workers {
+				i := uint32(uint64(j) * uint64(stride) % uint64(n))
 				if err := g.Set.Grant(addrPlus(grantedBase, i), scaleServiceName(int(i)%services), expires); err != nil {
 					errs[w] = err
 					return
@@ -250,6 +256,24 @@ func newScaleGate(maxSources uint32, services int, n uint32, log io.Writer) (_ *
 	}
 	g.Grants = n
 	return g, nil
+}
+
+// Stride is the step of the order grants of n sources are made in: the
+// j-th grant is of source j × Stride(n) mod n, a permutation (the stride is
+// prime to n) whose neighbours are some 8000 sources apart.
+func Stride(n uint32) uint32 {
+	s := uint32(7919)
+	for gcd(s, n) != 1 {
+		s++
+	}
+	return s
+}
+
+func gcd(a, b uint32) uint32 {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
 }
 
 func ptr[T any](v T) *T { return &v }

@@ -147,8 +147,9 @@ func (res *ScaleResult) WriteTable(w io.Writer) {
 		o.MaxSources, o.Services, ScalePort)
 	fmt.Fprintf(w, "knocks its own two steps), flows on; attached native to %s in each topology. %s: no grants;\n", RxIface, nameScaleBare)
 	fmt.Fprintf(w, "%s: no grants, at the default --max-sources (%d), its maps 16 times smaller;\n", nameScaleSmall, loader.DefaultMaxSources)
-	fmt.Fprintf(w, "%s: %d grants made through maps.Set.Grant (took %s), source %s+i granted service i mod %d.\n",
+	fmt.Fprintf(w, "%s: %d grants made through maps.Set.Grant (took %s), source %s+i granted service i mod %d,\n",
 		nameScaleGranted, o.Sources, res.GrantsTook.Round(time.Second), grantedBase, o.Services)
+	fmt.Fprintf(w, "  in a scattered order (source j × %d mod %d the j-th), not the floods' order.\n", Stride(o.Sources), o.Sources)
 	fmt.Fprintf(w, "no filter: the kernel alone (NAPI from %s), for the granted floods, which knockgate passes on to the stack.\n",
 		o.PeerNAPI.describe())
 	for _, f := range o.ScaleFloods() {
