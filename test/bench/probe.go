@@ -16,7 +16,11 @@ import (
 type Probe struct {
 	name  string
 	Bytes uint64 // the table's size: a power of two, 128 bytes at least
-	Pass  bool
+	// Filter, if not 0, is the size of a filter (a power of two, 128 bytes
+	// at least) of which the probe reads one 8-byte word before the line:
+	// a gate that keeps a stranger's check to a small table reads it first.
+	Filter uint64
+	Pass   bool
 	objs  probeObjects
 	link  link.Link
 }
@@ -41,8 +45,16 @@ func (g *Probe) Setup(topo *Topology) error {
 
 // load loads the probe's program and table.
 func (g *Probe) load() error {
-	if g.Bytes < 128 || g.Bytes&(g.Bytes-1) != 0 || g.Bytes > 1<<34 {
-		return fmt.Errorf("probe table of %d bytes: need a power of two from 128 bytes to 16 GiB", g.Bytes)
+	for _, t := range []struct {
+		what  string
+		bytes uint64
+	}{{"table", g.Bytes}, {"filter", g.Filter}} {
+		if t.what == "filter" && t.bytes == 0 {
+			continue
+		}
+		if t.bytes < 128 || t.bytes&(t.bytes-1) != 0 || t.bytes > 1<<34 {
+			return fmt.Errorf("probe %s of %d bytes: need a power of two from 128 bytes to 16 GiB", t.what, t.bytes)
+		}
 	}
 	spec, err := loadProbe()
 	if err != nil {
@@ -59,6 +71,12 @@ func (g *Probe) load() error {
 	}
 	if err := spec.Variables["pass"].Set(pass); err != nil {
 		return fmt.Errorf("probe verdict: %w", err)
+	}
+	if g.Filter != 0 {
+		spec.Maps["filter"].MaxEntries = uint32(g.Filter / 8)
+		if err := spec.Variables["filter_bits"].Set(uint32(bits.TrailingZeros64(g.Filter / 8))); err != nil {
+			return fmt.Errorf("probe filter bits: %w", err)
+		}
 	}
 	if err := spec.LoadAndAssign(&g.objs, nil); err != nil {
 		return fmt.Errorf("load probe program: %w", err)

@@ -25,9 +25,11 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	probeMapFilter            = "filter"
 	probeMapLines             = "lines"
 	probeMapParsed            = "parsed"
 	probeProgProbe            = "probe"
+	probeVarFilterBits        = "filter_bits"
 	probeVarLineBits          = "line_bits"
 	probeVarPass              = "pass"
 	probeVarUnusedParseResult = "unused_parse_result"
@@ -82,6 +84,7 @@ type probeProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type probeMapSpecs struct {
+	Filter *ebpf.MapSpec `ebpf:"filter"`
 	Lines  *ebpf.MapSpec `ebpf:"lines"`
 	Parsed *ebpf.MapSpec `ebpf:"parsed"`
 }
@@ -90,6 +93,7 @@ type probeMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type probeVariableSpecs struct {
+	FilterBits        *ebpf.VariableSpec `ebpf:"filter_bits"`
 	LineBits          *ebpf.VariableSpec `ebpf:"line_bits"`
 	Pass              *ebpf.VariableSpec `ebpf:"pass"`
 	UnusedParseResult *ebpf.VariableSpec `ebpf:"unused_parse_result"`
@@ -115,12 +119,14 @@ func (o *probeObjects) Close() error {
 //
 // It can be passed to loadProbeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type probeMaps struct {
+	Filter *ebpf.Map `ebpf:"filter"`
 	Lines  *ebpf.Map `ebpf:"lines"`
 	Parsed *ebpf.Map `ebpf:"parsed"`
 }
 
 func (m *probeMaps) Close() error {
 	return _ProbeClose(
+		m.Filter,
 		m.Lines,
 		m.Parsed,
 	)
@@ -130,6 +136,7 @@ func (m *probeMaps) Close() error {
 //
 // It can be passed to loadProbeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type probeVariables struct {
+	FilterBits        *ebpf.Variable `ebpf:"filter_bits"`
 	LineBits          *ebpf.Variable `ebpf:"line_bits"`
 	Pass              *ebpf.Variable `ebpf:"pass"`
 	UnusedParseResult *ebpf.Variable `ebpf:"unused_parse_result"`

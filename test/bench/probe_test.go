@@ -16,8 +16,11 @@ import (
 func TestProbe(t *testing.T) {
 	netns.Require(t)
 	mac := net.HardwareAddr{2, 0, 0, 0, 0, 1}
-	for _, pass := range []bool{false, true} {
+	for i, pass := range []bool{false, true, true} {
 		p := NewProbe("probe", 1<<16, pass)
+		if i == 2 {
+			p.Filter = 1 << 12 // a word of a filter first
+		}
 		if err := p.load(); err != nil {
 			t.Fatal(err)
 		}
@@ -63,8 +66,16 @@ func TestProbe(t *testing.T) {
 func TestProbeSize(t *testing.T) {
 	for _, b := range []uint64{0, 64, 1000, 3 << 20} {
 		err := NewProbe("probe", b, false).load()
-		if err == nil || !strings.Contains(err.Error(), "power of two") {
+		if err == nil || !strings.Contains(err.Error(), "table of") || !strings.Contains(err.Error(), "power of two") {
 			t.Errorf("%d bytes: %v, want a power-of-two error", b, err)
+		}
+		if b == 0 {
+			continue // no filter
+		}
+		p := NewProbe("probe", 1<<16, false)
+		p.Filter = b
+		if err := p.load(); err == nil || !strings.Contains(err.Error(), "filter of") {
+			t.Errorf("a filter of %d bytes: %v, want a power-of-two error", b, err)
 		}
 	}
 	if got := probeBytes(1<<20, 64); got != 64<<20 {

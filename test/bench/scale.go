@@ -88,18 +88,26 @@ const (
 type scaleProbe struct {
 	name      string
 	perSource uint64
+	// filterPerSource, if not 0: a word of a filter of that many bytes per
+	// --max-sources first.
+	filterPerSource uint64
 	// granted: the granted floods, passed; else the strangers', dropped.
 	granted bool
 	what    string // the design whose least it is
 }
 
 // scaleProbes: a stranger's least (a filter's one line, at 1 and 4 bytes a
-// source) and a granted source's (one line of a grant table).
+// source) and a granted source's (one line of a grant table; a word of a
+// filter of the hint bits' size, then that line).
 var scaleProbes = []scaleProbe{
 	{name: "one line, 1 B/src", perSource: 1, what: "a filter of 8 bits a source holding knock progress too"},
 	{name: "one line, 4 B/src", perSource: 4, what: "the hint bits' size, knock tags in the same line"},
 	{name: "one line, 64 B/src", perSource: 64, granted: true,
 		what: "a set-associative grant table, 32-byte slots at half load"},
+	// What knockgate's granted packet reads since the grant cache: the
+	// hint word, then the cache's line.
+	{name: "2 B/src, 64 B/src", filterPerSource: 2, perSource: 64, granted: true,
+		what: "the hint bits' active half, then a line of the grant cache"},
 }
 
 func probeNamed(name string) (scaleProbe, bool) {
@@ -489,7 +497,11 @@ func RunScale(o ScaleOptions) (*ScaleResult, error) {
 			return &scaleKnockgate{name: name, g: small, verdict: v}
 		}
 		if p, ok := probeNamed(name); ok {
-			return NewProbe(name, probeBytes(o.MaxSources, p.perSource), p.granted)
+			pr := NewProbe(name, probeBytes(o.MaxSources, p.perSource), p.granted)
+			if p.filterPerSource != 0 {
+				pr.Filter = probeBytes(o.MaxSources, p.filterPerSource)
+			}
+			return pr
 		}
 		return &scaleKnockgate{name: name, g: granted, verdict: v}
 	}

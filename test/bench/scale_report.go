@@ -261,9 +261,13 @@ func (res *ScaleResult) ProbeBounds() []Bound {
 		if p.granted {
 			gate, many, one, what = nameScaleGranted, floodGrantedN, floodGranted1, "a granted ACK"
 		}
+		reads := "one line of " + fmtBytes(probeBytes(res.Opts.MaxSources, p.perSource))
+		if p.filterPerSource != 0 {
+			reads = fmt.Sprintf("a word of %s, then %s", fmtBytes(probeBytes(res.Opts.MaxSources, p.filterPerSource)), reads)
+		}
 		out = append(out, Bound{
-			Goal: fmt.Sprintf("%s: one line of %s (%s) %s, %d sources, ≤ 1.5× %s's from one", p.name,
-				fmtBytes(probeBytes(res.Opts.MaxSources, p.perSource)), p.what, what, res.Opts.Sources, gate),
+			Goal: fmt.Sprintf("%s: %s (%s) %s, %d sources, ≤ 1.5× %s's from one", p.name,
+				reads, p.what, what, res.Opts.Sources, gate),
 			Ratio: ratioOf(above(p.name, many), above(gate, one), 1.5), Max: 1.5})
 	}
 	return out
@@ -271,9 +275,9 @@ func (res *ScaleResult) ProbeBounds() []Bound {
 
 // writeProbes prints the memory floors against the bounds they bear on.
 func (res *ScaleResult) writeProbes(w io.Writer) {
-	fmt.Fprintln(w, "\nthe memory floors: gates that parse, read one line of a table at a place hashed from the source, and")
-	fmt.Fprintln(w, "decide nothing (the strangers' dropping, the granted one's passing); over a bound, no design that reads")
-	fmt.Fprintln(w, "a table of that size per packet meets it on this machine:")
+	fmt.Fprintln(w, "\nthe memory floors: gates that parse, read one line of a table at a place hashed from the source (after")
+	fmt.Fprintln(w, "a word of a filter, for one), and decide nothing (the strangers' dropping, the granted one's passing); over")
+	fmt.Fprintln(w, "a bound, no design that reads tables of those sizes per packet meets it on this machine:")
 	for _, b := range res.ProbeBounds() {
 		status := b.says("within", "over")
 		r := b.Ratio
