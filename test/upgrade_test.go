@@ -459,53 +459,115 @@ func (g *gate) killUpgradeAnywhere(old func(args ...string), refusal string, ref
 	}
 }
 
+// olderGate is a gate an older build's attach made, as the upgrade tests
+// start from: a grant from a knock (cli4), one from the operator (cli6),
+// and a session going on (to srv4's sessionPort), each checked.
+type olderGate struct {
+	gate  *gate
+	build string   // the commit that made it
+	args  []string // the attach that made it, which this build's adopts it with
+	ports string   // its protected ports
+	prog  int      // the XDP program it ran
+	sess  *session
+}
+
+// newOlderGate makes such a gate with the knockgate of commit build.
+func newOlderGate(t *testing.T, build string) *olderGate {
+	t.Helper()
+	g := newGate(t)
+	echo(t, g.srv, sessionPort)
+	o := &olderGate{gate: g, build: build, ports: fmt.Sprintf("%d,%d", protected, sessionPort)}
+	o.args = []string{"attach", g.iface, "--sequence", "9000,8000", "--step-timeout", "1m", "--open", "10m",
+		"--protect", o.ports, "--no-grant-self"}
+	kg := olderKG(t, g, build)
+	kg(o.args...)
+	o.prog = g.xdpProg()
+	g.expect(filtered, cli4, srv4)
+	g.knockTCP(cli4, srv4, 9000, 8000)
+	g.expect(open, cli4, srv4)
+	o.sess = openSession(t, g.cli, srv4, sessionPort)
+	o.sess.exchange("before the upgrade", "hello")
+	kg("grant", g.iface, cli6.String())
+	g.expect(open, cli6, srv6)
+	g.expect(filtered, alt4, srv4)
+	return o
+}
+
+// olderKG runs the knockgate of commit build in g's server namespace, and
+// fails the test unless it succeeds.
+func olderKG(t *testing.T, g *gate, build string) func(args ...string) {
+	old := binAt(t, build)
+	return func(args ...string) {
+		t.Helper()
+		if r := run(t, g.srv.Cmd(old, args...)); r.code != 0 {
+			t.Fatalf("knockgate %s %s: %s", build[:7], strings.Join(args, " "), r)
+		}
+	}
+}
+
+// adopt has this build take the gate over, via "attach" (whose output must
+// say printed) or "run" (whose log must say logged; the service is
+// returned).
+func (o *olderGate) adopt(via, printed, logged string) *service {
+	g := o.gate
+	if via == "attach" {
+		if out := g.mustKG(g.srv, o.args...); !strings.Contains(out, printed) {
+			g.t.Errorf("attach printed %q, want it to say it upgraded the gate", out)
+		}
+		return nil
+	}
+	s := g.startRun(fmt.Sprintf("interfaces = [%q]\nsequence = \"9000,8000\"\nstep_timeout = \"1m\"\nopen = \"10m\"\n"+
+		"protect = %q\n", g.iface, o.ports))
+	s.waitLog(5*time.Second, logged)
+	return s
+}
+
+// checkAdopted checks the gate after the upgrade: this build's program on
+// the interface, pinned, and every grant and the session kept.
+func (o *olderGate) checkAdopted() {
+	g := o.gate
+	if got, want := g.xdpProg(), int(g.pinnedProgID("prog")); got == o.prog || got != want {
+		g.t.Errorf("XDP program %d on %s, want the pinned %d, not the old %d", got, g.iface, want, o.prog)
+	}
+	o.sess.exchange("after the upgrade", "world")
+	g.expect(open, cli4, srv4)
+	g.expect(open, cli6, srv6)
+	g.expect(filtered, alt4, srv4)
+}
+
+// finish ends the test: the session still going on, and the service s
+// stopped cleanly, or (attach) another attach refused as already done.
+func (o *olderGate) finish(s *service) {
+	g := o.gate
+	o.sess.exchange("at the end", "bye")
+	if s != nil {
+		if code := s.stop(os.Interrupt); code != 0 {
+			g.t.Errorf("run exited %d", code)
+		}
+	} else if r := g.kg(g.srv, o.args...); r.code != 1 || !strings.Contains(r.stderr, "already attached") {
+		g.t.Errorf("attach again: %s, want already attached", r)
+	}
+}
+
 // A gate of hint counts, made by the last build that had them, is adopted
 // by this build's attach or run: the hint bitmap made and the counts' pin
 // gone, every grant (made by a knock, by the operator) and the session
 // going on kept, and the gate working as before afterwards.
 func TestUpgradeFromHintCounts(t *testing.T) {
 	netns.Require(t, "ip", "nsenter", "socat", "git", "tar")
-	old := binAt(t, hintCountsBuild)
+	binAt(t, hintCountsBuild)
 	for _, via := range []string{"attach", "run"} {
 		t.Run(via, func(t *testing.T) {
 			t.Parallel()
-			g := newGate(t)
-			echo(t, g.srv, sessionPort)
-			ports := fmt.Sprintf("%d,%d", protected, sessionPort)
-			args := []string{"attach", g.iface, "--sequence", "9000,8000", "--step-timeout", "1m", "--open", "10m",
-				"--protect", ports, "--no-grant-self"}
-			oldKG := func(args ...string) {
-				t.Helper()
-				if r := run(t, g.srv.Cmd(old, args...)); r.code != 0 {
-					t.Fatalf("knockgate %s %s: %s", hintCountsBuild[:7], strings.Join(args, " "), r)
-				}
-			}
-			oldKG(args...)
-			prog := g.xdpProg()
-			g.expect(filtered, cli4, srv4)
-			g.knockTCP(cli4, srv4, 9000, 8000)
-			g.expect(open, cli4, srv4)
-			sess := openSession(t, g.cli, srv4, sessionPort)
-			sess.exchange("before the upgrade", "hello")
-			oldKG("grant", g.iface, cli6.String())
-			g.expect(open, cli6, srv6)
-			g.expect(filtered, alt4, srv4)
+			o := newOlderGate(t, hintCountsBuild)
+			g := o.gate
 
 			// Any other command says what to do.
 			r := g.kg(g.srv, "status", g.iface)
 			if r.code != 1 || !strings.Contains(r.stderr, "hint counts") || !strings.Contains(r.stderr, "knockgate attach "+g.iface) {
 				t.Fatalf("status of a gate of hint counts: %s; want a refusal saying to run attach", r)
 			}
-			var s *service
-			if via == "attach" {
-				if out := g.mustKG(g.srv, args...); !strings.Contains(out, "upgraded in place from hint counts") {
-					t.Errorf("attach printed %q, want it to say it upgraded the gate", out)
-				}
-			} else {
-				s = g.startRun(fmt.Sprintf("interfaces = [%q]\nsequence = \"9000,8000\"\nstep_timeout = \"1m\"\nopen = \"10m\"\n"+
-					"protect = %q\n", g.iface, ports))
-				s.waitLog(5*time.Second, "gate upgraded from hint counts to the hint bitmap")
-			}
+			s := o.adopt(via, "upgraded in place from hint counts", "gate upgraded from hint counts to the hint bitmap")
 
 			dir := filepath.Join(pinRoot, g.iface)
 			if _, err := os.Stat(filepath.Join(dir, "hint_bits")); err != nil {
@@ -514,13 +576,7 @@ func TestUpgradeFromHintCounts(t *testing.T) {
 			if _, err := os.Stat(filepath.Join(dir, "hints")); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("the hint counts' pin is still there: %v", err)
 			}
-			if got, want := g.xdpProg(), int(g.pinnedProgID("prog")); got == prog || got != want {
-				t.Errorf("XDP program %d on %s, want the pinned %d, not the old %d", got, g.iface, want, prog)
-			}
-			sess.exchange("after the upgrade", "world")
-			g.expect(open, cli4, srv4)
-			g.expect(open, cli6, srv6)
-			g.expect(filtered, alt4, srv4)
+			o.checkAdopted()
 			// Grants made and ended after it, from the program and from Go.
 			g.knockTCP(alt4, srv4, 9000, 8000)
 			g.expect(open, alt4, srv4)
@@ -528,14 +584,7 @@ func TestUpgradeFromHintCounts(t *testing.T) {
 			g.expect(filtered, cli6, srv6)
 			g.mustKG(g.srv, "grant", g.iface, cli6.String())
 			g.expect(open, cli6, srv6)
-			sess.exchange("at the end", "bye")
-			if s != nil {
-				if code := s.stop(os.Interrupt); code != 0 {
-					t.Errorf("run exited %d", code)
-				}
-			} else if r := g.kg(g.srv, args...); r.code != 1 || !strings.Contains(r.stderr, "already attached") {
-				t.Errorf("attach again: %s, want already attached", r)
-			}
+			o.finish(s)
 		})
 	}
 }
@@ -546,15 +595,10 @@ func TestUpgradeFromHintCounts(t *testing.T) {
 // attach, which finishes it.
 func TestKillHintUpgradeAnywhere(t *testing.T) {
 	netns.Require(t, "ip", "nsenter", "socat", "git", "tar")
-	old := binAt(t, hintCountsBuild)
+	binAt(t, hintCountsBuild)
 	g := newGate(t)
 	dir := filepath.Join(pinRoot, g.iface)
-	k := g.killUpgradeAnywhere(func(args ...string) {
-		t.Helper()
-		if r := run(t, g.srv.Cmd(old, args...)); r.code != 0 {
-			t.Fatalf("knockgate %s %s: %s", hintCountsBuild[:7], strings.Join(args, " "), r)
-		}
-	}, "hint counts", func(int) {}, func(n int) {
+	k := g.killUpgradeAnywhere(olderKG(t, g, hintCountsBuild), "hint counts", func(int) {}, func(n int) {
 		if _, err := os.Stat(filepath.Join(dir, "hints")); !errors.Is(err, os.ErrNotExist) {
 			t.Fatalf("killed at point %d: the hint counts' pin after the upgrade: %v", n, err)
 		}
@@ -578,29 +622,13 @@ const cachelessBuild = "a1423c670e16d7576ca543959a36e87658253cb8"
 // is revoked at once, and one renewed lasts.
 func TestUpgradeAddsGrantCache(t *testing.T) {
 	netns.Require(t, "ip", "nsenter", "socat", "git", "tar")
-	old := binAt(t, cachelessBuild)
+	binAt(t, cachelessBuild)
 	for _, via := range []string{"attach", "run"} {
 		t.Run(via, func(t *testing.T) {
 			t.Parallel()
-			g := newGate(t)
-			echo(t, g.srv, sessionPort)
-			ports := fmt.Sprintf("%d,%d", protected, sessionPort)
-			args := []string{"attach", g.iface, "--sequence", "9000,8000", "--step-timeout", "1m", "--open", "10m",
-				"--protect", ports, "--no-grant-self"}
-			oldKG := func(args ...string) {
-				t.Helper()
-				if r := run(t, g.srv.Cmd(old, args...)); r.code != 0 {
-					t.Fatalf("knockgate %s %s: %s", cachelessBuild[:7], strings.Join(args, " "), r)
-				}
-			}
-			oldKG(args...)
-			prog := g.xdpProg()
+			o := newOlderGate(t, cachelessBuild)
+			g := o.gate
 			dir := filepath.Join(pinRoot, g.iface)
-			g.knockTCP(cli4, srv4, 9000, 8000)
-			g.expect(open, cli4, srv4)
-			sess := openSession(t, g.cli, srv4, sessionPort)
-			sess.exchange("before the upgrade", "hello")
-			oldKG("grant", g.iface, cli6.String())
 
 			// This build's commands work on it as it is.
 			if out := g.mustKG(g.srv, "status", g.iface); !strings.Contains(out, cli6.String()) {
@@ -610,30 +638,15 @@ func TestUpgradeAddsGrantCache(t *testing.T) {
 			g.expect(filtered, cli6, srv6)
 			g.mustKG(g.srv, "grant", g.iface, cli6.String())
 			g.expect(open, cli6, srv6)
-			if _, err := os.Stat(filepath.Join(dir, "grant_cache")); !errors.Is(err, os.ErrNotExist) {
-				t.Fatalf("a grant cache before the upgrade: %v", err)
+			if exists(filepath.Join(dir, "grant_cache")) {
+				t.Fatal("a grant cache before the upgrade")
 			}
 
-			var s *service
-			if via == "attach" {
-				if out := g.mustKG(g.srv, args...); !strings.Contains(out, "grant cache added") {
-					t.Errorf("attach printed %q, want it to say it upgraded the gate", out)
-				}
-			} else {
-				s = g.startRun(fmt.Sprintf("interfaces = [%q]\nsequence = \"9000,8000\"\nstep_timeout = \"1m\"\nopen = \"10m\"\n"+
-					"protect = %q\n", g.iface, ports))
-				s.waitLog(5*time.Second, "gate upgraded in place with a grant cache")
+			s := o.adopt(via, "grant cache added", "gate upgraded in place with a grant cache")
+			if !exists(filepath.Join(dir, "grant_cache")) {
+				t.Error("no grant cache after the upgrade")
 			}
-			if _, err := os.Stat(filepath.Join(dir, "grant_cache")); err != nil {
-				t.Errorf("no grant cache after the upgrade: %v", err)
-			}
-			if got, want := g.xdpProg(), int(g.pinnedProgID("prog")); got == prog || got != want {
-				t.Errorf("XDP program %d on %s, want the pinned %d, not the old %d", got, g.iface, want, prog)
-			}
-			sess.exchange("after the upgrade", "world")
-			g.expect(open, cli4, srv4)
-			g.expect(open, cli6, srv6)
-			g.expect(filtered, alt4, srv4)
+			o.checkAdopted()
 
 			// Grants the cache answers for (each has passed since the
 			// upgrade), revoked: cut at once.
@@ -645,12 +658,7 @@ func TestUpgradeAddsGrantCache(t *testing.T) {
 			g.knockTCP(alt4, srv4, 9000, 8000)
 			g.expect(open, alt4, srv4)
 			g.expect(open, alt4, srv4)
-			sess.exchange("at the end", "bye")
-			if s != nil {
-				if code := s.stop(os.Interrupt); code != 0 {
-					t.Errorf("run exited %d", code)
-				}
-			}
+			o.finish(s)
 		})
 	}
 }
@@ -661,17 +669,16 @@ func TestUpgradeAddsGrantCache(t *testing.T) {
 // next attach finishes the upgrade.
 func TestKillCacheUpgradeAnywhere(t *testing.T) {
 	netns.Require(t, "ip", "nsenter", "socat", "git", "tar")
-	old := binAt(t, cachelessBuild)
+	binAt(t, cachelessBuild)
 	g := newGate(t)
 	dir := filepath.Join(pinRoot, g.iface)
 	args := []string{"attach", g.iface, "--sequence", "9000,8000", "--open", "10m",
 		"--protect", fmt.Sprintf("%d,%d", protected, sessionPort), "--no-grant-self"}
 	cut, oldProg := 0, 0
+	oldKG := olderKG(t, g, cachelessBuild)
 	k := g.killUpgradeAnywhere(func(args ...string) {
 		t.Helper()
-		if r := run(t, g.srv.Cmd(old, args...)); r.code != 0 {
-			t.Fatalf("knockgate %s %s: %s", cachelessBuild[:7], strings.Join(args, " "), r)
-		}
+		oldKG(args...)
 		if args[0] == "attach" {
 			oldProg = g.xdpProg()
 		}

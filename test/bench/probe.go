@@ -21,8 +21,8 @@ type Probe struct {
 	// a gate that keeps a stranger's check to a small table reads it first.
 	Filter uint64
 	Pass   bool
-	objs  probeObjects
-	link  link.Link
+	objs   probeObjects
+	link   link.Link
 }
 
 // NewProbe is a probe of a table of bytes, named name.
