@@ -87,7 +87,7 @@ func TestGrantCacheAnswersGrantedSources(t *testing.T) {
 		if again := g.cacheEntries(); len(again) != 1 || again[0] != got[0] {
 			t.Errorf("cache after a cached answer: %+v, want %+v unchanged", again, got)
 		}
-		// Another source, or this one for another service, finds nothing.
+		// Another source finds nothing.
 		g.expect("SYN from another source", f.knock(f.other, ssh), xdpDrop, "dropped_protected")
 
 		before, err := g.maps.CacheEpoch()
@@ -160,6 +160,7 @@ func TestGrantCacheRefusesOthersEntries(t *testing.T) {
 	netns.Require(t)
 	forFamilies(t, func(t *testing.T, f family) {
 		cfg := defaultConfig()
+		cfg.Services = []policy.Service{{Name: "web", Sequence: []maps.Port{tcp(6001)}, Protect: []maps.Port{unrelated}, Open: time.Hour, StepTimeout: time.Second}}
 		g := newGate(t, cfg)
 		if err := g.maps.Grant(f.src, "default", maps.BootAfter(time.Hour)); err != nil {
 			t.Fatal(err)
@@ -171,6 +172,10 @@ func TestGrantCacheRefusesOthersEntries(t *testing.T) {
 		}
 		e := got[0]
 		g.dropFromMap(f.src, 0)
+		epoch, err := g.maps.CacheEpoch()
+		if err != nil {
+			t.Fatal(err)
+		}
 
 		// Torn: the entry's expiry moved, its check not.
 		var l bpf.KnockgateGrantCacheLine
@@ -191,13 +196,15 @@ func TestGrantCacheRefusesOthersEntries(t *testing.T) {
 		}
 		g.expect("the owner's SYN", f.knock(f.src, ssh), xdpPass, "passed_granted")
 		g.expect("a stranger's SYN", f.knock(f.other, ssh), xdpDrop, "dropped_protected")
-
-		// The same source on another service's port.
-		cfg.Services = []policy.Service{{Name: "web", Sequence: []maps.Port{tcp(6001)}, Protect: []maps.Port{unrelated}, Open: time.Hour, StepTimeout: time.Second}}
-		g.configure(cfg)
+		// The same source on another service's port (its hint bits set
+		// too, above): the service is in the fingerprint.
 		g.expect("the owner's SYN to another service", f.knock(f.src, unrelated), xdpDrop, "dropped_protected")
+		if now, _ := g.maps.CacheEpoch(); now != epoch {
+			t.Fatalf("epoch %d, want %d still: the checks above must not have been voided", now, epoch)
+		}
 
 		// A voided epoch.
+		g.expect("the owner's SYN before the bump", f.knock(f.src, ssh), xdpPass, "passed_granted")
 		if err := g.maps.VoidCache(); err != nil {
 			t.Fatal(err)
 		}

@@ -75,7 +75,8 @@ static __always_inline __u64 sip_final(struct sip_state *s, __u64 last)
  * the variant hash tables use against chosen keys (Rust's, CPython's):
  * the grant cache's fingerprints, which a packet computes on the granted
  * path, where 2-4's ten rounds would cost it some 10 ns. Same state, same
- * padding; fewer rounds. */
+ * padding; fewer rounds. Only the program computes it (nothing mirrors it
+ * in Go): a fingerprint only has to be the same each time it is made. */
 static __always_inline void sip13_word(struct sip_state *s, __u64 m)
 {
 	s->v3 ^= m;

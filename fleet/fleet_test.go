@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	mrand "math/rand/v2"
@@ -259,6 +260,41 @@ func newFleetEvery(t testing.TB, n int, interval time.Duration) []*node {
 func newFleetWith(t testing.TB, n int, interval time.Duration, options func(i int, o *Options)) []*node {
 	dir := t.TempDir()
 	cert, key, ca := certs(t, dir)
+	// A port free when freePort asked may be taken before its server binds
+	// it (by another package's test, say): the servers are made anew, on
+	// other ports, up to three times.
+	var nodes []*node
+	for attempt := 1; ; attempt++ {
+		var err error
+		nodes, err = tryFleet(t, n, interval, options, filepath.Join(dir, fmt.Sprint(attempt)), cert, key, ca)
+		if err == nil {
+			break
+		}
+		if attempt == 3 {
+			t.Fatal(err)
+		}
+		t.Logf("fleet of %d, attempt %d: %v; again on other ports", n, attempt, err)
+	}
+	t.Cleanup(func() {
+		for _, nd := range nodes {
+			nd.stop()
+		}
+	})
+	// Every member watching the bucket: the fleet is formed.
+	until(t, 30*time.Second, "the fleet formed", func() bool {
+		for _, nd := range nodes {
+			if nd.fl == nil || nd.fl.Stats().LastSync.IsZero() {
+				return false
+			}
+		}
+		return true
+	}, nodes...)
+	return nodes
+}
+
+// tryFleet starts n servers on fresh ports, with their state under dir,
+// and a member on each; if any fails to start, it stops them all.
+func tryFleet(t testing.TB, n int, interval time.Duration, options func(i int, o *Options), dir, cert, key, ca string) ([]*node, error) {
 	var peers []string
 	for range n {
 		peers = append(peers, freePort(t))
@@ -277,38 +313,37 @@ func newFleetWith(t testing.TB, n int, interval time.Duration, options func(i in
 		}
 	}
 	var wg sync.WaitGroup
-	for _, nd := range nodes {
+	errs := make([]error, n)
+	for i, nd := range nodes {
 		wg.Add(1)
-		go func() { defer wg.Done(); nd.start(t, n) }()
+		go func() { defer wg.Done(); errs[i] = nd.tryStart(n) }()
 	}
 	wg.Wait()
-	t.Cleanup(func() {
+	if err := errors.Join(errs...); err != nil {
 		for _, nd := range nodes {
 			nd.stop()
 		}
-	})
-	// Every member watching the bucket: the fleet is formed.
-	until(t, 30*time.Second, "the fleet formed", func() bool {
-		for _, nd := range nodes {
-			if nd.fl == nil || nd.fl.Stats().LastSync.IsZero() {
-				return false
-			}
-		}
-		return true
-	}, nodes...)
-	return nodes
+		return nil, err
+	}
+	return nodes, nil
 }
 
 func (nd *node) start(t testing.TB, replicas int) {
+	if err := nd.tryStart(replicas); err != nil {
+		t.Error(err)
+	}
+}
+
+// tryStart starts the node's server and its member.
+func (nd *node) tryStart(replicas int) error {
 	srv, err := StartServer(nd.cfg)
 	if err != nil {
-		t.Error(err)
-		return
+		return err
 	}
 	nc, err := srv.Connect(nd.cfg.Name)
 	if err != nil {
-		t.Error(err)
-		return
+		srv.Close()
+		return err
 	}
 	o := Options{Name: nd.cfg.Name, Gate: "edge", Local: nd.local, Conn: nc, Server: srv, Replicas: replicas,
 		Interval: nd.interval, StateFile: nd.state, Instance: nd.instance, Log: nd.log}
@@ -317,10 +352,12 @@ func (nd *node) start(t testing.TB, replicas int) {
 	}
 	fl, err := Join(o)
 	if err != nil {
-		t.Error(err)
-		return
+		nc.Close()
+		srv.Close()
+		return err
 	}
 	nd.srv, nd.fl = srv, fl
+	return nil
 }
 
 func (nd *node) stop() {

@@ -26,7 +26,9 @@ import (
 
 // ensureGrantCache gives g a grant cache if it has none: the pinned one
 // (another command made it), else a new one, pinned. The caller holds the
-// gate's lock.
+// gate's lock. Only the programs read the cache: what voids it (the epoch)
+// is in the hint bitmap, which every gate has, so a Gate opened before the
+// cache was made voids it all the same.
 func (g *Gate) ensureGrantCache() error {
 	if g.Maps.GrantCache != nil {
 		return nil
@@ -60,9 +62,9 @@ func (g *Gate) ensureGrantCache() error {
 }
 
 // loadPinnedCache opens the gate's pinned grant cache into g.Maps if it
-// has none open and one is pinned: one made by another command's upgrade
-// since g was opened, which g's changes must void from now on. Called with
-// the gate's lock held.
+// has none open and one is pinned (another command's upgrade made it since
+// g was opened), so that the programs this upgrade loads use that one.
+// Called with the gate's lock held.
 func (g *Gate) loadPinnedCache() error {
 	if g.Maps.GrantCache != nil {
 		return nil
@@ -75,10 +77,11 @@ func (g *Gate) loadPinnedCache() error {
 		return fmt.Errorf("open pinned map %s: %w", bpf.KnockgateMapGrantCache, err)
 	}
 	spec, err := pinnedSpec(g.Maps)
-	if err == nil {
-		err = spec.Maps[bpf.KnockgateMapGrantCache].Compatible(m)
-	}
 	if err != nil {
+		m.Close()
+		return err
+	}
+	if err := spec.Maps[bpf.KnockgateMapGrantCache].Compatible(m); err != nil {
 		m.Close()
 		return fmt.Errorf("gate %s: map %s: %w: %w (detach and attach again)", g.Name, bpf.KnockgateMapGrantCache, ErrIncompatible, err)
 	}

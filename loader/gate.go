@@ -280,22 +280,7 @@ func gateOf(name, dir string, set *maps.Set) (_ *Gate, err error) {
 
 // lock takes the gate's own lock, which orders every change inside it. It
 // fails with ErrNotAttached when the gate was removed while it waited.
-//
-// A grant cache made by another command's upgrade since the gate was opened
-// is opened here: this one's changes must void it too (only writers void
-// it, and they take the lock exclusively, so nobody reads the field
-// meanwhile).
-func (g *Gate) lock() (unlock func(), err error) {
-	unlock, err = g.flock(unix.LOCK_EX)
-	if err != nil {
-		return nil, err
-	}
-	if err := g.loadPinnedCache(); err != nil {
-		unlock()
-		return nil, err
-	}
-	return unlock, nil
-}
+func (g *Gate) lock() (unlock func(), err error) { return g.flock(unix.LOCK_EX) }
 
 // rlock takes the gate's lock shared, to read: readers do not wait for each
 // other, only for a change in progress.

@@ -28,7 +28,8 @@ import (
 //     lookup through: the old program, which runs on, sets no bits) and
 //     pinned beside the rest.
 //  2. This build's programs are loaded onto the pinned maps and swapped
-//     into every link in place (Upgrade).
+//     into every link in place (Upgrade), a grant cache made and pinned
+//     first (cache.go).
 //  3. After an RCU grace period no old program runs: the bitmap is rebuilt
 //     from the grants (maps.Set.RebuildHints).
 //  4. The hints pin is removed; the kernel frees the counts with the old

@@ -55,7 +55,9 @@ func (s *Set) withHintHeader(fn func(hdr []byte)) error {
 // after a grant is removed or may have been shortened, so that no packet
 // passes on what the map no longer says. The program reads the epoch before
 // the map, so an entry made from the map before the change has the old
-// epoch.
+// epoch. The epoch is 32 bits: it comes back to a value after 2^32 bumps,
+// by which time no entry made under it is still unexpired in practice
+// (they hold grants of at most the services' windows).
 func (s *Set) VoidCache() error {
 	err := s.withHintHeader(func(hdr []byte) {
 		atomic.AddUint32((*uint32)(unsafe.Pointer(&hdr[cacheEpochOffset])), 1)

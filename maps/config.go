@@ -559,7 +559,8 @@ func (s *Set) purgeServices(mask uint32) error {
 	}
 	for _, k := range doomed {
 		if _, err := s.deleteGrant(k); err != nil {
-			return fmt.Errorf("remove a grant of a removed service: %w", err)
+			// What was deleted must not pass from the cache either.
+			return errors.Join(fmt.Errorf("remove a grant of a removed service: %w", err), s.VoidCache())
 		}
 	}
 	if err := s.VoidCache(); err != nil {

@@ -139,9 +139,12 @@ func (s *Set) ByName() map[string]*ebpf.Map {
 	return byName
 }
 
-// Pin pins every map into dir, which must exist.
+// Pin pins every map the set has into dir, which must exist.
 func (s *Set) Pin(dir string) error {
 	for _, n := range s.named() {
+		if *n.m == nil {
+			continue // a grant cache not made yet
+		}
 		if err := (*n.m).Pin(filepath.Join(dir, n.name)); err != nil {
 			return fmt.Errorf("pin map %s: %w", n.name, err)
 		}

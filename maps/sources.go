@@ -339,7 +339,8 @@ func (s *Set) Revoke(addr netip.Addr, service string) (bool, error) {
 	for _, i := range indices {
 		had, err := s.deleteGrant(GrantKey(addr, i))
 		if err != nil {
-			return found, fmt.Errorf("revoke %s: %w", addr, err)
+			// What was deleted must not pass from the cache either.
+			return found, errors.Join(fmt.Errorf("revoke %s: %w", addr, err), s.VoidCache())
 		}
 		found = found || had
 	}

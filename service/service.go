@@ -274,7 +274,8 @@ func (svc *service) start() error {
 		g.Close()
 		return err
 	}
-	svc.logger().Info("gate adopted: grants and knock progress kept", "gate", g.Name, "program_replaced", replaced)
+	svc.logger().Info("gate adopted: grants and knock progress kept", "gate", g.Name,
+		"program_replaced", replaced || upgraded != "")
 	// Flows opened while an interface had no gate (gone and back while
 	// the service was down) are not lost.
 	if _, err := g.SeedFlows(); err != nil {
