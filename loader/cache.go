@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 
 	"github.com/cilium/ebpf"
@@ -44,16 +43,8 @@ func (g *Gate) ensureGrantCache() error {
 	if err != nil {
 		return fmt.Errorf("create map %s: %w", bpf.KnockgateMapGrantCache, err)
 	}
-	pin := filepath.Join(g.Dir, bpf.KnockgateMapGrantCache)
-	next := pin + "-new"
-	os.Remove(next)
-	if err := m.Pin(next); err != nil {
-		m.Close()
-		return fmt.Errorf("pin map %s: %w", bpf.KnockgateMapGrantCache, err)
-	}
 	maps.KillPoint()
-	if err := os.Rename(next, pin); err != nil {
-		os.Remove(next)
+	if err := pinReplacing(m, filepath.Join(g.Dir, bpf.KnockgateMapGrantCache)); err != nil {
 		m.Close()
 		return fmt.Errorf("pin map %s: %w", bpf.KnockgateMapGrantCache, err)
 	}

@@ -187,13 +187,7 @@ func pinFullHintBits(dir string) error {
 	if err := (&maps.Set{HintBits: m}).FillHints(); err != nil {
 		return err
 	}
-	next := pin + "-new"
-	os.Remove(next)
-	if err := m.Pin(next); err != nil {
-		return fmt.Errorf("pin map %s: %w", bpf.KnockgateMapHintBits, err)
-	}
-	if err := os.Rename(next, pin); err != nil {
-		os.Remove(next)
+	if err := pinReplacing(m, pin); err != nil {
 		return fmt.Errorf("pin map %s: %w", bpf.KnockgateMapHintBits, err)
 	}
 	return nil

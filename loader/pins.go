@@ -53,6 +53,23 @@ const (
 	detachingPrefix = "detaching "
 )
 
+// pinReplacing pins obj (a map or program) at pin in one rename, so that a
+// reader finds the old object or the new, never none: pinned beside as
+// pin-new (a leftover of an attempt cut short is removed first), then moved
+// over pin.
+func pinReplacing(obj interface{ Pin(string) error }, pin string) error {
+	next := pin + "-new"
+	os.Remove(next)
+	if err := obj.Pin(next); err != nil {
+		return err
+	}
+	if err := os.Rename(next, pin); err != nil {
+		os.Remove(next)
+		return err
+	}
+	return nil
+}
+
 // pinName maps a gate or interface name to a bpffs file name. bpffs refuses
 // names with a '.', which VLAN interfaces (eth0.100) have; interface names
 // never contain ':', so mapping one to the other is unambiguous.

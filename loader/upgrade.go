@@ -3,7 +3,6 @@ package loader
 import (
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 
 	"github.com/cilium/ebpf"
@@ -106,12 +105,7 @@ func (g *Gate) upgrade() (replaced bool, err error) {
 		prog *ebpf.Program
 		pin  string
 	}{{prog, progPin}, {egress, egressProgPin}} {
-		next := filepath.Join(g.Dir, p.pin+"-new")
-		os.Remove(next)
-		if err := p.prog.Pin(next); err != nil {
-			return false, fmt.Errorf("pin program: %w", err)
-		}
-		if err := os.Rename(next, filepath.Join(g.Dir, p.pin)); err != nil {
+		if err := pinReplacing(p.prog, filepath.Join(g.Dir, p.pin)); err != nil {
 			return false, fmt.Errorf("pin program: %w", err)
 		}
 	}
