@@ -308,11 +308,12 @@ static __always_inline __u8 *hint_place(const struct grant_key *k, struct hint *
 }
 
 /* Might k have a grant? Its bits in the active half: all set, or no word
- * to read. */
-static __always_inline int hinted(const struct grant_key *k)
+ * to read. *hdr is the bitmap (its header), or NULL without the map. */
+static __always_inline int hinted(const struct grant_key *k, const __u8 **hdr)
 {
 	struct hint h;
 	__u8 *bits = hint_place(k, &h);
+	*hdr = bits;
 	if (!bits)
 		return 1;
 	__u32 half = *(volatile __u32 *)bits & 1;
@@ -410,14 +411,12 @@ static __always_inline int holds(const struct knock_slot *k, const struct source
  * of an entry being rewritten) is not its fingerprint's. */
 #define CACHE_MIX 0x9e3779b97f4a7c15ULL
 
-/* The grant cache's epoch (HINT_EPOCH of the hint header; 0 without the
- * map): read only once a source's hint lets it through, so a stranger never
- * pays for it. */
-static __always_inline __u32 cache_epoch(void)
+/* The grant cache's epoch (HINT_EPOCH of the hint header hdr; 0 without
+ * the map): read only once a source's hint lets it through, so a stranger
+ * never pays for it. */
+static __always_inline __u32 cache_epoch(const __u8 *hdr)
 {
-	__u32 zero = 0;
-	__u8 *bits = bpf_map_lookup_elem(&hint_bits, &zero);
-	return bits ? *(volatile __u32 *)(bits + HINT_EPOCH) : 0;
+	return hdr ? *(volatile const __u32 *)(hdr + HINT_EPOCH) : 0;
 }
 
 /* The fingerprint of k in epoch: SipHash-1-3 under cache_key of the
@@ -490,9 +489,10 @@ static __always_inline void cache_put(struct grant_cache_line *set, __u64 fp, __
 static __always_inline int granted(const struct packet *pkt, __u32 service, struct lazy *lz)
 {
 	struct grant_key key = grant_key_of(pkt->src.addr, service);
-	if (!hinted(&key))
+	const __u8 *hdr;
+	if (!hinted(&key, &hdr))
 		return 0;
-	__u64 fp = cache_fingerprint(&key, cache_epoch());
+	__u64 fp = cache_fingerprint(&key, cache_epoch(hdr));
 	struct grant_cache_line *set = cache_set(fp);
 	if (set && cache_find(set, fp, now_ns(lz)))
 		return 1;
