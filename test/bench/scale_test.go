@@ -60,6 +60,11 @@ func TestScaleBounds(t *testing.T) {
 	if r := ratioOf(map[int]float64{1: 10}, map[int]float64{1: -5}, 1.5); r.PerRound.N != 0 || !math.IsNaN(r.Medians) {
 		t.Errorf("a ratio to a cost below zero: %+v", r)
 	}
+	// The gates without grants either side of the one with: each round's
+	// mean, in the rounds both ran.
+	if m := roundMeans(map[int]float64{1: 10, 2: 30, 3: 5}, map[int]float64{1: 20, 2: 50, 4: 7}); len(m) != 2 || m[1] != 15 || m[2] != 40 {
+		t.Errorf("round means %v", m)
+	}
 }
 
 // A small scale gate gives every flood's frames the verdict the benchmark
