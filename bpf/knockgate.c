@@ -495,12 +495,13 @@ static __always_inline int granted(const struct packet *pkt, __u32 service, stru
 	__u64 fp = cache_fingerprint(&key, cache_epoch(hdr));
 	struct grant_cache_line *set = cache_set(fp);
 	if (set) {
-		/* The line is read before the clock: the clock's read (rdtscp)
-		 * waits for every load before it, so, read after the line,
-		 * it lets the line's miss overlap the hint word's (the CPU
-		 * issues it past the predicted hint check) where, read first,
-		 * it made the one follow the other. Under traffic from many
-		 * sources both miss; from one, neither. */
+		/* Touch the line before reading the clock. The clock's read
+		 * (rdtscp) waits for every load issued before it: read before
+		 * the line, it held the line's miss back until the hint
+		 * word's had ended; read after, the two misses overlap (the
+		 * CPU issues the line's load past the predicted hint check).
+		 * Under traffic from many sources both miss; from one,
+		 * neither, and the touch is a load from L1. */
 		asm volatile("" ::"r"(*(volatile const __u64 *)&set->w[0]));
 		if (cache_find(set, fp, now_ns(lz)))
 			return 1;
