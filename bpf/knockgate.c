@@ -411,6 +411,12 @@ static __always_inline int holds(const struct knock_slot *k, const struct source
  * of an entry being rewritten) is not its fingerprint's. */
 #define CACHE_MIX 0x9e3779b97f4a7c15ULL
 
+/* The check of fp's entry that holds expires. */
+static __always_inline __u64 cache_check(__u64 fp, __u64 expires)
+{
+	return fp ^ expires * CACHE_MIX;
+}
+
 /* The grant cache's epoch (HINT_EPOCH of the hint header hdr; 0 without
  * the map): read only once a source's hint lets it through, so a stranger
  * never pays for it. */
@@ -441,15 +447,15 @@ static __always_inline struct grant_cache_line *cache_set(__u64 fp)
 	return bpf_map_lookup_elem(&grant_cache, &idx);
 }
 
-/* The expiry of fp's live entry in set, or 0: an entry whose check is fp
- * xor its expiry times CACHE_MIX. Entries are read and written without a
+/* The expiry of fp's live entry in set, or 0: an entry whose check is
+ * cache_check(fp, its expiry). Entries are read and written without a
  * lock: a torn read is one whose check does not match. */
 static __always_inline __u64 cache_find(const struct grant_cache_line *set, __u64 fp, __u64 now)
 {
 #pragma unroll
 	for (int i = 0; i < KG_CACHE_WAYS; i++) {
 		__u64 expires = set->w[2 * i + 1];
-		if ((set->w[2 * i] ^ expires * CACHE_MIX) == fp && now < expires)
+		if (set->w[2 * i] == cache_check(fp, expires) && now < expires)
 			return expires;
 	}
 	return 0;
@@ -464,7 +470,7 @@ static __always_inline void cache_put(struct grant_cache_line *set, __u64 fp, __
 #pragma unroll
 	for (int i = 0; i < KG_CACHE_WAYS; i++) {
 		__u64 e = set->w[2 * i + 1];
-		if ((set->w[2 * i] ^ e * CACHE_MIX) == fp) {
+		if (set->w[2 * i] == cache_check(fp, e)) {
 			spare = i;
 			break;
 		}
@@ -475,7 +481,7 @@ static __always_inline void cache_put(struct grant_cache_line *set, __u64 fp, __
 		way = spare;
 	way &= KG_CACHE_WAYS - 1;
 	set->w[2 * way + 1] = expires;
-	set->w[2 * way] = fp ^ expires * CACHE_MIX;
+	set->w[2 * way] = cache_check(fp, expires);
 }
 
 /*
