@@ -159,8 +159,7 @@ func TestGrantCacheFollowsExpiries(t *testing.T) {
 func TestGrantCacheRefusesOthersEntries(t *testing.T) {
 	netns.Require(t)
 	forFamilies(t, func(t *testing.T, f family) {
-		cfg := defaultConfig()
-		cfg.Services = []policy.Service{{Name: "web", Sequence: []maps.Port{tcp(6001)}, Protect: []maps.Port{unrelated}, Open: time.Hour, StepTimeout: time.Second}}
+		cfg := webConfig()
 		g := newGate(t, cfg)
 		if err := g.maps.Grant(f.src, "default", maps.BootAfter(time.Hour)); err != nil {
 			t.Fatal(err)
@@ -217,8 +216,7 @@ func TestGrantCacheRefusesOthersEntries(t *testing.T) {
 func TestGrantCacheVoidedByServiceRemoval(t *testing.T) {
 	netns.Require(t)
 	forFamilies(t, func(t *testing.T, f family) {
-		cfg := defaultConfig()
-		cfg.Services = []policy.Service{{Name: "web", Sequence: []maps.Port{tcp(6001)}, Protect: []maps.Port{unrelated}, Open: time.Hour, StepTimeout: time.Second}}
+		cfg := webConfig()
 		g := newGate(t, cfg)
 		if err := g.maps.Grant(f.src, "web", maps.BootAfter(time.Hour)); err != nil {
 			t.Fatal(err)
@@ -232,4 +230,12 @@ func TestGrantCacheVoidedByServiceRemoval(t *testing.T) {
 		}
 		g.expect("SYN to web's old port, now admin's", f.knock(f.src, unrelated), xdpDrop, "dropped_protected")
 	})
+}
+
+// webConfig is the default configuration and one service more, web: its
+// own sequence (6001) and port (unrelated).
+func webConfig() conf {
+	cfg := defaultConfig()
+	cfg.Services = []policy.Service{{Name: "web", Sequence: []maps.Port{tcp(6001)}, Protect: []maps.Port{unrelated}, Open: time.Hour, StepTimeout: time.Second}}
+	return cfg
 }
